@@ -1,0 +1,200 @@
+//! Domain types of the model registry: plain Rust, independent of protobuf and storage.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One registered version of a model, as the registry stores and returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    pub model_id: String,
+    pub version: u32,
+    pub description: String,
+    pub framework: String,
+    pub framework_version: String,
+    pub tags: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
+    pub files: Vec<ModelFile>,
+    /// JSON document, e.g. `{"data": [[...]]}`; drives the scoring schema and self-test.
+    pub sample_input: Option<String>,
+    pub sample_output: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub create_time_ms: i64,
+    pub update_time_ms: i64,
+}
+
+impl ModelVersion {
+    /// AIP-122 resource name, `models/{model_id}/versions/{version}`.
+    pub fn resource_name(&self) -> String {
+        format!("models/{}/versions/{}", self.model_id, self.version)
+    }
+
+    pub fn total_size_bytes(&self) -> u64 {
+        self.files.iter().map(|file| file.size_bytes).sum()
+    }
+}
+
+/// A file of a model version; its bytes live in the blob store under `sha256`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+    pub onnx: Option<OnnxSignature>,
+}
+
+/// What an ONNX graph takes and returns, read from the file at registration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OnnxSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub ir_version: i64,
+    pub opsets: Vec<String>,
+    pub producer: String,
+    /// `None` when tract can plan the model; else why it cannot.
+    pub tract_incompatibility: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub element_type: String,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dim {
+    Fixed(u64),
+    Symbol(String),
+    Unknown,
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(size) => write!(f, "{size}"),
+            Dim::Symbol(symbol) => f.write_str(symbol),
+            Dim::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+impl fmt::Display for TensorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
+        write!(f, "{}: {}[{}]", self.name, self.element_type, dims.join(", "))
+    }
+}
+
+/// Which version of a model a request means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSelector {
+    Exact(u32),
+    Latest,
+}
+
+impl fmt::Display for VersionSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VersionSelector::Exact(version) => write!(f, "{version}"),
+            VersionSelector::Latest => f.write_str("latest"),
+        }
+    }
+}
+
+/// A reference to one model version, e.g. parsed from `models/diabetes/versions/3`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRef {
+    pub model_id: String,
+    pub version: VersionSelector,
+}
+
+impl fmt::Display for VersionRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.model_id, self.version)
+    }
+}
+
+/// What a delete removes: one version, or every version of a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeleteTarget {
+    Version(VersionRef),
+    AllVersions(String),
+}
+
+/// Metadata of a model version about to be registered (files follow separately).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NewModel {
+    pub model_id: String,
+    pub description: String,
+    pub framework: String,
+    pub framework_version: String,
+    pub tags: BTreeMap<String, String>,
+    pub properties: BTreeMap<String, String>,
+    pub sample_input: Option<String>,
+    pub sample_output: Option<String>,
+}
+
+/// A change to a version's mutable metadata.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelUpdate {
+    pub add_tags: BTreeMap<String, String>,
+    pub remove_tags: Vec<String>,
+    pub add_properties: BTreeMap<String, String>,
+    pub remove_properties: Vec<String>,
+    pub description: Option<String>,
+}
+
+/// A condition on a tag or property: the key is present, optionally with exactly this value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyMatch {
+    pub key: String,
+    pub value: Option<String>,
+}
+
+impl KeyMatch {
+    pub fn matches(&self, map: &BTreeMap<String, String>) -> bool {
+        match (map.get(&self.key), &self.value) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(actual), Some(wanted)) => actual == wanted,
+        }
+    }
+}
+
+impl fmt::Display for KeyMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "{}={}", self.key, value),
+            None => f.write_str(&self.key),
+        }
+    }
+}
+
+/// Filter and page position of a list request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListQuery {
+    pub model_id: Option<String>,
+    pub tags: Vec<KeyMatch>,
+    pub properties: Vec<KeyMatch>,
+    pub framework: Option<String>,
+    pub page_size: usize,
+    pub page_token: Option<String>,
+}
+
+impl ListQuery {
+    pub fn matches(&self, model: &ModelVersion) -> bool {
+        self.model_id.as_ref().is_none_or(|id| *id == model.model_id)
+            && self.framework.as_ref().is_none_or(|fw| *fw == model.framework)
+            && self.tags.iter().all(|m| m.matches(&model.tags))
+            && self.properties.iter().all(|m| m.matches(&model.properties))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub models: Vec<ModelVersion>,
+    pub next_page_token: Option<String>,
+}

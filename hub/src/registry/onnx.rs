@@ -1,0 +1,224 @@
+//! Reads an ONNX file with tract-onnx: rejects what is not ONNX, extracts the signature
+//! (names, element types, shapes with symbolic dimensions) and checks that tract can plan it.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::dimension;
+use tract_onnx::pb::{ModelProto, ValueInfoProto, type_proto};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+
+use super::model::{Dim, OnnxSignature, TensorSpec};
+
+/// Why a file declared as ONNX was rejected; `path` is the file's path inside the model.
+#[derive(Debug, thiserror::Error)]
+#[error("{path} is not a valid ONNX model: {cause}")]
+pub struct InvalidOnnx {
+    pub path: String,
+    pub cause: String,
+}
+
+/// Inspects `file` (stored on disk at `location`; other files of the model sit beside it with
+/// their layout, so external tensor data resolves).
+pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx> {
+    let invalid = |cause: String| InvalidOnnx {
+        path: path.to_owned(),
+        cause,
+    };
+    let onnx = onnx();
+    let proto = onnx
+        .proto_model_for_path(location)
+        .map_err(|err| invalid(format!("cannot decode the protobuf ({})", root_cause(&err))))?;
+    let graph = proto
+        .graph
+        .as_ref()
+        .ok_or_else(|| invalid("the file has no graph".to_owned()))?;
+    if graph.node.is_empty() && graph.output.is_empty() {
+        return Err(invalid("the graph is empty".to_owned()));
+    }
+    if proto.opset_import.is_empty() {
+        return Err(invalid("the model imports no operator set".to_owned()));
+    }
+    // Old exporters list initializers among the inputs; they are weights, not inputs.
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs = graph
+        .input
+        .iter()
+        .filter(|input| !initializers.contains(input.name.as_str()))
+        .map(tensor_spec)
+        .collect();
+    let outputs = graph.output.iter().map(tensor_spec).collect();
+
+    // Parsing into tract's graph is what proves the file is a model and not just protobuf
+    // that happens to decode; a failure to *plan* it only means tract cannot run it.
+    let model = onnx
+        .model_for_path(location)
+        .map_err(|err| invalid(root_cause(&err)))?;
+    let tract_incompatibility = plan_with_symbolic_dims(model).err();
+
+    Ok(OnnxSignature {
+        inputs,
+        outputs,
+        ir_version: proto.ir_version,
+        opsets: opsets(&proto),
+        producer: format!("{} {}", proto.producer_name, proto.producer_version)
+            .trim()
+            .to_owned(),
+        tract_incompatibility,
+    })
+}
+
+/// Plans the model the way a device will: every dimension the file leaves unnamed becomes a
+/// symbol of its own (the batch dimension, typically), so one plan serves any batch size.
+fn plan_with_symbolic_dims(mut model: InferenceModel) -> Result<(), String> {
+    for input in 0..model.inputs.len() {
+        let fact = model.input_fact(input).map_err(|err| format!("{err:#}"))?.clone();
+        let dims: TVec<DimFact> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(|(axis, dim)| match dim.concretize() {
+                Some(dim) => dim.into(),
+                None => model.symbols.sym(&format!("unk_{input}_{axis}")).to_dim().into(),
+            })
+            .collect();
+        let fact = InferenceFact {
+            shape: ShapeFactoid::closed(dims),
+            ..fact
+        };
+        model
+            .set_input_fact(input, fact)
+            .map_err(|err| format!("{err:#}"))?;
+    }
+    model
+        .into_optimized()
+        .map(drop)
+        .map_err(|err| format!("{err:#}"))
+}
+
+fn root_cause(err: &TractError) -> String {
+    format!("{err:#}")
+}
+
+fn opsets(proto: &ModelProto) -> Vec<String> {
+    let mut opsets: Vec<String> = proto
+        .opset_import
+        .iter()
+        .map(|opset| {
+            let domain = if opset.domain.is_empty() {
+                "ai.onnx"
+            } else {
+                &opset.domain
+            };
+            format!("{domain}:{}", opset.version)
+        })
+        .collect();
+    // Some exporters repeat an import; listing it once is what a reader wants.
+    opsets.sort();
+    opsets.dedup();
+    opsets
+}
+
+fn tensor_spec(value: &ValueInfoProto) -> TensorSpec {
+    let tensor = value.r#type.as_ref().and_then(|t| match &t.value {
+        Some(type_proto::Value::TensorType(tensor)) => Some(tensor),
+        None => None,
+    });
+    let Some(tensor) = tensor else {
+        return TensorSpec {
+            name: value.name.clone(),
+            element_type: "non-tensor".to_owned(),
+            shape: Vec::new(),
+        };
+    };
+    let shape = tensor
+        .shape
+        .as_ref()
+        .map(|shape| {
+            shape
+                .dim
+                .iter()
+                .map(|dim| match &dim.value {
+                    Some(dimension::Value::DimValue(size)) if *size >= 0 => Dim::Fixed(*size as u64),
+                    Some(dimension::Value::DimParam(symbol)) if !symbol.is_empty() => {
+                        Dim::Symbol(symbol.clone())
+                    }
+                    _ => Dim::Unknown,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    TensorSpec {
+        name: value.name.clone(),
+        element_type: element_type_name(tensor.elem_type),
+        shape,
+    }
+}
+
+fn element_type_name(code: i32) -> String {
+    let name = match DataType::try_from(code) {
+        Ok(DataType::Float) => "float32",
+        Ok(DataType::Double) => "float64",
+        Ok(DataType::Float16) => "float16",
+        Ok(DataType::Bfloat16) => "bfloat16",
+        Ok(DataType::Int8) => "int8",
+        Ok(DataType::Int16) => "int16",
+        Ok(DataType::Int32) => "int32",
+        Ok(DataType::Int64) => "int64",
+        Ok(DataType::Uint8) => "uint8",
+        Ok(DataType::Uint16) => "uint16",
+        Ok(DataType::Uint32) => "uint32",
+        Ok(DataType::Uint64) => "uint64",
+        Ok(DataType::Bool) => "bool",
+        Ok(DataType::String) => "string",
+        Ok(DataType::Complex64) => "complex64",
+        Ok(DataType::Complex128) => "complex128",
+        _ => return format!("onnx-type-{code}"),
+    };
+    name.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/fixtures")
+            .join(name)
+            .join("model.onnx")
+    }
+
+    #[test]
+    fn diabetes_signature_has_a_symbolic_batch() {
+        let signature = inspect("model.onnx", &fixture("diabetes")).expect("valid onnx");
+        assert_eq!(signature.inputs.len(), 1);
+        assert_eq!(signature.inputs[0].to_string(), "data: float32[?, 10]");
+        assert_eq!(signature.outputs[0].to_string(), "variable: float32[?, 1]");
+        assert_eq!(signature.tract_incompatibility, None);
+        assert!(signature.opsets.contains(&"ai.onnx.ml:1".to_owned()));
+    }
+
+    #[test]
+    fn digits_signature_lists_both_outputs() {
+        let signature = inspect("model.onnx", &fixture("digits")).expect("valid onnx");
+        let outputs: Vec<String> = signature.outputs.iter().map(|o| o.to_string()).collect();
+        assert_eq!(outputs, ["label: int64[?]", "probabilities: float32[?, 10]"]);
+        assert_eq!(signature.tract_incompatibility, None);
+    }
+
+    #[test]
+    fn text_is_rejected_with_the_file_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, "this is not a model").expect("write");
+        let err = inspect("nested/model.onnx", &path).expect_err("not onnx");
+        assert!(
+            err.to_string().starts_with("nested/model.onnx is not a valid ONNX model"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! The registry's durable state: sled trees for version records, per-name version counters
+//! and blob reference counts, plus the blob store for file bytes.
+//!
+//! Architecture invariant: a write is acknowledged only after `sled::Db::flush`, and the
+//! version record and its blob reference counts change in one sled transaction, so a crash at
+//! any point leaves either the old or the new state. Blob files are moved in *before* the
+//! transaction and deleted *after* it; the only debris a crash can leave is an unreferenced
+//! blob or a staging folder, both removed by [`Registry::open`].
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+use super::upload::{StagedModel, Upload};
+use super::{
+    DeleteTarget, Error, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
+    VersionRef, VersionSelector, onnx, validate,
+};
+use crate::blobs::BlobStore;
+
+/// Size limits the hub enforces on registrations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_model_bytes: u64,
+    pub max_files: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_model_bytes: 16 * 1024 * 1024 * 1024,
+            max_files: 10_000,
+        }
+    }
+}
+
+pub const DEFAULT_PAGE_SIZE: usize = 50;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+#[derive(Debug)]
+pub struct Registry {
+    db: sled::Db,
+    versions: sled::Tree,
+    counters: sled::Tree,
+    blob_refs: sled::Tree,
+    blobs: BlobStore,
+    limits: Limits,
+    /// Serializes writes so that moving blobs in or out of the store and the reference-count
+    /// transaction happen as one step relative to other writers.
+    write_lock: Mutex<()>,
+}
+
+fn version_key(model_id: &str, version: u32) -> Vec<u8> {
+    let mut key = Vec::with_capacity(model_id.len() + 5);
+    key.extend_from_slice(model_id.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&version.to_be_bytes());
+    key
+}
+
+fn model_prefix(model_id: &str) -> Vec<u8> {
+    let mut key = model_id.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Result<ModelVersion, Error> {
+    serde_json::from_slice(bytes)
+        .map_err(|err| Error::DataLoss(format!("a model record cannot be decoded: {err}")))
+}
+
+fn encode(model: &ModelVersion) -> Vec<u8> {
+    // Serializing plain owned data to a Vec cannot fail.
+    serde_json::to_vec(model).unwrap_or_default()
+}
+
+fn read_u64(bytes: Option<sled::IVec>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn abort<T>(err: Error) -> Result<T, ConflictableTransactionError<Error>> {
+    Err(ConflictableTransactionError::Abort(err))
+}
+
+fn from_tx(err: TransactionError<Error>) -> Error {
+    match err {
+        TransactionError::Abort(err) => err,
+        TransactionError::Storage(err) => Error::Storage(err),
+    }
+}
+
+impl Registry {
+    /// Opens (or creates) the registry under `data_dir` and clears crash debris.
+    pub fn open(data_dir: &Path, limits: Limits) -> Result<Self, Error> {
+        std::fs::create_dir_all(data_dir).map_err(Error::io(format!(
+            "creating data dir {}",
+            data_dir.display()
+        )))?;
+        let db = sled::Config::new()
+            .path(data_dir.join("registry.sled"))
+            .open()?;
+        let blobs = BlobStore::open(data_dir.join("blobs"))
+            .map_err(Error::io("opening the blob store"))?;
+        let registry = Self {
+            versions: db.open_tree("versions")?,
+            counters: db.open_tree("counters")?,
+            blob_refs: db.open_tree("blob_refs")?,
+            db,
+            blobs,
+            limits,
+            write_lock: Mutex::new(()),
+        };
+        registry.recover()?;
+        Ok(registry)
+    }
+
+    fn recover(&self) -> Result<(), Error> {
+        self.blobs
+            .clear_staging()
+            .map_err(Error::io("clearing the staging folder"))?;
+        let mut orphans = 0;
+        for digest in self.blobs.digests().map_err(Error::io("listing blobs"))? {
+            if !self.blob_refs.contains_key(digest.as_bytes())? {
+                self.blobs
+                    .remove(&digest)
+                    .map_err(Error::io("removing an orphaned blob"))?;
+                orphans += 1;
+            }
+        }
+        let mut missing = 0;
+        for entry in self.blob_refs.iter() {
+            let (digest, _) = entry?;
+            let digest = String::from_utf8_lossy(&digest);
+            if !self.blobs.contains(&digest) {
+                tracing::error!(%digest, "a referenced blob is missing from the blob store");
+                missing += 1;
+            }
+        }
+        tracing::info!(
+            versions = self.versions.len(),
+            orphans_removed = orphans,
+            missing_blobs = missing,
+            "registry opened"
+        );
+        Ok(())
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Starts a registration; files are staged until [`Registry::commit`].
+    pub async fn begin_upload(&self, model: NewModel) -> Result<Upload, Error> {
+        Upload::begin(model, self.blobs.staging_dir(), self.limits).await
+    }
+
+    /// Where the bytes of a blob are, for streaming downloads.
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.blobs.path(digest)
+    }
+
+    /// Validates the staged files and registers them as the next version. Blocking: ONNX
+    /// parsing and the durable flush both take time, so async callers use `spawn_blocking`.
+    pub fn commit(&self, staged: StagedModel) -> Result<ModelVersion, Error> {
+        let StagedModel { model, files, dir } = staged;
+        let mut model_files = Vec::with_capacity(files.len());
+        let is_onnx = model.framework == "onnx";
+        if is_onnx && !files.iter().any(|f| f.path.ends_with(".onnx")) {
+            return Err(Error::invalid(
+                "framework is onnx but no file has the .onnx extension",
+            ));
+        }
+        for file in &files {
+            let onnx = if is_onnx && file.path.ends_with(".onnx") {
+                Some(onnx::inspect(&file.path, &file.location)?)
+            } else {
+                None
+            };
+            model_files.push(ModelFile {
+                path: file.path.clone(),
+                size_bytes: file.size_bytes,
+                sha256: file.sha256.clone(),
+                onnx,
+            });
+        }
+        let now = now_ms();
+        let mut record = ModelVersion {
+            model_id: model.model_id,
+            version: 0,
+            description: model.description,
+            framework: model.framework,
+            framework_version: model.framework_version,
+            tags: model.tags,
+            properties: model.properties,
+            files: model_files,
+            sample_input: model.sample_input,
+            sample_output: model.sample_output,
+            create_time_ms: now,
+            update_time_ms: now,
+        };
+
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        for file in &files {
+            self.blobs
+                .adopt(&file.location, &file.sha256)
+                .map_err(Error::io(format!("storing {}", file.path)))?;
+        }
+        let digests: Vec<&str> = distinct(record.files.iter().map(|f| f.sha256.as_str()));
+        let result = (&self.versions, &self.counters, &self.blob_refs).transaction(
+            |(versions, counters, refs)| {
+                let last = counters
+                    .get(record.model_id.as_bytes())?
+                    .and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                let Some(version) = last.checked_add(1) else {
+                    return abort(Error::FailedPrecondition(format!(
+                        "model {} has used up its version numbers",
+                        record.model_id
+                    )));
+                };
+                let mut record = record.clone();
+                record.version = version;
+                counters.insert(record.model_id.as_bytes(), &version.to_be_bytes())?;
+                versions.insert(version_key(&record.model_id, version), encode(&record))?;
+                for digest in &digests {
+                    adjust_ref(refs, digest, 1)?;
+                }
+                Ok(version)
+            },
+        );
+        match result.map_err(from_tx) {
+            Ok(version) => {
+                self.db.flush()?;
+                record.version = version;
+                drop(dir);
+                tracing::info!(model = %record.model_id, version, files = record.files.len(), "model registered");
+                Ok(record)
+            }
+            Err(err) => {
+                // Blobs moved in for this registration may now be referenced by nothing.
+                self.remove_unreferenced(&digests);
+                Err(err)
+            }
+        }
+    }
+
+    fn remove_unreferenced(&self, digests: &[&str]) {
+        for digest in digests {
+            if let Ok(false) = self.blob_refs.contains_key(digest.as_bytes())
+                && let Err(err) = self.blobs.remove(digest)
+            {
+                tracing::warn!(%digest, error = %err, "could not remove an unreferenced blob");
+            }
+        }
+    }
+
+    fn resolve(&self, reference: &VersionRef) -> Result<Option<(Vec<u8>, sled::IVec)>, Error> {
+        let entry = match reference.version {
+            VersionSelector::Exact(version) => {
+                let key = version_key(&reference.model_id, version);
+                self.versions.get(&key)?.map(|value| (key, value))
+            }
+            VersionSelector::Latest => self
+                .versions
+                .scan_prefix(model_prefix(&reference.model_id))
+                .next_back()
+                .transpose()?
+                .map(|(key, value)| (key.to_vec(), value)),
+        };
+        Ok(entry)
+    }
+
+    fn not_found(reference: &VersionRef) -> Error {
+        match reference.version {
+            VersionSelector::Latest => {
+                Error::NotFound(format!("model {} does not exist", reference.model_id))
+            }
+            VersionSelector::Exact(version) => Error::NotFound(format!(
+                "model {} has no version {version}",
+                reference.model_id
+            )),
+        }
+    }
+
+    pub fn get(&self, reference: &VersionRef) -> Result<ModelVersion, Error> {
+        match self.resolve(reference)? {
+            Some((_, value)) => decode(&value),
+            None => Err(Self::not_found(reference)),
+        }
+    }
+
+    pub fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        let page_size = match query.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let fingerprint = query_fingerprint(query);
+        let after = match &query.page_token {
+            None => None,
+            Some(token) => Some(decode_page_token(token, &fingerprint)?),
+        };
+        let prefix = query.model_id.as_deref().map(model_prefix).unwrap_or_default();
+        let start = match &after {
+            Some(key) => std::ops::Bound::Excluded(key.clone()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        let mut models = Vec::new();
+        let mut next_page_token = None;
+        let mut last_key = Vec::new();
+        for entry in self.versions.range((start, std::ops::Bound::Unbounded)) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let model = decode(&value)?;
+            if !query.matches(&model) {
+                continue;
+            }
+            if models.len() == page_size {
+                next_page_token = Some(encode_page_token(&fingerprint, &last_key));
+                break;
+            }
+            last_key = key.to_vec();
+            models.push(model);
+        }
+        Ok(Page {
+            models,
+            next_page_token,
+        })
+    }
+
+    pub fn update(
+        &self,
+        reference: &VersionRef,
+        update: &ModelUpdate,
+    ) -> Result<ModelVersion, Error> {
+        validate::update(update)?;
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((key, value)) = self.resolve(reference)? else {
+            return Err(Self::not_found(reference));
+        };
+        let mut model = decode(&value)?;
+        apply_changes(&mut model.tags, &update.add_tags, &update.remove_tags);
+        apply_changes(
+            &mut model.properties,
+            &update.add_properties,
+            &update.remove_properties,
+        );
+        for (kind, map, max) in [
+            ("tag", &model.tags, validate::MAX_TAGS),
+            ("property", &model.properties, validate::MAX_PROPERTIES),
+        ] {
+            if map.len() > max {
+                return Err(Error::invalid(format!(
+                    "the update would leave {} {kind}s on {}:{}; the limit is {max}",
+                    map.len(),
+                    model.model_id,
+                    model.version
+                )));
+            }
+        }
+        if let Some(description) = &update.description {
+            model.description.clone_from(description);
+        }
+        model.update_time_ms = now_ms();
+        self.versions.insert(key, encode(&model))?;
+        self.db.flush()?;
+        Ok(model)
+    }
+
+    /// Deletes one version or all versions of a model; returns the deleted version numbers.
+    /// Blob files no other version uses are removed once the change is durable.
+    pub fn delete(&self, target: &DeleteTarget) -> Result<(String, Vec<u32>), Error> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (model_id, entries) = match target {
+            DeleteTarget::Version(reference) => match self.resolve(reference)? {
+                Some(entry) => (reference.model_id.clone(), vec![entry]),
+                None => return Err(Self::not_found(reference)),
+            },
+            DeleteTarget::AllVersions(model_id) => {
+                let entries = self
+                    .versions
+                    .scan_prefix(model_prefix(model_id))
+                    .map(|entry| entry.map(|(k, v)| (k.to_vec(), v)))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if entries.is_empty() {
+                    return Err(Error::NotFound(format!("model {model_id} does not exist")));
+                }
+                (model_id.clone(), entries)
+            }
+        };
+        let mut keys = Vec::new();
+        let mut versions = Vec::new();
+        let mut released: HashMap<String, u64> = HashMap::new();
+        for (key, value) in &entries {
+            let model = decode(value)?;
+            for digest in distinct(model.files.iter().map(|f| f.sha256.as_str())) {
+                *released.entry(digest.to_owned()).or_default() += 1;
+            }
+            versions.push(model.version);
+            keys.push(key.clone());
+        }
+        let freed = (&self.versions, &self.blob_refs)
+            .transaction(|(tx_versions, refs)| {
+                for key in &keys {
+                    tx_versions.remove(key.as_slice())?;
+                }
+                let mut freed = Vec::new();
+                for (digest, count) in &released {
+                    if adjust_ref(refs, digest, -(*count as i64))? == 0 {
+                        freed.push(digest.clone());
+                    }
+                }
+                Ok(freed)
+            })
+            .map_err(from_tx)?;
+        self.db.flush()?;
+        for digest in &freed {
+            if let Err(err) = self.blobs.remove(digest) {
+                // Harmless: the next start-up removes unreferenced blobs.
+                tracing::warn!(%digest, error = %err, "could not remove a freed blob");
+            }
+        }
+        tracing::info!(model = %model_id, ?versions, blobs_freed = freed.len(), "model deleted");
+        Ok((model_id, versions))
+    }
+
+    /// How many distinct blobs the registry references (for tests and metrics).
+    pub fn blob_count(&self) -> usize {
+        self.blob_refs.len()
+    }
+}
+
+fn distinct<'a>(digests: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
+    let mut seen = HashSet::new();
+    digests.filter(|d| seen.insert(*d)).collect()
+}
+
+/// Adds `delta` to a blob's reference count, removing the entry at zero; returns the new count.
+fn adjust_ref(
+    refs: &TransactionalTree,
+    digest: &str,
+    delta: i64,
+) -> Result<u64, ConflictableTransactionError<Error>> {
+    let current = read_u64(refs.get(digest.as_bytes())?);
+    let Some(updated) = current.checked_add_signed(delta) else {
+        return abort(Error::DataLoss(format!(
+            "reference count of blob {digest} would go below zero"
+        )));
+    };
+    if updated == 0 {
+        refs.remove(digest.as_bytes())?;
+    } else {
+        refs.insert(digest.as_bytes(), &updated.to_be_bytes())?;
+    }
+    Ok(updated)
+}
+
+fn apply_changes(
+    map: &mut BTreeMap<String, String>,
+    add: &BTreeMap<String, String>,
+    remove: &[String],
+) {
+    // Removing an absent key is a no-op so that scripted updates can be re-run safely.
+    for key in remove {
+        map.remove(key);
+    }
+    for (key, value) in add {
+        map.insert(key.clone(), value.clone());
+    }
+}
+
+/// Page tokens bind to the filter they were issued for (AIP-158: a token used with other
+/// filter values is an error rather than a silently wrong page).
+fn query_fingerprint(query: &ListQuery) -> String {
+    let mut hasher = Sha256::new();
+    let mut add = |part: &str| {
+        hasher.update(part.as_bytes());
+        hasher.update([0xff]);
+    };
+    add(query.model_id.as_deref().unwrap_or(""));
+    add(query.framework.as_deref().unwrap_or(""));
+    for tag in &query.tags {
+        add(&format!("t{tag}"));
+    }
+    for property in &query.properties {
+        add(&format!("p{property}"));
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+fn encode_page_token(fingerprint: &str, last_key: &[u8]) -> String {
+    format!("v1.{fingerprint}.{}", hex::encode(last_key))
+}
+
+fn decode_page_token(token: &str, fingerprint: &str) -> Result<Vec<u8>, Error> {
+    let invalid = || Error::invalid("invalid page_token: use the next_page_token of a previous response");
+    let mut parts = token.splitn(3, '.');
+    let (Some("v1"), Some(token_fingerprint), Some(key)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let key = hex::decode(key).map_err(|_| invalid())?;
+    if token_fingerprint != fingerprint {
+        return Err(Error::invalid(
+            "page_token was issued for a different filter; repeat the same filter or start without a token",
+        ));
+    }
+    Ok(key)
+}

@@ -1,0 +1,24 @@
+//! Compiles the `.proto` files with protox (pure Rust), so building edgeship never needs a
+//! system `protoc`.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &["edgeship/v1/registry.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    let descriptors = protox::compile(PROTOS, ["proto"])?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    // Served by the hub's gRPC reflection service so grpcurl & co. work without .proto files.
+    fs::write(
+        out_dir.join("edgeship_descriptor.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
