@@ -1,4 +1,9 @@
 //! edgeship hub: the control plane library behind the `edgeship` binary.
 
+pub mod api;
 pub mod blobs;
+pub mod cli;
 pub mod registry;
+pub mod server;
+
+pub use server::{HubConfig, RunningHub};

@@ -111,6 +111,13 @@ pub struct VersionRef {
     pub version: VersionSelector,
 }
 
+impl VersionRef {
+    /// AIP-122 resource name, `models/{model_id}/versions/{version|latest}`.
+    pub fn resource_name(&self) -> String {
+        format!("models/{}/versions/{}", self.model_id, self.version)
+    }
+}
+
 impl fmt::Display for VersionRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.model_id, self.version)

@@ -1,0 +1,220 @@
+//! Conversions between protobuf wire types and registry domain types. Wire → domain
+//! conversions validate and reject with precise messages; domain → wire cannot fail.
+
+use std::collections::BTreeMap;
+
+use edgeship_proto::v1 as pb;
+
+use crate::registry::{
+    Dim, Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel,
+    OnnxSignature, TensorSpec, VersionRef, validate,
+};
+
+fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+fn millis(ts: Option<prost_types::Timestamp>) -> i64 {
+    ts.map(|t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+        .unwrap_or_default()
+}
+
+fn non_empty(text: String) -> Option<String> {
+    (!text.is_empty()).then_some(text)
+}
+
+impl From<&ModelVersion> for pb::Model {
+    fn from(model: &ModelVersion) -> Self {
+        pb::Model {
+            name: model.resource_name(),
+            model_id: model.model_id.clone(),
+            version: model.version,
+            description: model.description.clone(),
+            framework: model.framework.clone(),
+            framework_version: model.framework_version.clone(),
+            tags: model.tags.clone().into_iter().collect(),
+            properties: model.properties.clone().into_iter().collect(),
+            files: model.files.iter().map(pb::ModelFile::from).collect(),
+            sample_input: model.sample_input.clone().unwrap_or_default(),
+            sample_output: model.sample_output.clone().unwrap_or_default(),
+            create_time: Some(timestamp(model.create_time_ms)),
+            update_time: Some(timestamp(model.update_time_ms)),
+            total_size_bytes: model.total_size_bytes(),
+        }
+    }
+}
+
+impl From<&ModelFile> for pb::ModelFile {
+    fn from(file: &ModelFile) -> Self {
+        pb::ModelFile {
+            path: file.path.clone(),
+            size_bytes: file.size_bytes,
+            sha256: file.sha256.clone(),
+            onnx: file.onnx.as_ref().map(|s| pb::OnnxSignature {
+                inputs: s.inputs.iter().map(pb::TensorSpec::from).collect(),
+                outputs: s.outputs.iter().map(pb::TensorSpec::from).collect(),
+                ir_version: s.ir_version,
+                opsets: s.opsets.clone(),
+                producer: s.producer.clone(),
+                tract_incompatibility: s.tract_incompatibility.clone().unwrap_or_default(),
+            }),
+        }
+    }
+}
+
+impl From<&TensorSpec> for pb::TensorSpec {
+    fn from(spec: &TensorSpec) -> Self {
+        pb::TensorSpec {
+            name: spec.name.clone(),
+            element_type: spec.element_type.clone(),
+            shape: spec
+                .shape
+                .iter()
+                .map(|dim| pb::Dim {
+                    value: match dim {
+                        Dim::Fixed(size) => Some(pb::dim::Value::Fixed(*size)),
+                        Dim::Symbol(symbol) => Some(pb::dim::Value::Symbol(symbol.clone())),
+                        Dim::Unknown => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::TensorSpec> for TensorSpec {
+    fn from(spec: pb::TensorSpec) -> Self {
+        TensorSpec {
+            name: spec.name,
+            element_type: spec.element_type,
+            shape: spec
+                .shape
+                .into_iter()
+                .map(|dim| match dim.value {
+                    Some(pb::dim::Value::Fixed(size)) => Dim::Fixed(size),
+                    Some(pb::dim::Value::Symbol(symbol)) => Dim::Symbol(symbol),
+                    None => Dim::Unknown,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Read back by clients (the CLI); the hub is trusted to have validated what it returns,
+/// so only the resource name is checked.
+impl TryFrom<pb::Model> for ModelVersion {
+    type Error = Error;
+
+    fn try_from(model: pb::Model) -> Result<Self, Error> {
+        validate::model_id(&model.model_id)?;
+        Ok(ModelVersion {
+            model_id: model.model_id,
+            version: model.version,
+            description: model.description,
+            framework: model.framework,
+            framework_version: model.framework_version,
+            tags: model.tags.into_iter().collect(),
+            properties: model.properties.into_iter().collect(),
+            files: model
+                .files
+                .into_iter()
+                .map(|file| ModelFile {
+                    path: file.path,
+                    size_bytes: file.size_bytes,
+                    sha256: file.sha256,
+                    onnx: file.onnx.map(|s| OnnxSignature {
+                        inputs: s.inputs.into_iter().map(TensorSpec::from).collect(),
+                        outputs: s.outputs.into_iter().map(TensorSpec::from).collect(),
+                        ir_version: s.ir_version,
+                        opsets: s.opsets,
+                        producer: s.producer,
+                        tract_incompatibility: non_empty(s.tract_incompatibility),
+                    }),
+                })
+                .collect(),
+            sample_input: non_empty(model.sample_input),
+            sample_output: non_empty(model.sample_output),
+            create_time_ms: millis(model.create_time),
+            update_time_ms: millis(model.update_time),
+        })
+    }
+}
+
+impl From<pb::ModelMetadata> for NewModel {
+    fn from(meta: pb::ModelMetadata) -> Self {
+        NewModel {
+            model_id: meta.model_id,
+            description: meta.description,
+            framework: meta.framework,
+            framework_version: meta.framework_version,
+            tags: meta.tags.into_iter().collect(),
+            properties: meta.properties.into_iter().collect(),
+            sample_input: non_empty(meta.sample_input),
+            sample_output: non_empty(meta.sample_output),
+        }
+    }
+}
+
+impl From<NewModel> for pb::ModelMetadata {
+    fn from(model: NewModel) -> Self {
+        pb::ModelMetadata {
+            model_id: model.model_id,
+            description: model.description,
+            framework: model.framework,
+            framework_version: model.framework_version,
+            tags: model.tags.into_iter().collect(),
+            properties: model.properties.into_iter().collect(),
+            sample_input: model.sample_input.unwrap_or_default(),
+            sample_output: model.sample_output.unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<pb::ListModelsRequest> for ListQuery {
+    type Error = Error;
+
+    fn try_from(request: pb::ListModelsRequest) -> Result<Self, Error> {
+        let page_size = usize::try_from(request.page_size).map_err(|_| {
+            Error::invalid(format!(
+                "page_size must not be negative (got {}); use 0 for the default",
+                request.page_size
+            ))
+        })?;
+        let model_id = non_empty(request.model_id);
+        if let Some(id) = &model_id {
+            validate::model_id(id)?;
+        }
+        let matches = |kind: &str, entries: Vec<String>| -> Result<Vec<KeyMatch>, Error> {
+            entries
+                .iter()
+                .map(|entry| validate::key_match(kind, entry))
+                .collect()
+        };
+        Ok(ListQuery {
+            model_id,
+            tags: matches("tag", request.tags)?,
+            properties: matches("property", request.properties)?,
+            framework: non_empty(request.framework.trim().to_ascii_lowercase()),
+            page_size,
+            page_token: non_empty(request.page_token),
+        })
+    }
+}
+
+/// Splits an update request into the version it targets and the change.
+pub fn update_request(request: pb::UpdateModelRequest) -> Result<(VersionRef, ModelUpdate), Error> {
+    {
+        let reference = validate::version_name(&request.name)?;
+        let update = ModelUpdate {
+            add_tags: request.add_tags.into_iter().collect::<BTreeMap<_, _>>(),
+            remove_tags: request.remove_tags,
+            add_properties: request.add_properties.into_iter().collect(),
+            remove_properties: request.remove_properties,
+            description: request.description,
+        };
+        Ok((reference, update))
+    }
+}

@@ -1,0 +1,194 @@
+//! The `edgeship` command line: argument definitions and dispatch. Client commands talk to a
+//! hub over gRPC, exactly as any other API client would.
+
+mod model;
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::registry::Limits;
+use crate::server::{HubConfig, RunningHub};
+
+/// Where client commands find the hub unless `--hub` or `EDGESHIP_HUB` says otherwise.
+pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:7700";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+
+#[derive(Debug, Parser)]
+#[command(name = "edgeship", version, about = "Deploy and serve ML models on edge fleets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the hub: model registry and (later) deployments, over gRPC.
+    Hub(HubArgs),
+    /// Register, inspect, download, update and delete models.
+    Model {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Folder for the registry database and model files (created if missing).
+    #[arg(long, env = "EDGESHIP_DATA_DIR", default_value = "edgeship-data")]
+    pub data_dir: PathBuf,
+    /// Address for the gRPC API; use port 0 to pick a free port.
+    #[arg(long, env = "EDGESHIP_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Largest model (all files together) the hub accepts, in bytes.
+    #[arg(long, default_value_t = Limits::default().max_model_bytes)]
+    pub max_model_bytes: u64,
+    /// Most files one model version may have.
+    #[arg(long, default_value_t = Limits::default().max_files)]
+    pub max_files: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct HubAddress {
+    /// URL of the hub's gRPC API.
+    #[arg(long, global = true, env = "EDGESHIP_HUB", default_value = DEFAULT_HUB_URL)]
+    pub hub: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Register a file or a folder as the next version of a model.
+    Register {
+        /// Model name; versions are numbered per name from 1.
+        #[arg(short, long)]
+        name: String,
+        /// A model file, or a folder whose files (and layout) make up the model.
+        #[arg(short, long)]
+        path: PathBuf,
+        /// Tag as key=value (repeatable); tags can be changed later.
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        /// Property as key=value (repeatable).
+        #[arg(long = "property", value_name = "KEY=VALUE")]
+        properties: Vec<String>,
+        #[arg(short, long, default_value = "")]
+        description: String,
+        /// Framework, e.g. onnx or custom; default: onnx when a .onnx file is present.
+        #[arg(long)]
+        framework: Option<String>,
+        #[arg(long, default_value = "")]
+        framework_version: String,
+        /// JSON file with a sample request body ({"data": ...}).
+        #[arg(long, value_name = "FILE")]
+        sample_input: Option<PathBuf>,
+        /// JSON file with the response expected for the sample input.
+        #[arg(long, value_name = "FILE")]
+        sample_output: Option<PathBuf>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List model versions, optionally filtered.
+    List {
+        /// Only versions of this model.
+        #[arg(short, long)]
+        name: Option<String>,
+        /// Tag filter, KEY=VALUE or KEY (repeatable; all must match).
+        #[arg(long = "tag", value_name = "KEY[=VALUE]")]
+        tags: Vec<String>,
+        /// Property filter, KEY=VALUE or KEY (repeatable; all must match).
+        #[arg(long = "property", value_name = "KEY[=VALUE]")]
+        properties: Vec<String>,
+        #[arg(long)]
+        framework: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show one version: NAME (latest) or NAME:VERSION.
+    Show {
+        #[arg(value_name = "NAME[:VERSION]")]
+        model: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Download a version's files, with their layout, into a folder; digests are verified.
+    Download {
+        #[arg(value_name = "NAME[:VERSION]")]
+        model: String,
+        /// Target folder (created if missing).
+        #[arg(short = 'd', long = "download-path", alias = "dir")]
+        dir: PathBuf,
+        /// Replace files that already exist in the target folder.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Change a version's tags, properties or description.
+    Update {
+        #[arg(value_name = "NAME:VERSION")]
+        model: String,
+        #[arg(long = "add-tag", value_name = "KEY=VALUE")]
+        add_tags: Vec<String>,
+        #[arg(long = "remove-tag", value_name = "KEY")]
+        remove_tags: Vec<String>,
+        #[arg(long = "add-property", value_name = "KEY=VALUE")]
+        add_properties: Vec<String>,
+        #[arg(long = "remove-property", value_name = "KEY")]
+        remove_properties: Vec<String>,
+        #[arg(long)]
+        description: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Delete one version (NAME:VERSION) or every version of a model (NAME).
+    Delete {
+        #[arg(value_name = "NAME[:VERSION]")]
+        model: String,
+    },
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Hub(args) => run_hub(args).await,
+        Command::Model { hub, command } => model::run(&hub.hub, command).await,
+    }
+}
+
+async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let config = HubConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        limits: Limits {
+            max_model_bytes: args.max_model_bytes,
+            max_files: args.max_files,
+        },
+    };
+    let mut hub = RunningHub::start(config).await?;
+    // Scripts and tests read this line to learn the address (port 0 picks one).
+    println!("edgeship hub listening on {}", hub.url());
+    tokio::select! {
+        result = shutdown_signal() => result?,
+        result = hub.wait() => return result,
+    }
+    tracing::info!("shutting down");
+    hub.stop().await
+}
+
+/// Ctrl-C, or SIGTERM from systemd / `docker stop`.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}
