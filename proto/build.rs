@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // File chunks decode as `Bytes` slices of the received buffer instead of copies.
+        .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

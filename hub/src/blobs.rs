@@ -101,7 +101,9 @@ mod tests {
         assert!(store.contains(&digest));
         assert_eq!(store.digests().expect("list"), vec![digest.clone()]);
         store.remove(&digest).expect("remove");
-        store.remove(&digest).expect("removing a missing blob is fine");
+        store
+            .remove(&digest)
+            .expect("removing a missing blob is fine");
         assert!(!store.contains(&digest));
     }
 }

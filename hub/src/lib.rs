@@ -3,6 +3,7 @@
 pub mod api;
 pub mod blobs;
 pub mod cli;
+pub mod client;
 pub mod registry;
 pub mod server;
 

@@ -102,7 +102,9 @@ async fn serve(
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(ModelRegistryServer::new(ModelRegistryService::new(registry)))
+        .add_service(ModelRegistryServer::new(ModelRegistryService::new(
+            registry,
+        )))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await
         .context("serving gRPC")

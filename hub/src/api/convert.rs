@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use edgeship_proto::v1 as pb;
 
 use crate::registry::{
-    Dim, Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel,
-    OnnxSignature, TensorSpec, VersionRef, validate,
+    Dim, Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
+    TensorSpec, VersionRef, validate,
 };
 
 fn timestamp(ms: i64) -> prost_types::Timestamp {

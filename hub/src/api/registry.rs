@@ -92,7 +92,9 @@ impl ModelRegistry for ModelRegistryService {
                 Some(Payload::Chunk(bytes)) => upload.write_chunk(&bytes).await?,
                 Some(Payload::Commit(commit)) => {
                     let staged = upload.finish(commit.file_count).await?;
-                    let model = self.blocking(move |registry| registry.commit(staged)).await?;
+                    let model = self
+                        .blocking(move |registry| registry.commit(staged))
+                        .await?;
                     return Ok(Response::new(pb::Model::from(&model)));
                 }
                 Some(Payload::Metadata(_)) => {
@@ -161,8 +163,9 @@ impl ModelRegistry for ModelRegistryService {
         request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         let target = validate::delete_target(&request.into_inner().name)?;
-        let (model_id, deleted_versions) =
-            self.blocking(move |registry| registry.delete(&target)).await?;
+        let (model_id, deleted_versions) = self
+            .blocking(move |registry| registry.delete(&target))
+            .await?;
         Ok(Response::new(pb::DeleteModelResponse {
             model_id,
             deleted_versions,

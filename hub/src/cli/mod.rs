@@ -17,7 +17,11 @@ pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:7700";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 
 #[derive(Debug, Parser)]
-#[command(name = "edgeship", version, about = "Deploy and serve ML models on edge fleets")]
+#[command(
+    name = "edgeship",
+    version,
+    about = "Deploy and serve ML models on edge fleets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -185,8 +189,7 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
 
 /// Ctrl-C, or SIGTERM from systemd / `docker stop`.
 async fn shutdown_signal() -> std::io::Result<()> {
-    let mut terminate =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result,
         _ = terminate.recv() => Ok(()),

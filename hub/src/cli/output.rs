@@ -6,7 +6,10 @@ use crate::registry::ModelVersion;
 
 pub fn print_json(value: &serde_json::Value) {
     // Serializing a `Value` cannot fail.
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 /// JSON view of a version: the stored record plus its resource name, size and RFC 3339 times.
@@ -71,7 +74,15 @@ fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
 
 /// Aligned columns: NAME VERSION FRAMEWORK FILES SIZE CREATED TAGS.
 pub fn model_table(models: &[ModelVersion]) -> String {
-    let header = ["NAME", "VERSION", "FRAMEWORK", "FILES", "SIZE", "CREATED", "TAGS"];
+    let header = [
+        "NAME",
+        "VERSION",
+        "FRAMEWORK",
+        "FILES",
+        "SIZE",
+        "CREATED",
+        "TAGS",
+    ];
     let rows: Vec<[String; 7]> = models
         .iter()
         .map(|m| {
@@ -116,7 +127,8 @@ pub fn model_table(models: &[ModelVersion]) -> String {
 pub fn model_details(model: &ModelVersion) -> String {
     let mut out = String::new();
     let mut field = |name: &str, value: &str| {
-        let _ = writeln!(out, "{:<13}{}", format!("{name}:"), value);
+        let line = format!("{:<13}{value}", format!("{name}:"));
+        let _ = writeln!(out, "{}", line.trim_end());
     };
     field("model", &format!("{}:{}", model.model_id, model.version));
     field("resource", &model.resource_name());

@@ -17,7 +17,9 @@ pub struct ModelVersion {
     pub properties: BTreeMap<String, String>,
     pub files: Vec<ModelFile>,
     /// JSON document, e.g. `{"data": [[...]]}`; drives the scoring schema and self-test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_input: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample_output: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub create_time_ms: i64,
@@ -41,6 +43,7 @@ pub struct ModelFile {
     pub path: String,
     pub size_bytes: u64,
     pub sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<OnnxSignature>,
 }
 
@@ -53,6 +56,7 @@ pub struct OnnxSignature {
     pub opsets: Vec<String>,
     pub producer: String,
     /// `None` when tract can plan the model; else why it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tract_incompatibility: Option<String>,
 }
 
@@ -63,12 +67,41 @@ pub struct TensorSpec {
     pub shape: Vec<Dim>,
 }
 
+/// One dimension of a tensor shape. Serialized as a number (fixed), a string (symbol) or
+/// `null` (unknown), the way ONNX tools print shapes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(from = "Option<DimRepr>", into = "Option<DimRepr>")]
 pub enum Dim {
     Fixed(u64),
     Symbol(String),
     Unknown,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DimRepr {
+    Fixed(u64),
+    Symbol(String),
+}
+
+impl From<Option<DimRepr>> for Dim {
+    fn from(repr: Option<DimRepr>) -> Self {
+        match repr {
+            Some(DimRepr::Fixed(size)) => Dim::Fixed(size),
+            Some(DimRepr::Symbol(symbol)) => Dim::Symbol(symbol),
+            None => Dim::Unknown,
+        }
+    }
+}
+
+impl From<Dim> for Option<DimRepr> {
+    fn from(dim: Dim) -> Self {
+        match dim {
+            Dim::Fixed(size) => Some(DimRepr::Fixed(size)),
+            Dim::Symbol(symbol) => Some(DimRepr::Symbol(symbol)),
+            Dim::Unknown => None,
+        }
+    }
 }
 
 impl fmt::Display for Dim {
@@ -84,7 +117,13 @@ impl fmt::Display for Dim {
 impl fmt::Display for TensorSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
-        write!(f, "{}: {}[{}]", self.name, self.element_type, dims.join(", "))
+        write!(
+            f,
+            "{}: {}[{}]",
+            self.name,
+            self.element_type,
+            dims.join(", ")
+        )
     }
 }
 
@@ -193,8 +232,13 @@ pub struct ListQuery {
 
 impl ListQuery {
     pub fn matches(&self, model: &ModelVersion) -> bool {
-        self.model_id.as_ref().is_none_or(|id| *id == model.model_id)
-            && self.framework.as_ref().is_none_or(|fw| *fw == model.framework)
+        self.model_id
+            .as_ref()
+            .is_none_or(|id| *id == model.model_id)
+            && self
+                .framework
+                .as_ref()
+                .is_none_or(|fw| *fw == model.framework)
             && self.tags.iter().all(|m| m.matches(&model.tags))
             && self.properties.iter().all(|m| m.matches(&model.properties))
     }

@@ -74,14 +74,21 @@ pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx
 /// symbol of its own (the batch dimension, typically), so one plan serves any batch size.
 fn plan_with_symbolic_dims(mut model: InferenceModel) -> Result<(), String> {
     for input in 0..model.inputs.len() {
-        let fact = model.input_fact(input).map_err(|err| format!("{err:#}"))?.clone();
+        let fact = model
+            .input_fact(input)
+            .map_err(|err| format!("{err:#}"))?
+            .clone();
         let dims: TVec<DimFact> = fact
             .shape
             .dims()
             .enumerate()
             .map(|(axis, dim)| match dim.concretize() {
                 Some(dim) => dim.into(),
-                None => model.symbols.sym(&format!("unk_{input}_{axis}")).to_dim().into(),
+                None => model
+                    .symbols
+                    .sym(&format!("unk_{input}_{axis}"))
+                    .to_dim()
+                    .into(),
             })
             .collect();
         let fact = InferenceFact {
@@ -122,9 +129,10 @@ fn opsets(proto: &ModelProto) -> Vec<String> {
 }
 
 fn tensor_spec(value: &ValueInfoProto) -> TensorSpec {
-    let tensor = value.r#type.as_ref().and_then(|t| match &t.value {
-        Some(type_proto::Value::TensorType(tensor)) => Some(tensor),
-        None => None,
+    let tensor = value.r#type.as_ref().and_then(|t| {
+        t.value
+            .as_ref()
+            .map(|type_proto::Value::TensorType(tensor)| tensor)
     });
     let Some(tensor) = tensor else {
         return TensorSpec {
@@ -141,7 +149,9 @@ fn tensor_spec(value: &ValueInfoProto) -> TensorSpec {
                 .dim
                 .iter()
                 .map(|dim| match &dim.value {
-                    Some(dimension::Value::DimValue(size)) if *size >= 0 => Dim::Fixed(*size as u64),
+                    Some(dimension::Value::DimValue(size)) if *size >= 0 => {
+                        Dim::Fixed(*size as u64)
+                    }
                     Some(dimension::Value::DimParam(symbol)) if !symbol.is_empty() => {
                         Dim::Symbol(symbol.clone())
                     }
@@ -206,7 +216,10 @@ mod tests {
     fn digits_signature_lists_both_outputs() {
         let signature = inspect("model.onnx", &fixture("digits")).expect("valid onnx");
         let outputs: Vec<String> = signature.outputs.iter().map(|o| o.to_string()).collect();
-        assert_eq!(outputs, ["label: int64[?]", "probabilities: float32[?, 10]"]);
+        assert_eq!(
+            outputs,
+            ["label: int64[?]", "probabilities: float32[?, 10]"]
+        );
         assert_eq!(signature.tract_incompatibility, None);
     }
 
@@ -217,7 +230,8 @@ mod tests {
         std::fs::write(&path, "this is not a model").expect("write");
         let err = inspect("nested/model.onnx", &path).expect_err("not onnx");
         assert!(
-            err.to_string().starts_with("nested/model.onnx is not a valid ONNX model"),
+            err.to_string()
+                .starts_with("nested/model.onnx is not a valid ONNX model"),
             "{err}"
         );
     }

@@ -114,8 +114,8 @@ impl Registry {
         let db = sled::Config::new()
             .path(data_dir.join("registry.sled"))
             .open()?;
-        let blobs = BlobStore::open(data_dir.join("blobs"))
-            .map_err(Error::io("opening the blob store"))?;
+        let blobs =
+            BlobStore::open(data_dir.join("blobs")).map_err(Error::io("opening the blob store"))?;
         let registry = Self {
             versions: db.open_tree("versions")?,
             counters: db.open_tree("counters")?,
@@ -315,7 +315,11 @@ impl Registry {
             None => None,
             Some(token) => Some(decode_page_token(token, &fingerprint)?),
         };
-        let prefix = query.model_id.as_deref().map(model_prefix).unwrap_or_default();
+        let prefix = query
+            .model_id
+            .as_deref()
+            .map(model_prefix)
+            .unwrap_or_default();
         let start = match &after {
             Some(key) => std::ops::Bound::Excluded(key.clone()),
             None => std::ops::Bound::Included(prefix.clone()),
@@ -510,9 +514,11 @@ fn encode_page_token(fingerprint: &str, last_key: &[u8]) -> String {
 }
 
 fn decode_page_token(token: &str, fingerprint: &str) -> Result<Vec<u8>, Error> {
-    let invalid = || Error::invalid("invalid page_token: use the next_page_token of a previous response");
+    let invalid =
+        || Error::invalid("invalid page_token: use the next_page_token of a previous response");
     let mut parts = token.splitn(3, '.');
-    let (Some("v1"), Some(token_fingerprint), Some(key)) = (parts.next(), parts.next(), parts.next())
+    let (Some("v1"), Some(token_fingerprint), Some(key)) =
+        (parts.next(), parts.next(), parts.next())
     else {
         return Err(invalid());
     };

@@ -45,7 +45,8 @@ pub fn model_id(id: &str) -> Result<(), Error> {
 /// Tag and property keys: 1–128 characters of ASCII letters, digits and `-_.:/`.
 /// `=` is excluded so that `key=value` filters are unambiguous.
 pub fn key(kind: &str, key: &str) -> Result<(), Error> {
-    let allowed = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/');
+    let allowed =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/');
     if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(allowed) {
         return Err(Error::invalid(format!(
             "invalid {kind} key {key:?}: use 1-{MAX_KEY_LEN} letters, digits, '-', '_', '.', ':' or '/'"
@@ -120,7 +121,11 @@ pub fn new_model(model: &mut NewModel) -> Result<(), Error> {
             model.framework
         )));
     }
-    value("framework version", &model.framework, &model.framework_version)?;
+    value(
+        "framework version",
+        &model.framework,
+        &model.framework_version,
+    )?;
     key_values("tag", &model.tags, MAX_TAGS)?;
     key_values("property", &model.properties, MAX_PROPERTIES)?;
     if let Some(sample) = &model.sample_input {
@@ -191,7 +196,11 @@ pub fn update(update: &ModelUpdate) -> Result<(), Error> {
     key_values("property", &update.add_properties, MAX_PROPERTIES)?;
     for (kind, added, removed) in [
         ("tag", &update.add_tags, &update.remove_tags),
-        ("property", &update.add_properties, &update.remove_properties),
+        (
+            "property",
+            &update.add_properties,
+            &update.remove_properties,
+        ),
     ] {
         for k in removed {
             key(kind, k)?;
@@ -303,7 +312,15 @@ mod tests {
         for ok in ["diabetes", "a", "Model_2.onnx-v1", &"x".repeat(255)] {
             assert!(model_id(ok).is_ok(), "{ok} should be accepted");
         }
-        for bad in ["", "-lead", ".hidden", "has space", "slash/y", "ünï", &"x".repeat(256)] {
+        for bad in [
+            "",
+            "-lead",
+            ".hidden",
+            "has space",
+            "slash/y",
+            "ünï",
+            &"x".repeat(256),
+        ] {
             assert!(model_id(bad).is_err(), "{bad} should be rejected");
         }
     }
@@ -362,8 +379,14 @@ mod tests {
 
     #[test]
     fn short_refs_default_to_latest() {
-        assert_eq!(short_ref("m").expect("valid").version, VersionSelector::Latest);
-        assert_eq!(short_ref("m:7").expect("valid").version, VersionSelector::Exact(7));
+        assert_eq!(
+            short_ref("m").expect("valid").version,
+            VersionSelector::Latest
+        );
+        assert_eq!(
+            short_ref("m:7").expect("valid").version,
+            VersionSelector::Exact(7)
+        );
         assert!(short_ref("m:seven").is_err());
         assert!(short_ref(":1").is_err());
     }

@@ -1,0 +1,296 @@
+//! Client side of the registry API: connecting, streaming uploads and verified downloads.
+//! Shared by the CLI, `edgeship dev`, benchmarks and tests.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::model_registry_client::ModelRegistryClient;
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::api::CHUNK_SIZE;
+use crate::registry::{ModelVersion, NewModel, validate};
+
+pub type RegistryClient = ModelRegistryClient<Channel>;
+
+pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
+    let endpoint = Channel::from_shared(hub.to_owned())
+        .with_context(|| format!("invalid hub URL {hub:?}"))?
+        .connect_timeout(std::time::Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the hub at {hub}"))?;
+    Ok(ModelRegistryClient::new(channel))
+}
+
+/// Turns a gRPC status into a one-line error: the hub's message, prefixed with the code.
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Unavailable => "hub unavailable",
+        tonic::Code::DataLoss => "data loss",
+        tonic::Code::Aborted => "aborted",
+        _ => "hub error",
+    };
+    anyhow::anyhow!("{code}: {}", status.message())
+}
+
+/// A file of the model on the local disk, and its path inside the model.
+struct LocalFile {
+    model_path: String,
+    disk_path: PathBuf,
+    size: u64,
+}
+
+/// Lists a file, or every file below a folder (sorted, `/`-separated relative paths).
+fn collect_files(root: &Path) -> anyhow::Result<Vec<LocalFile>> {
+    let metadata =
+        std::fs::metadata(root).with_context(|| format!("cannot read {}", root.display()))?;
+    if metadata.is_file() {
+        let name = root
+            .file_name()
+            .and_then(|n| n.to_str())
+            .with_context(|| format!("{} has no usable file name", root.display()))?;
+        return Ok(vec![LocalFile {
+            model_path: name.to_owned(),
+            disk_path: root.to_owned(),
+            size: metadata.len(),
+        }]);
+    }
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_owned()];
+    while let Some(dir) = pending.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?
+        {
+            let entry = entry?;
+            let disk_path = entry.path();
+            let metadata = std::fs::metadata(&disk_path)
+                .with_context(|| format!("cannot read {}", disk_path.display()))?;
+            if metadata.is_dir() {
+                pending.push(disk_path);
+                continue;
+            }
+            let relative = disk_path.strip_prefix(root)?;
+            let parts: Option<Vec<&str>> = relative
+                .components()
+                .map(|c| c.as_os_str().to_str())
+                .collect();
+            let model_path = parts
+                .with_context(|| format!("{} is not valid UTF-8", disk_path.display()))?
+                .join("/");
+            files.push(LocalFile {
+                model_path,
+                disk_path,
+                size: metadata.len(),
+            });
+        }
+    }
+    if files.is_empty() {
+        bail!("{} contains no files", root.display());
+    }
+    files.sort_by(|a, b| a.model_path.cmp(&b.model_path));
+    Ok(files)
+}
+
+fn progress_bar(total: u64, verb: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    let style = ProgressStyle::with_template(
+        "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_message(verb.to_owned());
+    bar
+}
+
+/// Streams the files to the hub in chunks: memory use is one chunk, whatever the size.
+pub async fn register(
+    client: &mut RegistryClient,
+    mut model: NewModel,
+    path: &Path,
+) -> anyhow::Result<ModelVersion> {
+    use pb::register_model_request::Payload;
+
+    let files = collect_files(path)?;
+    if model.framework.is_empty() {
+        let has_onnx = files.iter().any(|f| f.model_path.ends_with(".onnx"));
+        model.framework = if has_onnx { "onnx" } else { "custom" }.to_owned();
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = progress_bar(total, "uploading");
+    let (sender, receiver) = mpsc::channel::<pb::RegisterModelRequest>(4);
+    let message = |payload| pb::RegisterModelRequest {
+        payload: Some(payload),
+    };
+    let producer_bar = bar.clone();
+    let producer = tokio::spawn(async move {
+        let send = |payload| {
+            let sender = sender.clone();
+            async move {
+                sender
+                    .send(message(payload))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the hub closed the upload"))
+            }
+        };
+        send(Payload::Metadata(model.into())).await?;
+        for file in &files {
+            let mut reader = tokio::fs::File::open(&file.disk_path)
+                .await
+                .with_context(|| format!("opening {}", file.disk_path.display()))?;
+            send(Payload::File(pb::FileHeader {
+                path: file.model_path.clone(),
+                size_bytes: file.size,
+                sha256: String::new(),
+            }))
+            .await?;
+            let mut remaining = file.size;
+            while remaining > 0 {
+                let mut chunk = vec![0; CHUNK_SIZE.min(remaining as usize)];
+                reader
+                    .read_exact(&mut chunk)
+                    .await
+                    .with_context(|| format!("reading {}", file.disk_path.display()))?;
+                remaining -= chunk.len() as u64;
+                producer_bar.inc(chunk.len() as u64);
+                send(Payload::Chunk(chunk.into())).await?;
+            }
+        }
+        send(Payload::Commit(pb::Commit {
+            file_count: files.len() as u32,
+        }))
+        .await?;
+        anyhow::Ok(())
+    });
+    let response = client.register_model(ReceiverStream::new(receiver)).await;
+    bar.finish_and_clear();
+    // A local read error ends the stream early; report it rather than the hub's reaction.
+    let produced = producer.await?;
+    let registered = match (response, produced) {
+        (Ok(response), _) => response.into_inner(),
+        (Err(_), Err(local)) => return Err(local),
+        (Err(status), Ok(())) => return Err(rpc_error(status)),
+    };
+    Ok(ModelVersion::try_from(registered)?)
+}
+
+/// Writes each file as `<name>.partial`, verifies size and sha256, then renames it.
+pub async fn download(
+    client: &mut RegistryClient,
+    name: &str,
+    dir: &Path,
+    overwrite: bool,
+) -> anyhow::Result<ModelVersion> {
+    use pb::download_model_response::Payload;
+
+    let mut stream = client
+        .download_model(pb::DownloadModelRequest {
+            name: name.to_owned(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let Some(pb::DownloadModelResponse {
+        payload: Some(Payload::Model(model)),
+    }) = stream.message().await.map_err(rpc_error)?
+    else {
+        bail!("the hub's download stream did not start with the model");
+    };
+    let model = ModelVersion::try_from(model)?;
+    for file in &model.files {
+        validate::file_path(&file.path)?;
+        let target = dir.join(&file.path);
+        if !overwrite && tokio::fs::try_exists(&target).await? {
+            bail!(
+                "{} already exists; use --overwrite to replace it",
+                target.display()
+            );
+        }
+    }
+    let bar = progress_bar(model.total_size_bytes(), "downloading");
+    let mut current: Option<(pb::FileHeader, PathBuf, tokio::fs::File, Sha256, u64)> = None;
+    loop {
+        let message = stream.message().await.map_err(rpc_error)?;
+        let payload = message.and_then(|m| m.payload);
+        match payload {
+            Some(Payload::Chunk(bytes)) => {
+                let Some((header, _, file, hasher, written)) = current.as_mut() else {
+                    bail!("the hub sent file data before a file header");
+                };
+                *written += bytes.len() as u64;
+                if *written > header.size_bytes {
+                    bail!("{} is larger than announced", header.path);
+                }
+                hasher.update(&bytes);
+                file.write_all(&bytes).await?;
+                bar.inc(bytes.len() as u64);
+            }
+            other => {
+                if let Some(done) = current.take() {
+                    finish_download(dir, done).await?;
+                }
+                match other {
+                    Some(Payload::File(header)) => {
+                        validate::file_path(&header.path)?;
+                        let partial = dir.join(format!("{}.partial", header.path));
+                        if let Some(parent) = partial.parent() {
+                            tokio::fs::create_dir_all(parent)
+                                .await
+                                .with_context(|| format!("creating {}", parent.display()))?;
+                        }
+                        let file = tokio::fs::File::create(&partial)
+                            .await
+                            .with_context(|| format!("creating {}", partial.display()))?;
+                        current = Some((header, partial, file, Sha256::new(), 0));
+                    }
+                    None => break,
+                    Some(_) => bail!("the hub sent an unexpected message in the download"),
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(model)
+}
+
+async fn finish_download(
+    dir: &Path,
+    (header, partial, mut file, hasher, written): (
+        pb::FileHeader,
+        PathBuf,
+        tokio::fs::File,
+        Sha256,
+        u64,
+    ),
+) -> anyhow::Result<()> {
+    file.flush().await?;
+    file.sync_all().await?;
+    drop(file);
+    let digest = hex::encode(hasher.finalize());
+    if written != header.size_bytes || digest != header.sha256 {
+        let _ = tokio::fs::remove_file(&partial).await;
+        bail!(
+            "{} failed verification ({written} of {} bytes, sha256 {digest}, expected {})",
+            header.path,
+            header.size_bytes,
+            header.sha256
+        );
+    }
+    tokio::fs::rename(&partial, dir.join(&header.path)).await?;
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! The real `edgeship` binary against a real hub; outputs are snapshot-tested.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_edgeship");
+
+fn edgeship(hub: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("EDGESHIP_HUB", hub)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run edgeship")
+}
+
+/// Replaces what changes from run to run (times, temp paths) with stable placeholders.
+fn normalize(text: &str, temp: &Path) -> String {
+    let text = text.replace(&temp.display().to_string(), "<tmp>");
+    let mut out = String::with_capacity(text.len());
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_timestamp(&bytes[i..]) {
+            out.push_str("<time>");
+            i += 20;
+        } else {
+            out.push(bytes[i] as char);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Matches `YYYY-MM-DDTHH:MM:SSZ` at the start of `b`.
+fn is_timestamp(b: &[u8]) -> bool {
+    const SHAPE: &[u8; 20] = b"0000-00-00T00:00:00Z";
+    b.len() >= 20
+        && SHAPE.iter().zip(b).all(|(shape, c)| match shape {
+            b'0' => c.is_ascii_digit(),
+            other => other == c,
+        })
+}
+
+fn stdout(output: &Output, temp: &Path) -> String {
+    assert!(
+        output.status.success(),
+        "edgeship failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    normalize(&String::from_utf8_lossy(&output.stdout), temp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
+    let hub = TestHub::start().await;
+    let url = hub.url();
+    let temp = tempfile::tempdir().expect("temp");
+    let t = temp.path();
+    let diabetes = fixture("diabetes");
+    let model_path = diabetes.join("model.onnx").display().to_string();
+    let sample = diabetes.join("sample_input.json").display().to_string();
+    let digits = fixture("digits").display().to_string();
+
+    let out = edgeship(
+        &url,
+        &[
+            "model",
+            "register",
+            "-n",
+            "diabetes",
+            "-p",
+            &model_path,
+            "--tag",
+            "stage=dev",
+            "--property",
+            "r2=0.51",
+            "--description",
+            "Ridge on diabetes",
+            "--sample-input",
+            &sample,
+        ],
+    );
+    insta::assert_snapshot!("register_diabetes", stdout(&out, t));
+    let out = edgeship(&url, &["model", "register", "-n", "digits", "-p", &digits]);
+    insta::assert_snapshot!("register_digits_folder", stdout(&out, t));
+    let out = edgeship(&url, &["model", "list"]);
+    insta::assert_snapshot!("list_table", stdout(&out, t));
+    let out = edgeship(&url, &["model", "list", "--tag", "stage=dev", "-o", "json"]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&stdout(&out, t)).expect("list -o json is JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1));
+    assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
+    let out = edgeship(&url, &["model", "show", "diabetes"]);
+    insta::assert_snapshot!("show_diabetes", stdout(&out, t));
+    let out = edgeship(&url, &["model", "show", "digits:1", "-o", "json"]);
+    insta::assert_snapshot!("show_digits_json", stdout(&out, t));
+
+    let target = t.join("download");
+    let target_arg = target.display().to_string();
+    let out = edgeship(&url, &["model", "download", "digits:1", "-d", &target_arg]);
+    insta::assert_snapshot!("download_digits", stdout(&out, t));
+    for file in [
+        "model.onnx",
+        "expected.json",
+        "sample_input.json",
+        "sample_output.json",
+    ] {
+        assert_eq!(
+            std::fs::read(fixture("digits").join(file)).expect("fixture"),
+            std::fs::read(target.join(file)).expect("downloaded"),
+            "{file}"
+        );
+    }
+
+    let out = edgeship(
+        &url,
+        &[
+            "model",
+            "update",
+            "diabetes:1",
+            "--add-tag",
+            "stage=prod",
+            "--remove-property",
+            "r2",
+            "--description",
+            "promoted",
+        ],
+    );
+    insta::assert_snapshot!("update_diabetes", stdout(&out, t));
+    let out = edgeship(&url, &["model", "delete", "digits:1"]);
+    insta::assert_snapshot!("delete_digits_version", stdout(&out, t));
+    let out = edgeship(&url, &["model", "delete", "diabetes"]);
+    insta::assert_snapshot!("delete_all_diabetes", stdout(&out, t));
+    let out = edgeship(&url, &["model", "list"]);
+    insta::assert_snapshot!("list_empty", stdout(&out, t));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_errors_are_one_line_on_stderr_with_a_failing_exit_code() {
+    let hub = TestHub::start().await;
+    let url = hub.url();
+    let temp = tempfile::tempdir().expect("temp");
+    let not_onnx = temp.path().join("model.onnx");
+    std::fs::write(&not_onnx, "plain text").expect("write");
+    let not_onnx = not_onnx.display().to_string();
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (url.clone(), vec!["model", "show", "diabetes:3"]),
+        (
+            url.clone(),
+            vec!["model", "register", "-n", "bad", "-p", &not_onnx],
+        ),
+        (
+            url.clone(),
+            vec!["model", "register", "-n", "bad name", "-p", &not_onnx],
+        ),
+        (
+            url.clone(),
+            vec!["model", "register", "-n", "m", "-p", "/no/such/file"],
+        ),
+        (
+            url.clone(),
+            vec!["model", "update", "m:1", "--add-tag", "novalue"],
+        ),
+        (url.clone(), vec!["model", "delete", "m:x"]),
+        ("http://127.0.0.1:1".to_owned(), vec!["model", "list"]),
+    ];
+    let mut transcript = String::new();
+    for (hub_url, args) in cases {
+        let output = edgeship(&hub_url, &args);
+        assert!(!output.status.success(), "{args:?} should fail");
+        assert!(output.stdout.is_empty(), "{args:?} printed to stdout");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        transcript.push_str(&format!("$ edgeship {}\n{}", args.join(" "), stderr));
+    }
+    insta::assert_snapshot!("cli_errors", normalize(&transcript, temp.path()));
+}
+
+#[test]
+fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().expect("temp");
+    let mut hub = Command::new(BIN)
+        .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hub");
+    let mut line = String::new();
+    BufReader::new(hub.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let url = line
+        .trim()
+        .strip_prefix("edgeship hub listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let model = fixture("diabetes/model.onnx").display().to_string();
+    let out = edgeship(&url, &["model", "register", "-n", "diabetes", "-p", &model]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = edgeship(&url, &["model", "list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = hub.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "hub exited with {exit}");
+}

@@ -1,0 +1,7 @@
+//! Integration tests of the hub: the registry over real gRPC on 127.0.0.1:0 with sled and the
+//! blob store in a temporary folder, and the `edgeship` binary against it.
+
+mod bad_input;
+mod cli;
+mod registry;
+mod support;

@@ -1,0 +1,196 @@
+//! Shared test fixtures: a hub on an ephemeral port over a temporary data dir, clients, and
+//! paths to the committed ONNX fixtures.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use edgeship_hub::client::{self, RegistryClient};
+use edgeship_hub::registry::{Limits, ModelVersion, NewModel};
+use edgeship_hub::{HubConfig, RunningHub};
+use edgeship_proto::v1 as pb;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/fixtures")
+        .join(name)
+}
+
+/// A hub running in-process with its data in a temporary folder.
+pub struct TestHub {
+    pub hub: Option<RunningHub>,
+    pub data: tempfile::TempDir,
+    pub limits: Limits,
+}
+
+impl TestHub {
+    pub async fn start() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub async fn with_limits(limits: Limits) -> Self {
+        let data = tempfile::tempdir().expect("temp dir");
+        let hub = RunningHub::start(config(data.path(), limits))
+            .await
+            .expect("hub starts");
+        Self {
+            hub: Some(hub),
+            data,
+            limits,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.hub.as_ref().expect("hub running").url()
+    }
+
+    pub async fn client(&self) -> RegistryClient {
+        client::connect(&self.url()).await.expect("connect")
+    }
+
+    /// Stops the hub and starts a new one over the same data dir.
+    pub async fn restart(&mut self) {
+        let hub = self.hub.take().expect("hub running");
+        hub.stop().await.expect("hub stops cleanly");
+        let hub = RunningHub::start(config(self.data.path(), self.limits))
+            .await
+            .expect("hub restarts on the same data dir");
+        self.hub = Some(hub);
+    }
+
+    /// Every blob file currently in the store.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        files_below(&self.data.path().join("blobs/sha256"))
+    }
+
+    pub fn staging_entries(&self) -> Vec<PathBuf> {
+        let dir = self.data.path().join("blobs/staging");
+        std::fs::read_dir(dir)
+            .expect("staging dir")
+            .map(|e| e.expect("entry").path())
+            .collect()
+    }
+
+    /// Polls until the staging folder is empty (an aborted upload is cleaned up by the
+    /// server task as it unwinds, a moment after the client gives up).
+    pub async fn wait_for_empty_staging(&self) {
+        for _ in 0..100 {
+            if self.staging_entries().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("staging still holds {:?}", self.staging_entries());
+    }
+}
+
+fn config(data_dir: &Path, limits: Limits) -> HubConfig {
+    HubConfig {
+        data_dir: data_dir.to_owned(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        limits,
+    }
+}
+
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                found.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+pub fn new_model(name: &str) -> NewModel {
+    NewModel {
+        model_id: name.to_owned(),
+        ..NewModel::default()
+    }
+}
+
+pub async fn register(client: &mut RegistryClient, model: NewModel, path: &Path) -> ModelVersion {
+    client::register(client, model, path)
+        .await
+        .expect("registration succeeds")
+}
+
+pub async fn register_diabetes(client: &mut RegistryClient, name: &str) -> ModelVersion {
+    register(
+        client,
+        new_model(name),
+        &fixture("diabetes").join("model.onnx"),
+    )
+    .await
+}
+
+/// Sends exactly these registration messages, for tests of malformed streams.
+pub async fn register_raw(
+    client: &mut RegistryClient,
+    messages: Vec<pb::register_model_request::Payload>,
+) -> Result<pb::Model, tonic::Status> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(messages.len().max(1));
+    for payload in messages {
+        sender
+            .send(pb::RegisterModelRequest {
+                payload: Some(payload),
+            })
+            .await
+            .expect("queue message");
+    }
+    drop(sender);
+    client
+        .register_model(ReceiverStream::new(receiver))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub fn metadata(name: &str, framework: &str) -> pb::register_model_request::Payload {
+    pb::register_model_request::Payload::Metadata(pb::ModelMetadata {
+        model_id: name.to_owned(),
+        framework: framework.to_owned(),
+        ..Default::default()
+    })
+}
+
+pub fn file_header(path: &str, size: u64) -> pb::register_model_request::Payload {
+    pb::register_model_request::Payload::File(pb::FileHeader {
+        path: path.to_owned(),
+        size_bytes: size,
+        sha256: String::new(),
+    })
+}
+
+pub fn chunk(bytes: &[u8]) -> pb::register_model_request::Payload {
+    pb::register_model_request::Payload::Chunk(bytes.to_vec().into())
+}
+
+pub fn commit(file_count: u32) -> pb::register_model_request::Payload {
+    pb::register_model_request::Payload::Commit(pb::Commit { file_count })
+}
+
+pub async fn list(client: &mut RegistryClient, request: pb::ListModelsRequest) -> Vec<String> {
+    client
+        .list_models(request)
+        .await
+        .expect("list succeeds")
+        .into_inner()
+        .models
+        .into_iter()
+        .map(|m| format!("{}:{}", m.model_id, m.version))
+        .collect()
+}
+
+pub async fn list_all(client: &mut RegistryClient) -> Vec<String> {
+    list(client, pb::ListModelsRequest::default()).await
+}
