@@ -5,7 +5,11 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["edgeship/v1/registry.proto"];
+const PROTOS: &[&str] = &[
+    "edgeship/v1/registry.proto",
+    "edgeship/v1/device.proto",
+    "edgeship/v1/fleet.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");

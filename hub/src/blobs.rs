@@ -46,7 +46,11 @@ impl BlobStore {
             return Ok(());
         }
         let shard = target.parent().unwrap_or(&self.root);
-        fs::create_dir_all(shard)?;
+        if !shard.is_dir() {
+            fs::create_dir_all(shard)?;
+            // A new shard folder is itself an entry of `sha256/` that must reach the disk.
+            fs::File::open(self.root.join("sha256"))?.sync_all()?;
+        }
         fs::rename(staged, &target)?;
         // The rename is durable only once the directory entry is.
         fs::File::open(shard)?.sync_all()

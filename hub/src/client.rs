@@ -22,7 +22,10 @@ pub type RegistryClient = ModelRegistryClient<Channel>;
 pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
     let endpoint = Channel::from_shared(hub.to_owned())
         .with_context(|| format!("invalid hub URL {hub:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5));
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::server::WINDOW_BYTES)
+        .initial_connection_window_size(2 * crate::server::WINDOW_BYTES);
     let channel = endpoint
         .connect()
         .await
@@ -75,9 +78,18 @@ fn collect_files(root: &Path) -> anyhow::Result<Vec<LocalFile>> {
         {
             let entry = entry?;
             let disk_path = entry.path();
+            let is_link = entry.file_type()?.is_symlink();
             let metadata = std::fs::metadata(&disk_path)
                 .with_context(|| format!("cannot read {}", disk_path.display()))?;
             if metadata.is_dir() {
+                // Linked files are uploaded (model caches often link blobs); linked folders
+                // are not followed, since they can loop or reach far outside the model.
+                if is_link {
+                    bail!(
+                        "{} links to a folder; copy it into the model folder instead",
+                        disk_path.display()
+                    );
+                }
                 pending.push(disk_path);
                 continue;
             }
@@ -118,19 +130,15 @@ fn progress_bar(total: u64, verb: &str) -> ProgressBar {
     bar
 }
 
-/// Streams the files to the hub in chunks: memory use is one chunk, whatever the size.
+/// Streams the files to the hub in chunks: memory use is a few chunks, whatever the size.
 pub async fn register(
     client: &mut RegistryClient,
-    mut model: NewModel,
+    model: NewModel,
     path: &Path,
 ) -> anyhow::Result<ModelVersion> {
     use pb::register_model_request::Payload;
 
     let files = collect_files(path)?;
-    if model.framework.is_empty() {
-        let has_onnx = files.iter().any(|f| f.model_path.ends_with(".onnx"));
-        model.framework = if has_onnx { "onnx" } else { "custom" }.to_owned();
-    }
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = progress_bar(total, "uploading");
     let (sender, receiver) = mpsc::channel::<pb::RegisterModelRequest>(4);
@@ -223,74 +231,131 @@ pub async fn download(
         }
     }
     let bar = progress_bar(model.total_size_bytes(), "downloading");
-    let mut current: Option<(pb::FileHeader, PathBuf, tokio::fs::File, Sha256, u64)> = None;
-    loop {
-        let message = stream.message().await.map_err(rpc_error)?;
-        let payload = message.and_then(|m| m.payload);
-        match payload {
-            Some(Payload::Chunk(bytes)) => {
-                let Some((header, _, file, hasher, written)) = current.as_mut() else {
-                    bail!("the hub sent file data before a file header");
-                };
-                *written += bytes.len() as u64;
-                if *written > header.size_bytes {
-                    bail!("{} is larger than announced", header.path);
+    let mut current: Option<FileDownload> = None;
+    let mut next_file = 0;
+    let result = async {
+        loop {
+            let message = stream.message().await.map_err(rpc_error)?;
+            match message.and_then(|m| m.payload) {
+                Some(Payload::Chunk(bytes)) => {
+                    let Some(file) = current.as_mut() else {
+                        bail!("the hub sent file data before a file header");
+                    };
+                    file.write(&bytes).await?;
+                    bar.inc(bytes.len() as u64);
                 }
-                hasher.update(&bytes);
-                file.write_all(&bytes).await?;
-                bar.inc(bytes.len() as u64);
-            }
-            other => {
-                if let Some(done) = current.take() {
-                    finish_download(dir, done).await?;
-                }
-                match other {
-                    Some(Payload::File(header)) => {
-                        validate::file_path(&header.path)?;
-                        let partial = dir.join(format!("{}.partial", header.path));
-                        if let Some(parent) = partial.parent() {
-                            tokio::fs::create_dir_all(parent)
-                                .await
-                                .with_context(|| format!("creating {}", parent.display()))?;
-                        }
-                        let file = tokio::fs::File::create(&partial)
-                            .await
-                            .with_context(|| format!("creating {}", partial.display()))?;
-                        current = Some((header, partial, file, Sha256::new(), 0));
+                Some(Payload::File(header)) => {
+                    if let Some(done) = current.take() {
+                        done.finish().await?;
                     }
-                    None => break,
-                    Some(_) => bail!("the hub sent an unexpected message in the download"),
+                    // Each header must be the next file of the record, exactly.
+                    let Some(expected) = model.files.get(next_file) else {
+                        bail!("the hub sent more files than the model has");
+                    };
+                    if header.path != expected.path
+                        || header.size_bytes != expected.size_bytes
+                        || header.sha256 != expected.sha256
+                    {
+                        bail!(
+                            "the hub sent {} where {} was expected",
+                            header.path,
+                            expected.path
+                        );
+                    }
+                    next_file += 1;
+                    current = Some(FileDownload::create(dir, header).await?);
                 }
+                None => {
+                    if let Some(done) = current.take() {
+                        done.finish().await?;
+                    }
+                    if next_file != model.files.len() {
+                        bail!(
+                            "the download ended after {next_file} of {} files",
+                            model.files.len()
+                        );
+                    }
+                    return Ok(());
+                }
+                Some(_) => bail!("the hub sent an unexpected message in the download"),
             }
         }
     }
+    .await;
     bar.finish_and_clear();
+    if let Err(err) = result {
+        if let Some(partial) = current {
+            partial.discard().await;
+        }
+        return Err(err);
+    }
     Ok(model)
 }
 
-async fn finish_download(
-    dir: &Path,
-    (header, partial, mut file, hasher, written): (
-        pb::FileHeader,
-        PathBuf,
-        tokio::fs::File,
-        Sha256,
-        u64,
-    ),
-) -> anyhow::Result<()> {
-    file.flush().await?;
-    file.sync_all().await?;
-    drop(file);
-    let digest = hex::encode(hasher.finalize());
-    if written != header.size_bytes || digest != header.sha256 {
-        let _ = tokio::fs::remove_file(&partial).await;
-        bail!(
-            "{} failed verification ({written} of {} bytes, sha256 {digest}, expected {})",
-            header.path,
-            header.size_bytes,
-            header.sha256
-        );
+/// One file being downloaded into `<name>.partial`, renamed into place once verified.
+struct FileDownload {
+    header: pb::FileHeader,
+    target: PathBuf,
+    partial: PathBuf,
+    file: tokio::fs::File,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl FileDownload {
+    async fn create(dir: &Path, header: pb::FileHeader) -> anyhow::Result<Self> {
+        validate::file_path(&header.path)?;
+        let target = dir.join(&header.path);
+        let partial = dir.join(format!("{}.partial", header.path));
+        if let Some(parent) = partial.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let file = tokio::fs::File::create(&partial)
+            .await
+            .with_context(|| format!("creating {}", partial.display()))?;
+        Ok(Self {
+            header,
+            target,
+            partial,
+            file,
+            hasher: Sha256::new(),
+            written: 0,
+        })
     }
-    tokio::fs::rename(&partial, dir.join(&header.path)).await?;
-    Ok(())
+
+    async fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.written += bytes.len() as u64;
+        if self.written > self.header.size_bytes {
+            bail!("{} is larger than announced", self.header.path);
+        }
+        self.hasher.update(bytes);
+        self.file
+            .write_all(bytes)
+            .await
+            .with_context(|| format!("writing {}", self.partial.display()))
+    }
+
+    async fn finish(mut self) -> anyhow::Result<()> {
+        self.file.flush().await?;
+        self.file.sync_all().await?;
+        let digest = hex::encode(self.hasher.clone().finalize());
+        if self.written != self.header.size_bytes || digest != self.header.sha256 {
+            let why = format!(
+                "{} failed verification ({} of {} bytes, sha256 {digest}, expected {})",
+                self.header.path, self.written, self.header.size_bytes, self.header.sha256
+            );
+            self.discard().await;
+            bail!(why);
+        }
+        tokio::fs::rename(&self.partial, &self.target)
+            .await
+            .with_context(|| format!("moving {} into place", self.target.display()))
+    }
+
+    async fn discard(self) {
+        drop(self.file);
+        let _ = tokio::fs::remove_file(&self.partial).await;
+    }
 }

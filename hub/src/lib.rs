@@ -2,9 +2,11 @@
 
 pub mod api;
 pub mod blobs;
+pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod fleet;
 pub mod registry;
 pub mod server;
 
-pub use server::{HubConfig, RunningHub};
+pub use server::{HubConfig, Mqtt, RunningHub};

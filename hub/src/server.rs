@@ -1,4 +1,5 @@
-//! Starts the hub's gRPC server: registry, health and reflection services over one listener.
+//! Starts the hub: the registry and fleet over sled, the MQTT side (embedded broker or an
+//! external one, plus the hub's MQTT link), and the gRPC server with health and reflection.
 //! Used by `edgeship hub`, by `edgeship dev`, and in-process by tests.
 
 use std::net::SocketAddr;
@@ -10,10 +11,23 @@ use edgeship_proto::v1::model_registry_server::ModelRegistryServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::ModelRegistryService;
+use crate::api::{FleetService, ModelRegistryService};
+use crate::fleet::{Fleet, link};
 use crate::registry::{Limits, Registry};
+use edgeship_proto::v1::deployments_server::DeploymentsServer;
+use edgeship_proto::v1::fleet_server::FleetServer;
+
+/// Where the hub's MQTT traffic goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mqtt {
+    /// Run a broker in this process, listening here (port 0 picks one).
+    Embedded { listen: SocketAddr },
+    /// Use an external broker (Mosquitto, EMQX, ...).
+    External { host: String, port: u16 },
+}
 
 /// Validated hub settings.
 #[derive(Debug, Clone)]
@@ -21,14 +35,65 @@ pub struct HubConfig {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub limits: Limits,
+    pub mqtt: Mqtt,
+    /// Largest MQTT packet; blob chunks stay well below it.
+    pub max_packet_bytes: usize,
+}
+
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+/// HTTP/2 flow-control window for file transfers, on the server and in clients.
+pub const WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+impl HubConfig {
+    /// A hub with an embedded broker, both on ephemeral loopback ports (tests, `dev`).
+    pub fn local(data_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            limits: Limits::default(),
+            mqtt: Mqtt::Embedded {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+        }
+    }
+}
+
+/// Parses `mqtt://host:port` (or `tcp://host:port`, or `host:port`).
+pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        anyhow::bail!("unsupported MQTT URL {url:?}: use mqtt://host:port");
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => (
+            host,
+            port.parse::<u16>()
+                .with_context(|| format!("invalid port in MQTT URL {url:?}"))?,
+        ),
+        None => (rest, 1883),
+    };
+    if host.is_empty() {
+        anyhow::bail!("MQTT URL {url:?} has no host");
+    }
+    Ok((host.trim_matches(['[', ']']).to_owned(), port))
 }
 
 /// A hub serving in the background; dropping it without [`RunningHub::stop`] aborts it.
 #[derive(Debug)]
 pub struct RunningHub {
     addr: SocketAddr,
+    mqtt_host: String,
+    mqtt_port: u16,
+    registry: Arc<Registry>,
+    fleet: Arc<Fleet>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
+    link: Option<link::Link>,
 }
 
 impl RunningHub {
@@ -39,21 +104,77 @@ impl RunningHub {
         let registry = tokio::task::spawn_blocking(move || Registry::open(&data_dir, limits))
             .await?
             .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
+        let registry = Arc::new(registry);
+        let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let fleet = Arc::new(
+            Fleet::open(registry.db(), Arc::clone(&registry), outbox)
+                .context("opening the fleet store")?,
+        );
+        // Bind the API before starting anything that cannot be stopped (the broker).
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let (mqtt_host, mqtt_port) = match &config.mqtt {
+            Mqtt::Embedded { listen } => {
+                let (listen, max) = (*listen, config.max_packet_bytes);
+                let bound =
+                    tokio::task::spawn_blocking(move || crate::broker::start_embedded(listen, max))
+                        .await??;
+                (bound.ip().to_string(), bound.port())
+            }
+            Mqtt::External { host, port } => (host.clone(), *port),
+        };
+        let link = link::start(
+            link::LinkConfig {
+                host: mqtt_host.clone(),
+                port: mqtt_port,
+                client_id: "edgeship-hub".into(),
+                max_packet_bytes: config.max_packet_bytes,
+            },
+            Arc::clone(&fleet),
+            outbox_rx,
+        );
+        {
+            let fleet = Arc::clone(&fleet);
+            tokio::task::spawn_blocking(move || fleet.reconcile_all())
+                .await?
+                .context("computing desired states")?;
+        }
         let (shutdown, shutdown_signal) = oneshot::channel();
-        let task = tokio::spawn(serve(Arc::new(registry), listener, async move {
-            // A dropped sender also means stop.
-            let _ = shutdown_signal.await;
-        }));
-        tracing::info!(%addr, data_dir = %config.data_dir.display(), "hub listening");
+        let task = tokio::spawn(serve(
+            Arc::clone(&registry),
+            Arc::clone(&fleet),
+            listener,
+            async move {
+                // A dropped sender also means stop.
+                let _ = shutdown_signal.await;
+            },
+        ));
+        tracing::info!(%addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), data_dir = %config.data_dir.display(), "hub listening");
         Ok(Self {
             addr,
+            mqtt_host,
+            mqtt_port,
+            registry,
+            fleet,
             shutdown: Some(shutdown),
             task,
+            link: Some(link),
         })
+    }
+
+    /// The broker devices connect to, as `mqtt://host:port`.
+    pub fn mqtt_url(&self) -> String {
+        format!("mqtt://{}:{}", self.mqtt_host, self.mqtt_port)
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn fleet(&self) -> &Arc<Fleet> {
+        &self.fleet
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -70,7 +191,11 @@ impl RunningHub {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        (&mut self.task).await?
+        let served = (&mut self.task).await?;
+        if let Some(link) = self.link.take() {
+            link.stop().await;
+        }
+        served
     }
 
     /// Waits until the server ends (it only ends on error or after `stop`).
@@ -87,6 +212,7 @@ impl Drop for RunningHub {
 
 async fn serve(
     registry: Arc<Registry>,
+    fleet: Arc<Fleet>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -94,18 +220,47 @@ async fn serve(
     health
         .set_serving::<ModelRegistryServer<ModelRegistryService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    health
+        .set_serving::<DeploymentsServer<FleetService>>()
+        .await;
+    health.set_serving::<FleetServer<FleetService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Both reflection versions: some widespread tools still speak only v1alpha.
+    let reflection_v1 = reflection()
         .build_v1()
         .context("building the reflection service")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("building the reflection service")?;
+    // Sockets from our own listener do not get tonic's socket options: without TCP_NODELAY,
+    // small responses wait out delayed ACKs (~40 ms per call).
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        if let Ok(stream) = &stream {
+            let _ = stream.set_nodelay(true);
+        }
+        stream
+    });
     tonic::transport::Server::builder()
+        // Model files stream in 1 MiB messages: HTTP/2's default 64 KiB window would stall
+        // each one on round trips for window updates.
+        .initial_stream_window_size(Some(WINDOW_BYTES))
+        .initial_connection_window_size(Some(2 * WINDOW_BYTES))
         .add_service(health_service)
-        .add_service(reflection)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .add_service(ModelRegistryServer::new(ModelRegistryService::new(
             registry,
+            Arc::clone(&fleet),
         )))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(DeploymentsServer::new(FleetService::new(Arc::clone(
+            &fleet,
+        ))))
+        .add_service(FleetServer::new(FleetService::new(fleet)))
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")
 }

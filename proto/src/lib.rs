@@ -16,3 +16,85 @@ pub mod v1 {
 
 /// Encoded `FileDescriptorSet` of every edgeship `.proto` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("edgeship_descriptor");
+
+/// MQTT topic names of the device protocol (see `device.proto`). Every device topic lives
+/// under `edgeship/v1/devices/<device_id>/`, so a broker ACL can confine a device to its own
+/// subtree.
+pub mod topics {
+    pub const PREFIX: &str = "edgeship/v1/devices";
+
+    /// What a device's topics end with, and which way they flow.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum DeviceTopic {
+        /// hub → device, retained `DesiredState`.
+        Desired,
+        /// device → hub `ReportedState`.
+        Reported,
+        /// device → hub, retained `Birth` (also the Last Will).
+        Birth,
+        /// device → hub `BlobRequest`.
+        BlobRequest,
+        /// hub → device `BlobChunk`.
+        BlobResponse,
+    }
+
+    impl DeviceTopic {
+        pub fn suffix(self) -> &'static str {
+            match self {
+                DeviceTopic::Desired => "desired",
+                DeviceTopic::Reported => "reported",
+                DeviceTopic::Birth => "birth",
+                DeviceTopic::BlobRequest => "blobs/req",
+                DeviceTopic::BlobResponse => "blobs/resp",
+            }
+        }
+
+        const ALL: [DeviceTopic; 5] = [
+            DeviceTopic::Desired,
+            DeviceTopic::Reported,
+            DeviceTopic::Birth,
+            DeviceTopic::BlobRequest,
+            DeviceTopic::BlobResponse,
+        ];
+    }
+
+    /// The topic of `kind` for one device.
+    pub fn device(device_id: &str, kind: DeviceTopic) -> String {
+        format!("{PREFIX}/{device_id}/{}", kind.suffix())
+    }
+
+    /// The subscription filter matching `kind` for every device.
+    pub fn all_devices(kind: DeviceTopic) -> String {
+        format!("{PREFIX}/+/{}", kind.suffix())
+    }
+
+    /// Splits a topic into device id and kind; `None` for anything else.
+    pub fn parse(topic: &str) -> Option<(&str, DeviceTopic)> {
+        let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;
+        let (device_id, suffix) = rest.split_once('/')?;
+        let kind = DeviceTopic::ALL
+            .into_iter()
+            .find(|k| k.suffix() == suffix)?;
+        (!device_id.is_empty()).then_some((device_id, kind))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn topics_round_trip() {
+            for kind in DeviceTopic::ALL {
+                let topic = device("dev-1", kind);
+                assert_eq!(parse(&topic), Some(("dev-1", kind)));
+            }
+            assert_eq!(parse("edgeship/v1/devices//desired"), None);
+            assert_eq!(parse("edgeship/v1/devices/d/unknown"), None);
+            assert_eq!(parse("other/d/desired"), None);
+            assert_eq!(
+                all_devices(DeviceTopic::Birth),
+                "edgeship/v1/devices/+/birth"
+            );
+        }
+    }
+}

@@ -22,7 +22,7 @@ fn millis(ts: Option<prost_types::Timestamp>) -> i64 {
         .unwrap_or_default()
 }
 
-fn non_empty(text: String) -> Option<String> {
+pub(crate) fn non_empty(text: String) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
@@ -104,7 +104,7 @@ impl From<pb::TensorSpec> for TensorSpec {
 }
 
 /// Read back by clients (the CLI); the hub is trusted to have validated what it returns,
-/// so only the resource name is checked.
+/// so only the model id is checked (it becomes part of paths and names on the client).
 impl TryFrom<pb::Model> for ModelVersion {
     type Error = Error;
 
@@ -206,15 +206,13 @@ impl TryFrom<pb::ListModelsRequest> for ListQuery {
 
 /// Splits an update request into the version it targets and the change.
 pub fn update_request(request: pb::UpdateModelRequest) -> Result<(VersionRef, ModelUpdate), Error> {
-    {
-        let reference = validate::version_name(&request.name)?;
-        let update = ModelUpdate {
-            add_tags: request.add_tags.into_iter().collect::<BTreeMap<_, _>>(),
-            remove_tags: request.remove_tags,
-            add_properties: request.add_properties.into_iter().collect(),
-            remove_properties: request.remove_properties,
-            description: request.description,
-        };
-        Ok((reference, update))
-    }
+    let reference = validate::version_name(&request.name)?;
+    let update = ModelUpdate {
+        add_tags: request.add_tags.into_iter().collect::<BTreeMap<_, _>>(),
+        remove_tags: request.remove_tags,
+        add_properties: request.add_properties.into_iter().collect(),
+        remove_properties: request.remove_properties,
+        description: request.description,
+    };
+    Ok((reference, update))
 }

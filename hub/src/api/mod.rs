@@ -1,8 +1,10 @@
 //! gRPC adapter: the only place (with the CLI client) where protobuf types meet the registry.
 
 pub mod convert;
+mod fleet;
 mod registry;
 
+pub use fleet::FleetService;
 pub use registry::ModelRegistryService;
 
 use tonic::Status;

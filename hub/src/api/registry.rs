@@ -13,16 +13,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::CHUNK_SIZE;
-use crate::registry::{Error, ListQuery, ModelVersion, Registry, validate};
+use super::convert::non_empty;
+use crate::fleet::Fleet;
+use crate::registry::{
+    DeleteTarget, Error, ListQuery, ModelVersion, Registry, VersionRef, VersionSelector, validate,
+};
 
 #[derive(Debug, Clone)]
 pub struct ModelRegistryService {
     registry: Arc<Registry>,
+    fleet: Arc<Fleet>,
 }
 
 impl ModelRegistryService {
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Self { registry }
+    pub fn new(registry: Arc<Registry>, fleet: Arc<Fleet>) -> Self {
+        Self { registry, fleet }
     }
 
     /// Runs blocking registry work (flushes, ONNX parsing) off the async workers.
@@ -39,10 +44,6 @@ impl ModelRegistryService {
 }
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadModelResponse, Status>> + Send>>;
-
-fn non_empty(text: String) -> Option<String> {
-    (!text.is_empty()).then_some(text)
-}
 
 #[tonic::async_trait]
 impl ModelRegistry for ModelRegistryService {
@@ -163,6 +164,20 @@ impl ModelRegistry for ModelRegistryService {
         request: Request<pb::DeleteModelRequest>,
     ) -> Result<Response<pb::DeleteModelResponse>, Status> {
         let target = validate::delete_target(&request.into_inner().name)?;
+        let (model_id, version) = match &target {
+            DeleteTarget::AllVersions(id) => (id.clone(), None),
+            DeleteTarget::Version(reference) => {
+                let model = self.registry.get(reference)?;
+                (model.model_id, Some(model.version))
+            }
+        };
+        let users = self.fleet.deployments_using(&model_id, version)?;
+        if !users.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "model {model_id} is used by deployment {}; delete the deployment first",
+                users.join(", ")
+            )));
+        }
         let (model_id, deleted_versions) = self
             .blocking(move |registry| registry.delete(&target))
             .await?;
@@ -170,6 +185,13 @@ impl ModelRegistry for ModelRegistryService {
             model_id,
             deleted_versions,
         }))
+    }
+}
+
+fn reference_of(model: &ModelVersion) -> VersionRef {
+    VersionRef {
+        model_id: model.model_id.clone(),
+        version: VersionSelector::Exact(model.version),
     }
 }
 
@@ -193,12 +215,24 @@ async fn stream_model(
     send(Payload::Model(pb::Model::from(&model))).await?;
     for file in &model.files {
         let path = registry.blob_path(&file.sha256);
-        let mut reader = tokio::fs::File::open(&path).await.map_err(|err| {
-            Status::data_loss(format!(
-                "the stored bytes of {} ({}) cannot be read: {err}",
-                file.path, file.sha256
-            ))
-        })?;
+        let mut reader = match tokio::fs::File::open(&path).await {
+            Ok(reader) => reader,
+            // A delete that ran after the record was read removes the blob: not damage.
+            Err(_) if registry.get(&reference_of(&model)).is_err() => {
+                return Err(Status::not_found(format!(
+                    "{}:{} was deleted during the download",
+                    model.model_id, model.version
+                )));
+            }
+            Err(err) => {
+                let message = format!(
+                    "the stored bytes of {} ({}) cannot be read: {err}",
+                    file.path, file.sha256
+                );
+                tracing::error!(model = %model.model_id, version = model.version, error = %message, "blob missing");
+                return Err(Status::data_loss(message));
+            }
+        };
         send(Payload::File(pb::FileHeader {
             path: file.path.clone(),
             size_bytes: file.size_bytes,
@@ -218,10 +252,12 @@ async fn stream_model(
         }
         let actual = hex::encode(hasher.finalize());
         if actual != file.sha256 {
-            return Err(Status::data_loss(format!(
+            let message = format!(
                 "the stored bytes of {} are damaged (sha256 {actual}, expected {})",
                 file.path, file.sha256
-            )));
+            );
+            tracing::error!(model = %model.model_id, version = model.version, error = %message, "blob damaged");
+            return Err(Status::data_loss(message));
         }
     }
     Ok(())

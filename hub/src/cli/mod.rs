@@ -10,11 +10,12 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::registry::Limits;
-use crate::server::{HubConfig, RunningHub};
+use crate::server::{HubConfig, Mqtt, RunningHub};
 
 /// Where client commands find the hub unless `--hub` or `EDGESHIP_HUB` says otherwise.
 pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:7700";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
+pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -54,6 +55,15 @@ pub struct HubArgs {
     /// Most files one model version may have.
     #[arg(long, default_value_t = Limits::default().max_files)]
     pub max_files: usize,
+    /// Use this external MQTT broker (mqtt://host:port) instead of the embedded one.
+    #[arg(long, env = "EDGESHIP_MQTT_URL")]
+    pub mqtt_url: Option<String>,
+    /// Where the embedded MQTT broker listens (ignored with --mqtt-url).
+    #[arg(long, default_value = DEFAULT_MQTT_LISTEN)]
+    pub mqtt_listen: SocketAddr,
+    /// Largest MQTT packet, in bytes (the broker's limit; model chunks stay below it).
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_PACKET_BYTES)]
+    pub max_packet_bytes: usize,
 }
 
 #[derive(Debug, Args)]
@@ -168,6 +178,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
+    let mqtt = match &args.mqtt_url {
+        Some(url) => {
+            let (host, port) = crate::server::parse_mqtt_url(url)?;
+            Mqtt::External { host, port }
+        }
+        None => Mqtt::Embedded {
+            listen: args.mqtt_listen,
+        },
+    };
+    if args.max_packet_bytes < 128 * 1024 {
+        anyhow::bail!(
+            "--max-packet-bytes is {}; at least 131072 is needed for model chunks",
+            args.max_packet_bytes
+        );
+    }
     let config = HubConfig {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -175,10 +200,13 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
             max_model_bytes: args.max_model_bytes,
             max_files: args.max_files,
         },
+        mqtt,
+        max_packet_bytes: args.max_packet_bytes,
     };
     let mut hub = RunningHub::start(config).await?;
-    // Scripts and tests read this line to learn the address (port 0 picks one).
+    // Scripts and tests read these lines to learn the addresses (port 0 picks one).
     println!("edgeship hub listening on {}", hub.url());
+    println!("edgeship mqtt broker at {}", hub.mqtt_url());
     tokio::select! {
         result = shutdown_signal() => result?,
         result = hub.wait() => return result,

@@ -22,6 +22,14 @@ pub fn model_json(model: &ModelVersion) -> serde_json::Value {
         object.insert("total_size_bytes".into(), model.total_size_bytes().into());
         object.insert("create_time".into(), rfc3339(model.create_time_ms).into());
         object.insert("update_time".into(), rfc3339(model.update_time_ms).into());
+        // Samples were checked to be JSON at registration: show them as JSON, not strings.
+        for key in ["sample_input", "sample_output"] {
+            if let Some(serde_json::Value::String(text)) = object.get(key)
+                && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text)
+            {
+                object.insert(key.into(), parsed);
+            }
+        }
     }
     value
 }

@@ -160,6 +160,11 @@ impl Registry {
         Ok(())
     }
 
+    /// The database, shared with the fleet store (one sled instance per data dir).
+    pub fn db(&self) -> sled::Db {
+        self.db.clone()
+    }
+
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -177,16 +182,24 @@ impl Registry {
     /// Validates the staged files and registers them as the next version. Blocking: ONNX
     /// parsing and the durable flush both take time, so async callers use `spawn_blocking`.
     pub fn commit(&self, staged: StagedModel) -> Result<ModelVersion, Error> {
-        let StagedModel { model, files, dir } = staged;
+        let StagedModel {
+            mut model,
+            files,
+            dir,
+        } = staged;
         let mut model_files = Vec::with_capacity(files.len());
+        let has_onnx_file = files.iter().any(|f| validate::is_onnx_path(&f.path));
+        if model.framework.is_empty() {
+            model.framework = if has_onnx_file { "onnx" } else { "custom" }.to_owned();
+        }
         let is_onnx = model.framework == "onnx";
-        if is_onnx && !files.iter().any(|f| f.path.ends_with(".onnx")) {
+        if is_onnx && !has_onnx_file {
             return Err(Error::invalid(
                 "framework is onnx but no file has the .onnx extension",
             ));
         }
         for file in &files {
-            let onnx = if is_onnx && file.path.ends_with(".onnx") {
+            let onnx = if is_onnx && validate::is_onnx_path(&file.path) {
                 Some(onnx::inspect(&file.path, &file.location)?)
             } else {
                 None
@@ -500,11 +513,12 @@ fn query_fingerprint(query: &ListQuery) -> String {
     };
     add(query.model_id.as_deref().unwrap_or(""));
     add(query.framework.as_deref().unwrap_or(""));
-    for tag in &query.tags {
-        add(&format!("t{tag}"));
-    }
-    for property in &query.properties {
-        add(&format!("p{property}"));
+    // Order-insensitive: the same conditions in another order are the same filter.
+    let mut conditions: Vec<String> = query.tags.iter().map(|t| format!("t{t}")).collect();
+    conditions.extend(query.properties.iter().map(|p| format!("p{p}")));
+    conditions.sort();
+    for condition in &conditions {
+        add(condition);
     }
     hex::encode(&hasher.finalize()[..8])
 }

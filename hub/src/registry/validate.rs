@@ -106,10 +106,8 @@ pub fn new_model(model: &mut NewModel) -> Result<(), Error> {
             model.description.len()
         )));
     }
+    // An empty framework is decided at commit, from the files (onnx when a .onnx is present).
     model.framework = model.framework.trim().to_ascii_lowercase();
-    if model.framework.is_empty() {
-        model.framework = "custom".to_owned();
-    }
     let framework_ok = model.framework.len() <= MAX_FRAMEWORK_LEN
         && model
             .framework
@@ -148,7 +146,11 @@ pub fn file_path(path: &str) -> Result<(), Error> {
     if path.len() > MAX_PATH_LEN {
         return reject("it is longer than 1024 bytes");
     }
-    if path.starts_with('/') || path.as_bytes().get(1) == Some(&b':') {
+    let bytes = path.as_bytes();
+    let drive_letter = bytes[0].is_ascii_alphabetic()
+        && bytes.get(1) == Some(&b':')
+        && matches!(bytes.get(2), None | Some(b'/'));
+    if path.starts_with('/') || drive_letter {
         return reject("absolute paths are not allowed; use a path relative to the model folder");
     }
     if path.contains('\\') {
@@ -232,6 +234,11 @@ fn version_selector(model: &str, text: &str) -> Result<VersionSelector, Error> {
             "invalid version {text:?} of model {model:?}: use a positive integer or 'latest'"
         ))),
     }
+}
+
+/// Whether a file is an ONNX model by its name (case-insensitive `.onnx`).
+pub fn is_onnx_path(path: &str) -> bool {
+    path.len() > 5 && path[path.len() - 5..].eq_ignore_ascii_case(".onnx")
 }
 
 /// Parses `models/{id}/versions/{version|latest}`.
@@ -327,7 +334,7 @@ mod tests {
 
     #[test]
     fn file_paths_cannot_escape_the_model_folder() {
-        for ok in ["model.onnx", "nested/dir/weights.bin", "a..b/c"] {
+        for ok in ["model.onnx", "nested/dir/weights.bin", "a..b/c", "a:b.txt"] {
             assert!(file_path(ok).is_ok(), "{ok} should be accepted");
         }
         for (bad, why) in [

@@ -185,7 +185,14 @@ async fn cli_errors_are_one_line_on_stderr_with_a_failing_exit_code() {
 fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().expect("temp");
     let mut hub = Command::new(BIN)
-        .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

@@ -86,9 +86,8 @@ impl TestHub {
 
 fn config(data_dir: &Path, limits: Limits) -> HubConfig {
     HubConfig {
-        data_dir: data_dir.to_owned(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
         limits,
+        ..HubConfig::local(data_dir.to_owned())
     }
 }
 

@@ -1,0 +1,246 @@
+//! Agent configuration: a TOML file and command-line flags (flags win), parsed once into a
+//! validated [`AgentConfig`] before anything binds or connects.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Everything the agent needs, validated.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub device_id: String,
+    pub broker: BrokerAddress,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// Address scoring endpoints bind to (their ports come from deployments).
+    pub serve_host: IpAddr,
+    pub keep_alive: Duration,
+    /// Largest MQTT packet the agent sends or accepts.
+    pub max_packet_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "mqtt://{}:{}", self.host, self.port)
+    }
+}
+
+/// The file format, every field optional (flags or defaults fill the rest).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub device_id: Option<String>,
+    pub broker: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub serve_host: Option<IpAddr>,
+    pub keep_alive_secs: Option<u64>,
+    pub max_packet_bytes: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
+
+impl RawConfig {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|err| ConfigError::Parse {
+            path: path.to_owned(),
+            message: err.to_string(),
+        })
+    }
+
+    /// Applies `overrides` (from flags) on top of this (from the file).
+    pub fn merge(mut self, overrides: RawConfig) -> Self {
+        self.device_id = overrides.device_id.or(self.device_id);
+        self.broker = overrides.broker.or(self.broker);
+        self.data_dir = overrides.data_dir.or(self.data_dir);
+        self.labels.extend(overrides.labels);
+        self.serve_host = overrides.serve_host.or(self.serve_host);
+        self.keep_alive_secs = overrides.keep_alive_secs.or(self.keep_alive_secs);
+        self.max_packet_bytes = overrides.max_packet_bytes.or(self.max_packet_bytes);
+        self
+    }
+
+    pub fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let device_id = self
+            .device_id
+            .ok_or_else(|| ConfigError::Invalid("a device id is required (--device-id)".into()))?;
+        validate_device_id(&device_id).map_err(ConfigError::Invalid)?;
+        let broker = parse_broker_url(self.broker.as_deref().unwrap_or("mqtt://127.0.0.1:1883"))
+            .map_err(ConfigError::Invalid)?;
+        let data_dir = self
+            .data_dir
+            .ok_or_else(|| ConfigError::Invalid("a data dir is required (--data-dir)".into()))?;
+        for (key, value) in &self.labels {
+            validate_label(key, value).map_err(ConfigError::Invalid)?;
+        }
+        let max_packet_bytes = self.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
+        if max_packet_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "max_packet_bytes is {max_packet_bytes}; at least 65536 is needed for model chunks"
+            )));
+        }
+        Ok(AgentConfig {
+            device_id,
+            broker,
+            data_dir,
+            labels: self.labels,
+            serve_host: self.serve_host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+            keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(15).max(5)),
+            max_packet_bytes,
+        })
+    }
+}
+
+/// Device ids become MQTT topic levels and file names: 1–128 of `[A-Za-z0-9_.-]`, not
+/// starting with `.` or `-`.
+pub fn validate_device_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with(['.', '-'])
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid device id {id:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
+        ))
+    }
+}
+
+pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
+    let key_ok = !key.is_empty()
+        && key.len() <= 128
+        && key
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
+    if !key_ok {
+        return Err(format!(
+            "invalid label key {key:?}: use 1-128 letters, digits, '-', '_', '.' or '/'"
+        ));
+    }
+    if value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(format!("invalid value for label {key:?}"));
+    }
+    Ok(())
+}
+
+/// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`).
+pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        return Err(format!(
+            "unsupported broker URL {url:?}: use mqtt://host:port (TLS is not supported yet)"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port in broker URL {url:?}"))?;
+            (host, port)
+        }
+        None => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("broker URL {url:?} has no host"));
+    }
+    Ok(BrokerAddress {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_labels_merge() {
+        let file: RawConfig = toml::from_str(
+            "device_id = \"from-file\"\nbroker = \"mqtt://10.0.0.1:1884\"\ndata_dir = \"/var/lib/edgeship\"\n[labels]\nsite = \"north\"\n",
+        )
+        .expect("valid toml");
+        let flags = RawConfig {
+            device_id: Some("from-flag".into()),
+            labels: BTreeMap::from([("gpu".into(), "none".into())]),
+            ..RawConfig::default()
+        };
+        let config = file.merge(flags).validate().expect("valid");
+        assert_eq!(config.device_id, "from-flag");
+        assert_eq!(config.broker.to_string(), "mqtt://10.0.0.1:1884");
+        assert_eq!(config.labels.len(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = |raw: RawConfig| raw.validate().expect_err("invalid").to_string();
+        let base = || RawConfig {
+            device_id: Some("d1".into()),
+            data_dir: Some("/tmp/x".into()),
+            ..RawConfig::default()
+        };
+        assert!(
+            err(RawConfig {
+                device_id: Some("a/b".into()),
+                ..base()
+            })
+            .contains("invalid device id")
+        );
+        assert!(
+            err(RawConfig {
+                broker: Some("mqtts://h:1".into()),
+                ..base()
+            })
+            .contains("unsupported broker URL")
+        );
+        assert!(
+            err(RawConfig {
+                broker: Some("mqtt://h:notaport".into()),
+                ..base()
+            })
+            .contains("invalid port")
+        );
+        assert!(
+            err(RawConfig {
+                device_id: None,
+                ..base()
+            })
+            .contains("device id is required")
+        );
+        let unknown = toml::from_str::<RawConfig>("devise_id = \"x\"").expect_err("unknown field");
+        assert!(unknown.to_string().contains("devise_id"), "{unknown}");
+    }
+}

@@ -1,0 +1,259 @@
+//! The default runtime: ONNX models on the CPU with tract. The plan is optimized once with a
+//! symbolic batch dimension, so one plan serves every batch size.
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+
+use super::{ModelBundle, Runnable, Runtime, RuntimeError};
+use crate::tensor::{Dim, ElementType, Tensor as AgentTensor, TensorData, TensorInfo};
+
+#[derive(Debug, Clone, Copy)]
+pub struct TractRuntime;
+
+type Plan = Arc<TypedRunnableModel>;
+
+#[derive(Debug)]
+struct TractModel {
+    plan: Plan,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+}
+
+impl Runtime for TractRuntime {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn check(&self) -> Result<(), RuntimeError> {
+        // Pure Rust on the CPU: available wherever the agent runs.
+        Ok(())
+    }
+
+    fn prepare(&self, bundle: &ModelBundle) -> Result<Arc<dyn Runnable>, RuntimeError> {
+        let load = |err: TractError| RuntimeError::Load(format!("{err:#}"));
+        let mut model = onnx().model_for_path(&bundle.entry).map_err(load)?;
+        if model.inputs.len() != bundle.inputs.len() {
+            return Err(RuntimeError::Load(format!(
+                "the file has {} inputs but the registered signature lists {}",
+                model.inputs.len(),
+                bundle.inputs.len()
+            )));
+        }
+        for (index, info) in bundle.inputs.iter().enumerate() {
+            let fact = model.input_fact(index).map_err(load)?.clone();
+            let dims: TVec<DimFact> = fact
+                .shape
+                .dims()
+                .zip(&info.shape)
+                .enumerate()
+                .map(
+                    |(axis, (dim, declared))| match (dim.concretize(), declared) {
+                        (Some(dim), _) => dim.into(),
+                        (None, Dim::Any(Some(symbol))) => model.symbols.sym(symbol).to_dim().into(),
+                        (None, _) => model
+                            .symbols
+                            .sym(&format!("unk_{index}_{axis}"))
+                            .to_dim()
+                            .into(),
+                    },
+                )
+                .collect();
+            let fact = InferenceFact {
+                shape: ShapeFactoid::closed(dims),
+                ..fact
+            };
+            model.set_input_fact(index, fact).map_err(load)?;
+        }
+        let plan = model
+            .into_optimized()
+            .and_then(|m| m.into_runnable())
+            .map_err(load)?;
+        Ok(Arc::new(TractModel {
+            plan,
+            inputs: bundle.inputs.clone(),
+            outputs: bundle.outputs.clone(),
+        }))
+    }
+}
+
+impl Runnable for TractModel {
+    fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<AgentTensor>) -> Result<Vec<AgentTensor>, RuntimeError> {
+        let inputs: TVec<TValue> = inputs.into_iter().map(to_tract).collect::<Result<_, _>>()?;
+        let outputs = self
+            .plan
+            .run(inputs)
+            .map_err(|err| RuntimeError::Run(format!("{err:#}")))?;
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| from_tract(t, self.outputs.get(i)))
+            .collect()
+    }
+}
+
+fn to_tract(tensor: AgentTensor) -> Result<TValue, RuntimeError> {
+    let shape = tensor.shape;
+    let bad = |err: TractError| RuntimeError::BadInput(format!("{err:#}"));
+    let t = match tensor.data {
+        TensorData::F32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::F64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::I32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::I64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::Bool(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+    }
+    .map_err(|err| bad(err.into()))?;
+    Ok(t.into_tvalue())
+}
+
+/// Converts an output, casting to the element type the signature declares when tract's
+/// internal type differs (tract may keep integer results as dimension values).
+fn from_tract(tensor: &Tensor, declared: Option<&TensorInfo>) -> Result<AgentTensor, RuntimeError> {
+    let shape = tensor.shape().to_vec();
+    let wanted = declared.map(|d| match d.element_type {
+        ElementType::F32 => DatumType::F32,
+        ElementType::F64 => DatumType::F64,
+        ElementType::I32 => DatumType::I32,
+        ElementType::I64 => DatumType::I64,
+        ElementType::Bool => DatumType::Bool,
+    });
+    let cast;
+    let tensor = match wanted {
+        Some(dt) if dt != tensor.datum_type() => {
+            cast = tensor.cast_to_dt(dt).map_err(|err| {
+                RuntimeError::Run(format!("converting an output to {dt:?}: {err:#}"))
+            })?;
+            cast.as_ref()
+        }
+        _ => tensor,
+    };
+    let data = match tensor.datum_type() {
+        DatumType::F32 => TensorData::F32(values(tensor)?),
+        DatumType::F64 => TensorData::F64(values(tensor)?),
+        DatumType::I32 => TensorData::I32(values(tensor)?),
+        DatumType::I64 => TensorData::I64(values(tensor)?),
+        DatumType::Bool => TensorData::Bool(values(tensor)?),
+        other => {
+            // Cast what JSON can carry as numbers (f16, small ints) instead of refusing.
+            let cast = tensor.cast_to::<f64>().map_err(|err| {
+                RuntimeError::Run(format!("output type {other:?} cannot be returned: {err:#}"))
+            })?;
+            TensorData::F64(values(&cast)?)
+        }
+    };
+    Ok(AgentTensor { shape, data })
+}
+
+fn values<D: Datum + Copy>(tensor: &Tensor) -> Result<Vec<D>, RuntimeError> {
+    let view = tensor
+        .to_plain_array_view::<D>()
+        .map_err(|err| RuntimeError::Run(format!("reading an output: {err:#}")))?;
+    Ok(view.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::scoring;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../scripts/fixtures")
+            .join(name)
+    }
+
+    fn expected(name: &str) -> Value {
+        let text = std::fs::read_to_string(fixture(name).join("expected.json")).expect("fixture");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    fn features(name: &str, n: usize) -> TensorInfo {
+        TensorInfo {
+            name: name.into(),
+            element_type: ElementType::F32,
+            shape: vec![Dim::Any(None), Dim::Fixed(n)],
+        }
+    }
+
+    #[test]
+    fn diabetes_predictions_match_scikit_learn() {
+        let bundle = ModelBundle {
+            entry: fixture("diabetes").join("model.onnx"),
+            inputs: vec![features("data", 10)],
+            outputs: vec![features("variable", 1)],
+        };
+        let model = TractRuntime.prepare(&bundle).expect("prepare");
+        let expected = expected("diabetes");
+        let inputs = scoring::request_tensors(model.as_ref(), &json!({"data": expected["inputs"]}))
+            .expect("inputs");
+        let outputs = model.run(inputs).expect("run");
+        let got = scoring::response_json(model.as_ref(), &outputs);
+        let want = expected["predictions"].as_array().expect("array");
+        for (row, want) in want.iter().enumerate() {
+            let got = got[row][0].as_f64().expect("number");
+            let want = want.as_f64().expect("number");
+            assert!(
+                (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                "row {row}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn digits_returns_labels_and_probabilities_by_name() {
+        let bundle = ModelBundle {
+            entry: fixture("digits").join("model.onnx"),
+            inputs: vec![features("pixels", 64)],
+            outputs: vec![
+                TensorInfo {
+                    name: "label".into(),
+                    element_type: ElementType::I64,
+                    shape: vec![Dim::Any(None)],
+                },
+                features("probabilities", 10),
+            ],
+        };
+        let model = TractRuntime.prepare(&bundle).expect("prepare");
+        let expected = expected("digits");
+        let inputs = scoring::request_tensors(model.as_ref(), &json!({"data": expected["inputs"]}))
+            .expect("inputs");
+        let outputs = model.run(inputs).expect("run");
+        let got = scoring::response_json(model.as_ref(), &outputs);
+        assert_eq!(
+            outputs[0].data,
+            TensorData::I64(vec![0, 1, 2, 3, 4]),
+            "{:?}",
+            outputs[0]
+        );
+        assert_eq!(got["label"], expected["labels"]);
+        let probabilities = got["probabilities"].as_array().expect("array");
+        assert_eq!(probabilities.len(), 5);
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_fails_to_load() {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, "nope").expect("write");
+        let bundle = ModelBundle {
+            entry: path,
+            inputs: vec![],
+            outputs: vec![],
+        };
+        let err = TractRuntime.prepare(&bundle).expect_err("not onnx");
+        assert!(matches!(err, RuntimeError::Load(_)), "{err}");
+    }
+}

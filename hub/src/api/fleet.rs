@@ -1,0 +1,331 @@
+//! `edgeship.v1.Deployments` and `edgeship.v1.Fleet` service implementations.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_server::Deployments;
+use edgeship_proto::v1::fleet_server::Fleet as FleetApi;
+use tonic::{Request, Response, Status};
+
+use crate::fleet::{self, Deployment, Device, Fleet, FleetError, ServiceState, Target};
+
+#[derive(Debug, Clone)]
+pub struct FleetService {
+    fleet: Arc<Fleet>,
+}
+
+impl FleetService {
+    pub fn new(fleet: Arc<Fleet>) -> Self {
+        Self { fleet }
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Fleet) -> Result<T, FleetError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let fleet = Arc::clone(&self.fleet);
+        tokio::task::spawn_blocking(move || work(&fleet))
+            .await
+            .map_err(|err| Status::internal(format!("fleet task failed: {err}")))?
+            .map_err(Status::from)
+    }
+}
+
+impl From<FleetError> for Status {
+    fn from(err: FleetError) -> Self {
+        let message = err.to_string();
+        match err {
+            FleetError::InvalidArgument(_) => Status::invalid_argument(message),
+            FleetError::NotFound(_) => Status::not_found(message),
+            FleetError::AlreadyExists(_) => Status::already_exists(message),
+            FleetError::FailedPrecondition(_) => Status::failed_precondition(message),
+            FleetError::DataLoss(_) => {
+                tracing::error!(error = %message, "fleet data damaged");
+                Status::data_loss(message)
+            }
+            FleetError::Storage(_) => {
+                tracing::error!(error = %message, "fleet storage failure");
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+fn wire_state(state: ServiceState) -> pb::ServiceState {
+    match state {
+        ServiceState::Healthy => pb::ServiceState::Healthy,
+        ServiceState::Transitioning => pb::ServiceState::Transitioning,
+        ServiceState::Unhealthy => pb::ServiceState::Unhealthy,
+        ServiceState::Unschedulable => pb::ServiceState::Unschedulable,
+        ServiceState::Failed => pb::ServiceState::Failed,
+    }
+}
+
+/// Parses `name`, `name:VERSION` or `name:latest` into a model id and optional version.
+fn model_ref(text: &str) -> Result<(String, Option<u32>), Status> {
+    let reference = crate::registry::validate::short_ref(text).map_err(Status::from)?;
+    let version = match reference.version {
+        crate::registry::VersionSelector::Exact(v) => Some(v),
+        crate::registry::VersionSelector::Latest => None,
+    };
+    Ok((reference.model_id, version))
+}
+
+fn resource_id<'a>(name: &'a str, collection: &str) -> Result<&'a str, Status> {
+    name.strip_prefix(collection)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|id| !id.is_empty() && !id.contains('/'))
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "invalid resource name {name:?}: expected {collection}/{{id}}"
+            ))
+        })
+}
+
+fn page_size(size: i32) -> Result<usize, Status> {
+    match size {
+        s if s < 0 => Err(Status::invalid_argument(format!(
+            "page_size must not be negative (got {s}); use 0 for the default"
+        ))),
+        0 => Ok(50),
+        s => Ok((s as usize).min(1000)),
+    }
+}
+
+/// Pages over items sorted by id; the token is the last id of the previous page.
+fn paginate<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    size: usize,
+    token: &str,
+) -> (Vec<T>, String) {
+    let mut rest: Vec<T> = items
+        .into_iter()
+        .filter(|item| token.is_empty() || id(item) > token)
+        .collect();
+    let next = if rest.len() > size {
+        rest.truncate(size);
+        rest.last()
+            .map(|item| id(item).to_owned())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
+    (rest, next)
+}
+
+impl FleetService {
+    fn deployment_view(&self, deployment: &Deployment) -> Result<pb::Deployment, FleetError> {
+        let devices = self.fleet.deployment_devices(deployment)?;
+        let state = fleet::aggregate(&devices);
+        Ok(pb::Deployment {
+            name: format!("deployments/{}", deployment.id),
+            deployment_id: deployment.id.clone(),
+            model: deployment.model_ref(),
+            runtime: deployment.runtime.clone(),
+            endpoint: Some(pb::Endpoint {
+                port: u32::from(deployment.port),
+                auth: deployment.auth.clone(),
+            }),
+            target: Some(pb::Target {
+                device_ids: deployment.target.device_ids.iter().cloned().collect(),
+                label_selector: deployment
+                    .target
+                    .label_selector
+                    .clone()
+                    .into_iter()
+                    .collect(),
+            }),
+            create_time_ms: deployment.create_time_ms,
+            resolved_version: self.fleet.resolved_version(deployment).unwrap_or(0),
+            state: wire_state(state).into(),
+            devices: devices
+                .into_iter()
+                .map(|d| pb::DeviceWorkload {
+                    device_id: d.device_id,
+                    online: d.online,
+                    state: wire_state(d.state).into(),
+                    error: d.error,
+                    serving_model: d.serving_model,
+                })
+                .collect(),
+        })
+    }
+}
+
+fn device_view(device: &Device) -> pb::Device {
+    pb::Device {
+        name: format!("devices/{}", device.id),
+        device_id: device.id.clone(),
+        labels: device.labels().into_iter().collect(),
+        capabilities: Some(pb::Capabilities {
+            arch: device.capabilities.arch.clone(),
+            os: device.capabilities.os.clone(),
+            cpu_count: device.capabilities.cpu_count,
+            memory_bytes: device.capabilities.memory_bytes,
+            runtimes: device.capabilities.runtimes.clone(),
+            opencl_devices: vec![],
+        }),
+        agent_version: device.agent_version.clone(),
+        online: device.online,
+        last_seen_ms: device.last_seen_ms,
+        desired_generation: device.desired_generation,
+        applied_generation: device.applied_generation,
+        workloads: device
+            .workloads
+            .iter()
+            .map(|w| pb::WorkloadStatus {
+                deployment: w.deployment.clone(),
+                state: wire_state(w.state).into(),
+                error: w.error.clone(),
+                serving_model: w.serving_model.clone(),
+                desired_model: w.desired_model.clone(),
+                port: u32::from(w.port),
+                metrics: Some(pb::EndpointMetrics {
+                    requests: w.requests,
+                    errors: w.errors,
+                    mean_latency_ms: w.mean_latency_ms,
+                }),
+            })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl Deployments for FleetService {
+    async fn create_deployment(
+        &self,
+        request: Request<pb::CreateDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let Some(wire) = request.into_inner().deployment else {
+            return Err(Status::invalid_argument("the request has no deployment"));
+        };
+        let (model_id, version) = model_ref(&wire.model)?;
+        let endpoint = wire.endpoint.unwrap_or_default();
+        let target = wire.target.unwrap_or_default();
+        let port = u16::try_from(endpoint.port).map_err(|_| {
+            Status::invalid_argument(format!("port {} is out of range (1-65535)", endpoint.port))
+        })?;
+        let deployment = Deployment {
+            id: wire.deployment_id,
+            model_id,
+            version,
+            runtime: if wire.runtime.is_empty() {
+                "tract".into()
+            } else {
+                wire.runtime
+            },
+            port,
+            auth: if endpoint.auth.is_empty() {
+                "none".into()
+            } else {
+                endpoint.auth
+            },
+            target: Target {
+                device_ids: target.device_ids.into_iter().collect(),
+                label_selector: target
+                    .label_selector
+                    .into_iter()
+                    .collect::<BTreeMap<_, _>>(),
+            },
+            create_time_ms: 0,
+        };
+        let service = self.clone();
+        let view = self
+            .blocking(move |fleet| {
+                let created = fleet.create_deployment(deployment)?;
+                service.deployment_view(&created)
+            })
+            .await?;
+        Ok(Response::new(view))
+    }
+
+    async fn get_deployment(
+        &self,
+        request: Request<pb::GetDeploymentRequest>,
+    ) -> Result<Response<pb::Deployment>, Status> {
+        let name = request.into_inner().name;
+        let id = resource_id(&name, "deployments")?;
+        let deployment = self.fleet.get_deployment(id)?;
+        Ok(Response::new(self.deployment_view(&deployment)?))
+    }
+
+    async fn list_deployments(
+        &self,
+        request: Request<pb::ListDeploymentsRequest>,
+    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let all = self.fleet.all_deployments()?;
+        let (page, next_page_token) = paginate(all, |d| &d.id, size, &request.page_token);
+        let deployments = page
+            .iter()
+            .map(|d| self.deployment_view(d))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(pb::ListDeploymentsResponse {
+            deployments,
+            next_page_token,
+        }))
+    }
+
+    async fn delete_deployment(
+        &self,
+        request: Request<pb::DeleteDeploymentRequest>,
+    ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
+        let name = request.into_inner().name;
+        let id = resource_id(&name, "deployments")?.to_owned();
+        self.blocking(move |fleet| fleet.delete_deployment(&id))
+            .await?;
+        Ok(Response::new(pb::DeleteDeploymentResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl FleetApi for FleetService {
+    async fn list_devices(
+        &self,
+        request: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let request = request.into_inner();
+        let size = page_size(request.page_size)?;
+        let selector: BTreeMap<String, String> = request.label_selector.into_iter().collect();
+        let all: Vec<Device> = self
+            .fleet
+            .all_devices()?
+            .into_iter()
+            .filter(|d| {
+                let labels = d.labels();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect();
+        let (page, next_page_token) = paginate(all, |d| &d.id, size, &request.page_token);
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: page.iter().map(device_view).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn get_device(
+        &self,
+        request: Request<pb::GetDeviceRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let name = request.into_inner().name;
+        let id = resource_id(&name, "devices")?;
+        Ok(Response::new(device_view(&self.fleet.get_device(id)?)))
+    }
+
+    async fn set_device_labels(
+        &self,
+        request: Request<pb::SetDeviceLabelsRequest>,
+    ) -> Result<Response<pb::Device>, Status> {
+        let request = request.into_inner();
+        let id = resource_id(&request.name, "devices")?.to_owned();
+        let set = request.set.into_iter().collect();
+        let remove = request.remove;
+        let device = self
+            .blocking(move |fleet| fleet.set_labels(&id, set, remove))
+            .await?;
+        Ok(Response::new(device_view(&device)))
+    }
+}

@@ -1,0 +1,39 @@
+# Developer recipes. Optional: plain `cargo build` / `cargo test --workspace` work without just.
+# Install with `cargo install just`.
+
+# List recipes.
+default:
+    @just --list
+
+# Build everything (debug).
+build:
+    cargo build --workspace --all-targets
+
+# Run the whole test suite (the README's test command).
+test:
+    cargo test --workspace
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Lint exactly as CI does.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Exactly what CI runs.
+ci:
+    .ci/run
+
+# Benchmarks (release build); copy the printed tables into docs/benchmarks.md.
+bench:
+    cargo bench -p edgeship-hub --bench registry
+
+# The main job: a hub on embedded defaults.
+hub:
+    cargo run --release --bin edgeship -- hub --data-dir edgeship-data
+
+# Regenerate the ONNX fixtures (needs Python with scikit-learn, skl2onnx, onnx, onnxruntime).
+fixtures:
+    python3 scripts/fixtures/make_fixtures.py
