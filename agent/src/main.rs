@@ -1,1 +1,152 @@
-fn main() {}
+//! `edgeship-agent`: the device daemon. Parses flags and the config file, sets up logging,
+//! runs the agent until SIGINT/SIGTERM.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use edgeship_agent::RunningAgent;
+use edgeship_agent::config::RawConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(name = "edgeship-agent", version, about = "edgeship device agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Connect to the broker, apply desired states and serve scoring endpoints.
+    Run {
+        /// TOML config file; flags override its values.
+        #[arg(long, env = "EDGESHIP_AGENT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Broker URL, e.g. mqtt://127.0.0.1:1883.
+        #[arg(long, env = "EDGESHIP_BROKER")]
+        broker: Option<String>,
+        #[arg(long, env = "EDGESHIP_DEVICE_ID")]
+        device_id: Option<String>,
+        /// Folder for state, cached model files and staged models.
+        #[arg(long, env = "EDGESHIP_AGENT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Device label as key=value (repeatable); deployments select devices by label.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Address scoring endpoints bind to (default 0.0.0.0).
+        #[arg(long)]
+        serve_host: Option<IpAddr>,
+    },
+    /// Print a commented example config file.
+    GenerateConfig,
+}
+
+const EXAMPLE_CONFIG: &str = r#"# edgeship-agent configuration. Flags given on the command line override these values.
+
+# Unique id of this device: 1-128 of [A-Za-z0-9_.-]. It names the device's MQTT topics.
+device_id = "edge-001"
+
+# The broker the hub publishes desired states on.
+broker = "mqtt://127.0.0.1:1883"
+
+# State, cached model files and staged models live here.
+data_dir = "/var/lib/edgeship-agent"
+
+# Address scoring endpoints bind to; ports come from deployments.
+# serve_host = "0.0.0.0"
+
+# MQTT keep-alive, in seconds.
+# keep_alive_secs = 15
+
+# Largest MQTT packet sent or accepted; must exceed the hub's chunk size (256 KiB).
+# max_packet_bytes = 1048576
+
+# Labels that deployments can select this device by.
+[labels]
+# site = "north"
+"#;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Run {
+        config,
+        broker,
+        device_id,
+        data_dir,
+        labels,
+        serve_host,
+    } = cli.command
+    else {
+        print!("{EXAMPLE_CONFIG}");
+        return ExitCode::SUCCESS;
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let config = (|| -> anyhow::Result<_> {
+        let file = match &config {
+            Some(path) => RawConfig::from_file(path)?,
+            None => RawConfig::default(),
+        };
+        let mut label_map = BTreeMap::new();
+        for label in &labels {
+            let Some((k, v)) = label.split_once('=') else {
+                anyhow::bail!("invalid label {label:?}: expected key=value");
+            };
+            label_map.insert(k.to_owned(), v.to_owned());
+        }
+        let flags = RawConfig {
+            device_id,
+            broker,
+            data_dir,
+            labels: label_map,
+            serve_host,
+            ..RawConfig::default()
+        };
+        Ok(file.merge(flags).validate()?)
+    })();
+    let config = match config {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: edgeship_agent::AgentConfig) -> anyhow::Result<()> {
+    tracing::info!(device = %config.device_id, broker = %config.broker, data_dir = %config.data_dir.display(), "agent starting");
+    let agent = RunningAgent::start(config).await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    agent.stop().await
+}

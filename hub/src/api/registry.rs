@@ -96,6 +96,15 @@ impl ModelRegistry for ModelRegistryService {
                     let model = self
                         .blocking(move |registry| registry.commit(staged))
                         .await?;
+                    // Deployments that follow `latest` move to the new version.
+                    let fleet = Arc::clone(&self.fleet);
+                    let model_id = model.model_id.clone();
+                    let rolled =
+                        tokio::task::spawn_blocking(move || fleet.on_model_registered(&model_id))
+                            .await;
+                    if let Ok(Err(err)) = rolled {
+                        tracing::error!(error = %err, "updating deployments after a registration failed");
+                    }
                     return Ok(Response::new(pb::Model::from(&model)));
                 }
                 Some(Payload::Metadata(_)) => {

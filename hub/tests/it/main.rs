@@ -3,5 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod e2e;
 mod registry;
+mod scoring;
 mod support;

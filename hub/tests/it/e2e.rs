@@ -1,0 +1,195 @@
+//! The product's core path in one process: hub + embedded broker + agent on loopback.
+//! register → deploy → Healthy → /score matches scikit-learn → version 2 switches under load
+//! with zero failed requests → delete stops serving.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgeship_agent::RunningAgent;
+use edgeship_hub::registry::NewModel;
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+
+use crate::support::*;
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+pub async fn deploy(
+    url: &str,
+    name: &str,
+    model: &str,
+    port: u16,
+    devices: &[&str],
+) -> Result<pb::Deployment, tonic::Status> {
+    let mut client = DeploymentsClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    client
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: name.into(),
+                model: model.into(),
+                runtime: "tract".into(),
+                endpoint: Some(pb::Endpoint {
+                    port: u32::from(port),
+                    auth: "none".into(),
+                }),
+                target: Some(pb::Target {
+                    device_ids: devices.iter().map(|d| d.to_string()).collect(),
+                    label_selector: Default::default(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+pub async fn deployment_state(url: &str, name: &str) -> pb::Deployment {
+    let mut client = DeploymentsClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    client
+        .get_deployment(pb::GetDeploymentRequest {
+            name: format!("deployments/{name}"),
+        })
+        .await
+        .expect("get deployment")
+        .into_inner()
+}
+
+/// Polls the hub until the deployment's aggregate state is `state`.
+pub async fn wait_for_deployment(url: &str, name: &str, state: pb::ServiceState) -> pb::Deployment {
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let deployment = deployment_state(url, name).await;
+        if deployment.state() == state {
+            return deployment;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {name} did not become {state:?}: {deployment:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn register_diabetes_with_sample(
+    client: &mut edgeship_hub::client::RegistryClient,
+) -> u32 {
+    let sample = std::fs::read_to_string(fixture("diabetes/sample_input.json")).expect("sample");
+    let model = NewModel {
+        model_id: "diabetes".into(),
+        sample_input: Some(sample),
+        ..NewModel::default()
+    };
+    register(client, model, &fixture("diabetes/model.onnx"))
+        .await
+        .version
+}
+
+pub async fn wait_serving(
+    agent: &RunningAgent,
+    deployment: &str,
+    model: &str,
+) -> std::net::SocketAddr {
+    let view = agent
+        .wait_for(CONVERGE, |v| {
+            v.workload(deployment).is_some_and(|w| {
+                w.state == pb::ServiceState::Healthy && w.serving_model == model && w.addr.is_some()
+            })
+        })
+        .await
+        .unwrap_or_else(|view| panic!("{deployment} never served {model}: {view:?}"));
+    view.workload(deployment)
+        .and_then(|w| w.addr)
+        .expect("endpoint address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn register_deploy_score_switch_under_load_and_delete() {
+    let hub = TestHub::start().await;
+    let mut client = hub.client().await;
+    register_diabetes_with_sample(&mut client).await;
+    let agent_dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-1", &hub.mqtt_url(), agent_dir.path()))
+        .await
+        .expect("agent starts");
+    let port = free_port();
+    deploy(
+        &hub.url(),
+        "diabetes-web",
+        "diabetes:latest",
+        port,
+        &["edge-1"],
+    )
+    .await
+    .expect("deploy");
+
+    let addr = wait_serving(&agent, "diabetes-web", "diabetes:1").await;
+    let deployment =
+        wait_for_deployment(&hub.url(), "diabetes-web", pb::ServiceState::Healthy).await;
+    assert_eq!(deployment.resolved_version, 1);
+    assert_eq!(deployment.devices.len(), 1);
+    assert_eq!(deployment.devices[0].serving_model, "diabetes:1");
+
+    let health = http(addr, "GET", "/", &[], b"").await.expect("health");
+    assert_eq!((health.status, health.body.as_str()), (200, "Healthy"));
+    let rows = serde_json::json!({"data": expected("diabetes")["inputs"]});
+    let scored = score(addr, &rows).await.expect("score");
+    assert_diabetes_predictions(&scored);
+
+    // Version 2 rolls out (the deployment follows `latest`) while a client keeps scoring.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = {
+        let (stop, ok, failed, rows) = (stop.clone(), ok.clone(), failed.clone(), rows.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(90) {
+                match score(addr, &rows).await {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(register_diabetes_with_sample(&mut client).await, 2);
+    wait_serving(&agent, "diabetes-web", "diabetes:2").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load loop");
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(ok > 10, "the load loop ran only {ok} requests");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the switch",
+        ok + failed
+    );
+    let deployment =
+        wait_for_deployment(&hub.url(), "diabetes-web", pb::ServiceState::Healthy).await;
+    assert_eq!(deployment.resolved_version, 2);
+
+    // Deleting the deployment stops the endpoint on the device.
+    let mut deployments = DeploymentsClient::connect(hub.url())
+        .await
+        .expect("connect");
+    deployments
+        .delete_deployment(pb::DeleteDeploymentRequest {
+            name: "deployments/diabetes-web".into(),
+        })
+        .await
+        .expect("delete");
+    agent
+        .wait_for(CONVERGE, |v| v.workload("diabetes-web").is_none())
+        .await
+        .expect("workload removed");
+    assert!(
+        http(addr, "GET", "/", &[], b"").await.is_err(),
+        "endpoint still answers"
+    );
+    agent.stop().await.expect("agent stops");
+}

@@ -1,0 +1,180 @@
+//! The scoring endpoint's contract (Azure ML conventions) and a self-test failure that must
+//! leave the previous version serving.
+
+use edgeship_agent::RunningAgent;
+use edgeship_hub::registry::NewModel;
+use edgeship_proto::v1 as pb;
+use serde_json::json;
+
+use crate::e2e::{deploy, register_diabetes_with_sample, wait_for_deployment, wait_serving};
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_scoring_requests_get_the_right_4xx_with_a_message() {
+    let hub = TestHub::start().await;
+    let mut client = hub.client().await;
+    register_diabetes_with_sample(&mut client).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-s", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-s"])
+        .await
+        .expect("deploy");
+    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+
+    let json_header = [("content-type", "application/json")];
+    // (case, headers, body, expected status, expected text in the message)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "wrong shape",
+            json_header.to_vec(),
+            json!({"data": [[1.0, 2.0]]}).to_string().into_bytes(),
+            400,
+            "dimension 1 must be 10, got 2",
+        ),
+        (
+            "wrong type",
+            json_header.to_vec(),
+            json!({"data": [["a", 1, 1, 1, 1, 1, 1, 1, 1, 1]]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "element 0 is the string \"a\", expected a number",
+        ),
+        (
+            "ragged rows",
+            json_header.to_vec(),
+            json!({"data": [[1,2,3,4,5,6,7,8,9,10],[1]]})
+                .to_string()
+                .into_bytes(),
+            400,
+            "dimension 1 must be 10, got 10",
+        ),
+        (
+            "not json",
+            json_header.to_vec(),
+            b"{\"data\": [[1,".to_vec(),
+            400,
+            "the body is not valid JSON",
+        ),
+        (
+            "no data field",
+            json_header.to_vec(),
+            json!({"rows": []}).to_string().into_bytes(),
+            400,
+            "with a \"data\" field",
+        ),
+        (
+            "text body",
+            vec![("content-type", "text/plain")],
+            b"1,2,3".to_vec(),
+            415,
+            "send the body as application/json",
+        ),
+        (
+            "oversized",
+            json_header.to_vec(),
+            vec![b' '; 17 * 1024 * 1024],
+            413,
+            "exceeds the limit",
+        ),
+    ];
+    for (case, headers, body, status, text) in cases {
+        let response = http(addr, "POST", "/score", &headers, &body)
+            .await
+            .expect(case);
+        assert_eq!(response.status, status, "{case}: {}", response.body);
+        let message = response.json()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if case == "ragged rows" {
+            assert!(
+                message.contains("not rectangular") || message.contains("must be 10"),
+                "{case}: {message}"
+            );
+        } else {
+            assert!(message.contains(text), "{case}: {message}");
+        }
+    }
+
+    let traced = http(
+        addr,
+        "POST",
+        "/score",
+        &[
+            ("content-type", "application/json"),
+            ("x-request-id", "trace-42"),
+        ],
+        json!({"data": expected("diabetes")["inputs"]})
+            .to_string()
+            .as_bytes(),
+    )
+    .await
+    .expect("score");
+    assert_eq!(traced.header("x-request-id"), Some("trace-42"));
+    assert_diabetes_predictions(&traced);
+    let generated = http(addr, "GET", "/", &[], b"").await.expect("health");
+    assert!(
+        generated.header("x-request-id").is_some(),
+        "a request id is generated"
+    );
+
+    let swagger = http(addr, "GET", "/swagger.json", &[], b"")
+        .await
+        .expect("swagger")
+        .json();
+    assert_eq!(swagger["swagger"], "2.0");
+    let data = &swagger["definitions"]["ServiceInput"]["properties"]["data"];
+    assert_eq!(data["items"]["minItems"], 10, "{data}");
+    assert_eq!(data["items"]["items"]["type"], "number");
+    assert!(swagger["definitions"]["ServiceInput"]["example"]["data"].is_array());
+    agent.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serving() {
+    let hub = TestHub::start().await;
+    let mut client = hub.client().await;
+    register_diabetes_with_sample(&mut client).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-t", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(
+        &hub.url(),
+        "web",
+        "diabetes:latest",
+        free_port(),
+        &["edge-t"],
+    )
+    .await
+    .expect("deploy");
+    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+
+    // Version 2's registered sample has 3 features per row: the self-test must reject it.
+    let broken = NewModel {
+        model_id: "diabetes".into(),
+        sample_input: Some(json!({"data": [[0.1, 0.2, 0.3]]}).to_string()),
+        ..NewModel::default()
+    };
+    register(&mut client, broken, &fixture("diabetes/model.onnx")).await;
+    let view = agent
+        .wait_for(std::time::Duration::from_secs(60), |v| {
+            v.workload("web")
+                .is_some_and(|w| w.state == pb::ServiceState::Failed)
+        })
+        .await
+        .expect("version 2 fails");
+    let workload = view.workload("web").expect("workload");
+    assert!(workload.error.contains("self-test"), "{}", workload.error);
+    assert_eq!(workload.serving_model, "diabetes:1");
+    assert_eq!(workload.desired_model, "diabetes:2");
+    let deployment = wait_for_deployment(&hub.url(), "web", pb::ServiceState::Failed).await;
+    assert!(deployment.devices[0].error.contains("self-test"));
+    let rows = json!({"data": expected("diabetes")["inputs"]});
+    assert_diabetes_predictions(&score(addr, &rows).await.expect("old version still serves"));
+    agent.stop().await.expect("stop");
+}
