@@ -19,7 +19,8 @@ use crate::registry::{ModelVersion, NewModel, validate};
 
 pub type RegistryClient = ModelRegistryClient<Channel>;
 
-pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
+/// Connects to the hub's gRPC API; shared by every client of every service.
+pub async fn channel(hub: &str) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(hub.to_owned())
         .with_context(|| format!("invalid hub URL {hub:?}"))?
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -30,7 +31,11 @@ pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the hub at {hub}"))?;
-    Ok(ModelRegistryClient::new(channel))
+    Ok(channel)
+}
+
+pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
+    Ok(ModelRegistryClient::new(channel(hub).await?))
 }
 
 /// Turns a gRPC status into a one-line error: the hub's message, prefixed with the code.

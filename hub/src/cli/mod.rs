@@ -1,6 +1,8 @@
 //! The `edgeship` command line: argument definitions and dispatch. Client commands talk to a
 //! hub over gRPC, exactly as any other API client would.
 
+mod deploy;
+mod dev;
 mod model;
 mod output;
 
@@ -32,12 +34,98 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub: model registry and (later) deployments, over gRPC.
     Hub(HubArgs),
+    /// One process with everything: hub, embedded broker, a local agent and a sample model.
+    Dev(dev::DevArgs),
     /// Register, inspect, download, update and delete models.
     Model {
         #[command(flatten)]
         hub: HubAddress,
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Deploy models to devices and follow their state.
+    Deploy {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: DeployCommand,
+    },
+    /// List and inspect devices, and set their labels.
+    Device {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Deploy a model to devices named by id and/or selected by labels.
+    Create {
+        /// Deployment name (unique; also names the workload on each device).
+        name: String,
+        /// NAME:VERSION, or NAME:latest to follow new registrations.
+        #[arg(short, long)]
+        model: String,
+        /// Port of the scoring endpoint on each device.
+        #[arg(short, long)]
+        port: u16,
+        #[arg(long, default_value = "tract")]
+        runtime: String,
+        /// Endpoint authentication (none is the only mode today).
+        #[arg(long, default_value = "none")]
+        auth: String,
+        /// Target device id (repeatable).
+        #[arg(long = "device", value_name = "ID")]
+        devices: Vec<String>,
+        /// Target every device with this label, KEY=VALUE (repeatable; all must match).
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        /// Wait until every targeted device serves it (or one fails).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// A deployment with the state of each targeted device.
+    Show {
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    List {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Devices stop serving it and free its files.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    List {
+        /// Only devices with this label, KEY=VALUE (repeatable).
+        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        selector: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    Show {
+        device: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Set or remove hub-side labels of a device (they override labels the agent reports).
+    Label {
+        device: String,
+        #[arg(long, value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long, value_name = "KEY")]
+        remove: Vec<String>,
     },
 }
 
@@ -173,7 +261,10 @@ pub enum ModelCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Hub(args) => run_hub(args).await,
+        Command::Dev(args) => dev::run(args).await,
         Command::Model { hub, command } => model::run(&hub.hub, command).await,
+        Command::Deploy { hub, command } => deploy::run_deploy(&hub.hub, command).await,
+        Command::Device { hub, command } => deploy::run_device(&hub.hub, command).await,
     }
 }
 
@@ -216,7 +307,7 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
 }
 
 /// Ctrl-C, or SIGTERM from systemd / `docker stop`.
-async fn shutdown_signal() -> std::io::Result<()> {
+pub(crate) async fn shutdown_signal() -> std::io::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result,

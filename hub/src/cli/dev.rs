@@ -1,0 +1,142 @@
+//! `edgeship dev`: the whole system in one process on embedded defaults — a hub with its
+//! embedded broker and sled store, an agent named `local`, and the sample diabetes model
+//! registered and deployed — so a new user gets a real prediction from one command.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use edgeship_agent::RunningAgent;
+use edgeship_agent::config::RawConfig;
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+
+use super::deploy::wait_healthy;
+use super::shutdown_signal;
+use crate::client::{self, rpc_error};
+use crate::registry::NewModel;
+use crate::server::{HubConfig, Mqtt, RunningHub};
+
+/// The sample model: Ridge regression on scikit-learn's diabetes data, built by
+/// `scripts/fixtures/make_fixtures.py`, compiled in so `dev` works from any folder.
+const SAMPLE_MODEL: &[u8] = include_bytes!("../../../scripts/fixtures/diabetes/model.onnx");
+const SAMPLE_INPUT: &str = include_str!("../../../scripts/fixtures/diabetes/sample_input.json");
+const SAMPLE_OUTPUT: &str = include_str!("../../../scripts/fixtures/diabetes/sample_output.json");
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Folder for the hub's and the local agent's data (created if missing; reused).
+    #[arg(long, default_value = "edgeship-dev")]
+    pub data_dir: PathBuf,
+    /// The hub's gRPC address.
+    #[arg(long, default_value = super::DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// The embedded broker's address (other agents can join here).
+    #[arg(long, default_value = super::DEFAULT_MQTT_LISTEN)]
+    pub mqtt_listen: SocketAddr,
+    /// Port of the sample model's scoring endpoint.
+    #[arg(long, default_value_t = 5001)]
+    pub port: u16,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
+    println!("data dir:    {}", data_dir.display());
+    let hub = RunningHub::start(HubConfig {
+        listen: args.listen,
+        mqtt: Mqtt::Embedded {
+            listen: args.mqtt_listen,
+        },
+        ..HubConfig::local(data_dir.join("hub"))
+    })
+    .await?;
+    println!("hub:         {}   (EDGESHIP_HUB for the CLI)", hub.url());
+    println!(
+        "broker:      {}   (agents join with --broker)",
+        hub.mqtt_url()
+    );
+
+    let agent_config = RawConfig {
+        device_id: Some("local".into()),
+        broker: Some(hub.mqtt_url()),
+        data_dir: Some(data_dir.join("agent-local")),
+        serve_host: Some(args.listen.ip()),
+        ..RawConfig::default()
+    }
+    .validate()?;
+    let agent = RunningAgent::start(agent_config).await?;
+
+    let mut registry = client::connect(&hub.url()).await?;
+    let existing = registry
+        .get_model(pb::GetModelRequest {
+            name: "models/diabetes/versions/latest".into(),
+        })
+        .await;
+    if existing.is_err() {
+        let sample_dir = data_dir.join("sample");
+        std::fs::create_dir_all(&sample_dir)
+            .with_context(|| format!("creating {}", sample_dir.display()))?;
+        let model_path = sample_dir.join("model.onnx");
+        std::fs::write(&model_path, SAMPLE_MODEL)?;
+        let model = NewModel {
+            model_id: "diabetes".into(),
+            description: "Ridge regression on the scikit-learn diabetes data (sample)".into(),
+            framework: "onnx".into(),
+            sample_input: Some(SAMPLE_INPUT.to_owned()),
+            sample_output: Some(SAMPLE_OUTPUT.to_owned()),
+            ..NewModel::default()
+        };
+        let registered = client::register(&mut registry, model, &model_path).await?;
+        println!("registered:  diabetes:{}", registered.version);
+    }
+
+    let channel = client::channel(&hub.url()).await?;
+    let mut deployments = DeploymentsClient::new(channel);
+    let existing = deployments
+        .get_deployment(pb::GetDeploymentRequest {
+            name: "deployments/diabetes".into(),
+        })
+        .await;
+    if existing.is_err() {
+        deployments
+            .create_deployment(pb::CreateDeploymentRequest {
+                deployment: Some(pb::Deployment {
+                    deployment_id: "diabetes".into(),
+                    model: "diabetes:latest".into(),
+                    runtime: "tract".into(),
+                    endpoint: Some(pb::Endpoint {
+                        port: u32::from(args.port),
+                        auth: "none".into(),
+                    }),
+                    target: Some(pb::Target {
+                        device_ids: vec!["local".into()],
+                        label_selector: Default::default(),
+                    }),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(rpc_error)?;
+    }
+    let deployment = wait_healthy(&mut deployments, "diabetes", Duration::from_secs(120)).await?;
+    let port = deployment.endpoint.map_or(args.port, |e| e.port as u16);
+    let url = format!("http://{}:{port}/score", args.listen.ip());
+    let body = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(SAMPLE_INPUT)?)?;
+    println!("deployed:    diabetes -> device local, Healthy");
+    println!("scoring:     {url}");
+    println!();
+    println!("try it:");
+    println!("  curl -s -X POST {url} -H 'content-type: application/json' -d '{body}'");
+    println!();
+    println!(
+        "Ctrl-C stops everything; data stays in {}",
+        data_dir.display()
+    );
+
+    shutdown_signal().await?;
+    println!("stopping");
+    agent.stop().await?;
+    hub.stop().await
+}
