@@ -109,7 +109,21 @@ pub async fn wait_serving(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn register_deploy_score_switch_under_load_and_delete() {
-    let hub = TestHub::start().await;
+    core_path(TestHub::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_core_path_also_runs_over_mosquitto() {
+    let test = "the_core_path_also_runs_over_mosquitto";
+    let Some(mosquitto) = testkit::Mosquitto::start(test) else {
+        return;
+    };
+    core_path(TestHub::with_broker(&mosquitto.url()).await).await;
+    mosquitto.stop();
+}
+
+/// register → deploy → Healthy → score → v2 under load with zero failures → delete.
+async fn core_path(hub: TestHub) {
     let mut client = hub.client().await;
     register_diabetes_with_sample(&mut client).await;
     let agent_dir = tempfile::tempdir().expect("temp");

@@ -18,17 +18,14 @@ pub fn init_logs() {
         .try_init();
 }
 
-pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../scripts/fixtures")
-        .join(name)
-}
+pub use testkit::fixture;
 
 /// A hub running in-process with its data in a temporary folder.
 pub struct TestHub {
     pub hub: Option<RunningHub>,
     pub data: tempfile::TempDir,
     pub limits: Limits,
+    pub mqtt: Option<edgeship_hub::Mqtt>,
 }
 
 impl TestHub {
@@ -37,15 +34,30 @@ impl TestHub {
     }
 
     pub async fn with_limits(limits: Limits) -> Self {
+        Self::with(limits, None).await
+    }
+
+    /// A hub that uses an external broker instead of its embedded one.
+    pub async fn with_broker(url: &str) -> Self {
+        let (host, port) = edgeship_hub::server::parse_mqtt_url(url).expect("broker url");
+        Self::with(
+            Limits::default(),
+            Some(edgeship_hub::Mqtt::External { host, port }),
+        )
+        .await
+    }
+
+    async fn with(limits: Limits, mqtt: Option<edgeship_hub::Mqtt>) -> Self {
         init_logs();
         let data = tempfile::tempdir().expect("temp dir");
-        let hub = RunningHub::start(config(data.path(), limits))
+        let hub = RunningHub::start(config(data.path(), limits, mqtt.clone()))
             .await
             .expect("hub starts");
         Self {
             hub: Some(hub),
             data,
             limits,
+            mqtt,
         }
     }
 
@@ -65,7 +77,7 @@ impl TestHub {
     pub async fn restart(&mut self) {
         let hub = self.hub.take().expect("hub running");
         hub.stop().await.expect("hub stops cleanly");
-        let hub = RunningHub::start(config(self.data.path(), self.limits))
+        let hub = RunningHub::start(config(self.data.path(), self.limits, self.mqtt.clone()))
             .await
             .expect("hub restarts on the same data dir");
         self.hub = Some(hub);
@@ -97,10 +109,12 @@ impl TestHub {
     }
 }
 
-fn config(data_dir: &Path, limits: Limits) -> HubConfig {
+fn config(data_dir: &Path, limits: Limits, mqtt: Option<edgeship_hub::Mqtt>) -> HubConfig {
+    let local = HubConfig::local(data_dir.to_owned());
     HubConfig {
         limits,
-        ..HubConfig::local(data_dir.to_owned())
+        mqtt: mqtt.unwrap_or(local.mqtt.clone()),
+        ..local
     }
 }
 
@@ -207,95 +221,7 @@ pub async fn list_all(client: &mut RegistryClient) -> Vec<String> {
     list(client, pb::ListModelsRequest::default()).await
 }
 
-/// A minimal HTTP/1.1 exchange (one request per connection), enough to drive scoring
-/// endpoints without pulling an HTTP client into the build.
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl HttpResponse {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-pub async fn http(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    // A server may answer and close before reading a body it refuses (413): read anyway.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
-}
-
-pub async fn score(
-    addr: std::net::SocketAddr,
-    body: &serde_json::Value,
-) -> std::io::Result<HttpResponse> {
-    http(
-        addr,
-        "POST",
-        "/score",
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
-}
-
-/// A port that was free a moment ago (for endpoints that must be named up front).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use testkit::{assert_diabetes_predictions, expected, free_port, http, score};
 
 pub fn agent_config(
     device_id: &str,
@@ -312,27 +238,4 @@ pub fn agent_config(
     }
     .validate()
     .expect("valid agent config")
-}
-
-pub fn expected(name: &str) -> serde_json::Value {
-    let text = std::fs::read_to_string(fixture(name).join("expected.json")).expect("fixture");
-    serde_json::from_str(&text).expect("json")
-}
-
-/// Asserts a /score response matches scikit-learn's stored predictions for the diabetes rows.
-pub fn assert_diabetes_predictions(response: &HttpResponse) {
-    assert_eq!(response.status, 200, "{}", response.body);
-    let got = response.json();
-    let want = expected("diabetes")["predictions"].clone();
-    let want = want.as_array().expect("array");
-    let got = got.as_array().expect("array of rows");
-    assert_eq!(got.len(), want.len());
-    for (row, (got, want)) in got.iter().zip(want).enumerate() {
-        let got = got[0].as_f64().expect("number");
-        let want = want.as_f64().expect("number");
-        assert!(
-            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
-            "row {row}: {got} vs {want}"
-        );
-    }
 }

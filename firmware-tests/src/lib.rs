@@ -1,0 +1,340 @@
+//! Helpers shared by edgeship's system tests: external components (Mosquitto), real
+//! processes, free ports and a minimal HTTP client for scoring endpoints.
+//!
+//! External components follow one rule: when one is missing the test prints a clear
+//! `SKIP:` line and passes, except under `EDGESHIP_CI=1`, where a missing component fails the
+//! test, so nothing real goes untested in CI.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Whether CI demands every external component (set by `.ci/run`).
+pub fn ci() -> bool {
+    std::env::var("EDGESHIP_CI").is_ok_and(|v| v == "1")
+}
+
+/// Finds an executable on PATH (and in /usr/sbin, where Debian puts mosquitto).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Returns the program, or `None` after printing a skip line; panics under `EDGESHIP_CI=1`.
+pub fn require_program(name: &str, test: &str) -> Option<PathBuf> {
+    match find_program(name) {
+        Some(path) => Some(path),
+        None if ci() => panic!(
+            "{name} is required under EDGESHIP_CI=1 but was not found (apt-get install -y {name})"
+        ),
+        None => {
+            eprintln!(
+                "SKIP: {test}: {name} not found (apt-get install -y {name}); set EDGESHIP_CI=1 to make this a failure"
+            );
+            None
+        }
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Waits until something accepts TCP connections on `addr`.
+pub fn wait_for_port(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A child process killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Process {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, command: &mut Command) -> Process {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|err| panic!("cannot start {name}: {err}"));
+        Process {
+            child,
+            name: name.to_owned(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: the process gets no chance to clean up (a crash or power loss).
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    pub fn terminate(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill_hard();
+        None
+    }
+
+    /// Reads stdout lines until one starts with `prefix`; returns the rest of that line.
+    pub fn read_line_starting(&mut self, prefix: &str, timeout: Duration) -> String {
+        let stdout = self.child.stdout.take().expect("stdout piped");
+        let wanted = prefix.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut found = None;
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                if found.is_none()
+                    && let Some(rest) = line.trim().strip_prefix(&wanted)
+                {
+                    found = Some(rest.to_owned());
+                    let _ = tx.send(found.clone());
+                }
+                line.clear();
+            }
+            let _ = tx.send(None);
+        });
+        rx.recv_timeout(timeout).ok().flatten().unwrap_or_else(|| {
+            panic!(
+                "{} never printed a line starting with {prefix:?}",
+                self.name
+            )
+        })
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill_hard();
+    }
+}
+
+/// A Mosquitto broker on a free loopback port, the reference external broker.
+#[derive(Debug)]
+pub struct Mosquitto {
+    pub port: u16,
+    process: Process,
+    _dir: TempDir,
+}
+
+/// A temporary folder removed on drop (kept small: std only).
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        let unique = format!(
+            "edgeship-{label}-{}-{}",
+            std::process::id(),
+            Instant::now().elapsed().as_nanos() ^ rand_seed()
+        );
+        let path = std::env::temp_dir().join(unique);
+        std::fs::create_dir_all(&path).expect("temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+fn rand_seed() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Mosquitto {
+    /// Starts Mosquitto, or returns `None` (after a skip line) when it is not installed.
+    pub fn start(test: &str) -> Option<Mosquitto> {
+        let program = require_program("mosquitto", test)?;
+        Some(Self::start_with(&program, free_port()))
+    }
+
+    /// Starts Mosquitto on a given port (to restart it on the same port).
+    pub fn start_with(program: &Path, port: u16) -> Mosquitto {
+        let dir = TempDir::new("mosquitto");
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_packet_size 4194304\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            ),
+        )
+        .expect("write mosquitto config");
+        let process = Process::spawn(
+            "mosquitto",
+            Command::new(program)
+                .arg("-c")
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(
+            wait_for_port(addr, Duration::from_secs(10)),
+            "mosquitto did not listen on {addr}"
+        );
+        Mosquitto {
+            port,
+            process,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(mut self) {
+        self.process.terminate(Duration::from_secs(3));
+    }
+}
+
+/// One HTTP/1.1 exchange per connection: enough to drive scoring endpoints.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<HttpResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
+    let mut stream =
+        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| timed_out())??;
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    // A server may answer and close before reading a body it refuses (413): read anyway.
+    let _ = stream.write_all(body).await;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
+        .await
+        .map_err(|_| timed_out())??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+pub async fn score(addr: SocketAddr, body: &serde_json::Value) -> std::io::Result<HttpResponse> {
+    http(
+        addr,
+        "POST",
+        "/score",
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// The repository's committed ONNX fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts/fixtures")
+        .join(name)
+}
+
+pub fn expected(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(fixture(name).join("expected.json")).expect("fixture");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Asserts a /score response matches scikit-learn's stored predictions for the diabetes rows.
+pub fn assert_diabetes_predictions(response: &HttpResponse) {
+    assert_eq!(response.status, 200, "{}", response.body);
+    let got = response.json();
+    let want = expected("diabetes")["predictions"].clone();
+    let want = want.as_array().expect("array");
+    let got = got.as_array().expect("array of rows");
+    assert_eq!(got.len(), want.len());
+    for (row, (got, want)) in got.iter().zip(want).enumerate() {
+        let got = got[0].as_f64().expect("number");
+        let want = want.as_f64().expect("number");
+        assert!(
+            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
+            "row {row}: {got} vs {want}"
+        );
+    }
+}

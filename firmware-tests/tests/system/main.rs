@@ -1,0 +1,1 @@
+//! System tests: real `edgeship` and `edgeship-agent` processes, a real broker, faults.
