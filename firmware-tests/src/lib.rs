@@ -338,3 +338,108 @@ pub fn assert_diabetes_predictions(response: &HttpResponse) {
         );
     }
 }
+
+/// Path of a workspace binary (`edgeship`, `edgeship-agent`), built by `cargo test
+/// --workspace` before any test runs.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile folder");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo test --workspace` (or `cargo build --workspace`) first",
+        path.display()
+    );
+    path
+}
+
+/// A hub process (`edgeship hub`) on ephemeral ports.
+#[derive(Debug)]
+pub struct HubProcess {
+    pub process: Process,
+    pub url: String,
+    pub mqtt_url: String,
+}
+
+impl HubProcess {
+    /// Starts `edgeship hub`; `mqtt` is `Err(port)` for an embedded broker on that port, or
+    /// `Ok(url)` for an external broker.
+    pub fn start(data_dir: &Path, mqtt: Result<&str, u16>, log: &Path) -> HubProcess {
+        let mut command = Command::new(binary("edgeship"));
+        command
+            .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log_file(log));
+        match mqtt {
+            Ok(url) => command.args(["--mqtt-url", url]),
+            Err(port) => command.args(["--mqtt-listen", &format!("127.0.0.1:{port}")]),
+        };
+        let mut process = Process::spawn("edgeship hub", &mut command);
+        let url = process.read_line_starting("edgeship hub listening on ", Duration::from_secs(30));
+        let mqtt_url = match mqtt {
+            Ok(url) => url.to_owned(),
+            Err(port) => format!("mqtt://127.0.0.1:{port}"),
+        };
+        HubProcess {
+            process,
+            url,
+            mqtt_url,
+        }
+    }
+}
+
+/// An agent process (`edgeship-agent run`), logging to `log`.
+pub fn start_agent(device_id: &str, broker: &str, data_dir: &Path, log: &Path) -> Process {
+    Process::spawn(
+        "edgeship-agent",
+        Command::new(binary("edgeship-agent"))
+            .args([
+                "run",
+                "--device-id",
+                device_id,
+                "--broker",
+                broker,
+                "--serve-host",
+                "127.0.0.1",
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("RUST_LOG", "info,edgeship_agent=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file(log)),
+    )
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,1 +1,6 @@
-//! System tests: real `edgeship` and `edgeship-agent` processes, a real broker, faults.
+//! System tests: real `edgeship` and `edgeship-agent` processes, a real broker, and faults
+//! (kill -9, a stopped broker, a restarted hub, corrupted bytes on the wire).
+
+mod faults;
+mod proxy;
+mod support;

@@ -1,0 +1,115 @@
+//! Admin helpers for the system tests: register and deploy through the hub's gRPC API.
+
+use std::path::Path;
+use std::time::Duration;
+
+use edgeship_hub::client;
+use edgeship_hub::registry::NewModel;
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+
+pub const CONVERGE: Duration = Duration::from_secs(120);
+
+/// Writes `size` pseudo-random bytes (incompressible, reproducible) to `path`.
+pub fn write_noise(path: &Path, size: usize, seed: u64) {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(path, bytes).expect("write noise");
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+/// A model folder: the diabetes ONNX model plus an extra file of `extra_bytes` noise, so the
+/// transfer takes long enough to interrupt.
+pub fn big_model(dir: &Path, extra_bytes: usize) -> std::path::PathBuf {
+    let folder = dir.join("big-model");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(
+        testkit::fixture("diabetes/model.onnx"),
+        folder.join("model.onnx"),
+    )
+    .expect("copy");
+    write_noise(&folder.join("weights.bin"), extra_bytes, 7);
+    folder
+}
+
+pub async fn register(hub: &str, name: &str, path: &Path) -> u32 {
+    let mut registry = client::connect(hub).await.expect("connect");
+    let sample =
+        std::fs::read_to_string(testkit::fixture("diabetes/sample_input.json")).expect("sample");
+    let model = NewModel {
+        model_id: name.into(),
+        framework: "onnx".into(),
+        sample_input: Some(sample),
+        ..NewModel::default()
+    };
+    client::register(&mut registry, model, path)
+        .await
+        .expect("register")
+        .version
+}
+
+pub async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
+    let mut deployments = DeploymentsClient::connect(hub.to_owned())
+        .await
+        .expect("connect");
+    deployments
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: name.into(),
+                model: model.into(),
+                runtime: "tract".into(),
+                endpoint: Some(pb::Endpoint {
+                    port: u32::from(port),
+                    auth: "none".into(),
+                }),
+                target: Some(pb::Target {
+                    device_ids: vec![device.into()],
+                    label_selector: Default::default(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create deployment");
+}
+
+/// Waits until the hub reports the device serving `model` for the deployment, healthy.
+pub async fn wait_serving(hub: &str, deployment: &str, model: &str) {
+    let name = format!("deployments/{deployment}");
+    testkit::eventually(CONVERGE, &format!("{deployment} serving {model}"), || {
+        let name = name.clone();
+        let hub = hub.to_owned();
+        let model = model.to_owned();
+        async move {
+            let mut client = DeploymentsClient::connect(hub).await.ok()?;
+            let d = client
+                .get_deployment(pb::GetDeploymentRequest { name })
+                .await
+                .ok()?
+                .into_inner();
+            let serving = d.state() == pb::ServiceState::Healthy
+                && d.devices.iter().all(|w| w.serving_model == model);
+            serving.then_some(())
+        }
+    })
+    .await;
+}
+
+pub fn diabetes_rows() -> serde_json::Value {
+    serde_json::json!({"data": testkit::expected("diabetes")["inputs"]})
+}
+
+pub fn log_contains(path: &Path, text: &str) -> bool {
+    std::fs::read_to_string(path).is_ok_and(|log| log.contains(text))
+}
