@@ -374,8 +374,9 @@ impl Agent {
             .unwrap_or(0);
         let mut status = self.status_for(&workload.deployment, &desired_ref, port);
         let current = self.state.workloads.get(&workload.deployment);
-        let unchanged = current.is_some_and(|c| c.model_ref() == desired_ref && c.port == port)
-            && self.endpoints.contains_key(&workload.deployment)
+        let unchanged = current.is_some_and(|c| {
+            c.model_ref() == desired_ref && c.port == port && c.runtime == workload.runtime
+        }) && self.endpoints.contains_key(&workload.deployment)
             && status.state == i32::from(pb::ServiceState::Healthy);
         if unchanged {
             return;

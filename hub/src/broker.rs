@@ -5,7 +5,6 @@
 //! (`--mqtt-url`; Mosquitto is the reference).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -62,35 +61,37 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
             }
         })
         .context("starting the broker thread")?;
-    // rumqttd logs bind failures instead of returning them: wait until it completes an MQTT
-    // handshake (a bare TCP probe would make it log an aborted client).
+    // rumqttd logs bind failures instead of returning them: wait until the port is in
+    // LISTEN state. (Probing with a client connection would make rumqttd log errors.)
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !mqtt_handshake(addr) {
+    while !is_listening(addr) {
         if Instant::now() > deadline {
             bail!("the embedded MQTT broker did not start listening on {addr}");
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(10));
     }
     tracing::info!(%addr, "embedded MQTT broker listening");
     Ok(addr)
 }
 
-/// Connects, expects a successful CONNACK, disconnects (MQTT 3.1.1, clean session).
-fn mqtt_handshake(addr: SocketAddr) -> bool {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let client_id = b"edgeship-hub-probe";
-    let mut connect = vec![0x10, (12 + client_id.len()) as u8];
-    connect.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 10]);
-    connect.extend_from_slice(&[0, client_id.len() as u8]);
-    connect.extend_from_slice(client_id);
-    let mut connack = [0u8; 4];
-    let ok = stream.write_all(&connect).is_ok()
-        && stream.read_exact(&mut connack).is_ok()
-        && connack[0] == 0x20
-        && connack[3] == 0;
-    let _ = stream.write_all(&[0xE0, 0]);
-    ok
+/// Whether some socket listens on `addr`'s port, read from the kernel's socket tables
+/// (no connection is made). Falls back to a TCP connect where /proc is not available.
+fn is_listening(addr: SocketAddr) -> bool {
+    const LISTEN: &str = "0A";
+    let port = format!(":{:04X}", addr.port());
+    let mut tables_read = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        tables_read = true;
+        let listening = text.lines().skip(1).any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 3 && fields[1].ends_with(&port) && fields[3] == LISTEN
+        });
+        if listening {
+            return true;
+        }
+    }
+    !tables_read && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
 }

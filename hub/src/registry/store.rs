@@ -299,22 +299,26 @@ impl Registry {
         Ok(entry)
     }
 
-    fn not_found(reference: &VersionRef) -> Error {
+    /// "does not exist" when the model has no version at all, else "has no version N".
+    fn not_found(&self, reference: &VersionRef) -> Error {
+        let exists = self
+            .versions
+            .scan_prefix(model_prefix(&reference.model_id))
+            .next()
+            .is_some();
         match reference.version {
-            VersionSelector::Latest => {
-                Error::NotFound(format!("model {} does not exist", reference.model_id))
-            }
-            VersionSelector::Exact(version) => Error::NotFound(format!(
+            VersionSelector::Exact(version) if exists => Error::NotFound(format!(
                 "model {} has no version {version}",
                 reference.model_id
             )),
+            _ => Error::NotFound(format!("model {} does not exist", reference.model_id)),
         }
     }
 
     pub fn get(&self, reference: &VersionRef) -> Result<ModelVersion, Error> {
         match self.resolve(reference)? {
             Some((_, value)) => decode(&value),
-            None => Err(Self::not_found(reference)),
+            None => Err(self.not_found(reference)),
         }
     }
 
@@ -370,7 +374,7 @@ impl Registry {
         validate::update(update)?;
         let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
         let Some((key, value)) = self.resolve(reference)? else {
-            return Err(Self::not_found(reference));
+            return Err(self.not_found(reference));
         };
         let mut model = decode(&value)?;
         apply_changes(&mut model.tags, &update.add_tags, &update.remove_tags);
@@ -408,7 +412,7 @@ impl Registry {
         let (model_id, entries) = match target {
             DeleteTarget::Version(reference) => match self.resolve(reference)? {
                 Some(entry) => (reference.model_id.clone(), vec![entry]),
-                None => return Err(Self::not_found(reference)),
+                None => return Err(self.not_found(reference)),
             },
             DeleteTarget::AllVersions(model_id) => {
                 let entries = self

@@ -229,7 +229,7 @@ async fn deleting_twice_is_not_found_the_second_time() {
     assert_status(
         client.delete_model(delete).await,
         Code::NotFound,
-        "model m has no version 1",
+        "model m does not exist",
     );
     assert_status(
         client

@@ -1,0 +1,336 @@
+//! The device protocol under bad input: malformed payloads on every device topic, desired
+//! states that go backwards or name another device, a runtime the device lacks — and the
+//! deployment API's refusals.
+
+use std::time::Duration;
+
+use edgeship_agent::RunningAgent;
+use edgeship_proto::topics::{self, DeviceTopic};
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+use prost::Message;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+use crate::e2e::{deploy, register_diabetes_with_sample, wait_for_deployment, wait_serving};
+use crate::support::*;
+
+/// A raw MQTT client, as a misbehaving or malicious device would use.
+async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
+    let (host, port) = edgeship_hub::server::parse_mqtt_url(mqtt_url).expect("url");
+    let mut options = MqttOptions::new(id, host, port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 32);
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client
+}
+
+async fn publish(client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload)
+        .await
+        .expect("publish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-m", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-m"])
+        .await
+        .expect("deploy");
+    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+
+    let attacker = raw_client(&hub.mqtt_url(), "garbage-sender").await;
+    let garbage = vec![0xff, 0x00, 0x13, 0x37, 0xde, 0xad];
+    for kind in [
+        DeviceTopic::Birth,
+        DeviceTopic::Reported,
+        DeviceTopic::BlobRequest,
+    ] {
+        for device in ["edge-m", "ghost", "../x"] {
+            publish(
+                &attacker,
+                topics::device(device, kind),
+                garbage.clone(),
+                false,
+            )
+            .await;
+        }
+    }
+    // The agent's own inbound topics: garbage, a desired state for another device, and a
+    // chunk nobody asked for.
+    publish(
+        &attacker,
+        topics::device("edge-m", DeviceTopic::Desired),
+        garbage.clone(),
+        false,
+    )
+    .await;
+    let foreign = pb::DesiredState {
+        device_id: "someone-else".into(),
+        generation: 999,
+        ..Default::default()
+    };
+    publish(
+        &attacker,
+        topics::device("edge-m", DeviceTopic::Desired),
+        foreign.encode_to_vec(),
+        false,
+    )
+    .await;
+    publish(
+        &attacker,
+        topics::device("edge-m", DeviceTopic::BlobResponse),
+        garbage.clone(),
+        false,
+    )
+    .await;
+    // A device asking for a blob outside its desired state gets a refusal, not the bytes.
+    let model = registry
+        .get_model(pb::GetModelRequest {
+            name: "models/diabetes/versions/1".into(),
+        })
+        .await
+        .expect("model")
+        .into_inner();
+    publish(
+        &attacker,
+        topics::device("ghost", DeviceTopic::BlobRequest),
+        pb::BlobRequest {
+            sha256: model.files[0].sha256.clone(),
+            offset: 0,
+            length: 1024,
+        }
+        .encode_to_vec(),
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Both daemons are alive and their state is intact.
+    let rows = serde_json::json!({"data": expected("diabetes")["inputs"]});
+    assert_diabetes_predictions(&score(addr, &rows).await.expect("agent still serves"));
+    let deployment = wait_for_deployment(&hub.url(), "web", pb::ServiceState::Healthy).await;
+    assert_eq!(deployment.devices.len(), 1);
+    assert_eq!(list_all(&mut registry).await, ["diabetes:1"]);
+    let view = agent.view().borrow().clone();
+    assert_eq!(
+        view.workload("web").map(|w| w.serving_model.as_str()),
+        Some("diabetes:1")
+    );
+    agent.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-g", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-g"])
+        .await
+        .expect("deploy");
+    wait_serving(&agent, "web", "diabetes:1").await;
+    let applied = agent
+        .wait_for(Duration::from_secs(30), |v| v.applied_generation > 0)
+        .await
+        .expect("applied")
+        .applied_generation;
+
+    // Replay an older generation that asks for nothing: the agent must not tear down.
+    let attacker = raw_client(&hub.mqtt_url(), "replayer").await;
+    let stale = pb::DesiredState {
+        device_id: "edge-g".into(),
+        generation: applied - 1,
+        ..Default::default()
+    };
+    publish(
+        &attacker,
+        topics::device("edge-g", DeviceTopic::Desired),
+        stale.encode_to_vec(),
+        false,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let view = agent.view().borrow().clone();
+    assert_eq!(view.applied_generation, applied);
+    assert_eq!(
+        view.workload("web").map(|w| w.state),
+        Some(pb::ServiceState::Healthy)
+    );
+
+    // A newer generation asking for a runtime this device lacks: Unschedulable, and the
+    // current version keeps serving.
+    let model = registry
+        .get_model(pb::GetModelRequest {
+            name: "models/diabetes/versions/1".into(),
+        })
+        .await
+        .expect("model")
+        .into_inner();
+    let port = view
+        .workload("web")
+        .and_then(|w| w.addr)
+        .expect("addr")
+        .port();
+    let newer = pb::DesiredState {
+        device_id: "edge-g".into(),
+        generation: applied + 10,
+        workloads: vec![pb::Workload {
+            deployment: "web".into(),
+            model: Some(pb::DeployedModel {
+                model_id: "diabetes".into(),
+                version: 1,
+                files: model
+                    .files
+                    .iter()
+                    .map(|f| pb::BlobRef {
+                        path: f.path.clone(),
+                        sha256: f.sha256.clone(),
+                        size_bytes: f.size_bytes,
+                    })
+                    .collect(),
+                entry_file: "model.onnx".into(),
+                ..Default::default()
+            }),
+            runtime: "opencl".into(),
+            endpoint: Some(pb::Endpoint {
+                port: u32::from(port),
+                auth: "none".into(),
+            }),
+        }],
+        ..Default::default()
+    };
+    publish(
+        &attacker,
+        topics::device("edge-g", DeviceTopic::Desired),
+        newer.encode_to_vec(),
+        false,
+    )
+    .await;
+    let view = agent
+        .wait_for(Duration::from_secs(30), |v| {
+            v.workload("web")
+                .is_some_and(|w| w.state == pb::ServiceState::Unschedulable)
+        })
+        .await
+        .expect("unschedulable");
+    let workload = view.workload("web").expect("workload");
+    assert!(
+        workload
+            .error
+            .contains("runtime \"opencl\" is not available"),
+        "{}",
+        workload.error
+    );
+    assert_eq!(workload.serving_model, "diabetes:1");
+    agent.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn deployment_requests_are_checked_and_models_in_use_cannot_be_deleted() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes(&mut registry, "diabetes").await;
+    let url = hub.url();
+    let refused = |result: Result<pb::Deployment, tonic::Status>, code: tonic::Code, text: &str| {
+        let status = result.expect_err("refused");
+        assert_eq!(status.code(), code, "{}", status.message());
+        assert!(
+            status.message().contains(text),
+            "expected {text:?} in {:?}",
+            status.message()
+        );
+    };
+    refused(
+        deploy(&url, "web", "nothing:1", 8080, &["d1"]).await,
+        tonic::Code::NotFound,
+        "model nothing does not exist",
+    );
+    refused(
+        deploy(&url, "web", "diabetes:7", 8080, &["d1"]).await,
+        tonic::Code::NotFound,
+        "has no version 7",
+    );
+    refused(
+        deploy(&url, "web", "diabetes:1", 8080, &[]).await,
+        tonic::Code::InvalidArgument,
+        "the target is empty",
+    );
+    refused(
+        deploy(&url, "web", "diabetes:1", 0, &["d1"]).await,
+        tonic::Code::InvalidArgument,
+        "port",
+    );
+    refused(
+        deploy(&url, "bad name", "diabetes:1", 8080, &["d1"]).await,
+        tonic::Code::InvalidArgument,
+        "invalid deployment name",
+    );
+    refused(
+        deploy(&url, "web", "diabetes:1", 8080, &["bad/id"]).await,
+        tonic::Code::InvalidArgument,
+        "invalid device id",
+    );
+    deploy(&url, "web", "diabetes:1", 8080, &["d1"])
+        .await
+        .expect("first deployment");
+    refused(
+        deploy(&url, "web", "diabetes:1", 8081, &["d2"]).await,
+        tonic::Code::AlreadyExists,
+        "already exists",
+    );
+    refused(
+        deploy(&url, "other", "diabetes:1", 8080, &["d1"]).await,
+        tonic::Code::FailedPrecondition,
+        "port 8080 on device d1 is already used by deployment web",
+    );
+    deploy(&url, "other", "diabetes:1", 8080, &["d2"])
+        .await
+        .expect("same port, other device");
+
+    let delete = registry
+        .delete_model(pb::DeleteModelRequest {
+            name: "models/diabetes/versions/1".into(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(delete.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        delete.message().contains("used by deployment other, web"),
+        "{}",
+        delete.message()
+    );
+    let mut deployments = DeploymentsClient::connect(url.clone())
+        .await
+        .expect("connect");
+    for name in ["web", "other"] {
+        deployments
+            .delete_deployment(pb::DeleteDeploymentRequest {
+                name: format!("deployments/{name}"),
+            })
+            .await
+            .expect("delete deployment");
+    }
+    let missing = deployments
+        .delete_deployment(pb::DeleteDeploymentRequest {
+            name: "deployments/web".into(),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    registry
+        .delete_model(pb::DeleteModelRequest {
+            name: "models/diabetes/versions/1".into(),
+        })
+        .await
+        .expect("no longer in use");
+}
