@@ -28,11 +28,13 @@ ci:
 
 # Benchmarks (release build); copy the printed tables into docs/benchmarks.md.
 bench:
+    cargo build --release --bins
     cargo bench -p edgeship-hub --bench registry
+    cargo bench -p edgeship-firmware-tests --bench transfer
 
-# The main job: a hub on embedded defaults.
-hub:
-    cargo run --release --bin edgeship -- hub --data-dir edgeship-data
+# The main job: hub, embedded broker, a local agent and the sample model in one process.
+dev:
+    cargo run --release --bin edgeship -- dev
 
 # Regenerate the ONNX fixtures (needs Python with scikit-learn, skl2onnx, onnx, onnxruntime).
 fixtures:

@@ -1,0 +1,235 @@
+//! Device-side benchmark with real release processes: model transfer throughput over the
+//! embedded broker and over Mosquitto (side by side, same run), chunks re-sent after the agent
+//! is killed mid-download, agent memory (idle and with the diabetes model loaded), and the
+//! stripped size of `edgeship-agent`.
+//!
+//! Run with `just bench` (it builds the release binaries first), or:
+//! `cargo build --release --bins && cargo bench -p edgeship-firmware-tests --bench transfer`.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use edgeship_hub::client;
+use edgeship_hub::registry::NewModel;
+use edgeship_proto::topics::{self, DeviceTopic};
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use testkit::{HubProcess, Mosquitto, TempDir, free_port, start_agent};
+
+const MODEL_BYTES: usize = 50 * 1024 * 1024;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+fn write_noise(path: &Path, size: usize, seed: u64) {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(path, bytes).expect("write");
+}
+
+/// A folder with the diabetes model and `size` bytes of incompressible weights.
+fn model_folder(dir: &Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(testkit::fixture("diabetes/model.onnx"), folder.join("model.onnx")).expect("copy");
+    write_noise(&folder.join("weights.bin"), size, seed);
+    folder
+}
+
+async fn register(hub: &str, name: &str, path: &Path) {
+    let mut registry = client::connect(hub).await.expect("connect");
+    let model = NewModel {
+        model_id: name.into(),
+        framework: "onnx".into(),
+        ..NewModel::default()
+    };
+    client::register(&mut registry, model, path).await.expect("register");
+}
+
+async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
+    let mut client = DeploymentsClient::connect(hub.to_owned()).await.expect("connect");
+    client
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: name.into(),
+                model: model.into(),
+                runtime: "tract".into(),
+                endpoint: Some(pb::Endpoint { port: u32::from(port), auth: "none".into() }),
+                target: Some(pb::Target { device_ids: vec![device.into()], label_selector: Default::default() }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("deploy");
+}
+
+async fn wait_healthy(hub: &str, name: &str) {
+    let mut client = DeploymentsClient::connect(hub.to_owned()).await.expect("connect");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let d = client
+            .get_deployment(pb::GetDeploymentRequest { name: format!("deployments/{name}") })
+            .await
+            .expect("get")
+            .into_inner();
+        if d.state() == pb::ServiceState::Healthy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never became healthy: {d:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Deploys a fresh 50 MiB model and returns the seconds from deployment to Healthy.
+async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
+    let folder = model_folder(dir, label, MODEL_BYTES, label.len() as u64 * 7919);
+    register(&hub.url, label, &folder).await;
+    let agent_dir = dir.join(format!("agent-{label}"));
+    let _agent = start_agent(label, &hub.mqtt_url, &agent_dir, &dir.join(format!("{label}.log")));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    deploy(&hub.url, label, &format!("{label}:1"), free_port(), label).await;
+    wait_healthy(&hub.url, label).await;
+    started.elapsed().as_secs_f64()
+}
+
+/// Counts every chunk the hub sends to one device, by offset.
+async fn chunk_spy(mqtt_url: &str, device: &str) -> Arc<Mutex<HashMap<(String, u64), u32>>> {
+    let (host, port) = edgeship_hub::server::parse_mqtt_url(mqtt_url).expect("url");
+    let mut options = MqttOptions::new("bench-spy", host, port);
+    options.set_max_packet_size(4 << 20, 4 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client
+        .subscribe(topics::device(device, DeviceTopic::BlobResponse), QoS::AtMostOnce)
+        .await
+        .expect("subscribe");
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let sink = Arc::clone(&counts);
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let Event::Incoming(Packet::Publish(p)) = event
+                && let Ok(chunk) = pb::BlobChunk::decode(p.payload.as_ref())
+            {
+                let mut counts = sink.lock().expect("lock");
+                *counts.entry((chunk.sha256, chunk.offset)).or_insert(0) += 1;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    counts
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dir = TempDir::new("bench");
+    let mut rows: Vec<(String, String)> = Vec::new();
+
+    // Throughput: embedded broker and Mosquitto, one after the other in the same run.
+    let hub = HubProcess::start(&dir.path().join("hub"), Err(free_port()), &dir.path().join("hub.log"));
+    let embedded = transfer_seconds(&hub, dir.path(), "embedded").await;
+    rows.push((
+        "50 MiB model, deploy → Healthy, embedded broker".into(),
+        format!("{embedded:.2} s ({:.0} MB/s)", MODEL_BYTES as f64 / 1e6 / embedded),
+    ));
+    if let Some(mosquitto) = Mosquitto::start("transfer bench") {
+        let hub_m = HubProcess::start(&dir.path().join("hub-m"), Ok(&mosquitto.url()), &dir.path().join("hub-m.log"));
+        let over_mosquitto = transfer_seconds(&hub_m, dir.path(), "mosquitto").await;
+        rows.push((
+            "50 MiB model, deploy → Healthy, Mosquitto".into(),
+            format!(
+                "{over_mosquitto:.2} s ({:.0} MB/s; {:.2}x the embedded broker's time)",
+                MODEL_BYTES as f64 / 1e6 / over_mosquitto,
+                over_mosquitto / embedded
+            ),
+        ));
+        drop(hub_m);
+        mosquitto.stop();
+    }
+
+    // Resume: kill the agent half-way, restart it, count chunks the hub sent twice.
+    let folder = model_folder(dir.path(), "resume", MODEL_BYTES, 99);
+    register(&hub.url, "resume", &folder).await;
+    let spy = chunk_spy(&hub.mqtt_url, "resume").await;
+    let agent_dir = dir.path().join("agent-resume");
+    let log = dir.path().join("resume.log");
+    let mut agent = start_agent("resume", &hub.mqtt_url, &agent_dir, &log);
+    deploy(&hub.url, "resume", "resume:1", free_port(), "resume").await;
+    let partial_dir = agent_dir.join("blobs/partial");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let size: u64 = std::fs::read_dir(&partial_dir)
+            .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).max().unwrap_or(0))
+            .unwrap_or(0);
+        if size > (MODEL_BYTES / 2) as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "download never reached half-way");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    agent.kill_hard();
+    let _agent = start_agent("resume", &hub.mqtt_url, &agent_dir, &log);
+    wait_healthy(&hub.url, "resume").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let counts = spy.lock().expect("lock").clone();
+    let resent: u32 = counts.values().map(|n| n - 1).sum();
+    rows.push((
+        "chunks (256 KiB) re-sent after kill -9 at ~50% and restart".into(),
+        format!("{resent} of {} distinct chunks", counts.len()),
+    ));
+
+    // Memory of a fresh agent: idle (connected, nothing deployed), then serving diabetes.
+    let mem_dir = dir.path().join("agent-mem");
+    let agent = start_agent("mem", &hub.mqtt_url, &mem_dir, &dir.path().join("mem.log"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle = rss_kib(agent.pid());
+    register(&hub.url, "diabetes", &testkit::fixture("diabetes/model.onnx")).await;
+    deploy(&hub.url, "mem", "diabetes:1", free_port(), "mem").await;
+    wait_healthy(&hub.url, "mem").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let loaded = rss_kib(agent.pid());
+    rows.push(("agent RSS, idle and connected".into(), format!("{:.1} MiB", idle as f64 / 1024.0)));
+    rows.push(("agent RSS, serving the diabetes model".into(), format!("{:.1} MiB", loaded as f64 / 1024.0)));
+
+    // Size: strip a copy of the release binary completely.
+    let binary = testkit::binary("edgeship-agent");
+    let stripped = dir.path().join("edgeship-agent.stripped");
+    std::fs::copy(&binary, &stripped)?;
+    let _ = std::process::Command::new("strip").arg(&stripped).status();
+    let size = std::fs::metadata(&stripped)?.len();
+    rows.push(("edgeship-agent release binary, stripped".into(), format!("{:.1} MiB", size as f64 / 1048576.0)));
+
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    println!("## device transfer benchmark ({cpus} CPUs)");
+    println!();
+    println!("| measure | result |");
+    println!("|---|---|");
+    for (measure, result) in rows {
+        println!("| {measure} | {result} |");
+    }
+    Ok(())
+}
