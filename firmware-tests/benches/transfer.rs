@@ -46,7 +46,11 @@ fn write_noise(path: &Path, size: usize, seed: u64) {
 fn model_folder(dir: &Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
     let folder = dir.join(name);
     std::fs::create_dir_all(&folder).expect("mkdir");
-    std::fs::copy(testkit::fixture("diabetes/model.onnx"), folder.join("model.onnx")).expect("copy");
+    std::fs::copy(
+        testkit::fixture("diabetes/model.onnx"),
+        folder.join("model.onnx"),
+    )
+    .expect("copy");
     write_noise(&folder.join("weights.bin"), size, seed);
     folder
 }
@@ -58,19 +62,29 @@ async fn register(hub: &str, name: &str, path: &Path) {
         framework: "onnx".into(),
         ..NewModel::default()
     };
-    client::register(&mut registry, model, path).await.expect("register");
+    client::register(&mut registry, model, path)
+        .await
+        .expect("register");
 }
 
 async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
-    let mut client = DeploymentsClient::connect(hub.to_owned()).await.expect("connect");
+    let mut client = DeploymentsClient::connect(hub.to_owned())
+        .await
+        .expect("connect");
     client
         .create_deployment(pb::CreateDeploymentRequest {
             deployment: Some(pb::Deployment {
                 deployment_id: name.into(),
                 model: model.into(),
                 runtime: "tract".into(),
-                endpoint: Some(pb::Endpoint { port: u32::from(port), auth: "none".into() }),
-                target: Some(pb::Target { device_ids: vec![device.into()], label_selector: Default::default() }),
+                endpoint: Some(pb::Endpoint {
+                    port: u32::from(port),
+                    auth: "none".into(),
+                }),
+                target: Some(pb::Target {
+                    device_ids: vec![device.into()],
+                    label_selector: Default::default(),
+                }),
                 ..Default::default()
             }),
         })
@@ -79,18 +93,25 @@ async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
 }
 
 async fn wait_healthy(hub: &str, name: &str) {
-    let mut client = DeploymentsClient::connect(hub.to_owned()).await.expect("connect");
+    let mut client = DeploymentsClient::connect(hub.to_owned())
+        .await
+        .expect("connect");
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let d = client
-            .get_deployment(pb::GetDeploymentRequest { name: format!("deployments/{name}") })
+            .get_deployment(pb::GetDeploymentRequest {
+                name: format!("deployments/{name}"),
+            })
             .await
             .expect("get")
             .into_inner();
         if d.state() == pb::ServiceState::Healthy {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} never became healthy: {d:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became healthy: {d:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -111,7 +132,12 @@ async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
     let folder = model_folder(dir, label, MODEL_BYTES, label.len() as u64 * 7919);
     register(&hub.url, label, &folder).await;
     let agent_dir = dir.join(format!("agent-{label}"));
-    let _agent = start_agent(label, &hub.mqtt_url, &agent_dir, &dir.join(format!("{label}.log")));
+    let _agent = start_agent(
+        label,
+        &hub.mqtt_url,
+        &agent_dir,
+        &dir.join(format!("{label}.log")),
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     deploy(&hub.url, label, &format!("{label}:1"), free_port(), label).await;
@@ -126,7 +152,10 @@ async fn chunk_spy(mqtt_url: &str, device: &str) -> Arc<Mutex<HashMap<(String, u
     options.set_max_packet_size(4 << 20, 4 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     client
-        .subscribe(topics::device(device, DeviceTopic::BlobResponse), QoS::AtMostOnce)
+        .subscribe(
+            topics::device(device, DeviceTopic::BlobResponse),
+            QoS::AtMostOnce,
+        )
         .await
         .expect("subscribe");
     let counts = Arc::new(Mutex::new(HashMap::new()));
@@ -150,14 +179,25 @@ async fn run() -> anyhow::Result<()> {
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // Throughput: embedded broker and Mosquitto, one after the other in the same run.
-    let hub = HubProcess::start(&dir.path().join("hub"), Err(free_port()), &dir.path().join("hub.log"));
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        Err(free_port()),
+        &dir.path().join("hub.log"),
+    );
     let embedded = transfer_seconds(&hub, dir.path(), "embedded").await;
     rows.push((
         "50 MiB model, deploy → Healthy, embedded broker".into(),
-        format!("{embedded:.2} s ({:.0} MB/s)", MODEL_BYTES as f64 / 1e6 / embedded),
+        format!(
+            "{embedded:.2} s ({:.0} MB/s)",
+            MODEL_BYTES as f64 / 1e6 / embedded
+        ),
     ));
     if let Some(mosquitto) = Mosquitto::start("transfer bench") {
-        let hub_m = HubProcess::start(&dir.path().join("hub-m"), Ok(&mosquitto.url()), &dir.path().join("hub-m.log"));
+        let hub_m = HubProcess::start(
+            &dir.path().join("hub-m"),
+            Ok(&mosquitto.url()),
+            &dir.path().join("hub-m.log"),
+        );
         let over_mosquitto = transfer_seconds(&hub_m, dir.path(), "mosquitto").await;
         rows.push((
             "50 MiB model, deploy → Healthy, Mosquitto".into(),
@@ -183,7 +223,13 @@ async fn run() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let size: u64 = std::fs::read_dir(&partial_dir)
-            .map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).max().unwrap_or(0))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .max()
+                    .unwrap_or(0)
+            })
             .unwrap_or(0);
         if size > (MODEL_BYTES / 2) as u64 {
             break;
@@ -207,13 +253,24 @@ async fn run() -> anyhow::Result<()> {
     let agent = start_agent("mem", &hub.mqtt_url, &mem_dir, &dir.path().join("mem.log"));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let idle = rss_kib(agent.pid());
-    register(&hub.url, "diabetes", &testkit::fixture("diabetes/model.onnx")).await;
+    register(
+        &hub.url,
+        "diabetes",
+        &testkit::fixture("diabetes/model.onnx"),
+    )
+    .await;
     deploy(&hub.url, "mem", "diabetes:1", free_port(), "mem").await;
     wait_healthy(&hub.url, "mem").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let loaded = rss_kib(agent.pid());
-    rows.push(("agent RSS, idle and connected".into(), format!("{:.1} MiB", idle as f64 / 1024.0)));
-    rows.push(("agent RSS, serving the diabetes model".into(), format!("{:.1} MiB", loaded as f64 / 1024.0)));
+    rows.push((
+        "agent RSS, idle and connected".into(),
+        format!("{:.1} MiB", idle as f64 / 1024.0),
+    ));
+    rows.push((
+        "agent RSS, serving the diabetes model".into(),
+        format!("{:.1} MiB", loaded as f64 / 1024.0),
+    ));
 
     // Size: strip a copy of the release binary completely.
     let binary = testkit::binary("edgeship-agent");
@@ -221,7 +278,10 @@ async fn run() -> anyhow::Result<()> {
     std::fs::copy(&binary, &stripped)?;
     let _ = std::process::Command::new("strip").arg(&stripped).status();
     let size = std::fs::metadata(&stripped)?.len();
-    rows.push(("edgeship-agent release binary, stripped".into(), format!("{:.1} MiB", size as f64 / 1048576.0)));
+    rows.push((
+        "edgeship-agent release binary, stripped".into(),
+        format!("{:.1} MiB", size as f64 / 1048576.0),
+    ));
 
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     println!("## device transfer benchmark ({cpus} CPUs)");

@@ -237,3 +237,52 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
     };
     assert!(exit.success(), "hub exited with {exit}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().expect("temp");
+    let port = free_port();
+    let mut dev = testkit::Process::spawn(
+        "edgeship dev",
+        Command::new(BIN)
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .arg("--data-dir")
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    let url = dev.read_line_starting("scoring:", Duration::from_secs(120));
+    assert_eq!(url.trim(), format!("http://127.0.0.1:{port}/score"));
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("diabetes/sample_input.json")).expect("sample"),
+    )
+    .expect("json");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let response = score(addr, &sample).await.expect("score");
+    assert_eq!(response.status, 200, "{}", response.body);
+    let want = expected("diabetes")["predictions"].clone();
+    let got = response.json();
+    for row in 0..2 {
+        let (got, want) = (
+            got[row][0].as_f64().expect("number"),
+            want[row].as_f64().expect("number"),
+        );
+        assert!(
+            (got - want).abs() < 1e-3 * want.abs(),
+            "row {row}: {got} vs {want}"
+        );
+    }
+    let status = dev.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "dev did not stop cleanly: {status:?}"
+    );
+}
