@@ -27,7 +27,7 @@ use crate::link::{self, LinkSender};
 use crate::runtime::{self, ModelBundle, Runnable, RuntimeError};
 use crate::scoring;
 use crate::serve::{Endpoint, ServingModel};
-use crate::state::{AppliedWorkload, PersistedState, StateStore, TensorRecord};
+use crate::state::{AppliedWorkload, PersistedState, StateStore, TensorRecord, WorkloadFailure};
 use crate::tensor::Tensor;
 
 /// Chunk requests kept in flight per blob: enough to cover broker round trips on loopback
@@ -70,7 +70,8 @@ pub struct RunningAgent {
 }
 
 impl RunningAgent {
-    /// Restores the last good state (serving it at once), then connects to the broker.
+    /// Starts the broker link and, without waiting for it, restores and serves the last good
+    /// state, so a device with no broker serves at once.
     pub async fn start(config: AgentConfig) -> anyhow::Result<Self> {
         let store = StateStore::new(&config.data_dir)
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
@@ -284,6 +285,19 @@ impl Agent {
             }
             self.statuses.insert(workload.deployment.clone(), status);
         }
+        // A version that failed before the restart is still failed: say so.
+        for (deployment, failure) in &self.state.failures {
+            let port = self.state.workloads.get(deployment).map_or(0, |w| w.port);
+            let mut status = self.status_for(deployment, &failure.desired_model, port);
+            status.state = if failure.unschedulable {
+                pb::ServiceState::Unschedulable
+            } else {
+                pb::ServiceState::Failed
+            }
+            .into();
+            status.error.clone_from(&failure.error);
+            self.statuses.insert(deployment.clone(), status);
+        }
         self.publish_view();
     }
 
@@ -350,6 +364,7 @@ impl Agent {
                 endpoint.stop().await;
             }
             self.state.workloads.remove(&deployment);
+            self.state.failures.remove(&deployment);
             self.statuses.remove(&deployment);
             tracing::info!(%deployment, "workload removed");
         }
@@ -397,6 +412,7 @@ impl Agent {
                 self.state
                     .workloads
                     .insert(workload.deployment.clone(), applied);
+                self.state.failures.remove(&workload.deployment);
                 if let Err(err) = self.store.save(&self.state) {
                     tracing::error!(error = %err, "cannot persist the applied state");
                 }
@@ -408,7 +424,18 @@ impl Agent {
                 };
                 tracing::warn!(deployment = %workload.deployment, model = %desired_ref, error = %text, state = ?state, "workload not applied; the previous version keeps serving");
                 status.state = state.into();
-                status.error = text;
+                status.error.clone_from(&text);
+                self.state.failures.insert(
+                    workload.deployment.clone(),
+                    WorkloadFailure {
+                        desired_model: desired_ref.clone(),
+                        unschedulable: state == pb::ServiceState::Unschedulable,
+                        error: text,
+                    },
+                );
+                if let Err(err) = self.store.save(&self.state) {
+                    tracing::error!(error = %err, "cannot persist the failure");
+                }
             }
         }
         self.statuses.insert(workload.deployment.clone(), status);

@@ -235,9 +235,19 @@ pub fn materialize(
         }
         let _ = fs::remove_file(&target);
         let source = cache.path(digest);
-        // A hard link costs no space; fall back to a copy across file systems.
+        // A hard link costs no space; fall back to a copy across file systems, checked like
+        // a download (a copy is bytes written again).
         if fs::hard_link(&source, &target).is_err() {
             fs::copy(&source, &target).map_err(io_err(format!("placing {path}")))?;
+            let copied = fs::read(&target).map_err(io_err(format!("checking {path}")))?;
+            let actual = hex::encode(Sha256::digest(&copied));
+            if actual != *digest {
+                let _ = fs::remove_file(&target);
+                return Err(CacheError::CorruptFile {
+                    digest: digest.clone(),
+                    actual,
+                });
+            }
         }
     }
     Ok(())

@@ -62,6 +62,8 @@ pub enum ConfigError {
 }
 
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
+/// A 256 KiB blob chunk plus its protobuf and MQTT envelopes.
+pub const MIN_PACKET_BYTES: usize = 320 * 1024;
 
 impl RawConfig {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -101,9 +103,9 @@ impl RawConfig {
             validate_label(key, value).map_err(ConfigError::Invalid)?;
         }
         let max_packet_bytes = self.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
-        if max_packet_bytes < 64 * 1024 {
+        if max_packet_bytes < MIN_PACKET_BYTES {
             return Err(ConfigError::Invalid(format!(
-                "max_packet_bytes is {max_packet_bytes}; at least 65536 is needed for model chunks"
+                "max_packet_bytes is {max_packet_bytes}; at least {MIN_PACKET_BYTES} is needed for 256 KiB model chunks"
             )));
         }
         Ok(AgentConfig {
@@ -118,23 +120,7 @@ impl RawConfig {
     }
 }
 
-/// Device ids become MQTT topic levels and file names: 1–128 of `[A-Za-z0-9_.-]`, not
-/// starting with `.` or `-`.
-pub fn validate_device_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with(['.', '-'])
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid device id {id:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
-        ))
-    }
-}
+pub use edgeship_proto::topics::validate_device_id;
 
 pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     let key_ok = !key.is_empty()

@@ -62,7 +62,7 @@ data_dir = "/var/lib/edgeship-agent"
 # MQTT keep-alive, in seconds.
 # keep_alive_secs = 15
 
-# Largest MQTT packet sent or accepted; must exceed the hub's chunk size (256 KiB).
+# Largest MQTT packet sent or accepted; at least 327680 (a 256 KiB model chunk and envelope).
 # max_packet_bytes = 1048576
 
 # Labels that deployments can select this device by.

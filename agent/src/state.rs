@@ -96,6 +96,18 @@ pub struct PersistedState {
     /// Highest generation fully processed (each workload applied or failed).
     pub applied_generation: u64,
     pub workloads: BTreeMap<String, AppliedWorkload>,
+    /// Why the desired version of a deployment is not the one serving; kept so a restart
+    /// reports the failure instead of a misleading `Healthy`.
+    #[serde(default)]
+    pub failures: BTreeMap<String, WorkloadFailure>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadFailure {
+    pub desired_model: String,
+    /// `Failed` or `Unschedulable`.
+    pub unschedulable: bool,
+    pub error: String,
 }
 
 #[derive(Debug)]

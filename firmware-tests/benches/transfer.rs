@@ -68,52 +68,17 @@ async fn register(hub: &str, name: &str, path: &Path) {
 }
 
 async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
-    let mut client = DeploymentsClient::connect(hub.to_owned())
-        .await
-        .expect("connect");
-    client
-        .create_deployment(pb::CreateDeploymentRequest {
-            deployment: Some(pb::Deployment {
-                deployment_id: name.into(),
-                model: model.into(),
-                runtime: "tract".into(),
-                endpoint: Some(pb::Endpoint {
-                    port: u32::from(port),
-                    auth: "none".into(),
-                }),
-                target: Some(pb::Target {
-                    device_ids: vec![device.into()],
-                    label_selector: Default::default(),
-                }),
-                ..Default::default()
-            }),
-        })
+    client::deploy_to_devices(hub, name, model, port, &[device])
         .await
         .expect("deploy");
 }
 
 async fn wait_healthy(hub: &str, name: &str) {
-    let mut client = DeploymentsClient::connect(hub.to_owned())
+    let channel = client::channel(hub).await.expect("connect");
+    let mut deployments = DeploymentsClient::new(channel);
+    client::wait_healthy(&mut deployments, name, Duration::from_secs(300))
         .await
-        .expect("connect");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let d = client
-            .get_deployment(pb::GetDeploymentRequest {
-                name: format!("deployments/{name}"),
-            })
-            .await
-            .expect("get")
-            .into_inner();
-        if d.state() == pb::ServiceState::Healthy {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{name} never became healthy: {d:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        .expect("healthy");
 }
 
 fn rss_kib(pid: u32) -> u64 {

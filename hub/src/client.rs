@@ -3,9 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::model_registry_client::ModelRegistryClient;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
@@ -23,7 +25,7 @@ pub type RegistryClient = ModelRegistryClient<Channel>;
 pub async fn channel(hub: &str) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(hub.to_owned())
         .with_context(|| format!("invalid hub URL {hub:?}"))?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .initial_stream_window_size(crate::server::WINDOW_BYTES)
         .initial_connection_window_size(2 * crate::server::WINDOW_BYTES);
@@ -52,6 +54,11 @@ pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
     };
     anyhow::anyhow!("{code}: {}", status.message())
 }
+
+/// The hub stopped reading the upload stream (it refused the registration).
+#[derive(Debug, thiserror::Error)]
+#[error("the hub closed the upload")]
+struct HubClosedUpload;
 
 /// A file of the model on the local disk, and its path inside the model.
 struct LocalFile {
@@ -158,7 +165,7 @@ pub async fn register(
                 sender
                     .send(message(payload))
                     .await
-                    .map_err(|_| anyhow::anyhow!("the hub closed the upload"))
+                    .map_err(|_| anyhow::Error::new(HubClosedUpload))
             }
         };
         send(Payload::Metadata(model.into())).await?;
@@ -196,6 +203,10 @@ pub async fn register(
     let produced = producer.await?;
     let registered = match (response, produced) {
         (Ok(response), _) => response.into_inner(),
+        // The hub hanging up is a consequence of its refusal; the refusal is the news.
+        (Err(status), Err(local)) if local.is::<HubClosedUpload>() => {
+            return Err(rpc_error(status));
+        }
         (Err(_), Err(local)) => return Err(local),
         (Err(status), Ok(())) => return Err(rpc_error(status)),
     };
@@ -362,5 +373,92 @@ impl FileDownload {
     async fn discard(self) {
         drop(self.file);
         let _ = tokio::fs::remove_file(&self.partial).await;
+    }
+}
+
+/// Creates a deployment of `model` (`name:version` or `name:latest`) to the named devices,
+/// with an endpoint on `port` and no auth: the common case of `edgeship deploy create`.
+pub async fn deploy_to_devices(
+    hub: &str,
+    name: &str,
+    model: &str,
+    port: u16,
+    devices: &[&str],
+) -> Result<pb::Deployment, tonic::Status> {
+    let channel = channel(hub)
+        .await
+        .map_err(|err| tonic::Status::unavailable(format!("{err:#}")))?;
+    DeploymentsClient::new(channel)
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: name.into(),
+                model: model.into(),
+                runtime: "tract".into(),
+                endpoint: Some(pb::Endpoint {
+                    port: u32::from(port),
+                    auth: "none".into(),
+                }),
+                target: Some(pb::Target {
+                    device_ids: devices.iter().map(|d| (*d).to_owned()).collect(),
+                    label_selector: Default::default(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls a deployment until it is Healthy; fails on Failed/Unschedulable or at the deadline.
+pub async fn wait_healthy(
+    client: &mut DeploymentsClient<Channel>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<pb::Deployment> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let deployment = client
+            .get_deployment(pb::GetDeploymentRequest {
+                name: format!("deployments/{name}"),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        match deployment.state() {
+            pb::ServiceState::Healthy => return Ok(deployment),
+            pb::ServiceState::Failed | pb::ServiceState::Unschedulable => {
+                let why: Vec<String> = deployment
+                    .devices
+                    .iter()
+                    .filter(|d| !d.error.is_empty())
+                    .map(|d| format!("{}: {}", d.device_id, d.error))
+                    .collect();
+                bail!(
+                    "deployment {name} is {}: {}",
+                    state_name(deployment.state()),
+                    why.join("; ")
+                );
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "deployment {name} is still {} after {} s",
+                state_name(deployment.state()),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The Azure ML spelling of a service state.
+pub fn state_name(state: pb::ServiceState) -> &'static str {
+    match state {
+        pb::ServiceState::Healthy => "Healthy",
+        pb::ServiceState::Transitioning | pb::ServiceState::Unspecified => "Transitioning",
+        pb::ServiceState::Unhealthy => "Unhealthy",
+        pb::ServiceState::Unschedulable => "Unschedulable",
+        pb::ServiceState::Failed => "Failed",
     }
 }

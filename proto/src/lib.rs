@@ -1,7 +1,8 @@
 //! Generated protobuf types and gRPC stubs for the edgeship hub API and device protocol.
 //!
-//! Only adapter modules (the hub's `api`, the CLI client, the agent's MQTT link) use these
-//! types; domain code works with plain Rust types converted at that edge.
+//! The registry's domain code works with plain Rust types converted at the `api` edge. The
+//! desired-state engine (hub `fleet`) and the agent's driver work on the device-protocol
+//! messages directly: those messages *are* their domain (what a device is told and says).
 
 #![allow(
     missing_debug_implementations,
@@ -56,6 +57,24 @@ pub mod topics {
             DeviceTopic::BlobRequest,
             DeviceTopic::BlobResponse,
         ];
+    }
+
+    /// Device ids become MQTT topic levels and file names: 1–128 of `[A-Za-z0-9_.-]`, not
+    /// starting with `.` or `-` (so no wildcard, separator or hidden-file surprises).
+    pub fn validate_device_id(id: &str) -> Result<(), String> {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && !id.starts_with(['.', '-'])
+            && id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid device id {id:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
+            ))
+        }
     }
 
     /// The topic of `kind` for one device.

@@ -12,7 +12,7 @@ use crate::tensor::{Dim, ElementType, Tensor as AgentTensor, TensorData, TensorI
 #[derive(Debug, Clone, Copy)]
 pub struct TractRuntime;
 
-type Plan = Arc<TypedRunnableModel>;
+pub type Plan = Arc<TypedRunnableModel>;
 
 #[derive(Debug)]
 struct TractModel {
@@ -33,7 +33,7 @@ impl Runtime for TractRuntime {
 
     fn prepare(&self, bundle: &ModelBundle) -> Result<Arc<dyn Runnable>, RuntimeError> {
         let load = |err: TractError| RuntimeError::Load(format!("{err:#}"));
-        let mut model = onnx().model_for_path(&bundle.entry).map_err(load)?;
+        let model = onnx().model_for_path(&bundle.entry).map_err(load)?;
         if model.inputs.len() != bundle.inputs.len() {
             return Err(RuntimeError::Load(format!(
                 "the file has {} inputs but the registered signature lists {}",
@@ -41,41 +41,48 @@ impl Runtime for TractRuntime {
                 bundle.inputs.len()
             )));
         }
-        for (index, info) in bundle.inputs.iter().enumerate() {
-            let fact = model.input_fact(index).map_err(load)?.clone();
-            let dims: TVec<DimFact> = fact
-                .shape
-                .dims()
-                .zip(&info.shape)
-                .enumerate()
-                .map(
-                    |(axis, (dim, declared))| match (dim.concretize(), declared) {
-                        (Some(dim), _) => dim.into(),
-                        (None, Dim::Any(Some(symbol))) => model.symbols.sym(symbol).to_dim().into(),
-                        (None, _) => model
-                            .symbols
-                            .sym(&format!("unk_{index}_{axis}"))
-                            .to_dim()
-                            .into(),
-                    },
-                )
-                .collect();
-            let fact = InferenceFact {
-                shape: ShapeFactoid::closed(dims),
-                ..fact
-            };
-            model.set_input_fact(index, fact).map_err(load)?;
-        }
-        let plan = model
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(load)?;
+        let plan = plan_symbolic(model, &bundle.inputs).map_err(load)?;
         Ok(Arc::new(TractModel {
             plan,
             inputs: bundle.inputs.clone(),
             outputs: bundle.outputs.clone(),
         }))
     }
+}
+
+/// Fixes every input's shape and builds the optimized plan. Dimensions the file fixes stay;
+/// one it leaves open becomes a symbol (named as `declared` says, else unique), so a single
+/// plan serves any batch size. The hub runs this at registration too: what it accepts as
+/// runnable is exactly what devices can plan.
+pub fn plan_symbolic(mut model: InferenceModel, declared: &[TensorInfo]) -> TractResult<Plan> {
+    for index in 0..model.inputs.len() {
+        let fact = model.input_fact(index)?.clone();
+        let declared_dims = declared.get(index).map(|info| info.shape.as_slice());
+        let dims: TVec<DimFact> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(
+                |(axis, dim)| match (dim.concretize(), declared_dims.and_then(|d| d.get(axis))) {
+                    (Some(dim), _) => dim.into(),
+                    (None, Some(Dim::Any(Some(symbol)))) => {
+                        model.symbols.sym(symbol).to_dim().into()
+                    }
+                    (None, _) => model
+                        .symbols
+                        .sym(&format!("unk_{index}_{axis}"))
+                        .to_dim()
+                        .into(),
+                },
+            )
+            .collect();
+        let fact = InferenceFact {
+            shape: ShapeFactoid::closed(dims),
+            ..fact
+        };
+        model.set_input_fact(index, fact)?;
+    }
+    model.into_optimized()?.into_runnable()
 }
 
 impl Runnable for TractModel {

@@ -60,26 +60,7 @@ pub async fn register(hub: &str, name: &str, path: &Path) -> u32 {
 }
 
 pub async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
-    let mut deployments = DeploymentsClient::connect(hub.to_owned())
-        .await
-        .expect("connect");
-    deployments
-        .create_deployment(pb::CreateDeploymentRequest {
-            deployment: Some(pb::Deployment {
-                deployment_id: name.into(),
-                model: model.into(),
-                runtime: "tract".into(),
-                endpoint: Some(pb::Endpoint {
-                    port: u32::from(port),
-                    auth: "none".into(),
-                }),
-                target: Some(pb::Target {
-                    device_ids: vec![device.into()],
-                    label_selector: Default::default(),
-                }),
-                ..Default::default()
-            }),
-        })
+    client::deploy_to_devices(hub, name, model, port, &[device])
         .await
         .expect("create deployment");
 }

@@ -1,18 +1,17 @@
 //! `edgeship deploy …` and `edgeship device …`: deployments and the fleet, as a gRPC client.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::bail;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::output::{print_json, rfc3339};
 use super::{DeployCommand, DeviceCommand, OutputFormat};
-use crate::client::{channel, rpc_error};
+use crate::client::{channel, rpc_error, state_name, wait_healthy};
 use crate::registry::validate;
 
 fn key_values(kind: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -20,16 +19,6 @@ fn key_values(kind: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String,
         .iter()
         .map(|entry| validate::key_value(kind, entry).map_err(anyhow::Error::from))
         .collect()
-}
-
-pub fn state_name(state: pb::ServiceState) -> &'static str {
-    match state {
-        pb::ServiceState::Healthy => "Healthy",
-        pb::ServiceState::Transitioning | pb::ServiceState::Unspecified => "Transitioning",
-        pb::ServiceState::Unhealthy => "Unhealthy",
-        pb::ServiceState::Unschedulable => "Unschedulable",
-        pb::ServiceState::Failed => "Failed",
-    }
 }
 
 /// Aligned columns, the last one unpadded.
@@ -252,49 +241,6 @@ fn device_details(d: &pb::Device) -> String {
     out
 }
 
-/// Polls a deployment until it is Healthy; fails on Failed/Unschedulable or at the deadline.
-pub async fn wait_healthy(
-    client: &mut DeploymentsClient<Channel>,
-    name: &str,
-    timeout: Duration,
-) -> anyhow::Result<pb::Deployment> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let deployment = client
-            .get_deployment(pb::GetDeploymentRequest {
-                name: format!("deployments/{name}"),
-            })
-            .await
-            .map_err(rpc_error)?
-            .into_inner();
-        match deployment.state() {
-            pb::ServiceState::Healthy => return Ok(deployment),
-            pb::ServiceState::Failed | pb::ServiceState::Unschedulable => {
-                let why: Vec<String> = deployment
-                    .devices
-                    .iter()
-                    .filter(|d| !d.error.is_empty())
-                    .map(|d| format!("{}: {}", d.device_id, d.error))
-                    .collect();
-                bail!(
-                    "deployment {name} is {}: {}",
-                    state_name(deployment.state()),
-                    why.join("; ")
-                );
-            }
-            _ => {}
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "deployment {name} is still {} after {} s",
-                state_name(deployment.state()),
-                timeout.as_secs()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()> {
     let mut client = DeploymentsClient::new(channel(hub).await?);
     match command {
@@ -421,15 +367,24 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
     let mut client = FleetClient::new(channel(hub).await?);
     match command {
         DeviceCommand::List { selector, output } => {
-            let response = client
-                .list_devices(pb::ListDevicesRequest {
-                    page_size: 1000,
-                    page_token: String::new(),
-                    label_selector: key_values("label", &selector)?.into_iter().collect(),
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let mut request = pb::ListDevicesRequest {
+                page_size: 1000,
+                page_token: String::new(),
+                label_selector: key_values("label", &selector)?.into_iter().collect(),
+            };
+            let mut response = pb::ListDevicesResponse::default();
+            loop {
+                let page = client
+                    .list_devices(request.clone())
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                response.devices.extend(page.devices);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                request.page_token = page.next_page_token;
+            }
             match output {
                 OutputFormat::Json => print_json(&Value::Array(
                     response.devices.iter().map(device_json).collect(),

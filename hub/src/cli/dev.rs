@@ -13,9 +13,8 @@ use edgeship_agent::config::RawConfig;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 
-use super::deploy::wait_healthy;
 use super::shutdown_signal;
-use crate::client::{self, rpc_error};
+use crate::client::{self, rpc_error, wait_healthy};
 use crate::registry::NewModel;
 use crate::server::{HubConfig, Mqtt, RunningHub};
 
@@ -100,31 +99,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .await;
     if existing.is_err() {
-        deployments
-            .create_deployment(pb::CreateDeploymentRequest {
-                deployment: Some(pb::Deployment {
-                    deployment_id: "diabetes".into(),
-                    model: "diabetes:latest".into(),
-                    runtime: "tract".into(),
-                    endpoint: Some(pb::Endpoint {
-                        port: u32::from(args.port),
-                        auth: "none".into(),
-                    }),
-                    target: Some(pb::Target {
-                        device_ids: vec!["local".into()],
-                        label_selector: Default::default(),
-                    }),
-                    ..Default::default()
-                }),
-            })
-            .await
-            .map_err(rpc_error)?;
+        client::deploy_to_devices(
+            &hub.url(),
+            "diabetes",
+            "diabetes:latest",
+            args.port,
+            &["local"],
+        )
+        .await
+        .map_err(rpc_error)?;
     }
     let deployment = wait_healthy(&mut deployments, "diabetes", Duration::from_secs(120)).await?;
     let port = deployment.endpoint.map_or(args.port, |e| e.port as u16);
     let url = format!("http://{}:{port}/score", args.listen.ip());
     let body = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(SAMPLE_INPUT)?)?;
-    println!("deployed:    diabetes -> device local, Healthy");
+    let devices: Vec<String> = deployment
+        .devices
+        .iter()
+        .map(|d| d.device_id.clone())
+        .collect();
+    println!(
+        "deployed:    diabetes ({}) -> {}, Healthy",
+        deployment.model,
+        devices.join(", ")
+    );
     println!("scoring:     {url}");
     println!();
     println!("try it:");

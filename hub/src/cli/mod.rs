@@ -18,6 +18,8 @@ use crate::server::{HubConfig, Mqtt, RunningHub};
 pub const DEFAULT_HUB_URL: &str = "http://127.0.0.1:7700";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7700";
 pub const DEFAULT_MQTT_LISTEN: &str = "127.0.0.1:1883";
+/// A 256 KiB blob chunk plus its protobuf and MQTT envelopes.
+pub const MIN_PACKET_BYTES: usize = 320 * 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,7 +34,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the hub: model registry and (later) deployments, over gRPC.
+    /// Run the hub: model registry, deployments and fleet over gRPC, plus the MQTT side.
     Hub(HubArgs),
     /// One process with everything: hub, embedded broker, a local agent and a sample model.
     Dev(dev::DevArgs),
@@ -278,9 +280,9 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
             listen: args.mqtt_listen,
         },
     };
-    if args.max_packet_bytes < 128 * 1024 {
+    if args.max_packet_bytes < MIN_PACKET_BYTES {
         anyhow::bail!(
-            "--max-packet-bytes is {}; at least 131072 is needed for model chunks",
+            "--max-packet-bytes is {}; at least {MIN_PACKET_BYTES} is needed for 256 KiB model chunks",
             args.max_packet_bytes
         );
     }

@@ -170,6 +170,10 @@ async fn handle(fleet: &Arc<Fleet>, client: &AsyncClient, topic: &str, payload: 
             let Some(report) = decode::<pb::ReportedState>(&device_id, kind, &payload) else {
                 return;
             };
+            if report.device_id != device_id {
+                tracing::warn!(device = %device_id, claimed = %report.device_id, "report names another device; ignored");
+                return;
+            }
             let fleet = Arc::clone(fleet);
             let result =
                 tokio::task::spawn_blocking(move || fleet.on_reported(&device_id, report)).await;

@@ -97,19 +97,7 @@ pub fn validate_deployment_id(id: &str) -> Result<(), FleetError> {
 }
 
 pub fn validate_device_id(id: &str) -> Result<(), FleetError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with(['.', '-'])
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(FleetError::InvalidArgument(format!(
-            "invalid device id {id:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
-        )))
-    }
+    edgeship_proto::topics::validate_device_id(id).map_err(FleetError::InvalidArgument)
 }
 
 fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), FleetError> {
@@ -277,16 +265,31 @@ impl Fleet {
             .map(|m| m.version)
     }
 
-    /// Per-device states of a deployment's targeted devices.
+    /// Per-device states of a deployment's targeted devices. A device where an older
+    /// deployment holds the same port (possible after a label change) cannot run it: that is
+    /// `Unschedulable`, with the reason, rather than a silent wait.
     pub fn deployment_devices(
         &self,
         deployment: &Deployment,
     ) -> Result<Vec<DeviceWorkload>, FleetError> {
+        let deployments = self.all_deployments()?;
         Ok(self
             .all_devices()?
             .iter()
             .filter(|d| deployment.target.matches(&d.id, &d.labels()))
-            .map(|d| device_workload(d, &deployment.id))
+            .map(|d| {
+                let mut workload = device_workload(d, &deployment.id);
+                if let Some(holder) = port_holder(&deployments, d, deployment.port)
+                    && holder != deployment.id
+                {
+                    workload.state = ServiceState::Unschedulable;
+                    workload.error = format!(
+                        "port {} on this device is taken by deployment {holder}",
+                        deployment.port
+                    );
+                }
+                workload
+            })
             .collect())
     }
 
@@ -646,8 +649,9 @@ impl Fleet {
     }
 }
 
-/// Largest chunk the hub sends, whatever a device asks for (stays under packet limits).
-pub const MAX_CHUNK_BYTES: u64 = 512 * 1024;
+/// Largest chunk the hub sends, whatever a device asks for: the agents' request size, so a
+/// chunk plus its envelope fits the 320 KiB minimum packet size both sides enforce.
+pub const MAX_CHUNK_BYTES: u64 = 256 * 1024;
 
 async fn read_range(
     path: &std::path::Path,
@@ -677,6 +681,16 @@ async fn read_range(
         .await
         .map_err(|err| format!("the blob cannot be read: {err}"))?;
     Ok((data, total))
+}
+
+/// The deployment that owns `port` on a device: the oldest one targeting it with that port.
+fn port_holder(deployments: &[Deployment], device: &Device, port: u16) -> Option<String> {
+    let labels = device.labels();
+    deployments
+        .iter()
+        .filter(|d| d.port == port && d.target.matches(&device.id, &labels))
+        .min_by_key(|d| (d.create_time_ms, d.id.clone()))
+        .map(|d| d.id.clone())
 }
 
 /// The file a runtime loads: the model's first ONNX file.

@@ -8,7 +8,6 @@ use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{ModelProto, ValueInfoProto, type_proto};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
 
 use super::model::{Dim, OnnxSignature, TensorSpec};
 
@@ -70,37 +69,9 @@ pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx
     })
 }
 
-/// Plans the model the way a device will: every dimension the file leaves unnamed becomes a
-/// symbol of its own (the batch dimension, typically), so one plan serves any batch size.
-fn plan_with_symbolic_dims(mut model: InferenceModel) -> Result<(), String> {
-    for input in 0..model.inputs.len() {
-        let fact = model
-            .input_fact(input)
-            .map_err(|err| format!("{err:#}"))?
-            .clone();
-        let dims: TVec<DimFact> = fact
-            .shape
-            .dims()
-            .enumerate()
-            .map(|(axis, dim)| match dim.concretize() {
-                Some(dim) => dim.into(),
-                None => model
-                    .symbols
-                    .sym(&format!("unk_{input}_{axis}"))
-                    .to_dim()
-                    .into(),
-            })
-            .collect();
-        let fact = InferenceFact {
-            shape: ShapeFactoid::closed(dims),
-            ..fact
-        };
-        model
-            .set_input_fact(input, fact)
-            .map_err(|err| format!("{err:#}"))?;
-    }
-    model
-        .into_optimized()
+/// Plans the model exactly as a device will (same code), so "runs in tract" means it.
+fn plan_with_symbolic_dims(model: InferenceModel) -> Result<(), String> {
+    edgeship_agent::runtime::tract::plan_symbolic(model, &[])
         .map(drop)
         .map_err(|err| format!("{err:#}"))
 }

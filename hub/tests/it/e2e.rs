@@ -15,36 +15,7 @@ use crate::support::*;
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
-pub async fn deploy(
-    url: &str,
-    name: &str,
-    model: &str,
-    port: u16,
-    devices: &[&str],
-) -> Result<pb::Deployment, tonic::Status> {
-    let mut client = DeploymentsClient::connect(url.to_owned())
-        .await
-        .expect("connect");
-    client
-        .create_deployment(pb::CreateDeploymentRequest {
-            deployment: Some(pb::Deployment {
-                deployment_id: name.into(),
-                model: model.into(),
-                runtime: "tract".into(),
-                endpoint: Some(pb::Endpoint {
-                    port: u32::from(port),
-                    auth: "none".into(),
-                }),
-                target: Some(pb::Target {
-                    device_ids: devices.iter().map(|d| d.to_string()).collect(),
-                    label_selector: Default::default(),
-                }),
-                ..Default::default()
-            }),
-        })
-        .await
-        .map(tonic::Response::into_inner)
-}
+pub use edgeship_hub::client::deploy_to_devices as deploy;
 
 pub async fn deployment_state(url: &str, name: &str) -> pb::Deployment {
     let mut client = DeploymentsClient::connect(url.to_owned())
