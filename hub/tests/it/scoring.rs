@@ -176,5 +176,22 @@ async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serv
     assert!(deployment.devices[0].error.contains("self-test"));
     let rows = json!({"data": expected("diabetes")["inputs"]});
     assert_diabetes_predictions(&score(addr, &rows).await.expect("old version still serves"));
+
+    // After a restart the device still says version 2 failed (not a misleading Healthy).
+    agent.stop().await.expect("stop");
+    let agent = RunningAgent::start(agent_config("edge-t", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent restarts");
+    let view = agent
+        .wait_for(std::time::Duration::from_secs(30), |v| {
+            v.workload("web").is_some_and(|w| w.addr.is_some())
+        })
+        .await
+        .expect("restored");
+    let workload = view.workload("web").expect("workload");
+    assert_eq!(workload.state, pb::ServiceState::Failed, "{workload:?}");
+    assert_eq!(workload.serving_model, "diabetes:1");
+    assert_eq!(workload.desired_model, "diabetes:2");
+    assert_diabetes_predictions(&score(addr, &rows).await.expect("restored version serves"));
     agent.stop().await.expect("stop");
 }
