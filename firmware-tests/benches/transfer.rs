@@ -29,32 +29,6 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run())
 }
 
-fn write_noise(path: &Path, size: usize, seed: u64) {
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(size);
-    while bytes.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    std::fs::write(path, bytes).expect("write");
-}
-
-/// A folder with the diabetes model and `size` bytes of incompressible weights.
-fn model_folder(dir: &Path, name: &str, size: usize, seed: u64) -> std::path::PathBuf {
-    let folder = dir.join(name);
-    std::fs::create_dir_all(&folder).expect("mkdir");
-    std::fs::copy(
-        testkit::fixture("diabetes/model.onnx"),
-        folder.join("model.onnx"),
-    )
-    .expect("copy");
-    write_noise(&folder.join("weights.bin"), size, seed);
-    folder
-}
-
 async fn register(hub: &str, name: &str, path: &Path) {
     let mut registry = client::connect(hub).await.expect("connect");
     let model = NewModel {
@@ -94,7 +68,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Deploys a fresh 50 MiB model and returns the seconds from deployment to Healthy.
 async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
-    let folder = model_folder(dir, label, MODEL_BYTES, label.len() as u64 * 7919);
+    let folder = testkit::big_model(dir, label, MODEL_BYTES, label.len() as u64 * 7919);
     register(&hub.url, label, &folder).await;
     let agent_dir = dir.join(format!("agent-{label}"));
     let _agent = start_agent(
@@ -177,7 +151,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     // Resume: kill the agent half-way, restart it, count chunks the hub sent twice.
-    let folder = model_folder(dir.path(), "resume", MODEL_BYTES, 99);
+    let folder = testkit::big_model(dir.path(), "resume", MODEL_BYTES, 99);
     register(&hub.url, "resume", &folder).await;
     let spy = chunk_spy(&hub.mqtt_url, "resume").await;
     let agent_dir = dir.path().join("agent-resume");

@@ -443,3 +443,27 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Writes `size` pseudo-random bytes (incompressible, reproducible from `seed`) to `path`.
+pub fn write_noise(path: &Path, size: usize, seed: u64) {
+    let mut state = seed | 1;
+    let mut bytes = Vec::with_capacity(size + 8);
+    while bytes.len() < size {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.extend_from_slice(&state.to_le_bytes());
+    }
+    bytes.truncate(size);
+    std::fs::write(path, bytes).expect("write noise");
+}
+
+/// A model folder `dir/name`: the diabetes ONNX model plus `extra_bytes` of noise in
+/// `weights.bin`, so a transfer takes long enough to measure or interrupt.
+pub fn big_model(dir: &Path, name: &str, extra_bytes: usize, seed: u64) -> PathBuf {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::copy(fixture("diabetes/model.onnx"), folder.join("model.onnx")).expect("copy");
+    write_noise(&folder.join("weights.bin"), extra_bytes, seed);
+    folder
+}

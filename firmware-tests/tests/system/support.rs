@@ -10,37 +10,13 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 
 pub const CONVERGE: Duration = Duration::from_secs(120);
 
-/// Writes `size` pseudo-random bytes (incompressible, reproducible) to `path`.
-pub fn write_noise(path: &Path, size: usize, seed: u64) {
-    let mut state = seed | 1;
-    let mut bytes = Vec::with_capacity(size);
-    while bytes.len() < size {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        bytes.extend_from_slice(&state.to_le_bytes());
-    }
-    bytes.truncate(size);
-    std::fs::write(path, bytes).expect("write noise");
-}
-
 pub fn sha256_file(path: &Path) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
 }
 
-/// A model folder: the diabetes ONNX model plus an extra file of `extra_bytes` noise, so the
-/// transfer takes long enough to interrupt.
 pub fn big_model(dir: &Path, extra_bytes: usize) -> std::path::PathBuf {
-    let folder = dir.join("big-model");
-    std::fs::create_dir_all(&folder).expect("mkdir");
-    std::fs::copy(
-        testkit::fixture("diabetes/model.onnx"),
-        folder.join("model.onnx"),
-    )
-    .expect("copy");
-    write_noise(&folder.join("weights.bin"), extra_bytes, 7);
-    folder
+    testkit::big_model(dir, "big-model", extra_bytes, 7)
 }
 
 pub async fn register(hub: &str, name: &str, path: &Path) -> u32 {

@@ -24,9 +24,15 @@ async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
     client
 }
 
-async fn publish(client: &AsyncClient, topic: String, payload: Vec<u8>, retain: bool) {
+/// Publishes `payload` on a device's topic, as that device (or the hub) would.
+async fn send(client: &AsyncClient, device: &str, kind: DeviceTopic, payload: Vec<u8>) {
     client
-        .publish(topic, QoS::AtLeastOnce, retain, payload)
+        .publish(
+            topics::device(device, kind),
+            QoS::AtLeastOnce,
+            false,
+            payload,
+        )
         .await
         .expect("publish");
 }
@@ -53,41 +59,29 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         DeviceTopic::BlobRequest,
     ] {
         for device in ["edge-m", "ghost", "../x"] {
-            publish(
-                &attacker,
-                topics::device(device, kind),
-                garbage.clone(),
-                false,
-            )
-            .await;
+            send(&attacker, device, kind, garbage.clone()).await;
         }
     }
     // The agent's own inbound topics: garbage, a desired state for another device, and a
     // chunk nobody asked for.
-    publish(
-        &attacker,
-        topics::device("edge-m", DeviceTopic::Desired),
-        garbage.clone(),
-        false,
-    )
-    .await;
+    send(&attacker, "edge-m", DeviceTopic::Desired, garbage.clone()).await;
     let foreign = pb::DesiredState {
         device_id: "someone-else".into(),
         generation: 999,
         ..Default::default()
     };
-    publish(
+    send(
         &attacker,
-        topics::device("edge-m", DeviceTopic::Desired),
+        "edge-m",
+        DeviceTopic::Desired,
         foreign.encode_to_vec(),
-        false,
     )
     .await;
-    publish(
+    send(
         &attacker,
-        topics::device("edge-m", DeviceTopic::BlobResponse),
+        "edge-m",
+        DeviceTopic::BlobResponse,
         garbage.clone(),
-        false,
     )
     .await;
     // A device asking for a blob outside its desired state gets a refusal, not the bytes.
@@ -98,16 +92,16 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         .await
         .expect("model")
         .into_inner();
-    publish(
+    send(
         &attacker,
-        topics::device("ghost", DeviceTopic::BlobRequest),
+        "ghost",
+        DeviceTopic::BlobRequest,
         pb::BlobRequest {
             sha256: model.files[0].sha256.clone(),
             offset: 0,
             length: 1024,
         }
         .encode_to_vec(),
-        false,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -152,11 +146,11 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         generation: applied - 1,
         ..Default::default()
     };
-    publish(
+    send(
         &attacker,
-        topics::device("edge-g", DeviceTopic::Desired),
+        "edge-g",
+        DeviceTopic::Desired,
         stale.encode_to_vec(),
-        false,
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -209,11 +203,11 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         }],
         ..Default::default()
     };
-    publish(
+    send(
         &attacker,
-        topics::device("edge-g", DeviceTopic::Desired),
+        "edge-g",
+        DeviceTopic::Desired,
         newer.encode_to_vec(),
-        false,
     )
     .await;
     let view = agent
