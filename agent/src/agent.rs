@@ -30,9 +30,9 @@ use crate::serve::{Endpoint, ServingModel};
 use crate::state::{AppliedWorkload, PersistedState, StateStore, TensorRecord, WorkloadFailure};
 use crate::tensor::Tensor;
 
-/// Chunk requests kept in flight per blob: enough to cover broker round trips on loopback
-/// and LANs without flooding a slow link.
-pub const FETCH_WINDOW: u64 = 8;
+/// Chunk requests kept in flight per blob (4 MiB): enough to cover broker round trips on
+/// loopback and LANs without flooding a slow link.
+pub const FETCH_WINDOW: u64 = 16;
 /// Re-request the missing range after this long without progress.
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// Give up on a blob after this long without any progress.
@@ -456,6 +456,24 @@ impl Agent {
                 "the workload has no endpoint port".into(),
             ));
         }
+        // The model id names a folder on this device: the registry's name rule, enforced
+        // again here because a desired state is input like any other.
+        let id_ok = model
+            .model_id
+            .bytes()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+            && model.model_id.len() <= 255
+            && model
+                .model_id
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+        if !id_ok || model.version == 0 {
+            return Err(ApplyError::Failed(format!(
+                "invalid model reference {:?} version {}",
+                model.model_id, model.version
+            )));
+        }
         if !model.files.iter().any(|f| f.path == model.entry_file) {
             return Err(ApplyError::Failed(format!(
                 "the entry file {} is not among the model's files",
@@ -615,11 +633,24 @@ impl Agent {
     ) -> Result<(), CacheError> {
         let size = partial.size();
         let digest = partial.digest().to_owned();
+        // Chunks a previous run asked for may already be here (the broker keeps them for our
+        // persistent session): take them before asking again.
+        while let Ok(chunk) = chunks.try_recv() {
+            if chunk.sha256 == digest && chunk.error.is_empty() {
+                let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
+            }
+        }
+        // A resumed download starts with one request and widens once data flows, so chunks
+        // still queued for us from before a restart are not all requested twice.
+        let mut window = if partial.offset() > 0 {
+            1
+        } else {
+            FETCH_WINDOW
+        };
         let mut next_request = partial.offset();
         let mut last_progress = Instant::now();
         while !partial.is_complete() {
-            while next_request < size && next_request < partial.offset() + FETCH_WINDOW * CHUNK_SIZE
-            {
+            while next_request < size && next_request < partial.offset() + window * CHUNK_SIZE {
                 self.sender
                     .request_blob(pb::BlobRequest {
                         sha256: digest.clone(),
@@ -659,7 +690,12 @@ impl Agent {
                 });
             }
             match partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256) {
-                Ok(true) => last_progress = Instant::now(),
+                Ok(true) => {
+                    last_progress = Instant::now();
+                    window = FETCH_WINDOW;
+                    // Requests already answered by queued chunks need not be sent again.
+                    next_request = next_request.max(partial.offset());
+                }
                 Ok(false) => {}
                 Err(CacheError::CorruptChunk { offset, .. }) => {
                     tracing::warn!(%digest, offset, "corrupted chunk rejected; requesting it again");

@@ -653,34 +653,34 @@ impl Fleet {
 /// chunk plus its envelope fits the 320 KiB minimum packet size both sides enforce.
 pub const MAX_CHUNK_BYTES: u64 = 256 * 1024;
 
+/// Reads one range of a blob: one trip to the blocking pool (open, seek, read), since this
+/// runs once per chunk and every hop shows in transfer throughput.
 async fn read_range(
     path: &std::path::Path,
     offset: u64,
     length: u64,
 ) -> Result<(Vec<u8>, u64), String> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|err| format!("the blob cannot be read: {err}"))?;
-    let total = file
-        .metadata()
-        .await
-        .map_err(|err| format!("the blob cannot be read: {err}"))?
-        .len();
-    if offset >= total {
-        return Err(format!(
-            "offset {offset} is beyond the blob's {total} bytes"
-        ));
+    use std::io::{Read, Seek};
+    let path = path.to_owned();
+    let read = move || -> std::io::Result<Result<(Vec<u8>, u64), String>> {
+        let mut file = std::fs::File::open(&path)?;
+        let total = file.metadata()?.len();
+        if offset >= total {
+            return Ok(Err(format!(
+                "offset {offset} is beyond the blob's {total} bytes"
+            )));
+        }
+        let length = length.clamp(1, MAX_CHUNK_BYTES).min(total - offset);
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut data = vec![0; length as usize];
+        file.read_exact(&mut data)?;
+        Ok(Ok((data, total)))
+    };
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(err)) => Err(format!("the blob cannot be read: {err}")),
+        Err(err) => Err(format!("the blob read failed: {err}")),
     }
-    let length = length.clamp(1, MAX_CHUNK_BYTES).min(total - offset);
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(|err| format!("the blob cannot be read: {err}"))?;
-    let mut data = vec![0; length as usize];
-    file.read_exact(&mut data)
-        .await
-        .map_err(|err| format!("the blob cannot be read: {err}"))?;
-    Ok((data, total))
 }
 
 /// The deployment that owns `port` on a device: the oldest one targeting it with that port.
