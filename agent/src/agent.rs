@@ -35,6 +35,8 @@ use crate::tensor::Tensor;
 pub const FETCH_WINDOW: u64 = 16;
 /// Re-request the missing range after this long without progress.
 const FETCH_STALL: Duration = Duration::from_secs(3);
+/// How long a resumed download listens for chunks still queued from before the restart.
+const RESUME_GRACE: Duration = Duration::from_millis(300);
 /// Give up on a blob after this long without any progress.
 const FETCH_GIVE_UP: Duration = Duration::from_secs(120);
 
@@ -88,6 +90,7 @@ impl RunningAgent {
             endpoints: HashMap::new(),
             statuses: BTreeMap::new(),
             sender: link.sender.clone(),
+            connected: link.events.connected.clone(),
             view: view_tx,
             birth,
         };
@@ -142,6 +145,8 @@ struct Agent {
     endpoints: HashMap<String, Endpoint>,
     statuses: BTreeMap<String, pb::WorkloadStatus>,
     sender: LinkSender,
+    /// Connection count from the link (0 until the first connect).
+    connected: watch::Receiver<u64>,
     view: watch::Sender<AgentView>,
     birth: pb::Birth,
 }
@@ -633,11 +638,26 @@ impl Agent {
     ) -> Result<(), CacheError> {
         let size = partial.size();
         let digest = partial.digest().to_owned();
-        // Chunks a previous run asked for may already be here (the broker keeps them for our
-        // persistent session): take them before asking again.
-        while let Ok(chunk) = chunks.try_recv() {
-            if chunk.sha256 == digest && chunk.error.is_empty() {
-                let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
+        // Chunks a previous run asked for may still be on their way: the broker keeps them
+        // for our persistent session and delivers them right after we connect. On a resume,
+        // wait for the connection and take what arrives for a moment before asking again, so
+        // an interrupted download costs (almost) no bytes twice.
+        if partial.offset() > 0 {
+            let mut connected = self.connected.clone();
+            let _ = tokio::time::timeout(FETCH_STALL, connected.wait_for(|n| *n > 0)).await;
+            let grace = tokio::time::sleep(RESUME_GRACE);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    _ = &mut grace => break,
+                    chunk = chunks.recv() => match chunk {
+                        Some(chunk) if chunk.sha256 == digest && chunk.error.is_empty() => {
+                            let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                }
             }
         }
         // A resumed download starts with one request and widens once data flows, so chunks
