@@ -120,7 +120,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One async thread is plenty for a device's I/O (inference runs on the blocking pool),
+    // and it keeps the idle footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

@@ -47,12 +47,25 @@ async fn deploy(hub: &str, name: &str, model: &str, port: u16, device: &str) {
         .expect("deploy");
 }
 
+/// Polls every 5 ms (the CLI's `--wait` polls slower; here the poll is the resolution).
 async fn wait_healthy(hub: &str, name: &str) {
     let channel = client::channel(hub).await.expect("connect");
     let mut deployments = DeploymentsClient::new(channel);
-    client::wait_healthy(&mut deployments, name, Duration::from_secs(300))
-        .await
-        .expect("healthy");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let deployment = deployments
+            .get_deployment(pb::GetDeploymentRequest {
+                name: format!("deployments/{name}"),
+            })
+            .await
+            .expect("get deployment")
+            .into_inner();
+        if deployment.state() == pb::ServiceState::Healthy {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never became healthy");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {

@@ -45,8 +45,10 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
         router: RouterConfig {
             max_connections: 100_000,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            // rumqttd keeps a log per topic filter of up to size × count bytes. Blob chunks
+            // are transient, so keep that bound small: 64 MiB per filter at most.
+            max_segment_size: 16 * 1024 * 1024,
+            max_segment_count: 4,
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("mqtt".to_owned(), server)])),

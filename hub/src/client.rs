@@ -448,7 +448,7 @@ pub async fn wait_healthy(
                 timeout.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
