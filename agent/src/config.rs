@@ -71,9 +71,19 @@ impl RawConfig {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|err| ConfigError::Parse {
-            path: path.to_owned(),
-            message: err.to_string(),
+        toml::from_str(&text).map_err(|err| {
+            // One line: where, then what (toml's own rendering spans several lines).
+            let line = err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+            let message = match line {
+                Some(line) => format!("line {line}: {}", err.message().trim()),
+                None => err.message().trim().to_owned(),
+            };
+            ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            }
         })
     }
 

@@ -286,3 +286,100 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
         "dev did not stop cleanly: {status:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
+    let hub = TestHub::start().await;
+    let url = hub.url();
+    let mut client = hub.client().await;
+    register_diabetes(&mut client, "diabetes").await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent =
+        edgeship_agent::RunningAgent::start(agent_config("edge-cli", &hub.mqtt_url(), dir.path()))
+            .await
+            .expect("agent");
+    let port = free_port().to_string();
+    let run = |args: Vec<&str>| {
+        let url = url.clone();
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                edgeship(&url, &args)
+            })
+            .await
+            .expect("cli task")
+        }
+    };
+    let ok = |output: &Output| {
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let created = ok(&run(vec![
+        "deploy",
+        "create",
+        "web",
+        "--model",
+        "diabetes:1",
+        "--port",
+        &port,
+        "--device",
+        "edge-cli",
+        "--wait",
+        "--timeout-secs",
+        "60",
+    ])
+    .await);
+    assert!(created.contains("state:      Healthy"), "{created}");
+    assert!(
+        created.contains("edge-cli  yes     Healthy  diabetes:1"),
+        "{created}"
+    );
+    let listed = ok(&run(vec!["deploy", "list"]).await);
+    assert!(
+        listed.contains(&format!(
+            "web   diabetes:1  {port}  Healthy  1/1      devices edge-cli"
+        )),
+        "{listed}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&run(vec!["deploy", "show", "web", "-o", "json"]).await))
+            .expect("json");
+    assert_eq!(json["state"], "Healthy");
+    assert_eq!(json["devices"][0]["serving_model"], "diabetes:1");
+
+    let devices = ok(&run(vec!["device", "list"]).await);
+    assert!(devices.contains("edge-cli  yes"), "{devices}");
+    let labelled = ok(&run(vec!["device", "label", "edge-cli", "--set", "site=north"]).await);
+    assert_eq!(labelled.trim(), "edge-cli: site=north");
+    let shown = ok(&run(vec!["device", "show", "edge-cli"]).await);
+    assert!(shown.contains("labels:     site=north"), "{shown}");
+    assert!(shown.contains("web         Healthy  diabetes:1"), "{shown}");
+
+    let clash = run(vec![
+        "deploy",
+        "create",
+        "other",
+        "--model",
+        "diabetes:1",
+        "--port",
+        &port,
+        "--device",
+        "edge-cli",
+    ])
+    .await;
+    assert!(!clash.status.success());
+    let stderr = String::from_utf8_lossy(&clash.stderr);
+    assert!(
+        stderr.contains("is already used by deployment web"),
+        "{stderr}"
+    );
+    let deleted = ok(&run(vec!["deploy", "delete", "web"]).await);
+    assert_eq!(deleted.trim(), "deleted deployment web");
+    agent.stop().await.expect("stop");
+}
