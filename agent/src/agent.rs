@@ -264,6 +264,9 @@ impl Agent {
     async fn shut_down(mut self) -> anyhow::Result<()> {
         let _ =
             tokio::time::timeout(Duration::from_secs(2), self.sender.goodbye(&self.birth)).await;
+        // Give the link a moment to flush the offline birth and the DISCONNECT before it is
+        // dropped, so the broker sees a clean goodbye rather than a reset connection.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         for (_, endpoint) in self.endpoints.drain() {
             endpoint.stop().await;
         }

@@ -10,9 +10,11 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Daemons log what they do; client commands stay quiet unless RUST_LOG asks.
+    // Daemons log what they do; client commands stay quiet unless RUST_LOG asks. rumqttd
+    // logs every client disconnect as an error, so its logs are off unless asked for
+    // (RUST_LOG=info,rumqttd=info); the hub logs device births and departures itself.
     let default_level = match cli.command {
-        Command::Hub(_) => "info",
+        Command::Hub(_) | Command::Dev(_) => "info,rumqttd=off",
         _ => "warn",
     };
     tracing_subscriber::fmt()
