@@ -169,23 +169,12 @@ fn values<D: Datum + Copy>(tensor: &Tensor) -> Result<Vec<D>, RuntimeError> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     use super::*;
     use crate::scoring;
 
-    fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../scripts/fixtures")
-            .join(name)
-    }
-
-    fn expected(name: &str) -> Value {
-        let text = std::fs::read_to_string(fixture(name).join("expected.json")).expect("fixture");
-        serde_json::from_str(&text).expect("json")
-    }
+    use testkit::{expected, fixture};
 
     fn features(name: &str, n: usize) -> TensorInfo {
         TensorInfo {

@@ -167,10 +167,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn fixture(name: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../scripts/fixtures")
-            .join(name)
-            .join("model.onnx")
+        testkit::fixture(name).join("model.onnx")
     }
 
     #[test]
