@@ -30,9 +30,9 @@ use crate::serve::{Endpoint, ServingModel};
 use crate::state::{AppliedWorkload, PersistedState, StateStore, TensorRecord, WorkloadFailure};
 use crate::tensor::Tensor;
 
-/// Chunk requests kept in flight per blob (4 MiB): enough to cover broker round trips on
+/// Chunk requests kept in flight per blob (8 MiB): enough to cover broker round trips on
 /// loopback and LANs without flooding a slow link.
-pub const FETCH_WINDOW: u64 = 16;
+pub const FETCH_WINDOW: u64 = 32;
 /// Re-request the missing range after this long without progress.
 const FETCH_STALL: Duration = Duration::from_secs(3);
 /// How long a resumed download listens for chunks still queued from before the restart.
