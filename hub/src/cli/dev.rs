@@ -42,7 +42,7 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
-    println!("data dir:    {}", data_dir.display());
+    announce!("data dir:    {}", data_dir.display());
     let hub = RunningHub::start(HubConfig {
         listen: args.listen,
         mqtt: Mqtt::Embedded {
@@ -51,8 +51,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         ..HubConfig::local(data_dir.join("hub"))
     })
     .await?;
-    println!("hub:         {}   (EDGESHIP_HUB for the CLI)", hub.url());
-    println!(
+    announce!("hub:         {}   (EDGESHIP_HUB for the CLI)", hub.url());
+    announce!(
         "broker:      {}   (agents join with --broker)",
         hub.mqtt_url()
     );
@@ -88,7 +88,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             ..NewModel::default()
         };
         let registered = client::register(&mut registry, model, &model_path).await?;
-        println!("registered:  diabetes:{}", registered.version);
+        announce!("registered:  diabetes:{}", registered.version);
     }
 
     let channel = client::channel(&hub.url()).await?;
@@ -118,23 +118,23 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .iter()
         .map(|d| d.device_id.clone())
         .collect();
-    println!(
+    announce!(
         "deployed:    diabetes ({}) -> {}, Healthy",
         deployment.model,
         devices.join(", ")
     );
-    println!("scoring:     {url}");
-    println!();
-    println!("try it:");
-    println!("  curl -s -X POST {url} -H 'content-type: application/json' -d '{body}'");
-    println!();
-    println!(
+    announce!("scoring:     {url}");
+    announce!();
+    announce!("try it:");
+    announce!("  curl -s -X POST {url} -H 'content-type: application/json' -d '{body}'");
+    announce!();
+    announce!(
         "Ctrl-C stops everything; data stays in {}",
         data_dir.display()
     );
 
     shutdown_signal().await?;
-    println!("stopping");
+    announce!("stopping");
     agent.stop().await?;
     hub.stop().await
 }

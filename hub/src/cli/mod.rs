@@ -1,6 +1,16 @@
 //! The `edgeship` command line: argument definitions and dispatch. Client commands talk to a
 //! hub over gRPC, exactly as any other API client would.
 
+/// Prints a line for whoever watches a long-running command (`hub`, `dev`). A closed stdout
+/// (a supervisor or script that stopped reading) must not take a daemon down, so write
+/// errors are ignored rather than panicking as `println!` would.
+macro_rules! announce {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod deploy;
 mod dev;
 mod model;
@@ -298,8 +308,8 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     };
     let mut hub = RunningHub::start(config).await?;
     // Scripts and tests read these lines to learn the addresses (port 0 picks one).
-    println!("edgeship hub listening on {}", hub.url());
-    println!("edgeship mqtt broker at {}", hub.mqtt_url());
+    announce!("edgeship hub listening on {}", hub.url());
+    announce!("edgeship mqtt broker at {}", hub.mqtt_url());
     tokio::select! {
         result = shutdown_signal() => result?,
         result = hub.wait() => return result,

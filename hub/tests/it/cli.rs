@@ -198,10 +198,13 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start hub");
-    let mut line = String::new();
-    BufReader::new(hub.stdout.take().expect("stdout"))
-        .read_line(&mut line)
+    // Keep reading stdout for the hub's whole life, as a supervisor would.
+    let mut lines = BufReader::new(hub.stdout.take().expect("stdout")).lines();
+    let line = lines
+        .next()
+        .expect("a first line")
         .expect("read the listening line");
+    let drain = std::thread::spawn(move || lines.count());
     let url = line
         .trim()
         .strip_prefix("edgeship hub listening on ")
@@ -236,6 +239,34 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(exit.success(), "hub exited with {exit}");
+    let _ = drain.join();
+}
+
+#[test]
+fn a_hub_whose_stdout_is_closed_keeps_running() {
+    let data = tempfile::tempdir().expect("temp");
+    let mut hub = testkit::Process::spawn(
+        "edgeship hub",
+        Command::new(BIN)
+            .args([
+                "hub",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // Read nothing and close the pipe at once: the hub's announcements hit a closed stdout.
+    drop(hub.child.stdout.take());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        hub.child.try_wait().expect("wait").is_none(),
+        "the hub died when its stdout was closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
