@@ -107,27 +107,39 @@ impl Process {
 
     /// Reads stdout lines until one starts with `prefix`; returns the rest of that line.
     pub fn read_line_starting(&mut self, prefix: &str, timeout: Duration) -> String {
+        self.read_lines_starting(&[prefix], timeout).remove(0)
+    }
+
+    /// Reads stdout until a line starting with each prefix has been seen; returns the rest
+    /// of those lines, in the order of `prefixes`. Stdout keeps being drained afterwards, so
+    /// the process never writes into a full or closed pipe.
+    pub fn read_lines_starting(&mut self, prefixes: &[&str], timeout: Duration) -> Vec<String> {
         let stdout = self.child.stdout.take().expect("stdout piped");
-        let wanted = prefix.to_owned();
+        let wanted: Vec<String> = prefixes.iter().map(|p| (*p).to_owned()).collect();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut found: Vec<Option<String>> = vec![None; wanted.len()];
+            let mut sent = false;
             let mut reader = BufReader::new(stdout);
-            let mut found = None;
             let mut line = String::new();
             while reader.read_line(&mut line).unwrap_or(0) > 0 {
-                if found.is_none()
-                    && let Some(rest) = line.trim().strip_prefix(&wanted)
-                {
-                    found = Some(rest.to_owned());
-                    let _ = tx.send(found.clone());
+                for (slot, prefix) in found.iter_mut().zip(&wanted) {
+                    if slot.is_none()
+                        && let Some(rest) = line.trim().strip_prefix(prefix.as_str())
+                    {
+                        *slot = Some(rest.to_owned());
+                    }
+                }
+                if !sent && found.iter().all(Option::is_some) {
+                    let _ = tx.send(found.iter().flatten().cloned().collect::<Vec<_>>());
+                    sent = true;
                 }
                 line.clear();
             }
-            let _ = tx.send(None);
         });
-        rx.recv_timeout(timeout).ok().flatten().unwrap_or_else(|| {
+        rx.recv_timeout(timeout).unwrap_or_else(|_| {
             panic!(
-                "{} never printed a line starting with {prefix:?}",
+                "{} never printed lines starting with {prefixes:?}",
                 self.name
             )
         })

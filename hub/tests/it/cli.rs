@@ -290,7 +290,18 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
             .stdout(Stdio::piped())
             .stderr(Stdio::null()),
     );
-    let url = dev.read_line_starting("scoring:", Duration::from_secs(120));
+    let lines = dev.read_lines_starting(&["hub:", "broker:", "scoring:"], Duration::from_secs(120));
+    let hub_url = lines[0]
+        .split_whitespace()
+        .next()
+        .expect("hub url")
+        .to_owned();
+    let broker_url = lines[1]
+        .split_whitespace()
+        .next()
+        .expect("broker url")
+        .to_owned();
+    let url = &lines[2];
     assert_eq!(url.trim(), format!("http://127.0.0.1:{port}/score"));
     let sample: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("diabetes/sample_input.json")).expect("sample"),
@@ -311,6 +322,38 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
             "row {row}: {got} vs {want}"
         );
     }
+    // Another agent joins the dev broker and gets a deployment of its own.
+    let agent_dir = tempfile::tempdir().expect("temp");
+    let _agent = testkit::start_agent(
+        "joiner",
+        &broker_url,
+        &agent_dir.path().join("data"),
+        &agent_dir.path().join("agent.log"),
+    );
+    let joined_port = free_port();
+    edgeship_hub::client::deploy_to_devices(
+        &hub_url,
+        "joined",
+        "diabetes:latest",
+        joined_port,
+        &["joiner"],
+    )
+    .await
+    .expect("deploy to the joining agent");
+    let joined = std::net::SocketAddr::from(([127, 0, 0, 1], joined_port));
+    let response = testkit::eventually(
+        Duration::from_secs(60),
+        "the joining agent's endpoint",
+        || async {
+            score(joined, &sample)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await;
+    assert_eq!(response.json()[0], got[0], "same model, same prediction");
+
     let status = dev.terminate(Duration::from_secs(20));
     assert!(
         status.is_some_and(|s| s.success()),
