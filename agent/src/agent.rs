@@ -7,8 +7,10 @@
 //! a restart serves it at once, broker or not.
 //!
 //! Design: the desired state arrives on a `watch` (only the newest matters); blob chunks on a
-//! channel the fetch consumes. A desired state that arrives during an apply is taken up right
-//! after it.
+//! channel the fetch consumes. A newer desired state that arrives during a download
+//! supersedes the one being applied: the download stops (its partial file stays, resumable)
+//! and the newer state is applied at once; otherwise one arriving during an apply is taken up
+//! right after it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -91,6 +93,8 @@ impl RunningAgent {
             statuses: BTreeMap::new(),
             sender: link.sender.clone(),
             connected: link.events.connected.clone(),
+            newest: link.events.desired.clone(),
+            applying: 0,
             view: view_tx,
             birth,
         };
@@ -147,6 +151,11 @@ struct Agent {
     sender: LinkSender,
     /// Connection count from the link (0 until the first connect).
     connected: watch::Receiver<u64>,
+    /// The newest desired state received, watched during downloads: a newer generation
+    /// supersedes the one being applied.
+    newest: watch::Receiver<Option<pb::DesiredState>>,
+    /// The generation being applied now (0 when idle).
+    applying: u64,
     view: watch::Sender<AgentView>,
     birth: pb::Birth,
 }
@@ -157,6 +166,9 @@ enum ApplyError {
     Unschedulable(String),
     #[error("{0}")]
     Failed(String),
+    /// A newer desired state arrived; this one is abandoned (downloads stay resumable).
+    #[error("superseded by a newer desired state")]
+    Superseded,
 }
 
 impl From<RuntimeError> for ApplyError {
@@ -357,9 +369,20 @@ impl Agent {
             .iter()
             .map(|w| w.deployment.clone())
             .collect();
+        self.applying = desired.generation;
         for workload in &desired.workloads {
             self.apply(workload, chunks).await;
+            if self.superseded() {
+                // Take up the newer state at once; partial downloads stay for it to resume.
+                tracing::info!(
+                    generation = desired.generation,
+                    "a newer desired state arrived; switching to it"
+                );
+                self.applying = 0;
+                return;
+            }
         }
+        self.applying = 0;
         // Workloads no longer desired stop serving and release their files.
         let gone: Vec<String> = self
             .statuses
@@ -425,10 +448,12 @@ impl Agent {
                     tracing::error!(error = %err, "cannot persist the applied state");
                 }
             }
+            Err(ApplyError::Superseded) => {}
             Err(err) => {
                 let (state, text) = match err {
                     ApplyError::Unschedulable(text) => (pb::ServiceState::Unschedulable, text),
                     ApplyError::Failed(text) => (pb::ServiceState::Failed, text),
+                    ApplyError::Superseded => return,
                 };
                 tracing::warn!(deployment = %workload.deployment, model = %desired_ref, error = %text, state = ?state, "workload not applied; the previous version keeps serving");
                 status.state = state.into();
@@ -505,7 +530,10 @@ impl Agent {
         for file in &model.files {
             self.fetch(&file.sha256, file.size_bytes, chunks)
                 .await
-                .map_err(|err| ApplyError::Failed(format!("downloading {}: {err}", file.path)))?;
+                .map_err(|err| match err {
+                    CacheError::Superseded => ApplyError::Superseded,
+                    err => ApplyError::Failed(format!("downloading {}: {err}", file.path)),
+                })?;
         }
         let applied = AppliedWorkload {
             deployment: workload.deployment.clone(),
@@ -612,14 +640,14 @@ impl Agent {
         digest: &str,
         size: u64,
         chunks: &mut mpsc::Receiver<pb::BlobChunk>,
-    ) -> Result<(), String> {
+    ) -> Result<(), CacheError> {
         let mut attempts = 0;
         loop {
             if self.cache.contains(digest) {
                 return Ok(());
             }
             attempts += 1;
-            let mut partial = self.cache.begin(digest, size).map_err(|e| e.to_string())?;
+            let mut partial = self.cache.begin(digest, size)?;
             if partial.resumed_from() > 0 {
                 tracing::info!(%digest, offset = partial.resumed_from(), size, "resuming download");
             }
@@ -629,9 +657,19 @@ impl Agent {
                 Err(CacheError::CorruptFile { .. }) if attempts < 3 => {
                     tracing::warn!(%digest, "downloaded file failed verification; fetching again");
                 }
-                Err(err) => return Err(err.to_string()),
+                Err(err) => return Err(err),
             }
         }
+    }
+
+    /// Whether a newer desired state than the one being applied has arrived.
+    fn superseded(&self) -> bool {
+        self.applying > 0
+            && self
+                .newest
+                .borrow()
+                .as_ref()
+                .is_some_and(|d| d.generation > self.applying)
     }
 
     async fn fetch_partial(
@@ -683,7 +721,19 @@ impl Agent {
                     .await;
                 next_request += CHUNK_SIZE;
             }
-            let chunk = match tokio::time::timeout(FETCH_STALL, chunks.recv()).await {
+            // Watch for a newer desired state from here on (a clone starts with the
+            // original's "seen" mark, which is never advanced).
+            let mut newest = self.newest.clone();
+            newest.borrow_and_update();
+            if self.superseded() {
+                return Err(CacheError::Superseded);
+            }
+            let next = tokio::select! {
+                next = tokio::time::timeout(FETCH_STALL, chunks.recv()) => next,
+                // Wake up for a newer desired state even while no chunk arrives.
+                _ = newest.changed() => continue,
+            };
+            let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => {
                     return Err(CacheError::Io {

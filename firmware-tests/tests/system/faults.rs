@@ -239,3 +239,66 @@ async fn an_agent_restarted_with_no_broker_serves_its_last_good_model_at_once() 
         "serving took {took:?} with no broker"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_desired_state_takes_over_from_a_download_that_cannot_finish() {
+    let dir = TempDir::new("superseded");
+    let mqtt_port = free_port();
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        Err(mqtt_port),
+        &dir.path().join("hub.log"),
+    );
+    register(&hub.url, "big", &big_model(dir.path(), 4 * 1024 * 1024)).await;
+    register(
+        &hub.url,
+        "diabetes",
+        &testkit::fixture("diabetes/model.onnx"),
+    )
+    .await;
+    // Every large chunk is damaged on its way: the big model can never finish downloading.
+    let (proxy, _) = crate::proxy::start(endpoint(mqtt_port), usize::MAX).await;
+    let agent_log = dir.path().join("agent.log");
+    let _agent = start_agent(
+        "edge-s",
+        &format!("mqtt://{proxy}"),
+        &dir.path().join("agent"),
+        &agent_log,
+    );
+    deploy(&hub.url, "big-web", "big:1", free_port(), "edge-s").await;
+    testkit::eventually(Duration::from_secs(60), "a download in trouble", || {
+        let log = agent_log.clone();
+        async move { log_contains(&log, "corrupted chunk rejected").then_some(()) }
+    })
+    .await;
+
+    // The operator gives up on it and deploys a model that works: the device must not wait
+    // for the stuck download to time out first.
+    let started = Instant::now();
+    let channel = edgeship_hub::client::channel(&hub.url)
+        .await
+        .expect("connect");
+    edgeship_proto::v1::deployments_client::DeploymentsClient::new(channel)
+        .delete_deployment(edgeship_proto::v1::DeleteDeploymentRequest {
+            name: "deployments/big-web".into(),
+        })
+        .await
+        .expect("delete");
+    let port = free_port();
+    deploy(&hub.url, "web", "diabetes:1", port, "edge-s").await;
+    wait_serving(&hub.url, "web", "diabetes:1").await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "the new state took {took:?}"
+    );
+    assert!(
+        log_contains(&agent_log, "a newer desired state arrived"),
+        "the stuck apply was abandoned"
+    );
+    testkit::assert_diabetes_predictions(
+        &score(endpoint(port), &diabetes_rows())
+            .await
+            .expect("score"),
+    );
+}
