@@ -9,45 +9,9 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
 use serde_json::{Value, json};
 
-use super::output::{print_json, rfc3339};
-use super::{DeployCommand, DeviceCommand, OutputFormat};
+use super::output::{field, pairs, print_json, rfc3339, table};
+use super::{DeployCommand, DeviceCommand, OutputFormat, key_values};
 use crate::client::{channel, rpc_error, state_name, wait_healthy};
-use crate::registry::validate;
-
-fn key_values(kind: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    entries
-        .iter()
-        .map(|entry| validate::key_value(kind, entry).map_err(anyhow::Error::from))
-        .collect()
-}
-
-/// Aligned columns, the last one unpadded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
-        let mut text = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  ", w = widths[i]));
-            }
-        }
-        out.push_str(text.trim_end());
-        out.push('\n');
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-    out
-}
 
 fn target_text(target: &pb::Target) -> String {
     let mut parts = Vec::new();
@@ -55,13 +19,7 @@ fn target_text(target: &pb::Target) -> String {
         parts.push(format!("devices {}", target.device_ids.join(",")));
     }
     if !target.label_selector.is_empty() {
-        let mut labels: Vec<String> = target
-            .label_selector
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        labels.sort();
-        parts.push(format!("labels {}", labels.join(",")));
+        parts.push(format!("labels {}", pairs(&target.label_selector)));
     }
     parts.join("; ")
 }
@@ -95,11 +53,7 @@ pub fn deployment_json(d: &pb::Deployment) -> Value {
 pub fn deployment_details(d: &pb::Deployment) -> String {
     let endpoint = d.endpoint.clone().unwrap_or_default();
     let mut out = String::new();
-    let mut field = |name: &str, value: String| {
-        let line = format!("{:<12}{value}", format!("{name}:"));
-        out.push_str(line.trim_end());
-        out.push('\n');
-    };
+    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
     field("deployment", d.deployment_id.clone());
     let resolved = if d.resolved_version == 0 {
         "model missing".to_owned()
@@ -163,20 +117,10 @@ fn device_json(d: &pb::Device) -> Value {
     })
 }
 
-fn labels_text(labels: &std::collections::HashMap<String, String>) -> String {
-    let mut pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    pairs.sort();
-    pairs.join(",")
-}
-
 fn device_details(d: &pb::Device) -> String {
     let caps = d.capabilities.clone().unwrap_or_default();
     let mut out = String::new();
-    let mut field = |name: &str, value: String| {
-        let line = format!("{:<12}{value}", format!("{name}:"));
-        out.push_str(line.trim_end());
-        out.push('\n');
-    };
+    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
     field("device", d.device_id.clone());
     field("online", if d.online { "yes" } else { "no" }.into());
     let seen = if d.last_seen_ms > 0 {
@@ -185,7 +129,7 @@ fn device_details(d: &pb::Device) -> String {
         "never".into()
     };
     field("last seen", seen);
-    field("labels", labels_text(&d.labels));
+    field("labels", pairs(&d.labels));
     field("agent", d.agent_version.clone());
     field(
         "hardware",
@@ -399,7 +343,7 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
                                 if d.online { "yes" } else { "no" }.into(),
                                 d.workloads.len().to_string(),
                                 format!("{}/{}", d.applied_generation, d.desired_generation),
-                                labels_text(&d.labels),
+                                pairs(&d.labels),
                             ]
                         })
                         .collect();
@@ -443,7 +387,7 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            println!("{}: {}", updated.device_id, labels_text(&updated.labels));
+            println!("{}: {}", updated.device_id, pairs(&updated.labels));
         }
     }
     Ok(())

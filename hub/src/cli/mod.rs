@@ -269,6 +269,17 @@ pub enum ModelCommand {
     },
 }
 
+/// Parses repeated `--tag`/`--label` style `key=value` arguments.
+fn key_values(
+    kind: &str,
+    entries: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    entries
+        .iter()
+        .map(|entry| crate::registry::validate::key_value(kind, entry).map_err(anyhow::Error::from))
+        .collect()
+}
+
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {

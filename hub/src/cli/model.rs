@@ -1,12 +1,11 @@
 //! `edgeship model …`: registry commands, as a gRPC client of the hub.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, bail};
 use edgeship_proto::v1 as pb;
 
-use super::{ModelCommand, OutputFormat, output};
+use super::{ModelCommand, OutputFormat, key_values, output};
 use crate::client::{connect, download, register, rpc_error};
 use crate::registry::{DeleteTarget, ModelVersion, NewModel, VersionSelector, validate};
 
@@ -188,13 +187,6 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn key_values(kind: &str, entries: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    entries
-        .iter()
-        .map(|entry| validate::key_value(kind, entry).map_err(anyhow::Error::from))
-        .collect()
 }
 
 async fn read_sample(path: Option<&Path>) -> anyhow::Result<Option<String>> {

@@ -73,40 +73,23 @@ pub fn rfc3339(ms: i64) -> String {
     )
 }
 
-fn pairs(map: &std::collections::BTreeMap<String, String>) -> String {
-    map.iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// `k=v` pairs sorted by key and joined with commas (tags, properties, labels).
+pub fn pairs<'a>(map: impl IntoIterator<Item = (&'a String, &'a String)>) -> String {
+    let mut pairs: Vec<String> = map.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
+    pairs.sort();
+    pairs.join(",")
 }
 
-/// Aligned columns: NAME VERSION FRAMEWORK FILES SIZE CREATED TAGS.
-pub fn model_table(models: &[ModelVersion]) -> String {
-    let header = [
-        "NAME",
-        "VERSION",
-        "FRAMEWORK",
-        "FILES",
-        "SIZE",
-        "CREATED",
-        "TAGS",
-    ];
-    let rows: Vec<[String; 7]> = models
-        .iter()
-        .map(|m| {
-            [
-                m.model_id.clone(),
-                m.version.to_string(),
-                m.framework.clone(),
-                m.files.len().to_string(),
-                size(m.total_size_bytes()),
-                rfc3339(m.create_time_ms),
-                pairs(&m.tags),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
+/// Appends `name: value`, the value aligned at `width`, without trailing blanks.
+pub fn field(out: &mut String, width: usize, name: &str, value: &str) {
+    let line = format!("{:<width$}{value}", format!("{name}:"));
+    let _ = writeln!(out, "{}", line.trim_end());
+}
+
+/// Aligned columns, the last one unpadded.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
@@ -124,20 +107,47 @@ pub fn model_table(models: &[ModelVersion]) -> String {
         out.push_str(text.trim_end());
         out.push('\n');
     };
-    line(&header);
-    for row in &rows {
-        line(&row.each_ref().map(String::as_str));
+    line(header);
+    for row in rows {
+        line(&row.iter().map(String::as_str).collect::<Vec<_>>());
     }
     out
+}
+
+/// Aligned columns: NAME VERSION FRAMEWORK FILES SIZE CREATED TAGS.
+pub fn model_table(models: &[ModelVersion]) -> String {
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            vec![
+                m.model_id.clone(),
+                m.version.to_string(),
+                m.framework.clone(),
+                m.files.len().to_string(),
+                size(m.total_size_bytes()),
+                rfc3339(m.create_time_ms),
+                pairs(&m.tags),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "VERSION",
+            "FRAMEWORK",
+            "FILES",
+            "SIZE",
+            "CREATED",
+            "TAGS",
+        ],
+        &rows,
+    )
 }
 
 /// Everything about one version, including each ONNX file's signature.
 pub fn model_details(model: &ModelVersion) -> String {
     let mut out = String::new();
-    let mut field = |name: &str, value: &str| {
-        let line = format!("{:<13}{value}", format!("{name}:"));
-        let _ = writeln!(out, "{}", line.trim_end());
-    };
+    let mut field = |name: &str, value: &str| field(&mut out, 13, name, value);
     field("model", &format!("{}:{}", model.model_id, model.version));
     field("resource", &model.resource_name());
     field("description", &model.description);
