@@ -710,6 +710,10 @@ impl Agent {
         };
         let mut next_request = partial.offset();
         let mut last_progress = Instant::now();
+        // Wakes the loop when a newer desired state arrives (a clone starts with the
+        // original's "seen" mark, which is never advanced: mark it first).
+        let mut newest = self.newest.clone();
+        newest.borrow_and_update();
         while !partial.is_complete() {
             while next_request < size && next_request < partial.offset() + window * CHUNK_SIZE {
                 self.sender
@@ -721,10 +725,6 @@ impl Agent {
                     .await;
                 next_request += CHUNK_SIZE;
             }
-            // Watch for a newer desired state from here on (a clone starts with the
-            // original's "seen" mark, which is never advanced).
-            let mut newest = self.newest.clone();
-            newest.borrow_and_update();
             if self.superseded() {
                 return Err(CacheError::Superseded);
             }

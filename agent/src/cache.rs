@@ -106,7 +106,7 @@ impl PartialBlob {
         digest: &str,
         size: u64,
     ) -> Result<Self, CacheError> {
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
@@ -140,7 +140,6 @@ impl PartialBlob {
             hasher.update(&buffer[..n]);
             left -= n as u64;
         }
-        let _ = file.flush();
         Ok(Self {
             digest: digest.to_owned(),
             size,

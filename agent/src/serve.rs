@@ -128,10 +128,6 @@ impl Endpoint {
         *current = model;
     }
 
-    pub fn current(&self) -> Arc<ServingModel> {
-        current(&self.shared)
-    }
-
     pub fn metrics(&self) -> MetricsSnapshot {
         let m = &self.shared.metrics;
         let requests = m.requests.load(Ordering::Relaxed);

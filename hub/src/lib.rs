@@ -10,3 +10,11 @@ pub mod registry;
 pub mod server;
 
 pub use server::{HubConfig, Mqtt, RunningHub};
+
+/// Milliseconds since the Unix epoch: how records and reports carry time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

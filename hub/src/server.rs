@@ -89,8 +89,6 @@ pub struct RunningHub {
     addr: SocketAddr,
     mqtt_host: String,
     mqtt_port: u16,
-    registry: Arc<Registry>,
-    fleet: Arc<Fleet>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     link: Option<link::Link>,
@@ -142,22 +140,15 @@ impl RunningHub {
                 .context("computing desired states")?;
         }
         let (shutdown, shutdown_signal) = oneshot::channel();
-        let task = tokio::spawn(serve(
-            Arc::clone(&registry),
-            Arc::clone(&fleet),
-            listener,
-            async move {
-                // A dropped sender also means stop.
-                let _ = shutdown_signal.await;
-            },
-        ));
+        let task = tokio::spawn(serve(registry, fleet, listener, async move {
+            // A dropped sender also means stop.
+            let _ = shutdown_signal.await;
+        }));
         tracing::info!(%addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), data_dir = %config.data_dir.display(), "hub listening");
         Ok(Self {
             addr,
             mqtt_host,
             mqtt_port,
-            registry,
-            fleet,
             shutdown: Some(shutdown),
             task,
             link: Some(link),
@@ -167,18 +158,6 @@ impl RunningHub {
     /// The broker devices connect to, as `mqtt://host:port`.
     pub fn mqtt_url(&self) -> String {
         format!("mqtt://{}:{}", self.mqtt_host, self.mqtt_port)
-    }
-
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
-    }
-
-    pub fn fleet(&self) -> &Arc<Fleet> {
-        &self.fleet
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
     }
 
     /// The URL clients (and `--hub`) use to reach this hub.

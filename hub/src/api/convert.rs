@@ -65,6 +65,17 @@ impl From<&ModelFile> for pb::ModelFile {
     }
 }
 
+/// A file as a device fetches it: where it goes, and which blob holds it.
+impl From<&ModelFile> for pb::BlobRef {
+    fn from(file: &ModelFile) -> Self {
+        pb::BlobRef {
+            path: file.path.clone(),
+            sha256: file.sha256.clone(),
+            size_bytes: file.size_bytes,
+        }
+    }
+}
+
 impl From<&TensorSpec> for pb::TensorSpec {
     fn from(spec: &TensorSpec) -> Self {
         pb::TensorSpec {

@@ -18,7 +18,6 @@ impl From<Error> for Status {
         match err {
             Error::InvalidArgument(_) | Error::InvalidOnnx(_) => Status::invalid_argument(message),
             Error::NotFound(_) => Status::not_found(message),
-            Error::AlreadyExists(_) => Status::already_exists(message),
             Error::FailedPrecondition(_) => Status::failed_precondition(message),
             Error::DataLoss(_) => {
                 tracing::error!(error = %message, "stored data is damaged");

@@ -11,7 +11,6 @@ pub mod model;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use edgeship_proto::v1 as pb;
 use prost::Message;
@@ -19,6 +18,7 @@ use tokio::sync::mpsc;
 
 pub use model::*;
 
+use crate::now_ms;
 use crate::registry::{self, Registry, VersionRef, validate};
 
 /// Errors of deployment and fleet operations; mapped to gRPC codes in `api`.
@@ -69,13 +69,6 @@ pub struct Fleet {
     outbox: mpsc::UnboundedSender<Publication>,
     /// Serializes read-modify-write of device records and generations.
     lock: Mutex<()>,
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FleetError> {
@@ -559,34 +552,15 @@ impl Fleet {
                     continue;
                 }
             };
-            let Ok(entry) = entry_file(&model) else {
+            let Ok((entry, signature)) = entry_file(&model) else {
                 continue;
             };
-            let signature = entry
-                .onnx
-                .clone()
-                .unwrap_or_else(|| registry::OnnxSignature {
-                    inputs: vec![],
-                    outputs: vec![],
-                    ir_version: 0,
-                    opsets: vec![],
-                    producer: String::new(),
-                    tract_incompatibility: None,
-                });
             workloads.push(pb::Workload {
                 deployment: deployment.id.clone(),
                 model: Some(pb::DeployedModel {
                     model_id: model.model_id.clone(),
                     version: model.version,
-                    files: model
-                        .files
-                        .iter()
-                        .map(|f| pb::BlobRef {
-                            path: f.path.clone(),
-                            sha256: f.sha256.clone(),
-                            size_bytes: f.size_bytes,
-                        })
-                        .collect(),
+                    files: model.files.iter().map(pb::BlobRef::from).collect(),
                     entry_file: entry.path.clone(),
                     inputs: signature.inputs.iter().map(pb::TensorSpec::from).collect(),
                     outputs: signature.outputs.iter().map(pb::TensorSpec::from).collect(),
@@ -693,12 +667,14 @@ fn port_holder(deployments: &[Deployment], device: &Device, port: u16) -> Option
         .map(|d| d.id.clone())
 }
 
-/// The file a runtime loads: the model's first ONNX file.
-pub fn entry_file(model: &registry::ModelVersion) -> Result<&registry::ModelFile, String> {
+/// The file a runtime loads, the model's first ONNX file, with its signature.
+pub fn entry_file(
+    model: &registry::ModelVersion,
+) -> Result<(&registry::ModelFile, &registry::OnnxSignature), String> {
     model
         .files
         .iter()
-        .find(|f| f.onnx.is_some())
+        .find_map(|f| f.onnx.as_ref().map(|signature| (f, signature)))
         .ok_or_else(|| {
             format!(
                 "model {}:{} has no ONNX file with a signature; register it with --framework onnx",

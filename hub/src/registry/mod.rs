@@ -22,8 +22,6 @@ pub enum Error {
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
-    AlreadyExists(String),
-    #[error("{0}")]
     FailedPrecondition(String),
     #[error("stored data is damaged: {0}")]
     DataLoss(String),

@@ -10,7 +10,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use sled::Transactional;
@@ -22,6 +21,7 @@ use super::{
     VersionRef, VersionSelector, onnx, validate,
 };
 use crate::blobs::BlobStore;
+use crate::now_ms;
 
 /// Size limits the hub enforces on registrations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +67,6 @@ fn model_prefix(model_id: &str) -> Vec<u8> {
     let mut key = model_id.as_bytes().to_vec();
     key.push(0);
     key
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 fn decode(bytes: &[u8]) -> Result<ModelVersion, Error> {
@@ -163,10 +156,6 @@ impl Registry {
     /// The database, shared with the fleet store (one sled instance per data dir).
     pub fn db(&self) -> sled::Db {
         self.db.clone()
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     /// Starts a registration; files are staged until [`Registry::commit`].
@@ -460,11 +449,6 @@ impl Registry {
         }
         tracing::info!(model = %model_id, ?versions, blobs_freed = freed.len(), "model deleted");
         Ok((model_id, versions))
-    }
-
-    /// How many distinct blobs the registry references (for tests and metrics).
-    pub fn blob_count(&self) -> usize {
-        self.blob_refs.len()
     }
 }
 
