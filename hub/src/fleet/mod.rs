@@ -9,7 +9,7 @@
 pub mod link;
 pub mod model;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use edgeship_proto::v1 as pb;
@@ -69,6 +69,20 @@ pub struct Fleet {
     outbox: mpsc::UnboundedSender<Publication>,
     /// Serializes read-modify-write of device records and generations.
     lock: Mutex<()>,
+    /// Per device, the blob digests its desired state names. Every chunk request is checked
+    /// against it, so it is kept in memory instead of decoding the stored desired state per
+    /// chunk; filled from sled on first use and replaced whenever a desired state is written.
+    entitlements: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+}
+
+/// The blob digests a desired state lets its device fetch.
+fn digests_of(desired: &pb::DesiredState) -> HashSet<String> {
+    desired
+        .workloads
+        .iter()
+        .filter_map(|w| w.model.as_ref())
+        .flat_map(|m| m.files.iter().map(|f| f.sha256.clone()))
+        .collect()
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FleetError> {
@@ -116,6 +130,7 @@ impl Fleet {
             registry,
             outbox,
             lock: Mutex::new(()),
+            entitlements: Mutex::new(HashMap::new()),
         })
     }
 
@@ -472,6 +487,10 @@ impl Fleet {
             };
             self.desired
                 .insert(device.id.as_bytes(), desired.encode_to_vec())?;
+            self.entitlements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(device.id.clone(), Arc::new(digests_of(&desired)));
             self.put_device(&device)?;
             changed.push(desired);
         }
@@ -578,6 +597,33 @@ impl Fleet {
 
     // ---- blobs -------------------------------------------------------------------------
 
+    fn entitled(&self, device_id: &str) -> Arc<HashSet<String>> {
+        let cached = self
+            .entitlements
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device_id)
+            .cloned();
+        if let Some(digests) = cached {
+            return digests;
+        }
+        let digests = Arc::new(
+            self.stored_desired(device_id)
+                .ok()
+                .flatten()
+                .map(|desired| digests_of(&desired))
+                .unwrap_or_default(),
+        );
+        // A desired state written meanwhile has put the newer set in place: keep that one.
+        Arc::clone(
+            self.entitlements
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(device_id.to_owned())
+                .or_insert(digests),
+        )
+    }
+
     /// Serves one chunk of a blob to a device. A device may read only blobs of its own
     /// desired state (the topic tree confines it to its id; this confines it to its models).
     pub async fn blob_chunk(&self, device_id: &str, request: &pb::BlobRequest) -> pb::BlobChunk {
@@ -586,18 +632,7 @@ impl Fleet {
             offset: request.offset,
             ..Default::default()
         };
-        let entitled = self
-            .stored_desired(device_id)
-            .ok()
-            .flatten()
-            .is_some_and(|desired| {
-                desired.workloads.iter().any(|w| {
-                    w.model
-                        .as_ref()
-                        .is_some_and(|m| m.files.iter().any(|f| f.sha256 == request.sha256))
-                })
-            });
-        if !entitled {
+        if !self.entitled(device_id).contains(&request.sha256) {
             chunk.error = format!(
                 "blob {} is not part of device {device_id}'s desired state",
                 request.sha256
