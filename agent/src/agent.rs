@@ -710,6 +710,7 @@ impl Agent {
         };
         let mut next_request = partial.offset();
         let mut last_progress = Instant::now();
+        let mut reset_at: Option<u64> = None;
         // Wakes the loop when a newer desired state arrives (a clone starts with the
         // original's "seen" mark, which is never advanced: mark it first).
         let mut newest = self.newest.clone();
@@ -772,7 +773,14 @@ impl Agent {
                 Ok(false) => {}
                 Err(CacheError::CorruptChunk { offset, .. }) => {
                     tracing::warn!(%digest, offset, "corrupted chunk rejected; requesting it again");
-                    next_request = partial.offset();
+                    // Re-request the window once per stuck offset: resetting on every damaged
+                    // chunk would multiply requests on a bad link (each reset re-sends the
+                    // window while the previous one is still in flight). Further damage at
+                    // the same offset waits for the stall timeout instead.
+                    if reset_at != Some(partial.offset()) {
+                        reset_at = Some(partial.offset());
+                        next_request = partial.offset();
+                    }
                 }
                 Err(err) => return Err(err),
             }

@@ -294,7 +294,8 @@ async fn a_newer_desired_state_takes_over_from_a_download_that_cannot_finish() {
     );
     assert!(
         log_contains(&agent_log, "a newer desired state arrived"),
-        "the stuck apply was abandoned"
+        "the stuck apply was abandoned; agent log:\n{}",
+        std::fs::read_to_string(&agent_log).unwrap_or_default()
     );
     testkit::assert_diabetes_predictions(
         &score(endpoint(port), &diabetes_rows())
