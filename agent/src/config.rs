@@ -151,32 +151,8 @@ pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`).
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
-    if rest.contains("://") {
-        return Err(format!(
-            "unsupported broker URL {url:?}: use mqtt://host:port (TLS is not supported yet)"
-        ));
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => {
-            let port = port
-                .parse::<u16>()
-                .map_err(|_| format!("invalid port in broker URL {url:?}"))?;
-            (host, port)
-        }
-        None => (rest, 1883),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err(format!("broker URL {url:?} has no host"));
-    }
-    Ok(BrokerAddress {
-        host: host.to_owned(),
-        port,
-    })
+    let (host, port) = edgeship_proto::parse_broker_url(url)?;
+    Ok(BrokerAddress { host, port })
 }
 
 #[cfg(test)]

@@ -62,25 +62,7 @@ impl HubConfig {
 
 /// Parses `mqtt://host:port` (or `tcp://host:port`, or `host:port`).
 pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
-    if rest.contains("://") {
-        anyhow::bail!("unsupported MQTT URL {url:?}: use mqtt://host:port");
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse::<u16>()
-                .with_context(|| format!("invalid port in MQTT URL {url:?}"))?,
-        ),
-        None => (rest, 1883),
-    };
-    if host.is_empty() {
-        anyhow::bail!("MQTT URL {url:?} has no host");
-    }
-    Ok((host.trim_matches(['[', ']']).to_owned(), port))
+    edgeship_proto::parse_broker_url(url).map_err(anyhow::Error::msg)
 }
 
 /// A hub serving in the background; dropping it without [`RunningHub::stop`] aborts it.

@@ -18,6 +18,35 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every edgeship `.proto` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("edgeship_descriptor");
 
+/// Parses a broker address as hub and agents accept it: `mqtt://host:port`, `tcp://host:port`
+/// or `host:port` (port 1883 when omitted). TLS URLs are refused rather than silently sent in
+/// the clear.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .unwrap_or(url);
+    if rest.contains("://") {
+        return Err(format!(
+            "unsupported broker URL {url:?}: use mqtt://host:port (TLS is not supported yet)"
+        ));
+    }
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) => {
+            let port = port
+                .parse::<u16>()
+                .map_err(|_| format!("invalid port in broker URL {url:?}"))?;
+            (host, port)
+        }
+        None => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("broker URL {url:?} has no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
 /// MQTT topic names of the device protocol (see `device.proto`). Every device topic lives
 /// under `edgeship/v1/devices/<device_id>/`, so a broker ACL can confine a device to its own
 /// subtree.
