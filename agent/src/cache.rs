@@ -25,8 +25,6 @@ pub enum CacheError {
         "{digest} failed verification after download (got sha256 {actual}); it will be fetched again"
     )]
     CorruptFile { digest: String, actual: String },
-    #[error("superseded by a newer desired state")]
-    Superseded,
     #[error("{context}: {source}")]
     Io { context: String, source: io::Error },
 }

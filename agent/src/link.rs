@@ -1,11 +1,16 @@
 //! The agent's MQTT connection: a persistent session with a Last Will, reconnecting with
-//! backoff. It announces the device (birth) on every connect, routes desired states and blob
-//! chunks to the agent, and publishes what the agent sends.
+//! backoff. It announces the device (birth) on every connect, turns incoming desired states
+//! and blob chunks into domain values for the driver, and publishes what the driver sends.
+//! This is the only module of the agent that touches protobuf types.
 //!
-//! Malformed payloads are logged and dropped here, so nothing downstream sees them.
+//! Design: the poll loop awaits nothing but `poll()` (and its backoff), so it always drains
+//! the client's request queue. Reports go through a latest-wins slot that a publisher task
+//! empties: the driver never waits for the broker, and a report superseded before it was sent
+//! is simply replaced. Malformed payloads are logged and dropped here.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use edgeship_domain::{Birth, DesiredState, ReportedState};
 use edgeship_proto::topics::{self, DeviceTopic};
 use edgeship_proto::v1 as pb;
 use prost::Message;
@@ -14,14 +19,23 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::AgentConfig;
+use crate::fetch::Chunk;
 
-/// What the connection delivers to the agent.
+/// Chunks buffered for the download in progress (its whole window and then some); beyond
+/// that chunks are dropped and the download re-requests them.
+const CHUNK_QUEUE: usize = 256;
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// What the connection delivers to the driver.
 #[derive(Debug)]
 pub struct LinkEvents {
     /// The newest desired state received (not yet filtered by generation).
-    pub desired: watch::Receiver<Option<pb::DesiredState>>,
-    pub chunks: mpsc::Receiver<pb::BlobChunk>,
-    /// Bumped on every (re)connect, so the agent can re-report.
+    pub desired: watch::Receiver<Option<DesiredState>>,
+    /// The generation of `desired`, for downloads that must notice a newer one.
+    pub newest_generation: watch::Receiver<u64>,
+    pub chunks: mpsc::Receiver<Chunk>,
+    /// Bumped on every (re)connect, so the driver can re-report.
     pub connected: watch::Receiver<u64>,
 }
 
@@ -30,41 +44,48 @@ pub struct LinkEvents {
 pub struct LinkSender {
     client: AsyncClient,
     device_id: String,
+    reports: watch::Sender<Option<ReportedState>>,
 }
 
 impl LinkSender {
-    pub async fn request_blob(&self, request: pb::BlobRequest) {
-        self.publish(DeviceTopic::BlobRequest, request.encode_to_vec(), false)
-            .await;
-    }
-
-    pub async fn report(&self, report: &pb::ReportedState) {
-        self.publish(DeviceTopic::Reported, report.encode_to_vec(), false)
-            .await;
-    }
-
-    async fn publish(&self, kind: DeviceTopic, payload: Vec<u8>, retain: bool) {
-        let topic = topics::device(&self.device_id, kind);
-        // While disconnected, rumqttc queues the request; if its queue is full the publish
-        // waits, which is the back-pressure we want. Errors mean the client is shutting down.
+    /// Asks the hub for one chunk. Waits while the client's queue is full: downloads are
+    /// paced by the link.
+    pub async fn request_blob(&self, sha256: &str, offset: u64, length: u64) {
+        let request = pb::BlobRequest {
+            sha256: sha256.to_owned(),
+            offset,
+            length,
+        };
+        let topic = topics::device(&self.device_id, DeviceTopic::BlobRequest);
         if let Err(err) = self
             .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .publish(topic, QoS::AtLeastOnce, false, request.encode_to_vec())
             .await
         {
-            tracing::debug!(error = %err, "publish dropped");
+            tracing::debug!(error = %err, "blob request dropped");
         }
     }
 
-    /// Marks the device offline (retained) and disconnects cleanly.
-    pub async fn goodbye(&self, birth: &pb::Birth) {
-        let offline = pb::Birth {
+    /// Queues a report; never waits. A report not yet sent is replaced by this one.
+    pub fn report(&self, report: ReportedState) {
+        self.reports.send_replace(Some(report));
+    }
+
+    /// Marks the device offline (retained) and disconnects cleanly, within `timeout`.
+    pub async fn goodbye(&self, birth: &Birth, timeout: Duration) {
+        let offline = pb::Birth::from(&Birth {
             online: false,
             ..birth.clone()
+        });
+        let topic = topics::device(&self.device_id, DeviceTopic::Birth);
+        let bye = async {
+            let _ = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, offline.encode_to_vec())
+                .await;
+            let _ = self.client.disconnect().await;
         };
-        self.publish(DeviceTopic::Birth, offline.encode_to_vec(), true)
-            .await;
-        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(timeout, bye).await;
     }
 }
 
@@ -72,26 +93,54 @@ impl LinkSender {
 pub struct Link {
     pub sender: LinkSender,
     pub events: LinkEvents,
-    task: JoinHandle<()>,
+    /// Set once the driver is stopping: the poll loop then stops reconnecting.
+    stopping: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Stops reconnecting; the connection ends with the goodbye or when the link is dropped.
+    pub fn stop_reconnecting(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Waits (at most `timeout`) for the poll loop to deliver what is queued, then ends it.
+    pub async fn close(mut self, timeout: Duration) {
+        if let Some(poller) = self.tasks.first_mut() {
+            let _ = tokio::time::timeout(timeout, poller).await;
+        }
+    }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
-        self.task.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
     }
 }
 
-pub fn start(config: &AgentConfig, birth: pb::Birth) -> Link {
+/// A delay between `base / 2` and `base`, so a fleet that lost its broker does not come back
+/// in lockstep.
+pub fn jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let fraction = f64::from(nanos % 1000) / 1000.0;
+    base.mul_f64(0.5 + fraction / 2.0)
+}
+
+pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
     let device_id = config.device_id.clone();
     let mut options = MqttOptions::new(
         format!("edgeship-agent-{device_id}"),
         config.broker.host.clone(),
         config.broker.port,
     );
-    let will = pb::Birth {
+    let will = pb::Birth::from(&Birth {
         online: false,
         ..birth.clone()
-    };
+    });
     options
         .set_keep_alive(config.keep_alive)
         // Persistent session: chunks and desired states published while the link was down
@@ -104,92 +153,175 @@ pub fn start(config: &AgentConfig, birth: pb::Birth) -> Link {
             QoS::AtLeastOnce,
             true,
         ));
-    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let (client, eventloop) = AsyncClient::new(options, 64);
     let (desired_tx, desired_rx) = watch::channel(None);
-    let (chunk_tx, chunk_rx) = mpsc::channel(256);
+    let (generation_tx, generation_rx) = watch::channel(0u64);
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
     let (connected_tx, connected_rx) = watch::channel(0u64);
+    let (reports_tx, reports_rx) = watch::channel(None);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
     let sender = LinkSender {
         client: client.clone(),
         device_id: device_id.clone(),
+        reports: reports_tx,
     };
-    let broker = config.broker.to_string();
-    let task = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    backoff = Duration::from_millis(100);
-                    tracing::info!(%broker, session_present = ack.session_present, "connected to the broker");
-                    let client = client.clone();
-                    let birth = birth.clone();
-                    let device_id = device_id.clone();
-                    // Subscribing from inside the poll loop would deadlock on a full request
-                    // queue; do it from a task while polling continues.
-                    tokio::spawn(async move {
-                        for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
-                            let _ = client
-                                .subscribe(topics::device(&device_id, kind), QoS::AtLeastOnce)
-                                .await;
-                        }
-                        let _ = client
-                            .publish(
-                                topics::device(&device_id, DeviceTopic::Birth),
-                                QoS::AtLeastOnce,
-                                true,
-                                birth.encode_to_vec(),
-                            )
-                            .await;
-                    });
-                    connected_tx.send_modify(|n| *n += 1);
-                }
-                Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    match topics::parse(&publish.topic) {
-                        Some((id, DeviceTopic::Desired)) if id == device_id => {
-                            match pb::DesiredState::decode(publish.payload.as_ref()) {
-                                Ok(desired) if desired.device_id == device_id => {
-                                    desired_tx.send_replace(Some(desired));
-                                }
-                                Ok(desired) => {
-                                    tracing::warn!(claimed = %desired.device_id, "desired state for another device ignored")
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, bytes = publish.payload.len(), "malformed desired state ignored")
-                                }
-                            }
-                        }
-                        Some((id, DeviceTopic::BlobResponse)) if id == device_id => {
-                            match pb::BlobChunk::decode(publish.payload.as_ref()) {
-                                Ok(chunk) => {
-                                    // A full queue means a stalled fetch; dropping is safe
-                                    // (the fetch re-requests what it misses).
-                                    let _ = chunk_tx.try_send(chunk);
-                                }
-                                Err(err) => {
-                                    tracing::warn!(error = %err, "malformed blob chunk ignored")
-                                }
-                            }
-                        }
-                        _ => {
-                            tracing::debug!(topic = %publish.topic, "message on an unexpected topic ignored")
-                        }
-                    }
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    tracing::warn!(%broker, error = %err, retry_in = ?backoff, "broker unreachable");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
-    });
+    let inbound = Inbound {
+        device_id: device_id.clone(),
+        desired: desired_tx,
+        generation: generation_tx,
+        chunks: chunk_tx,
+    };
+    let poller = tokio::spawn(poll(
+        eventloop,
+        client.clone(),
+        config.broker.to_string(),
+        pb::Birth::from(birth),
+        inbound,
+        connected_tx,
+        stopping_rx,
+    ));
+    let reporter = tokio::spawn(publish_reports(client, device_id, reports_rx));
     Link {
         sender,
         events: LinkEvents {
             desired: desired_rx,
+            newest_generation: generation_rx,
             chunks: chunk_rx,
             connected: connected_rx,
         },
-        task,
+        stopping: stopping_tx,
+        tasks: vec![poller, reporter],
+    }
+}
+
+/// Where incoming messages go; every hand-off is non-blocking.
+struct Inbound {
+    device_id: String,
+    desired: watch::Sender<Option<DesiredState>>,
+    generation: watch::Sender<u64>,
+    chunks: mpsc::Sender<Chunk>,
+}
+
+impl Inbound {
+    fn deliver(&self, topic: &str, payload: &[u8]) {
+        match topics::parse(topic) {
+            Some((id, DeviceTopic::Desired)) if id == self.device_id => {
+                let desired = match pb::DesiredState::decode(payload) {
+                    Ok(desired) if desired.device_id == self.device_id => desired,
+                    Ok(desired) => {
+                        tracing::warn!(claimed = %desired.device_id, "desired state for another device ignored");
+                        return;
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, bytes = payload.len(), "malformed desired state ignored");
+                        return;
+                    }
+                };
+                match DesiredState::try_from(desired) {
+                    Ok(desired) => {
+                        self.generation.send_replace(desired.generation);
+                        self.desired.send_replace(Some(desired));
+                    }
+                    Err(err) => tracing::warn!(error = %err, "invalid desired state ignored"),
+                }
+            }
+            Some((id, DeviceTopic::BlobResponse)) if id == self.device_id => {
+                match pb::BlobChunk::decode(payload) {
+                    Ok(chunk) => {
+                        // A full queue means a stalled fetch; dropping is safe (the fetch
+                        // re-requests what it misses).
+                        let _ = self.chunks.try_send(Chunk {
+                            sha256: chunk.sha256,
+                            offset: chunk.offset,
+                            data: chunk.data,
+                            error: chunk.error,
+                            chunk_sha256: chunk.chunk_sha256,
+                        });
+                    }
+                    Err(err) => tracing::warn!(error = %err, "malformed blob chunk ignored"),
+                }
+            }
+            _ => tracing::debug!(%topic, "message on an unexpected topic ignored"),
+        }
+    }
+}
+
+async fn poll(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    broker: String,
+    birth: pb::Birth,
+    inbound: Inbound,
+    connected: watch::Sender<u64>,
+    stopping: watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(100);
+                tracing::info!(%broker, session_present = ack.session_present, "connected to the broker");
+                // Awaiting the client here would deadlock on a full request queue, which only
+                // this loop drains: subscribe and announce from a task while polling goes on.
+                let client = client.clone();
+                let birth = birth.clone();
+                let device_id = inbound.device_id.clone();
+                tokio::spawn(async move {
+                    for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
+                        let _ = client
+                            .subscribe(topics::device(&device_id, kind), QoS::AtLeastOnce)
+                            .await;
+                    }
+                    let _ = client
+                        .publish(
+                            topics::device(&device_id, DeviceTopic::Birth),
+                            QoS::AtLeastOnce,
+                            true,
+                            birth.encode_to_vec(),
+                        )
+                        .await;
+                });
+                connected.send_modify(|n| *n += 1);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                inbound.deliver(&publish.topic, &publish.payload);
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                tracing::debug!("disconnected from the broker");
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                if *stopping.borrow() {
+                    return;
+                }
+                let wait = jitter(backoff);
+                tracing::warn!(%broker, error = %err, retry_in = ?wait, "broker unreachable");
+                tokio::time::sleep(wait).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// Publishes the newest report whenever one is queued. Only this task waits on the client
+/// for reports, so a full queue or a dead broker delays reports, never the driver.
+async fn publish_reports(
+    client: AsyncClient,
+    device_id: String,
+    mut reports: watch::Receiver<Option<ReportedState>>,
+) {
+    let topic = topics::device(&device_id, DeviceTopic::Reported);
+    while reports.changed().await.is_ok() {
+        let Some(report) = reports.borrow_and_update().clone() else {
+            continue;
+        };
+        let payload = pb::ReportedState::from(&report).encode_to_vec();
+        if let Err(err) = client
+            .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+            .await
+        {
+            tracing::debug!(error = %err, "report dropped");
+        }
     }
 }

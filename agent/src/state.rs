@@ -9,85 +9,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgeship_proto::v1 as pb;
-use prost::Message;
+use edgeship_domain::{DesiredState, Workload};
 use serde::{Deserialize, Serialize};
-
-use crate::tensor::{Dim, ElementType, TensorInfo};
-
-/// A workload that passed its self-test and serves (or served) traffic.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct AppliedWorkload {
-    pub deployment: String,
-    pub model_id: String,
-    pub version: u32,
-    pub runtime: String,
-    pub port: u16,
-    pub entry_file: String,
-    /// `(path, sha256)` of every file of the model.
-    pub files: Vec<(String, String)>,
-    pub inputs: Vec<TensorRecord>,
-    pub outputs: Vec<TensorRecord>,
-    pub sample_input: Option<String>,
-}
-
-impl AppliedWorkload {
-    pub fn model_ref(&self) -> String {
-        format!("{}:{}", self.model_id, self.version)
-    }
-}
-
-/// A tensor signature as persisted (`None` dims are unknown, strings are symbols).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TensorRecord {
-    pub name: String,
-    pub element_type: String,
-    pub shape: Vec<Option<String>>,
-}
-
-impl TensorRecord {
-    pub fn from_wire(spec: &pb::TensorSpec) -> Self {
-        TensorRecord {
-            name: spec.name.clone(),
-            element_type: spec.element_type.clone(),
-            shape: spec
-                .shape
-                .iter()
-                .map(|d| match &d.value {
-                    Some(pb::dim::Value::Fixed(n)) => Some(n.to_string()),
-                    Some(pb::dim::Value::Symbol(s)) => Some(format!("${s}")),
-                    None => None,
-                })
-                .collect(),
-        }
-    }
-
-    /// The runtime's view; fails on element types the runtimes cannot take as JSON.
-    pub fn to_info(&self) -> Result<TensorInfo, String> {
-        let element_type = ElementType::from_name(&self.element_type).ok_or_else(|| {
-            format!(
-                "tensor {:?} has element type {}, which scoring does not support",
-                self.name, self.element_type
-            )
-        })?;
-        let shape = self
-            .shape
-            .iter()
-            .map(|d| match d {
-                None => Dim::Any(None),
-                Some(s) => match s.strip_prefix('$') {
-                    Some(symbol) => Dim::Any(Some(symbol.to_owned())),
-                    None => s.parse().map(Dim::Fixed).unwrap_or(Dim::Any(None)),
-                },
-            })
-            .collect();
-        Ok(TensorInfo {
-            name: self.name.clone(),
-            element_type,
-            shape,
-        })
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PersistedState {
@@ -95,17 +18,24 @@ pub struct PersistedState {
     pub accepted_generation: u64,
     /// Highest generation fully processed (each workload applied or failed).
     pub applied_generation: u64,
-    pub workloads: BTreeMap<String, AppliedWorkload>,
-    /// Why the desired version of a deployment is not the one serving; kept so a restart
-    /// reports the failure instead of a misleading `Healthy`.
+    /// The last good workload of each deployment: what serves, and what a restart serves.
+    pub workloads: BTreeMap<String, Workload>,
+    /// Why the desired workload of a deployment is not the one serving; kept so a restart
+    /// reports the failure instead of a misleading `Healthy`, and so the same workload is not
+    /// tried again until the hub asks for something else.
     #[serde(default)]
     pub failures: BTreeMap<String, WorkloadFailure>,
 }
 
+/// A desired workload that could not be applied for a reason retrying will not fix.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkloadFailure {
+    /// What was asked for, as people read it (`model:version`).
     pub desired_model: String,
-    /// `Failed` or `Unschedulable`.
+    /// The workload that failed; `None` when it could not even be decoded.
+    pub workload: Option<Workload>,
+    pub port: u16,
+    /// `Unschedulable` (cannot run here) rather than `Failed`.
     pub unschedulable: bool,
     pub error: String,
 }
@@ -137,13 +67,16 @@ impl StateStore {
         self.replace("state.json", &bytes)
     }
 
-    pub fn load_desired(&self) -> Option<pb::DesiredState> {
-        let bytes = fs::read(self.dir.join("desired.pb")).ok()?;
-        pb::DesiredState::decode(bytes.as_slice()).ok()
+    /// The last accepted desired state; `None` if there is none or it cannot be read (the
+    /// hub's retained message brings it back).
+    pub fn load_desired(&self) -> Option<DesiredState> {
+        let bytes = fs::read(self.dir.join("desired.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
-    pub fn save_desired(&self, desired: &pb::DesiredState) -> std::io::Result<()> {
-        self.replace("desired.pb", &desired.encode_to_vec())
+    pub fn save_desired(&self, desired: &DesiredState) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(desired).map_err(std::io::Error::other)?;
+        self.replace("desired.json", &bytes)
     }
 
     fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -170,21 +103,7 @@ mod tests {
             applied_generation: 3,
             ..PersistedState::default()
         };
-        state.workloads.insert(
-            "web".into(),
-            AppliedWorkload {
-                deployment: "web".into(),
-                model_id: "m".into(),
-                version: 2,
-                runtime: "tract".into(),
-                port: 8080,
-                entry_file: "model.onnx".into(),
-                files: vec![("model.onnx".into(), "ab".into())],
-                inputs: vec![],
-                outputs: vec![],
-                sample_input: None,
-            },
-        );
+        state.workloads.insert("web".into(), testkit_workload());
         store.save(&state).expect("save");
         fs::write(dir.path().join("state.json.tmp"), "torn").expect("write");
         assert_eq!(store.load().expect("load"), state);
@@ -203,34 +122,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tensor_records_keep_fixed_symbolic_and_unknown_dims() {
-        let record = TensorRecord::from_wire(&pb::TensorSpec {
-            name: "x".into(),
-            element_type: "float32".into(),
-            shape: vec![
-                pb::Dim { value: None },
-                pb::Dim {
-                    value: Some(pb::dim::Value::Symbol("batch".into())),
-                },
-                pb::Dim {
-                    value: Some(pb::dim::Value::Fixed(3)),
-                },
-            ],
-        });
-        let info = record.to_info().expect("supported");
-        assert_eq!(
-            info.shape,
-            [
-                Dim::Any(None),
-                Dim::Any(Some("batch".into())),
-                Dim::Fixed(3)
-            ]
-        );
-        let text = TensorRecord {
-            element_type: "string".into(),
-            ..record
+    fn testkit_workload() -> Workload {
+        use edgeship_domain::{
+            BlobRef, DeployedModel, Endpoint, ModelWorkload, RuntimeKind, RuntimeOptions,
+            WorkloadKind,
         };
-        assert!(text.to_info().is_err());
+        Workload {
+            deployment: "web".into(),
+            endpoint: Endpoint::azureml(8080),
+            kind: WorkloadKind::Model(ModelWorkload {
+                runtime: RuntimeKind::Tract,
+                models: vec![DeployedModel {
+                    model_id: "m".into(),
+                    version: 2,
+                    files: vec![BlobRef {
+                        path: "model.onnx".into(),
+                        sha256: "ab".repeat(32),
+                        size_bytes: 3,
+                    }],
+                    entry_file: "model.onnx".into(),
+                    inputs: vec![],
+                    outputs: vec![],
+                    sample_input: None,
+                    weight: 0,
+                }],
+                options: RuntimeOptions::default(),
+                entry_module: None,
+            }),
+        }
     }
 }

@@ -396,7 +396,7 @@ pub async fn deploy_to_devices(
                 runtime: "tract".into(),
                 endpoint: Some(pb::Endpoint {
                     port: u32::from(port),
-                    auth: "none".into(),
+                    ..Default::default()
                 }),
                 target: Some(pb::Target {
                     device_ids: devices.iter().map(|d| (*d).to_owned()).collect(),

@@ -1,11 +1,13 @@
 //! edgeship hub: the control plane library behind the `edgeship` binary.
 
 pub mod api;
+pub mod blob_server;
 pub mod blobs;
 pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod fleet;
+pub mod link;
 pub mod registry;
 pub mod server;
 

@@ -15,7 +15,9 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{FleetService, ModelRegistryService};
-use crate::fleet::{Fleet, link};
+use crate::blob_server::{BlobServer, Entitlements};
+use crate::fleet::Fleet;
+use crate::link;
 use crate::registry::{Limits, Registry};
 use edgeship_proto::v1::deployments_server::DeploymentsServer;
 use edgeship_proto::v1::fleet_server::FleetServer;
@@ -86,10 +88,17 @@ impl RunningHub {
             .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
         let registry = Arc::new(registry);
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
+        let entitlements = Arc::new(Entitlements::default());
         let fleet = Arc::new(
-            Fleet::open(registry.db(), Arc::clone(&registry), outbox)
-                .context("opening the fleet store")?,
+            Fleet::open(
+                registry.db(),
+                Arc::clone(&registry),
+                outbox,
+                Arc::clone(&entitlements),
+            )
+            .context("opening the fleet store")?,
         );
+        let blobs = Arc::new(BlobServer::new(entitlements, Arc::clone(&registry)));
         // Bind the API before starting anything that cannot be stopped (the broker).
         let listener = TcpListener::bind(config.listen)
             .await
@@ -113,6 +122,7 @@ impl RunningHub {
                 max_packet_bytes: config.max_packet_bytes,
             },
             Arc::clone(&fleet),
+            blobs,
             outbox_rx,
         );
         {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use edgeship_proto::v1 as pb;
 
 use crate::registry::{
-    Dim, Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
+    Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
     TensorSpec, VersionRef, validate,
 };
 
@@ -61,55 +61,6 @@ impl From<&ModelFile> for pb::ModelFile {
                 producer: s.producer.clone(),
                 tract_incompatibility: s.tract_incompatibility.clone().unwrap_or_default(),
             }),
-        }
-    }
-}
-
-/// A file as a device fetches it: where it goes, and which blob holds it.
-impl From<&ModelFile> for pb::BlobRef {
-    fn from(file: &ModelFile) -> Self {
-        pb::BlobRef {
-            path: file.path.clone(),
-            sha256: file.sha256.clone(),
-            size_bytes: file.size_bytes,
-        }
-    }
-}
-
-impl From<&TensorSpec> for pb::TensorSpec {
-    fn from(spec: &TensorSpec) -> Self {
-        pb::TensorSpec {
-            name: spec.name.clone(),
-            element_type: spec.element_type.clone(),
-            shape: spec
-                .shape
-                .iter()
-                .map(|dim| pb::Dim {
-                    value: match dim {
-                        Dim::Fixed(size) => Some(pb::dim::Value::Fixed(*size)),
-                        Dim::Symbol(symbol) => Some(pb::dim::Value::Symbol(symbol.clone())),
-                        Dim::Unknown => None,
-                    },
-                })
-                .collect(),
-        }
-    }
-}
-
-impl From<pb::TensorSpec> for TensorSpec {
-    fn from(spec: pb::TensorSpec) -> Self {
-        TensorSpec {
-            name: spec.name,
-            element_type: spec.element_type,
-            shape: spec
-                .shape
-                .into_iter()
-                .map(|dim| match dim.value {
-                    Some(pb::dim::Value::Fixed(size)) => Dim::Fixed(size),
-                    Some(pb::dim::Value::Symbol(symbol)) => Dim::Symbol(symbol),
-                    None => Dim::Unknown,
-                })
-                .collect(),
         }
     }
 }

@@ -8,7 +8,10 @@ use edgeship_proto::v1::deployments_server::Deployments;
 use edgeship_proto::v1::fleet_server::Fleet as FleetApi;
 use tonic::{Request, Response, Status};
 
-use crate::fleet::{self, Deployment, Device, Fleet, FleetError, ServiceState, Target};
+use edgeship_domain::wire::wire_state;
+use edgeship_domain::{AuthMode, Endpoint, Protocol, RuntimeKind};
+
+use crate::fleet::{self, Deployment, Device, Fleet, FleetError, Target};
 
 #[derive(Debug, Clone)]
 pub struct FleetService {
@@ -48,18 +51,49 @@ impl From<FleetError> for Status {
                 tracing::error!(error = %message, "fleet storage failure");
                 Status::internal(message)
             }
+            FleetError::Registry(err) => Status::from(err),
         }
     }
 }
 
-fn wire_state(state: ServiceState) -> pb::ServiceState {
-    match state {
-        ServiceState::Healthy => pb::ServiceState::Healthy,
-        ServiceState::Transitioning => pb::ServiceState::Transitioning,
-        ServiceState::Unhealthy => pb::ServiceState::Unhealthy,
-        ServiceState::Unschedulable => pb::ServiceState::Unschedulable,
-        ServiceState::Failed => pb::ServiceState::Failed,
+/// The endpoint a create request asks for; unset fields take the defaults (Azure ML, no
+/// auth).
+fn endpoint(wire: pb::Endpoint) -> Result<Endpoint, Status> {
+    let port = u16::try_from(wire.port).map_err(|_| {
+        Status::invalid_argument(format!("port {} is out of range (1-65535)", wire.port))
+    })?;
+    let auth = match pb::AuthMode::try_from(wire.auth) {
+        Ok(pb::AuthMode::Unspecified | pb::AuthMode::None) => AuthMode::None,
+        Ok(pb::AuthMode::Key) => AuthMode::Key,
+        Ok(pb::AuthMode::Token) => AuthMode::Token,
+        Err(_) => {
+            return Err(Status::invalid_argument(format!(
+                "unknown endpoint auth {}",
+                wire.auth
+            )));
+        }
+    };
+    let mut protocols = Vec::new();
+    for code in wire.protocols {
+        protocols.push(match pb::Protocol::try_from(code) {
+            Ok(pb::Protocol::Azureml) => Protocol::Azureml,
+            Ok(pb::Protocol::V2) => Protocol::V2,
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown endpoint protocol {code}"
+                )));
+            }
+        });
     }
+    if protocols.is_empty() {
+        protocols.push(Protocol::Azureml);
+    }
+    Ok(Endpoint {
+        port,
+        auth,
+        protocols,
+        cors_origins: wire.cors_origins,
+    })
 }
 
 /// Parses `name`, `name:VERSION` or `name:latest` into a model id and optional version.
@@ -123,11 +157,8 @@ impl FleetService {
             name: format!("deployments/{}", deployment.id),
             deployment_id: deployment.id.clone(),
             model: deployment.model_ref(),
-            runtime: deployment.runtime.clone(),
-            endpoint: Some(pb::Endpoint {
-                port: u32::from(deployment.port),
-                auth: deployment.auth.clone(),
-            }),
+            runtime: deployment.runtime.name().to_owned(),
+            endpoint: Some(pb::Endpoint::from(&deployment.endpoint)),
             target: Some(pb::Target {
                 device_ids: deployment.target.device_ids.iter().cloned().collect(),
                 label_selector: deployment
@@ -159,14 +190,7 @@ fn device_view(device: &Device) -> pb::Device {
         name: format!("devices/{}", device.id),
         device_id: device.id.clone(),
         labels: device.labels().into_iter().collect(),
-        capabilities: Some(pb::Capabilities {
-            arch: device.capabilities.arch.clone(),
-            os: device.capabilities.os.clone(),
-            cpu_count: device.capabilities.cpu_count,
-            memory_bytes: device.capabilities.memory_bytes,
-            runtimes: device.capabilities.runtimes.clone(),
-            opencl_devices: vec![],
-        }),
+        capabilities: Some(pb::Capabilities::from(&device.capabilities)),
         agent_version: device.agent_version.clone(),
         online: device.online,
         last_seen_ms: device.last_seen_ms,
@@ -175,19 +199,7 @@ fn device_view(device: &Device) -> pb::Device {
         workloads: device
             .workloads
             .iter()
-            .map(|w| pb::WorkloadStatus {
-                deployment: w.deployment.clone(),
-                state: wire_state(w.state).into(),
-                error: w.error.clone(),
-                serving_model: w.serving_model.clone(),
-                desired_model: w.desired_model.clone(),
-                port: u32::from(w.port),
-                metrics: Some(pb::EndpointMetrics {
-                    requests: w.requests,
-                    errors: w.errors,
-                    mean_latency_ms: w.mean_latency_ms,
-                }),
-            })
+            .map(pb::WorkloadStatus::from)
             .collect(),
     }
 }
@@ -202,26 +214,19 @@ impl Deployments for FleetService {
             return Err(Status::invalid_argument("the request has no deployment"));
         };
         let (model_id, version) = model_ref(&wire.model)?;
-        let endpoint = wire.endpoint.unwrap_or_default();
+        let endpoint = endpoint(wire.endpoint.unwrap_or_default())?;
         let target = wire.target.unwrap_or_default();
-        let port = u16::try_from(endpoint.port).map_err(|_| {
-            Status::invalid_argument(format!("port {} is out of range (1-65535)", endpoint.port))
-        })?;
+        let runtime = if wire.runtime.is_empty() {
+            RuntimeKind::Tract
+        } else {
+            RuntimeKind::parse(&wire.runtime).map_err(Status::invalid_argument)?
+        };
         let deployment = Deployment {
             id: wire.deployment_id,
             model_id,
             version,
-            runtime: if wire.runtime.is_empty() {
-                "tract".into()
-            } else {
-                wire.runtime
-            },
-            port,
-            auth: if endpoint.auth.is_empty() {
-                "none".into()
-            } else {
-                endpoint.auth
-            },
+            runtime,
+            endpoint,
             target: Target {
                 device_ids: target.device_ids.into_iter().collect(),
                 label_selector: target

@@ -204,10 +204,10 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 deployment_id: name.clone(),
                 model,
                 runtime,
-                endpoint: Some(pb::Endpoint {
-                    port: u32::from(port),
-                    auth,
-                }),
+                endpoint: Some(pb::Endpoint::from(&edgeship_domain::Endpoint {
+                    auth: edgeship_domain::AuthMode::parse(&auth).map_err(anyhow::Error::msg)?,
+                    ..edgeship_domain::Endpoint::azureml(port)
+                })),
                 target: Some(pb::Target {
                     device_ids: devices,
                     label_selector: key_values("label", &selector)?.into_iter().collect(),

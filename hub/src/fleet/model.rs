@@ -2,33 +2,12 @@
 //! deployment targets, and how per-device states add up to a deployment's state.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
+pub use edgeship_domain::ServiceState;
+use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::registry::VersionSelector;
-
-/// Service states, as Azure ML names them; ordered from best to worst for aggregation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum ServiceState {
-    Healthy,
-    Transitioning,
-    Unhealthy,
-    Unschedulable,
-    Failed,
-}
-
-impl fmt::Display for ServiceState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ServiceState::Healthy => "Healthy",
-            ServiceState::Transitioning => "Transitioning",
-            ServiceState::Unhealthy => "Unhealthy",
-            ServiceState::Unschedulable => "Unschedulable",
-            ServiceState::Failed => "Failed",
-        })
-    }
-}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -59,9 +38,8 @@ pub struct Deployment {
     pub model_id: String,
     /// `None` follows the latest version (continuous deployment).
     pub version: Option<u32>,
-    pub runtime: String,
-    pub port: u16,
-    pub auth: String,
+    pub runtime: RuntimeKind,
+    pub endpoint: Endpoint,
     pub target: Target,
     pub create_time_ms: i64,
 }
@@ -75,29 +53,6 @@ impl Deployment {
     pub fn model_ref(&self) -> String {
         format!("{}:{}", self.model_id, self.version_selector())
     }
-}
-
-/// What a device last said about one of its workloads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WorkloadReport {
-    pub deployment: String,
-    pub state: ServiceState,
-    pub error: String,
-    pub serving_model: String,
-    pub desired_model: String,
-    pub port: u16,
-    pub requests: u64,
-    pub errors: u64,
-    pub mean_latency_ms: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Capabilities {
-    pub arch: String,
-    pub os: String,
-    pub cpu_count: u32,
-    pub memory_bytes: u64,
-    pub runtimes: Vec<String>,
 }
 
 /// A device as the hub knows it.
@@ -114,10 +69,15 @@ pub struct Device {
     pub last_seen_ms: i64,
     pub desired_generation: u64,
     pub applied_generation: u64,
-    pub workloads: Vec<WorkloadReport>,
+    pub workloads: Vec<WorkloadStatus>,
 }
 
 impl Device {
+    /// A device a deployment named before it ever connected has a record but no birth.
+    pub fn ever_seen(&self) -> bool {
+        self.last_seen_ms != 0
+    }
+
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.reported_labels.clone();
         labels.extend(self.user_labels.clone());
@@ -226,16 +186,10 @@ mod tests {
             id: "d".into(),
             desired_generation: 3,
             applied_generation: 2,
-            workloads: vec![WorkloadReport {
-                deployment: "web".into(),
+            workloads: vec![WorkloadStatus {
                 state: ServiceState::Healthy,
-                error: String::new(),
                 serving_model: "m:1".into(),
-                desired_model: "m:1".into(),
-                port: 8080,
-                requests: 0,
-                errors: 0,
-                mean_latency_ms: 0.0,
+                ..WorkloadStatus::new("web", "m:1", 8080)
             }],
             ..Device::default()
         };

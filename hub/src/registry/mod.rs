@@ -2,7 +2,6 @@
 //! [`BlobStore`](crate::blobs::BlobStore).
 
 pub mod model;
-pub mod onnx;
 mod store;
 mod upload;
 pub mod validate;
@@ -18,7 +17,7 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
     #[error(transparent)]
-    InvalidOnnx(#[from] onnx::InvalidOnnx),
+    InvalidOnnx(#[from] edgeship_runtime::onnx::InvalidOnnx),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]

@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use edgeship_domain::{Dim, ElementType, OnnxSignature, TensorSpec};
+
 /// One registered version of a model, as the registry stores and returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelVersion {
@@ -47,83 +49,14 @@ pub struct ModelFile {
     pub onnx: Option<OnnxSignature>,
 }
 
-/// What an ONNX graph takes and returns, read from the file at registration.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct OnnxSignature {
-    pub inputs: Vec<TensorSpec>,
-    pub outputs: Vec<TensorSpec>,
-    pub ir_version: i64,
-    pub opsets: Vec<String>,
-    pub producer: String,
-    /// `None` when tract can plan the model; else why it cannot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tract_incompatibility: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TensorSpec {
-    pub name: String,
-    pub element_type: String,
-    pub shape: Vec<Dim>,
-}
-
-/// One dimension of a tensor shape. Serialized as a number (fixed), a string (symbol) or
-/// `null` (unknown), the way ONNX tools print shapes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "Option<DimRepr>", into = "Option<DimRepr>")]
-pub enum Dim {
-    Fixed(u64),
-    Symbol(String),
-    Unknown,
-}
-
-#[derive(Serialize, Deserialize)]
-#[serde(untagged)]
-enum DimRepr {
-    Fixed(u64),
-    Symbol(String),
-}
-
-impl From<Option<DimRepr>> for Dim {
-    fn from(repr: Option<DimRepr>) -> Self {
-        match repr {
-            Some(DimRepr::Fixed(size)) => Dim::Fixed(size),
-            Some(DimRepr::Symbol(symbol)) => Dim::Symbol(symbol),
-            None => Dim::Unknown,
+impl ModelFile {
+    /// The file as a device fetches it: where it goes, and which blob holds it.
+    pub fn blob_ref(&self) -> edgeship_domain::BlobRef {
+        edgeship_domain::BlobRef {
+            path: self.path.clone(),
+            sha256: self.sha256.clone(),
+            size_bytes: self.size_bytes,
         }
-    }
-}
-
-impl From<Dim> for Option<DimRepr> {
-    fn from(dim: Dim) -> Self {
-        match dim {
-            Dim::Fixed(size) => Some(DimRepr::Fixed(size)),
-            Dim::Symbol(symbol) => Some(DimRepr::Symbol(symbol)),
-            Dim::Unknown => None,
-        }
-    }
-}
-
-impl fmt::Display for Dim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Dim::Fixed(size) => write!(f, "{size}"),
-            Dim::Symbol(symbol) => f.write_str(symbol),
-            Dim::Unknown => f.write_str("?"),
-        }
-    }
-}
-
-impl fmt::Display for TensorSpec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
-        write!(
-            f,
-            "{}: {}[{}]",
-            self.name,
-            self.element_type,
-            dims.join(", ")
-        )
     }
 }
 

@@ -18,7 +18,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionError, Transact
 use super::upload::{StagedModel, Upload};
 use super::{
     DeleteTarget, Error, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
-    VersionRef, VersionSelector, onnx, validate,
+    VersionRef, VersionSelector, validate,
 };
 use crate::blobs::BlobStore;
 use crate::now_ms;
@@ -183,13 +183,15 @@ impl Registry {
         }
         let is_onnx = model.framework == "onnx";
         if is_onnx && !has_onnx_file {
-            return Err(Error::invalid(
-                "framework is onnx but no file has the .onnx extension",
-            ));
+            let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+            return Err(Error::invalid(format!(
+                "framework is onnx but no file has the .onnx extension (files: {}); give the ONNX file a name ending in .onnx",
+                names.join(", ")
+            )));
         }
         for file in &files {
             let onnx = if is_onnx && validate::is_onnx_path(&file.path) {
-                Some(onnx::inspect(&file.path, &file.location)?)
+                Some(edgeship_runtime::onnx::inspect(&file.path, &file.location)?)
             } else {
                 None
             };

@@ -9,8 +9,6 @@ use std::collections::{BTreeMap, HashSet};
 use super::Error;
 use super::model::{DeleteTarget, KeyMatch, ModelUpdate, NewModel, VersionRef, VersionSelector};
 
-/// Longest model id (name) accepted.
-pub const MAX_MODEL_ID_LEN: usize = 255;
 pub const MAX_KEY_LEN: usize = 128;
 pub const MAX_VALUE_LEN: usize = 1024;
 pub const MAX_TAGS: usize = 64;
@@ -23,23 +21,7 @@ pub const MAX_FRAMEWORK_LEN: usize = 64;
 /// Model ids: 1–255 characters, ASCII letters, digits, `-`, `_` and `.`, starting with a
 /// letter or digit (the Azure ML rule, so names carry over unchanged).
 pub fn model_id(id: &str) -> Result<(), Error> {
-    if id.is_empty() {
-        return Err(Error::invalid("model name must not be empty"));
-    }
-    if id.len() > MAX_MODEL_ID_LEN {
-        return Err(Error::invalid(format!(
-            "model name is {} characters long; the limit is {MAX_MODEL_ID_LEN}",
-            id.len()
-        )));
-    }
-    let first = id.as_bytes()[0];
-    let allowed = |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.');
-    if !first.is_ascii_alphanumeric() || !id.bytes().all(allowed) {
-        return Err(Error::invalid(format!(
-            "invalid model name {id:?}: use letters, digits, '-', '_' and '.', starting with a letter or digit"
-        )));
-    }
-    Ok(())
+    edgeship_domain::names::model_id(id).map_err(|err| Error::invalid(err.0))
 }
 
 /// Tag and property keys: 1–128 characters of ASCII letters, digits and `-_.:/`.

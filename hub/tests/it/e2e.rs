@@ -2,6 +2,7 @@
 //! register → deploy → Healthy → /score matches scikit-learn → version 2 switches under load
 //! with zero failed requests → delete stops serving.
 
+use edgeship_hub::fleet::ServiceState;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -68,7 +69,7 @@ pub async fn wait_serving(
     let view = agent
         .wait_for(CONVERGE, |v| {
             v.workload(deployment).is_some_and(|w| {
-                w.state == pb::ServiceState::Healthy && w.serving_model == model && w.addr.is_some()
+                w.state == ServiceState::Healthy && w.serving_model == model && w.addr.is_some()
             })
         })
         .await

@@ -2,6 +2,7 @@
 //! states that go backwards or name another device, a runtime the device lacks — and the
 //! deployment API's refusals.
 
+use edgeship_hub::fleet::ServiceState;
 use std::time::Duration;
 
 use edgeship_agent::RunningAgent;
@@ -158,7 +159,7 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
     assert_eq!(view.applied_generation, applied);
     assert_eq!(
         view.workload("web").map(|w| w.state),
-        Some(pb::ServiceState::Healthy)
+        Some(ServiceState::Healthy)
     );
 
     // A newer generation asking for a runtime this device lacks: Unschedulable, and the
@@ -180,25 +181,28 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         generation: applied + 10,
         workloads: vec![pb::Workload {
             deployment: "web".into(),
-            model: Some(pb::DeployedModel {
-                model_id: "diabetes".into(),
-                version: 1,
-                files: model
-                    .files
-                    .iter()
-                    .map(|f| pb::BlobRef {
-                        path: f.path.clone(),
-                        sha256: f.sha256.clone(),
-                        size_bytes: f.size_bytes,
-                    })
-                    .collect(),
-                entry_file: "model.onnx".into(),
+            kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
+                runtime: pb::Runtime::Opencl.into(),
+                models: vec![pb::DeployedModel {
+                    model_id: "diabetes".into(),
+                    version: 1,
+                    files: model
+                        .files
+                        .iter()
+                        .map(|f| pb::BlobRef {
+                            path: f.path.clone(),
+                            sha256: f.sha256.clone(),
+                            size_bytes: f.size_bytes,
+                        })
+                        .collect(),
+                    entry_file: "model.onnx".into(),
+                    ..Default::default()
+                }],
                 ..Default::default()
-            }),
-            runtime: "opencl".into(),
+            })),
             endpoint: Some(pb::Endpoint {
                 port: u32::from(port),
-                auth: "none".into(),
+                ..Default::default()
             }),
         }],
         ..Default::default()
@@ -213,15 +217,13 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
     let view = agent
         .wait_for(Duration::from_secs(30), |v| {
             v.workload("web")
-                .is_some_and(|w| w.state == pb::ServiceState::Unschedulable)
+                .is_some_and(|w| w.state == ServiceState::Unschedulable)
         })
         .await
         .expect("unschedulable");
     let workload = view.workload("web").expect("workload");
     assert!(
-        workload
-            .error
-            .contains("runtime \"opencl\" is not available"),
+        workload.error.contains("runtime opencl is not available"),
         "{}",
         workload.error
     );

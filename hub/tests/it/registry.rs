@@ -37,7 +37,7 @@ async fn registering_the_diabetes_model_extracts_its_signature() {
     assert_eq!(file.sha256, sha256_hex(&bytes));
     let signature = file.onnx.as_ref().expect("onnx signature");
     assert_eq!(signature.inputs[0].name, "data");
-    assert_eq!(signature.inputs[0].element_type, "float32");
+    assert_eq!(signature.inputs[0].element_type.name(), "float32");
     assert_eq!(signature.inputs[0].shape, [Dim::Unknown, Dim::Fixed(10)]);
     assert_eq!(signature.outputs[0].name, "variable");
     assert_eq!(signature.tract_incompatibility, None);

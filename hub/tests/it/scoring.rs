@@ -2,6 +2,7 @@
 //! leave the previous version serving.
 
 use edgeship_agent::RunningAgent;
+use edgeship_hub::fleet::ServiceState;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
 use serde_json::json;
@@ -164,7 +165,7 @@ async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serv
     let view = agent
         .wait_for(std::time::Duration::from_secs(60), |v| {
             v.workload("web")
-                .is_some_and(|w| w.state == pb::ServiceState::Failed)
+                .is_some_and(|w| w.state == ServiceState::Failed)
         })
         .await
         .expect("version 2 fails");
@@ -189,7 +190,7 @@ async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serv
         .await
         .expect("restored");
     let workload = view.workload("web").expect("workload");
-    assert_eq!(workload.state, pb::ServiceState::Failed, "{workload:?}");
+    assert_eq!(workload.state, ServiceState::Failed, "{workload:?}");
     assert_eq!(workload.serving_model, "diabetes:1");
     assert_eq!(workload.desired_model, "diabetes:2");
     assert_diabetes_predictions(&score(addr, &rows).await.expect("restored version serves"));

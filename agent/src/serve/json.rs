@@ -1,133 +1,21 @@
-//! Runtime-neutral tensors and the JSON conversions of the scoring API: nested JSON arrays in
-//! (checked against the model's declared inputs), nested JSON arrays out.
+//! Tensors as JSON, the way the Azure ML convention and the registry's sample inputs write
+//! them: nested arrays checked against the model's declared inputs, nested arrays out.
 
-use std::fmt;
+use edgeship_domain::{Dim, ElementType, TensorSpec};
+use edgeship_runtime::{Tensor, TensorData};
+use serde_json::{Map, Value};
 
-use serde_json::Value;
-
-/// A declared dimension of a model input or output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Dim {
-    Fixed(usize),
-    /// Any size (a named symbol like `batch`, or unnamed).
-    Any(Option<String>),
-}
-
-impl fmt::Display for Dim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Dim::Fixed(size) => write!(f, "{size}"),
-            Dim::Any(Some(symbol)) => f.write_str(symbol),
-            Dim::Any(None) => f.write_str("?"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ElementType {
-    F32,
-    F64,
-    I32,
-    I64,
-    Bool,
-}
-
-impl ElementType {
-    /// Parses the ONNX-style names the registry records (`float32`, `int64`, ...).
-    pub fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "float32" => ElementType::F32,
-            "float64" => ElementType::F64,
-            "int32" => ElementType::I32,
-            "int64" => ElementType::I64,
-            "bool" => ElementType::Bool,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ElementType::F32 => "float32",
-            ElementType::F64 => "float64",
-            ElementType::I32 => "int32",
-            ElementType::I64 => "int64",
-            ElementType::Bool => "bool",
-        }
-    }
-}
-
-/// Name, element type and shape of a model input or output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TensorInfo {
-    pub name: String,
-    pub element_type: ElementType,
-    pub shape: Vec<Dim>,
-}
-
-impl fmt::Display for TensorInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
-        write!(
-            f,
-            "{}: {}[{}]",
-            self.name,
-            self.element_type.name(),
-            dims.join(", ")
-        )
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum TensorData {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
-}
-
-/// A dense, row-major tensor.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-    pub shape: Vec<usize>,
-    pub data: TensorData,
-}
-
-impl Tensor {
-    /// A tensor of zeros for an input, with `Any` dimensions set to 1 (the self-test input of
-    /// a model registered without a sample).
-    pub fn zeros(info: &TensorInfo) -> Tensor {
-        let shape: Vec<usize> = info
-            .shape
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(size) => *size,
-                Dim::Any(_) => 1,
-            })
-            .collect();
-        let len = shape.iter().product();
-        let data = match info.element_type {
-            ElementType::F32 => TensorData::F32(vec![0.0; len]),
-            ElementType::F64 => TensorData::F64(vec![0.0; len]),
-            ElementType::I32 => TensorData::I32(vec![0; len]),
-            ElementType::I64 => TensorData::I64(vec![0; len]),
-            ElementType::Bool => TensorData::Bool(vec![false; len]),
-        };
-        Tensor { shape, data }
-    }
-
-    /// Nested JSON arrays in the tensor's shape (a scalar for rank 0). Non-finite floats,
-    /// which JSON cannot carry, become `null`.
-    pub fn to_json(&self) -> Value {
-        let flat: Vec<Value> = match &self.data {
-            TensorData::F32(v) => v.iter().map(|x| float_json(f64::from(*x))).collect(),
-            TensorData::F64(v) => v.iter().map(|x| float_json(*x)).collect(),
-            TensorData::I32(v) => v.iter().map(|x| Value::from(*x)).collect(),
-            TensorData::I64(v) => v.iter().map(|x| Value::from(*x)).collect(),
-            TensorData::Bool(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        };
-        nest(&flat, &self.shape)
-    }
+/// Nested JSON arrays in the tensor's shape (a scalar for rank 0). Non-finite floats, which
+/// JSON cannot carry, become `null`.
+pub fn tensor_to_json(tensor: &Tensor) -> Value {
+    let flat: Vec<Value> = match &tensor.data {
+        TensorData::F32(v) => v.iter().map(|x| float_json(f64::from(*x))).collect(),
+        TensorData::F64(v) => v.iter().map(|x| float_json(*x)).collect(),
+        TensorData::I32(v) => v.iter().map(|x| Value::from(*x)).collect(),
+        TensorData::I64(v) => v.iter().map(|x| Value::from(*x)).collect(),
+        TensorData::Bool(v) => v.iter().map(|x| Value::from(*x)).collect(),
+    };
+    nest(&flat, &tensor.shape)
 }
 
 fn float_json(x: f64) -> Value {
@@ -154,7 +42,7 @@ fn nest(flat: &[Value], shape: &[usize]) -> Value {
 pub struct InputError(pub String);
 
 /// Reads one input from nested JSON arrays, checking rank, fixed dimensions and element type.
-pub fn tensor_from_json(info: &TensorInfo, value: &Value) -> Result<Tensor, InputError> {
+pub fn tensor_from_json(info: &TensorSpec, value: &Value) -> Result<Tensor, InputError> {
     let mut shape = Vec::new();
     let mut probe = value;
     while let Value::Array(items) = probe {
@@ -174,7 +62,7 @@ pub fn tensor_from_json(info: &TensorInfo, value: &Value) -> Result<Tensor, Inpu
     }
     for (axis, (got, declared)) in shape.iter().zip(&info.shape).enumerate() {
         if let Dim::Fixed(want) = declared
-            && got != want
+            && *got as u64 != *want
         {
             return Err(fail(format!("dimension {axis} must be {want}, got {got}")));
         }
@@ -191,7 +79,7 @@ pub fn tensor_from_json(info: &TensorInfo, value: &Value) -> Result<Tensor, Inpu
             describe(flat[index])
         ))
     };
-    let data = match info.element_type {
+    let data = match &info.element_type {
         ElementType::F32 | ElementType::F64 => {
             let mut out = Vec::with_capacity(flat.len());
             for (i, v) in flat.iter().enumerate() {
@@ -228,6 +116,9 @@ pub fn tensor_from_json(info: &TensorInfo, value: &Value) -> Result<Tensor, Inpu
             }
             TensorData::Bool(out)
         }
+        ElementType::Other(name) => {
+            return Err(fail(format!("element type {name} cannot be sent as JSON")));
+        }
     };
     Ok(Tensor { shape, data })
 }
@@ -262,16 +153,68 @@ fn flatten<'a>(value: &'a Value, shape: &[usize], out: &mut Vec<&'a Value>) -> R
     }
 }
 
+/// Reads a body in the Azure ML convention (also the registry's sample inputs), `{"data": …}`,
+/// into the model's inputs in declaration order: nested arrays for a model with one input, an
+/// object keyed by input name for several.
+pub fn inputs_from_data(inputs: &[TensorSpec], body: &Value) -> Result<Vec<Tensor>, InputError> {
+    let Some(data) = body.as_object().and_then(|o| o.get("data")) else {
+        return Err(InputError(
+            "the body must be a JSON object with a \"data\" field, e.g. {\"data\": [[...]]}".into(),
+        ));
+    };
+    if let [only] = inputs {
+        return Ok(vec![tensor_from_json(only, data)?]);
+    }
+    let Some(by_name) = data.as_object() else {
+        let names: Vec<&str> = inputs.iter().map(|i| i.name.as_str()).collect();
+        return Err(InputError(format!(
+            "this model has {} inputs; send \"data\" as an object keyed by input name: {}",
+            inputs.len(),
+            names.join(", ")
+        )));
+    };
+    if let Some(unknown) = by_name
+        .keys()
+        .find(|k| !inputs.iter().any(|i| &i.name == *k))
+    {
+        return Err(InputError(format!(
+            "the model has no input named {unknown:?}"
+        )));
+    }
+    inputs
+        .iter()
+        .map(|info| match by_name.get(&info.name) {
+            Some(value) => tensor_from_json(info, value),
+            None => Err(InputError(format!("input {:?} is missing", info.name))),
+        })
+        .collect()
+}
+
+/// Renders outputs: one output as nested arrays, several as an object keyed by name.
+pub fn outputs_to_json(outputs: &[TensorSpec], tensors: &[Tensor]) -> Value {
+    if let [only] = tensors {
+        return tensor_to_json(only);
+    }
+    let mut object = Map::new();
+    for (index, tensor) in tensors.iter().enumerate() {
+        let name = outputs
+            .get(index)
+            .map_or_else(|| format!("output_{index}"), |o| o.name.clone());
+        object.insert(name, tensor_to_json(tensor));
+    }
+    Value::Object(object)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
-    fn features(n: usize) -> TensorInfo {
-        TensorInfo {
+    fn features(n: u64) -> TensorSpec {
+        TensorSpec {
             name: "data".into(),
             element_type: ElementType::F32,
-            shape: vec![Dim::Any(None), Dim::Fixed(n)],
+            shape: vec![Dim::Unknown, Dim::Fixed(n)],
         }
     }
 
@@ -280,7 +223,10 @@ mod tests {
         let tensor =
             tensor_from_json(&features(3), &json!([[1, 2, 3.5], [4, 5, 6]])).expect("valid");
         assert_eq!(tensor.shape, [2, 3]);
-        assert_eq!(tensor.to_json(), json!([[1.0, 2.0, 3.5], [4.0, 5.0, 6.0]]));
+        assert_eq!(
+            tensor_to_json(&tensor),
+            json!([[1.0, 2.0, 3.5], [4.0, 5.0, 6.0]])
+        );
     }
 
     #[test]
@@ -297,22 +243,15 @@ mod tests {
 
     #[test]
     fn integers_are_checked_for_integrality() {
-        let info = TensorInfo {
+        let info = TensorSpec {
             name: "ids".into(),
             element_type: ElementType::I64,
-            shape: vec![Dim::Any(None)],
+            shape: vec![Dim::Unknown],
         };
         assert!(tensor_from_json(&info, &json!([1, 2])).is_ok());
         let err = tensor_from_json(&info, &json!([1.5]))
             .expect_err("fractional")
             .0;
         assert!(err.contains("expected an integer"), "{err}");
-    }
-
-    #[test]
-    fn zeros_fill_unknown_dimensions_with_one() {
-        let zeros = Tensor::zeros(&features(4));
-        assert_eq!(zeros.shape, [1, 4]);
-        assert_eq!(zeros.data, TensorData::F32(vec![0.0; 4]));
     }
 }

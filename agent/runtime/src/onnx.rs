@@ -1,5 +1,6 @@
-//! Reads an ONNX file with tract-onnx: rejects what is not ONNX, extracts the signature
-//! (names, element types, shapes with symbolic dimensions) and checks that tract can plan it.
+//! Reads an ONNX file with tract-onnx for the registry: rejects what is not ONNX, extracts the
+//! signature (names, element types, shapes with symbolic dimensions) and checks that tract can
+//! plan it, with the very code a device uses to load it.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,7 +10,7 @@ use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{ModelProto, ValueInfoProto, type_proto};
 use tract_onnx::prelude::*;
 
-use super::model::{Dim, OnnxSignature, TensorSpec};
+use edgeship_domain::{Dim, ElementType, OnnxSignature, TensorSpec};
 
 /// Why a file declared as ONNX was rejected; `path` is the file's path inside the model.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx
 
 /// Plans the model exactly as a device will (same code), so "runs in tract" means it.
 fn plan_with_symbolic_dims(model: InferenceModel) -> Result<(), String> {
-    edgeship_agent::runtime::tract::plan_symbolic(model, &[])
+    crate::tract::plan_symbolic(model, &[])
         .map(drop)
         .map_err(|err| format!("{err:#}"))
 }
@@ -108,7 +109,7 @@ fn tensor_spec(value: &ValueInfoProto) -> TensorSpec {
     let Some(tensor) = tensor else {
         return TensorSpec {
             name: value.name.clone(),
-            element_type: "non-tensor".to_owned(),
+            element_type: ElementType::from("non-tensor"),
             shape: Vec::new(),
         };
     };
@@ -133,7 +134,7 @@ fn tensor_spec(value: &ValueInfoProto) -> TensorSpec {
         .unwrap_or_default();
     TensorSpec {
         name: value.name.clone(),
-        element_type: element_type_name(tensor.elem_type),
+        element_type: ElementType::from(element_type_name(tensor.elem_type)),
         shape,
     }
 }

@@ -1,0 +1,226 @@
+//! What a device can run, and what a workload requires of it. The hub checks a workload's
+//! requirements against each device's capabilities (from its birth message) before sending it,
+//! so an unsupported workload is `Unschedulable` before anything is downloaded; the agent runs
+//! the same check against its own capabilities, which catches a hub newer than the agent.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::workload::{AuthMode, Protocol, RuntimeKind, Workload, WorkloadKind};
+
+/// A device's self-description (the birth message's `capabilities`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub arch: String,
+    pub os: String,
+    pub cpu_count: u32,
+    pub memory_bytes: u64,
+    /// Runtimes whose libraries are present and working on this device, by name.
+    pub runtimes: Vec<String>,
+    #[serde(default)]
+    pub opencl_devices: Vec<OpenClDevice>,
+    /// Feature tokens (see [`Requirement::token`]); unknown tokens from newer agents are kept.
+    #[serde(default)]
+    pub features: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenClDevice {
+    pub platform: String,
+    pub name: String,
+    pub kind: String,
+}
+
+/// One thing a workload needs from the device that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Requirement {
+    ModelWorkloads,
+    ContainerWorkloads,
+    Runtime(RuntimeKind),
+    Protocol(Protocol),
+    Auth(AuthMode),
+    /// Several models behind one endpoint, sharing traffic by weight.
+    TrafficSplit,
+    EntryModule,
+    Batching,
+    Threads,
+    Cors,
+}
+
+impl Requirement {
+    /// The token a device lists in `Capabilities::features` (runtimes are listed by name in
+    /// `Capabilities::runtimes` instead, since they depend on the device's libraries).
+    pub fn token(self) -> String {
+        match self {
+            Requirement::ModelWorkloads => "kind/model".into(),
+            Requirement::ContainerWorkloads => "kind/container".into(),
+            Requirement::Runtime(runtime) => format!("runtime/{runtime}"),
+            Requirement::Protocol(protocol) => format!("protocol/{protocol}"),
+            Requirement::Auth(auth) => format!("auth/{auth}"),
+            Requirement::TrafficSplit => "traffic_split".into(),
+            Requirement::EntryModule => "entry_module".into(),
+            Requirement::Batching => "batching".into(),
+            Requirement::Threads => "threads".into(),
+            Requirement::Cors => "cors".into(),
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Requirement::ModelWorkloads => f.write_str("model workloads"),
+            Requirement::ContainerWorkloads => f.write_str("container workloads"),
+            Requirement::Runtime(runtime) => write!(f, "the {runtime} runtime"),
+            Requirement::Protocol(protocol) => write!(f, "the {protocol} scoring protocol"),
+            Requirement::Auth(auth) => write!(f, "endpoint auth {auth}"),
+            Requirement::TrafficSplit => f.write_str("traffic splits across several models"),
+            Requirement::EntryModule => f.write_str("entry modules"),
+            Requirement::Batching => f.write_str("request batching"),
+            Requirement::Threads => f.write_str("a thread count per inference"),
+            Requirement::Cors => f.write_str("CORS origins"),
+        }
+    }
+}
+
+/// Everything `workload` needs, in a stable order.
+pub fn requirements(workload: &Workload) -> Vec<Requirement> {
+    let mut needs = BTreeSet::new();
+    match &workload.kind {
+        WorkloadKind::Model(model) => {
+            needs.insert(Requirement::ModelWorkloads);
+            needs.insert(Requirement::Runtime(model.runtime));
+            if model.models.len() > 1 {
+                needs.insert(Requirement::TrafficSplit);
+            }
+            if model.entry_module.is_some() {
+                needs.insert(Requirement::EntryModule);
+            }
+            if model.options.max_batch_size > 1 {
+                needs.insert(Requirement::Batching);
+            }
+            if model.options.threads > 0 {
+                needs.insert(Requirement::Threads);
+            }
+        }
+        WorkloadKind::Container(_) => {
+            needs.insert(Requirement::ContainerWorkloads);
+        }
+    }
+    for protocol in &workload.endpoint.protocols {
+        needs.insert(Requirement::Protocol(*protocol));
+    }
+    needs.insert(Requirement::Auth(workload.endpoint.auth));
+    if !workload.endpoint.cors_origins.is_empty() {
+        needs.insert(Requirement::Cors);
+    }
+    needs.into_iter().collect()
+}
+
+impl Capabilities {
+    pub fn has(&self, requirement: Requirement) -> bool {
+        match requirement {
+            Requirement::Runtime(runtime) => self.runtimes.iter().any(|r| r == runtime.name()),
+            other => self.features.contains(&other.token()),
+        }
+    }
+
+    /// The first requirement of `workload` this device lacks, as a message for its state.
+    pub fn check(&self, workload: &Workload) -> Result<(), String> {
+        match requirements(workload).into_iter().find(|r| !self.has(*r)) {
+            None => Ok(()),
+            Some(Requirement::Runtime(runtime)) => Err(format!(
+                "runtime {runtime} is not available on this device (available: {})",
+                if self.runtimes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    self.runtimes.join(", ")
+                }
+            )),
+            Some(missing) => Err(format!("this device's agent does not support {missing}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{DeployedModel, Endpoint, ModelWorkload, RuntimeOptions};
+
+    fn model_workload(models: usize) -> Workload {
+        let model = DeployedModel {
+            model_id: "m".into(),
+            version: 1,
+            files: vec![],
+            entry_file: "model.onnx".into(),
+            inputs: vec![],
+            outputs: vec![],
+            sample_input: None,
+            weight: 0,
+        };
+        Workload {
+            deployment: "d".into(),
+            endpoint: Endpoint::azureml(5001),
+            kind: WorkloadKind::Model(ModelWorkload {
+                runtime: RuntimeKind::Tract,
+                models: vec![model; models],
+                options: RuntimeOptions::default(),
+                entry_module: None,
+            }),
+        }
+    }
+
+    fn tract_device() -> Capabilities {
+        Capabilities {
+            runtimes: vec!["tract".into()],
+            features: ["kind/model", "protocol/azureml", "auth/none"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ..Capabilities::default()
+        }
+    }
+
+    #[test]
+    fn a_plain_model_workload_fits_a_tract_device() {
+        assert_eq!(tract_device().check(&model_workload(1)), Ok(()));
+    }
+
+    #[test]
+    fn what_the_device_lacks_is_named() {
+        let device = tract_device();
+        let err = device.check(&model_workload(2)).expect_err("split");
+        assert_eq!(
+            err,
+            "this device's agent does not support traffic splits across several models"
+        );
+        let mut opencl = model_workload(1);
+        if let WorkloadKind::Model(model) = &mut opencl.kind {
+            model.runtime = RuntimeKind::Opencl;
+        }
+        assert_eq!(
+            device.check(&opencl).expect_err("opencl"),
+            "runtime opencl is not available on this device (available: tract)"
+        );
+        let mut keyed = model_workload(1);
+        keyed.endpoint.auth = AuthMode::Key;
+        assert!(
+            device
+                .check(&keyed)
+                .expect_err("key")
+                .contains("endpoint auth key")
+        );
+        let container = Workload {
+            kind: WorkloadKind::Container(Default::default()),
+            ..model_workload(1)
+        };
+        assert!(
+            device
+                .check(&container)
+                .expect_err("container")
+                .contains("container workloads")
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! Domain types that hub and agent share: the name rules, the one tensor-signature type, the
+//! workload a deployment becomes on a device, and what a device can run.
+//!
+//! Architecture invariant: plain Rust. Protobuf types appear only in `wire`, the `TryFrom`
+//! conversions that the hub's and the agent's MQTT links call, and nowhere else.
+
+pub mod capabilities;
+pub mod names;
+pub mod report;
+pub mod signature;
+pub mod wire;
+pub mod workload;
+
+pub use capabilities::{Capabilities, OpenClDevice, Requirement};
+pub use report::{Birth, EndpointMetrics, ReportedState, ServiceState, WorkloadStatus};
+pub use signature::{Dim, ElementType, OnnxSignature, TensorSpec};
+pub use workload::{
+    AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
+    ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+};

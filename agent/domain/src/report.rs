@@ -1,0 +1,87 @@
+//! What devices say about themselves: births (with capabilities) and reported state.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::capabilities::Capabilities;
+
+/// Service states, as Azure ML names them; ordered from best to worst, so the worst over a
+/// deployment's devices is its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ServiceState {
+    Healthy,
+    Transitioning,
+    Unhealthy,
+    Unschedulable,
+    Failed,
+}
+
+impl fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServiceState::Healthy => "Healthy",
+            ServiceState::Transitioning => "Transitioning",
+            ServiceState::Unhealthy => "Unhealthy",
+            ServiceState::Unschedulable => "Unschedulable",
+            ServiceState::Failed => "Failed",
+        })
+    }
+}
+
+/// A device announcing itself (online), or its Last Will (offline).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Birth {
+    pub device_id: String,
+    pub online: bool,
+    pub agent_version: String,
+    pub capabilities: Capabilities,
+    pub labels: BTreeMap<String, String>,
+    pub at_ms: i64,
+}
+
+/// A device's report: the newest generation it has processed and each workload's state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReportedState {
+    pub device_id: String,
+    pub applied_generation: u64,
+    pub workloads: Vec<WorkloadStatus>,
+    pub reported_at_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub deployment: String,
+    pub state: ServiceState,
+    /// Why the workload is not healthy; empty when it is.
+    pub error: String,
+    /// What serves now (`model:version`, several joined by `, `).
+    pub serving_model: String,
+    /// What the desired state asks for, in the same form.
+    pub desired_model: String,
+    pub port: u16,
+    #[serde(default)]
+    pub metrics: EndpointMetrics,
+}
+
+impl WorkloadStatus {
+    pub fn new(deployment: &str, desired_model: &str, port: u16) -> Self {
+        Self {
+            deployment: deployment.to_owned(),
+            state: ServiceState::Transitioning,
+            error: String::new(),
+            serving_model: String::new(),
+            desired_model: desired_model.to_owned(),
+            port,
+            metrics: EndpointMetrics::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EndpointMetrics {
+    pub requests: u64,
+    pub errors: u64,
+    pub mean_latency_ms: f64,
+}

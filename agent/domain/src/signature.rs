@@ -1,0 +1,192 @@
+//! The one tensor-signature type: what a model takes and returns. The registry records it at
+//! registration, desired states carry it to devices, runtimes check requests against it and
+//! the scoring adapters describe it (OpenAPI, OIP metadata).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Name, element type and shape of one model input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub element_type: ElementType,
+    pub shape: Vec<Dim>,
+}
+
+impl fmt::Display for TensorSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let dims: Vec<String> = self.shape.iter().map(Dim::to_string).collect();
+        write!(
+            f,
+            "{}: {}[{}]",
+            self.name,
+            self.element_type,
+            dims.join(", ")
+        )
+    }
+}
+
+/// What an ONNX file takes and returns, read from the file at registration, and whether tract
+/// can plan it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnnxSignature {
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub ir_version: i64,
+    pub opsets: Vec<String>,
+    pub producer: String,
+    /// `None` when tract can plan the model; else why it cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tract_incompatibility: Option<String>,
+}
+
+/// Element types, named as ONNX tools print them (`float32`, `int64`, …). Types no runtime
+/// computes with yet are kept by name, so a signature is never lost, only refused at scoring.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub enum ElementType {
+    F32,
+    F64,
+    I32,
+    I64,
+    Bool,
+    /// Any other type (`float16`, `string`, `uint8`, …), by name.
+    Other(String),
+}
+
+impl ElementType {
+    pub fn name(&self) -> &str {
+        match self {
+            ElementType::F32 => "float32",
+            ElementType::F64 => "float64",
+            ElementType::I32 => "int32",
+            ElementType::I64 => "int64",
+            ElementType::Bool => "bool",
+            ElementType::Other(name) => name,
+        }
+    }
+
+    /// Whether scoring can carry this type (as JSON numbers or booleans).
+    pub fn is_supported(&self) -> bool {
+        !matches!(self, ElementType::Other(_))
+    }
+}
+
+impl From<&str> for ElementType {
+    fn from(name: &str) -> Self {
+        match name {
+            "float32" => ElementType::F32,
+            "float64" => ElementType::F64,
+            "int32" => ElementType::I32,
+            "int64" => ElementType::I64,
+            "bool" => ElementType::Bool,
+            other => ElementType::Other(other.to_owned()),
+        }
+    }
+}
+
+impl From<String> for ElementType {
+    fn from(name: String) -> Self {
+        ElementType::from(name.as_str())
+    }
+}
+
+impl From<ElementType> for String {
+    fn from(element_type: ElementType) -> Self {
+        element_type.name().to_owned()
+    }
+}
+
+impl fmt::Display for ElementType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One dimension of a shape. Serialized as a number (fixed), a string (a named symbol such as
+/// `batch`) or `null` (unknown), the way ONNX tools print shapes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(from = "Option<DimRepr>", into = "Option<DimRepr>")]
+pub enum Dim {
+    Fixed(u64),
+    Symbol(String),
+    Unknown,
+}
+
+impl Dim {
+    /// Whether any size is accepted on this axis.
+    pub fn is_open(&self) -> bool {
+        !matches!(self, Dim::Fixed(_))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum DimRepr {
+    Fixed(u64),
+    Symbol(String),
+}
+
+impl From<Option<DimRepr>> for Dim {
+    fn from(repr: Option<DimRepr>) -> Self {
+        match repr {
+            Some(DimRepr::Fixed(size)) => Dim::Fixed(size),
+            Some(DimRepr::Symbol(symbol)) => Dim::Symbol(symbol),
+            None => Dim::Unknown,
+        }
+    }
+}
+
+impl From<Dim> for Option<DimRepr> {
+    fn from(dim: Dim) -> Self {
+        match dim {
+            Dim::Fixed(size) => Some(DimRepr::Fixed(size)),
+            Dim::Symbol(symbol) => Some(DimRepr::Symbol(symbol)),
+            Dim::Unknown => None,
+        }
+    }
+}
+
+impl fmt::Display for Dim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Dim::Fixed(size) => write!(f, "{size}"),
+            Dim::Symbol(symbol) => f.write_str(symbol),
+            Dim::Unknown => f.write_str("?"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_serialize_the_way_onnx_tools_print_them() {
+        let spec = TensorSpec {
+            name: "x".into(),
+            element_type: ElementType::F32,
+            shape: vec![Dim::Symbol("batch".into()), Dim::Unknown, Dim::Fixed(3)],
+        };
+        let json = serde_json::to_string(&spec).expect("serialize");
+        assert_eq!(
+            json,
+            r#"{"name":"x","element_type":"float32","shape":["batch",null,3]}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<TensorSpec>(&json).expect("parse"),
+            spec
+        );
+        assert_eq!(spec.to_string(), "x: float32[batch, ?, 3]");
+    }
+
+    #[test]
+    fn unknown_element_types_keep_their_name() {
+        let half = ElementType::from("float16");
+        assert_eq!(half, ElementType::Other("float16".into()));
+        assert!(!half.is_supported());
+        assert_eq!(half.to_string(), "float16");
+        assert!(ElementType::from("int64").is_supported());
+    }
+}

@@ -1,0 +1,721 @@
+//! Conversions between the device protocol's protobuf messages and the domain types. Wire →
+//! domain validates and says precisely what is wrong or unsupported; domain → wire cannot fail.
+//! Only the hub's and the agent's MQTT links call these.
+
+use std::collections::BTreeMap;
+
+use edgeship_proto::v1 as pb;
+
+use crate::capabilities::{Capabilities, OpenClDevice};
+use crate::names;
+use crate::report::{Birth, EndpointMetrics, ReportedState, ServiceState, WorkloadStatus};
+use crate::signature::{Dim, ElementType, TensorSpec};
+use crate::workload::{
+    AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
+    ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+};
+
+/// Why a wire message could not become a domain value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Well-formed, but names something this side does not know (a newer peer).
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<names::InvalidName> for WireError {
+    fn from(err: names::InvalidName) -> Self {
+        WireError::Invalid(err.0)
+    }
+}
+
+// ---- signatures ---------------------------------------------------------------------------
+
+impl From<&TensorSpec> for pb::TensorSpec {
+    fn from(spec: &TensorSpec) -> Self {
+        pb::TensorSpec {
+            name: spec.name.clone(),
+            element_type: spec.element_type.name().to_owned(),
+            shape: spec
+                .shape
+                .iter()
+                .map(|dim| pb::Dim {
+                    value: match dim {
+                        Dim::Fixed(size) => Some(pb::dim::Value::Fixed(*size)),
+                        Dim::Symbol(symbol) => Some(pb::dim::Value::Symbol(symbol.clone())),
+                        Dim::Unknown => None,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::TensorSpec> for TensorSpec {
+    fn from(spec: pb::TensorSpec) -> Self {
+        TensorSpec {
+            name: spec.name,
+            element_type: ElementType::from(spec.element_type),
+            shape: spec
+                .shape
+                .into_iter()
+                .map(|dim| match dim.value {
+                    Some(pb::dim::Value::Fixed(size)) => Dim::Fixed(size),
+                    Some(pb::dim::Value::Symbol(symbol)) => Dim::Symbol(symbol),
+                    None => Dim::Unknown,
+                })
+                .collect(),
+        }
+    }
+}
+
+// ---- workloads ----------------------------------------------------------------------------
+
+impl From<&BlobRef> for pb::BlobRef {
+    fn from(blob: &BlobRef) -> Self {
+        pb::BlobRef {
+            path: blob.path.clone(),
+            sha256: blob.sha256.clone(),
+            size_bytes: blob.size_bytes,
+        }
+    }
+}
+
+impl TryFrom<pb::BlobRef> for BlobRef {
+    type Error = WireError;
+
+    fn try_from(blob: pb::BlobRef) -> Result<Self, WireError> {
+        names::relative_path(&blob.path)?;
+        names::sha256(&blob.sha256)?;
+        Ok(BlobRef {
+            path: blob.path,
+            sha256: blob.sha256,
+            size_bytes: blob.size_bytes,
+        })
+    }
+}
+
+fn blobs(files: Vec<pb::BlobRef>, entry_file: &str, what: &str) -> Result<Vec<BlobRef>, WireError> {
+    let files = files
+        .into_iter()
+        .map(BlobRef::try_from)
+        .collect::<Result<Vec<_>, _>>()?;
+    if !files.iter().any(|f| f.path == entry_file) {
+        return Err(WireError::Invalid(format!(
+            "the entry file {entry_file:?} is not among the files of {what}"
+        )));
+    }
+    Ok(files)
+}
+
+fn runtime_kind(code: i32) -> Result<RuntimeKind, WireError> {
+    match pb::Runtime::try_from(code) {
+        Ok(pb::Runtime::Tract) => Ok(RuntimeKind::Tract),
+        Ok(pb::Runtime::Opencl) => Ok(RuntimeKind::Opencl),
+        Ok(pb::Runtime::Unspecified) => {
+            Err(WireError::Invalid("the workload names no runtime".into()))
+        }
+        Err(_) => Err(WireError::Unsupported(format!(
+            "runtime number {code} is not known to this agent (version {})",
+            env!("CARGO_PKG_VERSION")
+        ))),
+    }
+}
+
+fn wire_runtime(runtime: RuntimeKind) -> pb::Runtime {
+    match runtime {
+        RuntimeKind::Tract => pb::Runtime::Tract,
+        RuntimeKind::Opencl => pb::Runtime::Opencl,
+    }
+}
+
+fn auth_mode(code: i32) -> Result<AuthMode, WireError> {
+    match pb::AuthMode::try_from(code) {
+        Ok(pb::AuthMode::Unspecified | pb::AuthMode::None) => Ok(AuthMode::None),
+        Ok(pb::AuthMode::Key) => Ok(AuthMode::Key),
+        Ok(pb::AuthMode::Token) => Ok(AuthMode::Token),
+        Err(_) => Err(WireError::Unsupported(format!(
+            "endpoint auth number {code} is not known to this agent"
+        ))),
+    }
+}
+
+fn wire_auth(auth: AuthMode) -> pb::AuthMode {
+    match auth {
+        AuthMode::None => pb::AuthMode::None,
+        AuthMode::Key => pb::AuthMode::Key,
+        AuthMode::Token => pb::AuthMode::Token,
+    }
+}
+
+fn protocol(code: i32) -> Result<Protocol, WireError> {
+    match pb::Protocol::try_from(code) {
+        Ok(pb::Protocol::Azureml) => Ok(Protocol::Azureml),
+        Ok(pb::Protocol::V2) => Ok(Protocol::V2),
+        Ok(pb::Protocol::Unspecified) => Err(WireError::Invalid(
+            "an endpoint protocol is unspecified".into(),
+        )),
+        Err(_) => Err(WireError::Unsupported(format!(
+            "protocol number {code} is not known to this agent"
+        ))),
+    }
+}
+
+fn wire_protocol(protocol: Protocol) -> pb::Protocol {
+    match protocol {
+        Protocol::Azureml => pb::Protocol::Azureml,
+        Protocol::V2 => pb::Protocol::V2,
+    }
+}
+
+fn port(value: u32, what: &str) -> Result<u16, WireError> {
+    u16::try_from(value)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| WireError::Invalid(format!("{what} {value} is not a port (1-65535)")))
+}
+
+impl From<&Endpoint> for pb::Endpoint {
+    fn from(endpoint: &Endpoint) -> Self {
+        pb::Endpoint {
+            port: u32::from(endpoint.port),
+            auth: wire_auth(endpoint.auth).into(),
+            protocols: endpoint
+                .protocols
+                .iter()
+                .map(|p| wire_protocol(*p).into())
+                .collect(),
+            cors_origins: endpoint.cors_origins.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::Endpoint> for Endpoint {
+    type Error = WireError;
+
+    fn try_from(endpoint: pb::Endpoint) -> Result<Self, WireError> {
+        let mut protocols = endpoint
+            .protocols
+            .into_iter()
+            .map(protocol)
+            .collect::<Result<Vec<_>, _>>()?;
+        if protocols.is_empty() {
+            protocols.push(Protocol::Azureml);
+        }
+        Ok(Endpoint {
+            port: port(endpoint.port, "the endpoint port")?,
+            auth: auth_mode(endpoint.auth)?,
+            protocols,
+            cors_origins: endpoint.cors_origins,
+        })
+    }
+}
+
+impl From<&DeployedModel> for pb::DeployedModel {
+    fn from(model: &DeployedModel) -> Self {
+        pb::DeployedModel {
+            model_id: model.model_id.clone(),
+            version: model.version,
+            files: model.files.iter().map(pb::BlobRef::from).collect(),
+            entry_file: model.entry_file.clone(),
+            inputs: model.inputs.iter().map(pb::TensorSpec::from).collect(),
+            outputs: model.outputs.iter().map(pb::TensorSpec::from).collect(),
+            sample_input: model.sample_input.clone().unwrap_or_default(),
+            weight: model.weight,
+        }
+    }
+}
+
+impl TryFrom<pb::DeployedModel> for DeployedModel {
+    type Error = WireError;
+
+    fn try_from(model: pb::DeployedModel) -> Result<Self, WireError> {
+        names::model_id(&model.model_id)?;
+        if model.version == 0 {
+            return Err(WireError::Invalid(format!(
+                "model {} has version 0; versions start at 1",
+                model.model_id
+            )));
+        }
+        let what = format!("model {}:{}", model.model_id, model.version);
+        Ok(DeployedModel {
+            files: blobs(model.files, &model.entry_file, &what)?,
+            model_id: model.model_id,
+            version: model.version,
+            entry_file: model.entry_file,
+            inputs: model.inputs.into_iter().map(TensorSpec::from).collect(),
+            outputs: model.outputs.into_iter().map(TensorSpec::from).collect(),
+            sample_input: (!model.sample_input.is_empty()).then_some(model.sample_input),
+            weight: model.weight,
+        })
+    }
+}
+
+impl From<&ModelWorkload> for pb::ModelWorkload {
+    fn from(model: &ModelWorkload) -> Self {
+        pb::ModelWorkload {
+            runtime: wire_runtime(model.runtime).into(),
+            models: model.models.iter().map(pb::DeployedModel::from).collect(),
+            options: Some(pb::RuntimeOptions {
+                threads: model.options.threads,
+                max_batch_size: model.options.max_batch_size,
+                max_queue_delay_ms: model.options.max_queue_delay_ms,
+                opencl_device: model.options.opencl_device.clone(),
+            }),
+            entry_module: model.entry_module.as_ref().map(|m| pb::EntryModule {
+                module_id: m.module_id.clone(),
+                version: m.version,
+                files: m.files.iter().map(pb::BlobRef::from).collect(),
+                entry_file: m.entry_file.clone(),
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::ModelWorkload> for ModelWorkload {
+    type Error = WireError;
+
+    fn try_from(model: pb::ModelWorkload) -> Result<Self, WireError> {
+        let runtime = runtime_kind(model.runtime)?;
+        if model.models.is_empty() {
+            return Err(WireError::Invalid("the workload has no model".into()));
+        }
+        let models = model
+            .models
+            .into_iter()
+            .map(DeployedModel::try_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        let options = model.options.unwrap_or_default();
+        let entry_module = match model.entry_module {
+            None => None,
+            Some(module) => {
+                names::id(names::NameKind::Module, &module.module_id)?;
+                let what = format!("module {}:{}", module.module_id, module.version);
+                Some(EntryModule {
+                    files: blobs(module.files, &module.entry_file, &what)?,
+                    module_id: module.module_id,
+                    version: module.version,
+                    entry_file: module.entry_file,
+                })
+            }
+        };
+        Ok(ModelWorkload {
+            runtime,
+            models,
+            options: RuntimeOptions {
+                threads: options.threads,
+                max_batch_size: options.max_batch_size,
+                max_queue_delay_ms: options.max_queue_delay_ms,
+                opencl_device: options.opencl_device,
+            },
+            entry_module,
+        })
+    }
+}
+
+impl From<&ContainerWorkload> for pb::ContainerWorkload {
+    fn from(container: &ContainerWorkload) -> Self {
+        pb::ContainerWorkload {
+            image: container.image.clone(),
+            image_digest: container.image_digest.clone(),
+            env: container.env.clone().into_iter().collect(),
+            container_port: u32::from(container.container_port),
+            cpu_millis: container.cpu_millis,
+            memory_bytes: container.memory_bytes,
+            health_path: container.health_path.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::ContainerWorkload> for ContainerWorkload {
+    type Error = WireError;
+
+    fn try_from(container: pb::ContainerWorkload) -> Result<Self, WireError> {
+        if container.image.is_empty() {
+            return Err(WireError::Invalid(
+                "the container workload names no image".into(),
+            ));
+        }
+        Ok(ContainerWorkload {
+            container_port: port(container.container_port, "the container port")?,
+            image: container.image,
+            image_digest: container.image_digest,
+            env: container.env.into_iter().collect(),
+            cpu_millis: container.cpu_millis,
+            memory_bytes: container.memory_bytes,
+            health_path: container.health_path,
+        })
+    }
+}
+
+impl From<&Workload> for pb::Workload {
+    fn from(workload: &Workload) -> Self {
+        pb::Workload {
+            deployment: workload.deployment.clone(),
+            endpoint: Some(pb::Endpoint::from(&workload.endpoint)),
+            kind: Some(match &workload.kind {
+                WorkloadKind::Model(model) => pb::workload::Kind::Model(model.into()),
+                WorkloadKind::Container(container) => {
+                    pb::workload::Kind::Container(container.into())
+                }
+            }),
+        }
+    }
+}
+
+impl TryFrom<pb::Workload> for Workload {
+    type Error = WireError;
+
+    fn try_from(workload: pb::Workload) -> Result<Self, WireError> {
+        names::deployment_id(&workload.deployment)?;
+        let endpoint = workload
+            .endpoint
+            .ok_or_else(|| WireError::Invalid("the workload has no endpoint".into()))?;
+        let kind = match workload.kind {
+            Some(pb::workload::Kind::Model(model)) => WorkloadKind::Model(model.try_into()?),
+            Some(pb::workload::Kind::Container(container)) => {
+                WorkloadKind::Container(container.try_into()?)
+            }
+            // A oneof member this build does not know decodes as no member at all.
+            None => {
+                return Err(WireError::Unsupported(format!(
+                    "the workload's kind is not known to this agent (version {})",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            }
+        };
+        Ok(Workload {
+            deployment: workload.deployment,
+            endpoint: endpoint.try_into()?,
+            kind,
+        })
+    }
+}
+
+impl From<&DesiredState> for pb::DesiredState {
+    fn from(desired: &DesiredState) -> Self {
+        pb::DesiredState {
+            device_id: desired.device_id.clone(),
+            generation: desired.generation,
+            workloads: desired.workloads.iter().map(pb::Workload::from).collect(),
+            signature: Default::default(),
+            issued_at_ms: desired.issued_at_ms,
+        }
+    }
+}
+
+/// A desired state is taken whole even when some of its workloads are not: those are listed in
+/// `rejected`, so each gets its own state on the device while the others apply.
+impl TryFrom<pb::DesiredState> for DesiredState {
+    type Error = WireError;
+
+    fn try_from(desired: pb::DesiredState) -> Result<Self, WireError> {
+        names::device_id(&desired.device_id)?;
+        let mut workloads = Vec::new();
+        let mut rejected = Vec::new();
+        for workload in desired.workloads {
+            let deployment = workload.deployment.clone();
+            let port = workload
+                .endpoint
+                .as_ref()
+                .and_then(|e| u16::try_from(e.port).ok())
+                .unwrap_or(0);
+            match Workload::try_from(workload) {
+                Ok(workload) => workloads.push(workload),
+                Err(err) => rejected.push(RejectedWorkload {
+                    deployment,
+                    port,
+                    unsupported: matches!(err, WireError::Unsupported(_)),
+                    reason: err.to_string(),
+                }),
+            }
+        }
+        Ok(DesiredState {
+            device_id: desired.device_id,
+            generation: desired.generation,
+            workloads,
+            rejected,
+            issued_at_ms: desired.issued_at_ms,
+        })
+    }
+}
+
+// ---- births and reports -------------------------------------------------------------------
+
+impl From<&Capabilities> for pb::Capabilities {
+    fn from(c: &Capabilities) -> Self {
+        pb::Capabilities {
+            arch: c.arch.clone(),
+            os: c.os.clone(),
+            cpu_count: c.cpu_count,
+            memory_bytes: c.memory_bytes,
+            runtimes: c.runtimes.clone(),
+            opencl_devices: c
+                .opencl_devices
+                .iter()
+                .map(|d| pb::OpenClDevice {
+                    platform: d.platform.clone(),
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                })
+                .collect(),
+            features: c.features.iter().cloned().collect(),
+        }
+    }
+}
+
+impl From<pb::Capabilities> for Capabilities {
+    fn from(c: pb::Capabilities) -> Self {
+        Capabilities {
+            arch: c.arch,
+            os: c.os,
+            cpu_count: c.cpu_count,
+            memory_bytes: c.memory_bytes,
+            runtimes: c.runtimes,
+            opencl_devices: c
+                .opencl_devices
+                .into_iter()
+                .map(|d| OpenClDevice {
+                    platform: d.platform,
+                    name: d.name,
+                    kind: d.kind,
+                })
+                .collect(),
+            features: c.features.into_iter().collect(),
+        }
+    }
+}
+
+impl From<&Birth> for pb::Birth {
+    fn from(birth: &Birth) -> Self {
+        pb::Birth {
+            device_id: birth.device_id.clone(),
+            online: birth.online,
+            agent_version: birth.agent_version.clone(),
+            capabilities: Some((&birth.capabilities).into()),
+            labels: birth.labels.clone().into_iter().collect(),
+            at_ms: birth.at_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::Birth> for Birth {
+    type Error = WireError;
+
+    fn try_from(birth: pb::Birth) -> Result<Self, WireError> {
+        names::device_id(&birth.device_id)?;
+        Ok(Birth {
+            device_id: birth.device_id,
+            online: birth.online,
+            agent_version: birth.agent_version,
+            capabilities: birth
+                .capabilities
+                .map(Capabilities::from)
+                .unwrap_or_default(),
+            labels: birth.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            at_ms: birth.at_ms,
+        })
+    }
+}
+
+pub fn wire_state(state: ServiceState) -> pb::ServiceState {
+    match state {
+        ServiceState::Healthy => pb::ServiceState::Healthy,
+        ServiceState::Transitioning => pb::ServiceState::Transitioning,
+        ServiceState::Unhealthy => pb::ServiceState::Unhealthy,
+        ServiceState::Unschedulable => pb::ServiceState::Unschedulable,
+        ServiceState::Failed => pb::ServiceState::Failed,
+    }
+}
+
+/// Unknown or unspecified states read as `Transitioning`: not yet known to be anything else.
+pub fn service_state(code: i32) -> ServiceState {
+    match pb::ServiceState::try_from(code) {
+        Ok(pb::ServiceState::Healthy) => ServiceState::Healthy,
+        Ok(pb::ServiceState::Unhealthy) => ServiceState::Unhealthy,
+        Ok(pb::ServiceState::Unschedulable) => ServiceState::Unschedulable,
+        Ok(pb::ServiceState::Failed) => ServiceState::Failed,
+        _ => ServiceState::Transitioning,
+    }
+}
+
+impl From<&WorkloadStatus> for pb::WorkloadStatus {
+    fn from(status: &WorkloadStatus) -> Self {
+        pb::WorkloadStatus {
+            deployment: status.deployment.clone(),
+            state: wire_state(status.state).into(),
+            error: status.error.clone(),
+            serving_model: status.serving_model.clone(),
+            desired_model: status.desired_model.clone(),
+            port: u32::from(status.port),
+            metrics: Some(pb::EndpointMetrics {
+                requests: status.metrics.requests,
+                errors: status.metrics.errors,
+                mean_latency_ms: status.metrics.mean_latency_ms,
+            }),
+        }
+    }
+}
+
+impl From<pb::WorkloadStatus> for WorkloadStatus {
+    fn from(status: pb::WorkloadStatus) -> Self {
+        let metrics = status.metrics.unwrap_or_default();
+        WorkloadStatus {
+            state: service_state(status.state),
+            deployment: status.deployment,
+            error: status.error,
+            serving_model: status.serving_model,
+            desired_model: status.desired_model,
+            port: u16::try_from(status.port).unwrap_or(0),
+            metrics: EndpointMetrics {
+                requests: metrics.requests,
+                errors: metrics.errors,
+                mean_latency_ms: metrics.mean_latency_ms,
+            },
+        }
+    }
+}
+
+impl From<&ReportedState> for pb::ReportedState {
+    fn from(report: &ReportedState) -> Self {
+        pb::ReportedState {
+            device_id: report.device_id.clone(),
+            applied_generation: report.applied_generation,
+            workloads: report
+                .workloads
+                .iter()
+                .map(pb::WorkloadStatus::from)
+                .collect(),
+            reported_at_ms: report.reported_at_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::ReportedState> for ReportedState {
+    type Error = WireError;
+
+    fn try_from(report: pb::ReportedState) -> Result<Self, WireError> {
+        names::device_id(&report.device_id)?;
+        Ok(ReportedState {
+            device_id: report.device_id,
+            applied_generation: report.applied_generation,
+            workloads: report
+                .workloads
+                .into_iter()
+                .map(WorkloadStatus::from)
+                .collect(),
+            reported_at_ms: report.reported_at_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wire_workload() -> pb::Workload {
+        pb::Workload {
+            deployment: "web".into(),
+            endpoint: Some(pb::Endpoint {
+                port: 5001,
+                ..Default::default()
+            }),
+            kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
+                runtime: pb::Runtime::Tract.into(),
+                models: vec![pb::DeployedModel {
+                    model_id: "m".into(),
+                    version: 2,
+                    files: vec![pb::BlobRef {
+                        path: "model.onnx".into(),
+                        sha256: "a".repeat(64),
+                        size_bytes: 10,
+                    }],
+                    entry_file: "model.onnx".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_workload_survives_the_round_trip_with_defaults_filled() {
+        let workload = Workload::try_from(wire_workload()).expect("valid");
+        assert_eq!(workload.endpoint, Endpoint::azureml(5001));
+        assert_eq!(workload.describe(), "m:2");
+        assert_eq!(
+            Workload::try_from(pb::Workload::from(&workload)),
+            Ok(workload)
+        );
+    }
+
+    #[test]
+    fn what_a_newer_hub_sends_is_unsupported_and_bad_fields_are_invalid() {
+        let unknown_kind = pb::Workload {
+            kind: None,
+            ..wire_workload()
+        };
+        assert!(matches!(
+            Workload::try_from(unknown_kind),
+            Err(WireError::Unsupported(m)) if m.contains("kind is not known")
+        ));
+        let mut unknown_runtime = wire_workload();
+        if let Some(pb::workload::Kind::Model(model)) = &mut unknown_runtime.kind {
+            model.runtime = 42;
+        }
+        assert!(matches!(
+            Workload::try_from(unknown_runtime),
+            Err(WireError::Unsupported(m)) if m.contains("runtime number 42")
+        ));
+        let mut escaping = wire_workload();
+        if let Some(pb::workload::Kind::Model(model)) = &mut escaping.kind {
+            model.models[0].files[0].path = "../../etc/passwd".into();
+            model.models[0].entry_file = "../../etc/passwd".into();
+        }
+        assert!(matches!(
+            Workload::try_from(escaping),
+            Err(WireError::Invalid(m)) if m.contains("invalid file path")
+        ));
+        let mut missing_entry = wire_workload();
+        if let Some(pb::workload::Kind::Model(model)) = &mut missing_entry.kind {
+            model.models[0].entry_file = "other.onnx".into();
+        }
+        assert!(matches!(
+            Workload::try_from(missing_entry),
+            Err(WireError::Invalid(m)) if m.contains("not among the files")
+        ));
+        let no_port = pb::Workload {
+            endpoint: Some(pb::Endpoint::default()),
+            ..wire_workload()
+        };
+        assert!(matches!(
+            Workload::try_from(no_port),
+            Err(WireError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_desired_state_keeps_the_workloads_it_can_take() {
+        let desired = pb::DesiredState {
+            device_id: "d1".into(),
+            generation: 3,
+            workloads: vec![
+                wire_workload(),
+                pb::Workload {
+                    deployment: "future".into(),
+                    kind: None,
+                    ..wire_workload()
+                },
+            ],
+            ..Default::default()
+        };
+        let desired = DesiredState::try_from(desired).expect("valid");
+        assert_eq!(desired.workloads.len(), 1);
+        assert_eq!(desired.rejected.len(), 1);
+        assert_eq!(desired.rejected[0].deployment, "future");
+        assert_eq!(desired.rejected[0].port, 5001);
+        assert!(desired.rejected[0].unsupported);
+    }
+}

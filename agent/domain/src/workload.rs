@@ -1,0 +1,285 @@
+//! What a device is asked to run: a desired state is a list of workloads, one per deployment.
+//! A workload is a tagged union (models in a runtime, or a container) behind an endpoint.
+//!
+//! The hub builds these from deployments and the registry; the agent plans and applies them;
+//! `wire` converts them to and from the device protocol at each side's MQTT link.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::signature::TensorSpec;
+
+/// Everything one device should run: the whole truth, not a diff.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DesiredState {
+    pub device_id: String,
+    /// Strictly increasing per device.
+    pub generation: u64,
+    pub workloads: Vec<Workload>,
+    /// Workloads of the message that this side could not take (a newer hub's workload kind,
+    /// a bad field): each becomes `Unschedulable` or `Failed` on the device, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedWorkload>,
+    /// Milliseconds since the Unix epoch, when the hub computed it.
+    pub issued_at_ms: i64,
+}
+
+/// A workload of a desired state that could not be decoded into a [`Workload`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedWorkload {
+    pub deployment: String,
+    pub port: u16,
+    /// `true`: valid but not supported here (`Unschedulable`); `false`: invalid (`Failed`).
+    pub unsupported: bool,
+    pub reason: String,
+}
+
+impl DesiredState {
+    /// Every blob the state names (models and entry modules), for entitlement and cache GC.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        self.workloads.iter().flat_map(Workload::blobs)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The deployment's name; unique on a device.
+    pub deployment: String,
+    pub endpoint: Endpoint,
+    pub kind: WorkloadKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkloadKind {
+    Model(ModelWorkload),
+    Container(ContainerWorkload),
+}
+
+impl Workload {
+    /// The blobs this workload needs on the device.
+    pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
+        let (models, module): (&[DeployedModel], Option<&EntryModule>) = match &self.kind {
+            WorkloadKind::Model(model) => (&model.models, model.entry_module.as_ref()),
+            WorkloadKind::Container(_) => (&[], None),
+        };
+        models
+            .iter()
+            .flat_map(|m| m.files.iter())
+            .chain(module.into_iter().flat_map(|m| m.files.iter()))
+    }
+
+    /// What runs, for people: `diabetes:2`, `a:1, b:2`, or the container image.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            WorkloadKind::Model(model) => model
+                .models
+                .iter()
+                .map(DeployedModel::model_ref)
+                .collect::<Vec<_>>()
+                .join(", "),
+            WorkloadKind::Container(container) => container.image.clone(),
+        }
+    }
+
+    pub fn as_model(&self) -> Option<&ModelWorkload> {
+        match &self.kind {
+            WorkloadKind::Model(model) => Some(model),
+            WorkloadKind::Container(_) => None,
+        }
+    }
+}
+
+/// Which engine runs a model workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    Tract,
+    Opencl,
+}
+
+impl RuntimeKind {
+    pub const ALL: [RuntimeKind; 2] = [RuntimeKind::Tract, RuntimeKind::Opencl];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RuntimeKind::Tract => "tract",
+            RuntimeKind::Opencl => "opencl",
+        }
+    }
+
+    /// Parses a runtime name as users write it in manifests and on the command line.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|r| r.name()).collect();
+                format!("unknown runtime {name:?}: use one of {}", known.join(", "))
+            })
+    }
+}
+
+impl fmt::Display for RuntimeKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelWorkload {
+    pub runtime: RuntimeKind,
+    /// One model, or several sharing the traffic by weight.
+    pub models: Vec<DeployedModel>,
+    pub options: RuntimeOptions,
+    pub entry_module: Option<EntryModule>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployedModel {
+    pub model_id: String,
+    pub version: u32,
+    pub files: Vec<BlobRef>,
+    /// The file the runtime loads, a path among `files`.
+    pub entry_file: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// JSON body in the registry's sample convention (`{"data": ...}`).
+    pub sample_input: Option<String>,
+    /// Relative share of traffic; 0 with a single model.
+    pub weight: u32,
+}
+
+impl DeployedModel {
+    /// `model_id:version`.
+    pub fn model_ref(&self) -> String {
+        format!("{}:{}", self.model_id, self.version)
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeOptions {
+    /// 0 lets the runtime decide.
+    pub threads: u32,
+    /// 0 or 1: no batching.
+    pub max_batch_size: u32,
+    pub max_queue_delay_ms: u32,
+    /// Empty picks the runtime's default device.
+    pub opencl_device: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryModule {
+    pub module_id: String,
+    pub version: u32,
+    pub files: Vec<BlobRef>,
+    pub entry_file: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerWorkload {
+    pub image: String,
+    pub image_digest: String,
+    pub env: BTreeMap<String, String>,
+    pub container_port: u16,
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub health_path: String,
+}
+
+/// A file as a device fetches it: where it goes, and which blob holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct BlobRef {
+    pub path: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    None,
+    Key,
+    Token,
+}
+
+impl AuthMode {
+    pub const ALL: [AuthMode; 3] = [AuthMode::None, AuthMode::Key, AuthMode::Token];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthMode::None => "none",
+            AuthMode::Key => "key",
+            AuthMode::Token => "token",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| format!("unknown endpoint auth {name:?}: use none, key or token"))
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Azure ML: `GET /`, `POST /score`, `GET /swagger.json`.
+    Azureml,
+    /// Open Inference Protocol v2.
+    V2,
+}
+
+impl Protocol {
+    pub const ALL: [Protocol; 2] = [Protocol::Azureml, Protocol::V2];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Azureml => "azureml",
+            Protocol::V2 => "v2",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| format!("unknown protocol {name:?}: use azureml or v2"))
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub port: u16,
+    pub auth: AuthMode,
+    /// Never empty: Azure ML alone when nothing else is asked for.
+    pub protocols: Vec<Protocol>,
+    pub cors_origins: Vec<String>,
+}
+
+impl Endpoint {
+    /// An Azure ML endpoint without auth on `port`: what deployments get by default.
+    pub fn azureml(port: u16) -> Self {
+        Self {
+            port,
+            auth: AuthMode::None,
+            protocols: vec![Protocol::Azureml],
+            cors_origins: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The default runtime: ONNX models on the CPU with tract. The plan is optimized once with a
+//! symbolic batch dimension, so one plan serves every batch size.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use edgeship_domain::{Dim, ElementType, RuntimeKind, TensorSpec};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::{DimFact, Factoid, ShapeFactoid};
+
+use crate::tensor::{Tensor as EdgeTensor, TensorData};
+use crate::{ModelBundle, Runnable, Runtime, RuntimeError};
+
+#[derive(Debug, Clone, Copy)]
+pub struct TractRuntime;
+
+type Plan = Arc<TypedRunnableModel>;
+
+#[derive(Debug)]
+struct TractModel {
+    plan: Plan,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+impl Runtime for TractRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Tract
+    }
+
+    fn check(&self) -> Result<(), RuntimeError> {
+        // Pure Rust on the CPU: available wherever the agent runs.
+        Ok(())
+    }
+
+    fn prepare(&self, bundle: &ModelBundle) -> Result<Arc<dyn Runnable>, RuntimeError> {
+        let load = |err: TractError| RuntimeError::Load(format!("{err:#}"));
+        let model = onnx().model_for_path(&bundle.entry).map_err(load)?;
+        if model.inputs.len() != bundle.inputs.len() {
+            return Err(RuntimeError::Load(format!(
+                "the file has {} inputs but the registered signature lists {}",
+                model.inputs.len(),
+                bundle.inputs.len()
+            )));
+        }
+        let plan = plan_symbolic(model, &bundle.inputs).map_err(load)?;
+        Ok(Arc::new(TractModel {
+            plan,
+            inputs: bundle.inputs.clone(),
+            outputs: bundle.outputs.clone(),
+        }))
+    }
+
+    fn can_plan(&self, path: &Path) -> Result<(), String> {
+        let model = onnx()
+            .model_for_path(path)
+            .map_err(|err| format!("{err:#}"))?;
+        plan_symbolic(model, &[])
+            .map(drop)
+            .map_err(|err| format!("{err:#}"))
+    }
+}
+
+/// Fixes every input's shape and builds the optimized plan. Dimensions the file fixes stay;
+/// one it leaves open becomes a symbol (named as `declared` says, else unique), so a single
+/// plan serves any batch size.
+pub(crate) fn plan_symbolic(
+    mut model: InferenceModel,
+    declared: &[TensorSpec],
+) -> TractResult<Plan> {
+    for index in 0..model.inputs.len() {
+        let fact = model.input_fact(index)?.clone();
+        let declared_dims = declared.get(index).map(|spec| spec.shape.as_slice());
+        let dims: TVec<DimFact> = fact
+            .shape
+            .dims()
+            .enumerate()
+            .map(
+                |(axis, dim)| match (dim.concretize(), declared_dims.and_then(|d| d.get(axis))) {
+                    (Some(dim), _) => dim.into(),
+                    (None, Some(Dim::Symbol(symbol))) => model.symbols.sym(symbol).to_dim().into(),
+                    (None, _) => model
+                        .symbols
+                        .sym(&format!("unk_{index}_{axis}"))
+                        .to_dim()
+                        .into(),
+                },
+            )
+            .collect();
+        let fact = InferenceFact {
+            shape: ShapeFactoid::closed(dims),
+            ..fact
+        };
+        model.set_input_fact(index, fact)?;
+    }
+    model.into_optimized()?.into_runnable()
+}
+
+impl Runnable for TractModel {
+    fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: Vec<EdgeTensor>) -> Result<Vec<EdgeTensor>, RuntimeError> {
+        let inputs: TVec<TValue> = inputs.into_iter().map(to_tract).collect::<Result<_, _>>()?;
+        let outputs = self
+            .plan
+            .run(inputs)
+            .map_err(|err| RuntimeError::Run(format!("{err:#}")))?;
+        outputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| from_tract(t, self.outputs.get(i)))
+            .collect()
+    }
+}
+
+fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
+    let shape = tensor.shape;
+    let bad = |err: TractError| RuntimeError::BadInput(format!("{err:#}"));
+    let t = match tensor.data {
+        TensorData::F32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::F64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::I32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::I64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+        TensorData::Bool(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+    }
+    .map_err(|err| bad(err.into()))?;
+    Ok(t.into_tvalue())
+}
+
+/// Converts an output, casting to the element type the signature declares when tract's
+/// internal type differs (tract may keep integer results as dimension values).
+fn from_tract(tensor: &Tensor, declared: Option<&TensorSpec>) -> Result<EdgeTensor, RuntimeError> {
+    let shape = tensor.shape().to_vec();
+    let wanted = declared.and_then(|d| match d.element_type {
+        ElementType::F32 => Some(DatumType::F32),
+        ElementType::F64 => Some(DatumType::F64),
+        ElementType::I32 => Some(DatumType::I32),
+        ElementType::I64 => Some(DatumType::I64),
+        ElementType::Bool => Some(DatumType::Bool),
+        ElementType::Other(_) => None,
+    });
+    let cast;
+    let tensor = match wanted {
+        Some(dt) if dt != tensor.datum_type() => {
+            cast = tensor.cast_to_dt(dt).map_err(|err| {
+                RuntimeError::Run(format!("converting an output to {dt:?}: {err:#}"))
+            })?;
+            cast.as_ref()
+        }
+        _ => tensor,
+    };
+    let data = match tensor.datum_type() {
+        DatumType::F32 => TensorData::F32(values(tensor)?),
+        DatumType::F64 => TensorData::F64(values(tensor)?),
+        DatumType::I32 => TensorData::I32(values(tensor)?),
+        DatumType::I64 => TensorData::I64(values(tensor)?),
+        DatumType::Bool => TensorData::Bool(values(tensor)?),
+        other => {
+            // Cast what JSON can carry as numbers (f16, small ints) instead of refusing.
+            let cast = tensor.cast_to::<f64>().map_err(|err| {
+                RuntimeError::Run(format!("output type {other:?} cannot be returned: {err:#}"))
+            })?;
+            TensorData::F64(values(&cast)?)
+        }
+    };
+    Ok(EdgeTensor { shape, data })
+}
+
+fn values<D: Datum + Copy>(tensor: &Tensor) -> Result<Vec<D>, RuntimeError> {
+    let view = tensor
+        .to_plain_array_view::<D>()
+        .map_err(|err| RuntimeError::Run(format!("reading an output: {err:#}")))?;
+    Ok(view.iter().copied().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use testkit::{expected, fixture};
+
+    fn features(name: &str, n: u64) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            element_type: ElementType::F32,
+            shape: vec![Dim::Unknown, Dim::Fixed(n)],
+        }
+    }
+
+    fn rows(value: &serde_json::Value) -> (Vec<usize>, Vec<f32>) {
+        let rows = value.as_array().expect("rows");
+        let flat: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| r.as_array().expect("row").iter())
+            .map(|x| x.as_f64().expect("number") as f32)
+            .collect();
+        (vec![rows.len(), flat.len() / rows.len()], flat)
+    }
+
+    #[test]
+    fn diabetes_predictions_match_scikit_learn() {
+        let bundle = ModelBundle {
+            entry: fixture("diabetes").join("model.onnx"),
+            inputs: vec![features("data", 10)],
+            outputs: vec![features("variable", 1)],
+        };
+        let model = TractRuntime.prepare(&bundle).expect("prepare");
+        let expected = expected("diabetes");
+        let (shape, flat) = rows(&expected["inputs"]);
+        let outputs = model
+            .run(vec![EdgeTensor {
+                shape,
+                data: TensorData::F32(flat),
+            }])
+            .expect("run");
+        let TensorData::F32(got) = &outputs[0].data else {
+            panic!("float output expected: {:?}", outputs[0]);
+        };
+        let want = expected["predictions"].as_array().expect("array");
+        assert_eq!(got.len(), want.len());
+        for (row, (got, want)) in got.iter().zip(want).enumerate() {
+            let want = want.as_f64().expect("number");
+            let got = f64::from(*got);
+            assert!(
+                (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                "row {row}: {got} vs {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn digits_returns_labels_and_probabilities() {
+        let bundle = ModelBundle {
+            entry: fixture("digits").join("model.onnx"),
+            inputs: vec![features("pixels", 64)],
+            outputs: vec![
+                TensorSpec {
+                    name: "label".into(),
+                    element_type: ElementType::I64,
+                    shape: vec![Dim::Unknown],
+                },
+                features("probabilities", 10),
+            ],
+        };
+        let model = TractRuntime.prepare(&bundle).expect("prepare");
+        let (shape, flat) = rows(&expected("digits")["inputs"]);
+        let outputs = model
+            .run(vec![EdgeTensor {
+                shape,
+                data: TensorData::F32(flat),
+            }])
+            .expect("run");
+        assert_eq!(outputs[0].data, TensorData::I64(vec![0, 1, 2, 3, 4]));
+        assert_eq!(outputs[1].shape, [5, 10]);
+    }
+
+    #[test]
+    fn a_file_that_is_not_onnx_fails_to_load_and_to_plan() {
+        let dir = tempfile::tempdir().expect("temp");
+        let path = dir.path().join("model.onnx");
+        std::fs::write(&path, "nope").expect("write");
+        let bundle = ModelBundle {
+            entry: path.clone(),
+            inputs: vec![],
+            outputs: vec![],
+        };
+        let err = TractRuntime.prepare(&bundle).expect_err("not onnx");
+        assert!(matches!(err, RuntimeError::Load(_)), "{err}");
+        assert!(TractRuntime.can_plan(&path).is_err());
+        assert_eq!(
+            TractRuntime.can_plan(&fixture("diabetes").join("model.onnx")),
+            Ok(())
+        );
+    }
+}

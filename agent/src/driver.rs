@@ -1,0 +1,672 @@
+//! The agent's driver: the event loop that turns desired states into running workloads.
+//!
+//! It reacts to one closed set of events (a desired state, a retry coming due, a
+//! (re)connect, the report ticker, shutdown). For each desired state it asks the pure
+//! reconciler (`reconcile::plan`) for the steps, and executes them with `fetch` (downloads)
+//! and `stage` (staging, self-test, switch). Reports go to the link's latest-wins slot, so
+//! nothing here waits on the broker.
+//!
+//! Design: the desired state arrives on a `watch` (only the newest matters). A newer one that
+//! arrives during a download supersedes the one being applied at once (partial files stay,
+//! resumable); one arriving during a load or self-test is taken up right after it. A download
+//! that fails for a transient reason is retried with backoff and jitter, the workload staying
+//! `Transitioning` with the reason; a failure that retrying will not fix is `Failed`, is kept
+//! out until the hub asks for something else, and the previous version keeps serving.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgeship_domain::{
+    Birth, Capabilities, DesiredState, ReportedState, Requirement, ServiceState, Workload,
+    WorkloadStatus,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::cache::BlobCache;
+use crate::config::AgentConfig;
+use crate::fetch::{Chunk, FetchError, Fetcher};
+use crate::link::{self, Link, LinkSender};
+use crate::reconcile::{self, Action, Slot};
+use crate::stage::{Stage, StageError};
+use crate::state::{PersistedState, StateStore, WorkloadFailure};
+
+/// How often the agent reports even when nothing changed (metrics, liveness).
+const REPORT_INTERVAL: Duration = Duration::from_secs(30);
+/// First and longest wait before retrying a transient failure.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a stopping agent waits for its goodbye to reach the broker.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A workload as observers (tests, `edgeship dev`) see it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadView {
+    pub deployment: String,
+    pub state: ServiceState,
+    pub error: String,
+    pub serving_model: String,
+    pub desired_model: String,
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentView {
+    pub applied_generation: u64,
+    pub workloads: Vec<WorkloadView>,
+}
+
+impl AgentView {
+    pub fn workload(&self, deployment: &str) -> Option<&WorkloadView> {
+        self.workloads.iter().find(|w| w.deployment == deployment)
+    }
+}
+
+/// An agent running in the background of this process.
+#[derive(Debug)]
+pub struct RunningAgent {
+    view: watch::Receiver<AgentView>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningAgent {
+    /// Starts the broker link and, without waiting for it, restores and serves the last good
+    /// state, so a device with no broker serves at once.
+    pub async fn start(config: AgentConfig) -> anyhow::Result<Self> {
+        let store = StateStore::new(&config.data_dir)
+            .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
+        let state = store.load().map_err(anyhow::Error::msg)?;
+        let cache = BlobCache::open(config.data_dir.join("blobs"))?;
+        let birth = birth(&config);
+        let link = link::start(&config, &birth);
+        let (view_tx, view) = watch::channel(AgentView::default());
+        let mut agent = Agent {
+            stage: Stage::new(
+                config.data_dir.join("models"),
+                cache.clone(),
+                config.serve_host,
+            ),
+            fetcher: Fetcher {
+                cache,
+                sender: link.sender.clone(),
+                connected: link.events.connected.clone(),
+                newest: link.events.newest_generation.clone(),
+            },
+            sender: link.sender.clone(),
+            device_id: config.device_id.clone(),
+            store,
+            state,
+            statuses: BTreeMap::new(),
+            retry: None,
+            view: view_tx,
+            birth,
+        };
+        agent.restore().await;
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        let task = tokio::spawn(agent.run(link, shutdown_rx));
+        Ok(Self {
+            view,
+            shutdown: Some(shutdown),
+            task,
+        })
+    }
+
+    pub fn view(&self) -> watch::Receiver<AgentView> {
+        self.view.clone()
+    }
+
+    /// Waits until `predicate` holds for the agent's view, or the timeout passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        predicate: impl Fn(&AgentView) -> bool,
+    ) -> Result<AgentView, AgentView> {
+        let mut view = self.view.clone();
+        let result = tokio::time::timeout(timeout, view.wait_for(|v| predicate(v))).await;
+        match result {
+            Ok(Ok(v)) => Ok(v.clone()),
+            _ => Err(self.view.borrow().clone()),
+        }
+    }
+
+    /// Says goodbye to the hub, stops endpoints and returns.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        (&mut self.task).await?
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What this agent can run: the runtimes that work here and the features it implements.
+pub fn capabilities() -> Capabilities {
+    let features = [
+        Requirement::ModelWorkloads,
+        Requirement::Protocol(edgeship_domain::Protocol::Azureml),
+        Requirement::Auth(edgeship_domain::AuthMode::None),
+    ];
+    Capabilities {
+        arch: std::env::consts::ARCH.to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: total_memory_bytes(),
+        runtimes: edgeship_runtime::available()
+            .iter()
+            .map(|r| r.kind().name().to_owned())
+            .collect(),
+        opencl_devices: vec![],
+        features: features.iter().map(|f| f.token()).collect(),
+    }
+}
+
+/// The device's self-description, sent on every connect.
+pub fn birth(config: &AgentConfig) -> Birth {
+    Birth {
+        device_id: config.device_id.clone(),
+        online: true,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        capabilities: capabilities(),
+        labels: config.labels.clone(),
+        at_ms: now_ms(),
+    }
+}
+
+fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+/// A transient failure waiting to be retried.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    at: Instant,
+    attempt: u32,
+}
+
+/// How one pass over a desired state ended.
+enum Pass {
+    /// Every workload applied or failed for good.
+    Done,
+    /// Some workload hit a transient failure; retry the pass later.
+    RetryLater,
+    /// A newer desired state arrived; take it up now.
+    Superseded,
+}
+
+/// Why one step failed (the reason is already in the workload's status).
+enum StepError {
+    Superseded,
+    Transient,
+    Lasting,
+}
+
+struct Agent {
+    device_id: String,
+    store: StateStore,
+    state: PersistedState,
+    stage: Stage,
+    fetcher: Fetcher,
+    sender: LinkSender,
+    statuses: BTreeMap<String, WorkloadStatus>,
+    retry: Option<Retry>,
+    view: watch::Sender<AgentView>,
+    birth: Birth,
+}
+
+impl Agent {
+    async fn run(
+        mut self,
+        mut link: Link,
+        mut shutdown: oneshot::Receiver<()>,
+    ) -> anyhow::Result<()> {
+        // A desired state accepted before a crash but not fully applied is resumed now.
+        let mut current: Option<DesiredState> = self
+            .store
+            .load_desired()
+            .filter(|d| d.generation > self.state.applied_generation);
+        let mut chunks = std::mem::replace(&mut link.events.chunks, mpsc::channel(1).1);
+        let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+        loop {
+            if let Some(desired) = current.take() {
+                tokio::select! {
+                    pass = self.converge(&desired, &mut chunks) => {
+                        if matches!(pass, Pass::Superseded) {
+                            current = link.events.desired.borrow_and_update().clone();
+                        }
+                    }
+                    _ = &mut shutdown => break,
+                }
+                continue;
+            }
+            let retry_at = self.retry.map(|r| r.at);
+            tokio::select! {
+                _ = &mut shutdown => break,
+                changed = link.events.desired.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    current = link.events.desired.borrow_and_update().clone();
+                    if let Some(desired) = &current
+                        && desired.generation <= self.state.applied_generation
+                    {
+                        // The hub republished what we have (it restarted): tell it where we
+                        // stand, since it may have lost our last report.
+                        current = None;
+                        self.report();
+                    }
+                }
+                _ = sleep_until_some(retry_at) => {
+                    current = self.store.load_desired();
+                }
+                _ = link.events.connected.changed() => self.report(),
+                _ = ticker.tick() => self.report(),
+            }
+        }
+        self.shut_down(link).await
+    }
+
+    async fn shut_down(mut self, link: Link) -> anyhow::Result<()> {
+        link.stop_reconnecting();
+        self.sender.goodbye(&self.birth, GOODBYE_TIMEOUT).await;
+        link.close(GOODBYE_TIMEOUT).await;
+        self.stage.stop_all().await;
+        Ok(())
+    }
+
+    /// Serves the persisted last good workloads before any broker contact.
+    async fn restore(&mut self) {
+        let workloads: Vec<Workload> = self.state.workloads.values().cloned().collect();
+        for workload in workloads {
+            let mut status = WorkloadStatus::new(
+                &workload.deployment,
+                &workload.describe(),
+                workload.endpoint.port,
+            );
+            match self.stage.apply(&workload).await {
+                Ok(()) => {
+                    status.state = ServiceState::Healthy;
+                    status.serving_model = workload.describe();
+                    tracing::info!(deployment = %workload.deployment, model = %workload.describe(), port = workload.endpoint.port, "restored last good workload");
+                }
+                Err(err) => {
+                    status.state = ServiceState::Failed;
+                    status.error = format!("restoring after restart: {err}");
+                    tracing::error!(deployment = %workload.deployment, error = %err, "could not restore workload");
+                }
+            }
+            self.statuses.insert(workload.deployment.clone(), status);
+        }
+        // A version that failed before the restart is still failed: say so.
+        for (deployment, failure) in &self.state.failures {
+            let mut status = self
+                .statuses
+                .remove(deployment)
+                .unwrap_or_else(|| WorkloadStatus::new(deployment, "", failure.port));
+            failure.describe_on(&mut status);
+            self.statuses.insert(deployment.clone(), status);
+        }
+        self.publish_view();
+    }
+
+    fn slots(&self) -> BTreeMap<String, Slot> {
+        let deployments: HashSet<&String> = self
+            .state
+            .workloads
+            .keys()
+            .chain(self.state.failures.keys())
+            .chain(self.statuses.keys())
+            .collect();
+        deployments
+            .into_iter()
+            .map(|d| {
+                let slot = Slot {
+                    applied: self.state.workloads.get(d).cloned(),
+                    serving: self.stage.is_serving(d)
+                        && self
+                            .statuses
+                            .get(d)
+                            .is_some_and(|s| !s.serving_model.is_empty()),
+                    failed: self.state.failures.get(d).and_then(|f| f.workload.clone()),
+                };
+                (d.clone(), slot)
+            })
+            .collect()
+    }
+
+    fn persist(&self, what: &str) {
+        if let Err(err) = self.store.save(&self.state) {
+            tracing::error!(error = %err, "cannot persist the {what}");
+        }
+    }
+
+    /// One pass over `desired`: plan, then execute every step.
+    async fn converge(
+        &mut self,
+        desired: &DesiredState,
+        chunks: &mut mpsc::Receiver<Chunk>,
+    ) -> Pass {
+        if desired.generation < self.state.accepted_generation {
+            tracing::warn!(
+                generation = desired.generation,
+                accepted = self.state.accepted_generation,
+                "older desired state ignored"
+            );
+            return Pass::Done;
+        }
+        if desired.generation > self.state.accepted_generation {
+            tracing::info!(
+                generation = desired.generation,
+                workloads = desired.workloads.len(),
+                "desired state accepted"
+            );
+            self.state.accepted_generation = desired.generation;
+            self.retry = None;
+            if let Err(err) = self.store.save_desired(desired) {
+                tracing::error!(error = %err, "cannot persist the desired state");
+            }
+            self.persist("accepted generation");
+        }
+        let capabilities = self.birth.capabilities.clone();
+        let cache = self.fetcher.cache.clone();
+        let actions = reconcile::plan(&self.slots(), desired, &capabilities, &|d| {
+            cache.contains(d)
+        });
+        let mut transient = false;
+        // A deployment whose step failed skips its remaining steps in this pass.
+        let mut stopped: HashSet<String> = HashSet::new();
+        for action in actions {
+            if stopped.contains(action.deployment()) {
+                continue;
+            }
+            let deployment = action.deployment().to_owned();
+            match self.execute(action, desired.generation, chunks).await {
+                Ok(()) => {}
+                Err(StepError::Superseded) => {
+                    tracing::info!(
+                        generation = desired.generation,
+                        "a newer desired state arrived; switching to it"
+                    );
+                    return Pass::Superseded;
+                }
+                Err(StepError::Transient) => {
+                    transient = true;
+                    stopped.insert(deployment);
+                }
+                Err(StepError::Lasting) => {
+                    stopped.insert(deployment);
+                }
+            }
+        }
+        let pass = if transient {
+            let attempt = self.retry.map_or(1, |r| r.attempt + 1);
+            let wait = link::jitter(
+                RETRY_FIRST
+                    .saturating_mul(1 << attempt.min(6))
+                    .min(RETRY_MAX),
+            );
+            tracing::info!(attempt, retry_in = ?wait, "a download failed for a transient reason; retrying");
+            self.retry = Some(Retry {
+                at: Instant::now() + wait,
+                attempt,
+            });
+            Pass::RetryLater
+        } else {
+            self.retry = None;
+            self.state.applied_generation = desired.generation;
+            self.persist("applied state");
+            let live = reconcile::live_blobs(self.state.workloads.values(), desired);
+            match self.fetcher.cache.retain(&live.into_iter().collect()) {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "unreferenced blobs removed"),
+                Err(err) => tracing::warn!(error = %err, "cache clean-up failed"),
+            }
+            self.stage.collect_garbage(self.state.workloads.values());
+            Pass::Done
+        };
+        self.report();
+        pass
+    }
+
+    async fn execute(
+        &mut self,
+        action: Action,
+        generation: u64,
+        chunks: &mut mpsc::Receiver<Chunk>,
+    ) -> Result<(), StepError> {
+        match action {
+            Action::Remove { deployment } => {
+                self.stage.remove(&deployment).await;
+                self.state.workloads.remove(&deployment);
+                self.state.failures.remove(&deployment);
+                self.statuses.remove(&deployment);
+                self.persist("removal");
+                tracing::info!(%deployment, "workload removed");
+                self.publish_view();
+                Ok(())
+            }
+            Action::Reject {
+                deployment,
+                port,
+                desired,
+                state,
+                reason,
+            } => {
+                tracing::warn!(%deployment, %reason, "workload cannot run here");
+                self.fail(&deployment, None, &desired, port, state, &reason);
+                Err(StepError::Lasting)
+            }
+            Action::Fetch { workload, blobs } => {
+                let deployment = workload.deployment.clone();
+                self.begin(&workload);
+                for blob in &blobs {
+                    let fetched = self
+                        .fetcher
+                        .fetch(&blob.sha256, blob.size_bytes, generation, chunks)
+                        .await;
+                    match fetched {
+                        Ok(()) => {}
+                        Err(FetchError::Superseded) => return Err(StepError::Superseded),
+                        Err(FetchError::Transient(why)) => {
+                            let reason = format!("downloading {}: {why}; retrying", blob.path);
+                            tracing::warn!(%deployment, %reason, "download interrupted");
+                            if let Some(status) = self.statuses.get_mut(&deployment) {
+                                status.error.clone_from(&reason);
+                            }
+                            self.report();
+                            return Err(StepError::Transient);
+                        }
+                        Err(FetchError::Failed(why)) => {
+                            let reason = format!("downloading {}: {why}", blob.path);
+                            tracing::warn!(%deployment, %reason, "download failed");
+                            let (desired, port) = (workload.describe(), workload.endpoint.port);
+                            self.fail(
+                                &deployment,
+                                Some(workload),
+                                &desired,
+                                port,
+                                ServiceState::Failed,
+                                &reason,
+                            );
+                            return Err(StepError::Lasting);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Action::Apply { workload } => {
+                let deployment = workload.deployment.clone();
+                let mut status = self.begin(&workload);
+                match self.stage.apply(&workload).await {
+                    Ok(()) => {
+                        status.state = ServiceState::Healthy;
+                        status.serving_model = workload.describe();
+                        status.error.clear();
+                        tracing::info!(%deployment, model = %workload.describe(), port = workload.endpoint.port, "workload switched");
+                        self.state.workloads.insert(deployment.clone(), workload);
+                        self.state.failures.remove(&deployment);
+                        self.persist("applied state");
+                        self.statuses.insert(deployment, status);
+                        self.publish_view();
+                        Ok(())
+                    }
+                    Err(err) => {
+                        let (state, reason) = match err {
+                            StageError::Unschedulable(reason) => {
+                                (ServiceState::Unschedulable, reason)
+                            }
+                            StageError::Failed(reason) => (ServiceState::Failed, reason),
+                        };
+                        tracing::warn!(%deployment, model = %workload.describe(), error = %reason, ?state, "workload not applied; the previous version keeps serving");
+                        let port = workload.endpoint.port;
+                        self.fail(
+                            &deployment,
+                            Some(workload.clone()),
+                            &workload.describe(),
+                            port,
+                            state,
+                            &reason,
+                        );
+                        Err(StepError::Lasting)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Marks a deployment as transitioning to `workload` and reports it (without waiting).
+    fn begin(&mut self, workload: &Workload) -> WorkloadStatus {
+        let status = self
+            .statuses
+            .entry(workload.deployment.clone())
+            .or_insert_with(|| {
+                WorkloadStatus::new(
+                    &workload.deployment,
+                    &workload.describe(),
+                    workload.endpoint.port,
+                )
+            });
+        status.state = ServiceState::Transitioning;
+        status.error.clear();
+        status.desired_model = workload.describe();
+        status.port = workload.endpoint.port;
+        let status = status.clone();
+        self.report();
+        status
+    }
+
+    /// Records a lasting failure: reported, persisted, and (with the workload) kept out.
+    fn fail(
+        &mut self,
+        deployment: &str,
+        workload: Option<Workload>,
+        desired: &str,
+        port: u16,
+        state: ServiceState,
+        reason: &str,
+    ) {
+        let failure = WorkloadFailure {
+            desired_model: desired.to_owned(),
+            workload,
+            port,
+            unschedulable: state == ServiceState::Unschedulable,
+            error: reason.to_owned(),
+        };
+        let status = self
+            .statuses
+            .entry(deployment.to_owned())
+            .or_insert_with(|| WorkloadStatus::new(deployment, desired, port));
+        failure.describe_on(status);
+        self.state.failures.insert(deployment.to_owned(), failure);
+        self.persist("failure");
+        self.publish_view();
+    }
+
+    fn publish_view(&self) {
+        let workloads = self
+            .statuses
+            .values()
+            .map(|s| WorkloadView {
+                deployment: s.deployment.clone(),
+                state: s.state,
+                error: s.error.clone(),
+                serving_model: s.serving_model.clone(),
+                desired_model: s.desired_model.clone(),
+                addr: self.stage.addr(&s.deployment),
+            })
+            .collect();
+        self.view.send_replace(AgentView {
+            applied_generation: self.state.applied_generation,
+            workloads,
+        });
+    }
+
+    /// Queues a report of every workload; never waits.
+    fn report(&mut self) {
+        for (deployment, status) in self.statuses.iter_mut() {
+            if let Some(metrics) = self.stage.metrics(deployment) {
+                status.metrics = metrics;
+            }
+        }
+        self.publish_view();
+        self.sender.report(ReportedState {
+            device_id: self.device_id.clone(),
+            applied_generation: self.state.applied_generation,
+            workloads: self.statuses.values().cloned().collect(),
+            reported_at_ms: now_ms(),
+        });
+    }
+}
+
+impl WorkloadFailure {
+    /// Writes this failure into a status: state, reason and what was asked for.
+    fn describe_on(&self, status: &mut WorkloadStatus) {
+        status.state = if self.unschedulable {
+            ServiceState::Unschedulable
+        } else {
+            ServiceState::Failed
+        };
+        status.error.clone_from(&self.error);
+        if !self.desired_model.is_empty() {
+            status.desired_model.clone_from(&self.desired_model);
+        }
+        if self.port != 0 {
+            status.port = self.port;
+        }
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

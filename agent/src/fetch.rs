@@ -1,0 +1,215 @@
+//! The chunked, resumable download of one blob from the hub through the broker, into the
+//! verified cache. Chunks are requested in a window, each checked against its own digest, and
+//! the whole file against its sha256 before it enters the cache (see `cache`).
+//!
+//! Design: a newer desired state supersedes a download at once (its partial file stays for a
+//! later resume); a download that cannot make progress fails as `Transient`, so the driver
+//! retries it with backoff; a file that fails its whole-file check three times fails as
+//! `Corrupt`, which retrying will not fix.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+use crate::cache::{BlobCache, CHUNK_SIZE, CacheError, PartialBlob};
+use crate::link::LinkSender;
+
+/// Chunk requests kept in flight per blob (8 MiB): enough to cover broker round trips on
+/// loopback and LANs without flooding a slow link.
+pub const FETCH_WINDOW: u64 = 32;
+/// Re-request the missing range after this long without progress.
+const FETCH_STALL: Duration = Duration::from_secs(3);
+/// How long a resumed download listens for chunks still queued from before the restart.
+const RESUME_GRACE: Duration = Duration::from_millis(300);
+/// Give up (for now: the driver retries) after this long without any progress.
+const FETCH_GIVE_UP: Duration = Duration::from_secs(60);
+/// Whole-file verification failures before the download counts as corrupt for good.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// One chunk as the hub sent it.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    pub sha256: String,
+    pub offset: u64,
+    pub data: Bytes,
+    /// Set when the hub refused the request.
+    pub error: String,
+    pub chunk_sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("superseded by a newer desired state")]
+    Superseded,
+    /// Retrying may help: no progress, the broker gone, the hub refusing (restarting).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help: the bytes do not match the digest, or the disk refuses them.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Downloads blobs; one per agent, used by one download at a time.
+#[derive(Debug)]
+pub struct Fetcher {
+    pub cache: BlobCache,
+    pub sender: LinkSender,
+    /// Connection count from the link (0 until the first connect).
+    pub connected: watch::Receiver<u64>,
+    /// The newest desired generation received; a download for an older one is superseded.
+    pub newest: watch::Receiver<u64>,
+}
+
+impl Fetcher {
+    /// Fetches a blob into the cache for desired generation `generation`, resuming a partial
+    /// download, verifying every chunk and then the whole file.
+    pub async fn fetch(
+        &self,
+        digest: &str,
+        size: u64,
+        generation: u64,
+        chunks: &mut mpsc::Receiver<Chunk>,
+    ) -> Result<(), FetchError> {
+        let mut attempts = 0;
+        loop {
+            if self.cache.contains(digest) {
+                return Ok(());
+            }
+            attempts += 1;
+            let mut partial = self.cache.begin(digest, size).map_err(disk)?;
+            if partial.resumed_from() > 0 {
+                tracing::info!(%digest, offset = partial.resumed_from(), size, "resuming download");
+            }
+            self.download(&mut partial, generation, chunks).await?;
+            match partial.finish() {
+                Ok(_) => return Ok(()),
+                Err(CacheError::CorruptFile { .. }) if attempts < MAX_ATTEMPTS => {
+                    tracing::warn!(%digest, "downloaded file failed verification; fetching again");
+                }
+                Err(err @ CacheError::CorruptFile { .. }) => {
+                    return Err(FetchError::Failed(err.to_string()));
+                }
+                Err(err) => return Err(disk(err)),
+            }
+        }
+    }
+
+    fn superseded(&self, generation: u64) -> bool {
+        *self.newest.borrow() > generation
+    }
+
+    async fn download(
+        &self,
+        partial: &mut PartialBlob,
+        generation: u64,
+        chunks: &mut mpsc::Receiver<Chunk>,
+    ) -> Result<(), FetchError> {
+        let size = partial.size();
+        let digest = partial.digest().to_owned();
+        // Chunks a previous run asked for may still be on their way: the broker keeps them
+        // for our persistent session and delivers them right after we connect. On a resume,
+        // wait for the connection and take what arrives for a moment before asking again, so
+        // an interrupted download costs (almost) no bytes twice.
+        if partial.offset() > 0 {
+            let mut connected = self.connected.clone();
+            let _ = tokio::time::timeout(FETCH_STALL, connected.wait_for(|n| *n > 0)).await;
+            let grace = tokio::time::sleep(RESUME_GRACE);
+            tokio::pin!(grace);
+            loop {
+                tokio::select! {
+                    _ = &mut grace => break,
+                    chunk = chunks.recv() => match chunk {
+                        Some(chunk) if chunk.sha256 == digest && chunk.error.is_empty() => {
+                            let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                }
+            }
+        }
+        // A resumed download starts with one request and widens once data flows, so chunks
+        // still queued for us from before a restart are not all requested twice.
+        let mut window = if partial.offset() > 0 {
+            1
+        } else {
+            FETCH_WINDOW
+        };
+        let mut next_request = partial.offset();
+        let mut last_progress = Instant::now();
+        let mut reset_at: Option<u64> = None;
+        // Wakes the loop when a newer desired state arrives (a clone starts with the
+        // original's "seen" mark, which is never advanced: mark it first).
+        let mut newest = self.newest.clone();
+        newest.borrow_and_update();
+        while !partial.is_complete() {
+            while next_request < size && next_request < partial.offset() + window * CHUNK_SIZE {
+                self.sender
+                    .request_blob(&digest, next_request, CHUNK_SIZE.min(size - next_request))
+                    .await;
+                next_request += CHUNK_SIZE;
+            }
+            if self.superseded(generation) {
+                return Err(FetchError::Superseded);
+            }
+            let next = tokio::select! {
+                next = tokio::time::timeout(FETCH_STALL, chunks.recv()) => next,
+                // Wake up for a newer desired state even while no chunk arrives.
+                _ = newest.changed() => continue,
+            };
+            let chunk = match next {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => return Err(FetchError::Transient("the broker link closed".into())),
+                Err(_) => {
+                    if last_progress.elapsed() > FETCH_GIVE_UP {
+                        return Err(FetchError::Transient(format!(
+                            "no progress for {} s",
+                            FETCH_GIVE_UP.as_secs()
+                        )));
+                    }
+                    tracing::debug!(%digest, offset = partial.offset(), "fetch stalled; requesting again");
+                    next_request = partial.offset();
+                    continue;
+                }
+            };
+            if chunk.sha256 != digest {
+                continue;
+            }
+            if !chunk.error.is_empty() {
+                // The hub refuses a blob outside the device's desired state; right after a
+                // hub restart or a newer desired state that is a race, not a verdict.
+                return Err(FetchError::Transient(format!(
+                    "the hub refused the download: {}",
+                    chunk.error
+                )));
+            }
+            match partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256) {
+                Ok(true) => {
+                    last_progress = Instant::now();
+                    window = FETCH_WINDOW;
+                    // Requests already answered by queued chunks need not be sent again.
+                    next_request = next_request.max(partial.offset());
+                }
+                Ok(false) => {}
+                Err(CacheError::CorruptChunk { offset, .. }) => {
+                    tracing::warn!(%digest, offset, "corrupted chunk rejected; requesting it again");
+                    // Re-request the window once per stuck offset: resetting on every damaged
+                    // chunk would multiply requests on a bad link (each reset re-sends the
+                    // window while the previous one is still in flight). Further damage at
+                    // the same offset waits for the stall timeout instead.
+                    if reset_at != Some(partial.offset()) {
+                        reset_at = Some(partial.offset());
+                        next_request = partial.offset();
+                    }
+                }
+                Err(err) => return Err(disk(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn disk(err: CacheError) -> FetchError {
+    FetchError::Failed(err.to_string())
+}

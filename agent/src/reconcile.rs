@@ -1,0 +1,389 @@
+//! The agent's reconciler: a pure function from what the device runs now and what the hub
+//! wants to the steps that close the gap. No I/O, no clock: the driver executes the steps and
+//! the table-driven tests below pin the decisions.
+//!
+//! Rules: a workload this device cannot run is rejected before anything is downloaded; an
+//! unchanged workload that serves is left alone; a workload that failed for a reason retrying
+//! will not fix stays out (the previous version keeps serving) until the hub asks for
+//! something else; deployments no longer desired are removed first, so their ports are free
+//! for the workloads that follow; only blobs missing from the cache are fetched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use edgeship_domain::{BlobRef, Capabilities, DesiredState, ServiceState, Workload};
+
+/// What the device knows about one deployment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Slot {
+    /// The last good workload (it served, or serves).
+    pub applied: Option<Workload>,
+    /// Whether an endpoint serves `applied` right now.
+    pub serving: bool,
+    /// A desired workload that failed for good, and why.
+    pub failed: Option<Workload>,
+}
+
+/// One step of convergence, in the order the driver must take them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Stop serving the deployment and forget it.
+    Remove { deployment: String },
+    /// The workload cannot be taken here; nothing is downloaded.
+    Reject {
+        deployment: String,
+        port: u16,
+        desired: String,
+        state: ServiceState,
+        reason: String,
+    },
+    /// Download these blobs (all missing from the cache) before applying `workload`.
+    Fetch {
+        workload: Workload,
+        blobs: Vec<BlobRef>,
+    },
+    /// Stage, self-test and switch the deployment's endpoint to this workload.
+    Apply { workload: Workload },
+}
+
+impl Action {
+    pub fn deployment(&self) -> &str {
+        match self {
+            Action::Remove { deployment } | Action::Reject { deployment, .. } => deployment,
+            Action::Fetch { workload, .. } | Action::Apply { workload } => &workload.deployment,
+        }
+    }
+}
+
+/// The steps that take `current` to `desired`. `cached` says whether a blob is in the cache.
+pub fn plan(
+    current: &BTreeMap<String, Slot>,
+    desired: &DesiredState,
+    capabilities: &Capabilities,
+    cached: &dyn Fn(&str) -> bool,
+) -> Vec<Action> {
+    let wanted: BTreeSet<&str> = desired
+        .workloads
+        .iter()
+        .map(|w| w.deployment.as_str())
+        .chain(desired.rejected.iter().map(|r| r.deployment.as_str()))
+        .collect();
+    let mut actions: Vec<Action> = current
+        .keys()
+        .filter(|d| !wanted.contains(d.as_str()))
+        .map(|d| Action::Remove {
+            deployment: d.clone(),
+        })
+        .collect();
+    for rejected in &desired.rejected {
+        actions.push(Action::Reject {
+            deployment: rejected.deployment.clone(),
+            port: rejected.port,
+            desired: String::new(),
+            state: if rejected.unsupported {
+                ServiceState::Unschedulable
+            } else {
+                ServiceState::Failed
+            },
+            reason: rejected.reason.clone(),
+        });
+    }
+    for workload in &desired.workloads {
+        let slot = current.get(&workload.deployment);
+        if let Err(reason) = capabilities.check(workload) {
+            actions.push(Action::Reject {
+                deployment: workload.deployment.clone(),
+                port: workload.endpoint.port,
+                desired: workload.describe(),
+                state: ServiceState::Unschedulable,
+                reason,
+            });
+            continue;
+        }
+        let serving = slot.is_some_and(|s| s.serving && s.applied.as_ref() == Some(workload));
+        let kept_out = slot.is_some_and(|s| s.failed.as_ref() == Some(workload));
+        if serving || kept_out {
+            continue;
+        }
+        let mut seen = BTreeSet::new();
+        let missing: Vec<BlobRef> = workload
+            .blobs()
+            .filter(|b| !cached(&b.sha256) && seen.insert(b.sha256.clone()))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            actions.push(Action::Fetch {
+                workload: workload.clone(),
+                blobs: missing,
+            });
+        }
+        actions.push(Action::Apply {
+            workload: workload.clone(),
+        });
+    }
+    actions
+}
+
+/// Every blob digest the device must keep: what serves and what is desired.
+pub fn live_blobs<'a>(
+    applied: impl Iterator<Item = &'a Workload>,
+    desired: &'a DesiredState,
+) -> BTreeSet<String> {
+    applied
+        .flat_map(Workload::blobs)
+        .chain(desired.blobs())
+        .map(|b| b.sha256.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeship_domain::{
+        AuthMode, ContainerWorkload, DeployedModel, Endpoint, ModelWorkload, RejectedWorkload,
+        RuntimeKind, RuntimeOptions, WorkloadKind,
+    };
+
+    fn digest(n: u32) -> String {
+        format!("{n:064x}")
+    }
+
+    fn workload(deployment: &str, version: u32, blob: u32) -> Workload {
+        Workload {
+            deployment: deployment.into(),
+            endpoint: Endpoint::azureml(5000 + version as u16),
+            kind: WorkloadKind::Model(ModelWorkload {
+                runtime: RuntimeKind::Tract,
+                models: vec![DeployedModel {
+                    model_id: "m".into(),
+                    version,
+                    files: vec![BlobRef {
+                        path: "model.onnx".into(),
+                        sha256: digest(blob),
+                        size_bytes: 10,
+                    }],
+                    entry_file: "model.onnx".into(),
+                    inputs: vec![],
+                    outputs: vec![],
+                    sample_input: None,
+                    weight: 0,
+                }],
+                options: RuntimeOptions::default(),
+                entry_module: None,
+            }),
+        }
+    }
+
+    fn desired(workloads: Vec<Workload>) -> DesiredState {
+        DesiredState {
+            device_id: "d".into(),
+            generation: 2,
+            workloads,
+            rejected: vec![],
+            issued_at_ms: 0,
+        }
+    }
+
+    fn serving(workload: &Workload) -> (String, Slot) {
+        (
+            workload.deployment.clone(),
+            Slot {
+                applied: Some(workload.clone()),
+                serving: true,
+                failed: None,
+            },
+        )
+    }
+
+    fn tract_device() -> Capabilities {
+        Capabilities {
+            runtimes: vec!["tract".into()],
+            features: ["kind/model", "protocol/azureml", "auth/none"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            ..Capabilities::default()
+        }
+    }
+
+    /// One row: what the case is, the slots, the desired state, what is cached, and the
+    /// expected plan.
+    type Case<'a> = (
+        &'static str,
+        BTreeMap<String, Slot>,
+        DesiredState,
+        &'a dyn Fn(&str) -> bool,
+        Vec<&'static str>,
+    );
+
+    /// Short names for the actions, so each table row reads on one line.
+    fn summary(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Remove { deployment } => format!("remove {deployment}"),
+                Action::Reject {
+                    deployment, state, ..
+                } => format!("reject {deployment} {state}"),
+                Action::Fetch { workload, blobs } => {
+                    format!("fetch {} {}", workload.deployment, blobs.len())
+                }
+                Action::Apply { workload } => {
+                    format!("apply {} {}", workload.deployment, workload.describe())
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_plan_for_each_situation() {
+        let v1 = workload("web", 1, 1);
+        let v2 = workload("web", 2, 2);
+        let v2_same_file = workload("web", 2, 1);
+        let other = workload("other", 3, 3);
+        let container = Workload {
+            kind: WorkloadKind::Container(ContainerWorkload::default()),
+            ..workload("box", 4, 4)
+        };
+        let keyed = Workload {
+            endpoint: Endpoint {
+                auth: AuthMode::Key,
+                ..Endpoint::azureml(5009)
+            },
+            ..workload("keyed", 9, 9)
+        };
+        let failed_v2 = Slot {
+            failed: Some(v2.clone()),
+            ..serving(&v1).1
+        };
+        let restored_but_down = Slot {
+            serving: false,
+            ..serving(&v1).1
+        };
+        let rejected_by_wire = DesiredState {
+            rejected: vec![RejectedWorkload {
+                deployment: "future".into(),
+                port: 6000,
+                unsupported: true,
+                reason: "the workload's kind is not known".into(),
+            }],
+            ..desired(vec![])
+        };
+        let nothing_cached: &dyn Fn(&str) -> bool = &|_| false;
+        let blob_1_cached: &dyn Fn(&str) -> bool = &|d| d == digest(1);
+        let table: Vec<Case> = vec![
+            (
+                "a new deployment is fetched, then applied",
+                BTreeMap::new(),
+                desired(vec![v1.clone()]),
+                nothing_cached,
+                vec!["fetch web 1", "apply web m:1"],
+            ),
+            (
+                "an unchanged deployment that serves is left alone",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![v1.clone()]),
+                nothing_cached,
+                vec![],
+            ),
+            (
+                "a version change fetches the new file and applies it",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![v2.clone()]),
+                blob_1_cached,
+                vec!["fetch web 1", "apply web m:2"],
+            ),
+            (
+                "a cached blob is reused: nothing is fetched",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![v2_same_file.clone()]),
+                blob_1_cached,
+                vec!["apply web m:2"],
+            ),
+            (
+                "a deployment no longer desired is removed before the others apply",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![other.clone()]),
+                nothing_cached,
+                vec!["remove web", "fetch other 1", "apply other m:3"],
+            ),
+            (
+                "a device leaving a selector gets an empty state: everything goes",
+                BTreeMap::from([serving(&v1), serving(&other)]),
+                desired(vec![]),
+                nothing_cached,
+                vec!["remove other", "remove web"],
+            ),
+            (
+                "an unsupported workload kind is rejected before any download",
+                BTreeMap::new(),
+                desired(vec![container.clone()]),
+                nothing_cached,
+                vec!["reject box Unschedulable"],
+            ),
+            (
+                "an unsupported field value is rejected before any download",
+                BTreeMap::new(),
+                desired(vec![keyed.clone()]),
+                nothing_cached,
+                vec!["reject keyed Unschedulable"],
+            ),
+            (
+                "a workload the link could not decode is rejected",
+                BTreeMap::new(),
+                rejected_by_wire,
+                nothing_cached,
+                vec!["reject future Unschedulable"],
+            ),
+            (
+                "a failed version is kept out while the old one serves",
+                BTreeMap::from([("web".to_owned(), failed_v2.clone())]),
+                desired(vec![v2.clone()]),
+                nothing_cached,
+                vec![],
+            ),
+            (
+                "a newer version after a failure is tried",
+                BTreeMap::from([("web".to_owned(), failed_v2)]),
+                desired(vec![workload("web", 3, 3)]),
+                nothing_cached,
+                vec!["fetch web 1", "apply web m:3"],
+            ),
+            (
+                "the last good version that does not serve after a restart is applied again",
+                BTreeMap::from([("web".to_owned(), restored_but_down)]),
+                desired(vec![v1.clone()]),
+                blob_1_cached,
+                vec!["apply web m:1"],
+            ),
+        ];
+        for (case, current, desired, cached, expected) in table {
+            let actions = plan(&current, &desired, &tract_device(), cached);
+            assert_eq!(summary(&actions), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn a_blob_shared_by_two_files_is_fetched_once() {
+        let mut twice = workload("web", 1, 1);
+        if let WorkloadKind::Model(model) = &mut twice.kind {
+            let mut copy = model.models[0].files[0].clone();
+            copy.path = "copy.onnx".into();
+            model.models[0].files.push(copy);
+        }
+        let actions = plan(
+            &BTreeMap::new(),
+            &desired(vec![twice]),
+            &tract_device(),
+            &|_| false,
+        );
+        assert_eq!(summary(&actions), ["fetch web 1", "apply web m:1"]);
+    }
+
+    #[test]
+    fn live_blobs_cover_what_serves_and_what_is_desired() {
+        let v1 = workload("web", 1, 1);
+        let v2 = workload("web", 2, 2);
+        let live = live_blobs([&v1].into_iter(), &desired(vec![v2]));
+        assert_eq!(live, BTreeSet::from([digest(1), digest(2)]));
+    }
+}

@@ -1,0 +1,360 @@
+//! Desired-state computation: a pure function of the deployments, one device and the model
+//! versions the deployments resolve to. No storage, no clock: `Fleet` stores and publishes
+//! what this returns, and the table-driven tests below pin the rules.
+//!
+//! Rules: a device runs every deployment that targets it (by id or label selector); when two
+//! meet on one port the older deployment keeps it; a deployment whose model is gone or has no
+//! runnable ONNX file, or which needs something the device's agent does not offer (read from
+//! its birth), is `Unschedulable` there with the reason and is not sent, so nothing is
+//! downloaded for it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use edgeship_domain::{DeployedModel, ModelWorkload, RuntimeOptions, Workload, WorkloadKind};
+
+use super::model::{Deployment, Device};
+use crate::registry::{ModelFile, ModelVersion, OnnxSignature};
+
+/// What one device should run, and which targeting deployments it cannot.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DeviceDesired {
+    pub workloads: Vec<Workload>,
+    /// Deployment id → why it cannot run on this device.
+    pub unschedulable: BTreeMap<String, String>,
+}
+
+/// The model version each deployment resolves to now (`None`: the model is gone).
+pub type Resolved = HashMap<String, Option<ModelVersion>>;
+
+/// Computes `device`'s workloads from every deployment.
+pub fn for_device(
+    device: &Device,
+    deployments: &[Deployment],
+    resolved: &Resolved,
+) -> DeviceDesired {
+    let labels = device.labels();
+    let mut targeting: Vec<&Deployment> = deployments
+        .iter()
+        .filter(|d| d.target.matches(&device.id, &labels))
+        .collect();
+    // The oldest deployment keeps a contested port (a label change can create overlap).
+    targeting.sort_by_key(|d| (d.create_time_ms, d.id.clone()));
+    let mut desired = DeviceDesired::default();
+    let mut ports: HashMap<u16, &str> = HashMap::new();
+    for deployment in targeting {
+        let port = deployment.endpoint.port;
+        if let Some(holder) = ports.get(&port) {
+            desired.unschedulable.insert(
+                deployment.id.clone(),
+                format!("port {port} on this device is taken by deployment {holder}"),
+            );
+            continue;
+        }
+        let workload = match resolved.get(&deployment.id).and_then(Option::as_ref) {
+            Some(model) => workload(deployment, model),
+            None => Err(format!("model {} does not exist", deployment.model_ref())),
+        };
+        // Capabilities are known once the device has announced itself; before that it gets
+        // the workload and its agent judges.
+        let workload =
+            workload.and_then(
+                |w| match device.ever_seen() && !device.agent_version.is_empty() {
+                    true => device.capabilities.check(&w).map(|()| w),
+                    false => Ok(w),
+                },
+            );
+        match workload {
+            Ok(workload) => {
+                ports.insert(port, &deployment.id);
+                desired.workloads.push(workload);
+            }
+            Err(reason) => {
+                desired.unschedulable.insert(deployment.id.clone(), reason);
+            }
+        }
+    }
+    desired
+}
+
+/// The workload a deployment becomes with `model`.
+pub fn workload(deployment: &Deployment, model: &ModelVersion) -> Result<Workload, String> {
+    let (entry, signature) = entry_file(model)?;
+    Ok(Workload {
+        deployment: deployment.id.clone(),
+        endpoint: deployment.endpoint.clone(),
+        kind: WorkloadKind::Model(ModelWorkload {
+            runtime: deployment.runtime,
+            models: vec![DeployedModel {
+                model_id: model.model_id.clone(),
+                version: model.version,
+                files: model.files.iter().map(ModelFile::blob_ref).collect(),
+                entry_file: entry.path.clone(),
+                inputs: signature.inputs.clone(),
+                outputs: signature.outputs.clone(),
+                sample_input: model.sample_input.clone(),
+                weight: 0,
+            }],
+            options: RuntimeOptions::default(),
+            entry_module: None,
+        }),
+    })
+}
+
+/// The file a runtime loads, the model's first ONNX file, with its signature.
+pub fn entry_file(model: &ModelVersion) -> Result<(&ModelFile, &OnnxSignature), String> {
+    model
+        .files
+        .iter()
+        .find_map(|f| f.onnx.as_ref().map(|signature| (f, signature)))
+        .ok_or_else(|| {
+            let files: Vec<&str> = model.files.iter().map(|f| f.path.as_str()).collect();
+            format!(
+                "model {}:{} has no ONNX file (files: {}, framework {}); register a version whose model file ends in .onnx",
+                model.model_id,
+                model.version,
+                files.join(", "),
+                model.framework
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::model::Target;
+    use edgeship_domain::{
+        Capabilities, Dim, ElementType, Endpoint, Requirement, RuntimeKind, TensorSpec,
+    };
+    use std::collections::BTreeSet;
+
+    fn model(id: &str, version: u32) -> ModelVersion {
+        let spec = TensorSpec {
+            name: "x".into(),
+            element_type: ElementType::F32,
+            shape: vec![Dim::Unknown, Dim::Fixed(2)],
+        };
+        ModelVersion {
+            model_id: id.into(),
+            version,
+            description: String::new(),
+            framework: "onnx".into(),
+            framework_version: String::new(),
+            tags: BTreeMap::new(),
+            properties: BTreeMap::new(),
+            files: vec![ModelFile {
+                path: "model.onnx".into(),
+                size_bytes: 10,
+                sha256: format!("{version:064x}"),
+                onnx: Some(OnnxSignature {
+                    inputs: vec![spec.clone()],
+                    outputs: vec![spec],
+                    ir_version: 8,
+                    opsets: vec![],
+                    producer: String::new(),
+                    tract_incompatibility: None,
+                }),
+            }],
+            sample_input: None,
+            sample_output: None,
+            create_time_ms: 0,
+            update_time_ms: 0,
+        }
+    }
+
+    fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
+        Deployment {
+            id: id.into(),
+            model_id: "m".into(),
+            version: None,
+            runtime: RuntimeKind::Tract,
+            endpoint: Endpoint::azureml(port),
+            target,
+            create_time_ms: created,
+        }
+    }
+
+    fn by_id(id: &str) -> Target {
+        Target {
+            device_ids: BTreeSet::from([id.to_owned()]),
+            ..Target::default()
+        }
+    }
+
+    fn by_label(key: &str, value: &str) -> Target {
+        Target {
+            label_selector: BTreeMap::from([(key.to_owned(), value.to_owned())]),
+            ..Target::default()
+        }
+    }
+
+    fn device(id: &str, labels: &[(&str, &str)]) -> Device {
+        Device {
+            id: id.into(),
+            reported_labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            agent_version: "0.1.0".into(),
+            last_seen_ms: 1,
+            capabilities: Capabilities {
+                runtimes: vec!["tract".into()],
+                features: [
+                    Requirement::ModelWorkloads,
+                    Requirement::Protocol(edgeship_domain::Protocol::Azureml),
+                    Requirement::Auth(edgeship_domain::AuthMode::None),
+                ]
+                .iter()
+                .map(|r| r.token())
+                .collect(),
+                ..Capabilities::default()
+            },
+            ..Device::default()
+        }
+    }
+
+    fn resolved(pairs: &[(&str, Option<ModelVersion>)]) -> Resolved {
+        pairs
+            .iter()
+            .map(|(id, m)| ((*id).to_owned(), m.clone()))
+            .collect()
+    }
+
+    /// One row: what the case is, the device, the deployments, what they resolve to, and
+    /// the expected summary.
+    type Case = (
+        &'static str,
+        Device,
+        Vec<Deployment>,
+        Resolved,
+        Vec<&'static str>,
+    );
+
+    /// `deployment=model:version` for each workload, `deployment!reason` for the others.
+    fn summary(desired: &DeviceDesired) -> Vec<String> {
+        desired
+            .workloads
+            .iter()
+            .map(|w| format!("{}={}", w.deployment, w.describe()))
+            .chain(
+                desired
+                    .unschedulable
+                    .iter()
+                    .map(|(d, why)| format!("{d}!{why}")),
+            )
+            .collect()
+    }
+
+    #[test]
+    fn the_desired_state_for_each_situation() {
+        let north = device("d1", &[("site", "north")]);
+        let south = device("d1", &[("site", "south")]);
+        let never_seen = Device {
+            id: "d1".into(),
+            ..Device::default()
+        };
+        let no_opencl = deployment("gpu", 5003, 3, by_id("d1"));
+        let no_opencl = Deployment {
+            runtime: RuntimeKind::Opencl,
+            ..no_opencl
+        };
+        let mut no_onnx = model("m", 4);
+        no_onnx.files[0].onnx = None;
+        no_onnx.files[0].path = "weights.bin".into();
+        no_onnx.framework = "custom".into();
+        let table: Vec<Case> = vec![
+            (
+                "a new deployment targeting the device by id",
+                north.clone(),
+                vec![deployment("web", 5001, 1, by_id("d1"))],
+                resolved(&[("web", Some(model("m", 1)))]),
+                vec!["web=m:1"],
+            ),
+            (
+                "a version change follows the resolved version",
+                north.clone(),
+                vec![deployment("web", 5001, 1, by_id("d1"))],
+                resolved(&[("web", Some(model("m", 2)))]),
+                vec!["web=m:2"],
+            ),
+            (
+                "a removed deployment is no longer desired",
+                north.clone(),
+                vec![],
+                resolved(&[]),
+                vec![],
+            ),
+            (
+                "a device in the selector runs the deployment",
+                north.clone(),
+                vec![deployment("web", 5001, 1, by_label("site", "north"))],
+                resolved(&[("web", Some(model("m", 1)))]),
+                vec!["web=m:1"],
+            ),
+            (
+                "a device leaving the selector does not",
+                south.clone(),
+                vec![deployment("web", 5001, 1, by_label("site", "north"))],
+                resolved(&[("web", Some(model("m", 1)))]),
+                vec![],
+            ),
+            (
+                "the older deployment keeps a contested port",
+                north.clone(),
+                vec![
+                    deployment("new", 5001, 2, by_label("site", "north")),
+                    deployment("old", 5001, 1, by_id("d1")),
+                ],
+                resolved(&[("new", Some(model("m", 1))), ("old", Some(model("m", 1)))]),
+                vec![
+                    "old=m:1",
+                    "new!port 5001 on this device is taken by deployment old",
+                ],
+            ),
+            (
+                "a runtime the device lacks is unschedulable before any download",
+                north.clone(),
+                vec![no_opencl.clone()],
+                resolved(&[("gpu", Some(model("m", 1)))]),
+                vec!["gpu!runtime opencl is not available on this device (available: tract)"],
+            ),
+            (
+                "a device never seen gets the workload; its agent judges",
+                never_seen,
+                vec![no_opencl],
+                resolved(&[("gpu", Some(model("m", 1)))]),
+                vec!["gpu=m:1"],
+            ),
+            (
+                "a model that is gone is unschedulable",
+                north.clone(),
+                vec![deployment("web", 5001, 1, by_id("d1"))],
+                resolved(&[("web", None)]),
+                vec!["web!model m:latest does not exist"],
+            ),
+            (
+                "a model without an ONNX file is unschedulable with advice",
+                north,
+                vec![deployment("web", 5001, 1, by_id("d1"))],
+                resolved(&[("web", Some(no_onnx))]),
+                vec![
+                    "web!model m:4 has no ONNX file (files: weights.bin, framework custom); register a version whose model file ends in .onnx",
+                ],
+            ),
+        ];
+        for (case, device, deployments, resolved, expected) in table {
+            let desired = for_device(&device, &deployments, &resolved);
+            assert_eq!(summary(&desired), expected, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_workload_carries_files_signature_and_endpoint() {
+        let deployment = deployment("web", 5001, 1, by_id("d1"));
+        let workload = workload(&deployment, &model("m", 3)).expect("runnable");
+        assert_eq!(workload.endpoint, Endpoint::azureml(5001));
+        let model = workload.as_model().expect("model workload");
+        assert_eq!(model.models[0].entry_file, "model.onnx");
+        assert_eq!(model.models[0].files[0].sha256, format!("{:064x}", 3));
+        assert_eq!(model.models[0].inputs[0].to_string(), "x: float32[?, 2]");
+    }
+}

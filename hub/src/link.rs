@@ -1,0 +1,342 @@
+//! The hub's MQTT client: subscribes to every device's birth, reported and blob-request
+//! topics, hands births and reports to the [`Fleet`] and blob requests to the
+//! [`BlobServer`], and publishes desired states and blob chunks. This is the only module of the
+//! hub that touches device-protocol protobuf types; it converts them to domain values here.
+//!
+//! Design (found at 300 devices: a poller that waited on a full worker queue while the worker
+//! waited on the client's queue, which only the poller drains, stopped the link for good):
+//! the poll loop awaits nothing but `poll()` and its backoff, and every hand-off from it is
+//! non-blocking with an explicit overflow rule. Births and reports are coalesced per device
+//! (only the newest matters) and applied in batches, one flush each. Blob requests go to a
+//! bounded queue; when it is full a request is dropped and counted, and the device asks again
+//! after its stall timeout. Only the worker tasks wait on the client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeship_domain::{Birth, DesiredState, ReportedState};
+use edgeship_proto::topics::{self, DeviceTopic};
+use edgeship_proto::v1 as pb;
+use futures::StreamExt;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::blob_server::{BlobServer, ChunkReply, ChunkRequest};
+use crate::fleet::Fleet;
+use crate::fleet::devices::DeviceNews;
+
+/// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
+const BLOB_QUEUE: usize = 16 * 1024;
+/// Chunks read from disk concurrently; replies still go out in request order.
+const BLOB_READS_IN_FLIGHT: usize = 8;
+/// Client request queue: publishes and subscribes waiting for the poll loop.
+const CLIENT_QUEUE: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub max_packet_bytes: usize,
+}
+
+/// Handles of the link's tasks; aborted on drop.
+#[derive(Debug)]
+pub struct Link {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Stops the link's tasks and waits until they are gone (they hold the fleet, and with
+    /// it the sled database, which a restarted hub must be able to open again).
+    pub async fn stop(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Births and reports received since the news worker last ran, newest per device.
+#[derive(Debug, Default)]
+struct Pending {
+    births: HashMap<String, Birth>,
+    reports: HashMap<String, ReportedState>,
+}
+
+/// Where the poll loop puts what it receives; nothing here waits.
+#[derive(Debug)]
+struct Inbound {
+    pending: Mutex<Pending>,
+    news: Notify,
+    blob_requests: mpsc::Sender<(String, ChunkRequest)>,
+    dropped_requests: AtomicU64,
+}
+
+impl Inbound {
+    fn deliver(&self, topic: &str, payload: &[u8]) {
+        let Some((device_id, kind)) = topics::parse(topic) else {
+            tracing::debug!(%topic, "message on an unknown topic ignored");
+            return;
+        };
+        match kind {
+            DeviceTopic::Birth => {
+                let Some(birth) = decode::<pb::Birth>(device_id, kind, payload) else {
+                    return;
+                };
+                if birth.device_id != device_id {
+                    tracing::warn!(device = %device_id, claimed = %birth.device_id, "birth names another device; ignored");
+                    return;
+                }
+                match Birth::try_from(birth) {
+                    Ok(birth) => {
+                        self.lock().births.insert(device_id.to_owned(), birth);
+                        self.news.notify_one();
+                    }
+                    Err(err) => {
+                        tracing::warn!(device = %device_id, error = %err, "invalid birth ignored")
+                    }
+                }
+            }
+            DeviceTopic::Reported => {
+                let Some(report) = decode::<pb::ReportedState>(device_id, kind, payload) else {
+                    return;
+                };
+                if report.device_id != device_id {
+                    tracing::warn!(device = %device_id, claimed = %report.device_id, "report names another device; ignored");
+                    return;
+                }
+                match ReportedState::try_from(report) {
+                    Ok(report) => {
+                        self.lock().reports.insert(device_id.to_owned(), report);
+                        self.news.notify_one();
+                    }
+                    Err(err) => {
+                        tracing::warn!(device = %device_id, error = %err, "invalid report ignored")
+                    }
+                }
+            }
+            DeviceTopic::BlobRequest => {
+                let Some(request) = decode::<pb::BlobRequest>(device_id, kind, payload) else {
+                    return;
+                };
+                let request = ChunkRequest {
+                    sha256: request.sha256,
+                    offset: request.offset,
+                    length: request.length,
+                };
+                if self
+                    .blob_requests
+                    .try_send((device_id.to_owned(), request))
+                    .is_err()
+                {
+                    let dropped = self.dropped_requests.fetch_add(1, Ordering::Relaxed) + 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped,
+                            "blob request queue full; requests dropped (devices ask again)"
+                        );
+                    }
+                }
+            }
+            DeviceTopic::Desired | DeviceTopic::BlobResponse => {}
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub fn start(
+    config: LinkConfig,
+    fleet: Arc<Fleet>,
+    blobs: Arc<BlobServer>,
+    outbox: mpsc::UnboundedReceiver<DesiredState>,
+) -> Link {
+    let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
+    options
+        .set_keep_alive(Duration::from_secs(15))
+        // A persistent session: reports sent while the hub was away are queued by the broker.
+        .set_clean_session(false)
+        .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
+    let (blob_tx, blob_rx) = mpsc::channel(BLOB_QUEUE);
+    let inbound = Arc::new(Inbound {
+        pending: Mutex::new(Pending::default()),
+        news: Notify::new(),
+        blob_requests: blob_tx,
+        dropped_requests: AtomicU64::new(0),
+    });
+    let broker = format!("{}:{}", config.host, config.port);
+    Link {
+        tasks: vec![
+            tokio::spawn(poll(
+                eventloop,
+                client.clone(),
+                broker,
+                Arc::clone(&fleet),
+                Arc::clone(&inbound),
+            )),
+            tokio::spawn(apply_news(Arc::clone(&fleet), inbound)),
+            tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
+            tokio::spawn(publish_desired(client, outbox)),
+        ],
+    }
+}
+
+async fn poll(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    broker: String,
+    fleet: Arc<Fleet>,
+    inbound: Arc<Inbound>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!(%broker, session_present = ack.session_present, "hub connected to the broker");
+                tokio::spawn(subscribe_and_republish(client.clone(), Arc::clone(&fleet)));
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                inbound.deliver(&publish.topic, &publish.payload);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "broker connection lost");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Subscribes, then republishes every desired state. The broker handles one client's packets
+/// in order, so each device's copy arrives after the subscriptions exist; an agent that
+/// already runs that generation answers with a report, which the hub is then sure to hear
+/// (this is what makes devices reconverge quickly after a hub restart).
+async fn subscribe_and_republish(client: AsyncClient, fleet: Arc<Fleet>) {
+    for kind in [
+        DeviceTopic::Birth,
+        DeviceTopic::Reported,
+        DeviceTopic::BlobRequest,
+    ] {
+        if let Err(err) = client
+            .subscribe(topics::all_devices(kind), QoS::AtLeastOnce)
+            .await
+        {
+            tracing::warn!(error = %err, "subscribe failed");
+            return;
+        }
+    }
+    let republished = tokio::task::spawn_blocking(move || fleet.republish_all()).await;
+    match republished {
+        Ok(Ok(count)) => tracing::debug!(count, "desired states republished"),
+        Ok(Err(err)) => tracing::error!(error = %err, "republishing desired states failed"),
+        Err(err) => tracing::error!(error = %err, "republishing desired states panicked"),
+    }
+}
+
+/// Applies births and reports in batches: whatever arrived while the previous batch ran.
+async fn apply_news(fleet: Arc<Fleet>, inbound: Arc<Inbound>) {
+    loop {
+        inbound.news.notified().await;
+        let pending = std::mem::take(&mut *inbound.lock());
+        if pending.births.is_empty() && pending.reports.is_empty() {
+            continue;
+        }
+        let news = DeviceNews {
+            births: pending.births.into_values().collect(),
+            reports: pending.reports.into_values().collect(),
+        };
+        let fleet = Arc::clone(&fleet);
+        match tokio::task::spawn_blocking(move || fleet.on_device_news(news)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "recording device births and reports failed")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "recording device births and reports panicked")
+            }
+        }
+    }
+}
+
+async fn serve_blobs(
+    client: AsyncClient,
+    blobs: Arc<BlobServer>,
+    requests: mpsc::Receiver<(String, ChunkRequest)>,
+) {
+    let replies = tokio_stream::wrappers::ReceiverStream::new(requests)
+        .map(|(device_id, request)| {
+            let blobs = Arc::clone(&blobs);
+            async move {
+                let reply = blobs.chunk(&device_id, &request).await;
+                (device_id, reply)
+            }
+        })
+        .buffered(BLOB_READS_IN_FLIGHT);
+    tokio::pin!(replies);
+    while let Some((device_id, reply)) = replies.next().await {
+        if !reply.error.is_empty() {
+            tracing::warn!(device = %device_id, sha256 = %reply.sha256, error = %reply.error, "blob request refused");
+        }
+        let topic = topics::device(&device_id, DeviceTopic::BlobResponse);
+        if let Err(err) = client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                chunk_message(reply).encode_to_vec(),
+            )
+            .await
+        {
+            tracing::warn!(error = %err, "publishing a blob chunk failed");
+        }
+    }
+}
+
+fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
+    pb::BlobChunk {
+        sha256: reply.sha256,
+        offset: reply.offset,
+        data: reply.data.into(),
+        total_size: reply.total_size,
+        error: reply.error,
+        chunk_sha256: reply.chunk_sha256,
+    }
+}
+
+async fn publish_desired(client: AsyncClient, mut outbox: mpsc::UnboundedReceiver<DesiredState>) {
+    while let Some(desired) = outbox.recv().await {
+        let topic = topics::device(&desired.device_id, DeviceTopic::Desired);
+        let payload = pb::DesiredState::from(&desired).encode_to_vec();
+        if let Err(err) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
+            tracing::warn!(error = %err, "mqtt publish failed");
+        }
+    }
+}
+
+fn decode<T: Message + Default>(device_id: &str, kind: DeviceTopic, payload: &[u8]) -> Option<T> {
+    match T::decode(payload) {
+        Ok(message) => Some(message),
+        Err(err) => {
+            tracing::warn!(device = %device_id, topic = kind.suffix(), error = %err, bytes = payload.len(), "malformed payload ignored");
+            None
+        }
+    }
+}
