@@ -103,7 +103,7 @@ impl RawConfig {
         let device_id = self
             .device_id
             .ok_or_else(|| ConfigError::Invalid("a device id is required (--device-id)".into()))?;
-        validate_device_id(&device_id).map_err(ConfigError::Invalid)?;
+        edgeship_domain::names::device_id(&device_id).map_err(|e| ConfigError::Invalid(e.0))?;
         let broker = parse_broker_url(self.broker.as_deref().unwrap_or("mqtt://127.0.0.1:1883"))
             .map_err(ConfigError::Invalid)?;
         let data_dir = self
@@ -129,8 +129,6 @@ impl RawConfig {
         })
     }
 }
-
-pub use edgeship_proto::topics::validate_device_id;
 
 pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
     let key_ok = !key.is_empty()

@@ -5,6 +5,8 @@
 //! `SKIP:` line and passes, except under `EDGESHIP_CI=1`, where a missing component fails the
 //! test, so nothing real goes untested in CI.
 
+pub mod sim;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+use edgeship_proto::topics::{self, DeviceTopic};
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
 
 /// Starts a broker on `listen` (port 0 picks a free port) and waits until it accepts
 /// connections. Returns the address it listens on.
@@ -49,6 +50,16 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
             // are transient, so keep that bound small: 64 MiB per filter at most.
             max_segment_size: 16 * 1024 * 1024,
             max_segment_count: 4,
+            // Each device has its own chunk topic, and its log is never freed: at 64 MiB each a
+            // fleet-wide rollout would hold the model once per device. 12 MiB still covers
+            // an agent's whole fetch window (32 chunks of 256 KiB).
+            custom_segment: Some(HashMap::from([(
+                topics::all_devices(DeviceTopic::BlobResponse),
+                SegmentConfig {
+                    max_segment_size: 4 * 1024 * 1024,
+                    max_segment_count: 3,
+                },
+            )])),
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("mqtt".to_owned(), server)])),

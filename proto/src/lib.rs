@@ -1,8 +1,8 @@
 //! Generated protobuf types and gRPC stubs for the edgeship hub API and device protocol.
 //!
-//! The registry's domain code works with plain Rust types converted at the `api` edge. The
-//! desired-state engine (hub `fleet`) and the agent's driver work on the device-protocol
-//! messages directly: those messages *are* their domain (what a device is told and says).
+//! Architecture invariant: only adapters touch these types: the hub's gRPC `api` and CLI
+//! client, and the MQTT links of hub and agent (through `edgeship_domain::wire`). Domain code
+//! on both sides works with plain Rust types.
 
 #![allow(
     missing_debug_implementations,
@@ -86,24 +86,6 @@ pub mod topics {
             DeviceTopic::BlobRequest,
             DeviceTopic::BlobResponse,
         ];
-    }
-
-    /// Device ids become MQTT topic levels and file names: 1–128 of `[A-Za-z0-9_.-]`, not
-    /// starting with `.` or `-` (so no wildcard, separator or hidden-file surprises).
-    pub fn validate_device_id(id: &str) -> Result<(), String> {
-        let ok = !id.is_empty()
-            && id.len() <= 128
-            && !id.starts_with(['.', '-'])
-            && id
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
-        if ok {
-            Ok(())
-        } else {
-            Err(format!(
-                "invalid device id {id:?}: use 1-128 letters, digits, '-', '_' or '.', not starting with '.' or '-'"
-            ))
-        }
     }
 
     /// The topic of `kind` for one device.

@@ -2,5 +2,6 @@
 //! (kill -9, a stopped broker, a restarted hub, corrupted bytes on the wire).
 
 mod faults;
+mod fleet;
 mod proxy;
 mod support;

@@ -374,12 +374,13 @@ async fn a_client_that_vanishes_mid_upload_leaves_nothing_behind() {
             .await
             .expect("send");
     }
-    // Let the hub stage the first bytes, then drop the call as a crashing client would.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert!(
-        !hub.staging_entries().is_empty(),
-        "the upload was being staged"
-    );
+    // Once the hub is staging the first bytes, drop the call as a crashing client would.
+    testkit::eventually(
+        std::time::Duration::from_secs(30),
+        "the upload being staged",
+        || async { (!hub.staging_entries().is_empty()).then_some(()) },
+    )
+    .await;
     call.abort();
     drop(sender);
     assert_untouched(&hub, &mut client).await;

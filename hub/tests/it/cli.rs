@@ -245,13 +245,14 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
 #[test]
 fn a_hub_whose_stdout_is_closed_keeps_running() {
     let data = tempfile::tempdir().expect("temp");
+    let listen = format!("127.0.0.1:{}", free_port());
     let mut hub = testkit::Process::spawn(
         "edgeship hub",
         Command::new(BIN)
             .args([
                 "hub",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--mqtt-listen",
                 "127.0.0.1:0",
                 "--data-dir",
@@ -262,7 +263,20 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
     );
     // Read nothing and close the pipe at once: the hub's announcements hit a closed stdout.
     drop(hub.child.stdout.take());
-    std::thread::sleep(Duration::from_secs(2));
+    // The announcements are written as soon as the API listens; two answered calls later
+    // they are long done, and the hub must still be there.
+    let hub_url = format!("http://{listen}");
+    assert!(testkit::wait_for_port(
+        listen.parse().expect("addr"),
+        Duration::from_secs(30)
+    ));
+    for _ in 0..2 {
+        let listed = Command::new(BIN)
+            .args(["model", "list", "--hub", &hub_url])
+            .output()
+            .expect("run the CLI");
+        assert!(listed.status.success(), "{listed:?}");
+    }
     assert!(
         hub.child.try_wait().expect("wait").is_none(),
         "the hub died when its stdout was closed"

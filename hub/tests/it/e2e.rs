@@ -141,10 +141,22 @@ async fn core_path(hub: TestHub) {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Requests flow before the switch, and keep flowing after it, on the new version.
+    let answered = |at_least: u64| {
+        let ok = ok.clone();
+        testkit::eventually(
+            Duration::from_secs(60),
+            "scoring requests answered",
+            move || {
+                let ok = ok.clone();
+                async move { (ok.load(Ordering::Relaxed) >= at_least).then_some(()) }
+            },
+        )
+    };
+    answered(10).await;
     assert_eq!(register_diabetes_with_sample(&mut client).await, 2);
     wait_serving(&agent, "diabetes-web", "diabetes:2").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    answered(ok.load(Ordering::Relaxed) + 10).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load loop");
     let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));

@@ -25,6 +25,40 @@ async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
     client
 }
 
+/// A raw MQTT client that also hands over what arrives on `topic`.
+async fn raw_listener(
+    mqtt_url: &str,
+    id: &str,
+    topic: &str,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
+) {
+    let (host, port) = edgeship_hub::server::parse_mqtt_url(mqtt_url).expect("url");
+    let mut options = MqttOptions::new(id, host, port);
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, 32);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let _ = tx.send(p.payload);
+            }
+        }
+    });
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe");
+    // The subscription is in place once the broker acknowledges it; a round trip through
+    // the same connection (a retained-free publish to ourselves) proves that.
+    client
+        .publish(topic, QoS::AtLeastOnce, false, Vec::new())
+        .await
+        .expect("probe");
+    (client, rx)
+}
+
 /// Publishes `payload` on a device's topic, as that device (or the hub) would.
 async fn send(client: &AsyncClient, device: &str, kind: DeviceTopic, payload: Vec<u8>) {
     client
@@ -52,7 +86,12 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         .expect("deploy");
     let addr = wait_serving(&agent, "web", "diabetes:1").await;
 
-    let attacker = raw_client(&hub.mqtt_url(), "garbage-sender").await;
+    let ghost_chunks = topics::device("ghost", DeviceTopic::BlobResponse);
+    let (attacker, mut replies) =
+        raw_listener(&hub.mqtt_url(), "garbage-sender", &ghost_chunks).await;
+    // Our own probe comes back first.
+    let probe = tokio::time::timeout(Duration::from_secs(30), replies.recv()).await;
+    assert!(matches!(probe, Ok(Some(p)) if p.is_empty()), "probe");
     let garbage = vec![0xff, 0x00, 0x13, 0x37, 0xde, 0xad];
     for kind in [
         DeviceTopic::Birth,
@@ -105,7 +144,38 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         .encode_to_vec(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Proof the hub processed all of it: its refusal to the ghost arrives, after the garbage
+    // on the same topic.
+    let refusal = tokio::time::timeout(Duration::from_secs(30), replies.recv())
+        .await
+        .expect("the hub answers the ghost")
+        .expect("reply");
+    let refusal = pb::BlobChunk::decode(refusal.as_ref()).expect("a chunk message");
+    assert!(
+        refusal
+            .error
+            .contains("is not part of device ghost's desired state"),
+        "{}",
+        refusal.error
+    );
+    assert!(refusal.data.is_empty());
+    // Proof the agent processed its garbage: a replay of a generation it already applied,
+    // sent after the garbage on the same topic, makes it report.
+    let applied = agent.view().borrow().applied_generation;
+    let before = now_ms();
+    let replay = pb::DesiredState {
+        device_id: "edge-m".into(),
+        generation: applied,
+        ..Default::default()
+    };
+    send(
+        &attacker,
+        "edge-m",
+        DeviceTopic::Desired,
+        replay.encode_to_vec(),
+    )
+    .await;
+    wait_heard_from(&hub.url(), "edge-m", before).await;
 
     // Both daemons are alive and their state is intact.
     let rows = serde_json::json!({"data": expected("diabetes")["inputs"]});
@@ -140,8 +210,10 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         .expect("applied")
         .applied_generation;
 
-    // Replay an older generation that asks for nothing: the agent must not tear down.
+    // Replay an older generation that asks for nothing: the agent must not tear down. It
+    // answers with a report of what it runs, which proves it processed the replay.
     let attacker = raw_client(&hub.mqtt_url(), "replayer").await;
+    let before = now_ms();
     let stale = pb::DesiredState {
         device_id: "edge-g".into(),
         generation: applied - 1,
@@ -154,7 +226,7 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         stale.encode_to_vec(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_heard_from(&hub.url(), "edge-g", before).await;
     let view = agent.view().borrow().clone();
     assert_eq!(view.applied_generation, applied);
     assert_eq!(
@@ -329,4 +401,115 @@ async fn deployment_requests_are_checked_and_models_in_use_cannot_be_deleted() {
         })
         .await
         .expect("no longer in use");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_the_hub_refuses_is_retried_until_it_is_allowed() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let digits = register(&mut registry, new_model("digits"), &fixture("digits")).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-r", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-r"])
+        .await
+        .expect("deploy");
+    wait_serving(&agent, "web", "diabetes:1").await;
+    let applied = agent.view().borrow().applied_generation;
+
+    // A desired state (ahead of the hub's generations) naming files the hub does not yet
+    // let this device fetch: the refusal is transient, so the workload keeps transitioning
+    // with the reason while the old version serves.
+    let port = free_port();
+    let signature = digits
+        .files
+        .iter()
+        .find_map(|f| f.onnx.clone())
+        .expect("an ONNX file");
+    let digits_workload = pb::Workload {
+        deployment: "digits".into(),
+        endpoint: Some(pb::Endpoint {
+            port: u32::from(port),
+            ..Default::default()
+        }),
+        kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
+            runtime: pb::Runtime::Tract.into(),
+            models: vec![pb::DeployedModel {
+                model_id: "digits".into(),
+                version: digits.version,
+                files: digits
+                    .files
+                    .iter()
+                    .map(|f| pb::BlobRef {
+                        path: f.path.clone(),
+                        sha256: f.sha256.clone(),
+                        size_bytes: f.size_bytes,
+                    })
+                    .collect(),
+                entry_file: "model.onnx".into(),
+                inputs: signature.inputs.iter().map(pb::TensorSpec::from).collect(),
+                outputs: signature.outputs.iter().map(pb::TensorSpec::from).collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    };
+    let attacker = raw_client(&hub.mqtt_url(), "ahead").await;
+    let ahead = pb::DesiredState {
+        device_id: "edge-r".into(),
+        generation: applied + 100,
+        workloads: vec![digits_workload],
+        ..Default::default()
+    };
+    send(
+        &attacker,
+        "edge-r",
+        DeviceTopic::Desired,
+        ahead.encode_to_vec(),
+    )
+    .await;
+    let view = agent
+        .wait_for(Duration::from_secs(30), |v| {
+            v.workload("digits")
+                .is_some_and(|w| w.error.contains("the hub refused the download"))
+        })
+        .await
+        .expect("refused, retrying");
+    let digits_view = view.workload("digits").expect("workload");
+    assert_eq!(
+        digits_view.state,
+        ServiceState::Transitioning,
+        "{digits_view:?}"
+    );
+    assert!(
+        digits_view.error.contains("retrying"),
+        "{}",
+        digits_view.error
+    );
+
+    // The hub now lets the device fetch digits (a deployment of its own names it); the
+    // retry, with no new desired state, succeeds.
+    deploy(
+        &hub.url(),
+        "digits-too",
+        "digits:1",
+        free_port(),
+        &["edge-r"],
+    )
+    .await
+    .expect("deploy digits");
+    let view = agent
+        .wait_for(Duration::from_secs(60), |v| {
+            v.workload("digits")
+                .is_some_and(|w| w.state == ServiceState::Healthy)
+        })
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(
+        view.workload("digits").map(|w| w.serving_model.as_str()),
+        Some(format!("digits:{}", digits.version).as_str())
+    );
+    agent.stop().await.expect("stop");
 }

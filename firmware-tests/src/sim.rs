@@ -1,0 +1,304 @@
+//! Lightweight simulated devices: each speaks the real device protocol over a real MQTT
+//! connection (birth, desired state, chunked blob fetch with per-chunk and whole-file sha256
+//! checks, report), without running models. A thousand fit in one test process, so fleet
+//! behaviour is tested at fleet size.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgeship_proto::topics::{self, DeviceTopic};
+use edgeship_proto::v1 as pb;
+use prost::Message;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// Chunk size the real agent requests (and the hub's maximum).
+const CHUNK: u64 = 256 * 1024;
+
+/// What a simulated device has done so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimState {
+    pub connected: bool,
+    /// Newest desired generation whose blobs all arrived and verified.
+    pub applied_generation: u64,
+    /// Blob bytes received and verified.
+    pub verified_bytes: u64,
+    /// Why the last desired state could not be applied.
+    pub error: Option<String>,
+}
+
+/// A simulated device; its tasks stop when it is dropped.
+#[derive(Debug)]
+pub struct SimDevice {
+    pub id: String,
+    pub state: watch::Receiver<SimState>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Capabilities of a tract agent, as the real agent announces them.
+pub fn agent_capabilities() -> pb::Capabilities {
+    pb::Capabilities {
+        arch: "x86_64".into(),
+        os: "linux".into(),
+        cpu_count: 1,
+        memory_bytes: 1 << 30,
+        runtimes: vec!["tract".into()],
+        opencl_devices: vec![],
+        features: vec![
+            "kind/model".into(),
+            "protocol/azureml".into(),
+            "auth/none".into(),
+        ],
+    }
+}
+
+impl SimDevice {
+    /// Connects a device to the broker at `host:port` with these labels.
+    pub fn start(id: &str, host: &str, port: u16, labels: &BTreeMap<String, String>) -> Self {
+        let mut options = MqttOptions::new(format!("edgeship-sim-{id}"), host, port);
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(1024 * 1024, 1024 * 1024);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let (state_tx, state) = watch::channel(SimState::default());
+        let birth = pb::Birth {
+            device_id: id.to_owned(),
+            online: true,
+            agent_version: "sim".into(),
+            capabilities: Some(agent_capabilities()),
+            labels: labels.clone().into_iter().collect(),
+            at_ms: 0,
+        };
+        // The poll loop only polls and forwards; the device task does the talking.
+        let poller = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        let _ = inbound_tx.send(Inbound::Connected);
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = inbound_tx.send(Inbound::Message(p.topic, p.payload));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            }
+        });
+        let device = tokio::spawn(run(id.to_owned(), client, birth, inbound_rx, state_tx));
+        Self {
+            id: id.to_owned(),
+            state,
+            tasks: vec![poller, device],
+        }
+    }
+}
+
+enum Inbound {
+    Connected,
+    Message(String, bytes::Bytes),
+}
+
+/// One blob being fetched: its chunks by offset until all are there.
+struct Fetch {
+    sha256: String,
+    size: u64,
+    chunks: BTreeMap<u64, bytes::Bytes>,
+}
+
+async fn run(
+    id: String,
+    client: AsyncClient,
+    birth: pb::Birth,
+    mut inbound: mpsc::UnboundedReceiver<Inbound>,
+    state: watch::Sender<SimState>,
+) {
+    let mut desired: Option<pb::DesiredState> = None;
+    let mut fetches: Vec<Fetch> = Vec::new();
+    while let Some(message) = inbound.recv().await {
+        match message {
+            Inbound::Connected => {
+                for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
+                    let _ = client
+                        .subscribe(topics::device(&id, kind), QoS::AtLeastOnce)
+                        .await;
+                }
+                let _ = client
+                    .publish(
+                        topics::device(&id, DeviceTopic::Birth),
+                        QoS::AtLeastOnce,
+                        true,
+                        birth.encode_to_vec(),
+                    )
+                    .await;
+                state.send_modify(|s| s.connected = true);
+            }
+            Inbound::Message(topic, payload) => match topics::parse(&topic) {
+                Some((_, DeviceTopic::Desired)) => {
+                    let Ok(new) = pb::DesiredState::decode(payload.as_ref()) else {
+                        continue;
+                    };
+                    let applied = state.borrow().applied_generation;
+                    if new.generation <= applied {
+                        report(&client, &id, &new, applied).await;
+                        continue;
+                    }
+                    fetches = blobs_of(&new)
+                        .into_iter()
+                        .map(|(sha256, size)| Fetch {
+                            sha256,
+                            size,
+                            chunks: BTreeMap::new(),
+                        })
+                        .collect();
+                    for fetch in &fetches {
+                        request_all(&client, &id, fetch).await;
+                    }
+                    desired = Some(new);
+                    finish_if_complete(&client, &id, &mut fetches, desired.as_ref(), &state).await;
+                }
+                Some((_, DeviceTopic::BlobResponse)) => {
+                    let Ok(chunk) = pb::BlobChunk::decode(payload.as_ref()) else {
+                        continue;
+                    };
+                    if !chunk.error.is_empty() {
+                        state.send_modify(|s| s.error = Some(chunk.error.clone()));
+                        continue;
+                    }
+                    let intact = hex::encode(Sha256::digest(&chunk.data)) == chunk.chunk_sha256;
+                    if let Some(fetch) = fetches.iter_mut().find(|f| f.sha256 == chunk.sha256)
+                        && intact
+                    {
+                        fetch.chunks.insert(chunk.offset, chunk.data);
+                    }
+                    finish_if_complete(&client, &id, &mut fetches, desired.as_ref(), &state).await;
+                }
+                _ => {}
+            },
+        }
+    }
+}
+
+fn blobs_of(desired: &pb::DesiredState) -> Vec<(String, u64)> {
+    let mut blobs: Vec<(String, u64)> = desired
+        .workloads
+        .iter()
+        .filter_map(|w| match &w.kind {
+            Some(pb::workload::Kind::Model(m)) => Some(m),
+            _ => None,
+        })
+        .flat_map(|m| m.models.iter().flat_map(|d| d.files.iter()))
+        .map(|f| (f.sha256.clone(), f.size_bytes))
+        .collect();
+    blobs.sort();
+    blobs.dedup();
+    blobs
+}
+
+async fn request_all(client: &AsyncClient, id: &str, fetch: &Fetch) {
+    let mut offset = 0;
+    while offset < fetch.size {
+        let request = pb::BlobRequest {
+            sha256: fetch.sha256.clone(),
+            offset,
+            length: CHUNK.min(fetch.size - offset),
+        };
+        let _ = client
+            .publish(
+                topics::device(id, DeviceTopic::BlobRequest),
+                QoS::AtLeastOnce,
+                false,
+                request.encode_to_vec(),
+            )
+            .await;
+        offset += CHUNK;
+    }
+}
+
+async fn finish_if_complete(
+    client: &AsyncClient,
+    id: &str,
+    fetches: &mut Vec<Fetch>,
+    desired: Option<&pb::DesiredState>,
+    state: &watch::Sender<SimState>,
+) {
+    let Some(desired) = desired else {
+        return;
+    };
+    let complete = |f: &Fetch| f.chunks.values().map(|c| c.len() as u64).sum::<u64>() >= f.size;
+    if !fetches.iter().all(complete) {
+        return;
+    }
+    let mut verified = 0;
+    for fetch in fetches.iter() {
+        let mut hasher = Sha256::new();
+        for chunk in fetch.chunks.values() {
+            hasher.update(chunk);
+        }
+        if hex::encode(hasher.finalize()) != fetch.sha256 {
+            state.send_modify(|s| s.error = Some(format!("{} failed verification", fetch.sha256)));
+            return;
+        }
+        verified += fetch.size;
+    }
+    fetches.clear();
+    state.send_modify(|s| {
+        s.applied_generation = desired.generation;
+        s.verified_bytes += verified;
+        s.error = None;
+    });
+    let applied = state.borrow().applied_generation;
+    report(client, id, desired, applied).await;
+}
+
+/// Reports every workload of `desired` healthy (the simulator runs no model).
+async fn report(client: &AsyncClient, id: &str, desired: &pb::DesiredState, applied: u64) {
+    let workloads = desired
+        .workloads
+        .iter()
+        .map(|w| {
+            let model = match &w.kind {
+                Some(pb::workload::Kind::Model(m)) => m
+                    .models
+                    .iter()
+                    .map(|d| format!("{}:{}", d.model_id, d.version))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => String::new(),
+            };
+            pb::WorkloadStatus {
+                deployment: w.deployment.clone(),
+                state: pb::ServiceState::Healthy.into(),
+                serving_model: model.clone(),
+                desired_model: model,
+                port: w.endpoint.as_ref().map_or(0, |e| e.port),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let report = pb::ReportedState {
+        device_id: id.to_owned(),
+        applied_generation: applied,
+        workloads,
+        reported_at_ms: 0,
+    };
+    let _ = client
+        .publish(
+            topics::device(id, DeviceTopic::Reported),
+            QoS::AtLeastOnce,
+            false,
+            report.encode_to_vec(),
+        )
+        .await;
+}
