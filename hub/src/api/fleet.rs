@@ -30,7 +30,10 @@ impl FleetService {
         let fleet = Arc::clone(&self.fleet);
         tokio::task::spawn_blocking(move || work(&fleet))
             .await
-            .map_err(|err| Status::internal(format!("fleet task failed: {err}")))?
+            .map_err(|err| {
+                tracing::error!(error = %err, "fleet task failed");
+                Status::internal(format!("fleet task failed: {err}"))
+            })?
             .map_err(Status::from)
     }
 }
@@ -332,5 +335,43 @@ impl FleetApi for FleetService {
             .blocking(move |fleet| fleet.set_labels(&id, set, remove))
             .await?;
         Ok(Response::new(device_view(&device)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry;
+
+    #[test]
+    fn fleet_errors_keep_their_class_as_status_codes() {
+        let code = |err: FleetError| Status::from(err).code();
+        assert_eq!(
+            code(FleetError::NotFound("x".into())),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(FleetError::DataLoss("x".into())),
+            tonic::Code::DataLoss
+        );
+        assert_eq!(
+            code(FleetError::Registry(registry::Error::NotFound("m".into()))),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            code(FleetError::Registry(registry::Error::Io {
+                context: "reading".into(),
+                source: std::io::Error::other("disk"),
+            })),
+            tonic::Code::Internal
+        );
+        assert_eq!(
+            code(FleetError::Registry(registry::Error::DataLoss("x".into()))),
+            tonic::Code::DataLoss
+        );
+        assert_eq!(
+            code(FleetError::Registry(registry::Error::invalid("bad"))),
+            tonic::Code::InvalidArgument
+        );
     }
 }

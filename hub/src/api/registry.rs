@@ -38,7 +38,10 @@ impl ModelRegistryService {
         let registry = Arc::clone(&self.registry);
         tokio::task::spawn_blocking(move || work(&registry))
             .await
-            .map_err(|err| Status::internal(format!("registry task failed: {err}")))?
+            .map_err(|err| {
+                tracing::error!(error = %err, "registry task failed");
+                Status::internal(format!("registry task failed: {err}"))
+            })?
             .map_err(Status::from)
     }
 }
@@ -102,8 +105,16 @@ impl ModelRegistry for ModelRegistryService {
                     let rolled =
                         tokio::task::spawn_blocking(move || fleet.on_model_registered(&model_id))
                             .await;
-                    if let Ok(Err(err)) = rolled {
-                        tracing::error!(error = %err, "updating deployments after a registration failed");
+                    // The version is registered either way; deployments catch up on the next
+                    // change or restart, so this is logged for an operator, not returned.
+                    match rolled {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            tracing::error!(model = %model.model_id, error = %err, "updating deployments after a registration failed");
+                        }
+                        Err(err) => {
+                            tracing::error!(model = %model.model_id, error = %err, "updating deployments after a registration panicked");
+                        }
                     }
                     return Ok(Response::new(pb::Model::from(&model)));
                 }

@@ -513,3 +513,54 @@ async fn a_download_the_hub_refuses_is_retried_until_it_is_allowed() {
     );
     agent.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hub_keeps_a_workload_off_a_device_that_lacks_its_runtime() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-c", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    // The hub knows the device's capabilities once its birth has arrived.
+    wait_heard_from(&hub.url(), "edge-c", 0).await;
+    let mut deployments = DeploymentsClient::connect(hub.url())
+        .await
+        .expect("connect");
+    deployments
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: "gpu".into(),
+                model: "diabetes:1".into(),
+                runtime: "opencl".into(),
+                endpoint: Some(pb::Endpoint {
+                    port: u32::from(free_port()),
+                    ..Default::default()
+                }),
+                target: Some(pb::Target {
+                    device_ids: vec!["edge-c".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create");
+    let deployment = wait_for_deployment(&hub.url(), "gpu", pb::ServiceState::Unschedulable).await;
+    assert_eq!(deployment.devices.len(), 1);
+    assert!(
+        deployment.devices[0]
+            .error
+            .contains("runtime opencl is not available on this device (available: tract)"),
+        "{:?}",
+        deployment.devices[0]
+    );
+    // Nothing was sent, so nothing was downloaded.
+    assert_eq!(agent.view().borrow().workload("gpu"), None);
+    let cached = std::fs::read_dir(dir.path().join("blobs/sha256"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(cached, 0);
+    agent.stop().await.expect("stop");
+}
