@@ -14,25 +14,24 @@
 //! out until the hub asks for something else, and the previous version keeps serving.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use edgeship_domain::{
-    Birth, Capabilities, DesiredState, ReportedState, Requirement, ServiceState, Workload,
-    WorkloadStatus,
-};
+use edgeship_domain::{Birth, DesiredState, ReportedState, ServiceState, Workload, WorkloadStatus};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::cache::BlobCache;
 use crate::config::AgentConfig;
+use crate::device::birth;
 use crate::fetch::{Chunk, FetchError, Fetcher};
 use crate::link::{self, Link, LinkSender};
+use crate::now_ms;
 use crate::reconcile::{self, Action, Slot};
 use crate::stage::{Stage, StageError};
 use crate::state::{PersistedState, StateStore, WorkloadFailure};
+pub use crate::view::{AgentView, WorkloadView};
 
 /// How often the agent reports even when nothing changed (metrics, liveness).
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
@@ -41,29 +40,6 @@ const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long a stopping agent waits for its goodbye to reach the broker.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A workload as observers (tests, `edgeship dev`) see it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkloadView {
-    pub deployment: String,
-    pub state: ServiceState,
-    pub error: String,
-    pub serving_model: String,
-    pub desired_model: String,
-    pub addr: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AgentView {
-    pub applied_generation: u64,
-    pub workloads: Vec<WorkloadView>,
-}
-
-impl AgentView {
-    pub fn workload(&self, deployment: &str) -> Option<&WorkloadView> {
-        self.workloads.iter().find(|w| w.deployment == deployment)
-    }
-}
 
 /// An agent running in the background of this process.
 #[derive(Debug)]
@@ -102,6 +78,7 @@ impl RunningAgent {
             state,
             statuses: BTreeMap::new(),
             retry: None,
+            accepted: None,
             view: view_tx,
             birth,
         };
@@ -148,63 +125,6 @@ impl Drop for RunningAgent {
     }
 }
 
-/// What this agent can run: the runtimes that work here and the features it implements.
-pub fn capabilities() -> Capabilities {
-    let features = [
-        Requirement::ModelWorkloads,
-        Requirement::Protocol(edgeship_domain::Protocol::Azureml),
-        Requirement::Auth(edgeship_domain::AuthMode::None),
-    ];
-    Capabilities {
-        arch: std::env::consts::ARCH.to_owned(),
-        os: std::env::consts::OS.to_owned(),
-        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-        memory_bytes: total_memory_bytes(),
-        runtimes: edgeship_runtime::available()
-            .iter()
-            .map(|r| r.kind().name().to_owned())
-            .collect(),
-        opencl_devices: vec![],
-        features: features.iter().map(|f| f.token()).collect(),
-    }
-}
-
-/// The device's self-description, sent on every connect.
-pub fn birth(config: &AgentConfig) -> Birth {
-    Birth {
-        device_id: config.device_id.clone(),
-        online: true,
-        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: capabilities(),
-        labels: config.labels.clone(),
-        at_ms: now_ms(),
-    }
-}
-
-fn total_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("MemTotal:"))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
-        })
-        .map_or(0, |kib| kib * 1024)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
-
 /// A transient failure waiting to be retried.
 #[derive(Debug, Clone, Copy)]
 struct Retry {
@@ -238,6 +158,8 @@ struct Agent {
     sender: LinkSender,
     statuses: BTreeMap<String, WorkloadStatus>,
     retry: Option<Retry>,
+    /// The desired state being applied or last applied (what a retry goes over again).
+    accepted: Option<DesiredState>,
     view: watch::Sender<AgentView>,
     birth: Birth,
 }
@@ -285,7 +207,10 @@ impl Agent {
                     }
                 }
                 _ = sleep_until_some(retry_at) => {
-                    current = self.store.load_desired();
+                    // Another pass over the state being applied; it schedules the next retry
+                    // itself if one is still needed.
+                    self.retry = None;
+                    current = self.accepted.clone();
                 }
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
@@ -382,6 +307,7 @@ impl Agent {
             );
             return Pass::Done;
         }
+        self.accepted = Some(desired.clone());
         if desired.generation > self.state.accepted_generation {
             tracing::info!(
                 generation = desired.generation,

@@ -2,10 +2,12 @@
 //!
 //! `driver` runs the event loop over the pure `reconcile` planner; `fetch` downloads into
 //! `cache`; `stage` stages, self-tests and switches; `serve` holds the scoring endpoints and
-//! their protocol adapters; `link` is the MQTT connection; `state` what survives a restart.
+//! their protocol adapters; `link` is the MQTT connection; `state` what survives a restart;
+//! `device` what the agent announces about itself; `view` what in-process observers see.
 
 pub mod cache;
 pub mod config;
+pub mod device;
 pub mod driver;
 pub mod fetch;
 pub mod link;
@@ -13,6 +15,16 @@ pub mod reconcile;
 pub mod serve;
 pub mod stage;
 pub mod state;
+pub mod view;
 
 pub use config::AgentConfig;
-pub use driver::{AgentView, RunningAgent, WorkloadView};
+pub use driver::RunningAgent;
+pub use view::{AgentView, WorkloadView};
+
+/// Milliseconds since the Unix epoch: how births and reports carry time.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -138,39 +138,11 @@ pub fn live_blobs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgeship_domain::{
-        AuthMode, ContainerWorkload, DeployedModel, Endpoint, ModelWorkload, RejectedWorkload,
-        RuntimeKind, RuntimeOptions, WorkloadKind,
-    };
-
-    fn digest(n: u32) -> String {
-        format!("{n:064x}")
-    }
+    use edgeship_domain::fixtures::{digest, model_workload, tract_agent as tract_device};
+    use edgeship_domain::{AuthMode, ContainerWorkload, Endpoint, RejectedWorkload, WorkloadKind};
 
     fn workload(deployment: &str, version: u32, blob: u32) -> Workload {
-        Workload {
-            deployment: deployment.into(),
-            endpoint: Endpoint::azureml(5000 + version as u16),
-            kind: WorkloadKind::Model(ModelWorkload {
-                runtime: RuntimeKind::Tract,
-                models: vec![DeployedModel {
-                    model_id: "m".into(),
-                    version,
-                    files: vec![BlobRef {
-                        path: "model.onnx".into(),
-                        sha256: digest(blob),
-                        size_bytes: 10,
-                    }],
-                    entry_file: "model.onnx".into(),
-                    inputs: vec![],
-                    outputs: vec![],
-                    sample_input: None,
-                    weight: 0,
-                }],
-                options: RuntimeOptions::default(),
-                entry_module: None,
-            }),
-        }
+        model_workload(deployment, version, blob)
     }
 
     fn desired(workloads: Vec<Workload>) -> DesiredState {
@@ -192,17 +164,6 @@ mod tests {
                 failed: None,
             },
         )
-    }
-
-    fn tract_device() -> Capabilities {
-        Capabilities {
-            runtimes: vec!["tract".into()],
-            features: ["kind/model", "protocol/azureml", "auth/none"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            ..Capabilities::default()
-        }
     }
 
     /// One row: what the case is, the slots, the desired state, what is cached, and the

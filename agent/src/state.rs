@@ -103,7 +103,10 @@ mod tests {
             applied_generation: 3,
             ..PersistedState::default()
         };
-        state.workloads.insert("web".into(), testkit_workload());
+        state.workloads.insert(
+            "web".into(),
+            edgeship_domain::fixtures::model_workload("web", 2, 1),
+        );
         store.save(&state).expect("save");
         fs::write(dir.path().join("state.json.tmp"), "torn").expect("write");
         assert_eq!(store.load().expect("load"), state);
@@ -120,35 +123,5 @@ mod tests {
                 .expect_err("damaged")
                 .contains("state.json is damaged")
         );
-    }
-
-    fn testkit_workload() -> Workload {
-        use edgeship_domain::{
-            BlobRef, DeployedModel, Endpoint, ModelWorkload, RuntimeKind, RuntimeOptions,
-            WorkloadKind,
-        };
-        Workload {
-            deployment: "web".into(),
-            endpoint: Endpoint::azureml(8080),
-            kind: WorkloadKind::Model(ModelWorkload {
-                runtime: RuntimeKind::Tract,
-                models: vec![DeployedModel {
-                    model_id: "m".into(),
-                    version: 2,
-                    files: vec![BlobRef {
-                        path: "model.onnx".into(),
-                        sha256: "ab".repeat(32),
-                        size_bytes: 3,
-                    }],
-                    entry_file: "model.onnx".into(),
-                    inputs: vec![],
-                    outputs: vec![],
-                    sample_input: None,
-                    weight: 0,
-                }],
-                options: RuntimeOptions::default(),
-                entry_module: None,
-            }),
-        }
     }
 }

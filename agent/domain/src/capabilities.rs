@@ -50,6 +50,14 @@ pub enum Requirement {
 }
 
 impl Requirement {
+    /// What every agent since 0.1.0 offers besides its runtimes: model workloads on an Azure
+    /// ML endpoint without auth.
+    pub const BASELINE: [Requirement; 3] = [
+        Requirement::ModelWorkloads,
+        Requirement::Protocol(Protocol::Azureml),
+        Requirement::Auth(AuthMode::None),
+    ];
+
     /// The token a device lists in `Capabilities::features` (runtimes are listed by name in
     /// `Capabilities::runtimes` instead, since they depend on the device's libraries).
     pub fn token(self) -> String {
@@ -147,40 +155,14 @@ impl Capabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{DeployedModel, Endpoint, ModelWorkload, RuntimeOptions};
+    use crate::fixtures::{self, tract_agent as tract_device};
 
     fn model_workload(models: usize) -> Workload {
-        let model = DeployedModel {
-            model_id: "m".into(),
-            version: 1,
-            files: vec![],
-            entry_file: "model.onnx".into(),
-            inputs: vec![],
-            outputs: vec![],
-            sample_input: None,
-            weight: 0,
-        };
-        Workload {
-            deployment: "d".into(),
-            endpoint: Endpoint::azureml(5001),
-            kind: WorkloadKind::Model(ModelWorkload {
-                runtime: RuntimeKind::Tract,
-                models: vec![model; models],
-                options: RuntimeOptions::default(),
-                entry_module: None,
-            }),
+        let mut workload = fixtures::model_workload("d", 1, 1);
+        if let WorkloadKind::Model(model) = &mut workload.kind {
+            model.models = vec![model.models[0].clone(); models];
         }
-    }
-
-    fn tract_device() -> Capabilities {
-        Capabilities {
-            runtimes: vec!["tract".into()],
-            features: ["kind/model", "protocol/azureml", "auth/none"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
-            ..Capabilities::default()
-        }
+        workload
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! conversions that the hub's and the agent's MQTT links call, and nowhere else.
 
 pub mod capabilities;
+#[cfg(any(test, feature = "fixtures"))]
+pub mod fixtures;
 pub mod names;
 pub mod report;
 pub mod signature;

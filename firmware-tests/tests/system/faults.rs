@@ -103,7 +103,10 @@ async fn a_chunk_corrupted_in_transit_is_rejected_and_fetched_again() {
     );
 }
 
-#[cfg_attr(no_mosquitto, ignore = "mosquitto is not installed (apt-get install -y mosquitto)")]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install -y mosquitto)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_keeps_serving_while_the_broker_is_down_and_reconnects_after() {
     let Some(mosquitto) = Mosquitto::start("the_agent_keeps_serving_while_the_broker_is_down")

@@ -122,9 +122,7 @@ pub fn entry_file(model: &ModelVersion) -> Result<(&ModelFile, &OnnxSignature), 
 mod tests {
     use super::*;
     use crate::fleet::model::Target;
-    use edgeship_domain::{
-        Capabilities, Dim, ElementType, Endpoint, Requirement, RuntimeKind, TensorSpec,
-    };
+    use edgeship_domain::{Dim, ElementType, Endpoint, RuntimeKind, TensorSpec};
     use std::collections::BTreeSet;
 
     fn model(id: &str, version: u32) -> ModelVersion {
@@ -196,18 +194,7 @@ mod tests {
                 .collect(),
             agent_version: "0.1.0".into(),
             last_seen_ms: 1,
-            capabilities: Capabilities {
-                runtimes: vec!["tract".into()],
-                features: [
-                    Requirement::ModelWorkloads,
-                    Requirement::Protocol(edgeship_domain::Protocol::Azureml),
-                    Requirement::Auth(edgeship_domain::AuthMode::None),
-                ]
-                .iter()
-                .map(|r| r.token())
-                .collect(),
-                ..Capabilities::default()
-            },
+            capabilities: edgeship_domain::fixtures::tract_agent(),
             ..Device::default()
         }
     }

@@ -84,7 +84,10 @@ async fn register_deploy_score_switch_under_load_and_delete() {
     core_path(TestHub::start().await).await;
 }
 
-#[cfg_attr(no_mosquitto, ignore = "mosquitto is not installed (apt-get install -y mosquitto)")]
+#[cfg_attr(
+    no_mosquitto,
+    ignore = "mosquitto is not installed (apt-get install -y mosquitto)"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_core_path_also_runs_over_mosquitto() {
     let test = "the_core_path_also_runs_over_mosquitto";

@@ -1,0 +1,177 @@
+//! Births and reports on the wire.
+
+use std::collections::BTreeMap;
+
+use edgeship_proto::v1 as pb;
+
+use super::WireError;
+use crate::capabilities::{Capabilities, OpenClDevice};
+use crate::names;
+use crate::report::{Birth, EndpointMetrics, ReportedState, ServiceState, WorkloadStatus};
+
+impl From<&Capabilities> for pb::Capabilities {
+    fn from(c: &Capabilities) -> Self {
+        pb::Capabilities {
+            arch: c.arch.clone(),
+            os: c.os.clone(),
+            cpu_count: c.cpu_count,
+            memory_bytes: c.memory_bytes,
+            runtimes: c.runtimes.clone(),
+            opencl_devices: c
+                .opencl_devices
+                .iter()
+                .map(|d| pb::OpenClDevice {
+                    platform: d.platform.clone(),
+                    name: d.name.clone(),
+                    kind: d.kind.clone(),
+                })
+                .collect(),
+            features: c.features.iter().cloned().collect(),
+        }
+    }
+}
+
+impl From<pb::Capabilities> for Capabilities {
+    fn from(c: pb::Capabilities) -> Self {
+        Capabilities {
+            arch: c.arch,
+            os: c.os,
+            cpu_count: c.cpu_count,
+            memory_bytes: c.memory_bytes,
+            runtimes: c.runtimes,
+            opencl_devices: c
+                .opencl_devices
+                .into_iter()
+                .map(|d| OpenClDevice {
+                    platform: d.platform,
+                    name: d.name,
+                    kind: d.kind,
+                })
+                .collect(),
+            features: c.features.into_iter().collect(),
+        }
+    }
+}
+
+impl From<&Birth> for pb::Birth {
+    fn from(birth: &Birth) -> Self {
+        pb::Birth {
+            device_id: birth.device_id.clone(),
+            online: birth.online,
+            agent_version: birth.agent_version.clone(),
+            capabilities: Some((&birth.capabilities).into()),
+            labels: birth.labels.clone().into_iter().collect(),
+            at_ms: birth.at_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::Birth> for Birth {
+    type Error = WireError;
+
+    fn try_from(birth: pb::Birth) -> Result<Self, WireError> {
+        names::device_id(&birth.device_id)?;
+        Ok(Birth {
+            device_id: birth.device_id,
+            online: birth.online,
+            agent_version: birth.agent_version,
+            capabilities: birth
+                .capabilities
+                .map(Capabilities::from)
+                .unwrap_or_default(),
+            labels: birth.labels.into_iter().collect::<BTreeMap<_, _>>(),
+            at_ms: birth.at_ms,
+        })
+    }
+}
+
+pub fn wire_state(state: ServiceState) -> pb::ServiceState {
+    match state {
+        ServiceState::Healthy => pb::ServiceState::Healthy,
+        ServiceState::Transitioning => pb::ServiceState::Transitioning,
+        ServiceState::Unhealthy => pb::ServiceState::Unhealthy,
+        ServiceState::Unschedulable => pb::ServiceState::Unschedulable,
+        ServiceState::Failed => pb::ServiceState::Failed,
+    }
+}
+
+/// Unknown or unspecified states read as `Transitioning`: not yet known to be anything else.
+pub fn service_state(code: i32) -> ServiceState {
+    match pb::ServiceState::try_from(code) {
+        Ok(pb::ServiceState::Healthy) => ServiceState::Healthy,
+        Ok(pb::ServiceState::Unhealthy) => ServiceState::Unhealthy,
+        Ok(pb::ServiceState::Unschedulable) => ServiceState::Unschedulable,
+        Ok(pb::ServiceState::Failed) => ServiceState::Failed,
+        _ => ServiceState::Transitioning,
+    }
+}
+
+impl From<&WorkloadStatus> for pb::WorkloadStatus {
+    fn from(status: &WorkloadStatus) -> Self {
+        pb::WorkloadStatus {
+            deployment: status.deployment.clone(),
+            state: wire_state(status.state).into(),
+            error: status.error.clone(),
+            serving_model: status.serving_model.clone(),
+            desired_model: status.desired_model.clone(),
+            port: u32::from(status.port),
+            metrics: Some(pb::EndpointMetrics {
+                requests: status.metrics.requests,
+                errors: status.metrics.errors,
+                mean_latency_ms: status.metrics.mean_latency_ms,
+            }),
+        }
+    }
+}
+
+impl From<pb::WorkloadStatus> for WorkloadStatus {
+    fn from(status: pb::WorkloadStatus) -> Self {
+        let metrics = status.metrics.unwrap_or_default();
+        WorkloadStatus {
+            state: service_state(status.state),
+            deployment: status.deployment,
+            error: status.error,
+            serving_model: status.serving_model,
+            desired_model: status.desired_model,
+            port: u16::try_from(status.port).unwrap_or(0),
+            metrics: EndpointMetrics {
+                requests: metrics.requests,
+                errors: metrics.errors,
+                mean_latency_ms: metrics.mean_latency_ms,
+            },
+        }
+    }
+}
+
+impl From<&ReportedState> for pb::ReportedState {
+    fn from(report: &ReportedState) -> Self {
+        pb::ReportedState {
+            device_id: report.device_id.clone(),
+            applied_generation: report.applied_generation,
+            workloads: report
+                .workloads
+                .iter()
+                .map(pb::WorkloadStatus::from)
+                .collect(),
+            reported_at_ms: report.reported_at_ms,
+        }
+    }
+}
+
+impl TryFrom<pb::ReportedState> for ReportedState {
+    type Error = WireError;
+
+    fn try_from(report: pb::ReportedState) -> Result<Self, WireError> {
+        names::device_id(&report.device_id)?;
+        Ok(ReportedState {
+            device_id: report.device_id,
+            applied_generation: report.applied_generation,
+            workloads: report
+                .workloads
+                .into_iter()
+                .map(WorkloadStatus::from)
+                .collect(),
+            reported_at_ms: report.reported_at_ms,
+        })
+    }
+}

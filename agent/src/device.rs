@@ -1,0 +1,52 @@
+//! What this device is and can do: the capabilities and birth message the agent announces on
+//! every connect. The hub schedules workloads by them.
+
+use edgeship_domain::{Birth, Capabilities, Requirement};
+
+use crate::config::AgentConfig;
+
+/// What this agent can run: the runtimes that work here and the features it implements.
+pub fn capabilities() -> Capabilities {
+    let features = Requirement::BASELINE;
+    Capabilities {
+        arch: std::env::consts::ARCH.to_owned(),
+        os: std::env::consts::OS.to_owned(),
+        cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: total_memory_bytes(),
+        runtimes: edgeship_runtime::available()
+            .iter()
+            .map(|r| r.kind().name().to_owned())
+            .collect(),
+        opencl_devices: vec![],
+        features: features.iter().map(|f| f.token()).collect(),
+    }
+}
+
+/// The device's self-description, sent on every connect.
+pub fn birth(config: &AgentConfig) -> Birth {
+    Birth {
+        device_id: config.device_id.clone(),
+        online: true,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        capabilities: capabilities(),
+        labels: config.labels.clone(),
+        at_ms: crate::now_ms(),
+    }
+}
+
+fn total_memory_bytes() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or(0, |kib| kib * 1024)
+}
