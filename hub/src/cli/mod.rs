@@ -15,6 +15,7 @@ mod deploy;
 mod dev;
 mod model;
 mod output;
+mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -97,6 +97,8 @@ async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
     assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
     let out = edgeship(&url, &["model", "show", "diabetes"]);
     insta::assert_snapshot!("show_diabetes", stdout(&out, t));
+    let out = edgeship(&url, &["model", "show", "diabetes:1", "-o", "json"]);
+    insta::assert_snapshot!("show_diabetes_json", stdout(&out, t));
     let out = edgeship(&url, &["model", "show", "digits:1", "-o", "json"]);
     insta::assert_snapshot!("show_digits_json", stdout(&out, t));
 
@@ -421,11 +423,12 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         )),
         "{listed}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&run(vec!["deploy", "show", "web", "-o", "json"]).await))
-            .expect("json");
+    let shown = ok(&run(vec!["deploy", "show", "web", "-o", "json"]).await);
+    let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(json["state"], "Healthy");
     assert_eq!(json["devices"][0]["serving_model"], "diabetes:1");
+    let shown = normalize(&shown, dir.path()).replace(&format!(": {port},"), ": \"<port>\",");
+    insta::assert_snapshot!("show_deployment_json", shown);
 
     let devices = ok(&run(vec!["device", "list"]).await);
     assert!(devices.contains("edge-cli  yes"), "{devices}");
