@@ -9,7 +9,7 @@ use edgeship_proto::v1::fleet_client::FleetClient;
 
 use super::output::{self, pairs, print_json};
 use super::view::{DeploymentView, DeviceView};
-use super::{DeployCommand, DeviceCommand, OutputFormat, key_values};
+use super::{DeployCommand, DeviceCommand, OutputFormat, key_values, names};
 use crate::client::{channel, rpc_error, wait_healthy};
 
 fn print_deployment(deployment: pb::Deployment, format: OutputFormat) {
@@ -35,9 +35,14 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             timeout_secs,
             output,
         } => {
+            let name = names::deployment_id(&name)?;
+            let devices = devices
+                .iter()
+                .map(|device| names::device_id(device))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let deployment = pb::Deployment {
                 deployment_id: name.clone(),
-                model,
+                model: names::deployment_model(&model)?,
                 runtime,
                 endpoint: Some(pb::Endpoint::from(&edgeship_domain::Endpoint {
                     auth: edgeship_domain::AuthMode::parse(&auth).map_err(anyhow::Error::msg)?,
@@ -65,7 +70,7 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
         DeployCommand::Show { name, output } => {
             let found = client
                 .get_deployment(pb::GetDeploymentRequest {
-                    name: format!("deployments/{name}"),
+                    name: format!("deployments/{}", names::deployment_id(&name)?),
                 })
                 .await
                 .map_err(rpc_error)?
@@ -97,6 +102,7 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             }
         }
         DeployCommand::Delete { name } => {
+            let name = names::deployment_id(&name)?;
             client
                 .delete_deployment(pb::DeleteDeploymentRequest {
                     name: format!("deployments/{name}"),
@@ -141,7 +147,7 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
         DeviceCommand::Show { device, output } => {
             let found = client
                 .get_device(pb::GetDeviceRequest {
-                    name: format!("devices/{device}"),
+                    name: format!("devices/{}", names::device_id(&device)?),
                 })
                 .await
                 .map_err(rpc_error)?
@@ -162,7 +168,7 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
             }
             let updated = client
                 .set_device_labels(pb::SetDeviceLabelsRequest {
-                    name: format!("devices/{device}"),
+                    name: format!("devices/{}", names::device_id(&device)?),
                     set: key_values("label", &set)?.into_iter().collect(),
                     remove,
                 })

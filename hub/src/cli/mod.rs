@@ -14,6 +14,7 @@ macro_rules! announce {
 mod deploy;
 mod dev;
 mod model;
+mod names;
 mod output;
 mod view;
 
@@ -77,8 +78,10 @@ pub enum DeployCommand {
     /// Deploy a model to devices named by id and/or selected by labels.
     Create {
         /// Deployment name (unique; also names the workload on each device).
+        #[arg(value_name = "NAME")]
         name: String,
-        /// NAME:VERSION, or NAME:latest to follow new registrations.
+        /// NAME:VERSION, or NAME:latest to follow new registrations (or
+        /// models/NAME/versions/VERSION).
         #[arg(short, long)]
         model: String,
         /// Port of the scoring endpoint on each device.
@@ -104,8 +107,9 @@ pub enum DeployCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// A deployment with the state of each targeted device.
+    /// A deployment with the state of each targeted device: NAME or deployments/NAME.
     Show {
+        #[arg(value_name = "NAME")]
         name: String,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
@@ -114,8 +118,11 @@ pub enum DeployCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Devices stop serving it and free its files.
-    Delete { name: String },
+    /// Devices stop serving it and free its files: NAME or deployments/NAME.
+    Delete {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,13 +134,16 @@ pub enum DeviceCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// One device and its workloads: ID or devices/ID.
     Show {
+        #[arg(value_name = "ID")]
         device: String,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
     /// Set or remove hub-side labels of a device (they override labels the agent reports).
     Label {
+        #[arg(value_name = "ID")]
         device: String,
         #[arg(long, value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -214,7 +224,7 @@ pub enum ModelCommand {
     },
     /// List model versions, optionally filtered.
     List {
-        /// Only versions of this model.
+        /// Only versions of this model (NAME or models/NAME).
         #[arg(short, long)]
         name: Option<String>,
         /// Tag filter, KEY=VALUE or KEY (repeatable; all must match).
@@ -228,7 +238,7 @@ pub enum ModelCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Show one version: NAME (latest) or NAME:VERSION.
+    /// Show one version: NAME (latest), NAME:VERSION, or models/NAME/versions/VERSION.
     Show {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,
@@ -236,6 +246,7 @@ pub enum ModelCommand {
         output: OutputFormat,
     },
     /// Download a version's files, with their layout, into a folder; digests are verified.
+    /// The version is named as for `show`.
     Download {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,
@@ -246,7 +257,8 @@ pub enum ModelCommand {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Change a version's tags, properties or description.
+    /// Change a version's tags, properties or description: NAME:VERSION or
+    /// models/NAME/versions/VERSION.
     Update {
         #[arg(value_name = "NAME:VERSION")]
         model: String,
@@ -263,7 +275,8 @@ pub enum ModelCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Delete one version (NAME:VERSION) or every version of a model (NAME).
+    /// Delete one version (NAME:VERSION, models/NAME/versions/VERSION) or every version of a
+    /// model (NAME, models/NAME).
     Delete {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,

@@ -2,13 +2,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use edgeship_proto::v1 as pb;
 
 use super::view::ModelView;
-use super::{ModelCommand, OutputFormat, key_values, output};
+use super::{ModelCommand, OutputFormat, key_values, names, output};
 use crate::client::{connect, download, register, rpc_error};
-use crate::registry::{DeleteTarget, NewModel, VersionSelector, validate};
+use crate::registry::{DeleteTarget, NewModel};
 
 /// A version as `-o json` prints it, or as its details table.
 fn print_model(model: pb::Model, format: OutputFormat) {
@@ -65,7 +65,11 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
         } => {
             let mut request = pb::ListModelsRequest {
                 page_size: 1000,
-                model_id: name.unwrap_or_default(),
+                model_id: name
+                    .as_deref()
+                    .map(names::model_id)
+                    .transpose()?
+                    .unwrap_or_default(),
                 tags,
                 properties,
                 framework: framework.unwrap_or_default(),
@@ -91,7 +95,7 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Show { model, output } => {
             let request = pb::GetModelRequest {
-                name: validate::short_ref(&model)?.resource_name(),
+                name: names::model_version(&model)?.resource_name(),
             };
             let found = client.get_model(request).await.map_err(rpc_error)?;
             print_model(found.into_inner(), output);
@@ -101,7 +105,7 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             dir,
             overwrite,
         } => {
-            let reference = validate::short_ref(&model)?;
+            let reference = names::model_version(&model)?;
             let downloaded = ModelView::from(
                 download(&mut client, &reference.resource_name(), &dir, overwrite).await?,
             );
@@ -123,12 +127,8 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             description,
             output,
         } => {
-            let reference = validate::short_ref(&model)?;
-            if reference.version == VersionSelector::Latest && !model.contains(':') {
-                bail!("name the version to update, as {model}:VERSION");
-            }
             let request = pb::UpdateModelRequest {
-                name: reference.resource_name(),
+                name: names::explicit_version(&model)?.resource_name(),
                 add_tags: key_values("tag", &add_tags)?.into_iter().collect(),
                 remove_tags,
                 add_properties: key_values("property", &add_properties)?
@@ -141,13 +141,7 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             print_model(updated.into_inner(), output);
         }
         ModelCommand::Delete { model } => {
-            let target = if model.contains(':') {
-                DeleteTarget::Version(validate::short_ref(&model)?)
-            } else {
-                validate::model_id(&model)?;
-                DeleteTarget::AllVersions(model)
-            };
-            let name = match &target {
+            let name = match names::model_target(&model)? {
                 DeleteTarget::Version(reference) => reference.resource_name(),
                 DeleteTarget::AllVersions(id) => format!("models/{id}"),
             };

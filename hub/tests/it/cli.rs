@@ -5,6 +5,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use edgeship_hub::client;
+
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeship");
@@ -96,15 +98,36 @@ async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
     let out = edgeship(&url, &["model", "show", "diabetes"]);
-    insta::assert_snapshot!("show_diabetes", stdout(&out, t));
+    let shown = stdout(&out, t);
+    insta::assert_snapshot!("show_diabetes", shown);
+    // The resource names `-o json` prints work wherever a short name does.
+    for name in [
+        "models/diabetes/versions/1",
+        "models/diabetes",
+        "diabetes:latest",
+    ] {
+        let out = edgeship(&url, &["model", "show", name]);
+        assert_eq!(stdout(&out, t), shown, "model show {name}");
+    }
     let out = edgeship(&url, &["model", "show", "diabetes:1", "-o", "json"]);
     insta::assert_snapshot!("show_diabetes_json", stdout(&out, t));
     let out = edgeship(&url, &["model", "show", "digits:1", "-o", "json"]);
     insta::assert_snapshot!("show_digits_json", stdout(&out, t));
+    let out = edgeship(&url, &["model", "list", "-n", "models/digits"]);
+    assert_eq!(stdout(&out, t).lines().count(), 2, "a header and digits:1");
 
     let target = t.join("download");
     let target_arg = target.display().to_string();
-    let out = edgeship(&url, &["model", "download", "digits:1", "-d", &target_arg]);
+    let out = edgeship(
+        &url,
+        &[
+            "model",
+            "download",
+            "models/digits/versions/1",
+            "-d",
+            &target_arg,
+        ],
+    );
     insta::assert_snapshot!("download_digits", stdout(&out, t));
     for file in [
         "model.onnx",
@@ -134,7 +157,7 @@ async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
         ],
     );
     insta::assert_snapshot!("update_diabetes", stdout(&out, t));
-    let out = edgeship(&url, &["model", "delete", "digits:1"]);
+    let out = edgeship(&url, &["model", "delete", "models/digits/versions/1"]);
     insta::assert_snapshot!("delete_digits_version", stdout(&out, t));
     let out = edgeship(&url, &["model", "delete", "diabetes"]);
     insta::assert_snapshot!("delete_all_diabetes", stdout(&out, t));
@@ -169,6 +192,14 @@ async fn cli_errors_are_one_line_on_stderr_with_a_failing_exit_code() {
             vec!["model", "update", "m:1", "--add-tag", "novalue"],
         ),
         (url.clone(), vec!["model", "delete", "m:x"]),
+        (url.clone(), vec!["model", "show", "models/m/versions/x"]),
+        (url.clone(), vec!["model", "show", "deployments/m"]),
+        (
+            url.clone(),
+            vec!["model", "update", "models/m", "--add-tag", "a=b"],
+        ),
+        (url.clone(), vec!["deploy", "show", "devices/web"]),
+        (url.clone(), vec!["device", "show", "devices/a/b"]),
         ("http://127.0.0.1:1".to_owned(), vec!["model", "list"]),
     ];
     let mut transcript = String::new();
@@ -333,7 +364,7 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
         &agent_dir.path().join("agent.log"),
     );
     let joined_port = free_port();
-    edgeship_hub::client::deploy_to_devices(
+    client::deploy_to_devices(
         &hub_url,
         "joined",
         "diabetes:latest",
@@ -401,7 +432,7 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         "create",
         "web",
         "--model",
-        "diabetes:1",
+        "models/diabetes/versions/1",
         "--port",
         &port,
         "--device",
@@ -423,7 +454,7 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         )),
         "{listed}"
     );
-    let shown = ok(&run(vec!["deploy", "show", "web", "-o", "json"]).await);
+    let shown = ok(&run(vec!["deploy", "show", "deployments/web", "-o", "json"]).await);
     let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(json["state"], "Healthy");
     assert_eq!(json["devices"][0]["serving_model"], "diabetes:1");
@@ -434,7 +465,7 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
     assert!(devices.contains("edge-cli  yes"), "{devices}");
     let labelled = ok(&run(vec!["device", "label", "edge-cli", "--set", "site=north"]).await);
     assert_eq!(labelled.trim(), "edge-cli: site=north");
-    let shown = ok(&run(vec!["device", "show", "edge-cli"]).await);
+    let shown = ok(&run(vec!["device", "show", "devices/edge-cli"]).await);
     assert!(shown.contains("labels:     site=north"), "{shown}");
     assert!(shown.contains("web         Healthy  diabetes:1"), "{shown}");
 
@@ -456,7 +487,7 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         stderr.contains("is already used by deployment web"),
         "{stderr}"
     );
-    let deleted = ok(&run(vec!["deploy", "delete", "web"]).await);
+    let deleted = ok(&run(vec!["deploy", "delete", "deployments/web"]).await);
     assert_eq!(deleted.trim(), "deleted deployment web");
     agent.stop().await.expect("stop");
 }
