@@ -6,6 +6,7 @@ use anyhow::bail;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
+use tonic::transport::Channel;
 
 use super::output::{self, pairs, print_json};
 use super::view::{DeploymentView, DeviceView};
@@ -20,8 +21,44 @@ fn print_deployment(deployment: pb::Deployment, format: OutputFormat) {
     }
 }
 
+/// The named devices the hub has never heard from: it has no record of them, or only the one
+/// a deployment created by naming them. A typo in `--device` looks exactly like this, and a
+/// deployment to such a device would wait for it forever.
+async fn never_connected(
+    fleet: &mut FleetClient<Channel>,
+    devices: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut never = Vec::new();
+    for id in devices {
+        let found = fleet
+            .get_device(pb::GetDeviceRequest {
+                name: format!("devices/{id}"),
+            })
+            .await;
+        let seen = match found {
+            Ok(device) => device.get_ref().last_seen_ms != 0,
+            Err(status) if status.code() == tonic::Code::NotFound => false,
+            Err(status) => return Err(rpc_error(status)),
+        };
+        if !seen && !never.contains(id) {
+            never.push(id.clone());
+        }
+    }
+    Ok(never)
+}
+
+/// `device a has never connected` / `devices a, b have never connected`.
+fn never_connected_text(devices: &[String]) -> String {
+    match devices {
+        [one] => format!("device {one} has never connected"),
+        many => format!("devices {} have never connected", many.join(", ")),
+    }
+}
+
 pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()> {
-    let mut client = DeploymentsClient::new(channel(hub).await?);
+    let channel = channel(hub).await?;
+    let mut client = DeploymentsClient::new(channel.clone());
+    let mut fleet = FleetClient::new(channel);
     match command {
         DeployCommand::Create {
             name,
@@ -40,6 +77,16 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .iter()
                 .map(|device| names::device_id(device))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let never_seen = never_connected(&mut fleet, &devices).await?;
+            // Waiting for a device that has never connected can only end at the timeout;
+            // say so now, before anything is created, rather than after minutes.
+            if wait && !never_seen.is_empty() {
+                bail!(
+                    "{}, so --wait would only time out; deployment {name} was not created \
+                     (without --wait it is created and waits for the device)",
+                    never_connected_text(&never_seen)
+                );
+            }
             let deployment = pb::Deployment {
                 deployment_id: name.clone(),
                 model: names::deployment_model(&model)?,
@@ -61,6 +108,12 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
+            for device in &never_seen {
+                eprintln!(
+                    "warning: {}; the deployment waits for it",
+                    never_connected_text(std::slice::from_ref(device))
+                );
+            }
             if wait {
                 created =
                     wait_healthy(&mut client, &name, Duration::from_secs(timeout_secs)).await?;

@@ -92,7 +92,8 @@ pub enum DeployCommand {
         /// Endpoint authentication (none is the only mode today).
         #[arg(long, default_value = "none")]
         auth: String,
-        /// Target device id (repeatable).
+        /// Target device id (repeatable). A device that has never connected gets a warning;
+        /// with --wait, the command fails at once instead of waiting for it.
         #[arg(long = "device", value_name = "ID")]
         devices: Vec<String>,
         /// Target every device with this label, KEY=VALUE (repeatable; all must match).
@@ -127,6 +128,7 @@ pub enum DeployCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
+    /// Every device the hub knows, including those a deployment named that never connected.
     List {
         /// Only devices with this label, KEY=VALUE (repeatable).
         #[arg(long = "selector", value_name = "KEY=VALUE")]

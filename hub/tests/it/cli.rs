@@ -6,6 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use edgeship_hub::client;
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::fleet_client::FleetClient;
 
 use crate::support::*;
 
@@ -405,6 +407,21 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         edgeship_agent::RunningAgent::start(agent_config("edge-cli", &hub.mqtt_url(), dir.path()))
             .await
             .expect("agent");
+    // `deploy create --wait` refuses a device that has never connected: let it connect first.
+    let fleet = FleetClient::new(client::channel(&url).await.expect("channel"));
+    testkit::eventually(Duration::from_secs(30), "edge-cli connects", || {
+        let mut fleet = fleet.clone();
+        async move {
+            let device = fleet
+                .get_device(pb::GetDeviceRequest {
+                    name: "devices/edge-cli".into(),
+                })
+                .await
+                .ok()?;
+            (device.get_ref().last_seen_ms != 0).then_some(())
+        }
+    })
+    .await;
     let port = free_port().to_string();
     let run = |args: Vec<&str>| {
         let url = url.clone();
@@ -489,5 +506,55 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
     );
     let deleted = ok(&run(vec!["deploy", "delete", "deployments/web"]).await);
     assert_eq!(deleted.trim(), "deleted deployment web");
+
+    // A device id the hub has never heard from: --wait fails at once, naming it, and creates
+    // nothing; without --wait the deployment is created with a warning.
+    let ghost_port = free_port().to_string();
+    let ghost = |wait: bool| {
+        let mut args = vec![
+            "deploy",
+            "create",
+            "ghost",
+            "--model",
+            "diabetes:1",
+            "--port",
+            &ghost_port,
+            "--device",
+            "no-such-device",
+        ];
+        if wait {
+            args.push("--wait");
+        }
+        run(args)
+    };
+    let started = Instant::now();
+    let waited = ghost(true).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "--wait waited for a device that never connected"
+    );
+    assert_eq!(waited.status.code(), Some(1));
+    assert!(waited.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: device no-such-device has never connected, so --wait would only time out; \
+         deployment ghost was not created (without --wait it is created and waits for the device)"
+    );
+    let listed = ok(&run(vec!["deploy", "list"]).await);
+    assert!(!listed.contains("ghost"), "{listed}");
+
+    let created = ghost(false).await;
+    ok(&created);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "warning: device no-such-device has never connected; the deployment waits for it"
+    );
+    let devices = ok(&run(vec!["device", "list"]).await);
+    assert!(devices.contains("no-such-device  never seen"), "{devices}");
+    let never = ok(&run(vec!["device", "show", "no-such-device", "-o", "json"]).await);
+    insta::assert_snapshot!("show_never_seen_device_json", never);
+    ok(&run(vec!["deploy", "delete", "ghost"]).await);
     agent.stop().await.expect("stop");
 }
