@@ -13,6 +13,7 @@ macro_rules! announce {
 
 mod deploy;
 mod dev;
+pub mod logs;
 mod model;
 mod names;
 mod output;

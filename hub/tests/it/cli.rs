@@ -308,6 +308,8 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
 async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
     let data = tempfile::tempdir().expect("temp");
     let port = free_port();
+    let stderr_path = data.path().join("stderr.txt");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut dev = testkit::Process::spawn(
         "edgeship dev",
         Command::new(BIN)
@@ -322,10 +324,16 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data.path())
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(stderr),
     );
-    let lines = dev.read_lines_starting(&["hub:", "broker:", "scoring:"], Duration::from_secs(120));
+    let lines = dev.read_lines_starting(
+        &["hub:", "broker:", "scoring:", "log:"],
+        Duration::from_secs(120),
+    );
+    let log_path = data.path().join("dev.log");
+    assert_eq!(lines[3].trim(), log_path.display().to_string());
     let hub_url = lines[0]
         .split_whitespace()
         .next()
@@ -393,6 +401,16 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
     assert!(
         status.is_some_and(|s| s.success()),
         "dev did not stop cleanly: {status:?}"
+    );
+    // The log goes to the file; the terminal gets warnings and errors only, so the summary
+    // is not interleaved with INFO lines.
+    let log = std::fs::read_to_string(&log_path).expect("dev.log");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("scoring endpoint listening"), "{log}");
+    let stderr = std::fs::read_to_string(&stderr_path).expect("stderr");
+    assert!(
+        !stderr.lines().any(|line| line.contains(" INFO ")),
+        "INFO lines on the terminal:\n{stderr}"
     );
 }
 
