@@ -61,6 +61,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// The broker when neither the flags nor the config file name one: the hub's embedded broker
+/// on the same machine, as `edgeship dev` and `edgeship hub` start it by default.
+pub const DEFAULT_BROKER: &str = "mqtt://127.0.0.1:1883";
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
 /// A 256 KiB blob chunk plus its protobuf and MQTT envelopes.
 pub const MIN_PACKET_BYTES: usize = 320 * 1024;
@@ -104,7 +107,7 @@ impl RawConfig {
             .device_id
             .ok_or_else(|| ConfigError::Invalid("a device id is required (--device-id)".into()))?;
         edgeship_domain::names::device_id(&device_id).map_err(|e| ConfigError::Invalid(e.0))?;
-        let broker = parse_broker_url(self.broker.as_deref().unwrap_or("mqtt://127.0.0.1:1883"))
+        let broker = parse_broker_url(self.broker.as_deref().unwrap_or(DEFAULT_BROKER))
             .map_err(ConfigError::Invalid)?;
         let data_dir = self
             .data_dir

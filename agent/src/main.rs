@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use edgeship_agent::RunningAgent;
-use edgeship_agent::config::RawConfig;
+use edgeship_agent::config::{DEFAULT_BROKER, RawConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -26,9 +26,16 @@ enum Command {
         /// TOML config file; flags override its values.
         #[arg(long, env = "EDGESHIP_AGENT_CONFIG")]
         config: Option<PathBuf>,
-        /// Broker URL, e.g. mqtt://127.0.0.1:1883.
-        #[arg(long, env = "EDGESHIP_BROKER")]
+        // The default is shown in the help text, not given to clap as a default value: clap
+        // would then always pass a broker, and it would override the config file's.
+        #[arg(
+            long,
+            env = "EDGESHIP_BROKER",
+            help = format!("Broker URL, mqtt://host:port [default: {DEFAULT_BROKER}]")
+        )]
         broker: Option<String>,
+        /// Unique id of this device, as deployments target it (required, here or in the config
+        /// file); 1-128 letters, digits, '-', '_' or '.'.
         #[arg(long, env = "EDGESHIP_DEVICE_ID")]
         device_id: Option<String>,
         /// Folder for state, cached model files and staged models.

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use edgeship_agent::config::RawConfig;
+use edgeship_agent::config::{DEFAULT_BROKER, RawConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeship-agent");
 
@@ -78,4 +78,49 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_code_2() {
         assert!(stderr.contains(text), "{args:?}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn run_help_describes_every_flag_and_shows_the_default_broker() {
+    let output = agent(&["run", "--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).expect("utf-8");
+    let line = |flag: &str| {
+        help.lines()
+            .find(|line| line.trim_start().starts_with(flag))
+            .unwrap_or_else(|| panic!("no {flag} in:\n{help}"))
+            .to_owned()
+    };
+    assert!(
+        line("--broker").contains(&format!("[default: {DEFAULT_BROKER}]")),
+        "{help}"
+    );
+    assert!(
+        line("--device-id").contains("Unique id of this device"),
+        "{help}"
+    );
+    for flag in ["--config", "--data-dir", "--label", "--serve-host"] {
+        // A described flag has text after its value name.
+        let described = line(flag).split_whitespace().count() > 2;
+        assert!(described, "{flag} has no description:\n{help}");
+    }
+}
+
+#[test]
+fn the_config_files_broker_is_used_when_no_flag_names_one() {
+    // The help shows a default broker, but it must not override the file's: an unsupported
+    // broker in the file is reported, which proves the file's value was the one used.
+    let dir = tempfile::tempdir().expect("temp");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "device_id = \"d\"\nbroker = \"mqtts://from-file:8883\"\n",
+    )
+    .expect("write");
+    let data = dir.path().join("data").display().to_string();
+    let config = config.display().to_string();
+    let output = agent(&["run", "--config", &config, "--data-dir", &data]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("mqtts://from-file:8883"), "{stderr}");
 }

@@ -103,7 +103,7 @@ async fn run() -> anyhow::Result<()> {
 
         let target = work.path().join(format!("download-{round}"));
         let t = Instant::now();
-        client::download(&mut registry, &model.resource_name(), &target, false).await?;
+        client::download(&mut registry, &model.name, &target, false).await?;
         download.push(t.elapsed());
 
         let t = Instant::now();

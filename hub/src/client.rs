@@ -16,10 +16,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-use crate::api::CHUNK_SIZE;
-use crate::registry::{ModelVersion, NewModel, validate};
+use crate::registry::{NewModel, validate};
 
 pub type RegistryClient = ModelRegistryClient<Channel>;
+
+/// File data per upload message. The hub accepts chunks of any size up to tonic's default
+/// 4 MiB message limit; 1 MiB stays well under it (with the envelope) while keeping the
+/// per-message overhead negligible, and bounds the client's memory to a few chunks.
+const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Connects to the hub's gRPC API; shared by every client of every service.
 pub async fn channel(hub: &str) -> anyhow::Result<Channel> {
@@ -143,11 +147,12 @@ fn progress_bar(total: u64, verb: &str) -> ProgressBar {
 }
 
 /// Streams the files to the hub in chunks: memory use is a few chunks, whatever the size.
+/// Returns the registered version as the hub describes it.
 pub async fn register(
     client: &mut RegistryClient,
     model: NewModel,
     path: &Path,
-) -> anyhow::Result<ModelVersion> {
+) -> anyhow::Result<pb::Model> {
     use pb::register_model_request::Payload;
 
     let files = collect_files(path)?;
@@ -181,7 +186,7 @@ pub async fn register(
             .await?;
             let mut remaining = file.size;
             while remaining > 0 {
-                let mut chunk = vec![0; CHUNK_SIZE.min(remaining as usize)];
+                let mut chunk = vec![0; UPLOAD_CHUNK_BYTES.min(remaining as usize)];
                 reader
                     .read_exact(&mut chunk)
                     .await
@@ -210,16 +215,17 @@ pub async fn register(
         (Err(_), Err(local)) => return Err(local),
         (Err(status), Ok(())) => return Err(rpc_error(status)),
     };
-    Ok(ModelVersion::try_from(registered)?)
+    Ok(registered)
 }
 
-/// Writes each file as `<name>.partial`, verifies size and sha256, then renames it.
+/// Writes each file as `<name>.partial`, verifies size and sha256, then renames it. Returns
+/// the downloaded version as the hub describes it.
 pub async fn download(
     client: &mut RegistryClient,
     name: &str,
     dir: &Path,
     overwrite: bool,
-) -> anyhow::Result<ModelVersion> {
+) -> anyhow::Result<pb::Model> {
     use pb::download_model_response::Payload;
 
     let mut stream = client
@@ -235,7 +241,6 @@ pub async fn download(
     else {
         bail!("the hub's download stream did not start with the model");
     };
-    let model = ModelVersion::try_from(model)?;
     for file in &model.files {
         validate::file_path(&file.path)?;
         let target = dir.join(&file.path);
@@ -246,7 +251,8 @@ pub async fn download(
             );
         }
     }
-    let bar = progress_bar(model.total_size_bytes(), "downloading");
+    let total: u64 = model.files.iter().map(|f| f.size_bytes).sum();
+    let bar = progress_bar(total, "downloading");
     let mut current: Option<FileDownload> = None;
     let mut next_file = 0;
     let result = async {

@@ -1,192 +1,64 @@
 //! `edgeship deploy …` and `edgeship device …`: deployments and the fleet, as a gRPC client.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::bail;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
-use serde_json::{Value, json};
+use tonic::transport::Channel;
 
-use super::output::{field, pairs, print_json, rfc3339, table};
-use super::{DeployCommand, DeviceCommand, OutputFormat, key_values};
-use crate::client::{channel, rpc_error, state_name, wait_healthy};
+use super::output::{self, pairs, print_json};
+use super::view::{DeploymentView, DeviceView};
+use super::{DeployCommand, DeviceCommand, OutputFormat, key_values, names};
+use crate::client::{channel, rpc_error, wait_healthy};
 
-fn target_text(target: &pb::Target) -> String {
-    let mut parts = Vec::new();
-    if !target.device_ids.is_empty() {
-        parts.push(format!("devices {}", target.device_ids.join(",")));
+fn print_deployment(deployment: pb::Deployment, format: OutputFormat) {
+    let deployment = DeploymentView::from(deployment);
+    match format {
+        OutputFormat::Json => print_json(&deployment),
+        OutputFormat::Table => print!("{}", output::deployment_details(&deployment)),
     }
-    if !target.label_selector.is_empty() {
-        parts.push(format!("labels {}", pairs(&target.label_selector)));
-    }
-    parts.join("; ")
 }
 
-pub fn deployment_json(d: &pb::Deployment) -> Value {
-    let endpoint = d.endpoint.clone().unwrap_or_default();
-    let target = d.target.clone().unwrap_or_default();
-    json!({
-        "name": d.name,
-        "deployment_id": d.deployment_id,
-        "model": d.model,
-        "resolved_version": d.resolved_version,
-        "runtime": d.runtime,
-        "endpoint": {"port": endpoint.port, "auth": endpoint.auth},
-        "target": {
-            "device_ids": target.device_ids,
-            "label_selector": target.label_selector.into_iter().collect::<BTreeMap<_, _>>(),
-        },
-        "state": state_name(d.state()),
-        "create_time": rfc3339(d.create_time_ms),
-        "devices": d.devices.iter().map(|w| json!({
-            "device_id": w.device_id,
-            "online": w.online,
-            "state": state_name(w.state()),
-            "error": w.error,
-            "serving_model": w.serving_model,
-        })).collect::<Vec<_>>(),
-    })
-}
-
-pub fn deployment_details(d: &pb::Deployment) -> String {
-    let endpoint = d.endpoint.clone().unwrap_or_default();
-    let mut out = String::new();
-    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
-    field("deployment", d.deployment_id.clone());
-    let resolved = if d.resolved_version == 0 {
-        "model missing".to_owned()
-    } else {
-        format!("resolves to version {}", d.resolved_version)
-    };
-    field("model", format!("{} ({resolved})", d.model));
-    field("runtime", d.runtime.clone());
-    field(
-        "endpoint",
-        format!("port {}, auth {}", endpoint.port, endpoint.auth),
-    );
-    field("target", target_text(&d.target.clone().unwrap_or_default()));
-    field("state", state_name(d.state()).to_owned());
-    field("created", rfc3339(d.create_time_ms));
-    out.push_str("devices:\n");
-    let rows: Vec<Vec<String>> = d
-        .devices
-        .iter()
-        .map(|w| {
-            vec![
-                w.device_id.clone(),
-                if w.online { "yes" } else { "no" }.into(),
-                state_name(w.state()).into(),
-                w.serving_model.clone(),
-                w.error.clone(),
-            ]
-        })
-        .collect();
-    for line in table(&["DEVICE", "ONLINE", "STATE", "SERVING", "ERROR"], &rows).lines() {
-        out.push_str("  ");
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
-fn device_json(d: &pb::Device) -> Value {
-    let caps = d.capabilities.clone().unwrap_or_default();
-    json!({
-        "name": d.name,
-        "device_id": d.device_id,
-        "online": d.online,
-        "last_seen": if d.last_seen_ms > 0 { json!(rfc3339(d.last_seen_ms)) } else { Value::Null },
-        "labels": d.labels.clone().into_iter().collect::<BTreeMap<_, _>>(),
-        "agent_version": d.agent_version,
-        "capabilities": {
-            "arch": caps.arch, "os": caps.os, "cpu_count": caps.cpu_count,
-            "memory_bytes": caps.memory_bytes, "runtimes": caps.runtimes,
-        },
-        "desired_generation": d.desired_generation,
-        "applied_generation": d.applied_generation,
-        "workloads": d.workloads.iter().map(|w| {
-            let m = w.metrics.unwrap_or_default();
-            json!({
-                "deployment": w.deployment, "state": state_name(w.state()), "error": w.error,
-                "serving_model": w.serving_model, "desired_model": w.desired_model, "port": w.port,
-                "requests": m.requests, "errors": m.errors, "mean_latency_ms": m.mean_latency_ms,
+/// The named devices the hub has never heard from: it has no record of them, or only the one
+/// a deployment created by naming them. A typo in `--device` looks exactly like this, and a
+/// deployment to such a device would wait for it forever.
+async fn never_connected(
+    fleet: &mut FleetClient<Channel>,
+    devices: &[String],
+) -> anyhow::Result<Vec<String>> {
+    let mut never = Vec::new();
+    for id in devices {
+        let found = fleet
+            .get_device(pb::GetDeviceRequest {
+                name: format!("devices/{id}"),
             })
-        }).collect::<Vec<_>>(),
-    })
+            .await;
+        let seen = match found {
+            Ok(device) => device.get_ref().last_seen_ms != 0,
+            Err(status) if status.code() == tonic::Code::NotFound => false,
+            Err(status) => return Err(rpc_error(status)),
+        };
+        if !seen && !never.contains(id) {
+            never.push(id.clone());
+        }
+    }
+    Ok(never)
 }
 
-fn device_details(d: &pb::Device) -> String {
-    let caps = d.capabilities.clone().unwrap_or_default();
-    let mut out = String::new();
-    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
-    field("device", d.device_id.clone());
-    field("online", if d.online { "yes" } else { "no" }.into());
-    let seen = if d.last_seen_ms > 0 {
-        rfc3339(d.last_seen_ms)
-    } else {
-        "never".into()
-    };
-    field("last seen", seen);
-    field("labels", pairs(&d.labels));
-    field("agent", d.agent_version.clone());
-    field(
-        "hardware",
-        format!(
-            "{} {}, {} CPUs, {} MiB",
-            caps.os,
-            caps.arch,
-            caps.cpu_count,
-            caps.memory_bytes >> 20
-        ),
-    );
-    field("runtimes", caps.runtimes.join(","));
-    field(
-        "generation",
-        format!(
-            "desired {}, applied {}",
-            d.desired_generation, d.applied_generation
-        ),
-    );
-    out.push_str("workloads:\n");
-    let rows: Vec<Vec<String>> = d
-        .workloads
-        .iter()
-        .map(|w| {
-            let m = w.metrics.unwrap_or_default();
-            vec![
-                w.deployment.clone(),
-                state_name(w.state()).into(),
-                w.serving_model.clone(),
-                w.port.to_string(),
-                m.requests.to_string(),
-                w.error.clone(),
-            ]
-        })
-        .collect();
-    for line in table(
-        &[
-            "DEPLOYMENT",
-            "STATE",
-            "SERVING",
-            "PORT",
-            "REQUESTS",
-            "ERROR",
-        ],
-        &rows,
-    )
-    .lines()
-    {
-        out.push_str("  ");
-        out.push_str(line);
-        out.push('\n');
+/// `device a has never connected` / `devices a, b have never connected`.
+fn never_connected_text(devices: &[String]) -> String {
+    match devices {
+        [one] => format!("device {one} has never connected"),
+        many => format!("devices {} have never connected", many.join(", ")),
     }
-    out
 }
 
 pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()> {
-    let mut client = DeploymentsClient::new(channel(hub).await?);
+    let channel = channel(hub).await?;
+    let mut client = DeploymentsClient::new(channel.clone());
+    let mut fleet = FleetClient::new(channel);
     match command {
         DeployCommand::Create {
             name,
@@ -200,9 +72,24 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             timeout_secs,
             output,
         } => {
+            let name = names::deployment_id(&name)?;
+            let devices = devices
+                .iter()
+                .map(|device| names::device_id(device))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let never_seen = never_connected(&mut fleet, &devices).await?;
+            // Waiting for a device that has never connected can only end at the timeout;
+            // say so now, before anything is created, rather than after minutes.
+            if wait && !never_seen.is_empty() {
+                bail!(
+                    "{}, so --wait would only time out; deployment {name} was not created \
+                     (without --wait it is created and waits for the device)",
+                    never_connected_text(&never_seen)
+                );
+            }
             let deployment = pb::Deployment {
                 deployment_id: name.clone(),
-                model,
+                model: names::deployment_model(&model)?,
                 runtime,
                 endpoint: Some(pb::Endpoint::from(&edgeship_domain::Endpoint {
                     auth: edgeship_domain::AuthMode::parse(&auth).map_err(anyhow::Error::msg)?,
@@ -221,27 +108,27 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
+            for device in &never_seen {
+                eprintln!(
+                    "warning: {}; the deployment waits for it",
+                    never_connected_text(std::slice::from_ref(device))
+                );
+            }
             if wait {
                 created =
                     wait_healthy(&mut client, &name, Duration::from_secs(timeout_secs)).await?;
             }
-            match output {
-                OutputFormat::Json => print_json(&deployment_json(&created)),
-                OutputFormat::Table => print!("{}", deployment_details(&created)),
-            }
+            print_deployment(created, output);
         }
         DeployCommand::Show { name, output } => {
             let found = client
                 .get_deployment(pb::GetDeploymentRequest {
-                    name: format!("deployments/{name}"),
+                    name: format!("deployments/{}", names::deployment_id(&name)?),
                 })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            match output {
-                OutputFormat::Json => print_json(&deployment_json(&found)),
-                OutputFormat::Table => print!("{}", deployment_details(&found)),
-            }
+            print_deployment(found, output);
         }
         DeployCommand::List { output } => {
             let mut request = pb::ListDeploymentsRequest {
@@ -261,40 +148,14 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 }
                 request.page_token = page.next_page_token;
             }
+            let all: Vec<DeploymentView> = all.into_iter().map(DeploymentView::from).collect();
             match output {
-                OutputFormat::Json => {
-                    print_json(&Value::Array(all.iter().map(deployment_json).collect()))
-                }
-                OutputFormat::Table => {
-                    let rows: Vec<Vec<String>> = all
-                        .iter()
-                        .map(|d| {
-                            let healthy = d
-                                .devices
-                                .iter()
-                                .filter(|w| w.state() == pb::ServiceState::Healthy)
-                                .count();
-                            vec![
-                                d.deployment_id.clone(),
-                                d.model.clone(),
-                                d.endpoint.as_ref().map_or(0, |e| e.port).to_string(),
-                                state_name(d.state()).into(),
-                                format!("{healthy}/{}", d.devices.len()),
-                                target_text(&d.target.clone().unwrap_or_default()),
-                            ]
-                        })
-                        .collect();
-                    print!(
-                        "{}",
-                        table(
-                            &["NAME", "MODEL", "PORT", "STATE", "HEALTHY", "TARGET"],
-                            &rows
-                        )
-                    );
-                }
+                OutputFormat::Json => print_json(&all),
+                OutputFormat::Table => print!("{}", output::deployment_table(&all)),
             }
         }
         DeployCommand::Delete { name } => {
+            let name = names::deployment_id(&name)?;
             client
                 .delete_deployment(pb::DeleteDeploymentRequest {
                     name: format!("deployments/{name}"),
@@ -329,45 +190,25 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
                 }
                 request.page_token = page.next_page_token;
             }
+            let devices: Vec<DeviceView> =
+                response.devices.into_iter().map(DeviceView::from).collect();
             match output {
-                OutputFormat::Json => print_json(&Value::Array(
-                    response.devices.iter().map(device_json).collect(),
-                )),
-                OutputFormat::Table => {
-                    let rows: Vec<Vec<String>> = response
-                        .devices
-                        .iter()
-                        .map(|d| {
-                            vec![
-                                d.device_id.clone(),
-                                if d.online { "yes" } else { "no" }.into(),
-                                d.workloads.len().to_string(),
-                                format!("{}/{}", d.applied_generation, d.desired_generation),
-                                pairs(&d.labels),
-                            ]
-                        })
-                        .collect();
-                    print!(
-                        "{}",
-                        table(
-                            &["DEVICE", "ONLINE", "WORKLOADS", "GENERATION", "LABELS"],
-                            &rows
-                        )
-                    );
-                }
+                OutputFormat::Json => print_json(&devices),
+                OutputFormat::Table => print!("{}", output::device_table(&devices)),
             }
         }
         DeviceCommand::Show { device, output } => {
             let found = client
                 .get_device(pb::GetDeviceRequest {
-                    name: format!("devices/{device}"),
+                    name: format!("devices/{}", names::device_id(&device)?),
                 })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
+            let found = DeviceView::from(found);
             match output {
-                OutputFormat::Json => print_json(&device_json(&found)),
-                OutputFormat::Table => print!("{}", device_details(&found)),
+                OutputFormat::Json => print_json(&found),
+                OutputFormat::Table => print!("{}", output::device_details(&found)),
             }
         }
         DeviceCommand::Label {
@@ -380,7 +221,7 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
             }
             let updated = client
                 .set_device_labels(pb::SetDeviceLabelsRequest {
-                    name: format!("devices/{device}"),
+                    name: format!("devices/{}", names::device_id(&device)?),
                     set: key_values("label", &set)?.into_iter().collect(),
                     remove,
                 })

@@ -43,6 +43,11 @@ pub struct DevArgs {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = std::path::absolute(&args.data_dir).unwrap_or(args.data_dir.clone());
     announce!("data dir:    {}", data_dir.display());
+    // The terminal shows only warnings (see `logs.rs`), so say where the rest goes.
+    announce!(
+        "log:         {}",
+        super::logs::dev_log_path(&args.data_dir).display()
+    );
     let hub = RunningHub::start(HubConfig {
         listen: args.listen,
         mqtt: Mqtt::Embedded {

@@ -13,8 +13,11 @@ macro_rules! announce {
 
 mod deploy;
 mod dev;
+pub mod logs;
 mod model;
+mod names;
 mod output;
+mod view;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -76,8 +79,10 @@ pub enum DeployCommand {
     /// Deploy a model to devices named by id and/or selected by labels.
     Create {
         /// Deployment name (unique; also names the workload on each device).
+        #[arg(value_name = "NAME")]
         name: String,
-        /// NAME:VERSION, or NAME:latest to follow new registrations.
+        /// NAME:VERSION, or NAME:latest to follow new registrations (or
+        /// models/NAME/versions/VERSION).
         #[arg(short, long)]
         model: String,
         /// Port of the scoring endpoint on each device.
@@ -88,7 +93,8 @@ pub enum DeployCommand {
         /// Endpoint authentication (none is the only mode today).
         #[arg(long, default_value = "none")]
         auth: String,
-        /// Target device id (repeatable).
+        /// Target device id (repeatable). A device that has never connected gets a warning;
+        /// with --wait, the command fails at once instead of waiting for it.
         #[arg(long = "device", value_name = "ID")]
         devices: Vec<String>,
         /// Target every device with this label, KEY=VALUE (repeatable; all must match).
@@ -103,8 +109,9 @@ pub enum DeployCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// A deployment with the state of each targeted device.
+    /// A deployment with the state of each targeted device: NAME or deployments/NAME.
     Show {
+        #[arg(value_name = "NAME")]
         name: String,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
@@ -113,12 +120,16 @@ pub enum DeployCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Devices stop serving it and free its files.
-    Delete { name: String },
+    /// Devices stop serving it and free its files: NAME or deployments/NAME.
+    Delete {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
+    /// Every device the hub knows, including those a deployment named that never connected.
     List {
         /// Only devices with this label, KEY=VALUE (repeatable).
         #[arg(long = "selector", value_name = "KEY=VALUE")]
@@ -126,13 +137,16 @@ pub enum DeviceCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// One device and its workloads: ID or devices/ID.
     Show {
+        #[arg(value_name = "ID")]
         device: String,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
     /// Set or remove hub-side labels of a device (they override labels the agent reports).
     Label {
+        #[arg(value_name = "ID")]
         device: String,
         #[arg(long, value_name = "KEY=VALUE")]
         set: Vec<String>,
@@ -213,7 +227,7 @@ pub enum ModelCommand {
     },
     /// List model versions, optionally filtered.
     List {
-        /// Only versions of this model.
+        /// Only versions of this model (NAME or models/NAME).
         #[arg(short, long)]
         name: Option<String>,
         /// Tag filter, KEY=VALUE or KEY (repeatable; all must match).
@@ -227,7 +241,7 @@ pub enum ModelCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Show one version: NAME (latest) or NAME:VERSION.
+    /// Show one version: NAME (latest), NAME:VERSION, or models/NAME/versions/VERSION.
     Show {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,
@@ -235,6 +249,7 @@ pub enum ModelCommand {
         output: OutputFormat,
     },
     /// Download a version's files, with their layout, into a folder; digests are verified.
+    /// The version is named as for `show`.
     Download {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,
@@ -245,7 +260,8 @@ pub enum ModelCommand {
         #[arg(long)]
         overwrite: bool,
     },
-    /// Change a version's tags, properties or description.
+    /// Change a version's tags, properties or description: NAME:VERSION or
+    /// models/NAME/versions/VERSION.
     Update {
         #[arg(value_name = "NAME:VERSION")]
         model: String,
@@ -262,7 +278,8 @@ pub enum ModelCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Delete one version (NAME:VERSION) or every version of a model (NAME).
+    /// Delete one version (NAME:VERSION, models/NAME/versions/VERSION) or every version of a
+    /// model (NAME, models/NAME).
     Delete {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,

@@ -2,12 +2,22 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use edgeship_proto::v1 as pb;
 
-use super::{ModelCommand, OutputFormat, key_values, output};
+use super::view::ModelView;
+use super::{ModelCommand, OutputFormat, key_values, names, output};
 use crate::client::{connect, download, register, rpc_error};
-use crate::registry::{DeleteTarget, ModelVersion, NewModel, VersionSelector, validate};
+use crate::registry::{DeleteTarget, NewModel};
+
+/// A version as `-o json` prints it, or as its details table.
+fn print_model(model: pb::Model, format: OutputFormat) {
+    let model = ModelView::from(model);
+    match format {
+        OutputFormat::Json => output::print_json(&model),
+        OutputFormat::Table => print!("{}", output::model_details(&model)),
+    }
+}
 
 pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
     let mut client = connect(hub).await?;
@@ -34,20 +44,15 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
                 sample_input: read_sample(sample_input.as_deref()).await?,
                 sample_output: read_sample(sample_output.as_deref()).await?,
             };
-            let registered = register(&mut client, model, &path).await?;
+            let registered = ModelView::from(register(&mut client, model, &path).await?);
             match output {
-                OutputFormat::Json => output::print_json(&output::model_json(&registered)),
+                OutputFormat::Json => output::print_json(&registered),
                 OutputFormat::Table => println!(
-                    "registered {}:{} ({} {}, {})",
+                    "registered {}:{} ({}, {})",
                     registered.model_id,
                     registered.version,
-                    registered.files.len(),
-                    if registered.files.len() == 1 {
-                        "file"
-                    } else {
-                        "files"
-                    },
-                    output::size(registered.total_size_bytes()),
+                    output::files_count(registered.files.len()),
+                    output::size(registered.total_size_bytes),
                 ),
             }
         }
@@ -60,7 +65,11 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
         } => {
             let mut request = pb::ListModelsRequest {
                 page_size: 1000,
-                model_id: name.unwrap_or_default(),
+                model_id: name
+                    .as_deref()
+                    .map(names::model_id)
+                    .transpose()?
+                    .unwrap_or_default(),
                 tags,
                 properties,
                 framework: framework.unwrap_or_default(),
@@ -73,53 +82,39 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
                     .await
                     .map_err(rpc_error)?;
                 let page = page.into_inner();
-                for model in page.models {
-                    models.push(ModelVersion::try_from(model)?);
-                }
+                models.extend(page.models.into_iter().map(ModelView::from));
                 if page.next_page_token.is_empty() {
                     break;
                 }
                 request.page_token = page.next_page_token;
             }
             match output {
-                OutputFormat::Json => {
-                    let list: Vec<_> = models.iter().map(output::model_json).collect();
-                    output::print_json(&serde_json::Value::Array(list));
-                }
+                OutputFormat::Json => output::print_json(&models),
                 OutputFormat::Table => print!("{}", output::model_table(&models)),
             }
         }
         ModelCommand::Show { model, output } => {
-            let reference = validate::short_ref(&model)?;
             let request = pb::GetModelRequest {
-                name: reference.resource_name(),
+                name: names::model_version(&model)?.resource_name(),
             };
             let found = client.get_model(request).await.map_err(rpc_error)?;
-            let found = ModelVersion::try_from(found.into_inner())?;
-            match output {
-                OutputFormat::Json => output::print_json(&output::model_json(&found)),
-                OutputFormat::Table => print!("{}", output::model_details(&found)),
-            }
+            print_model(found.into_inner(), output);
         }
         ModelCommand::Download {
             model,
             dir,
             overwrite,
         } => {
-            let reference = validate::short_ref(&model)?;
-            let downloaded =
-                download(&mut client, &reference.resource_name(), &dir, overwrite).await?;
+            let reference = names::model_version(&model)?;
+            let downloaded = ModelView::from(
+                download(&mut client, &reference.resource_name(), &dir, overwrite).await?,
+            );
             println!(
-                "downloaded {}:{} ({} {}, {}) to {}",
+                "downloaded {}:{} ({}, {}) to {}",
                 downloaded.model_id,
                 downloaded.version,
-                downloaded.files.len(),
-                if downloaded.files.len() == 1 {
-                    "file"
-                } else {
-                    "files"
-                },
-                output::size(downloaded.total_size_bytes()),
+                output::files_count(downloaded.files.len()),
+                output::size(downloaded.total_size_bytes),
                 dir.display()
             );
         }
@@ -132,12 +127,8 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             description,
             output,
         } => {
-            let reference = validate::short_ref(&model)?;
-            if reference.version == VersionSelector::Latest && !model.contains(':') {
-                bail!("name the version to update, as {model}:VERSION");
-            }
             let request = pb::UpdateModelRequest {
-                name: reference.resource_name(),
+                name: names::explicit_version(&model)?.resource_name(),
                 add_tags: key_values("tag", &add_tags)?.into_iter().collect(),
                 remove_tags,
                 add_properties: key_values("property", &add_properties)?
@@ -147,20 +138,10 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
                 description,
             };
             let updated = client.update_model(request).await.map_err(rpc_error)?;
-            let updated = ModelVersion::try_from(updated.into_inner())?;
-            match output {
-                OutputFormat::Json => output::print_json(&output::model_json(&updated)),
-                OutputFormat::Table => print!("{}", output::model_details(&updated)),
-            }
+            print_model(updated.into_inner(), output);
         }
         ModelCommand::Delete { model } => {
-            let target = if model.contains(':') {
-                DeleteTarget::Version(validate::short_ref(&model)?)
-            } else {
-                validate::model_id(&model)?;
-                DeleteTarget::AllVersions(model)
-            };
-            let name = match &target {
+            let name = match names::model_target(&model)? {
                 DeleteTarget::Version(reference) => reference.resource_name(),
                 DeleteTarget::AllVersions(id) => format!("models/{id}"),
             };

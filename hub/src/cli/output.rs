@@ -1,37 +1,19 @@
-//! Human (table) and machine (JSON) renderings of registry objects for the CLI.
+//! Renderings of the CLI's views: aligned tables and fields for people, pretty JSON for
+//! scripts (the JSON shape is the views' serde form, documented in `docs/cli-json.md`).
 
 use std::fmt::Write;
 
-use crate::registry::ModelVersion;
+use serde::Serialize;
 
-pub fn print_json(value: &serde_json::Value) {
-    // Serializing a `Value` cannot fail.
+use super::view::{DeploymentView, DeviceView, ModelView, TargetView};
+
+/// Pretty JSON on stdout.
+pub fn print_json(value: &impl Serialize) {
+    // The views hold only strings, numbers, maps and lists: serializing them cannot fail.
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
-}
-
-/// JSON view of a version: the stored record plus its resource name, size and RFC 3339 times.
-pub fn model_json(model: &ModelVersion) -> serde_json::Value {
-    let mut value = serde_json::to_value(model).unwrap_or_default();
-    if let Some(object) = value.as_object_mut() {
-        object.remove("create_time_ms");
-        object.remove("update_time_ms");
-        object.insert("name".into(), model.resource_name().into());
-        object.insert("total_size_bytes".into(), model.total_size_bytes().into());
-        object.insert("create_time".into(), rfc3339(model.create_time_ms).into());
-        object.insert("update_time".into(), rfc3339(model.update_time_ms).into());
-        // Samples were checked to be JSON at registration: show them as JSON, not strings.
-        for key in ["sample_input", "sample_output"] {
-            if let Some(serde_json::Value::String(text)) = object.get(key)
-                && let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text)
-            {
-                object.insert(key.into(), parsed);
-            }
-        }
-    }
-    value
 }
 
 /// Bytes in binary units, the way `ls -h` users read them.
@@ -114,8 +96,13 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `1 file` / `4 files`.
+pub fn files_count(count: usize) -> String {
+    format!("{count} {}", if count == 1 { "file" } else { "files" })
+}
+
 /// Aligned columns: NAME VERSION FRAMEWORK FILES SIZE CREATED TAGS.
-pub fn model_table(models: &[ModelVersion]) -> String {
+pub fn model_table(models: &[ModelView]) -> String {
     let rows: Vec<Vec<String>> = models
         .iter()
         .map(|m| {
@@ -124,8 +111,8 @@ pub fn model_table(models: &[ModelVersion]) -> String {
                 m.version.to_string(),
                 m.framework.clone(),
                 m.files.len().to_string(),
-                size(m.total_size_bytes()),
-                rfc3339(m.create_time_ms),
+                size(m.total_size_bytes),
+                m.create_time.clone(),
                 pairs(&m.tags),
             ]
         })
@@ -145,20 +132,20 @@ pub fn model_table(models: &[ModelVersion]) -> String {
 }
 
 /// Everything about one version, including each ONNX file's signature.
-pub fn model_details(model: &ModelVersion) -> String {
+pub fn model_details(model: &ModelView) -> String {
     let mut out = String::new();
     let mut field = |name: &str, value: &str| field(&mut out, 13, name, value);
     field("model", &format!("{}:{}", model.model_id, model.version));
-    field("resource", &model.resource_name());
+    field("resource", &model.name);
     field("description", &model.description);
     let framework = format!("{} {}", model.framework, model.framework_version);
     field("framework", framework.trim());
-    field("created", &rfc3339(model.create_time_ms));
-    field("updated", &rfc3339(model.update_time_ms));
+    field("created", &model.create_time);
+    field("updated", &model.update_time);
     field("tags", &pairs(&model.tags));
     field("properties", &pairs(&model.properties));
-    field("size", &size(model.total_size_bytes()));
-    let sample = |s: &Option<String>| if s.is_some() { "yes" } else { "no" };
+    field("size", &size(model.total_size_bytes));
+    let sample = |s: &Option<serde_json::Value>| if s.is_some() { "yes" } else { "no" };
     field("sample in", sample(&model.sample_input));
     field("sample out", sample(&model.sample_output));
     let _ = writeln!(out, "files:");
@@ -186,6 +173,170 @@ pub fn model_details(model: &ModelVersion) -> String {
         }
     }
     out
+}
+
+/// `devices a,b; labels k=v`: whom a deployment targets.
+fn target_text(target: &TargetView) -> String {
+    let mut parts = Vec::new();
+    if !target.device_ids.is_empty() {
+        parts.push(format!("devices {}", target.device_ids.join(",")));
+    }
+    if !target.label_selector.is_empty() {
+        parts.push(format!("labels {}", pairs(&target.label_selector)));
+    }
+    parts.join("; ")
+}
+
+/// A table indented under a `name:` line of a details view.
+fn nested_table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    for line in table(header, rows).lines() {
+        out.push_str("  ");
+        out.push_str(line);
+        out.push('\n');
+    }
+}
+
+/// One deployment and the state of each device it targets.
+pub fn deployment_details(d: &DeploymentView) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
+    field("deployment", d.deployment_id.clone());
+    let resolved = match d.resolved_version {
+        None => "model missing".to_owned(),
+        Some(version) => format!("resolves to version {version}"),
+    };
+    field("model", format!("{} ({resolved})", d.model));
+    field("runtime", d.runtime.clone());
+    field(
+        "endpoint",
+        format!("port {}, auth {}", d.endpoint.port, d.endpoint.auth),
+    );
+    field("target", target_text(&d.target));
+    field("state", d.state.to_owned());
+    field("created", d.create_time.clone());
+    out.push_str("devices:\n");
+    let rows: Vec<Vec<String>> = d
+        .devices
+        .iter()
+        .map(|w| {
+            vec![
+                w.device_id.clone(),
+                if w.online { "yes" } else { "no" }.into(),
+                w.state.into(),
+                w.serving_model.clone().unwrap_or_default(),
+                w.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    nested_table(
+        &mut out,
+        &["DEVICE", "ONLINE", "STATE", "SERVING", "ERROR"],
+        &rows,
+    );
+    out
+}
+
+/// Aligned columns: NAME MODEL PORT STATE HEALTHY TARGET.
+pub fn deployment_table(deployments: &[DeploymentView]) -> String {
+    let rows: Vec<Vec<String>> = deployments
+        .iter()
+        .map(|d| {
+            let healthy = d.devices.iter().filter(|w| w.state == "Healthy").count();
+            vec![
+                d.deployment_id.clone(),
+                d.model.clone(),
+                d.endpoint.port.to_string(),
+                d.state.into(),
+                format!("{healthy}/{}", d.devices.len()),
+                target_text(&d.target),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "MODEL", "PORT", "STATE", "HEALTHY", "TARGET"],
+        &rows,
+    )
+}
+
+/// One device: what it is, and what it runs.
+pub fn device_details(d: &DeviceView) -> String {
+    let caps = &d.capabilities;
+    let mut out = String::new();
+    let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
+    field("device", d.device_id.clone());
+    field("online", d.online_text().into());
+    field(
+        "last seen",
+        d.last_seen.clone().unwrap_or_else(|| "never".into()),
+    );
+    field("labels", pairs(&d.labels));
+    field("agent", d.agent_version.clone());
+    field(
+        "hardware",
+        format!(
+            "{} {}, {} CPUs, {} MiB",
+            caps.os,
+            caps.arch,
+            caps.cpu_count,
+            caps.memory_bytes >> 20
+        ),
+    );
+    field("runtimes", caps.runtimes.join(","));
+    field(
+        "generation",
+        format!(
+            "desired {}, applied {}",
+            d.desired_generation, d.applied_generation
+        ),
+    );
+    out.push_str("workloads:\n");
+    let rows: Vec<Vec<String>> = d
+        .workloads
+        .iter()
+        .map(|w| {
+            vec![
+                w.deployment.clone(),
+                w.state.into(),
+                w.serving_model.clone().unwrap_or_default(),
+                w.port.to_string(),
+                w.requests.to_string(),
+                w.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    nested_table(
+        &mut out,
+        &[
+            "DEPLOYMENT",
+            "STATE",
+            "SERVING",
+            "PORT",
+            "REQUESTS",
+            "ERROR",
+        ],
+        &rows,
+    );
+    out
+}
+
+/// Aligned columns: DEVICE ONLINE WORKLOADS GENERATION LABELS.
+pub fn device_table(devices: &[DeviceView]) -> String {
+    let rows: Vec<Vec<String>> = devices
+        .iter()
+        .map(|d| {
+            vec![
+                d.device_id.clone(),
+                d.online_text().into(),
+                d.workloads.len().to_string(),
+                format!("{}/{}", d.applied_generation, d.desired_generation),
+                pairs(&d.labels),
+            ]
+        })
+        .collect();
+    table(
+        &["DEVICE", "ONLINE", "WORKLOADS", "GENERATION", "LABELS"],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use edgeship_hub::client;
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::fleet_client::FleetClient;
+
 use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_edgeship");
@@ -96,13 +100,36 @@ async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
     assert_eq!(listed.as_array().map(Vec::len), Some(1));
     assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
     let out = edgeship(&url, &["model", "show", "diabetes"]);
-    insta::assert_snapshot!("show_diabetes", stdout(&out, t));
+    let shown = stdout(&out, t);
+    insta::assert_snapshot!("show_diabetes", shown);
+    // The resource names `-o json` prints work wherever a short name does.
+    for name in [
+        "models/diabetes/versions/1",
+        "models/diabetes",
+        "diabetes:latest",
+    ] {
+        let out = edgeship(&url, &["model", "show", name]);
+        assert_eq!(stdout(&out, t), shown, "model show {name}");
+    }
+    let out = edgeship(&url, &["model", "show", "diabetes:1", "-o", "json"]);
+    insta::assert_snapshot!("show_diabetes_json", stdout(&out, t));
     let out = edgeship(&url, &["model", "show", "digits:1", "-o", "json"]);
     insta::assert_snapshot!("show_digits_json", stdout(&out, t));
+    let out = edgeship(&url, &["model", "list", "-n", "models/digits"]);
+    assert_eq!(stdout(&out, t).lines().count(), 2, "a header and digits:1");
 
     let target = t.join("download");
     let target_arg = target.display().to_string();
-    let out = edgeship(&url, &["model", "download", "digits:1", "-d", &target_arg]);
+    let out = edgeship(
+        &url,
+        &[
+            "model",
+            "download",
+            "models/digits/versions/1",
+            "-d",
+            &target_arg,
+        ],
+    );
     insta::assert_snapshot!("download_digits", stdout(&out, t));
     for file in [
         "model.onnx",
@@ -132,7 +159,7 @@ async fn the_cli_walks_the_register_list_show_download_update_delete_cycle() {
         ],
     );
     insta::assert_snapshot!("update_diabetes", stdout(&out, t));
-    let out = edgeship(&url, &["model", "delete", "digits:1"]);
+    let out = edgeship(&url, &["model", "delete", "models/digits/versions/1"]);
     insta::assert_snapshot!("delete_digits_version", stdout(&out, t));
     let out = edgeship(&url, &["model", "delete", "diabetes"]);
     insta::assert_snapshot!("delete_all_diabetes", stdout(&out, t));
@@ -167,6 +194,14 @@ async fn cli_errors_are_one_line_on_stderr_with_a_failing_exit_code() {
             vec!["model", "update", "m:1", "--add-tag", "novalue"],
         ),
         (url.clone(), vec!["model", "delete", "m:x"]),
+        (url.clone(), vec!["model", "show", "models/m/versions/x"]),
+        (url.clone(), vec!["model", "show", "deployments/m"]),
+        (
+            url.clone(),
+            vec!["model", "update", "models/m", "--add-tag", "a=b"],
+        ),
+        (url.clone(), vec!["deploy", "show", "devices/web"]),
+        (url.clone(), vec!["device", "show", "devices/a/b"]),
         ("http://127.0.0.1:1".to_owned(), vec!["model", "list"]),
     ];
     let mut transcript = String::new();
@@ -287,6 +322,8 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
 async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
     let data = tempfile::tempdir().expect("temp");
     let port = free_port();
+    let stderr_path = data.path().join("stderr.txt");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut dev = testkit::Process::spawn(
         "edgeship dev",
         Command::new(BIN)
@@ -301,10 +338,16 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
             .arg(port.to_string())
             .arg("--data-dir")
             .arg(data.path())
+            .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
+            .stderr(stderr),
     );
-    let lines = dev.read_lines_starting(&["hub:", "broker:", "scoring:"], Duration::from_secs(120));
+    let lines = dev.read_lines_starting(
+        &["hub:", "broker:", "scoring:", "log:"],
+        Duration::from_secs(120),
+    );
+    let log_path = data.path().join("dev.log");
+    assert_eq!(lines[3].trim(), log_path.display().to_string());
     let hub_url = lines[0]
         .split_whitespace()
         .next()
@@ -345,7 +388,7 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
         &agent_dir.path().join("agent.log"),
     );
     let joined_port = free_port();
-    edgeship_hub::client::deploy_to_devices(
+    client::deploy_to_devices(
         &hub_url,
         "joined",
         "diabetes:latest",
@@ -373,6 +416,16 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
         status.is_some_and(|s| s.success()),
         "dev did not stop cleanly: {status:?}"
     );
+    // The log goes to the file; the terminal gets warnings and errors only, so the summary
+    // is not interleaved with INFO lines.
+    let log = std::fs::read_to_string(&log_path).expect("dev.log");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("scoring endpoint listening"), "{log}");
+    let stderr = std::fs::read_to_string(&stderr_path).expect("stderr");
+    assert!(
+        !stderr.lines().any(|line| line.contains(" INFO ")),
+        "INFO lines on the terminal:\n{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -386,6 +439,21 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         edgeship_agent::RunningAgent::start(agent_config("edge-cli", &hub.mqtt_url(), dir.path()))
             .await
             .expect("agent");
+    // `deploy create --wait` refuses a device that has never connected: let it connect first.
+    let fleet = FleetClient::new(client::channel(&url).await.expect("channel"));
+    testkit::eventually(Duration::from_secs(30), "edge-cli connects", || {
+        let mut fleet = fleet.clone();
+        async move {
+            let device = fleet
+                .get_device(pb::GetDeviceRequest {
+                    name: "devices/edge-cli".into(),
+                })
+                .await
+                .ok()?;
+            (device.get_ref().last_seen_ms != 0).then_some(())
+        }
+    })
+    .await;
     let port = free_port().to_string();
     let run = |args: Vec<&str>| {
         let url = url.clone();
@@ -413,7 +481,7 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         "create",
         "web",
         "--model",
-        "diabetes:1",
+        "models/diabetes/versions/1",
         "--port",
         &port,
         "--device",
@@ -435,17 +503,18 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         )),
         "{listed}"
     );
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(&run(vec!["deploy", "show", "web", "-o", "json"]).await))
-            .expect("json");
+    let shown = ok(&run(vec!["deploy", "show", "deployments/web", "-o", "json"]).await);
+    let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(json["state"], "Healthy");
     assert_eq!(json["devices"][0]["serving_model"], "diabetes:1");
+    let shown = normalize(&shown, dir.path()).replace(&format!(": {port},"), ": \"<port>\",");
+    insta::assert_snapshot!("show_deployment_json", shown);
 
     let devices = ok(&run(vec!["device", "list"]).await);
     assert!(devices.contains("edge-cli  yes"), "{devices}");
     let labelled = ok(&run(vec!["device", "label", "edge-cli", "--set", "site=north"]).await);
     assert_eq!(labelled.trim(), "edge-cli: site=north");
-    let shown = ok(&run(vec!["device", "show", "edge-cli"]).await);
+    let shown = ok(&run(vec!["device", "show", "devices/edge-cli"]).await);
     assert!(shown.contains("labels:     site=north"), "{shown}");
     assert!(shown.contains("web         Healthy  diabetes:1"), "{shown}");
 
@@ -467,7 +536,57 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
         stderr.contains("is already used by deployment web"),
         "{stderr}"
     );
-    let deleted = ok(&run(vec!["deploy", "delete", "web"]).await);
+    let deleted = ok(&run(vec!["deploy", "delete", "deployments/web"]).await);
     assert_eq!(deleted.trim(), "deleted deployment web");
+
+    // A device id the hub has never heard from: --wait fails at once, naming it, and creates
+    // nothing; without --wait the deployment is created with a warning.
+    let ghost_port = free_port().to_string();
+    let ghost = |wait: bool| {
+        let mut args = vec![
+            "deploy",
+            "create",
+            "ghost",
+            "--model",
+            "diabetes:1",
+            "--port",
+            &ghost_port,
+            "--device",
+            "no-such-device",
+        ];
+        if wait {
+            args.push("--wait");
+        }
+        run(args)
+    };
+    let started = Instant::now();
+    let waited = ghost(true).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "--wait waited for a device that never connected"
+    );
+    assert_eq!(waited.status.code(), Some(1));
+    assert!(waited.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "error: device no-such-device has never connected, so --wait would only time out; \
+         deployment ghost was not created (without --wait it is created and waits for the device)"
+    );
+    let listed = ok(&run(vec!["deploy", "list"]).await);
+    assert!(!listed.contains("ghost"), "{listed}");
+
+    let created = ghost(false).await;
+    ok(&created);
+    let stderr = String::from_utf8_lossy(&created.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "warning: device no-such-device has never connected; the deployment waits for it"
+    );
+    let devices = ok(&run(vec!["device", "list"]).await);
+    assert!(devices.contains("no-such-device  never seen"), "{devices}");
+    let never = ok(&run(vec!["device", "show", "no-such-device", "-o", "json"]).await);
+    insta::assert_snapshot!("show_never_seen_device_json", never);
+    ok(&run(vec!["deploy", "delete", "ghost"]).await);
     agent.stop().await.expect("stop");
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use edgeship_hub::client;
-use edgeship_hub::registry::{Dim, NewModel};
+use edgeship_hub::registry::{Dim, ModelVersion, NewModel};
 use edgeship_proto::v1 as pb;
 
 use crate::support::*;
@@ -101,7 +101,10 @@ async fn a_folder_keeps_its_layout_through_register_and_download() {
     )
     .await
     .expect("download");
-    assert_eq!(downloaded, registered);
+    assert_eq!(
+        ModelVersion::try_from(downloaded).expect("a valid model"),
+        registered
+    );
     for path in paths {
         let original = std::fs::read(root.join(path)).expect("original");
         let copy = std::fs::read(target.path().join(path)).expect("downloaded");

@@ -145,10 +145,12 @@ pub fn new_model(name: &str) -> NewModel {
     }
 }
 
+/// Registers and reads the result back as the registry's record, for field-by-field checks.
 pub async fn register(client: &mut RegistryClient, model: NewModel, path: &Path) -> ModelVersion {
-    client::register(client, model, path)
+    let registered = client::register(client, model, path)
         .await
-        .expect("registration succeeds")
+        .expect("registration succeeds");
+    ModelVersion::try_from(registered).expect("a valid model")
 }
 
 pub async fn register_diabetes(client: &mut RegistryClient, name: &str) -> ModelVersion {
