@@ -113,7 +113,7 @@ impl RawConfig {
             .data_dir
             .ok_or_else(|| ConfigError::Invalid("a data dir is required (--data-dir)".into()))?;
         for (key, value) in &self.labels {
-            validate_label(key, value).map_err(ConfigError::Invalid)?;
+            edgeship_domain::names::label(key, value).map_err(|e| ConfigError::Invalid(e.0))?;
         }
         let max_packet_bytes = self.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
         if max_packet_bytes < MIN_PACKET_BYTES {
@@ -131,23 +131,6 @@ impl RawConfig {
             max_packet_bytes,
         })
     }
-}
-
-pub fn validate_label(key: &str, value: &str) -> Result<(), String> {
-    let key_ok = !key.is_empty()
-        && key.len() <= 128
-        && key
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b'/'));
-    if !key_ok {
-        return Err(format!(
-            "invalid label key {key:?}: use 1-128 letters, digits, '-', '_', '.' or '/'"
-        ));
-    }
-    if value.len() > 256 || value.chars().any(char::is_control) {
-        return Err(format!("invalid value for label {key:?}"));
-    }
-    Ok(())
 }
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`).

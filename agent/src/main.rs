@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use edgeship_agent::RunningAgent;
 use edgeship_agent::config::{DEFAULT_BROKER, RawConfig};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgeship-agent", version, about = "edgeship device agent")]
@@ -91,12 +93,19 @@ fn main() -> ExitCode {
         print!("{EXAMPLE_CONFIG}");
         return ExitCode::SUCCESS;
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    // `RUST_LOG` as `level` or `target=level,...`: per-target levels are all an agent needs,
+    // and leaving out the regex-based filter keeps the binary smaller.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with(filter)
         .init();
     let config = (|| -> anyhow::Result<_> {
         let file = match &config {

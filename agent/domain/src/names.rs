@@ -79,6 +79,46 @@ pub fn device_id(id: &str) -> Result<(), InvalidName> {
     }
 }
 
+/// Longest tag, property or label key.
+pub const MAX_KEY_LEN: usize = 128;
+/// Longest tag, property or label value.
+pub const MAX_VALUE_LEN: usize = 1024;
+
+/// Tag, property and label keys (`kind` says which): 1–128 ASCII letters, digits and
+/// `-_.:/`. `=` is excluded so that `key=value` filters are unambiguous.
+pub fn key(kind: &str, key: &str) -> Result<(), InvalidName> {
+    let allowed =
+        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/');
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(allowed) {
+        return Err(InvalidName(format!(
+            "invalid {kind} key {key:?}: use 1-{MAX_KEY_LEN} letters, digits, '-', '_', '.', ':' or '/'"
+        )));
+    }
+    Ok(())
+}
+
+/// Tag, property and label values: up to 1024 bytes, no control characters.
+pub fn value(kind: &str, key: &str, value: &str) -> Result<(), InvalidName> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(InvalidName(format!(
+            "{kind} {key:?} has a value of {} bytes; the limit is {MAX_VALUE_LEN}",
+            value.len()
+        )));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(InvalidName(format!(
+            "{kind} {key:?} has a value with control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Device labels, as agents announce them and deployments select them.
+pub fn label(label_key: &str, label_value: &str) -> Result<(), InvalidName> {
+    key("label", label_key)?;
+    value("label", label_key, label_value)
+}
+
 /// A file path inside a model or module: relative, `/`-separated, no empty, `.` or `..`
 /// segment (it is joined under a folder on the device).
 pub fn relative_path(path: &str) -> Result<(), InvalidName> {
@@ -152,6 +192,31 @@ mod tests {
                     .contains("invalid device id")
             );
         }
+    }
+
+    #[test]
+    fn labels_follow_the_tag_rules() {
+        assert_eq!(label("site", "north"), Ok(()));
+        assert_eq!(label("example.com/zone", "a:b"), Ok(()));
+        assert!(
+            label("a=b", "x")
+                .expect_err("=")
+                .0
+                .contains("invalid label key")
+        );
+        assert!(label("", "x").is_err());
+        assert!(
+            label("k", "bad\nvalue")
+                .expect_err("control")
+                .0
+                .contains("control")
+        );
+        assert!(
+            label("k", &"v".repeat(1025))
+                .expect_err("long")
+                .0
+                .contains("limit is 1024")
+        );
     }
 
     #[test]

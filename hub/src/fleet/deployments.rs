@@ -6,7 +6,7 @@ use edgeship_domain::{AuthMode, Protocol, names};
 use super::model::{Deployment, DeviceWorkload, device_workload};
 use super::{Fleet, FleetError, decode, desired, encode};
 use crate::now_ms;
-use crate::registry::{VersionRef, validate};
+use crate::registry::VersionRef;
 
 fn invalid(err: names::InvalidName) -> FleetError {
     FleetError::InvalidArgument(err.0)
@@ -190,8 +190,7 @@ impl Fleet {
     }
 }
 
-/// Label keys and values follow the registry's tag rules.
+/// Label keys and values follow the tag rules.
 pub(super) fn validate_label(key: &str, value: &str) -> Result<(), FleetError> {
-    validate::key("label", key).map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
-    validate::value("label", key, value).map_err(|e| FleetError::InvalidArgument(e.to_string()))
+    names::label(key, value).map_err(invalid)
 }

@@ -125,7 +125,11 @@ impl Fleet {
             device.capabilities = birth.capabilities;
         }
         self.put_device(&device)?;
-        tracing::info!(device = %device.id, online = device.online, "device birth");
+        if device.online {
+            tracing::info!(device = %device.id, agent = %device.agent_version, "device online");
+        } else {
+            tracing::info!(device = %device.id, "device offline");
+        }
         Ok(changed || device.desired_generation == 0)
     }
 

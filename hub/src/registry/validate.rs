@@ -9,8 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::Error;
 use super::model::{DeleteTarget, KeyMatch, ModelUpdate, NewModel, VersionRef, VersionSelector};
 
-pub const MAX_KEY_LEN: usize = 128;
-pub const MAX_VALUE_LEN: usize = 1024;
+pub use edgeship_domain::names::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub const MAX_TAGS: usize = 64;
 pub const MAX_PROPERTIES: usize = 64;
 pub const MAX_DESCRIPTION_LEN: usize = 4096;
@@ -27,30 +26,12 @@ pub fn model_id(id: &str) -> Result<(), Error> {
 /// Tag and property keys: 1–128 characters of ASCII letters, digits and `-_.:/`.
 /// `=` is excluded so that `key=value` filters are unambiguous.
 pub fn key(kind: &str, key: &str) -> Result<(), Error> {
-    let allowed =
-        |c: u8| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/');
-    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(allowed) {
-        return Err(Error::invalid(format!(
-            "invalid {kind} key {key:?}: use 1-{MAX_KEY_LEN} letters, digits, '-', '_', '.', ':' or '/'"
-        )));
-    }
-    Ok(())
+    edgeship_domain::names::key(kind, key).map_err(|err| Error::invalid(err.0))
 }
 
 /// Tag and property values: up to 1024 characters, no control characters.
 pub fn value(kind: &str, key: &str, value: &str) -> Result<(), Error> {
-    if value.len() > MAX_VALUE_LEN {
-        return Err(Error::invalid(format!(
-            "{kind} {key:?} has a value of {} bytes; the limit is {MAX_VALUE_LEN}",
-            value.len()
-        )));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(Error::invalid(format!(
-            "{kind} {key:?} has a value with control characters"
-        )));
-    }
-    Ok(())
+    edgeship_domain::names::value(kind, key, value).map_err(|err| Error::invalid(err.0))
 }
 
 fn key_values(kind: &str, map: &BTreeMap<String, String>, max: usize) -> Result<(), Error> {
