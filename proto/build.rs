@@ -23,6 +23,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Agents speak only MQTT: the gRPC stubs (and tonic) exist with the `grpc` feature.
+        .client_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
+        .server_mod_attribute(".", "#[cfg(feature = \"grpc\")]")
         // File chunks decode as `Bytes` slices of the received buffer instead of copies.
         .bytes(".")
         .compile_fds(descriptors)?;

@@ -12,11 +12,12 @@
 
 /// Version 1 of the hub API (`package edgeship.v1`).
 pub mod v1 {
-    tonic::include_proto!("edgeship.v1");
+    include!(concat!(env!("OUT_DIR"), "/edgeship.v1.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every edgeship `.proto` file, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("edgeship_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/edgeship_descriptor.bin"));
 
 /// Parses a broker address as hub and agents accept it: `mqtt://host:port`, `tcp://host:port`
 /// or `host:port` (port 1883 when omitted). TLS URLs are refused rather than silently sent in
