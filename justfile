@@ -32,6 +32,10 @@ bench:
     cargo bench -p edgeship-hub --bench registry
     cargo bench -p edgeship-firmware-tests --bench transfer
 
+# Release binary sizes and the agent's idle memory (`just footprint --cold` also times a cold build).
+footprint *args:
+    scripts/footprint.sh {{args}}
+
 # The main job: hub, embedded broker, a local agent and the sample model in one process.
 dev:
     cargo run --release --bin edgeship -- dev

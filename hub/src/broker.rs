@@ -51,13 +51,14 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
             max_segment_size: 16 * 1024 * 1024,
             max_segment_count: 4,
             // Each device has its own chunk topic, and its log is never freed: at 64 MiB each a
-            // fleet-wide rollout would hold the model once per device. 12 MiB still covers
-            // an agent's whole fetch window (32 chunks of 256 KiB).
+            // fleet-wide rollout would hold the model once per device. The log drops whole
+            // segments, so it keeps at least three of four: 12 MiB, more than an agent's whole
+            // fetch window (32 chunks of 256 KiB), which a restarted agent takes up again.
             custom_segment: Some(HashMap::from([(
                 topics::all_devices(DeviceTopic::BlobResponse),
                 SegmentConfig {
                     max_segment_size: 4 * 1024 * 1024,
-                    max_segment_count: 3,
+                    max_segment_count: 4,
                 },
             )])),
             ..RouterConfig::default()

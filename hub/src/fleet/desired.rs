@@ -235,6 +235,14 @@ mod tests {
     fn the_desired_state_for_each_situation() {
         let north = device("d1", &[("site", "north")]);
         let south = device("d1", &[("site", "south")]);
+        // An agent that runs containers only (announces no `kind/model`).
+        let mut containers_only = north.clone();
+        containers_only.capabilities.features = [
+            "kind/container".to_owned(),
+            "protocol/azureml".into(),
+            "auth/none".into(),
+        ]
+        .into();
         let never_seen = Device {
             id: "d1".into(),
             ..Device::default()
@@ -303,6 +311,13 @@ mod tests {
                 vec![no_opencl.clone()],
                 resolved(&[("gpu", Some(model("m", 1)))]),
                 vec!["gpu!runtime opencl is not available on this device (available: tract)"],
+            ),
+            (
+                "a workload kind the device's agent does not run is unschedulable",
+                containers_only,
+                vec![deployment("web", 5001, 1, by_id("d1"))],
+                resolved(&[("web", Some(model("m", 1)))]),
+                vec!["web!this device's agent does not support model workloads"],
             ),
             (
                 "a device never seen gets the workload; its agent judges",
