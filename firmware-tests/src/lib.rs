@@ -481,3 +481,32 @@ pub fn big_model(dir: &Path, name: &str, extra_bytes: usize, seed: u64) -> PathB
     write_noise(&folder.join("weights.bin"), extra_bytes, seed);
     folder
 }
+
+/// Milliseconds since the Unix epoch, as the hub stamps `last_seen_ms`.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .expect("clock")
+}
+
+/// Waits until the hub at `hub` has heard from `device` (a birth or a report) after
+/// `since_ms`: proof that the device processed whatever it was sent before the message it
+/// answered.
+pub async fn wait_heard_from(hub: &str, device: &str, since_ms: i64, limit: Duration) {
+    use edgeship_proto::v1 as pb;
+    let name = format!("devices/{device}");
+    eventually(limit, &format!("the hub hearing from {device}"), || {
+        let (hub, name) = (hub.to_owned(), name.clone());
+        async move {
+            let mut fleet = pb::fleet_client::FleetClient::connect(hub).await.ok()?;
+            let device = fleet
+                .get_device(pb::GetDeviceRequest { name })
+                .await
+                .ok()?
+                .into_inner();
+            (device.last_seen_ms > since_ms).then_some(())
+        }
+    })
+    .await;
+}

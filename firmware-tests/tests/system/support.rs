@@ -7,7 +7,6 @@ use edgeship_hub::client;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use edgeship_proto::v1::fleet_client::FleetClient;
 
 pub const CONVERGE: Duration = Duration::from_secs(120);
 
@@ -77,29 +76,4 @@ pub fn log_contains(path: &Path, text: &str) -> bool {
     std::fs::read_to_string(path).is_ok_and(|log| log.contains(text))
 }
 
-/// Milliseconds since the Unix epoch, as the hub stamps `last_seen_ms`.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .expect("clock")
-}
-
-/// Waits until the hub has heard from `device` after `since_ms` (a birth or a report).
-pub async fn wait_heard_from(hub: &str, device: &str, since_ms: i64, limit: Duration) {
-    let name = format!("devices/{device}");
-    testkit::eventually(limit, &format!("the hub hearing from {device}"), || {
-        let name = name.clone();
-        let hub = hub.to_owned();
-        async move {
-            let mut client = FleetClient::connect(hub).await.ok()?;
-            let device = client
-                .get_device(pb::GetDeviceRequest { name })
-                .await
-                .ok()?
-                .into_inner();
-            (device.last_seen_ms > since_ms).then_some(())
-        }
-    })
-    .await;
-}
+pub use testkit::{now_ms, wait_heard_from};

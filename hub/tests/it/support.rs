@@ -242,33 +242,9 @@ pub fn agent_config(
     .expect("valid agent config")
 }
 
-/// Milliseconds since the Unix epoch, as the hub stamps `last_seen_ms`.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .expect("clock")
-}
+pub use testkit::now_ms;
 
-/// Waits until the hub has heard from `device` (a birth or a report) after `since_ms`: proof
-/// that the device processed whatever it was sent before the message it answered.
+/// Waits (30 s at most) until the hub has heard from `device` after `since_ms`.
 pub async fn wait_heard_from(url: &str, device: &str, since_ms: i64) {
-    let name = format!("devices/{device}");
-    testkit::eventually(
-        Duration::from_secs(30),
-        &format!("the hub hearing from {device}"),
-        || {
-            let (url, name) = (url.to_owned(), name.clone());
-            async move {
-                let mut fleet = pb::fleet_client::FleetClient::connect(url).await.ok()?;
-                let device = fleet
-                    .get_device(pb::GetDeviceRequest { name })
-                    .await
-                    .ok()?
-                    .into_inner();
-                (device.last_seen_ms > since_ms).then_some(())
-            }
-        },
-    )
-    .await;
+    testkit::wait_heard_from(url, device, since_ms, Duration::from_secs(30)).await;
 }
