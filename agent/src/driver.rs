@@ -171,10 +171,17 @@ impl Agent {
         mut shutdown: oneshot::Receiver<()>,
     ) -> anyhow::Result<()> {
         // A desired state accepted before a crash but not fully applied is resumed now.
+        // So is one whose last good workload could not be restored (a port briefly taken, say):
+        // one more pass over it applies that workload again.
+        let restore_failed = self
+            .state
+            .workloads
+            .keys()
+            .any(|d| !self.stage.is_serving(d));
         let mut current: Option<DesiredState> = self
             .store
             .load_desired()
-            .filter(|d| d.generation > self.state.applied_generation);
+            .filter(|d| d.generation > self.state.applied_generation || restore_failed);
         let mut chunks = std::mem::replace(&mut link.events.chunks, mpsc::channel(1).1);
         let mut ticker = tokio::time::interval(REPORT_INTERVAL);
         loop {
@@ -198,6 +205,13 @@ impl Agent {
                     }
                     current = link.events.desired.borrow_and_update().clone();
                     if let Some(desired) = &current
+                        && self.retry.is_some()
+                        && desired.generation == self.state.accepted_generation
+                    {
+                        // The state being retried, delivered again (a reconnect, a hub
+                        // republishing): the retry timer keeps its backoff.
+                        current = None;
+                    } else if let Some(desired) = &current
                         && desired.generation <= self.state.applied_generation
                     {
                         // The hub republished what we have (it restarted): tell it where we
@@ -352,6 +366,7 @@ impl Agent {
                 }
             }
         }
+        self.settle(desired);
         let pass = if transient {
             let attempt = self.retry.map_or(1, |r| r.attempt + 1);
             let wait = link::jitter(
@@ -486,6 +501,42 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Deployments whose desired workload is the one already serving are `Healthy`, whatever
+    /// an abandoned switch left in their status; a failure recorded for another workload no
+    /// longer applies (the hub went back to what serves).
+    fn settle(&mut self, desired: &DesiredState) {
+        let mut changed = false;
+        for workload in &desired.workloads {
+            let deployment = &workload.deployment;
+            let serves = self.state.workloads.get(deployment) == Some(workload)
+                && self.stage.is_serving(deployment);
+            if !serves {
+                continue;
+            }
+            let stale_failure = self
+                .state
+                .failures
+                .get(deployment)
+                .is_some_and(|f| f.workload.as_ref() != Some(workload));
+            if stale_failure {
+                self.state.failures.remove(deployment);
+                changed = true;
+            }
+            if let Some(status) = self.statuses.get_mut(deployment)
+                && !self.state.failures.contains_key(deployment)
+            {
+                status.state = ServiceState::Healthy;
+                status.error.clear();
+                status.desired_model = workload.describe();
+                status.serving_model = workload.describe();
+            }
+        }
+        if changed {
+            self.persist("failures");
+        }
+        self.publish_view();
     }
 
     /// Marks a deployment as transitioning to `workload` and reports it (without waiting).

@@ -145,9 +145,16 @@ impl Fetcher {
         newest.borrow_and_update();
         while !partial.is_complete() {
             while next_request < size && next_request < partial.offset() + window * CHUNK_SIZE {
-                self.sender
-                    .request_blob(&digest, next_request, CHUNK_SIZE.min(size - next_request))
-                    .await;
+                // With the broker gone the client's queue fills and stops taking requests; a
+                // request that cannot be queued counts as a stall, so the give-up timer runs.
+                let request = self.sender.request_blob(
+                    &digest,
+                    next_request,
+                    CHUNK_SIZE.min(size - next_request),
+                );
+                if tokio::time::timeout(FETCH_STALL, request).await.is_err() {
+                    break;
+                }
                 next_request += CHUNK_SIZE;
             }
             if self.superseded(generation) {

@@ -157,7 +157,8 @@ impl Fleet {
             .filter(|d| deployment.target.matches(&d.id, &d.labels()))
             .map(|d| {
                 let mut workload = device_workload(d, &deployment.id);
-                let computed = desired::for_device(d, &deployments, &resolved);
+                let previous = self.stored_desired(&d.id);
+                let computed = desired::for_device(d, &deployments, &resolved, previous.as_ref());
                 if let Some(reason) = computed.unschedulable.get(&deployment.id) {
                     workload.state = super::ServiceState::Unschedulable;
                     workload.error.clone_from(reason);

@@ -10,7 +10,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use edgeship_domain::{DeployedModel, ModelWorkload, RuntimeOptions, Workload, WorkloadKind};
+use edgeship_domain::{
+    DeployedModel, DesiredState, ModelWorkload, RuntimeOptions, Workload, WorkloadKind,
+};
 
 use super::model::{Deployment, Device};
 use crate::registry::{ModelFile, ModelVersion, OnnxSignature};
@@ -26,11 +28,16 @@ pub struct DeviceDesired {
 /// The model version each deployment resolves to now (`None`: the model is gone).
 pub type Resolved = HashMap<String, Option<ModelVersion>>;
 
-/// Computes `device`'s workloads from every deployment.
+/// Computes `device`'s workloads from every deployment. `previous` is what the device was last
+/// asked to run: a deployment that can no longer run there keeps its previous workload, so
+/// the device goes on serving the last version that could (a `latest` deployment whose new
+/// version has no ONNX file, a capability the device stopped announcing), while the
+/// deployment reports the device `Unschedulable` with the reason.
 pub fn for_device(
     device: &Device,
     deployments: &[Deployment],
     resolved: &Resolved,
+    previous: Option<&DesiredState>,
 ) -> DeviceDesired {
     let labels = device.labels();
     let mut targeting: Vec<&Deployment> = deployments
@@ -69,6 +76,13 @@ pub fn for_device(
                 desired.workloads.push(workload);
             }
             Err(reason) => {
+                let kept = previous
+                    .and_then(|p| p.workloads.iter().find(|w| w.deployment == deployment.id))
+                    .filter(|w| w.endpoint.port == port);
+                if let Some(kept) = kept {
+                    ports.insert(port, &deployment.id);
+                    desired.workloads.push(kept.clone());
+                }
                 desired.unschedulable.insert(deployment.id.clone(), reason);
             }
         }
@@ -344,9 +358,38 @@ mod tests {
             ),
         ];
         for (case, device, deployments, resolved, expected) in table {
-            let desired = for_device(&device, &deployments, &resolved);
+            let desired = for_device(&device, &deployments, &resolved, None);
             assert_eq!(summary(&desired), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_deployment_that_can_no_longer_run_keeps_its_previous_workload() {
+        let device = device("d1", &[]);
+        let web = deployment("web", 5001, 1, by_id("d1"));
+        let serving = for_device(
+            &device,
+            std::slice::from_ref(&web),
+            &resolved(&[("web", Some(model("m", 1)))]),
+            None,
+        );
+        let previous = DesiredState {
+            device_id: "d1".into(),
+            generation: 1,
+            workloads: serving.workloads.clone(),
+            rejected: vec![],
+            issued_at_ms: 0,
+        };
+        let mut no_onnx = model("m", 2);
+        no_onnx.files[0].onnx = None;
+        let next = for_device(
+            &device,
+            &[web],
+            &resolved(&[("web", Some(no_onnx))]),
+            Some(&previous),
+        );
+        assert_eq!(next.workloads, serving.workloads, "m:1 keeps serving");
+        assert!(next.unschedulable["web"].contains("m:2 has no ONNX file"));
     }
 
     #[test]

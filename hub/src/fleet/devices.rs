@@ -83,6 +83,11 @@ impl Fleet {
     /// A bad entry is logged and skipped; it never stops the rest of the batch.
     pub fn on_device_news(&self, news: DeviceNews) -> Result<(), FleetError> {
         let _guard = self.guard();
+        // Reports first: a device's Last Will (a birth with online=false) that arrived with
+        // its last report must leave it offline.
+        for report in news.reports {
+            self.record_report(report)?;
+        }
         let mut recompute = Vec::new();
         for birth in news.births {
             let id = birth.device_id.clone();
@@ -94,9 +99,6 @@ impl Fleet {
                 }
                 Err(err) => return Err(err),
             }
-        }
-        for report in news.reports {
-            self.record_report(report)?;
         }
         self.db.flush()?;
         for id in recompute {

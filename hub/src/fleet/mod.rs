@@ -144,11 +144,11 @@ impl Fleet {
         };
         let mut changed = Vec::new();
         for mut device in devices {
-            let computed = desired::for_device(&device, &deployments, &resolved);
+            let previous = self.stored_desired(&device.id);
+            let computed = desired::for_device(&device, &deployments, &resolved, previous.as_ref());
             for (deployment, reason) in &computed.unschedulable {
                 tracing::debug!(device = %device.id, %deployment, %reason, "deployment unschedulable on device");
             }
-            let previous = self.stored_desired(&device.id);
             if previous.is_some_and(|p| p.workloads == computed.workloads) {
                 continue;
             }
@@ -181,6 +181,9 @@ impl Fleet {
     /// Re-publishes every stored desired state (after the link (re)connects: an embedded
     /// broker keeps retained messages in memory only).
     pub fn republish_all(&self) -> Result<usize, FleetError> {
+        // Under the lock: a reconcile running meanwhile must not have its newer state
+        // overtaken (and replaced as the retained message) by an older copy.
+        let _guard = self.guard();
         let mut count = 0;
         for entry in self.desired.iter() {
             let (id, _) = entry?;

@@ -564,3 +564,82 @@ async fn the_hub_keeps_a_workload_off_a_device_that_lacks_its_runtime() {
     assert_eq!(cached, 0);
     agent.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asking_again_for_what_serves_after_a_failed_switch_makes_the_device_healthy() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-s", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-s"])
+        .await
+        .expect("deploy");
+    wait_serving(&agent, "web", "diabetes:1").await;
+    let applied = agent
+        .wait_for(Duration::from_secs(30), |v| v.applied_generation > 0)
+        .await
+        .expect("applied")
+        .applied_generation;
+
+    // The hub's own desired state, as retained on the device's topic.
+    let desired_topic = topics::device("edge-s", DeviceTopic::Desired);
+    let (attacker, mut desired) = raw_listener(&hub.mqtt_url(), "switcher", &desired_topic).await;
+    let current = loop {
+        let payload = tokio::time::timeout(Duration::from_secs(30), desired.recv())
+            .await
+            .expect("the retained desired state")
+            .expect("payload");
+        if let Ok(state) = pb::DesiredState::decode(payload.as_ref())
+            && state.generation == applied
+        {
+            break state;
+        }
+    };
+
+    // A switch that fails for good: the workload's entry file is not among its files.
+    let mut broken = current.clone();
+    broken.generation = applied + 100;
+    if let Some(pb::workload::Kind::Model(model)) = &mut broken.workloads[0].kind {
+        model.models[0].entry_file = "missing.onnx".into();
+    }
+    send(
+        &attacker,
+        "edge-s",
+        DeviceTopic::Desired,
+        broken.encode_to_vec(),
+    )
+    .await;
+    agent
+        .wait_for(Duration::from_secs(30), |v| {
+            v.workload("web")
+                .is_some_and(|w| w.state == ServiceState::Failed)
+        })
+        .await
+        .expect("the switch fails");
+
+    // Asked again for what serves: nothing to apply, and the failure no longer applies.
+    let mut again = current;
+    again.generation = applied + 101;
+    send(
+        &attacker,
+        "edge-s",
+        DeviceTopic::Desired,
+        again.encode_to_vec(),
+    )
+    .await;
+    let view = agent
+        .wait_for(Duration::from_secs(30), |v| {
+            v.applied_generation == applied + 101
+        })
+        .await
+        .expect("applied");
+    let workload = view.workload("web").expect("workload");
+    assert_eq!(workload.state, ServiceState::Healthy, "{workload:?}");
+    assert_eq!(workload.error, "");
+    assert_eq!(workload.desired_model, "diabetes:1");
+    assert_eq!(workload.serving_model, "diabetes:1");
+    agent.stop().await.expect("stop");
+}
