@@ -61,6 +61,49 @@ pub async fn register_diabetes_with_sample(
         .version
 }
 
+/// A hub with `diabetes:1` registered (with its sample input) and an in-process agent
+/// `device` serving `model` as deployment `web`: where most protocol and scoring tests start.
+/// Destructure it binding `hub` and `dir` (`dir: _dir` if unused): dropping either stops the
+/// hub or deletes the agent's data folder under the running agent.
+pub struct ServingWeb {
+    pub hub: TestHub,
+    pub registry: edgeship_hub::client::RegistryClient,
+    pub agent: RunningAgent,
+    /// The agent's data folder (a test may restart the agent on it).
+    pub dir: tempfile::TempDir,
+    pub addr: std::net::SocketAddr,
+    /// The desired generation the agent applied to get there.
+    pub applied: u64,
+}
+
+pub async fn serving_web(device: &str, model: &str) -> ServingWeb {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config(device, &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    deploy(&hub.url(), "web", model, free_port(), &[device])
+        .await
+        .expect("deploy");
+    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+    // The view turns Healthy before the pass that applied it records its generation.
+    let applied = agent
+        .wait_for(CONVERGE, |v| v.applied_generation > 0)
+        .await
+        .expect("applied")
+        .applied_generation;
+    ServingWeb {
+        hub,
+        registry,
+        agent,
+        dir,
+        addr,
+        applied,
+    }
+}
+
 pub async fn wait_serving(
     agent: &RunningAgent,
     deployment: &str,

@@ -12,7 +12,9 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use prost::Message;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
-use crate::e2e::{deploy, register_diabetes_with_sample, wait_for_deployment, wait_serving};
+use crate::e2e::{
+    ServingWeb, deploy, register_diabetes_with_sample, serving_web, wait_for_deployment,
+};
 use crate::support::*;
 
 /// A raw MQTT client, as a misbehaving or malicious device would use.
@@ -74,17 +76,14 @@ async fn send(client: &AsyncClient, device: &str, kind: DeviceTopic, payload: Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
-    let hub = TestHub::start().await;
-    let mut registry = hub.client().await;
-    register_diabetes_with_sample(&mut registry).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-m", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-m"])
-        .await
-        .expect("deploy");
-    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+    let ServingWeb {
+        hub,
+        mut registry,
+        agent,
+        addr,
+        dir: _dir,
+        ..
+    } = serving_web("edge-m", "diabetes:1").await;
 
     let ghost_chunks = topics::device("ghost", DeviceTopic::BlobResponse);
     let (attacker, mut replies) =
@@ -193,22 +192,14 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable() {
-    let hub = TestHub::start().await;
-    let mut registry = hub.client().await;
-    register_diabetes_with_sample(&mut registry).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-g", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-g"])
-        .await
-        .expect("deploy");
-    wait_serving(&agent, "web", "diabetes:1").await;
-    let applied = agent
-        .wait_for(Duration::from_secs(30), |v| v.applied_generation > 0)
-        .await
-        .expect("applied")
-        .applied_generation;
+    let ServingWeb {
+        hub,
+        mut registry,
+        agent,
+        applied,
+        dir: _dir,
+        ..
+    } = serving_web("edge-g", "diabetes:1").await;
 
     // Replay an older generation that asks for nothing: the agent must not tear down. It
     // answers with a report of what it runs, which proves it processed the replay.
@@ -405,19 +396,15 @@ async fn deployment_requests_are_checked_and_models_in_use_cannot_be_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_the_hub_refuses_is_retried_until_it_is_allowed() {
-    let hub = TestHub::start().await;
-    let mut registry = hub.client().await;
-    register_diabetes_with_sample(&mut registry).await;
+    let ServingWeb {
+        hub,
+        mut registry,
+        agent,
+        applied,
+        dir: _dir,
+        ..
+    } = serving_web("edge-r", "diabetes:1").await;
     let digits = register(&mut registry, new_model("digits"), &fixture("digits")).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-r", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-r"])
-        .await
-        .expect("deploy");
-    wait_serving(&agent, "web", "diabetes:1").await;
-    let applied = agent.view().borrow().applied_generation;
 
     // A desired state (ahead of the hub's generations) naming files the hub does not yet
     // let this device fetch: the refusal is transient, so the workload keeps transitioning
@@ -567,22 +554,13 @@ async fn the_hub_keeps_a_workload_off_a_device_that_lacks_its_runtime() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asking_again_for_what_serves_after_a_failed_switch_makes_the_device_healthy() {
-    let hub = TestHub::start().await;
-    let mut registry = hub.client().await;
-    register_diabetes_with_sample(&mut registry).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-s", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-s"])
-        .await
-        .expect("deploy");
-    wait_serving(&agent, "web", "diabetes:1").await;
-    let applied = agent
-        .wait_for(Duration::from_secs(30), |v| v.applied_generation > 0)
-        .await
-        .expect("applied")
-        .applied_generation;
+    let ServingWeb {
+        hub,
+        agent,
+        applied,
+        dir: _dir,
+        ..
+    } = serving_web("edge-s", "diabetes:1").await;
 
     // The hub's own desired state, as retained on the device's topic.
     let desired_topic = topics::device("edge-s", DeviceTopic::Desired);

@@ -7,22 +7,18 @@ use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
 use serde_json::json;
 
-use crate::e2e::{deploy, register_diabetes_with_sample, wait_for_deployment, wait_serving};
+use crate::e2e::{ServingWeb, serving_web, wait_for_deployment};
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_scoring_requests_get_the_right_4xx_with_a_message() {
-    let hub = TestHub::start().await;
-    let mut client = hub.client().await;
-    register_diabetes_with_sample(&mut client).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-s", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(&hub.url(), "web", "diabetes:1", free_port(), &["edge-s"])
-        .await
-        .expect("deploy");
-    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+    let ServingWeb {
+        hub: _hub,
+        agent,
+        addr,
+        dir: _dir,
+        ..
+    } = serving_web("edge-s", "diabetes:1").await;
 
     let json_header = [("content-type", "application/json")];
     // (case, headers, body, expected status, expected text in the message)
@@ -137,23 +133,14 @@ async fn bad_scoring_requests_get_the_right_4xx_with_a_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serving() {
-    let hub = TestHub::start().await;
-    let mut client = hub.client().await;
-    register_diabetes_with_sample(&mut client).await;
-    let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-t", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
-    deploy(
-        &hub.url(),
-        "web",
-        "diabetes:latest",
-        free_port(),
-        &["edge-t"],
-    )
-    .await
-    .expect("deploy");
-    let addr = wait_serving(&agent, "web", "diabetes:1").await;
+    let ServingWeb {
+        hub,
+        registry: mut client,
+        agent,
+        dir,
+        addr,
+        ..
+    } = serving_web("edge-t", "diabetes:latest").await;
 
     // Version 2's registered sample has 3 features per row: the self-test must reject it.
     let broken = NewModel {
