@@ -3,6 +3,7 @@
 //! deployment API's refusals.
 
 use edgeship_hub::fleet::ServiceState;
+use edgeship_hub::registry::ModelVersion;
 use std::time::Duration;
 
 use edgeship_agent::RunningAgent;
@@ -59,6 +60,47 @@ async fn raw_listener(
         .await
         .expect("probe");
     (client, rx)
+}
+
+/// A model workload for `model` on `port`, as a hub would send it (with the signature of the
+/// model's ONNX file).
+fn wire_workload(
+    deployment: &str,
+    port: u16,
+    runtime: pb::Runtime,
+    model: &ModelVersion,
+) -> pb::Workload {
+    let signature = model.files.iter().find_map(|f| f.onnx.clone());
+    pb::Workload {
+        deployment: deployment.into(),
+        endpoint: Some(pb::Endpoint {
+            port: u32::from(port),
+            ..Default::default()
+        }),
+        kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
+            runtime: runtime.into(),
+            models: vec![pb::DeployedModel {
+                model_id: model.model_id.clone(),
+                version: model.version,
+                files: model
+                    .files
+                    .iter()
+                    .map(|f| pb::BlobRef::from(&f.blob_ref()))
+                    .collect(),
+                entry_file: "model.onnx".into(),
+                inputs: signature
+                    .iter()
+                    .flat_map(|s| s.inputs.iter().map(pb::TensorSpec::from))
+                    .collect(),
+                outputs: signature
+                    .iter()
+                    .flat_map(|s| s.outputs.iter().map(pb::TensorSpec::from))
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+    }
 }
 
 /// Publishes `payload` on a device's topic, as that device (or the hub) would.
@@ -239,35 +281,11 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         .and_then(|w| w.addr)
         .expect("addr")
         .port();
+    let model = ModelVersion::try_from(model).expect("a valid model");
     let newer = pb::DesiredState {
         device_id: "edge-g".into(),
         generation: applied + 10,
-        workloads: vec![pb::Workload {
-            deployment: "web".into(),
-            kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
-                runtime: pb::Runtime::Opencl.into(),
-                models: vec![pb::DeployedModel {
-                    model_id: "diabetes".into(),
-                    version: 1,
-                    files: model
-                        .files
-                        .iter()
-                        .map(|f| pb::BlobRef {
-                            path: f.path.clone(),
-                            sha256: f.sha256.clone(),
-                            size_bytes: f.size_bytes,
-                        })
-                        .collect(),
-                    entry_file: "model.onnx".into(),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            })),
-            endpoint: Some(pb::Endpoint {
-                port: u32::from(port),
-                ..Default::default()
-            }),
-        }],
+        workloads: vec![wire_workload("web", port, pb::Runtime::Opencl, &model)],
         ..Default::default()
     };
     send(
@@ -410,39 +428,7 @@ async fn a_download_the_hub_refuses_is_retried_until_it_is_allowed() {
     // let this device fetch: the refusal is transient, so the workload keeps transitioning
     // with the reason while the old version serves.
     let port = free_port();
-    let signature = digits
-        .files
-        .iter()
-        .find_map(|f| f.onnx.clone())
-        .expect("an ONNX file");
-    let digits_workload = pb::Workload {
-        deployment: "digits".into(),
-        endpoint: Some(pb::Endpoint {
-            port: u32::from(port),
-            ..Default::default()
-        }),
-        kind: Some(pb::workload::Kind::Model(pb::ModelWorkload {
-            runtime: pb::Runtime::Tract.into(),
-            models: vec![pb::DeployedModel {
-                model_id: "digits".into(),
-                version: digits.version,
-                files: digits
-                    .files
-                    .iter()
-                    .map(|f| pb::BlobRef {
-                        path: f.path.clone(),
-                        sha256: f.sha256.clone(),
-                        size_bytes: f.size_bytes,
-                    })
-                    .collect(),
-                entry_file: "model.onnx".into(),
-                inputs: signature.inputs.iter().map(pb::TensorSpec::from).collect(),
-                outputs: signature.outputs.iter().map(pb::TensorSpec::from).collect(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        })),
-    };
+    let digits_workload = wire_workload("digits", port, pb::Runtime::Tract, &digits);
     let attacker = raw_client(&hub.mqtt_url(), "ahead").await;
     let ahead = pb::DesiredState {
         device_id: "edge-r".into(),
