@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
+use crate::acks::AckToken;
 use crate::cache::{BlobCache, CHUNK_SIZE, CacheError, PartialBlob};
 use crate::link::LinkSender;
 
@@ -20,7 +21,8 @@ use crate::link::LinkSender;
 pub const FETCH_WINDOW: u64 = 32;
 /// Re-request the missing range after this long without progress.
 const FETCH_STALL: Duration = Duration::from_secs(3);
-/// How long a resumed download listens for chunks still queued from before the restart.
+/// A resumed download takes chunks still queued from before the restart until none has come
+/// for this long.
 const RESUME_GRACE: Duration = Duration::from_millis(300);
 /// Give up (for now: the driver retries) after this long without any progress.
 const FETCH_GIVE_UP: Duration = Duration::from_secs(60);
@@ -28,7 +30,7 @@ const FETCH_GIVE_UP: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS: u32 = 3;
 
 /// One chunk as the hub sent it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Chunk {
     pub sha256: String,
     pub offset: u64,
@@ -36,6 +38,9 @@ pub struct Chunk {
     /// Set when the hub refused the request.
     pub error: String,
     pub chunk_sha256: String,
+    /// Acknowledges the chunk to the broker when dropped: once the download has written it
+    /// or let it go. Until then a killed agent gets it again from its persistent session.
+    pub ack: Option<AckToken>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -108,24 +113,20 @@ impl Fetcher {
         let size = partial.size();
         let digest = partial.digest().to_owned();
         // Chunks a previous run asked for may still be on their way: the broker keeps them
-        // for our persistent session and delivers them right after we connect. On a resume,
-        // wait for the connection and take what arrives for a moment before asking again, so
-        // an interrupted download costs (almost) no bytes twice.
+        // for our persistent session (with those a killed run received but never wrote: see
+        // `acks`) and delivers them, in order, right after we connect. On a resume, wait for
+        // the connection and take chunks until they stop coming before asking again, so an
+        // interrupted download costs (almost) no bytes twice.
         if partial.offset() > 0 {
             let mut connected = self.connected.clone();
             let _ = tokio::time::timeout(FETCH_STALL, connected.wait_for(|n| *n > 0)).await;
-            let grace = tokio::time::sleep(RESUME_GRACE);
-            tokio::pin!(grace);
-            loop {
-                tokio::select! {
-                    _ = &mut grace => break,
-                    chunk = chunks.recv() => match chunk {
-                        Some(chunk) if chunk.sha256 == digest && chunk.error.is_empty() => {
-                            let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
-                        }
-                        Some(_) => {}
-                        None => break,
-                    },
+            // Bounded: a flood of chunks that do not fit cannot hold the download here.
+            let listen_until = Instant::now() + FETCH_STALL;
+            while Instant::now() < listen_until
+                && let Ok(Some(chunk)) = tokio::time::timeout(RESUME_GRACE, chunks.recv()).await
+            {
+                if chunk.sha256 == digest && chunk.error.is_empty() {
+                    let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
                 }
             }
         }

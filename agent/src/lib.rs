@@ -5,6 +5,7 @@
 //! their protocol adapters; `link` is the MQTT connection; `state` what survives a restart;
 //! `device` what the agent announces about itself; `view` what in-process observers see.
 
+pub mod acks;
 pub mod cache;
 pub mod config;
 pub mod device;

@@ -18,6 +18,7 @@ use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::acks::{AckToken, Acks};
 use crate::config::AgentConfig;
 use crate::fetch::Chunk;
 
@@ -146,6 +147,8 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
         // Persistent session: chunks and desired states published while the link was down
         // are delivered when it comes back.
         .set_clean_session(false)
+        // Chunks are acknowledged once written (see `acks`), so a killed agent loses none.
+        .set_manual_acks(true)
         .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes)
         .set_last_will(LastWill::new(
             topics::device(&device_id, DeviceTopic::Birth),
@@ -203,7 +206,9 @@ struct Inbound {
 }
 
 impl Inbound {
-    fn deliver(&self, topic: &str, payload: &[u8]) {
+    /// Hands a message on; `ack` acknowledges it when dropped (at once, except for a chunk,
+    /// which goes with it to the download).
+    fn deliver(&self, topic: &str, payload: &[u8], ack: Option<AckToken>) {
         match topics::parse(topic) {
             Some((id, DeviceTopic::Desired)) if id == self.device_id => {
                 let desired = match pb::DesiredState::decode(payload) {
@@ -236,6 +241,7 @@ impl Inbound {
                             data: chunk.data,
                             error: chunk.error,
                             chunk_sha256: chunk.chunk_sha256,
+                            ack,
                         });
                     }
                     Err(err) => tracing::warn!(error = %err, "malformed blob chunk ignored"),
@@ -255,11 +261,15 @@ async fn poll(
     connected: watch::Sender<u64>,
     stopping: watch::Receiver<bool>,
 ) {
+    let (mut acks, acker) = Acks::start(client.clone());
+    // The acknowledging task ends with this loop.
+    let _acker = AbortOnDrop(acker);
     let mut backoff = Duration::from_millis(100);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
+                acks.reconnected();
                 tracing::info!(%broker, session_present = ack.session_present, "connected to the broker");
                 // Awaiting the client here would deadlock on a full request queue, which only
                 // this loop drains: subscribe and announce from a task while polling goes on.
@@ -284,7 +294,8 @@ async fn poll(
                 connected.send_modify(|n| *n += 1);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                inbound.deliver(&publish.topic, &publish.payload);
+                let ack = acks.track(&publish);
+                inbound.deliver(&publish.topic, &publish.payload, ack);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 tracing::debug!("disconnected from the broker");
@@ -301,6 +312,14 @@ async fn poll(
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
+    }
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

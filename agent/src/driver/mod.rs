@@ -229,6 +229,9 @@ impl Agent {
                 }
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
+                // Answers to requests of a download that has ended: let them go (which
+                // acknowledges them) rather than keep them queued.
+                Some(stale) = chunks.recv() => drop(stale),
             }
         }
         self.shut_down(link).await
