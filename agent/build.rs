@@ -6,10 +6,16 @@
 //! Only for native builds on such a glibc, where the binary runs on the machine that built it;
 //! cross builds and older systems link as before. `EDGESHIP_AGENT_RELR=0` turns it off, for
 //! agents that must run on an older glibc than the build machine's.
+//!
+//! It also marks tests that need an external component (Mosquitto) as ignored when it is
+//! missing, as the hub's and the system tests' build scripts do.
 
 use std::process::Command;
 
+include!("../firmware-tests/build/components.rs");
+
 fn main() {
+    detect_components(&["mosquitto"]);
     println!("cargo:rerun-if-env-changed=EDGESHIP_AGENT_RELR");
     let target = std::env::var("TARGET").unwrap_or_default();
     let host = std::env::var("HOST").unwrap_or_default();

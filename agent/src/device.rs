@@ -1,13 +1,24 @@
 //! What this device is and can do: the capabilities and birth message the agent announces on
 //! every connect. The hub schedules workloads by them.
 
+use std::collections::BTreeSet;
+
 use edgeship_domain::{Birth, Capabilities, Requirement};
 
 use crate::config::AgentConfig;
 
+/// The feature tokens this agent implements, whatever the device: the baseline, and traffic
+/// splits (several models behind one endpoint, see `serve::router`).
+pub fn features() -> BTreeSet<String> {
+    Requirement::BASELINE
+        .iter()
+        .chain(&[Requirement::TrafficSplit])
+        .map(|f| f.token())
+        .collect()
+}
+
 /// What this agent can run: the runtimes that work here and the features it implements.
 pub fn capabilities() -> Capabilities {
-    let features = Requirement::BASELINE;
     Capabilities {
         arch: std::env::consts::ARCH.to_owned(),
         os: std::env::consts::OS.to_owned(),
@@ -18,7 +29,7 @@ pub fn capabilities() -> Capabilities {
             .map(|r| r.kind().name().to_owned())
             .collect(),
         opencl_devices: vec![],
-        features: features.iter().map(|f| f.token()).collect(),
+        features: features(),
     }
 }
 
@@ -49,4 +60,17 @@ fn total_memory_bytes() -> u64 {
                 })
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_announces_traffic_splits_beside_the_baseline() {
+        let announced = capabilities();
+        assert!(announced.has(Requirement::TrafficSplit));
+        assert!(Requirement::BASELINE.iter().all(|r| announced.has(*r)));
+        assert!(!announced.has(Requirement::ContainerWorkloads));
+    }
 }

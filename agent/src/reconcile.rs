@@ -3,14 +3,15 @@
 //! the table-driven tests below pin the decisions.
 //!
 //! Rules: a workload this device cannot run is rejected before anything is downloaded; an
-//! unchanged workload that serves is left alone; a workload that failed for a reason retrying
+//! unchanged workload that serves is left alone; one that differs from what serves only in
+//! traffic weights or health gate is retuned in place (nothing is fetched or loaded); a workload that failed for a reason retrying
 //! will not fix stays out (the previous version keeps serving) until the hub asks for
 //! something else; deployments no longer desired are removed first, so their ports are free
 //! for the workloads that follow; only blobs missing from the cache are fetched.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgeship_domain::{BlobRef, Capabilities, DesiredState, ServiceState, Workload};
+use edgeship_domain::{BlobRef, Capabilities, DesiredState, ServiceState, Workload, WorkloadKind};
 
 /// What the device knows about one deployment.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -43,13 +44,18 @@ pub enum Action {
     },
     /// Stage, self-test and switch the deployment's endpoint to this workload.
     Apply { workload: Workload },
+    /// Give the serving versions new weights or a new health gate in place: nothing is
+    /// fetched, staged or loaded, and the listener stays.
+    Retune { workload: Workload },
 }
 
 impl Action {
     pub fn deployment(&self) -> &str {
         match self {
             Action::Remove { deployment } | Action::Reject { deployment, .. } => deployment,
-            Action::Fetch { workload, .. } | Action::Apply { workload } => &workload.deployment,
+            Action::Fetch { workload, .. }
+            | Action::Apply { workload }
+            | Action::Retune { workload } => &workload.deployment,
         }
     }
 }
@@ -104,6 +110,18 @@ pub fn plan(
         if serving || kept_out {
             continue;
         }
+        let retunable = slot.is_some_and(|s| {
+            s.serving
+                && s.applied
+                    .as_ref()
+                    .is_some_and(|applied| only_tuning_differs(applied, workload))
+        });
+        if retunable {
+            actions.push(Action::Retune {
+                workload: workload.clone(),
+            });
+            continue;
+        }
         let mut seen = BTreeSet::new();
         let missing: Vec<BlobRef> = workload
             .blobs()
@@ -123,6 +141,24 @@ pub fn plan(
     actions
 }
 
+/// Whether `desired` asks for exactly what `serving` runs, only with other traffic weights or
+/// another health gate: then the loaded versions can take the new values in place.
+pub fn only_tuning_differs(serving: &Workload, desired: &Workload) -> bool {
+    serving != desired && untuned(serving) == untuned(desired)
+}
+
+/// The workload without what can change while it serves.
+fn untuned(workload: &Workload) -> Workload {
+    let mut workload = workload.clone();
+    workload.health = None;
+    if let WorkloadKind::Model(model) = &mut workload.kind {
+        for deployed in &mut model.models {
+            deployed.weight = 0;
+        }
+    }
+    workload
+}
+
 /// Every blob digest the device must keep: what serves and what is desired.
 pub fn live_blobs<'a>(
     applied: impl Iterator<Item = &'a Workload>,
@@ -138,11 +174,53 @@ pub fn live_blobs<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edgeship_domain::fixtures::{digest, model_workload, tract_agent as tract_device};
-    use edgeship_domain::{AuthMode, ContainerWorkload, Endpoint, RejectedWorkload, WorkloadKind};
+    use edgeship_domain::fixtures::{digest, model_workload, tract_agent};
+    use edgeship_domain::{
+        AuthMode, ContainerWorkload, DeployedModel, Endpoint, HealthThresholds, RejectedWorkload,
+    };
 
     fn workload(deployment: &str, version: u32, blob: u32) -> Workload {
         model_workload(deployment, version, blob)
+    }
+
+    /// What this agent announces, with tract.
+    fn tract_device() -> Capabilities {
+        Capabilities {
+            features: crate::device::features(),
+            ..tract_agent()
+        }
+    }
+
+    /// A traffic split on port 5001: `(version, blob, weight)` per model, in order.
+    fn split(deployment: &str, models: &[(u32, u32, u32)]) -> Workload {
+        let mut split = workload(deployment, 1, 1);
+        if let WorkloadKind::Model(model) = &mut split.kind {
+            model.models = models
+                .iter()
+                .map(|&(version, blob, weight)| {
+                    let WorkloadKind::Model(one) = workload(deployment, version, blob).kind else {
+                        unreachable!("a model workload")
+                    };
+                    DeployedModel {
+                        weight,
+                        ..one.models[0].clone()
+                    }
+                })
+                .collect();
+        }
+        split
+    }
+
+    fn gated(workload: &Workload, max_error_rate: f64) -> Workload {
+        Workload {
+            health: Some(HealthThresholds {
+                max_error_rate: Some(max_error_rate),
+                max_p99_ms: None,
+                window_seconds: 30,
+                min_requests: 20,
+            }),
+            ..workload.clone()
+        }
     }
 
     fn desired(workloads: Vec<Workload>) -> DesiredState {
@@ -191,6 +269,9 @@ mod tests {
                 Action::Apply { workload } => {
                     format!("apply {} {}", workload.deployment, workload.describe())
                 }
+                Action::Retune { workload } => {
+                    format!("retune {} {}", workload.deployment, workload.describe())
+                }
             })
             .collect()
     }
@@ -229,8 +310,19 @@ mod tests {
             }],
             ..desired(vec![])
         };
+        let ninety_ten = split("web", &[(1, 1, 90), (2, 2, 10)]);
+        let v2_alone = split("web", &[(2, 2, 0)]);
+        let failed_canary = Slot {
+            failed: Some(split("web", &[(1, 1, 90), (3, 3, 10)])),
+            ..serving(&ninety_ten).1
+        };
+        let split_down = Slot {
+            serving: false,
+            ..serving(&ninety_ten).1
+        };
         let nothing_cached: &dyn Fn(&str) -> bool = &|_| false;
         let blob_1_cached: &dyn Fn(&str) -> bool = &|d| d == digest(1);
+        let both_cached: &dyn Fn(&str) -> bool = &|d| d == digest(1) || d == digest(2);
         let table: Vec<Case> = vec![
             (
                 "a new deployment is fetched, then applied",
@@ -316,11 +408,118 @@ mod tests {
                 blob_1_cached,
                 vec!["apply web m:1"],
             ),
+            (
+                "only the weights change: retuned in place, nothing fetched or loaded",
+                BTreeMap::from([serving(&ninety_ten)]),
+                desired(vec![split("web", &[(1, 1, 80), (2, 2, 20)])]),
+                nothing_cached,
+                vec!["retune web m:1, m:2"],
+            ),
+            (
+                "only the health gate changes: retuned in place",
+                BTreeMap::from([serving(&gated(&v1, 0.05))]),
+                desired(vec![gated(&v1, 0.01)]),
+                nothing_cached,
+                vec!["retune web m:1"],
+            ),
+            (
+                "a health gate added to what serves: retuned in place",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![gated(&v1, 0.05)]),
+                nothing_cached,
+                vec!["retune web m:1"],
+            ),
+            (
+                "new weights while a failed version is kept out: retuned",
+                BTreeMap::from([("web".to_owned(), failed_canary)]),
+                desired(vec![split("web", &[(1, 1, 50), (2, 2, 50)])]),
+                nothing_cached,
+                vec!["retune web m:1, m:2"],
+            ),
+            (
+                "new weights for a split that does not serve (after a restart): applied",
+                BTreeMap::from([("web".to_owned(), split_down)]),
+                desired(vec![split("web", &[(1, 1, 80), (2, 2, 20)])]),
+                both_cached,
+                vec!["apply web m:1, m:2"],
+            ),
+            (
+                "a canary added beside the serving version: fetched and applied",
+                BTreeMap::from([serving(&v1)]),
+                desired(vec![ninety_ten.clone()]),
+                blob_1_cached,
+                vec!["fetch web 1", "apply web m:1, m:2"],
+            ),
+            (
+                "another version in the split, with new weights: fetched and applied",
+                BTreeMap::from([serving(&ninety_ten)]),
+                desired(vec![split("web", &[(1, 1, 50), (3, 3, 50)])]),
+                both_cached,
+                vec!["fetch web 1", "apply web m:1, m:3"],
+            ),
+            (
+                "the canary promoted to the only version: applied",
+                BTreeMap::from([serving(&ninety_ten)]),
+                desired(vec![v2_alone.clone()]),
+                both_cached,
+                vec!["apply web m:2"],
+            ),
+            (
+                "new weights on another port: applied, since the listener must move",
+                BTreeMap::from([serving(&ninety_ten)]),
+                desired(vec![Workload {
+                    endpoint: Endpoint::azureml(6001),
+                    ..split("web", &[(1, 1, 80), (2, 2, 20)])
+                }]),
+                both_cached,
+                vec!["apply web m:1, m:2"],
+            ),
+            (
+                "the same versions in another order: applied",
+                BTreeMap::from([serving(&ninety_ten)]),
+                desired(vec![split("web", &[(2, 2, 10), (1, 1, 90)])]),
+                both_cached,
+                vec!["apply web m:2, m:1"],
+            ),
         ];
         for (case, current, desired, cached, expected) in table {
             let actions = plan(&current, &desired, &tract_device(), cached);
             assert_eq!(summary(&actions), expected, "{case}");
         }
+    }
+
+    #[test]
+    fn a_split_is_rejected_by_an_agent_without_traffic_splits() {
+        let ninety_ten = split("web", &[(1, 1, 90), (2, 2, 10)]);
+        let actions = plan(
+            &BTreeMap::new(),
+            &desired(vec![ninety_ten]),
+            &tract_agent(),
+            &|_| false,
+        );
+        assert_eq!(summary(&actions), ["reject web Unschedulable"]);
+    }
+
+    #[test]
+    fn only_weights_and_the_health_gate_count_as_tuning() {
+        let ninety_ten = split("web", &[(1, 1, 90), (2, 2, 10)]);
+        let retuned = split("web", &[(1, 1, 70), (2, 2, 30)]);
+        assert!(only_tuning_differs(&ninety_ten, &retuned));
+        assert!(only_tuning_differs(&ninety_ten, &gated(&ninety_ten, 0.1)));
+        assert!(!only_tuning_differs(&ninety_ten, &ninety_ten), "no change");
+        let mut threads = retuned.clone();
+        if let WorkloadKind::Model(model) = &mut threads.kind {
+            model.options.threads = 2;
+        }
+        assert!(
+            !only_tuning_differs(&ninety_ten, &threads),
+            "a runtime setting"
+        );
+        let renamed = Workload {
+            deployment: "other".into(),
+            ..retuned
+        };
+        assert!(!only_tuning_differs(&ninety_ten, &renamed));
     }
 
     #[test]

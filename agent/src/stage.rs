@@ -1,6 +1,7 @@
-//! Staging, self-test and switch: turns a workload whose blobs are in the cache into a
-//! self-tested scorer, then points the deployment's endpoint at it. Any failure leaves the
-//! previous version serving.
+//! Staging, self-test and switch: turns a workload whose blobs are in the cache into
+//! self-tested scorers (one per model of a traffic split), then points the deployment's
+//! endpoint at them. Any failure leaves the previous versions serving. A change of weights or
+//! health gate alone is a retune: a new routing table over the versions already loaded.
 //!
 //! Layout: `models/<model_id>/<version>/` holds each staged model with its files' layout,
 //! hard-linked from the cache. Only verified cache files are ever linked (invariant 1).
@@ -9,13 +10,16 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
-use edgeship_domain::{DeployedModel, EndpointMetrics, ModelWorkload, Workload, WorkloadKind};
+use edgeship_domain::{DeployedModel, ModelWorkload, Workload, WorkloadKind};
 use edgeship_runtime::{ModelBundle, RuntimeError, Tensor};
 
 use crate::cache::{self, BlobCache};
+use crate::reconcile::only_tuning_differs;
 use crate::serve::json::inputs_from_data;
-use crate::serve::{Endpoint, Scorer, ServingModel};
+use crate::serve::router::window_length;
+use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel};
 
 /// Why a workload could not be applied; the message goes into the device's report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,13 +40,52 @@ impl From<RuntimeError> for StageError {
     }
 }
 
+/// A deployment's endpoint and the workload it serves; the endpoint's routing table holds
+/// one loaded version per model of `workload.models`, in the same order.
+#[derive(Debug)]
+struct Served {
+    endpoint: Endpoint,
+    workload: Workload,
+}
+
+impl Served {
+    /// The loaded version of `model` under `settings`, if this endpoint has one to share.
+    fn loaded(&self, settings: &ModelWorkload, model: &DeployedModel) -> Option<Arc<Backend>> {
+        let current = self.workload.as_model()?;
+        if !loads_alike(current, settings) {
+            return None;
+        }
+        let index = current.models.iter().position(|m| same_files(m, model))?;
+        self.endpoint.routes().backends().get(index).cloned()
+    }
+}
+
+/// Whether models loaded under `a` serve as they would under `b`: the runtime and its
+/// settings are the same.
+fn loads_alike(a: &ModelWorkload, b: &ModelWorkload) -> bool {
+    a.runtime == b.runtime && a.options == b.options && a.entry_module == b.entry_module
+}
+
+/// The same model, files and signature, whatever share of the traffic each is given.
+fn same_files(a: &DeployedModel, b: &DeployedModel) -> bool {
+    DeployedModel {
+        weight: 0,
+        ..a.clone()
+    } == DeployedModel {
+        weight: 0,
+        ..b.clone()
+    }
+}
+
 /// The endpoints of this device, one per deployment, and the staged models behind them.
 #[derive(Debug)]
 pub struct Stage {
     models_dir: PathBuf,
     cache: BlobCache,
     serve_host: IpAddr,
-    endpoints: HashMap<String, Endpoint>,
+    endpoints: HashMap<String, Served>,
+    /// Model versions loaded (prepared and self-tested) since the agent started.
+    loads: u64,
 }
 
 impl Stage {
@@ -52,6 +95,7 @@ impl Stage {
             cache,
             serve_host,
             endpoints: HashMap::new(),
+            loads: 0,
         }
     }
 
@@ -61,25 +105,78 @@ impl Stage {
             .join(model.version.to_string())
     }
 
-    /// Stages, loads and self-tests `workload`, then switches its endpoint to it.
+    /// Model versions loaded since the agent started: what a change that should load nothing
+    /// (new weights, a new health gate, a split that keeps a version) leaves unchanged.
+    pub fn loads(&self) -> u64 {
+        self.loads
+    }
+
+    /// Stages, loads and self-tests every model of `workload`, then switches its endpoint to
+    /// them. A version the endpoint already has loaded, with the same files and runtime
+    /// settings, is shared rather than loaded again: starting a canary keeps the stable
+    /// version as it is, and promoting it keeps the canary.
     pub async fn apply(&mut self, workload: &Workload) -> Result<(), StageError> {
         let WorkloadKind::Model(model) = &workload.kind else {
             return Err(StageError::Unschedulable(
                 "this agent does not run container workloads".into(),
             ));
         };
-        let scorer = self.prepare(model).await?;
-        self.switch(workload, scorer).await
+        let window = window_length(workload.health.as_ref());
+        let mut entries = Vec::with_capacity(model.models.len());
+        for deployed in &model.models {
+            let shared = self
+                .endpoints
+                .get(&workload.deployment)
+                .and_then(|served| served.loaded(model, deployed));
+            let backend = match shared {
+                Some(backend) => backend,
+                None => Backend::new(self.prepare(model, deployed).await?, window),
+            };
+            entries.push((deployed.weight, backend));
+        }
+        // Only now that every version is ready: a failure above leaves the serving versions
+        // (and their windows) untouched.
+        for (_, backend) in &entries {
+            backend.resize_window(window);
+        }
+        let routes = Routes::new(entries)
+            .ok_or_else(|| StageError::Failed("the workload has no model".into()))?;
+        self.switch(workload, routes).await
     }
 
-    async fn prepare(&self, workload: &ModelWorkload) -> Result<Arc<dyn Scorer>, StageError> {
+    /// Changes the weights and health gate of what serves `workload.deployment`, loading and
+    /// restarting nothing. `Err` (with why) when the endpoint serves something that differs in
+    /// more than that; the caller then applies the workload in full.
+    pub fn retune(&mut self, workload: &Workload) -> Result<(), String> {
+        let served = self
+            .endpoints
+            .get_mut(&workload.deployment)
+            .ok_or("nothing serves the deployment")?;
+        if served.workload != *workload && !only_tuning_differs(&served.workload, workload) {
+            return Err("the workload differs in more than weights and health gate".into());
+        }
+        let model = workload.as_model().ok_or("not a model workload")?;
+        let weights: Vec<u32> = model.models.iter().map(|m| m.weight).collect();
+        let current = served.endpoint.routes();
+        let routes = current
+            .reweighted(&weights)
+            .ok_or("the endpoint serves another number of versions")?;
+        let window = window_length(workload.health.as_ref());
+        for backend in routes.backends() {
+            backend.resize_window(window);
+        }
+        served.endpoint.switch(routes);
+        served.workload = workload.clone();
+        Ok(())
+    }
+
+    /// Stages and loads one model, and self-tests it through the `Scorer` interface.
+    async fn prepare(
+        &mut self,
+        workload: &ModelWorkload,
+        model: &DeployedModel,
+    ) -> Result<Arc<dyn Scorer>, StageError> {
         let runtime = edgeship_runtime::by_kind(workload.runtime)?;
-        let [model] = workload.models.as_slice() else {
-            return Err(StageError::Unschedulable(format!(
-                "this agent serves one model per endpoint; the workload has {}",
-                workload.models.len()
-            )));
-        };
         let folder = self.model_dir(model);
         let files: Vec<(String, String)> = model
             .files
@@ -118,22 +215,28 @@ impl Stage {
             Ok::<_, StageError>(scorer)
         })
         .await
-        .map_err(|err| StageError::Failed(format!("loading task failed: {err}")))??;
+        .map_err(|err| StageError::Failed(format!("loading task failed: {err}")))?
+        .map_err(|err| match err {
+            // Which version of a split failed matters to whoever reads the report.
+            StageError::Failed(why) if workload.models.len() > 1 => {
+                StageError::Failed(format!("{}: {why}", model.model_ref()))
+            }
+            other => other,
+        })?;
+        self.loads += 1;
+        tracing::info!(model = %model.model_ref(), "model loaded and self-tested");
         Ok(scorer)
     }
 
-    /// Points the deployment's endpoint at `scorer`, starting or moving the endpoint as
+    /// Points the deployment's endpoint at `routes`, starting or moving the endpoint as
     /// needed. On error the previous endpoint (if any) is untouched.
-    async fn switch(
-        &mut self,
-        workload: &Workload,
-        scorer: Arc<dyn Scorer>,
-    ) -> Result<(), StageError> {
+    async fn switch(&mut self, workload: &Workload, routes: Routes) -> Result<(), StageError> {
         let port = workload.endpoint.port;
-        if let Some(endpoint) = self.endpoints.get(&workload.deployment)
-            && endpoint.addr().port() == port
+        if let Some(served) = self.endpoints.get_mut(&workload.deployment)
+            && served.endpoint.addr().port() == port
         {
-            endpoint.switch(scorer);
+            served.endpoint.switch(routes);
+            served.workload = workload.clone();
             return Ok(());
         }
         let addr = SocketAddr::new(self.serve_host, port);
@@ -141,26 +244,30 @@ impl Stage {
             addr,
             &workload.deployment,
             &workload.endpoint.protocols,
-            scorer,
+            routes,
         )
         .await
         .map_err(|err| StageError::Failed(format!("cannot listen on {addr}: {err}")))?;
-        if let Some(old) = self.endpoints.insert(workload.deployment.clone(), endpoint) {
-            old.stop().await;
+        let served = Served {
+            endpoint,
+            workload: workload.clone(),
+        };
+        if let Some(old) = self.endpoints.insert(workload.deployment.clone(), served) {
+            old.endpoint.stop().await;
         }
         Ok(())
     }
 
     /// Stops the deployment's endpoint, if it has one.
     pub async fn remove(&mut self, deployment: &str) {
-        if let Some(endpoint) = self.endpoints.remove(deployment) {
-            endpoint.stop().await;
+        if let Some(served) = self.endpoints.remove(deployment) {
+            served.endpoint.stop().await;
         }
     }
 
     pub async fn stop_all(&mut self) {
-        for (_, endpoint) in self.endpoints.drain() {
-            endpoint.stop().await;
+        for (_, served) in self.endpoints.drain() {
+            served.endpoint.stop().await;
         }
     }
 
@@ -169,11 +276,13 @@ impl Stage {
     }
 
     pub fn addr(&self, deployment: &str) -> Option<SocketAddr> {
-        self.endpoints.get(deployment).map(Endpoint::addr)
+        self.endpoints.get(deployment).map(|s| s.endpoint.addr())
     }
 
-    pub fn metrics(&self, deployment: &str) -> Option<EndpointMetrics> {
-        self.endpoints.get(deployment).map(Endpoint::metrics)
+    /// The deployment's figures at `at`, judged against the health gate of what serves.
+    pub fn observe(&self, deployment: &str, at: Instant) -> Option<Observation> {
+        let served = self.endpoints.get(deployment)?;
+        Some(served.endpoint.observe(at, served.workload.health.as_ref()))
     }
 
     /// Deletes staged model folders that no workload in `live` uses.

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use edgeship_domain::ServiceState;
+use edgeship_domain::{EndpointMetrics, ServiceState};
 
 /// A workload as observers (tests, `edgeship dev`) see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -13,12 +13,17 @@ pub struct WorkloadView {
     pub serving_model: String,
     pub desired_model: String,
     pub addr: Option<SocketAddr>,
+    /// The endpoint's figures as of the last report or health check.
+    pub metrics: EndpointMetrics,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AgentView {
     pub applied_generation: u64,
     pub workloads: Vec<WorkloadView>,
+    /// Model versions loaded since the agent started: a change of weights or health gate, or
+    /// a split that keeps a loaded version, leaves it as it was.
+    pub models_loaded: u64,
 }
 
 impl AgentView {

@@ -3,7 +3,7 @@
 //! checks, report), without running models. A thousand fit in one test process, so fleet
 //! behaviour is tested at fleet size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use edgeship_proto::topics::{self, DeviceTopic};
@@ -27,13 +27,28 @@ pub struct SimState {
     pub verified_bytes: u64,
     /// Why the last desired state could not be applied.
     pub error: Option<String>,
+    /// Deployment → the model versions it runs (`m:2`, or `m:1, m:2` for a split).
+    pub running: BTreeMap<String, String>,
 }
+
+/// How a simulated device answers for model versions: failures and regressions to inject.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Behaviour {
+    /// Versions whose workload reports `Failed`, as a failed self-test would.
+    pub failing_versions: BTreeSet<u32>,
+    /// Versions whose endpoint reports this p99 latency (ms) over a busy window.
+    pub slow_versions: BTreeMap<u32, f64>,
+}
+
+/// Requests a simulated endpoint reports in its window: enough for a gate to judge.
+const SIM_WINDOW_REQUESTS: u64 = 100;
 
 /// A simulated device; its tasks stop when it is dropped.
 #[derive(Debug)]
 pub struct SimDevice {
     pub id: String,
     pub state: watch::Receiver<SimState>,
+    behaviour: watch::Sender<Behaviour>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -58,6 +73,7 @@ pub fn agent_capabilities() -> pb::Capabilities {
             "kind/model".into(),
             "protocol/azureml".into(),
             "auth/none".into(),
+            "traffic_split".into(),
         ],
     }
 }
@@ -65,6 +81,23 @@ pub fn agent_capabilities() -> pb::Capabilities {
 impl SimDevice {
     /// Connects a device to the broker at `host:port` with these labels.
     pub fn start(id: &str, host: &str, port: u16, labels: &BTreeMap<String, String>) -> Self {
+        Self::start_with(id, host, port, labels, Behaviour::default())
+    }
+
+    /// Changes how the device answers from its next report on.
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        self.behaviour.send_replace(behaviour);
+    }
+
+    /// Like `start`, answering with `behaviour`.
+    pub fn start_with(
+        id: &str,
+        host: &str,
+        port: u16,
+        labels: &BTreeMap<String, String>,
+        behaviour: Behaviour,
+    ) -> Self {
+        let (behaviour_tx, behaviour_rx) = watch::channel(behaviour);
         let mut options = MqttOptions::new(format!("edgeship-sim-{id}"), host, port);
         options
             .set_keep_alive(Duration::from_secs(30))
@@ -96,10 +129,20 @@ impl SimDevice {
                 }
             }
         });
-        let device = tokio::spawn(run(id.to_owned(), client, birth, inbound_rx, state_tx));
+        let device = tokio::spawn(run(
+            Identity {
+                id: id.to_owned(),
+                birth,
+                behaviour: behaviour_rx,
+            },
+            client,
+            inbound_rx,
+            state_tx,
+        ));
         Self {
             id: id.to_owned(),
             state,
+            behaviour: behaviour_tx,
             tasks: vec![poller, device],
         }
     }
@@ -117,16 +160,46 @@ struct Fetch {
     chunks: BTreeMap<u64, bytes::Bytes>,
 }
 
-async fn run(
+/// Who the device is and how it answers.
+struct Identity {
     id: String,
-    client: AsyncClient,
     birth: pb::Birth,
+    behaviour: watch::Receiver<Behaviour>,
+}
+
+async fn run(
+    identity: Identity,
+    client: AsyncClient,
     mut inbound: mpsc::UnboundedReceiver<Inbound>,
     state: watch::Sender<SimState>,
 ) {
+    let Identity {
+        id,
+        birth,
+        behaviour,
+    } = identity;
+    let mut behaviour = behaviour;
     let mut desired: Option<pb::DesiredState> = None;
     let mut fetches: Vec<Fetch> = Vec::new();
-    while let Some(message) = inbound.recv().await {
+    loop {
+        let message = tokio::select! {
+            message = inbound.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+            // A changed behaviour shows in a fresh report of what the device runs.
+            changed = behaviour.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = behaviour.borrow_and_update().clone();
+                if let Some(desired) = &desired {
+                    let applied = state.borrow().applied_generation;
+                    report(&client, &id, desired, applied, &now).await;
+                }
+                continue;
+            }
+        };
         match message {
             Inbound::Connected => {
                 for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
@@ -151,7 +224,8 @@ async fn run(
                     };
                     let applied = state.borrow().applied_generation;
                     if new.generation <= applied {
-                        report(&client, &id, &new, applied).await;
+                        let now = behaviour.borrow().clone();
+                        report(&client, &id, &new, applied, &now).await;
                         continue;
                     }
                     fetches = blobs_of(&new)
@@ -166,7 +240,15 @@ async fn run(
                         request_all(&client, &id, fetch).await;
                     }
                     desired = Some(new);
-                    finish_if_complete(&client, &id, &mut fetches, desired.as_ref(), &state).await;
+                    finish_if_complete(
+                        &client,
+                        &id,
+                        &mut fetches,
+                        desired.as_ref(),
+                        &state,
+                        &behaviour,
+                    )
+                    .await;
                 }
                 Some((_, DeviceTopic::BlobResponse)) => {
                     let Ok(chunk) = pb::BlobChunk::decode(payload.as_ref()) else {
@@ -182,7 +264,15 @@ async fn run(
                     {
                         fetch.chunks.insert(chunk.offset, chunk.data);
                     }
-                    finish_if_complete(&client, &id, &mut fetches, desired.as_ref(), &state).await;
+                    finish_if_complete(
+                        &client,
+                        &id,
+                        &mut fetches,
+                        desired.as_ref(),
+                        &state,
+                        &behaviour,
+                    )
+                    .await;
                 }
                 _ => {}
             },
@@ -232,6 +322,7 @@ async fn finish_if_complete(
     fetches: &mut Vec<Fetch>,
     desired: Option<&pb::DesiredState>,
     state: &watch::Sender<SimState>,
+    behaviour: &watch::Receiver<Behaviour>,
 ) {
     let Some(desired) = desired else {
         return;
@@ -253,37 +344,85 @@ async fn finish_if_complete(
         verified += fetch.size;
     }
     fetches.clear();
+    let running = desired
+        .workloads
+        .iter()
+        .map(|w| (w.deployment.clone(), models_of(w)))
+        .collect();
     state.send_modify(|s| {
         s.applied_generation = desired.generation;
         s.verified_bytes += verified;
         s.error = None;
+        s.running = running;
     });
     let applied = state.borrow().applied_generation;
-    report(client, id, desired, applied).await;
+    let behaviour = behaviour.borrow().clone();
+    report(client, id, desired, applied, &behaviour).await;
 }
 
-/// Reports every workload of `desired` healthy (the simulator runs no model).
-async fn report(client: &AsyncClient, id: &str, desired: &pb::DesiredState, applied: u64) {
+/// `m:1` or `m:1, m:2`: what a workload runs, as agents report it.
+fn models_of(workload: &pb::Workload) -> String {
+    match &workload.kind {
+        Some(pb::workload::Kind::Model(m)) => m
+            .models
+            .iter()
+            .map(|d| format!("{}:{}", d.model_id, d.version))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => String::new(),
+    }
+}
+
+/// Reports every workload of `desired` healthy (the simulator runs no model), except where
+/// `behaviour` says a version fails or is slow.
+async fn report(
+    client: &AsyncClient,
+    id: &str,
+    desired: &pb::DesiredState,
+    applied: u64,
+    behaviour: &Behaviour,
+) {
     let workloads = desired
         .workloads
         .iter()
         .map(|w| {
-            let model = match &w.kind {
+            let versions: Vec<(String, u32)> = match &w.kind {
                 Some(pb::workload::Kind::Model(m)) => m
                     .models
                     .iter()
-                    .map(|d| format!("{}:{}", d.model_id, d.version))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                _ => String::new(),
+                    .map(|d| (d.model_id.clone(), d.version))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let model = models_of(w);
+            let failing = versions
+                .iter()
+                .any(|(_, v)| behaviour.failing_versions.contains(v));
+            let p99_ms = versions
+                .iter()
+                .filter_map(|(_, v)| behaviour.slow_versions.get(v))
+                .fold(1.0, |a: f64, b| a.max(*b));
+            let (state, error) = match failing {
+                true => (
+                    pb::ServiceState::Failed,
+                    "self-test failed (simulated)".to_owned(),
+                ),
+                false => (pb::ServiceState::Healthy, String::new()),
             };
             pb::WorkloadStatus {
                 deployment: w.deployment.clone(),
-                state: pb::ServiceState::Healthy.into(),
+                state: state.into(),
+                error,
                 serving_model: model.clone(),
                 desired_model: model,
                 port: w.endpoint.as_ref().map_or(0, |e| e.port),
-                ..Default::default()
+                metrics: Some(pb::EndpointMetrics {
+                    window_seconds: 30,
+                    window_requests: SIM_WINDOW_REQUESTS,
+                    p50_ms: 1.0,
+                    p99_ms,
+                    ..Default::default()
+                }),
             }
         })
         .collect();

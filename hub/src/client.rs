@@ -406,7 +406,7 @@ pub async fn deploy_to_devices(
                 }),
                 target: Some(pb::Target {
                     device_ids: devices.iter().map(|d| (*d).to_owned()).collect(),
-                    label_selector: Default::default(),
+                    ..Default::default()
                 }),
                 ..Default::default()
             }),

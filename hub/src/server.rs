@@ -76,6 +76,8 @@ pub struct RunningHub {
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     link: Option<link::Link>,
+    /// Steps running rollouts; ends with the hub.
+    rollouts: JoinHandle<()>,
 }
 
 impl RunningHub {
@@ -131,6 +133,7 @@ impl RunningHub {
                 .await?
                 .context("computing desired states")?;
         }
+        let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
         let task = tokio::spawn(serve(registry, fleet, listener, async move {
             // A dropped sender also means stop.
@@ -144,6 +147,7 @@ impl RunningHub {
             shutdown: Some(shutdown),
             task,
             link: Some(link),
+            rollouts,
         })
     }
 
@@ -163,6 +167,7 @@ impl RunningHub {
             let _ = shutdown.send(());
         }
         let served = (&mut self.task).await?;
+        self.rollouts.abort();
         if let Some(link) = self.link.take() {
             link.stop().await;
         }
@@ -178,6 +183,7 @@ impl RunningHub {
 impl Drop for RunningHub {
     fn drop(&mut self) {
         self.task.abort();
+        self.rollouts.abort();
     }
 }
 

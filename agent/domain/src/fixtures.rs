@@ -37,6 +37,7 @@ pub fn model_workload(deployment: &str, version: u32, blob: u32) -> Workload {
             options: RuntimeOptions::default(),
             entry_module: None,
         }),
+        health: None,
     }
 }
 

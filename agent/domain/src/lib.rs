@@ -14,9 +14,12 @@ pub mod wire;
 pub mod workload;
 
 pub use capabilities::{Capabilities, OpenClDevice, Requirement};
-pub use report::{Birth, EndpointMetrics, ReportedState, ServiceState, WorkloadStatus};
+pub use report::{
+    Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
+};
 pub use signature::{Dim, ElementType, OnnxSignature, TensorSpec};
 pub use workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
-    ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+    HealthThresholds, ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions,
+    Workload, WorkloadKind,
 };

@@ -79,9 +79,46 @@ impl WorkloadStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// A scoring endpoint's counters since it started, and its sliding window (what health gates
+/// and `Unhealthy` judge).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EndpointMetrics {
     pub requests: u64,
     pub errors: u64,
     pub mean_latency_ms: f64,
+    #[serde(default)]
+    pub window_seconds: u32,
+    #[serde(default)]
+    pub window_requests: u64,
+    #[serde(default)]
+    pub window_errors: u64,
+    #[serde(default)]
+    pub p50_ms: f64,
+    #[serde(default)]
+    pub p99_ms: f64,
+    /// Per version behind a traffic split; empty with one model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions: Vec<VersionMetrics>,
+}
+
+impl EndpointMetrics {
+    /// Failed share of the window's requests (0 with none).
+    pub fn window_error_rate(&self) -> f64 {
+        if self.window_requests == 0 {
+            0.0
+        } else {
+            self.window_errors as f64 / self.window_requests as f64
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct VersionMetrics {
+    /// `model_id:version`.
+    pub model: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub window_requests: u64,
+    pub window_errors: u64,
+    pub p99_ms: f64,
 }

@@ -49,6 +49,24 @@ pub struct Workload {
     pub deployment: String,
     pub endpoint: Endpoint,
     pub kind: WorkloadKind,
+    /// When a serving workload counts as `Unhealthy` (the rollout's health gate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthThresholds>,
+}
+
+/// Endpoint metrics over a sliding window that make a serving workload `Unhealthy`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct HealthThresholds {
+    pub max_error_rate: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub window_seconds: u32,
+    /// Fewer requests than this in the window are too few to judge.
+    pub min_requests: u32,
+}
+
+impl HealthThresholds {
+    pub const DEFAULT_WINDOW_SECONDS: u32 = 30;
+    pub const DEFAULT_MIN_REQUESTS: u32 = 20;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,10 +1,12 @@
 //! The agent's driver: the event loop that turns desired states into running workloads.
 //!
 //! It reacts to one closed set of events (a desired state, a retry coming due, a
-//! (re)connect, the report ticker, shutdown). For each desired state it asks the pure
-//! reconciler (`reconcile::plan`) for the steps, and executes them with `fetch` (downloads)
-//! and `stage` (staging, self-test, switch). Reports go to the link's latest-wins slot, so
-//! nothing here waits on the broker.
+//! (re)connect, the report ticker, the health ticker, shutdown). For each desired state it
+//! asks the pure reconciler (`reconcile::plan`) for the steps, and executes them with `fetch`
+//! (downloads) and `stage` (staging, self-test, switch, or a retune of weights and health gate
+//! in place). Reports go to the link's latest-wins slot, so nothing here waits on the broker.
+//! The health ticker judges each serving workload's window against its gate and reports at
+//! once when one turns `Unhealthy` or recovers (`status.rs`).
 //!
 //! Design: the desired state arrives on a `watch` (only the newest matters). A newer one that
 //! arrives during a download supersedes the one being applied at once (partial files stay,
@@ -36,6 +38,10 @@ pub use crate::view::{AgentView, WorkloadView};
 
 /// How often the agent reports even when nothing changed (metrics, liveness).
 const REPORT_INTERVAL: Duration = Duration::from_secs(30);
+/// How often serving workloads are judged against their health gates; a change of state is
+/// reported at once. Windows move in tenths of their length (3 s for the default 30 s), so
+/// looking more often would rarely see anything new; judging costs microseconds.
+const HEALTH_INTERVAL: Duration = Duration::from_secs(2);
 /// First and longest wait before retrying a transient failure.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
@@ -185,6 +191,8 @@ impl Agent {
             .filter(|d| d.generation > self.state.applied_generation || restore_failed);
         let mut chunks = std::mem::replace(&mut link.events.chunks, mpsc::channel(1).1);
         let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+        let mut health = tokio::time::interval(HEALTH_INTERVAL);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if let Some(desired) = current.take() {
                 tokio::select! {
@@ -229,6 +237,7 @@ impl Agent {
                 }
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
+                _ = health.tick() => self.check_health(),
                 // Answers to requests of a download that has ended: let them go (which
                 // acknowledges them) rather than keep them queued.
                 Some(stale) = chunks.recv() => drop(stale),
@@ -467,45 +476,90 @@ impl Agent {
                 }
                 Ok(())
             }
-            Action::Apply { workload } => {
-                let deployment = workload.deployment.clone();
-                let mut status = self.begin(&workload);
-                match self.stage.apply(&workload).await {
-                    Ok(()) => {
-                        status.state = ServiceState::Healthy;
-                        status.serving_model = workload.describe();
-                        status.error.clear();
-                        tracing::info!(%deployment, model = %workload.describe(), port = workload.endpoint.port, "workload switched");
-                        self.state.workloads.insert(deployment.clone(), workload);
-                        self.state.failures.remove(&deployment);
-                        self.persist("applied state");
-                        self.statuses.insert(deployment, status);
-                        self.publish_view();
-                        Ok(())
-                    }
-                    Err(err) => {
-                        let (state, reason) = match err {
-                            StageError::Unschedulable(reason) => {
-                                (ServiceState::Unschedulable, reason)
-                            }
-                            StageError::Failed(reason) => (ServiceState::Failed, reason),
-                        };
-                        tracing::warn!(%deployment, model = %workload.describe(), error = %reason, ?state, "workload not applied; the previous version keeps serving");
-                        let port = workload.endpoint.port;
-                        self.fail(
-                            &deployment,
-                            Some(workload.clone()),
-                            &workload.describe(),
-                            port,
-                            state,
-                            &reason,
-                        );
-                        Err(StepError::Lasting)
-                    }
-                }
+            Action::Apply { workload } => self.apply(workload).await,
+            Action::Retune { workload } => self.retune(workload).await,
+        }
+    }
+
+    /// Stages, self-tests and switches to `workload`; a failure is kept out, and the previous
+    /// version keeps serving.
+    async fn apply(&mut self, workload: Workload) -> Result<(), StepError> {
+        let deployment = workload.deployment.clone();
+        let mut status = self.begin(&workload);
+        match self.stage.apply(&workload).await {
+            Ok(()) => {
+                status.state = ServiceState::Healthy;
+                status.serving_model = workload.describe();
+                status.error.clear();
+                tracing::info!(%deployment, model = %workload.describe(), port = workload.endpoint.port, "workload switched");
+                self.state.workloads.insert(deployment.clone(), workload);
+                self.state.failures.remove(&deployment);
+                self.persist("applied state");
+                self.statuses.insert(deployment, status);
+                self.publish_view();
+                Ok(())
+            }
+            Err(err) => {
+                let (state, reason) = match err {
+                    StageError::Unschedulable(reason) => (ServiceState::Unschedulable, reason),
+                    StageError::Failed(reason) => (ServiceState::Failed, reason),
+                };
+                tracing::warn!(%deployment, model = %workload.describe(), error = %reason, ?state, "workload not applied; the previous version keeps serving");
+                let port = workload.endpoint.port;
+                self.fail(
+                    &deployment,
+                    Some(workload.clone()),
+                    &workload.describe(),
+                    port,
+                    state,
+                    &reason,
+                );
+                Err(StepError::Lasting)
             }
         }
     }
+
+    /// New weights or health gate for what serves: a new routing table over the loaded
+    /// versions. The deployment stays in its state (`Healthy` or `Unhealthy`, judged again
+    /// with the new gate at the next check) instead of passing through `Transitioning`, since
+    /// nothing stops serving for a moment.
+    async fn retune(&mut self, workload: Workload) -> Result<(), StepError> {
+        let deployment = workload.deployment.clone();
+        if let Err(why) = self.stage.retune(&workload) {
+            // The planner saw the same workload serving; if the stage disagrees, a full apply
+            // still gets the device where it should be.
+            tracing::warn!(%deployment, %why, "cannot retune in place; applying in full");
+            return self.apply(workload).await;
+        }
+        tracing::info!(%deployment, traffic = %traffic(&workload), "weights and health gate changed in place; nothing reloaded");
+        let status = self.statuses.entry(deployment.clone()).or_insert_with(|| {
+            WorkloadStatus::new(&deployment, &workload.describe(), workload.endpoint.port)
+        });
+        if status.state != ServiceState::Unhealthy {
+            status.state = ServiceState::Healthy;
+            status.error.clear();
+        }
+        status.serving_model = workload.describe();
+        status.desired_model = workload.describe();
+        self.state.workloads.insert(deployment.clone(), workload);
+        self.state.failures.remove(&deployment);
+        self.persist("applied state");
+        self.publish_view();
+        Ok(())
+    }
+}
+
+/// `m:1 90%, m:2 10%`: a workload's traffic split, for logs.
+fn traffic(workload: &Workload) -> String {
+    let Some(model) = workload.as_model() else {
+        return workload.describe();
+    };
+    model
+        .models
+        .iter()
+        .map(|m| format!("{} {}%", m.model_ref(), m.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

@@ -2,9 +2,10 @@
 //! `GET /swagger.json` (OpenAPI 2.0 from the signature); errors are `{"message": …}` with the
 //! status that fits. One input takes `data` as nested arrays, several an object keyed by input
 //! name; one output is returned as nested arrays, several as an object keyed by output name.
+//! Every `/score` response names the version that answered in `x-edgeship-model` (set by
+//! `Shared::finish`, for every adapter alike).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -35,13 +36,12 @@ async fn health() -> &'static str {
 }
 
 async fn score(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let started = Instant::now();
-    let response = score_inner(&shared, request).await;
-    shared.record(started, response.status().is_success());
-    response
+    let call = shared.begin(request.headers());
+    let response = score_inner(&shared, call.scorer(), request).await;
+    shared.finish(call, response)
 }
 
-async fn score_inner(shared: &Shared, request: Request) -> Response {
+async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request) -> Response {
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -87,13 +87,12 @@ async fn score_inner(shared: &Shared, request: Request) -> Response {
             );
         }
     };
-    let scorer = shared.current();
     let inputs = match inputs_from_data(scorer.inputs(), &body) {
         Ok(inputs) => inputs,
         Err(err) => return message(StatusCode::BAD_REQUEST, err.0),
     };
     // Inference is CPU-bound: keep it off the async workers.
-    let running = Arc::clone(&scorer);
+    let running = Arc::clone(scorer);
     let result = tokio::task::spawn_blocking(move || {
         let outputs = running.infer(inputs)?;
         Ok::<_, RuntimeError>(outputs_to_json(running.outputs(), &outputs))
@@ -114,7 +113,9 @@ async fn score_inner(shared: &Shared, request: Request) -> Response {
 }
 
 async fn swagger(State(shared): State<Arc<Shared>>) -> Response {
-    let doc = swagger_document(shared.deployment(), shared.current().as_ref());
+    // A split's versions normally share a signature; where they do not, the document
+    // describes the heaviest, the one most callers reach.
+    let doc = swagger_document(shared.deployment(), shared.primary().as_ref());
     let mut response = axum::Json(doc).into_response();
     response
         .headers_mut()

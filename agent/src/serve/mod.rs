@@ -3,29 +3,39 @@
 //!
 //! Design: adapters never see a runtime and backends never see HTTP. Between them sits
 //! [`Scorer`], a request-level interface: input tensors in signature order in, output tensors
-//! out. The self-test goes through the same interface as traffic. The scorer behind an
-//! endpoint is an `Arc` swapped under a lock, so a switch to a new version is one pointer
-//! store: requests already running finish on the old version, the next request sees the new
-//! one, and no request ever sees none.
+//! out. The self-test goes through the same interface as traffic. Which scorer answers is
+//! decided before the adapter sees one: [`Shared::begin`] routes the request through the
+//! endpoint's [`Routes`] (one version, or a traffic split; see `router`) and
+//! [`Shared::finish`] counts it for that version and names it in `x-edgeship-model`, so an
+//! adapter handles one request against one `Scorer` and knows nothing of splits.
+//!
+//! The routing table behind an endpoint is an `Arc` swapped under a lock, so a switch to a new
+//! version, or to new weights, is one pointer store: requests already running finish on the
+//! version they were routed to, the next request sees the new table, and no request ever sees
+//! none.
 
 pub mod azureml;
 pub mod json;
+pub mod router;
+pub mod window;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use edgeship_domain::{EndpointMetrics, Protocol, TensorSpec};
+use edgeship_domain::{EndpointMetrics, HealthThresholds, Protocol, TensorSpec};
 use edgeship_runtime::{Runnable, RuntimeError, Tensor};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+pub use router::{Backend, MODEL_HEADER, ROUTING_KEY_HEADER, Routes};
 
 /// Largest scoring body accepted (413 beyond).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -72,19 +82,35 @@ impl Scorer for ServingModel {
     }
 }
 
+/// An endpoint's counters since it started, over every version it has served.
 #[derive(Debug, Default)]
-struct Metrics {
+struct Lifetime {
     requests: AtomicU64,
     errors: AtomicU64,
     latency_micros: AtomicU64,
+}
+
+/// One scoring request on its way: the version it was routed to and when it began. Adapters
+/// score with [`Call::scorer`] and hand their response to [`Shared::finish`].
+#[derive(Debug)]
+pub struct Call {
+    backend: Arc<Backend>,
+    started: Instant,
+}
+
+impl Call {
+    /// The version that answers this request.
+    pub fn scorer(&self) -> &Arc<dyn Scorer> {
+        self.backend.scorer()
+    }
 }
 
 /// State shared by an endpoint's adapters.
 #[derive(Debug)]
 pub struct Shared {
     deployment: String,
-    current: RwLock<Arc<dyn Scorer>>,
-    metrics: Metrics,
+    routes: RwLock<Arc<Routes>>,
+    lifetime: Lifetime,
     max_body_bytes: usize,
     next_request_id: AtomicU64,
 }
@@ -94,24 +120,106 @@ impl Shared {
         &self.deployment
     }
 
-    /// The scorer that takes the next request.
-    pub fn current(&self) -> Arc<dyn Scorer> {
-        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    /// The routing table that takes the next request.
+    pub fn routes(&self) -> Arc<Routes> {
+        Arc::clone(&self.routes.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The version generated documents describe (the heaviest of a split).
+    pub fn primary(&self) -> Arc<dyn Scorer> {
+        Arc::clone(self.routes().primary().scorer())
     }
 
     pub fn max_body_bytes(&self) -> usize {
         self.max_body_bytes
     }
 
-    /// Counts one scoring request (health and documents are not counted).
-    pub fn record(&self, started: Instant, ok: bool) {
-        let m = &self.metrics;
-        m.requests.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            m.errors.fetch_add(1, Ordering::Relaxed);
+    /// Routes one scoring request by its `x-edgeship-routing-key` header, if it has one.
+    pub fn begin(&self, headers: &HeaderMap) -> Call {
+        let key = headers.get(ROUTING_KEY_HEADER).map(HeaderValue::as_bytes);
+        Call {
+            backend: Arc::clone(self.routes().pick(key)),
+            started: Instant::now(),
         }
-        m.latency_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a scoring request (health and documents are not counted) for the endpoint and
+    /// its version, and names the version in the response.
+    ///
+    /// Only a 5xx is an error. A 4xx is the caller's mistake (not JSON, a wrong shape, too
+    /// large): the model did nothing wrong, and counting it would let one misbehaving client
+    /// mark a good version `Unhealthy` and stop a rollout. It still counts as a request with
+    /// its latency, since callers saw it (the convention of Istio's and Flagger's "request
+    /// success rate": the share of non-5xx responses).
+    pub fn finish(&self, call: Call, mut response: Response) -> Response {
+        let now = Instant::now();
+        let latency = now.saturating_duration_since(call.started);
+        let ok = !response.status().is_server_error();
+        let l = &self.lifetime;
+        l.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            l.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        l.latency_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        call.backend.record(now, latency, ok);
+        // Model ids and versions are name-checked, so the value is always a valid header.
+        if let Ok(model) = HeaderValue::from_str(call.backend.model_ref()) {
+            response.headers_mut().insert(MODEL_HEADER, model);
+        }
+        response
+    }
+
+    /// The endpoint's figures at `at` and whether they breach `health`.
+    fn observe(&self, at: Instant, health: Option<&HealthThresholds>) -> Observation {
+        let l = &self.lifetime;
+        let requests = l.requests.load(Ordering::Relaxed);
+        let latency = l.latency_micros.load(Ordering::Relaxed);
+        let mut seen = observe_routes(&self.routes(), at, health);
+        seen.metrics.requests = requests;
+        seen.metrics.errors = l.errors.load(Ordering::Relaxed);
+        seen.metrics.mean_latency_ms = if requests == 0 {
+            0.0
+        } else {
+            latency as f64 / requests as f64 / 1000.0
+        };
+        seen
+    }
+}
+
+/// What an endpoint did, as reported, and why it breaches its health gate (if it does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub metrics: EndpointMetrics,
+    pub breach: Option<String>,
+}
+
+/// The windowed part of an observation: all versions' windows combined (percentiles over all
+/// their requests, not averaged), and each version's own figures when there is a split.
+/// Lifetime counters are left at zero for the endpoint to fill in.
+pub fn observe_routes(
+    routes: &Routes,
+    at: Instant,
+    health: Option<&HealthThresholds>,
+) -> Observation {
+    let window = routes.window_length();
+    let snapshot = routes.snapshot(at);
+    let versions = if routes.backends().len() > 1 {
+        routes.backends().iter().map(|b| b.metrics(at)).collect()
+    } else {
+        Vec::new()
+    };
+    Observation {
+        metrics: EndpointMetrics {
+            window_seconds: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
+            window_requests: snapshot.requests,
+            window_errors: snapshot.errors,
+            p50_ms: snapshot.p50_ms,
+            p99_ms: snapshot.p99_ms,
+            versions,
+            ..EndpointMetrics::default()
+        },
+        breach: router::verdict(&snapshot, health, window),
     }
 }
 
@@ -125,19 +233,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Binds `addr` and starts serving `scorer` over `protocols`.
+    /// Binds `addr` and starts serving `routes` over `protocols`.
     pub async fn start(
         addr: SocketAddr,
         deployment: &str,
         protocols: &[Protocol],
-        scorer: Arc<dyn Scorer>,
+        routes: Routes,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             deployment: deployment.to_owned(),
-            current: RwLock::new(scorer),
-            metrics: Metrics::default(),
+            routes: RwLock::new(Arc::new(routes)),
+            lifetime: Lifetime::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             next_request_id: AtomicU64::new(1),
         });
@@ -177,29 +285,24 @@ impl Endpoint {
         self.addr
     }
 
-    /// Atomically replaces the scorer that serves new requests.
-    pub fn switch(&self, scorer: Arc<dyn Scorer>) {
+    /// Atomically replaces the routing table that serves new requests.
+    pub fn switch(&self, routes: Routes) {
         let mut current = self
             .shared
-            .current
+            .routes
             .write()
-            .unwrap_or_else(|e| e.into_inner());
-        *current = scorer;
+            .unwrap_or_else(PoisonError::into_inner);
+        *current = Arc::new(routes);
     }
 
-    pub fn metrics(&self) -> EndpointMetrics {
-        let m = &self.shared.metrics;
-        let requests = m.requests.load(Ordering::Relaxed);
-        let latency = m.latency_micros.load(Ordering::Relaxed);
-        EndpointMetrics {
-            requests,
-            errors: m.errors.load(Ordering::Relaxed),
-            mean_latency_ms: if requests == 0 {
-                0.0
-            } else {
-                latency as f64 / requests as f64 / 1000.0
-            },
-        }
+    /// The routing table serving now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.shared.routes()
+    }
+
+    /// Lifetime counters, the window at `at`, and whether it breaches `health`.
+    pub fn observe(&self, at: Instant, health: Option<&HealthThresholds>) -> Observation {
+        self.shared.observe(at, health)
     }
 
     /// Stops accepting connections and waits for requests in flight.
@@ -232,4 +335,154 @@ async fn request_id(State(shared): State<Arc<Shared>>, request: Request, next: N
     let mut response = next.run(request).await;
     response.headers_mut().insert("x-request-id", id);
     response
+}
+
+/// Versions that need no model file, for tests of routing, counting and health.
+#[cfg(test)]
+pub(crate) mod fake {
+    use super::*;
+    use edgeship_domain::{Dim, ElementType};
+    use std::time::Duration;
+
+    /// Echoes its one input `x: float32[n]`, or fails every inference as a broken model would.
+    #[derive(Debug)]
+    pub(crate) struct FakeScorer {
+        name: String,
+        fails: bool,
+        inputs: Vec<TensorSpec>,
+    }
+
+    impl Scorer for FakeScorer {
+        fn model_ref(&self) -> &str {
+            &self.name
+        }
+        fn inputs(&self) -> &[TensorSpec] {
+            &self.inputs
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &self.inputs
+        }
+        fn sample_input(&self) -> Option<&serde_json::Value> {
+            None
+        }
+        fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            if self.fails {
+                return Err(RuntimeError::Run("the model is broken".into()));
+            }
+            Ok(inputs)
+        }
+    }
+
+    pub(crate) fn scorer(name: &str, fails: bool) -> Arc<dyn Scorer> {
+        Arc::new(FakeScorer {
+            name: name.to_owned(),
+            fails,
+            inputs: vec![TensorSpec {
+                name: "x".into(),
+                element_type: ElementType::F32,
+                shape: vec![Dim::Unknown],
+            }],
+        })
+    }
+
+    /// A working version `name` with a 30 s window.
+    pub(crate) fn backend(name: &str) -> Arc<Backend> {
+        Backend::new(scorer(name, false), Duration::from_secs(30))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use edgeship_domain::HealthThresholds;
+    use testkit::http;
+
+    const GATE: HealthThresholds = HealthThresholds {
+        max_error_rate: Some(0.2),
+        max_p99_ms: None,
+        window_seconds: 30,
+        min_requests: 4,
+    };
+
+    async fn endpoint(routes: Routes) -> Endpoint {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Endpoint::start(addr, "web", &[Protocol::Azureml], routes)
+            .await
+            .expect("listens")
+    }
+
+    async fn score(addr: SocketAddr, body: &str, key: Option<&str>) -> testkit::HttpResponse {
+        let mut headers = vec![("content-type", "application/json")];
+        headers.extend(key.map(|k| (ROUTING_KEY_HEADER, k)));
+        http(addr, "POST", "/score", &headers, body.as_bytes())
+            .await
+            .expect("answers")
+    }
+
+    #[tokio::test]
+    async fn a_failed_inference_is_an_error_and_a_bad_request_is_not() {
+        let broken = Backend::new(fake::scorer("m:1", true), Duration::from_secs(30));
+        let endpoint = endpoint(Routes::single(broken)).await;
+        let addr = endpoint.addr();
+        for body in [r#"{"data": [1.0]}"#; 2] {
+            let response = score(addr, body, None).await;
+            assert_eq!(response.status, 500, "{}", response.body);
+            assert_eq!(response.header(MODEL_HEADER), Some("m:1"));
+        }
+        for body in ["not json", r#"{"data": "text"}"#] {
+            let response = score(addr, body, None).await;
+            assert_eq!(response.status, 400, "{}", response.body);
+            assert_eq!(response.header(MODEL_HEADER), Some("m:1"), "on errors too");
+        }
+        let seen = endpoint.observe(Instant::now(), Some(&GATE));
+        let m = &seen.metrics;
+        assert_eq!((m.requests, m.errors), (4, 2), "lifetime: 5xx only");
+        assert_eq!(
+            (m.window_requests, m.window_errors),
+            (4, 2),
+            "window: 5xx only"
+        );
+        assert!(m.versions.is_empty(), "no split, no per-version figures");
+        assert_eq!(m.window_seconds, 30);
+        let breach = seen.breach.expect("half the requests failed");
+        assert!(breach.starts_with("error rate 0.500"), "{breach}");
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_split_answers_from_both_versions_and_reports_each() {
+        let routes = Routes::new(vec![(50, fake::backend("m:1")), (50, fake::backend("m:2"))])
+            .expect("versions");
+        let endpoint = endpoint(routes).await;
+        let mut answered = Vec::new();
+        for i in 0..40 {
+            let key = format!("k{i}");
+            let response = score(endpoint.addr(), r#"{"data": [2.5]}"#, Some(&key)).await;
+            assert_eq!(response.status, 200, "{}", response.body);
+            assert_eq!(response.json(), serde_json::json!([2.5]));
+            answered.push(response.header(MODEL_HEADER).unwrap_or_default().to_owned());
+        }
+        assert!(answered.iter().any(|m| m == "m:1") && answered.iter().any(|m| m == "m:2"));
+        // The same key is answered by the same version.
+        let again = score(endpoint.addr(), r#"{"data": [2.5]}"#, Some("k0")).await;
+        assert_eq!(again.header(MODEL_HEADER), Some(answered[0].as_str()));
+
+        let m = endpoint.observe(Instant::now(), None).metrics;
+        assert_eq!(
+            (m.requests, m.window_requests, m.window_errors),
+            (41, 41, 0)
+        );
+        let per_version: Vec<(&str, u64)> = m
+            .versions
+            .iter()
+            .map(|v| (v.model.as_str(), v.window_requests))
+            .collect();
+        let ones = answered.iter().filter(|m| *m == "m:1").count() as u64;
+        let ones = ones + u64::from(answered[0] == "m:1");
+        assert_eq!(per_version, [("m:1", ones), ("m:2", 41 - ones)]);
+        assert!(m.p99_ms >= m.p50_ms && m.p50_ms > 0.0);
+        endpoint.stop().await;
+    }
 }

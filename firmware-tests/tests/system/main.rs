@@ -4,4 +4,5 @@
 mod faults;
 mod fleet;
 mod proxy;
+mod rollouts;
 mod support;

@@ -1,21 +1,18 @@
-//! `edgeship.v1.Deployments` and `edgeship.v1.Fleet` service implementations.
+//! `edgeship.v1.Fleet` (devices) service implementation, and what the fleet services share:
+//! error mapping, resource names, paging.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use edgeship_proto::v1 as pb;
-use edgeship_proto::v1::deployments_server::Deployments;
 use edgeship_proto::v1::fleet_server::Fleet as FleetApi;
 use tonic::{Request, Response, Status};
 
-use edgeship_domain::wire::wire_state;
-use edgeship_domain::{AuthMode, Endpoint, Protocol, RuntimeKind};
-
-use crate::fleet::{self, Deployment, Device, Fleet, FleetError, Target};
+use crate::fleet::{Device, Fleet, FleetError};
 
 #[derive(Debug, Clone)]
 pub struct FleetService {
-    fleet: Arc<Fleet>,
+    pub(super) fleet: Arc<Fleet>,
 }
 
 impl FleetService {
@@ -23,7 +20,7 @@ impl FleetService {
         Self { fleet }
     }
 
-    async fn blocking<T: Send + 'static>(
+    pub(super) async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Fleet) -> Result<T, FleetError> + Send + 'static,
     ) -> Result<T, Status> {
@@ -59,57 +56,7 @@ impl From<FleetError> for Status {
     }
 }
 
-/// The endpoint a create request asks for; unset fields take the defaults (Azure ML, no
-/// auth).
-fn endpoint(wire: pb::Endpoint) -> Result<Endpoint, Status> {
-    let port = u16::try_from(wire.port).map_err(|_| {
-        Status::invalid_argument(format!("port {} is out of range (1-65535)", wire.port))
-    })?;
-    let auth = match pb::AuthMode::try_from(wire.auth) {
-        Ok(pb::AuthMode::Unspecified | pb::AuthMode::None) => AuthMode::None,
-        Ok(pb::AuthMode::Key) => AuthMode::Key,
-        Ok(pb::AuthMode::Token) => AuthMode::Token,
-        Err(_) => {
-            return Err(Status::invalid_argument(format!(
-                "unknown endpoint auth {}",
-                wire.auth
-            )));
-        }
-    };
-    let mut protocols = Vec::new();
-    for code in wire.protocols {
-        protocols.push(match pb::Protocol::try_from(code) {
-            Ok(pb::Protocol::Azureml) => Protocol::Azureml,
-            Ok(pb::Protocol::V2) => Protocol::V2,
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "unknown endpoint protocol {code}"
-                )));
-            }
-        });
-    }
-    if protocols.is_empty() {
-        protocols.push(Protocol::Azureml);
-    }
-    Ok(Endpoint {
-        port,
-        auth,
-        protocols,
-        cors_origins: wire.cors_origins,
-    })
-}
-
-/// Parses `name`, `name:VERSION` or `name:latest` into a model id and optional version.
-fn model_ref(text: &str) -> Result<(String, Option<u32>), Status> {
-    let reference = crate::registry::validate::short_ref(text).map_err(Status::from)?;
-    let version = match reference.version {
-        crate::registry::VersionSelector::Exact(v) => Some(v),
-        crate::registry::VersionSelector::Latest => None,
-    };
-    Ok((reference.model_id, version))
-}
-
-fn resource_id<'a>(name: &'a str, collection: &str) -> Result<&'a str, Status> {
+pub(super) fn resource_id<'a>(name: &'a str, collection: &str) -> Result<&'a str, Status> {
     name.strip_prefix(collection)
         .and_then(|rest| rest.strip_prefix('/'))
         .filter(|id| !id.is_empty() && !id.contains('/'))
@@ -120,7 +67,7 @@ fn resource_id<'a>(name: &'a str, collection: &str) -> Result<&'a str, Status> {
         })
 }
 
-fn page_size(size: i32) -> Result<usize, Status> {
+pub(super) fn page_size(size: i32) -> Result<usize, Status> {
     match size {
         s if s < 0 => Err(Status::invalid_argument(format!(
             "page_size must not be negative (got {s}); use 0 for the default"
@@ -131,7 +78,7 @@ fn page_size(size: i32) -> Result<usize, Status> {
 }
 
 /// Pages over items sorted by id; the token is the last id of the previous page.
-fn paginate<T>(
+pub(super) fn paginate<T>(
     items: Vec<T>,
     id: impl Fn(&T) -> &str,
     size: usize,
@@ -152,42 +99,6 @@ fn paginate<T>(
     (rest, next)
 }
 
-impl FleetService {
-    fn deployment_view(&self, deployment: &Deployment) -> Result<pb::Deployment, FleetError> {
-        let devices = self.fleet.deployment_devices(deployment)?;
-        let state = fleet::aggregate(&devices);
-        Ok(pb::Deployment {
-            name: format!("deployments/{}", deployment.id),
-            deployment_id: deployment.id.clone(),
-            model: deployment.model_ref(),
-            runtime: deployment.runtime.name().to_owned(),
-            endpoint: Some(pb::Endpoint::from(&deployment.endpoint)),
-            target: Some(pb::Target {
-                device_ids: deployment.target.device_ids.iter().cloned().collect(),
-                label_selector: deployment
-                    .target
-                    .label_selector
-                    .clone()
-                    .into_iter()
-                    .collect(),
-            }),
-            create_time_ms: deployment.create_time_ms,
-            resolved_version: self.fleet.resolved_version(deployment).unwrap_or(0),
-            state: wire_state(state).into(),
-            devices: devices
-                .into_iter()
-                .map(|d| pb::DeviceWorkload {
-                    device_id: d.device_id,
-                    online: d.online,
-                    state: wire_state(d.state).into(),
-                    error: d.error,
-                    serving_model: d.serving_model,
-                })
-                .collect(),
-        })
-    }
-}
-
 fn device_view(device: &Device) -> pb::Device {
     pb::Device {
         name: format!("devices/{}", device.id),
@@ -204,88 +115,6 @@ fn device_view(device: &Device) -> pb::Device {
             .iter()
             .map(pb::WorkloadStatus::from)
             .collect(),
-    }
-}
-
-#[tonic::async_trait]
-impl Deployments for FleetService {
-    async fn create_deployment(
-        &self,
-        request: Request<pb::CreateDeploymentRequest>,
-    ) -> Result<Response<pb::Deployment>, Status> {
-        let Some(wire) = request.into_inner().deployment else {
-            return Err(Status::invalid_argument("the request has no deployment"));
-        };
-        let (model_id, version) = model_ref(&wire.model)?;
-        let endpoint = endpoint(wire.endpoint.unwrap_or_default())?;
-        let target = wire.target.unwrap_or_default();
-        let runtime = if wire.runtime.is_empty() {
-            RuntimeKind::Tract
-        } else {
-            RuntimeKind::parse(&wire.runtime).map_err(Status::invalid_argument)?
-        };
-        let deployment = Deployment {
-            id: wire.deployment_id,
-            model_id,
-            version,
-            runtime,
-            endpoint,
-            target: Target {
-                device_ids: target.device_ids.into_iter().collect(),
-                label_selector: target
-                    .label_selector
-                    .into_iter()
-                    .collect::<BTreeMap<_, _>>(),
-            },
-            create_time_ms: 0,
-        };
-        let service = self.clone();
-        let view = self
-            .blocking(move |fleet| {
-                let created = fleet.create_deployment(deployment)?;
-                service.deployment_view(&created)
-            })
-            .await?;
-        Ok(Response::new(view))
-    }
-
-    async fn get_deployment(
-        &self,
-        request: Request<pb::GetDeploymentRequest>,
-    ) -> Result<Response<pb::Deployment>, Status> {
-        let name = request.into_inner().name;
-        let id = resource_id(&name, "deployments")?;
-        let deployment = self.fleet.get_deployment(id)?;
-        Ok(Response::new(self.deployment_view(&deployment)?))
-    }
-
-    async fn list_deployments(
-        &self,
-        request: Request<pb::ListDeploymentsRequest>,
-    ) -> Result<Response<pb::ListDeploymentsResponse>, Status> {
-        let request = request.into_inner();
-        let size = page_size(request.page_size)?;
-        let all = self.fleet.all_deployments()?;
-        let (page, next_page_token) = paginate(all, |d| &d.id, size, &request.page_token);
-        let deployments = page
-            .iter()
-            .map(|d| self.deployment_view(d))
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(pb::ListDeploymentsResponse {
-            deployments,
-            next_page_token,
-        }))
-    }
-
-    async fn delete_deployment(
-        &self,
-        request: Request<pb::DeleteDeploymentRequest>,
-    ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
-        let name = request.into_inner().name;
-        let id = resource_id(&name, "deployments")?.to_owned();
-        self.blocking(move |fleet| fleet.delete_deployment(&id))
-            .await?;
-        Ok(Response::new(pb::DeleteDeploymentResponse {}))
     }
 }
 

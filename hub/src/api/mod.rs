@@ -1,6 +1,7 @@
 //! gRPC adapter: the only place (with the CLI client) where protobuf types meet the registry.
 
 pub mod convert;
+mod deployments;
 mod fleet;
 mod registry;
 

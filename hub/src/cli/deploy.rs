@@ -10,7 +10,9 @@ use tonic::transport::Channel;
 
 use super::output::{self, pairs, print_json};
 use super::view::{DeploymentView, DeviceView};
-use super::{DeployCommand, DeviceCommand, OutputFormat, key_values, names};
+use super::{
+    DeployCommand, DeviceCommand, OutputFormat, RolloutCommand, key_values, names, rollout,
+};
 use crate::client::{channel, rpc_error, wait_healthy};
 
 fn print_deployment(deployment: pb::Deployment, format: OutputFormat) {
@@ -68,6 +70,7 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             auth,
             devices,
             selector,
+            priority,
             wait,
             timeout_secs,
             output,
@@ -97,8 +100,10 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 })),
                 target: Some(pb::Target {
                     device_ids: devices,
-                    label_selector: key_values("label", &selector)?.into_iter().collect(),
+                    label_selector: Default::default(),
+                    selector: selector.join(","),
                 }),
+                priority,
                 ..Default::default()
             };
             let mut created = client
@@ -163,6 +168,39 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .await
                 .map_err(rpc_error)?;
             println!("deleted deployment {name}");
+        }
+        DeployCommand::Apply {
+            file,
+            dry_run,
+            wait,
+            timeout_secs,
+            output,
+        } => {
+            let wait = wait.then(|| Duration::from_secs(timeout_secs));
+            rollout::apply(&mut client, &file, dry_run, wait, output).await?;
+        }
+        DeployCommand::Rollout {
+            command:
+                RolloutCommand::Status {
+                    name,
+                    watch,
+                    output,
+                },
+        } => rollout::status(&mut client, &name, watch, output).await?,
+        DeployCommand::Pause { name, output } => {
+            rollout::control(&mut client, &name, pb::RolloutAction::Pause, output).await?;
+        }
+        DeployCommand::Resume { name, output } => {
+            rollout::control(&mut client, &name, pb::RolloutAction::Resume, output).await?;
+        }
+        DeployCommand::Abort { name, output } => {
+            rollout::control(&mut client, &name, pb::RolloutAction::Abort, output).await?;
+        }
+        DeployCommand::Rollback { name, output } => {
+            rollout::control(&mut client, &name, pb::RolloutAction::Rollback, output).await?;
+        }
+        DeployCommand::History { name, output } => {
+            rollout::history(&mut client, &name, output).await?;
         }
     }
     Ok(())

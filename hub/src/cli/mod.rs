@@ -17,6 +17,7 @@ pub mod logs;
 mod model;
 mod names;
 mod output;
+mod rollout;
 mod view;
 
 use std::net::SocketAddr;
@@ -97,9 +98,14 @@ pub enum DeployCommand {
         /// with --wait, the command fails at once instead of waiting for it.
         #[arg(long = "device", value_name = "ID")]
         devices: Vec<String>,
-        /// Target every device with this label, KEY=VALUE (repeatable; all must match).
-        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        /// Target devices by label, in Kubernetes' selector syntax: `site=berlin`,
+        /// `site in (berlin,paris)`, `tier!=test`, `gpu`, `!canary` (repeatable; all must
+        /// match).
+        #[arg(long = "selector", value_name = "SELECTOR")]
         selector: Vec<String>,
+        /// Where two deployments want one port on a device, the higher priority gets it.
+        #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+        priority: i32,
         /// Wait until every targeted device serves it (or one fails).
         #[arg(long)]
         wait: bool,
@@ -124,6 +130,78 @@ pub enum DeployCommand {
     Delete {
         #[arg(value_name = "NAME")]
         name: String,
+    },
+    /// Create or update a deployment from a manifest file (YAML or JSON; `-` reads standard
+    /// input). Prints what changes; a change to what devices run starts a rollout.
+    Apply {
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Only validate and print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        /// Wait until every targeted device serves it (or one fails).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits.
+        #[arg(long, default_value_t = 300)]
+        timeout_secs: u64,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Follow rollouts.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
+    /// Hold the running rollout where it stands.
+    Pause {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Let a paused rollout go on.
+    Resume {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Stop the running rollout: moved devices keep the new revision, the rest the old one.
+    Abort {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Send moved devices back to the previous revision (after a finished rollout: roll the
+    /// revision before it out again).
+    Rollback {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Every rollout and change of a deployment, oldest first (kept after deletion).
+    History {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Progress of the current rollout, per wave; --watch follows it until it ends (a
+    /// progress bar on a terminal, JSON lines otherwise).
+    Status {
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[arg(long)]
+        watch: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
 }
 

@@ -181,8 +181,12 @@ fn target_text(target: &TargetView) -> String {
     if !target.device_ids.is_empty() {
         parts.push(format!("devices {}", target.device_ids.join(",")));
     }
-    if !target.label_selector.is_empty() {
-        parts.push(format!("labels {}", pairs(&target.label_selector)));
+    match &target.selector {
+        Some(selector) => parts.push(format!("selector {selector}")),
+        None if !target.label_selector.is_empty() => {
+            parts.push(format!("labels {}", pairs(&target.label_selector)));
+        }
+        None => {}
     }
     parts.join("; ")
 }
@@ -212,7 +216,24 @@ pub fn deployment_details(d: &DeploymentView) -> String {
         format!("port {}, auth {}", d.endpoint.port, d.endpoint.auth),
     );
     field("target", target_text(&d.target));
+    if d.priority != 0 {
+        field("priority", d.priority.to_string());
+    }
     field("state", d.state.to_owned());
+    if let Some(rollout) = &d.rollout {
+        field(
+            "rollout",
+            format!(
+                "revision {} {}: {} of {} moved, {} healthy, {} failed",
+                rollout.revision,
+                rollout.phase,
+                rollout.moved,
+                rollout.devices,
+                rollout.healthy,
+                rollout.failed
+            ),
+        );
+    }
     field("created", d.create_time.clone());
     out.push_str("devices:\n");
     let rows: Vec<Vec<String>> = d

@@ -91,6 +91,13 @@ pub struct DeploymentView {
     pub target: TargetView,
     pub state: &'static str,
     pub create_time: String,
+    pub update_time: String,
+    /// Where two deployments want one port on a device, the higher wins.
+    pub priority: i32,
+    /// The newest revision (what the last rollout moves devices to).
+    pub revision: u64,
+    /// The newest revision's rollout.
+    pub rollout: Option<super::rollout::RolloutView>,
     pub devices: Vec<DeploymentDeviceView>,
 }
 
@@ -107,7 +114,11 @@ pub struct EndpointView {
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetView {
     pub device_ids: Vec<String>,
+    /// The selector's `key=value` terms when it has no others (kept for scripts written
+    /// before set-based selectors); `selector` is the whole of it.
     pub label_selector: BTreeMap<String, String>,
+    /// Kubernetes-style: `site in (berlin,paris),accelerator=opencl,!canary`.
+    pub selector: Option<String>,
 }
 
 /// One targeted device's view of a deployment.
@@ -322,9 +333,14 @@ impl From<pb::Deployment> for DeploymentView {
             target: TargetView {
                 device_ids: target.device_ids,
                 label_selector: sorted(target.label_selector),
+                selector: (!target.selector.is_empty()).then_some(target.selector),
             },
             state,
             create_time: rfc3339(deployment.create_time_ms),
+            update_time: rfc3339(deployment.update_time_ms.max(deployment.create_time_ms)),
+            priority: deployment.priority,
+            revision: deployment.revision,
+            rollout: deployment.rollout.map(super::rollout::RolloutView::from),
             devices: deployment
                 .devices
                 .into_iter()
@@ -372,9 +388,10 @@ impl From<pb::Device> for DeviceView {
 
 impl From<pb::WorkloadStatus> for WorkloadView {
     fn from(workload: pb::WorkloadStatus) -> Self {
+        let state = state_name(workload.state());
         let metrics = workload.metrics.unwrap_or_default();
         WorkloadView {
-            state: state_name(workload.state()),
+            state,
             deployment: workload.deployment,
             error: non_empty(workload.error),
             serving_model: non_empty(workload.serving_model),

@@ -1,96 +1,126 @@
 //! Deployments: validated creation and deletion, lookups, and each deployment's view of its
 //! devices.
 
-use edgeship_domain::{AuthMode, Protocol, names};
+use edgeship_domain::names;
 
-use super::model::{Deployment, DeviceWorkload, device_workload};
-use super::{Fleet, FleetError, decode, desired, encode};
+use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
+use super::rollout::Rollout;
+use super::spec::{DeploymentSpec, Manifest, TrafficWeight};
+use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
-use crate::registry::VersionRef;
+use crate::registry::{VersionRef, VersionSelector};
 
 fn invalid(err: names::InvalidName) -> FleetError {
     FleetError::InvalidArgument(err.0)
 }
 
-impl Fleet {
-    pub fn create_deployment(&self, mut deployment: Deployment) -> Result<Deployment, FleetError> {
-        names::deployment_id(&deployment.id).map_err(invalid)?;
-        names::model_id(&deployment.model_id).map_err(invalid)?;
-        if deployment.endpoint.auth != AuthMode::None {
-            return Err(FleetError::InvalidArgument(format!(
-                "endpoint auth {} is not supported yet: use none",
-                deployment.endpoint.auth
-            )));
-        }
-        if let Some(protocol) = deployment
-            .endpoint
-            .protocols
-            .iter()
-            .find(|p| **p != Protocol::Azureml)
-        {
-            return Err(FleetError::InvalidArgument(format!(
-                "protocol {protocol} is not supported yet: use azureml"
-            )));
-        }
-        if deployment.endpoint.port == 0 {
-            return Err(FleetError::InvalidArgument(
-                "an endpoint port (1-65535) is required".into(),
-            ));
-        }
-        if deployment.target.is_empty() {
-            return Err(FleetError::InvalidArgument(
-                "the target is empty: name device ids or a label selector".into(),
-            ));
-        }
-        for id in &deployment.target.device_ids {
-            names::device_id(id).map_err(invalid)?;
-        }
-        super::devices::validate_labels(&deployment.target.label_selector)?;
-        // The model must exist now, and carry an ONNX file the runtime can load.
-        let model = self.registry.get(&VersionRef {
-            model_id: deployment.model_id.clone(),
-            version: deployment.version_selector(),
-        })?;
-        desired::entry_file(&model).map_err(FleetError::FailedPrecondition)?;
+/// How `apply` treats an existing deployment of the same name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Validate and compute the changes, store nothing.
+    pub dry_run: bool,
+    /// Fail if the deployment exists (`deploy create`).
+    pub create_only: bool,
+}
 
+/// What an apply did (or, dry, would do).
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub deployment: Deployment,
+    pub created: bool,
+    /// One line per changed field; empty when nothing changed.
+    pub changes: Vec<String>,
+    /// The rollout it started: what devices run changed (a new revision).
+    pub rollout: Option<Rollout>,
+}
+
+impl Fleet {
+    /// Creates or updates a deployment from a manifest: validates it, pins the model
+    /// versions it names, and starts a rollout when what devices run changes.
+    pub fn apply(&self, manifest: &Manifest, options: ApplyOptions) -> Result<Applied, FleetError> {
+        let spec = manifest
+            .validate()
+            .map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
+        // The model versions must exist now, each with an ONNX file the runtime can load.
+        let pins = self.pin(&spec)?;
         let _guard = self.guard();
-        if self.deployments.contains_key(deployment.id.as_bytes())? {
+        let existing = self.find_deployment(&spec.name)?;
+        if options.create_only && existing.is_some() {
             return Err(FleetError::AlreadyExists(format!(
-                "deployment {} already exists",
-                deployment.id
+                "deployment {} already exists (use `deploy apply` to change it)",
+                spec.name
             )));
         }
-        let devices = self.all_devices()?;
-        let port = deployment.endpoint.port;
-        for other in self.all_deployments()? {
-            if other.endpoint.port != port {
-                continue;
+        self.check_port(&spec)?;
+        let now = now_ms();
+        let candidate = Revision {
+            number: 0,
+            models: pins,
+            runtime: spec.runtime,
+            endpoint: spec.endpoint.clone(),
+            create_time_ms: now,
+        };
+        let (mut deployment, created, mut changes) = match existing {
+            Some(old) => {
+                let changes = spec.changes_from(&old.spec);
+                let deployment = Deployment {
+                    spec: spec.clone(),
+                    update_time_ms: now,
+                    ..old
+                };
+                (deployment, false, changes)
             }
-            let shared = devices.iter().find(|d| {
-                let labels = d.labels();
-                deployment.target.matches(&d.id, &labels) && other.target.matches(&d.id, &labels)
-            });
-            let shared = shared.map(|d| d.id.clone()).or_else(|| {
-                deployment
-                    .target
-                    .device_ids
-                    .intersection(&other.target.device_ids)
-                    .next()
-                    .cloned()
-            });
-            if let Some(device) = shared {
-                return Err(FleetError::FailedPrecondition(format!(
-                    "port {port} on device {device} is already used by deployment {}",
-                    other.id
-                )));
+            None => {
+                let deployment = Deployment {
+                    id: spec.name.clone(),
+                    spec: spec.clone(),
+                    create_time_ms: now,
+                    update_time_ms: now,
+                    revisions: Vec::new(),
+                };
+                (deployment, true, vec!["created".to_owned()])
             }
+        };
+        let new_revision = deployment
+            .current()
+            .is_none_or(|current| !current.same_workload(&candidate));
+        if let Some(current) = deployment.current()
+            && new_revision
+            && !created
+            && current.models != candidate.models
+            && !changes
+                .iter()
+                .any(|c| c.starts_with("model:") || c.starts_with("traffic"))
+        {
+            changes.push(format!(
+                "model {} now resolves to {} (was {})",
+                spec.model,
+                candidate.describe(),
+                current.describe()
+            ));
         }
-        deployment.create_time_ms = now_ms();
-        self.deployments
-            .insert(deployment.id.as_bytes(), encode(&deployment))?;
+        if options.dry_run {
+            return Ok(Applied {
+                deployment,
+                created,
+                changes,
+                rollout: None,
+            });
+        }
+        let rollout = if new_revision {
+            let cause = if created { "created" } else { "apply" };
+            Some(self.start_rollout(&mut deployment, candidate, cause, changes.clone(), now)?)
+        } else {
+            self.deployments
+                .insert(deployment.id.as_bytes(), encode(&deployment))?;
+            if !changes.is_empty() {
+                self.record_change(&deployment, "apply (no new revision)", changes.clone(), now)?;
+            }
+            None
+        };
         // Named devices get a record (never seen, offline) so their desired state is waiting,
         // retained, when they first come online.
-        for id in &deployment.target.device_ids {
+        for id in &deployment.spec.target.devices {
             if self.device(id)?.is_none() {
                 self.put_device(&super::Device {
                     id: id.clone(),
@@ -99,29 +129,127 @@ impl Fleet {
             }
         }
         self.db.flush()?;
+        self.advance_locked(now)?;
         self.reconcile_locked(None)?;
-        tracing::info!(deployment = %deployment.id, model = %deployment.model_ref(), "deployment created");
-        Ok(deployment)
+        // As the first step left it (an all-at-once rollout has moved every device).
+        let rollout = match rollout {
+            Some(_) => self.current_rollout(&deployment)?,
+            None => None,
+        };
+        if created {
+            tracing::info!(deployment = %deployment.id, model = %deployment.model_ref(), "deployment created");
+        } else {
+            tracing::info!(deployment = %deployment.id, changes = changes.len(), "deployment updated");
+        }
+        Ok(Applied {
+            deployment,
+            created,
+            changes,
+            rollout,
+        })
+    }
+
+    /// The model versions `spec` runs now: the split's, or the one `model` resolves to.
+    fn pin(&self, spec: &DeploymentSpec) -> Result<Vec<TrafficWeight>, FleetError> {
+        let refs: Vec<(VersionRef, u32)> = if spec.traffic.is_empty() {
+            vec![(
+                VersionRef {
+                    model_id: spec.model.model_id.clone(),
+                    version: spec.model.version,
+                },
+                0,
+            )]
+        } else {
+            spec.traffic
+                .iter()
+                .map(|t| {
+                    (
+                        VersionRef {
+                            model_id: t.model_id.clone(),
+                            version: VersionSelector::Exact(t.version),
+                        },
+                        t.weight,
+                    )
+                })
+                .collect()
+        };
+        let mut pins = Vec::new();
+        for (reference, weight) in refs {
+            let model = self.registry.get(&reference)?;
+            desired::entry_file(&model).map_err(FleetError::FailedPrecondition)?;
+            pins.push(TrafficWeight {
+                model_id: model.model_id,
+                version: model.version,
+                weight,
+            });
+        }
+        Ok(pins)
+    }
+
+    /// Today's rule for equal priorities: a deployment cannot take a port another one of the
+    /// same priority already uses on a device both target. (A higher priority may: it wins
+    /// the port there, and the other is `Unschedulable` on that device.)
+    fn check_port(&self, spec: &DeploymentSpec) -> Result<(), FleetError> {
+        let devices = self.all_devices()?;
+        let port = spec.endpoint.port;
+        for other in self.all_deployments()? {
+            if other.id == spec.name
+                || other.spec.endpoint.port != port
+                || other.spec.priority != spec.priority
+            {
+                continue;
+            }
+            let shared = devices
+                .iter()
+                .find(|d| {
+                    let labels = d.labels();
+                    spec.target.matches(&d.id, &labels) && other.spec.target.matches(&d.id, &labels)
+                })
+                .map(|d| d.id.clone())
+                .or_else(|| {
+                    spec.target
+                        .devices
+                        .intersection(&other.spec.target.devices)
+                        .next()
+                        .cloned()
+                });
+            if let Some(device) = shared {
+                return Err(FleetError::FailedPrecondition(format!(
+                    "port {port} on device {device} is already used by deployment {} at the same priority ({}); choose another port, or a higher priority to take it there",
+                    other.id, other.spec.priority
+                )));
+            }
+        }
+        Ok(())
     }
 
     pub fn delete_deployment(&self, id: &str) -> Result<(), FleetError> {
         names::deployment_id(id).map_err(invalid)?;
         let _guard = self.guard();
-        if self.deployments.remove(id.as_bytes())?.is_none() {
+        let Some(deployment) = self.find_deployment(id)? else {
             return Err(FleetError::NotFound(format!(
                 "deployment {id} does not exist"
             )));
-        }
+        };
+        self.record_change(&deployment, "deleted", vec![], now_ms())?;
+        self.deployments.remove(id.as_bytes())?;
         self.db.flush()?;
         self.reconcile_locked(None)?;
         tracing::info!(deployment = %id, "deployment deleted");
         Ok(())
     }
 
+    fn find_deployment(&self, id: &str) -> Result<Option<Deployment>, FleetError> {
+        match self.deployments.get(id.as_bytes())? {
+            Some(bytes) => Ok(Some(decode_deployment(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn get_deployment(&self, id: &str) -> Result<Deployment, FleetError> {
         names::deployment_id(id).map_err(invalid)?;
         match self.deployments.get(id.as_bytes())? {
-            Some(bytes) => decode(&bytes, "deployment"),
+            Some(bytes) => decode_deployment(&bytes),
             None => Err(FleetError::NotFound(format!(
                 "deployment {id} does not exist"
             ))),
@@ -132,14 +260,14 @@ impl Fleet {
         let mut all = Vec::new();
         for entry in self.deployments.iter() {
             let (_, bytes) = entry?;
-            all.push(decode::<Deployment>(&bytes, "deployment")?);
+            all.push(decode_deployment(&bytes)?);
         }
         Ok(all)
     }
 
-    /// The version a deployment resolves to now, if the model still exists.
+    /// The version the deployment's newest revision runs (the first of a split).
     pub fn resolved_version(&self, deployment: &Deployment) -> Option<u32> {
-        self.resolve(deployment).map(|m| m.version)
+        deployment.current()?.models.first().map(|m| m.version)
     }
 
     /// Per-device states of a deployment's targeted devices. A device where the deployment
@@ -150,15 +278,17 @@ impl Fleet {
         deployment: &Deployment,
     ) -> Result<Vec<DeviceWorkload>, FleetError> {
         let deployments = self.all_deployments()?;
-        let resolved = self.resolve_all(&deployments);
+        let rollouts = self.current_rollouts(&deployments)?;
+        let placements = placements(&deployments, &rollouts);
+        let resolved = self.resolve_pins(&deployments);
         Ok(self
             .all_devices()?
             .iter()
-            .filter(|d| deployment.target.matches(&d.id, &d.labels()))
+            .filter(|d| deployment.spec.target.matches(&d.id, &d.labels()))
             .map(|d| {
                 let mut workload = device_workload(d, &deployment.id);
                 let previous = self.stored_desired(&d.id);
-                let computed = desired::for_device(d, &deployments, &resolved, previous.as_ref());
+                let computed = desired::for_device(d, &placements, &resolved, previous.as_ref());
                 if let Some(reason) = computed.unschedulable.get(&deployment.id) {
                     workload.state = super::ServiceState::Unschedulable;
                     workload.error.clone_from(reason);
@@ -176,13 +306,13 @@ impl Fleet {
     ) -> Result<Vec<String>, FleetError> {
         let mut users = Vec::new();
         for deployment in self.all_deployments()? {
-            if deployment.model_id != model_id {
-                continue;
-            }
-            let uses = match version {
-                None => true,
-                Some(v) => self.resolved_version(&deployment) == Some(v),
-            };
+            // Every revision devices may still run or return to counts.
+            let uses = deployment
+                .revisions
+                .iter()
+                .flat_map(|r| &r.models)
+                .any(|m| m.model_id == model_id && version.is_none_or(|v| m.version == v))
+                || (version.is_none() && deployment.spec.model.model_id == model_id);
             if uses {
                 users.push(deployment.id);
             }
@@ -194,4 +324,113 @@ impl Fleet {
 /// Label keys and values follow the tag rules.
 pub(super) fn validate_label(key: &str, value: &str) -> Result<(), FleetError> {
     names::label(key, value).map_err(invalid)
+}
+
+fn decode_deployment(bytes: &[u8]) -> Result<Deployment, FleetError> {
+    decode(bytes, "deployment")
+}
+
+impl Fleet {
+    /// Rewrites deployment records from before rollouts existed in today's shape, pinning
+    /// the version each one runs now. Run once at start, before anything reads them.
+    pub(super) fn upgrade_deployments(&self) -> Result<(), FleetError> {
+        for entry in self.deployments.iter() {
+            let (key, bytes) = entry?;
+            if serde_json::from_slice::<Deployment>(&bytes).is_ok() {
+                continue;
+            }
+            let Ok(old) = serde_json::from_slice::<legacy::Deployment>(&bytes) else {
+                continue; // Reported as damaged where it is read.
+            };
+            let version = self
+                .registry
+                .get(&old.version_ref())
+                .map_or(1, |m| m.version);
+            let deployment = old.upgrade(version);
+            tracing::info!(deployment = %deployment.id, version, "deployment record upgraded");
+            self.deployments.insert(key, encode(&deployment))?;
+        }
+        Ok(())
+    }
+}
+
+/// The record before revisions and rollouts: a deployment ran its resolved version
+/// everywhere at once.
+mod legacy {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use edgeship_domain::{Endpoint, RuntimeKind};
+    use serde::Deserialize;
+
+    use crate::fleet::model::Revision;
+    use crate::fleet::selector::from_equalities;
+    use crate::fleet::spec::{DeploymentSpec, ModelRef, RolloutPolicy, Target, TrafficWeight};
+    use crate::registry::VersionSelector;
+
+    #[derive(Deserialize)]
+    struct OldTarget {
+        device_ids: BTreeSet<String>,
+        label_selector: BTreeMap<String, String>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct Deployment {
+        id: String,
+        model_id: String,
+        version: Option<u32>,
+        runtime: RuntimeKind,
+        endpoint: Endpoint,
+        target: OldTarget,
+        create_time_ms: i64,
+    }
+
+    impl Deployment {
+        pub(super) fn version_ref(&self) -> crate::registry::VersionRef {
+            crate::registry::VersionRef {
+                model_id: self.model_id.clone(),
+                version: self
+                    .version
+                    .map_or(VersionSelector::Latest, VersionSelector::Exact),
+            }
+        }
+
+        /// As if it had been applied with today's defaults; its one revision pins `version`.
+        pub(super) fn upgrade(self, version: u32) -> crate::fleet::Deployment {
+            let spec = DeploymentSpec {
+                name: self.id.clone(),
+                model: ModelRef {
+                    model_id: self.model_id.clone(),
+                    version: self
+                        .version
+                        .map_or(VersionSelector::Latest, VersionSelector::Exact),
+                },
+                runtime: self.runtime,
+                endpoint: self.endpoint.clone(),
+                target: Target {
+                    devices: self.target.device_ids,
+                    selector: from_equalities(&self.target.label_selector),
+                },
+                priority: 0,
+                rollout: RolloutPolicy::default(),
+                traffic: vec![],
+            };
+            crate::fleet::Deployment {
+                id: self.id,
+                spec,
+                create_time_ms: self.create_time_ms,
+                update_time_ms: self.create_time_ms,
+                revisions: vec![Revision {
+                    number: 1,
+                    models: vec![TrafficWeight {
+                        model_id: self.model_id,
+                        version,
+                        weight: 0,
+                    }],
+                    runtime: self.runtime,
+                    endpoint: self.endpoint,
+                    create_time_ms: self.create_time_ms,
+                }],
+            }
+        }
+    }
 }

@@ -1,20 +1,24 @@
-//! Desired-state computation: a pure function of the deployments, one device and the model
-//! versions the deployments resolve to. No storage, no clock: `Fleet` stores and publishes
-//! what this returns, and the table-driven tests below pin the rules.
+//! Desired-state computation: a pure function of the deployments (with their rollouts), one
+//! device and the model versions their revisions pin. No storage, no clock: `Fleet` stores
+//! and publishes what this returns, and the table-driven tests below pin the rules.
 //!
-//! Rules: a device runs every deployment that targets it (by id or label selector); when two
-//! meet on one port the older deployment keeps it; a deployment whose model is gone or has no
-//! runnable ONNX file, or which needs something the device's agent does not offer (read from
-//! its birth), is `Unschedulable` there with the reason and is not sent, so nothing is
-//! downloaded for it.
+//! Rules: a device runs every deployment that targets it (by id or label selector), at the
+//! revision the deployment's rollout gives it (none yet: not there yet); when two meet on one
+//! port the higher priority keeps it, and at equal priority the older; a deployment whose
+//! model version is gone or has no runnable ONNX file, or which needs something the device's
+//! agent does not offer (read from its birth), is `Unschedulable` there with the reason and is
+//! not sent, so nothing is downloaded for it.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use edgeship_domain::{
-    DeployedModel, DesiredState, ModelWorkload, RuntimeOptions, Workload, WorkloadKind,
+    DeployedModel, DesiredState, HealthThresholds, ModelWorkload, RuntimeOptions, Workload,
+    WorkloadKind,
 };
 
-use super::model::{Deployment, Device};
+use super::model::{Deployment, Device, Revision};
+use super::rollout::Rollout;
 use crate::registry::{ModelFile, ModelVersion, OnnxSignature};
 
 /// What one device should run, and which targeting deployments it cannot.
@@ -25,54 +29,80 @@ pub struct DeviceDesired {
     pub unschedulable: BTreeMap<String, String>,
 }
 
-/// The model version each deployment resolves to now (`None`: the model is gone).
-pub type Resolved = HashMap<String, Option<ModelVersion>>;
+/// A deployment with its current rollout (none: every device runs the newest revision).
+#[derive(Debug, Clone, Copy)]
+pub struct Placement<'a> {
+    pub deployment: &'a Deployment,
+    pub rollout: Option<&'a Rollout>,
+}
+
+impl<'a> Placement<'a> {
+    /// The revision `device` runs, if the deployment is on it yet.
+    pub fn revision_for(&self, device: &str) -> Option<&'a Revision> {
+        let number = match self.rollout {
+            Some(rollout) => rollout.revision_for(device)?,
+            None => self.deployment.current()?.number,
+        };
+        self.deployment.revision(number)
+    }
+}
+
+/// The registry's record of every pinned model version (`None`: the version is gone).
+pub type Resolved = HashMap<(String, u32), Option<ModelVersion>>;
 
 /// Computes `device`'s workloads from every deployment. `previous` is what the device was last
 /// asked to run: a deployment that can no longer run there keeps its previous workload, so
-/// the device goes on serving the last version that could (a `latest` deployment whose new
-/// version has no ONNX file, a capability the device stopped announcing), while the
-/// deployment reports the device `Unschedulable` with the reason.
+/// the device goes on serving the last version that could (a capability the device stopped
+/// announcing, say), while the deployment reports the device `Unschedulable` with the reason.
 pub fn for_device(
     device: &Device,
-    deployments: &[Deployment],
+    placements: &[Placement<'_>],
     resolved: &Resolved,
     previous: Option<&DesiredState>,
 ) -> DeviceDesired {
     let labels = device.labels();
-    let mut targeting: Vec<&Deployment> = deployments
+    let mut targeting: Vec<(&Placement<'_>, &Revision)> = placements
         .iter()
-        .filter(|d| d.target.matches(&device.id, &labels))
+        .filter(|p| p.deployment.spec.target.matches(&device.id, &labels))
+        .filter_map(|p| Some((p, p.revision_for(&device.id)?)))
         .collect();
-    // The oldest deployment keeps a contested port (a label change can create overlap).
-    targeting.sort_by_key(|d| (d.create_time_ms, d.id.clone()));
+    // A contested port goes to the higher priority, then to the older deployment (a label
+    // change can create overlap).
+    targeting.sort_by_key(|(p, _)| {
+        let d = p.deployment;
+        (Reverse(d.spec.priority), d.create_time_ms, d.id.clone())
+    });
     let mut desired = DeviceDesired::default();
-    let mut ports: HashMap<u16, &str> = HashMap::new();
-    for deployment in targeting {
-        let port = deployment.endpoint.port;
+    let mut ports: HashMap<u16, &Deployment> = HashMap::new();
+    for (placement, revision) in targeting {
+        let deployment = placement.deployment;
+        let port = revision.endpoint.port;
         if let Some(holder) = ports.get(&port) {
+            let why = if holder.spec.priority > deployment.spec.priority {
+                format!("priority {} is higher", holder.spec.priority)
+            } else {
+                "same priority, created earlier".to_owned()
+            };
             desired.unschedulable.insert(
                 deployment.id.clone(),
-                format!("port {port} on this device is taken by deployment {holder}"),
+                format!(
+                    "port {port} on this device is taken by deployment {} ({why})",
+                    holder.id
+                ),
             );
             continue;
         }
-        let workload = match resolved.get(&deployment.id).and_then(Option::as_ref) {
-            Some(model) => workload(deployment, model),
-            None => Err(format!("model {} does not exist", deployment.model_ref())),
-        };
         // Capabilities are known once the device has announced itself; before that it gets
         // the workload and its agent judges.
-        let workload =
-            workload.and_then(
-                |w| match device.ever_seen() && !device.agent_version.is_empty() {
-                    true => device.capabilities.check(&w).map(|()| w),
-                    false => Ok(w),
-                },
-            );
+        let workload = workload(deployment, revision, resolved).and_then(|w| {
+            match device.ever_seen() && !device.agent_version.is_empty() {
+                true => device.capabilities.check(&w).map(|()| w),
+                false => Ok(w),
+            }
+        });
         match workload {
             Ok(workload) => {
-                ports.insert(port, &deployment.id);
+                ports.insert(port, deployment);
                 desired.workloads.push(workload);
             }
             Err(reason) => {
@@ -80,7 +110,7 @@ pub fn for_device(
                     .and_then(|p| p.workloads.iter().find(|w| w.deployment == deployment.id))
                     .filter(|w| w.endpoint.port == port);
                 if let Some(kept) = kept {
-                    ports.insert(port, &deployment.id);
+                    ports.insert(port, deployment);
                     desired.workloads.push(kept.clone());
                 }
                 desired.unschedulable.insert(deployment.id.clone(), reason);
@@ -90,27 +120,54 @@ pub fn for_device(
     desired
 }
 
-/// The workload a deployment becomes with `model`.
-pub fn workload(deployment: &Deployment, model: &ModelVersion) -> Result<Workload, String> {
-    let (entry, signature) = entry_file(model)?;
+/// The workload `revision` of `deployment` becomes, with the registry's records of its
+/// model versions.
+pub fn workload(
+    deployment: &Deployment,
+    revision: &Revision,
+    resolved: &Resolved,
+) -> Result<Workload, String> {
+    let mut models = Vec::with_capacity(revision.models.len());
+    for pinned in &revision.models {
+        let model = resolved
+            .get(&(pinned.model_id.clone(), pinned.version))
+            .and_then(Option::as_ref)
+            .ok_or_else(|| {
+                format!(
+                    "model {}:{} does not exist",
+                    pinned.model_id, pinned.version
+                )
+            })?;
+        let (entry, signature) = entry_file(model)?;
+        models.push(DeployedModel {
+            model_id: model.model_id.clone(),
+            version: model.version,
+            files: model.files.iter().map(ModelFile::blob_ref).collect(),
+            entry_file: entry.path.clone(),
+            inputs: signature.inputs.clone(),
+            outputs: signature.outputs.clone(),
+            sample_input: model.sample_input.clone(),
+            weight: pinned.weight,
+        });
+    }
+    let gate = &deployment.spec.rollout.health_gate;
+    let health =
+        (gate.max_error_rate.is_some() || gate.max_p99_ms.is_some()).then_some(HealthThresholds {
+            max_error_rate: gate.max_error_rate,
+            max_p99_ms: gate.max_p99_ms,
+            window_seconds: HealthThresholds::DEFAULT_WINDOW_SECONDS,
+            min_requests: HealthThresholds::DEFAULT_MIN_REQUESTS,
+        });
     Ok(Workload {
         deployment: deployment.id.clone(),
-        endpoint: deployment.endpoint.clone(),
+        endpoint: revision.endpoint.clone(),
         kind: WorkloadKind::Model(ModelWorkload {
-            runtime: deployment.runtime,
-            models: vec![DeployedModel {
-                model_id: model.model_id.clone(),
-                version: model.version,
-                files: model.files.iter().map(ModelFile::blob_ref).collect(),
-                entry_file: entry.path.clone(),
-                inputs: signature.inputs.clone(),
-                outputs: signature.outputs.clone(),
-                sample_input: model.sample_input.clone(),
-                weight: 0,
-            }],
+            runtime: revision.runtime,
+            models,
             options: RuntimeOptions::default(),
             entry_module: None,
         }),
+        health,
     })
 }
 
@@ -136,6 +193,9 @@ pub fn entry_file(model: &ModelVersion) -> Result<(&ModelFile, &OnnxSignature), 
 mod tests {
     use super::*;
     use crate::fleet::model::Target;
+    use crate::fleet::selector::Selector;
+    use crate::fleet::spec::{DeploymentSpec, ModelRef, RolloutPolicy, TrafficWeight};
+    use crate::registry::VersionSelector;
     use edgeship_domain::{Dim, ElementType, Endpoint, RuntimeKind, TensorSpec};
     use std::collections::BTreeSet;
 
@@ -173,29 +233,65 @@ mod tests {
         }
     }
 
+    /// A deployment of `m` whose one revision pins `m:1`.
     fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
-        Deployment {
-            id: id.into(),
-            model_id: "m".into(),
-            version: None,
+        let spec = DeploymentSpec {
+            name: id.into(),
+            model: ModelRef {
+                model_id: "m".into(),
+                version: VersionSelector::Latest,
+            },
             runtime: RuntimeKind::Tract,
             endpoint: Endpoint::azureml(port),
             target,
+            priority: 0,
+            rollout: RolloutPolicy::default(),
+            traffic: vec![],
+        };
+        Deployment {
+            id: id.into(),
+            revisions: vec![Revision {
+                number: 1,
+                models: vec![TrafficWeight {
+                    model_id: "m".into(),
+                    version: 1,
+                    weight: 0,
+                }],
+                runtime: RuntimeKind::Tract,
+                endpoint: Endpoint::azureml(port),
+                create_time_ms: created,
+            }],
+            spec,
             create_time_ms: created,
+            update_time_ms: created,
         }
+    }
+
+    /// `deployment` at `m:version`, through a second revision.
+    fn at_version(mut deployment: Deployment, version: u32) -> Deployment {
+        let mut revision = deployment.revisions[0].clone();
+        revision.number = 2;
+        revision.models[0].version = version;
+        deployment.revisions.push(revision);
+        deployment
+    }
+
+    fn prioritized(mut deployment: Deployment, priority: i32) -> Deployment {
+        deployment.spec.priority = priority;
+        deployment
     }
 
     fn by_id(id: &str) -> Target {
         Target {
-            device_ids: BTreeSet::from([id.to_owned()]),
-            ..Target::default()
+            devices: BTreeSet::from([id.to_owned()]),
+            selector: None,
         }
     }
 
     fn by_label(key: &str, value: &str) -> Target {
         Target {
-            label_selector: BTreeMap::from([(key.to_owned(), value.to_owned())]),
-            ..Target::default()
+            devices: BTreeSet::new(),
+            selector: Some(Selector::parse(&format!("{key}={value}")).expect("selector")),
         }
     }
 
@@ -213,10 +309,21 @@ mod tests {
         }
     }
 
-    fn resolved(pairs: &[(&str, Option<ModelVersion>)]) -> Resolved {
+    /// The registry's answer for `m:version` of each pair.
+    fn resolved(pairs: &[(u32, Option<ModelVersion>)]) -> Resolved {
         pairs
             .iter()
-            .map(|(id, m)| ((*id).to_owned(), m.clone()))
+            .map(|(v, m)| (("m".to_owned(), *v), m.clone()))
+            .collect()
+    }
+
+    fn placed(deployments: &[Deployment]) -> Vec<Placement<'_>> {
+        deployments
+            .iter()
+            .map(|deployment| Placement {
+                deployment,
+                rollout: None,
+            })
             .collect()
     }
 
@@ -261,11 +368,8 @@ mod tests {
             id: "d1".into(),
             ..Device::default()
         };
-        let no_opencl = deployment("gpu", 5003, 3, by_id("d1"));
-        let no_opencl = Deployment {
-            runtime: RuntimeKind::Opencl,
-            ..no_opencl
-        };
+        let mut no_opencl = deployment("gpu", 5003, 3, by_id("d1"));
+        no_opencl.revisions[0].runtime = RuntimeKind::Opencl;
         let mut no_onnx = model("m", 4);
         no_onnx.files[0].onnx = None;
         no_onnx.files[0].path = "weights.bin".into();
@@ -275,14 +379,14 @@ mod tests {
                 "a new deployment targeting the device by id",
                 north.clone(),
                 vec![deployment("web", 5001, 1, by_id("d1"))],
-                resolved(&[("web", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec!["web=m:1"],
             ),
             (
-                "a version change follows the resolved version",
+                "a new revision changes the version",
                 north.clone(),
-                vec![deployment("web", 5001, 1, by_id("d1"))],
-                resolved(&[("web", Some(model("m", 2)))]),
+                vec![at_version(deployment("web", 5001, 1, by_id("d1")), 2)],
+                resolved(&[(2, Some(model("m", 2)))]),
                 vec!["web=m:2"],
             ),
             (
@@ -296,14 +400,14 @@ mod tests {
                 "a device in the selector runs the deployment",
                 north.clone(),
                 vec![deployment("web", 5001, 1, by_label("site", "north"))],
-                resolved(&[("web", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec!["web=m:1"],
             ),
             (
                 "a device leaving the selector does not",
                 south.clone(),
                 vec![deployment("web", 5001, 1, by_label("site", "north"))],
-                resolved(&[("web", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec![],
             ),
             (
@@ -313,52 +417,65 @@ mod tests {
                     deployment("new", 5001, 2, by_label("site", "north")),
                     deployment("old", 5001, 1, by_id("d1")),
                 ],
-                resolved(&[("new", Some(model("m", 1))), ("old", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec![
                     "old=m:1",
-                    "new!port 5001 on this device is taken by deployment old",
+                    "new!port 5001 on this device is taken by deployment old (same priority, created earlier)",
+                ],
+            ),
+            (
+                "a higher priority takes a contested port from an older deployment",
+                north.clone(),
+                vec![
+                    prioritized(deployment("new", 5001, 2, by_label("site", "north")), 5),
+                    deployment("old", 5001, 1, by_id("d1")),
+                ],
+                resolved(&[(1, Some(model("m", 1)))]),
+                vec![
+                    "new=m:1",
+                    "old!port 5001 on this device is taken by deployment new (priority 5 is higher)",
                 ],
             ),
             (
                 "a runtime the device lacks is unschedulable before any download",
                 north.clone(),
                 vec![no_opencl.clone()],
-                resolved(&[("gpu", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec!["gpu!runtime opencl is not available on this device (available: tract)"],
             ),
             (
                 "a workload kind the device's agent does not run is unschedulable",
                 containers_only,
                 vec![deployment("web", 5001, 1, by_id("d1"))],
-                resolved(&[("web", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec!["web!this device's agent does not support model workloads"],
             ),
             (
                 "a device never seen gets the workload; its agent judges",
                 never_seen,
                 vec![no_opencl],
-                resolved(&[("gpu", Some(model("m", 1)))]),
+                resolved(&[(1, Some(model("m", 1)))]),
                 vec!["gpu=m:1"],
             ),
             (
                 "a model that is gone is unschedulable",
                 north.clone(),
                 vec![deployment("web", 5001, 1, by_id("d1"))],
-                resolved(&[("web", None)]),
-                vec!["web!model m:latest does not exist"],
+                resolved(&[(1, None)]),
+                vec!["web!model m:1 does not exist"],
             ),
             (
                 "a model without an ONNX file is unschedulable with advice",
                 north,
-                vec![deployment("web", 5001, 1, by_id("d1"))],
-                resolved(&[("web", Some(no_onnx))]),
+                vec![at_version(deployment("web", 5001, 1, by_id("d1")), 4)],
+                resolved(&[(4, Some(no_onnx))]),
                 vec![
                     "web!model m:4 has no ONNX file (files: weights.bin, framework custom); register a version whose model file ends in .onnx",
                 ],
             ),
         ];
         for (case, device, deployments, resolved, expected) in table {
-            let desired = for_device(&device, &deployments, &resolved, None);
+            let desired = for_device(&device, &placed(&deployments), &resolved, None);
             assert_eq!(summary(&desired), expected, "{case}");
         }
     }
@@ -369,8 +486,8 @@ mod tests {
         let web = deployment("web", 5001, 1, by_id("d1"));
         let serving = for_device(
             &device,
-            std::slice::from_ref(&web),
-            &resolved(&[("web", Some(model("m", 1)))]),
+            &placed(std::slice::from_ref(&web)),
+            &resolved(&[(1, Some(model("m", 1)))]),
             None,
         );
         let previous = DesiredState {
@@ -384,8 +501,8 @@ mod tests {
         no_onnx.files[0].onnx = None;
         let next = for_device(
             &device,
-            &[web],
-            &resolved(&[("web", Some(no_onnx))]),
+            &placed(&[at_version(web, 2)]),
+            &resolved(&[(2, Some(no_onnx))]),
             Some(&previous),
         );
         assert_eq!(next.workloads, serving.workloads, "m:1 keeps serving");
@@ -394,8 +511,13 @@ mod tests {
 
     #[test]
     fn the_workload_carries_files_signature_and_endpoint() {
-        let deployment = deployment("web", 5001, 1, by_id("d1"));
-        let workload = workload(&deployment, &model("m", 3)).expect("runnable");
+        let deployment = at_version(deployment("web", 5001, 1, by_id("d1")), 3);
+        let workload = workload(
+            &deployment,
+            &deployment.revisions[1],
+            &resolved(&[(3, Some(model("m", 3)))]),
+        )
+        .expect("runnable");
         assert_eq!(workload.endpoint, Endpoint::azureml(5001));
         let model = workload.as_model().expect("model workload");
         assert_eq!(model.models[0].entry_file, "model.onnx");

@@ -104,6 +104,7 @@ impl Fleet {
         for id in recompute {
             self.reconcile_locked(Some(&id))?;
         }
+        self.nudge.notify_one();
         Ok(())
     }
 

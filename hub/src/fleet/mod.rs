@@ -12,6 +12,10 @@ pub mod deployments;
 pub mod desired;
 pub mod devices;
 pub mod model;
+pub mod rollout;
+pub mod rollouts;
+pub mod selector;
+pub mod spec;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,7 +23,10 @@ use std::sync::{Arc, Mutex};
 use edgeship_domain::DesiredState;
 use tokio::sync::mpsc;
 
+pub use deployments::{Applied, ApplyOptions};
 pub use model::*;
+pub use rollouts::RolloutAction;
+use rollouts::placements;
 
 use crate::blob_server::Entitlements;
 use crate::now_ms;
@@ -51,11 +58,15 @@ pub struct Fleet {
     deployments: sled::Tree,
     devices: sled::Tree,
     desired: sled::Tree,
+    /// Rollout records and history notes, `{deployment}/{revision:020}[.{seq}]`.
+    rollouts: sled::Tree,
     registry: Arc<Registry>,
     outbox: mpsc::UnboundedSender<DesiredState>,
     entitlements: Arc<Entitlements>,
     /// Serializes read-modify-write of device records and generations.
     lock: Mutex<()>,
+    /// Wakes the rollout driver when devices report.
+    nudge: tokio::sync::Notify,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, FleetError> {
@@ -79,12 +90,15 @@ impl Fleet {
             deployments: db.open_tree("deployments")?,
             devices: db.open_tree("devices")?,
             desired: db.open_tree("desired")?,
+            rollouts: db.open_tree("rollouts")?,
             db,
             registry,
             outbox,
             entitlements,
             lock: Mutex::new(()),
+            nudge: tokio::sync::Notify::new(),
         };
+        fleet.upgrade_deployments()?;
         for entry in fleet.desired.iter() {
             let (id, _) = entry?;
             let id = String::from_utf8_lossy(&id).into_owned();
@@ -99,45 +113,41 @@ impl Fleet {
         self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Recomputes desired states after a model registration (for `latest` deployments).
-    pub fn on_model_registered(&self, model_id: &str) -> Result<(), FleetError> {
-        let follows = self
-            .all_deployments()?
-            .iter()
-            .any(|d| d.model_id == model_id && d.version.is_none());
-        if follows {
-            let _guard = self.guard();
-            self.reconcile_locked(None)?;
-        }
-        Ok(())
-    }
-
     /// Recomputes every device's desired state (at start-up and after broad changes).
     pub fn reconcile_all(&self) -> Result<(), FleetError> {
         let _guard = self.guard();
         self.reconcile_locked(None)
     }
 
-    /// The model version each deployment resolves to now.
-    fn resolve_all(&self, deployments: &[Deployment]) -> desired::Resolved {
-        deployments
+    /// The registry's record of every model version a kept revision pins.
+    fn resolve_pins(&self, deployments: &[Deployment]) -> desired::Resolved {
+        let mut resolved = desired::Resolved::new();
+        for model in deployments
             .iter()
-            .map(|d| (d.id.clone(), self.resolve(d)))
-            .collect()
-    }
-
-    fn resolve(&self, deployment: &Deployment) -> Option<registry::ModelVersion> {
-        self.registry
-            .get(&VersionRef {
-                model_id: deployment.model_id.clone(),
-                version: deployment.version_selector(),
-            })
-            .ok()
+            .flat_map(|d| &d.revisions)
+            .flat_map(|r| &r.models)
+        {
+            let key = (model.model_id.clone(), model.version);
+            if resolved.contains_key(&key) {
+                continue;
+            }
+            let found = self
+                .registry
+                .get(&VersionRef {
+                    model_id: model.model_id.clone(),
+                    version: registry::VersionSelector::Exact(model.version),
+                })
+                .ok();
+            resolved.insert(key, found);
+        }
+        resolved
     }
 
     fn reconcile_locked(&self, only: Option<&str>) -> Result<(), FleetError> {
         let deployments = self.all_deployments()?;
-        let resolved = self.resolve_all(&deployments);
+        let rollouts = self.current_rollouts(&deployments)?;
+        let placements = placements(&deployments, &rollouts);
+        let resolved = self.resolve_pins(&deployments);
         let devices = match only {
             Some(id) => self.device(id)?.into_iter().collect(),
             None => self.all_devices()?,
@@ -145,7 +155,7 @@ impl Fleet {
         let mut changed = Vec::new();
         for mut device in devices {
             let previous = self.stored_desired(&device.id);
-            let computed = desired::for_device(&device, &deployments, &resolved, previous.as_ref());
+            let computed = desired::for_device(&device, &placements, &resolved, previous.as_ref());
             for (deployment, reason) in &computed.unschedulable {
                 tracing::debug!(device = %device.id, %deployment, %reason, "deployment unschedulable on device");
             }

@@ -1,57 +1,88 @@
 //! Domain types of deployments and devices, and the pure rules over them: which devices a
 //! deployment targets, and how per-device states add up to a deployment's state.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 pub use edgeship_domain::ServiceState;
 use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
+use super::spec::{DeploymentSpec, TrafficWeight};
 use crate::registry::VersionSelector;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Target {
-    pub device_ids: BTreeSet<String>,
-    pub label_selector: BTreeMap<String, String>,
-}
+pub use super::spec::Target;
 
-impl Target {
-    pub fn is_empty(&self) -> bool {
-        self.device_ids.is_empty() && self.label_selector.is_empty()
-    }
-
-    /// A device is targeted when it is named, or when its labels include the whole selector.
-    pub fn matches(&self, device_id: &str, labels: &BTreeMap<String, String>) -> bool {
-        self.device_ids.contains(device_id)
-            || (!self.label_selector.is_empty()
-                && self
-                    .label_selector
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v)))
-    }
-}
-
-/// A deployment as stored: what to run where.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployment {
-    pub id: String,
-    pub model_id: String,
-    /// `None` follows the latest version (continuous deployment).
-    pub version: Option<u32>,
+/// What devices run for one revision of a deployment: the model versions it pinned (with
+/// their weights in a traffic split), the runtime and the endpoint. Changing any of them makes
+/// a new revision, which devices reach through a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    pub number: u64,
+    /// One entry with weight 0, or the versions of a split with their weights.
+    pub models: Vec<TrafficWeight>,
     pub runtime: RuntimeKind,
     pub endpoint: Endpoint,
-    pub target: Target,
     pub create_time_ms: i64,
 }
 
+impl Revision {
+    /// Whether `other` asks devices for the same thing (the number and time aside).
+    pub fn same_workload(&self, other: &Revision) -> bool {
+        self.models == other.models
+            && self.runtime == other.runtime
+            && self.endpoint == other.endpoint
+    }
+
+    /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`.
+    pub fn describe(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| match m.weight {
+                0 => format!("{}:{}", m.model_id, m.version),
+                w => format!("{}:{} ({w}%)", m.model_id, m.version),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The model versions as agents report them (`desired_model`): `a:1, a:2`.
+    pub fn model_list(&self) -> String {
+        self.models
+            .iter()
+            .map(|m| format!("{}:{}", m.model_id, m.version))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// A deployment as stored: the spec last applied, and the revisions devices may run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub spec: DeploymentSpec,
+    pub create_time_ms: i64,
+    pub update_time_ms: i64,
+    /// The newest last: the current rollout's target, its origin, and a few before them for
+    /// rollbacks.
+    pub revisions: Vec<Revision>,
+}
+
 impl Deployment {
-    pub fn version_selector(&self) -> VersionSelector {
-        self.version
-            .map_or(VersionSelector::Latest, VersionSelector::Exact)
+    pub fn current(&self) -> Option<&Revision> {
+        self.revisions.last()
+    }
+
+    pub fn revision(&self, number: u64) -> Option<&Revision> {
+        self.revisions.iter().find(|r| r.number == number)
     }
 
     pub fn model_ref(&self) -> String {
-        format!("{}:{}", self.model_id, self.version_selector())
+        self.spec.model.to_string()
+    }
+
+    /// Whether new registrations of the model reach this deployment (continuous deployment).
+    pub fn follows_latest(&self) -> bool {
+        self.spec.traffic.is_empty() && self.spec.model.version == VersionSelector::Latest
     }
 }
 
@@ -130,31 +161,6 @@ pub fn aggregate(devices: &[DeviceWorkload]) -> ServiceState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn targets_match_by_id_or_by_every_selector_label() {
-        let labels = BTreeMap::from([("site".into(), "north".into()), ("gpu".into(), "no".into())]);
-        let by_id = Target {
-            device_ids: ["d1".to_string()].into(),
-            ..Target::default()
-        };
-        assert!(by_id.matches("d1", &BTreeMap::new()));
-        assert!(!by_id.matches("d2", &labels));
-        let by_label = Target {
-            label_selector: [("site".to_string(), "north".to_string())].into(),
-            ..Target::default()
-        };
-        assert!(by_label.matches("d2", &labels));
-        let stricter = Target {
-            label_selector: [
-                ("site".into(), "north".into()),
-                ("gpu".into(), "yes".into()),
-            ]
-            .into(),
-            ..Target::default()
-        };
-        assert!(!stricter.matches("d2", &labels));
-    }
 
     #[test]
     fn the_worst_device_state_is_the_deployments_state() {

@@ -61,7 +61,8 @@ impl ModelFile {
 }
 
 /// Which version of a model a request means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum VersionSelector {
     Exact(u32),
     Latest,

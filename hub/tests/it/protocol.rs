@@ -100,6 +100,7 @@ fn wire_workload(
             }],
             ..Default::default()
         })),
+        health: None,
     }
 }
 
@@ -340,7 +341,7 @@ async fn deployment_requests_are_checked_and_models_in_use_cannot_be_deleted() {
     refused(
         deploy(&url, "web", "diabetes:1", 8080, &[]).await,
         tonic::Code::InvalidArgument,
-        "the target is empty",
+        "target: is empty",
     );
     refused(
         deploy(&url, "web", "diabetes:1", 0, &["d1"]).await,

@@ -7,7 +7,9 @@ use edgeship_proto::v1 as pb;
 use super::WireError;
 use crate::capabilities::{Capabilities, OpenClDevice};
 use crate::names;
-use crate::report::{Birth, EndpointMetrics, ReportedState, ServiceState, WorkloadStatus};
+use crate::report::{
+    Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
+};
 
 impl From<&Capabilities> for pb::Capabilities {
     fn from(c: &Capabilities) -> Self {
@@ -115,11 +117,64 @@ impl From<&WorkloadStatus> for pb::WorkloadStatus {
             serving_model: status.serving_model.clone(),
             desired_model: status.desired_model.clone(),
             port: u32::from(status.port),
-            metrics: Some(pb::EndpointMetrics {
-                requests: status.metrics.requests,
-                errors: status.metrics.errors,
-                mean_latency_ms: status.metrics.mean_latency_ms,
-            }),
+            metrics: Some(pb::EndpointMetrics::from(&status.metrics)),
+        }
+    }
+}
+
+impl From<&EndpointMetrics> for pb::EndpointMetrics {
+    fn from(m: &EndpointMetrics) -> Self {
+        pb::EndpointMetrics {
+            requests: m.requests,
+            errors: m.errors,
+            mean_latency_ms: m.mean_latency_ms,
+            window_seconds: m.window_seconds,
+            window_requests: m.window_requests,
+            window_errors: m.window_errors,
+            p50_ms: m.p50_ms,
+            p99_ms: m.p99_ms,
+            versions: m
+                .versions
+                .iter()
+                .map(|v| pb::VersionMetrics {
+                    model: v.model.clone(),
+                    requests: v.requests,
+                    errors: v.errors,
+                    window_requests: v.window_requests,
+                    window_errors: v.window_errors,
+                    p99_ms: v.p99_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Figures a device sends are shown and compared, never trusted as counts of anything: a
+/// non-finite latency becomes 0 and a window cannot hold more errors than requests.
+impl From<pb::EndpointMetrics> for EndpointMetrics {
+    fn from(m: pb::EndpointMetrics) -> Self {
+        let finite = |v: f64| if v.is_finite() && v >= 0.0 { v } else { 0.0 };
+        EndpointMetrics {
+            requests: m.requests,
+            errors: m.errors.min(m.requests),
+            mean_latency_ms: finite(m.mean_latency_ms),
+            window_seconds: m.window_seconds,
+            window_requests: m.window_requests,
+            window_errors: m.window_errors.min(m.window_requests),
+            p50_ms: finite(m.p50_ms),
+            p99_ms: finite(m.p99_ms),
+            versions: m
+                .versions
+                .into_iter()
+                .map(|v| VersionMetrics {
+                    model: v.model,
+                    requests: v.requests,
+                    errors: v.errors.min(v.requests),
+                    window_requests: v.window_requests,
+                    window_errors: v.window_errors.min(v.window_requests),
+                    p99_ms: finite(v.p99_ms),
+                })
+                .collect(),
         }
     }
 }
@@ -134,11 +189,7 @@ impl From<pb::WorkloadStatus> for WorkloadStatus {
             serving_model: status.serving_model,
             desired_model: status.desired_model,
             port: u16::try_from(status.port).unwrap_or(0),
-            metrics: EndpointMetrics {
-                requests: metrics.requests,
-                errors: metrics.errors,
-                mean_latency_ms: metrics.mean_latency_ms,
-            },
+            metrics: EndpointMetrics::from(metrics),
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::names;
 use crate::signature::TensorSpec;
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
-    ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+    HealthThresholds, ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions,
+    Workload, WorkloadKind,
 };
 
 impl From<&BlobRef> for pb::BlobRef {
@@ -298,7 +299,42 @@ impl From<&Workload> for pb::Workload {
                     pb::workload::Kind::Container(container.into())
                 }
             }),
+            health: workload.health.map(|h| pb::HealthThresholds {
+                max_error_rate: h.max_error_rate,
+                max_p99_ms: h.max_p99_ms,
+                window_seconds: h.window_seconds,
+                min_requests: h.min_requests,
+            }),
         }
+    }
+}
+
+/// Zero means "not set" on the wire.
+fn limit(value: Option<f64>, what: &str) -> Result<Option<f64>, WireError> {
+    match value {
+        Some(v) if !(v.is_finite() && v >= 0.0) => Err(WireError::Invalid(format!(
+            "health {what} {v} is not a number from 0"
+        ))),
+        other => Ok(other),
+    }
+}
+
+impl TryFrom<pb::HealthThresholds> for HealthThresholds {
+    type Error = WireError;
+
+    fn try_from(h: pb::HealthThresholds) -> Result<Self, WireError> {
+        Ok(HealthThresholds {
+            max_error_rate: limit(h.max_error_rate, "max_error_rate")?,
+            max_p99_ms: limit(h.max_p99_ms, "max_p99_ms")?,
+            window_seconds: match h.window_seconds {
+                0 => HealthThresholds::DEFAULT_WINDOW_SECONDS,
+                n => n.min(3600),
+            },
+            min_requests: match h.min_requests {
+                0 => HealthThresholds::DEFAULT_MIN_REQUESTS,
+                n => n,
+            },
+        })
     }
 }
 
@@ -327,6 +363,7 @@ impl TryFrom<pb::Workload> for Workload {
             deployment: workload.deployment,
             endpoint: endpoint.try_into()?,
             kind,
+            health: workload.health.map(TryInto::try_into).transpose()?,
         })
     }
 }
@@ -406,7 +443,37 @@ mod tests {
                 }],
                 ..Default::default()
             })),
+            health: None,
         }
+    }
+
+    #[test]
+    fn health_thresholds_cross_the_wire_with_defaults_and_are_checked() {
+        let mut wire = wire_workload();
+        wire.health = Some(pb::HealthThresholds {
+            max_p99_ms: Some(50.0),
+            ..Default::default()
+        });
+        let workload = Workload::try_from(wire.clone()).expect("valid");
+        assert_eq!(
+            workload.health,
+            Some(HealthThresholds {
+                max_error_rate: None,
+                max_p99_ms: Some(50.0),
+                window_seconds: HealthThresholds::DEFAULT_WINDOW_SECONDS,
+                min_requests: HealthThresholds::DEFAULT_MIN_REQUESTS,
+            })
+        );
+        assert_eq!(
+            Workload::try_from(pb::Workload::from(&workload)),
+            Ok(workload)
+        );
+        wire.health = Some(pb::HealthThresholds {
+            max_error_rate: Some(f64::NAN),
+            ..Default::default()
+        });
+        let err = Workload::try_from(wire).expect_err("NaN is no threshold");
+        assert!(err.to_string().contains("max_error_rate"), "{err}");
     }
 
     #[test]

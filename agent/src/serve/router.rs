@@ -1,0 +1,384 @@
+//! Traffic split behind one endpoint: the loaded versions ([`Backend`]s), their weights, and
+//! which version answers a request. Each version also keeps its own counters and sliding
+//! window, because a split is judged per version (the report's `versions`) and as a whole (the
+//! health gate).
+//!
+//! Design: a [`Routes`] table never changes once built. New weights (or a new health window)
+//! build a new table around the same `Arc<Backend>`s and the endpoint swaps the table's `Arc`:
+//! nothing is loaded again, no listener restarts, and a request in flight finishes on the
+//! version it was routed to.
+//!
+//! Choosing a version: the weights are laid end to end over `[0, total)` (90/10 is `[0, 90)`
+//! and `[90, 100)`), and a request picks the version whose range holds its point. A request
+//! with a routing key takes the key's hash as its point, so the same key lands on the same
+//! version for as long as the weights stay, on every device (the hash is defined here, not by
+//! std, so no restart or toolchain changes it). When the weights move, only the keys in the
+//! part of the line that changed hands move: 90/10 → 80/20 sends the keys in `[80, 90)` to the
+//! second version and leaves every other key where it was. A request without a key takes the
+//! next point of a golden-ratio sequence over a counter: exact shares in the long run, spread
+//! evenly (no run of one version), and no lock or random source on the request path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use edgeship_domain::{HealthThresholds, VersionMetrics};
+
+use super::Scorer;
+use super::window::{SlidingWindow, Thresholds, WindowSnapshot, breach, combined};
+
+/// The request header whose value pins a caller to one version of a split.
+pub const ROUTING_KEY_HEADER: &str = "x-edgeship-routing-key";
+/// The response header naming the version that answered (`model:version`).
+pub const MODEL_HEADER: &str = "x-edgeship-model";
+
+/// How long the window of a workload with this health gate is: the gate's, else the default
+/// (the report carries windowed figures with or without a gate).
+pub fn window_length(health: Option<&HealthThresholds>) -> Duration {
+    let seconds = health.map_or(HealthThresholds::DEFAULT_WINDOW_SECONDS, |h| {
+        h.window_seconds
+    });
+    // `SlidingWindow` raises shorter windows to a second; doing it here too keeps the length
+    // comparable with what a window reports, so an unchanged gate never restarts a window.
+    Duration::from_secs(u64::from(seconds.max(1)))
+}
+
+/// One loaded, self-tested version behind an endpoint, with what it has served.
+#[derive(Debug)]
+pub struct Backend {
+    scorer: Arc<dyn Scorer>,
+    requests: AtomicU64,
+    errors: AtomicU64,
+    /// Replaced (not cleared in place) when the gate's window length changes: figures over
+    /// the old length would not mean what the new gate asks.
+    window: RwLock<Arc<SlidingWindow>>,
+}
+
+impl Backend {
+    pub fn new(scorer: Arc<dyn Scorer>, window: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            scorer,
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            window: RwLock::new(Arc::new(SlidingWindow::new(window))),
+        })
+    }
+
+    pub fn scorer(&self) -> &Arc<dyn Scorer> {
+        &self.scorer
+    }
+
+    /// `model:version`.
+    pub fn model_ref(&self) -> &str {
+        self.scorer.model_ref()
+    }
+
+    /// Counts one scoring request that finished at `at`.
+    pub fn record(&self, at: Instant, latency: Duration, ok: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.window().record(at, latency, ok);
+    }
+
+    fn window(&self) -> Arc<SlidingWindow> {
+        Arc::clone(&self.window.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Starts a new, empty window if `length` differs from the current one.
+    pub fn resize_window(&self, length: Duration) {
+        let mut window = self.window.write().unwrap_or_else(PoisonError::into_inner);
+        if window.window() != length {
+            *window = Arc::new(SlidingWindow::new(length));
+        }
+    }
+
+    /// Requests and errors since this version was loaded, and its window at `at`.
+    pub fn metrics(&self, at: Instant) -> VersionMetrics {
+        let window = self.window().snapshot(at);
+        VersionMetrics {
+            model: self.model_ref().to_owned(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            window_requests: window.requests,
+            window_errors: window.errors,
+            p99_ms: window.p99_ms,
+        }
+    }
+}
+
+/// An endpoint's routing table: its versions in the workload's order, with their weights.
+#[derive(Debug)]
+pub struct Routes {
+    backends: Vec<Arc<Backend>>,
+    weights: Vec<u32>,
+    /// Where each version's range ends on `[0, total)`; a zero weight gets an empty range.
+    ends: Vec<u64>,
+    total: u64,
+    /// Requests without a routing key taken so far (the golden-ratio sequence's index).
+    next: AtomicU64,
+}
+
+/// 2^64 / φ: successive multiples, read as fractions of 2^64, fill `[0, 1)` as evenly as any
+/// sequence can (a Weyl sequence with the golden ratio).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+impl Routes {
+    /// A table over `entries` (weight, version), in order; `None` when there are none. Weights
+    /// are relative shares: the hub sends ones that add up to 100 (or 0 for a single model),
+    /// and if all are 0 the versions share equally.
+    pub fn new(entries: Vec<(u32, Arc<Backend>)>) -> Option<Self> {
+        if entries.is_empty() {
+            return None;
+        }
+        let (weights, backends): (Vec<u32>, Vec<Arc<Backend>>) = entries.into_iter().unzip();
+        let shares: Vec<u64> = if weights.iter().all(|&w| w == 0) {
+            vec![1; weights.len()]
+        } else {
+            weights.iter().map(|&w| u64::from(w)).collect()
+        };
+        let ends: Vec<u64> = shares
+            .iter()
+            .scan(0, |end, share| {
+                *end += share;
+                Some(*end)
+            })
+            .collect();
+        let total = ends.last().copied().unwrap_or(1);
+        Some(Self {
+            backends,
+            weights,
+            ends,
+            total,
+            next: AtomicU64::new(0),
+        })
+    }
+
+    /// One version and no split.
+    pub fn single(backend: Arc<Backend>) -> Self {
+        Self {
+            backends: vec![backend],
+            weights: vec![0],
+            ends: vec![1],
+            total: 1,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// The same versions with new weights (one per version, in order); `None` when the count
+    /// differs. Nothing is loaded: the versions are shared with this table.
+    pub fn reweighted(&self, weights: &[u32]) -> Option<Self> {
+        if weights.len() != self.backends.len() {
+            return None;
+        }
+        Self::new(
+            weights
+                .iter()
+                .copied()
+                .zip(self.backends.iter().cloned())
+                .collect(),
+        )
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
+    /// The version that answers a request with this routing key (or none).
+    pub fn pick(&self, key: Option<&[u8]>) -> &Arc<Backend> {
+        let point = match key {
+            Some(key) => scale(hash(key), self.total),
+            None => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                scale(n.wrapping_mul(GOLDEN), self.total)
+            }
+        };
+        let index = self.ends.partition_point(|&end| end <= point);
+        &self.backends[index.min(self.backends.len() - 1)]
+    }
+
+    /// The version generated documents describe: the heaviest (the first among equals).
+    pub fn primary(&self) -> &Arc<Backend> {
+        let heaviest = (0..self.backends.len())
+            .rev()
+            .max_by_key(|&i| self.ends[i] - i.checked_sub(1).map_or(0, |p| self.ends[p]))
+            .unwrap_or(0);
+        &self.backends[heaviest]
+    }
+
+    /// The length of the versions' windows (they all share the workload's).
+    pub fn window_length(&self) -> Duration {
+        self.backends[0].window().window()
+    }
+
+    /// All versions' windows as one, at `at`.
+    pub fn snapshot(&self, at: Instant) -> WindowSnapshot {
+        let windows: Vec<Arc<SlidingWindow>> = self.backends.iter().map(|b| b.window()).collect();
+        let refs: Vec<&SlidingWindow> = windows.iter().map(Arc::as_ref).collect();
+        combined(&refs, at)
+    }
+}
+
+/// Why the window breaches the workload's health gate, if it does; never without a gate.
+pub fn verdict(
+    snapshot: &WindowSnapshot,
+    health: Option<&HealthThresholds>,
+    window: Duration,
+) -> Option<String> {
+    let health = health?;
+    let thresholds = Thresholds {
+        max_error_rate: health.max_error_rate,
+        max_p99_ms: health.max_p99_ms,
+        min_requests: u64::from(health.min_requests),
+    };
+    breach(snapshot, &thresholds, window)
+}
+
+/// FNV-1a over the key, then a 64-bit finalizer (MurmurHash3's): FNV alone leaves the high
+/// bits, which [`scale`] reads, poorly mixed for short keys that differ in their last byte.
+fn hash(key: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in key {
+        h ^= u64::from(byte);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// Maps `x` from `[0, 2^64)` onto `[0, total)` by its high bits (no modulo bias).
+fn scale(x: u64, total: u64) -> u64 {
+    ((u128::from(x) * u128::from(total)) >> 64) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::fake::backend;
+
+    fn split(weights: &[(u32, &str)]) -> Routes {
+        Routes::new(weights.iter().map(|&(w, n)| (w, backend(n))).collect()).expect("versions")
+    }
+
+    /// How many of `n` picks went to the first version.
+    fn first_share(routes: &Routes, n: usize, key: impl Fn(usize) -> Option<String>) -> usize {
+        let first = routes.backends()[0].model_ref().to_owned();
+        (0..n)
+            .filter(|&i| {
+                let key = key(i);
+                routes.pick(key.as_deref().map(str::as_bytes)).model_ref() == first
+            })
+            .count()
+    }
+
+    #[test]
+    fn ten_thousand_keys_split_ninety_ten_within_statistical_tolerance() {
+        let routes = split(&[(90, "m:1"), (10, "m:2")]);
+        let hits = first_share(&routes, 10_000, |i| Some(format!("user-{i}")));
+        // Binomial(10 000, 0.9): σ = 30; ±5σ is a failure only a broken hash would produce.
+        assert!((8_850..=9_150).contains(&hits), "{hits} of 10 000 to m:1");
+    }
+
+    #[test]
+    fn requests_without_a_key_follow_the_weights_evenly() {
+        let routes = split(&[(90, "m:1"), (10, "m:2")]);
+        let hits = first_share(&routes, 10_000, |_| None);
+        assert!((8_990..=9_010).contains(&hits), "{hits} of 10 000 to m:1");
+        // Evenly spread: every 20 consecutive requests reach the small version once or more.
+        let routes = split(&[(90, "m:1"), (10, "m:2")]);
+        let picks: Vec<bool> = (0..1000)
+            .map(|_| routes.pick(None).model_ref() == "m:2")
+            .collect();
+        assert!(picks.windows(20).all(|w| w.contains(&true)));
+    }
+
+    #[test]
+    fn a_key_always_reaches_the_same_version_and_moves_only_as_far_as_the_weights_do() {
+        let routes = split(&[(90, "m:1"), (10, "m:2")]);
+        let again = split(&[(90, "m:1"), (10, "m:2")]);
+        let moved = routes.reweighted(&[80, 20]).expect("same versions");
+        let mut moved_keys = 0;
+        for i in 0..2000 {
+            let key = format!("session-{i}");
+            let key = Some(key.as_bytes());
+            let first = routes.pick(key).model_ref();
+            assert_eq!(first, routes.pick(key).model_ref(), "sticky within a table");
+            assert_eq!(first, again.pick(key).model_ref(), "sticky across tables");
+            let now = moved.pick(key).model_ref();
+            if now != first {
+                assert_eq!(
+                    (first, now),
+                    ("m:1", "m:2"),
+                    "keys only move to the grown side"
+                );
+                moved_keys += 1;
+            }
+        }
+        // A tenth of the keys changed hands (σ ≈ 13).
+        assert!((130..=270).contains(&moved_keys), "{moved_keys} moved");
+    }
+
+    #[test]
+    fn reweighting_shares_the_loaded_versions_and_checks_the_count() {
+        let routes = split(&[(50, "m:1"), (50, "m:2")]);
+        let moved = routes.reweighted(&[100, 0]).expect("same count");
+        for (a, b) in routes.backends().iter().zip(moved.backends()) {
+            assert!(Arc::ptr_eq(a, b), "the same loaded version");
+        }
+        assert_eq!(first_share(&moved, 500, |_| None), 500, "0% gets nothing");
+        assert!(routes.reweighted(&[100]).is_none());
+        assert_eq!(moved.weights(), [100, 0]);
+    }
+
+    #[test]
+    fn odd_weights_never_fail_a_request() {
+        assert!(Routes::new(vec![]).is_none());
+        let single = Routes::single(backend("m:1"));
+        assert_eq!(single.pick(Some(b"k")).model_ref(), "m:1");
+        let equal = split(&[(0, "m:1"), (0, "m:2")]);
+        let hits = first_share(&equal, 1000, |_| None);
+        assert!(
+            (490..=510).contains(&hits),
+            "all-zero weights share equally: {hits}"
+        );
+        let lopsided = split(&[(0, "m:1"), (7, "m:2"), (0, "m:3")]);
+        assert_eq!(first_share(&lopsided, 100, |i| Some(i.to_string())), 0);
+        assert_eq!(lopsided.primary().model_ref(), "m:2");
+        assert_eq!(
+            split(&[(30, "a:1"), (70, "a:2")]).primary().model_ref(),
+            "a:2"
+        );
+        assert_eq!(
+            split(&[(50, "a:1"), (50, "a:2")]).primary().model_ref(),
+            "a:1"
+        );
+    }
+
+    #[test]
+    fn the_window_follows_the_gate_and_a_changed_length_starts_afresh() {
+        let gate = HealthThresholds {
+            max_error_rate: Some(0.1),
+            max_p99_ms: None,
+            window_seconds: 60,
+            min_requests: 1,
+        };
+        assert_eq!(window_length(None), Duration::from_secs(30));
+        assert_eq!(window_length(Some(&gate)), Duration::from_secs(60));
+        let b = backend("m:1");
+        let at = Instant::now();
+        b.record(at, Duration::from_millis(3), false);
+        b.resize_window(Duration::from_secs(30));
+        assert_eq!(b.metrics(at).window_requests, 1, "same length: kept");
+        b.resize_window(Duration::from_secs(60));
+        let m = b.metrics(at);
+        assert_eq!((m.requests, m.errors, m.window_requests), (1, 1, 0));
+    }
+}
