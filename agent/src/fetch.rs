@@ -24,6 +24,9 @@ const FETCH_STALL: Duration = Duration::from_secs(3);
 /// A resumed download takes chunks still queued from before the restart until none has come
 /// for this long.
 const RESUME_GRACE: Duration = Duration::from_millis(300);
+/// A download from the start first listens for a broadcast this long before asking for
+/// chunks itself (also when a broadcast stops before the file is complete).
+const BROADCAST_WAIT: Duration = Duration::from_secs(2);
 /// Give up (for now: the driver retries) after this long without any progress.
 const FETCH_GIVE_UP: Duration = Duration::from_secs(60);
 /// Whole-file verification failures before the download counts as corrupt for good.
@@ -38,6 +41,8 @@ pub struct Chunk {
     /// Set when the hub refused the request.
     pub error: String,
     pub chunk_sha256: String,
+    /// It came on the blob's broadcast topic, not the device's own.
+    pub broadcast: bool,
     /// Acknowledges the chunk to the broker when dropped: once the download has written it
     /// or let it go. Until then a killed agent gets it again from its persistent session.
     pub ack: Option<AckToken>,
@@ -130,14 +135,41 @@ impl Fetcher {
                 }
             }
         }
-        // A resumed download starts with one request and widens once data flows, so chunks
-        // still queued for us from before a restart are not all requested twice.
-        let mut window = if partial.offset() > 0 {
-            1
+        // A download from the start joins the blob's broadcast: it asks for the first chunk
+        // saying it listens, then takes what the broadcast brings, and asks for chunks
+        // itself only once the hub answers on the device's own topic or the broadcast goes
+        // quiet. A resumed download starts with one request and widens once data flows, so
+        // chunks still queued for us from before a restart are not all requested twice.
+        let joined = partial.offset() == 0;
+        let (window, next_request) = if joined {
+            self.sender
+                .join_broadcast(&digest, CHUNK_SIZE.min(size))
+                .await;
+            (FETCH_WINDOW, CHUNK_SIZE.min(size))
         } else {
-            FETCH_WINDOW
+            (1, partial.offset())
         };
-        let mut next_request = partial.offset();
+        let result = self
+            .transfer(partial, generation, chunks, joined, window, next_request)
+            .await;
+        if joined {
+            self.sender.leave_broadcast(&digest).await;
+        }
+        result
+    }
+
+    /// Requests and takes chunks until the file is complete (see `download`).
+    async fn transfer(
+        &self,
+        partial: &mut PartialBlob,
+        generation: u64,
+        chunks: &mut mpsc::Receiver<Chunk>,
+        mut listening: bool,
+        mut window: u64,
+        mut next_request: u64,
+    ) -> Result<(), FetchError> {
+        let size = partial.size();
+        let digest = partial.digest().to_owned();
         let mut last_progress = Instant::now();
         let mut reset_at: Option<u64> = None;
         // Wakes the loop when a newer desired state arrives (a clone starts with the
@@ -145,7 +177,11 @@ impl Fetcher {
         let mut newest = self.newest.clone();
         newest.borrow_and_update();
         while !partial.is_complete() {
-            while next_request < size && next_request < partial.offset() + window * CHUNK_SIZE {
+            // While listening to a broadcast, ask for nothing: the hub sends it all.
+            while !listening
+                && next_request < size
+                && next_request < partial.offset() + window * CHUNK_SIZE
+            {
                 // With the broker gone the client's queue fills and stops taking requests; a
                 // request that cannot be queued counts as a stall, so the give-up timer runs.
                 let request = self.sender.request_blob(
@@ -161,14 +197,32 @@ impl Fetcher {
             if self.superseded(generation) {
                 return Err(FetchError::Superseded);
             }
+            // A late joiner sees the rest of a round go by and waits for the next one; a
+            // broadcast that brings nothing usable for long is given up on.
+            if listening && last_progress.elapsed() > BROADCAST_WAIT * 4 {
+                listening = false;
+                next_request = partial.offset();
+                continue;
+            }
+            let wait = if listening {
+                BROADCAST_WAIT
+            } else {
+                FETCH_STALL
+            };
             let next = tokio::select! {
-                next = tokio::time::timeout(FETCH_STALL, chunks.recv()) => next,
+                next = tokio::time::timeout(wait, chunks.recv()) => next,
                 // Wake up for a newer desired state even while no chunk arrives.
                 _ = newest.changed() => continue,
             };
             let chunk = match next {
                 Ok(Some(chunk)) => chunk,
                 Ok(None) => return Err(FetchError::Transient("the broker link closed".into())),
+                Err(_) if listening => {
+                    tracing::debug!(%digest, offset = partial.offset(), "no broadcast; fetching chunk by chunk");
+                    listening = false;
+                    next_request = partial.offset();
+                    continue;
+                }
                 Err(_) => {
                     if last_progress.elapsed() > FETCH_GIVE_UP {
                         return Err(FetchError::Transient(format!(
@@ -183,6 +237,10 @@ impl Fetcher {
             };
             if chunk.sha256 != digest {
                 continue;
+            }
+            if listening && !chunk.broadcast {
+                // The hub answered on our own topic: it does not broadcast this blob.
+                listening = false;
             }
             if !chunk.error.is_empty() {
                 // The hub refuses a blob outside the device's desired state; right after a

@@ -52,10 +52,38 @@ impl LinkSender {
     /// Asks the hub for one chunk. Waits while the client's queue is full: downloads are
     /// paced by the link.
     pub async fn request_blob(&self, sha256: &str, offset: u64, length: u64) {
+        self.send_blob_request(sha256, offset, length, false).await;
+    }
+
+    /// Listens on the blob's broadcast topic, then asks for its first chunk saying so: the
+    /// hub may answer by broadcasting the whole blob to every device that asked.
+    pub async fn join_broadcast(&self, sha256: &str, length: u64) {
+        // The broker handles a client's packets in order: the subscription is in place
+        // before the hub can see the request.
+        if let Err(err) = self
+            .client
+            .subscribe(topics::blob_broadcast(sha256), QoS::AtLeastOnce)
+            .await
+        {
+            tracing::debug!(error = %err, "broadcast subscription dropped");
+        }
+        self.send_blob_request(sha256, 0, length, true).await;
+    }
+
+    /// Stops listening on the blob's broadcast topic.
+    pub async fn leave_broadcast(&self, sha256: &str) {
+        let _ = self
+            .client
+            .unsubscribe(topics::blob_broadcast(sha256))
+            .await;
+    }
+
+    async fn send_blob_request(&self, sha256: &str, offset: u64, length: u64, broadcast: bool) {
         let request = pb::BlobRequest {
             sha256: sha256.to_owned(),
             offset,
             length,
+            broadcast,
         };
         let topic = topics::device(&self.device_id, DeviceTopic::BlobRequest);
         if let Err(err) = self
@@ -209,6 +237,10 @@ impl Inbound {
     /// Hands a message on; `ack` acknowledges it when dropped (at once, except for a chunk,
     /// which goes with it to the download).
     fn deliver(&self, topic: &str, payload: &[u8], ack: Option<AckToken>) {
+        if let Some(digest) = topics::parse_blob_broadcast(topic) {
+            self.chunk(payload, ack, Some(digest));
+            return;
+        }
         match topics::parse(topic) {
             Some((id, DeviceTopic::Desired)) if id == self.device_id => {
                 let desired = match pb::DesiredState::decode(payload) {
@@ -231,23 +263,35 @@ impl Inbound {
                 }
             }
             Some((id, DeviceTopic::BlobResponse)) if id == self.device_id => {
-                match pb::BlobChunk::decode(payload) {
-                    Ok(chunk) => {
-                        // A full queue means a stalled fetch; dropping is safe (the fetch
-                        // re-requests what it misses).
-                        let _ = self.chunks.try_send(Chunk {
-                            sha256: chunk.sha256,
-                            offset: chunk.offset,
-                            data: chunk.data,
-                            error: chunk.error,
-                            chunk_sha256: chunk.chunk_sha256,
-                            ack,
-                        });
-                    }
-                    Err(err) => tracing::warn!(error = %err, "malformed blob chunk ignored"),
-                }
+                self.chunk(payload, ack, None);
             }
             _ => tracing::debug!(%topic, "message on an unexpected topic ignored"),
+        }
+    }
+
+    /// A chunk from the device's own topic, or from the broadcast topic of `broadcast`.
+    fn chunk(&self, payload: &[u8], ack: Option<AckToken>, broadcast: Option<&str>) {
+        match pb::BlobChunk::decode(payload) {
+            // A broadcast carries only its own blob, and never a refusal.
+            Ok(chunk)
+                if broadcast.is_some_and(|d| d != chunk.sha256 || !chunk.error.is_empty()) =>
+            {
+                tracing::warn!(topic = ?broadcast, "broadcast chunk for another blob ignored");
+            }
+            Ok(chunk) => {
+                // A full queue means a stalled fetch; dropping is safe (the fetch
+                // re-requests what it misses).
+                let _ = self.chunks.try_send(Chunk {
+                    sha256: chunk.sha256,
+                    offset: chunk.offset,
+                    data: chunk.data,
+                    error: chunk.error,
+                    chunk_sha256: chunk.chunk_sha256,
+                    broadcast: broadcast.is_some(),
+                    ack,
+                });
+            }
+            Err(err) => tracing::warn!(error = %err, "malformed blob chunk ignored"),
         }
     }
 }

@@ -38,7 +38,14 @@ pub struct Behaviour {
     pub failing_versions: BTreeSet<u32>,
     /// Versions whose endpoint reports this p99 latency (ms) over a busy window.
     pub slow_versions: BTreeMap<u32, f64>,
+    /// Fetch every chunk on the device's own topic, never joining a broadcast (what agents
+    /// did before broadcasts; the fleet benchmark compares the two).
+    pub no_broadcast: bool,
 }
+
+/// How long a simulated device listens for a broadcast before asking for chunks itself, as
+/// the agent does.
+const BROADCAST_WAIT: Duration = Duration::from_secs(2);
 
 /// Requests a simulated endpoint reports in its window: enough for a gate to judge.
 const SIM_WINDOW_REQUESTS: u64 = 100;
@@ -181,12 +188,21 @@ async fn run(
     let mut behaviour = behaviour;
     let mut desired: Option<pb::DesiredState> = None;
     let mut fetches: Vec<Fetch> = Vec::new();
+    let mut fallback_at: Option<tokio::time::Instant> = None;
     loop {
         let message = tokio::select! {
             message = inbound.recv() => match message {
                 Some(message) => message,
                 None => return,
             },
+            // No broadcast came: ask for every chunk still missing.
+            () = sleep_until_some(fallback_at) => {
+                fallback_at = None;
+                for fetch in &fetches {
+                    request_missing(&client, &id, fetch).await;
+                }
+                continue;
+            }
             // A changed behaviour shows in a fresh report of what the device runs.
             changed = behaviour.changed() => {
                 if changed.is_err() {
@@ -236,9 +252,15 @@ async fn run(
                             chunks: BTreeMap::new(),
                         })
                         .collect();
+                    let listen = !behaviour.borrow().no_broadcast;
                     for fetch in &fetches {
-                        request_all(&client, &id, fetch).await;
+                        if listen {
+                            join_broadcast(&client, &id, fetch).await;
+                        } else {
+                            request_missing(&client, &id, fetch).await;
+                        }
                     }
+                    fallback_at = listen.then(|| tokio::time::Instant::now() + BROADCAST_WAIT);
                     desired = Some(new);
                     finish_if_complete(
                         &client,
@@ -250,10 +272,14 @@ async fn run(
                     )
                     .await;
                 }
-                Some((_, DeviceTopic::BlobResponse)) => {
+                _ if topics::parse_blob_broadcast(&topic).is_some()
+                    || matches!(topics::parse(&topic), Some((_, DeviceTopic::BlobResponse))) =>
+                {
                     let Ok(chunk) = pb::BlobChunk::decode(payload.as_ref()) else {
                         continue;
                     };
+                    // The hub answered: a broadcast (or a device's own chunk) is on its way.
+                    fallback_at = fallback_at.map(|_| tokio::time::Instant::now() + BROADCAST_WAIT);
                     if !chunk.error.is_empty() {
                         state.send_modify(|s| s.error = Some(chunk.error.clone()));
                         continue;
@@ -296,22 +322,53 @@ fn blobs_of(desired: &pb::DesiredState) -> Vec<(String, u64)> {
     blobs
 }
 
-async fn request_all(client: &AsyncClient, id: &str, fetch: &Fetch) {
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Listens on the blob's broadcast topic, then asks for its first chunk saying so.
+async fn join_broadcast(client: &AsyncClient, id: &str, fetch: &Fetch) {
+    let _ = client
+        .subscribe(topics::blob_broadcast(&fetch.sha256), QoS::AtLeastOnce)
+        .await;
+    let request = pb::BlobRequest {
+        sha256: fetch.sha256.clone(),
+        offset: 0,
+        length: CHUNK.min(fetch.size),
+        broadcast: true,
+    };
+    send_request(client, id, &request).await;
+}
+
+async fn send_request(client: &AsyncClient, id: &str, request: &pb::BlobRequest) {
+    let _ = client
+        .publish(
+            topics::device(id, DeviceTopic::BlobRequest),
+            QoS::AtLeastOnce,
+            false,
+            request.encode_to_vec(),
+        )
+        .await;
+}
+
+/// Asks for every chunk of the blob not received yet, on the device's own topic.
+async fn request_missing(client: &AsyncClient, id: &str, fetch: &Fetch) {
     let mut offset = 0;
     while offset < fetch.size {
+        if fetch.chunks.contains_key(&offset) {
+            offset += CHUNK;
+            continue;
+        }
         let request = pb::BlobRequest {
             sha256: fetch.sha256.clone(),
             offset,
             length: CHUNK.min(fetch.size - offset),
+            broadcast: false,
         };
-        let _ = client
-            .publish(
-                topics::device(id, DeviceTopic::BlobRequest),
-                QoS::AtLeastOnce,
-                false,
-                request.encode_to_vec(),
-            )
-            .await;
+        send_request(client, id, &request).await;
         offset += CHUNK;
     }
 }
@@ -342,6 +399,11 @@ async fn finish_if_complete(
             return;
         }
         verified += fetch.size;
+    }
+    for fetch in fetches.iter() {
+        let _ = client
+            .unsubscribe(topics::blob_broadcast(&fetch.sha256))
+            .await;
     }
     fetches.clear();
     let running = desired

@@ -48,6 +48,8 @@ pub struct ChunkRequest {
     pub sha256: String,
     pub offset: u64,
     pub length: u64,
+    /// The device listens on the blob's broadcast topic (see `broadcast`).
+    pub broadcast: bool,
 }
 
 /// The answer: bytes with their digest, or why not.
@@ -76,8 +78,38 @@ impl BlobServer {
         }
     }
 
+    /// Whether `device_id`'s desired state names the blob.
+    pub fn entitled(&self, device_id: &str, digest: &str) -> bool {
+        self.entitlements.allows(device_id, digest)
+    }
+
+    /// The blob's size, if the store has it.
+    pub fn size(&self, digest: &str) -> Option<u64> {
+        std::fs::metadata(self.registry.blob_path(digest))
+            .ok()
+            .map(|m| m.len())
+    }
+
     /// Serves one chunk to `device_id`.
     pub async fn chunk(&self, device_id: &str, request: &ChunkRequest) -> ChunkReply {
+        if !self.entitled(device_id, &request.sha256) {
+            return ChunkReply {
+                sha256: request.sha256.clone(),
+                offset: request.offset,
+                data: Vec::new(),
+                total_size: 0,
+                chunk_sha256: String::new(),
+                error: format!(
+                    "blob {} is not part of device {device_id}'s desired state",
+                    request.sha256
+                ),
+            };
+        }
+        self.read(request).await
+    }
+
+    /// Reads one chunk, whoever it is for (the caller checked entitlements).
+    pub async fn read(&self, request: &ChunkRequest) -> ChunkReply {
         let mut reply = ChunkReply {
             sha256: request.sha256.clone(),
             offset: request.offset,
@@ -86,13 +118,6 @@ impl BlobServer {
             chunk_sha256: String::new(),
             error: String::new(),
         };
-        if !self.entitlements.allows(device_id, &request.sha256) {
-            reply.error = format!(
-                "blob {} is not part of device {device_id}'s desired state",
-                request.sha256
-            );
-            return reply;
-        }
         let path = self.registry.blob_path(&request.sha256);
         match read_range(&path, request.offset, request.length).await {
             Ok((data, total)) => {

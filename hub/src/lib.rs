@@ -3,6 +3,7 @@
 pub mod api;
 pub mod blob_server;
 pub mod blobs;
+pub mod broadcast;
 pub mod broker;
 pub mod cli;
 pub mod client;

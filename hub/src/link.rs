@@ -26,6 +26,7 @@ use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 
 use crate::blob_server::{BlobServer, ChunkReply, ChunkRequest};
+use crate::broadcast::Broadcasts;
 use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
 
@@ -136,6 +137,7 @@ impl Inbound {
                     sha256: request.sha256,
                     offset: request.offset,
                     length: request.length,
+                    broadcast: request.broadcast,
                 };
                 if self
                     .blob_requests
@@ -281,7 +283,13 @@ async fn serve_blobs(
     blobs: Arc<BlobServer>,
     requests: mpsc::Receiver<(String, ChunkRequest)>,
 ) {
+    let broadcasts = Broadcasts::new(Arc::clone(&blobs), client.clone());
     let replies = tokio_stream::wrappers::ReceiverStream::new(requests)
+        // A device that joined a broadcast gets its chunks on the blob's shared topic.
+        .filter(move |(device_id, request)| {
+            let joined = request.broadcast && broadcasts.join(device_id, request);
+            std::future::ready(!joined)
+        })
         .map(|(device_id, request)| {
             let blobs = Arc::clone(&blobs);
             async move {

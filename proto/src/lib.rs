@@ -99,6 +99,20 @@ pub mod topics {
         format!("{PREFIX}/+/{}", kind.suffix())
     }
 
+    /// Where the hub broadcasts one blob's chunks to every device fetching it at once
+    /// (`BlobChunk`, QoS 1): `edgeship/v1/blobs/<sha256>`.
+    pub fn blob_broadcast(sha256: &str) -> String {
+        format!("{BROADCAST_PREFIX}/{sha256}")
+    }
+
+    pub const BROADCAST_PREFIX: &str = "edgeship/v1/blobs";
+
+    /// The digest of a broadcast topic; `None` for any other topic.
+    pub fn parse_blob_broadcast(topic: &str) -> Option<&str> {
+        let digest = topic.strip_prefix(BROADCAST_PREFIX)?.strip_prefix('/')?;
+        (!digest.is_empty() && !digest.contains('/')).then_some(digest)
+    }
+
     /// Splits a topic into device id and kind; `None` for anything else.
     pub fn parse(topic: &str) -> Option<(&str, DeviceTopic)> {
         let rest = topic.strip_prefix(PREFIX)?.strip_prefix('/')?;

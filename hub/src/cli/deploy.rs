@@ -120,8 +120,20 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 );
             }
             if wait {
-                created =
-                    wait_healthy(&mut client, &name, Duration::from_secs(timeout_secs)).await?;
+                let timeout = Duration::from_secs(timeout_secs);
+                wait_healthy(&mut client, &name, timeout).await?;
+                // Healthy devices, and the rollout that moved them recorded as finished.
+                let ended = tokio::time::timeout(timeout, rollout::follow(&mut client, &name))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the rollout of {name} did not end in time"))??;
+                ended.ensure_completed()?;
+                created = client
+                    .get_deployment(pb::GetDeploymentRequest {
+                        name: format!("deployments/{name}"),
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
             }
             print_deployment(created, output);
         }

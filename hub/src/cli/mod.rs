@@ -194,7 +194,8 @@ pub enum DeployCommand {
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Progress of the current rollout, per wave; --watch follows it until it ends (a
-    /// progress bar on a terminal, JSON lines otherwise).
+    /// progress bar on a terminal, a line per change otherwise: JSON with -o json) and fails
+    /// when it ends other than completed.
     Status {
         #[arg(value_name = "NAME")]
         name: String,

@@ -117,7 +117,23 @@ impl RolloutView {
         matches!(self.phase.as_str(), "Progressing" | "Paused")
     }
 
-    /// `wave 2/3: 5 of 10 devices moved, 4 healthy, 0 failed`.
+    /// An error naming how the rollout ended, unless it completed (or still runs).
+    pub(super) fn ensure_completed(&self) -> anyhow::Result<()> {
+        if self.running() || self.phase == "Completed" {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "the rollout of revision {} ended {}{}",
+            self.revision,
+            self.phase,
+            self.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// `wave 2, 5 of 10 devices moved, 4 healthy, 0 failed`.
     fn progress_line(&self) -> String {
         let wave = match self.waves.len() {
             0 | 1 => String::new(),
@@ -176,6 +192,25 @@ impl RolloutView {
     }
 }
 
+/// Follows the rollout until it ends; returns how it ended.
+pub(super) async fn follow(
+    client: &mut DeploymentsClient<Channel>,
+    name: &str,
+) -> anyhow::Result<RolloutView> {
+    let mut stream = client
+        .watch_deployment(pb::WatchDeploymentRequest {
+            name: format!("deployments/{name}"),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut last = None;
+    while let Some(update) = stream.next().await {
+        last = Some(RolloutView::from(update.map_err(rpc_error)?));
+    }
+    last.ok_or_else(|| anyhow::anyhow!("the hub ended the watch of {name} without a rollout"))
+}
+
 /// A text progress bar, `[#####-----]`.
 fn bar(done: u32, total: u32, width: usize) -> String {
     let filled = if total == 0 {
@@ -219,6 +254,19 @@ pub async fn apply(
         (false, false) => "updated",
     };
     if let (Some(timeout), false) = (wait, dry_run) {
+        // Devices a wave has not reached yet are healthy on the old revision: wait for the
+        // rollout to end first, then for every device to serve.
+        if response.rollout.is_some() {
+            let ended = tokio::time::timeout(timeout, follow(client, &name))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "the rollout of {name} did not end within {} s; follow it with `edgeship deploy rollout status {name} --watch`",
+                        timeout.as_secs()
+                    )
+                })??;
+            ended.ensure_completed()?;
+        }
         deployment = wait_healthy(client, &name, timeout).await?;
     }
     let view = ApplyView {
@@ -278,7 +326,8 @@ pub async fn status(
         .await
         .map_err(rpc_error)?
         .into_inner();
-    // A person at a terminal gets a live bar; anything else gets one JSON object per change.
+    // A person at a terminal gets a live bar; otherwise one line per change: JSON with
+    // `-o json`, text without.
     let live = output == OutputFormat::Table && std::io::stdout().is_terminal();
     let bar = live.then(|| {
         let bar = indicatif::ProgressBar::new(0);
@@ -307,21 +356,12 @@ pub async fn status(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    if let (Some(view), OutputFormat::Table) = (&last, output) {
+    if let Some(view) = &last {
         if live {
             print!("{}", view.details());
         }
-        if !view.running() && view.phase != "Completed" {
-            anyhow::bail!(
-                "the rollout of revision {} ended {}{}",
-                view.revision,
-                view.phase,
-                view.reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            );
-        }
+        // A rollout that ends other than completed fails the command, whatever the output.
+        view.ensure_completed()?;
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use edgeship_domain::names;
 
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
-use super::rollout::Rollout;
+use super::rollout::{Phase, Rollout};
 use super::spec::{DeploymentSpec, Manifest, TrafficWeight};
 use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
@@ -63,9 +63,14 @@ impl Fleet {
         let (mut deployment, created, mut changes) = match existing {
             Some(old) => {
                 let changes = spec.changes_from(&old.spec);
+                let update_time_ms = if changes.is_empty() {
+                    old.update_time_ms
+                } else {
+                    now
+                };
                 let deployment = Deployment {
                     spec: spec.clone(),
-                    update_time_ms: now,
+                    update_time_ms,
                     ..old
                 };
                 (deployment, false, changes)
@@ -81,9 +86,24 @@ impl Fleet {
                 (deployment, true, vec!["created".to_owned()])
             }
         };
-        let new_revision = deployment
-            .current()
-            .is_none_or(|current| !current.same_workload(&candidate));
+        // Applying again what was rolled back or aborted is a retry: a fresh rollout.
+        let retry = self
+            .current_rollout(&deployment)?
+            .filter(|r| matches!(r.phase, Phase::RolledBack(_) | Phase::Aborted(_)));
+        let new_revision = retry.is_some()
+            || deployment
+                .current()
+                .is_none_or(|current| !current.same_workload(&candidate));
+        if let Some(retried) = &retry {
+            let how = match retried.phase {
+                Phase::RolledBack(_) => "rolled back",
+                _ => "aborted",
+            };
+            changes.push(format!(
+                "retry of revision {}, which was {how}",
+                retried.revision
+            ));
+        }
         if let Some(current) = deployment.current()
             && new_revision
             && !created

@@ -337,7 +337,10 @@ impl Fleet {
                 rollout.phase = Phase::Aborted("aborted by an operator".into());
                 rollout.finished_ms = Some(now);
             }
-            RolloutAction::Rollback if rollout.phase.is_active() => {
+            // An aborted rollout left its moved devices on the new revision: send them back.
+            RolloutAction::Rollback
+                if rollout.phase.is_active() || matches!(rollout.phase, Phase::Aborted(_)) =>
+            {
                 if rollout.from_revision.is_none() {
                     return Err(FleetError::FailedPrecondition(format!(
                         "deployment {id} has no earlier revision to roll back to"

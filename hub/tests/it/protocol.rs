@@ -166,7 +166,8 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         garbage.clone(),
     )
     .await;
-    // A device asking for a blob outside its desired state gets a refusal, not the bytes.
+    // A device asking for a blob outside its desired state gets a refusal, not the bytes:
+    // also when it asks for a broadcast (which would send them to everyone listening).
     let model = registry
         .get_model(pb::GetModelRequest {
             name: "models/diabetes/versions/1".into(),
@@ -182,6 +183,7 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
             sha256: model.files[0].sha256.clone(),
             offset: 0,
             length: 1024,
+            broadcast: true,
         }
         .encode_to_vec(),
     )

@@ -86,7 +86,7 @@ pub struct Rollout {
     pub deployment: String,
     pub revision: u64,
     pub from_revision: Option<u64>,
-    /// What started it: `created`, `apply: model diabetes:3 → diabetes:4`, ...
+    /// What started it: `created: diabetes:3`, `apply: diabetes:4`, `rollback to revision 2: …`.
     pub cause: String,
     /// The spec fields that changed, one line each.
     pub changes: Vec<String>,
@@ -232,12 +232,10 @@ pub fn step(
 
     // How many devices may have moved by now.
     let allowed = match &policy.strategy {
-        Strategy::AllAtOnce => {
-            ensure_wave(rollout, 0, population, now_ms);
-            population
-        }
-        Strategy::Waves(waves) => {
-            let mut wave = rollout.waves.len().saturating_sub(1);
+        Strategy::Waves(waves) if !waves.is_empty() => {
+            // The policy may have changed since the rollout started (an apply that only
+            // edits `rollout` is no new revision): never past its last wave.
+            let mut wave = rollout.waves.len().saturating_sub(1).min(waves.len() - 1);
             ensure_wave(rollout, wave, waves[wave].devices(population), now_ms);
             let target = waves[wave].devices(population);
             if moved_here >= target && gate_passed(policy, rollout, &order, now_ms) {
@@ -252,6 +250,11 @@ pub fn step(
         Strategy::Exponential(rate) => {
             ensure_wave(rollout, 0, population, now_ms);
             exponential_allowance(rate, now_ms - rollout.started_ms).min(population)
+        }
+        // All at once (as is a wave list that is somehow empty).
+        Strategy::AllAtOnce | Strategy::Waves(_) => {
+            ensure_wave(rollout, 0, population, now_ms);
+            population
         }
     };
     let done = moved_here >= population && allowed >= population;

@@ -329,3 +329,29 @@ fn devices_are_picked_in_a_stable_spread_out_order() {
         "not simply the first ids"
     );
 }
+
+#[test]
+fn a_policy_edited_mid_rollout_takes_effect_without_tripping() {
+    let three = waves(
+        &[
+            WaveSize::Devices(1),
+            WaveSize::Devices(2),
+            WaveSize::Percent(100.0),
+        ],
+        0,
+    );
+    let mut rollout = new_rollout();
+    let mut devices = fleet(6);
+    for at in 0..3 {
+        step(&three, &mut rollout, &devices, at * S);
+        report(&mut devices, &rollout, ServiceState::Healthy);
+    }
+    assert_eq!(rollout.waves.len(), 3);
+    // Fewer waves now, then none at all: the rollout goes on under the new policy.
+    let one = waves(&[WaveSize::Percent(100.0)], 0);
+    step(&one, &mut rollout, &devices, 10 * S);
+    report(&mut devices, &rollout, ServiceState::Healthy);
+    step(&RolloutPolicy::default(), &mut rollout, &devices, 11 * S);
+    assert_eq!(rollout.moved.len(), 6);
+    assert_eq!(rollout.phase, Phase::Completed);
+}

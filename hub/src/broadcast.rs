@@ -1,0 +1,164 @@
+//! One-to-many blob delivery. When many devices fetch the same blob at once (a rollout
+//! moving hundreds of them), the hub sends each chunk once, on the blob's shared topic
+//! `edgeship/v1/blobs/<sha256>`, and the broker fans it out: far faster than answering every
+//! device on its own topic. Per-device requests stay for stragglers and resumes.
+//!
+//! Design: a device subscribes to the shared topic, then *joins* (a `BlobRequest` with
+//! `broadcast` set, for offset 0). The first join of a blob opens a session: it gathers joins
+//! for `GATHER`, then sends one round, every chunk in order. Devices that join during a round
+//! wait for the next one, which starts when the round ends (only they still listen: a device
+//! unsubscribes once its file is complete). A device that sees nothing on the topic falls
+//! back to asking for chunks itself, so a lost round costs time, never correctness.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use edgeship_proto::topics;
+use edgeship_proto::v1 as pb;
+use prost::Message;
+use rumqttc::{AsyncClient, QoS};
+
+use crate::blob_server::{BlobServer, ChunkRequest, MAX_CHUNK_BYTES};
+
+/// How long a session gathers joins before its first round: a rollout's devices receive their
+/// desired states within about this long of each other.
+const GATHER: Duration = Duration::from_millis(300);
+/// Blobs larger than this are served per device: a round must fit the broker's per-topic
+/// log (64 MiB on the embedded broker) for a slow subscriber to read it whole.
+pub const MAX_BROADCAST_BYTES: u64 = 48 * 1024 * 1024;
+
+#[derive(Debug, Default)]
+struct Session {
+    /// Devices that joined since the current round started (they need the next one).
+    waiting: usize,
+    /// Rounds sent so far, for the log.
+    rounds: u32,
+}
+
+/// Blob broadcasts in progress, by digest.
+#[derive(Debug)]
+pub struct Broadcasts {
+    sessions: Mutex<HashMap<String, Session>>,
+    blobs: Arc<BlobServer>,
+    client: AsyncClient,
+}
+
+impl Broadcasts {
+    pub fn new(blobs: Arc<BlobServer>, client: AsyncClient) -> Arc<Self> {
+        Arc::new(Self {
+            sessions: Mutex::new(HashMap::new()),
+            blobs,
+            client,
+        })
+    }
+
+    /// A device joins the broadcast of `request.sha256`; `false` when the blob is not sent by
+    /// broadcast (too large, or not the device's), and the request is to be answered on the
+    /// device's own topic instead.
+    pub fn join(self: &Arc<Self>, device_id: &str, request: &ChunkRequest) -> bool {
+        if request.offset != 0 || !self.blobs.entitled(device_id, &request.sha256) {
+            return false;
+        }
+        match self.blobs.size(&request.sha256) {
+            Some(size) if size <= MAX_BROADCAST_BYTES => {}
+            _ => return false,
+        }
+        let mut sessions = self.lock();
+        match sessions.get_mut(&request.sha256) {
+            Some(session) => session.waiting += 1,
+            None => {
+                sessions.insert(
+                    request.sha256.clone(),
+                    Session {
+                        waiting: 1,
+                        rounds: 0,
+                    },
+                );
+                let this = Arc::clone(self);
+                let digest = request.sha256.clone();
+                tokio::spawn(async move { this.run(digest).await });
+            }
+        }
+        true
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends rounds while devices wait for one, then closes the session.
+    async fn run(self: Arc<Self>, digest: String) {
+        loop {
+            tokio::time::sleep(GATHER).await;
+            let devices = {
+                let mut sessions = self.lock();
+                let Some(session) = sessions.get_mut(&digest) else {
+                    return;
+                };
+                if session.waiting == 0 {
+                    tracing::debug!(sha256 = %digest, rounds = session.rounds, "broadcast finished");
+                    sessions.remove(&digest);
+                    return;
+                }
+                session.rounds += 1;
+                std::mem::take(&mut session.waiting)
+            };
+            let started = std::time::Instant::now();
+            match self.round(&digest).await {
+                Ok(bytes) => {
+                    tracing::info!(sha256 = %digest, devices, bytes, seconds = started.elapsed().as_secs_f64(), "blob broadcast")
+                }
+                Err(err) => {
+                    // The devices fall back to asking for chunks themselves.
+                    tracing::warn!(sha256 = %digest, error = %err, "blob broadcast failed");
+                    self.lock().remove(&digest);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes every chunk of the blob once, in order; returns the bytes sent.
+    async fn round(&self, digest: &str) -> Result<u64, String> {
+        let topic = topics::blob_broadcast(digest);
+        let mut offset = 0;
+        loop {
+            let reply = self
+                .blobs
+                .read(&ChunkRequest {
+                    sha256: digest.to_owned(),
+                    offset,
+                    length: MAX_CHUNK_BYTES,
+                    broadcast: true,
+                })
+                .await;
+            if !reply.error.is_empty() {
+                return Err(reply.error);
+            }
+            let total = reply.total_size;
+            let length = reply.data.len() as u64;
+            let chunk = pb::BlobChunk {
+                sha256: reply.sha256,
+                offset: reply.offset,
+                data: reply.data.into(),
+                total_size: reply.total_size,
+                error: String::new(),
+                chunk_sha256: reply.chunk_sha256,
+            };
+            self.client
+                .publish(
+                    topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    chunk.encode_to_vec(),
+                )
+                .await
+                .map_err(|e| format!("publishing a chunk failed: {e}"))?;
+            offset += length;
+            if offset >= total || length == 0 {
+                return Ok(offset);
+            }
+        }
+    }
+}
