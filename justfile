@@ -31,6 +31,7 @@ bench:
     cargo build --release --bins
     cargo bench -p edgeship-hub --bench registry
     cargo bench -p edgeship-firmware-tests --bench transfer
+    cargo bench -p edgeship-firmware-tests --bench fleet
 
 # Release binary sizes and the agent's idle memory (`just footprint --cold` also times a cold build).
 footprint *args:

@@ -164,7 +164,44 @@ enum Inbound {
 struct Fetch {
     sha256: String,
     size: u64,
-    chunks: BTreeMap<u64, bytes::Bytes>,
+    /// The whole-file hash over the contiguous prefix received so far, and where it ends:
+    /// ten thousand devices must not each hold their model in memory.
+    hasher: Sha256,
+    prefix: u64,
+    /// Chunks that arrived ahead of the prefix.
+    ahead: BTreeMap<u64, bytes::Bytes>,
+}
+
+impl Fetch {
+    fn new(sha256: String, size: u64) -> Self {
+        Self {
+            sha256,
+            size,
+            hasher: Sha256::new(),
+            prefix: 0,
+            ahead: BTreeMap::new(),
+        }
+    }
+
+    /// Takes a verified chunk; duplicates and chunks behind the prefix are dropped.
+    fn take(&mut self, offset: u64, data: bytes::Bytes) {
+        if offset < self.prefix || data.is_empty() {
+            return;
+        }
+        self.ahead.insert(offset, data);
+        while let Some(data) = self.ahead.remove(&self.prefix) {
+            self.hasher.update(&data);
+            self.prefix += data.len() as u64;
+        }
+    }
+
+    fn has(&self, offset: u64) -> bool {
+        offset < self.prefix || self.ahead.contains_key(&offset)
+    }
+
+    fn complete(&self) -> bool {
+        self.prefix >= self.size
+    }
 }
 
 /// Who the device is and how it answers.
@@ -246,11 +283,7 @@ async fn run(
                     }
                     fetches = blobs_of(&new)
                         .into_iter()
-                        .map(|(sha256, size)| Fetch {
-                            sha256,
-                            size,
-                            chunks: BTreeMap::new(),
-                        })
+                        .map(|(sha256, size)| Fetch::new(sha256, size))
                         .collect();
                     let listen = !behaviour.borrow().no_broadcast;
                     for fetch in &fetches {
@@ -288,7 +321,7 @@ async fn run(
                     if let Some(fetch) = fetches.iter_mut().find(|f| f.sha256 == chunk.sha256)
                         && intact
                     {
-                        fetch.chunks.insert(chunk.offset, chunk.data);
+                        fetch.take(chunk.offset, chunk.data);
                     }
                     finish_if_complete(
                         &client,
@@ -358,7 +391,7 @@ async fn send_request(client: &AsyncClient, id: &str, request: &pb::BlobRequest)
 async fn request_missing(client: &AsyncClient, id: &str, fetch: &Fetch) {
     let mut offset = 0;
     while offset < fetch.size {
-        if fetch.chunks.contains_key(&offset) {
+        if fetch.has(offset) {
             offset += CHUNK;
             continue;
         }
@@ -384,17 +417,12 @@ async fn finish_if_complete(
     let Some(desired) = desired else {
         return;
     };
-    let complete = |f: &Fetch| f.chunks.values().map(|c| c.len() as u64).sum::<u64>() >= f.size;
-    if !fetches.iter().all(complete) {
+    if !fetches.iter().all(Fetch::complete) {
         return;
     }
     let mut verified = 0;
     for fetch in fetches.iter() {
-        let mut hasher = Sha256::new();
-        for chunk in fetch.chunks.values() {
-            hasher.update(chunk);
-        }
-        if hex::encode(hasher.finalize()) != fetch.sha256 {
+        if hex::encode(fetch.hasher.clone().finalize()) != fetch.sha256 {
             state.send_modify(|s| s.error = Some(format!("{} failed verification", fetch.sha256)));
             return;
         }

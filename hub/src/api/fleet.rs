@@ -8,6 +8,7 @@ use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::fleet_server::Fleet as FleetApi;
 use tonic::{Request, Response, Status};
 
+use crate::fleet::selector::Selector;
 use crate::fleet::{Device, Fleet, FleetError};
 
 #[derive(Debug, Clone)]
@@ -126,14 +127,22 @@ impl FleetApi for FleetService {
     ) -> Result<Response<pb::ListDevicesResponse>, Status> {
         let request = request.into_inner();
         let size = page_size(request.page_size)?;
-        let selector: BTreeMap<String, String> = request.label_selector.into_iter().collect();
+        let equalities: BTreeMap<String, String> = request.label_selector.into_iter().collect();
+        let selector = match request.selector.trim() {
+            "" => None,
+            text => Some(
+                Selector::parse(text)
+                    .map_err(|e| Status::invalid_argument(format!("selector: {e}")))?,
+            ),
+        };
         let all: Vec<Device> = self
             .fleet
             .all_devices()?
             .into_iter()
             .filter(|d| {
                 let labels = d.labels();
-                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+                equalities.iter().all(|(k, v)| labels.get(k) == Some(v))
+                    && selector.as_ref().is_none_or(|s| s.matches(&labels))
             })
             .collect();
         let (page, next_page_token) = paginate(all, |d| &d.id, size, &request.page_token);

@@ -137,7 +137,11 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             }
             print_deployment(created, output);
         }
-        DeployCommand::Show { name, output } => {
+        DeployCommand::Show {
+            name,
+            manifest,
+            output,
+        } => {
             let found = client
                 .get_deployment(pb::GetDeploymentRequest {
                     name: format!("deployments/{}", names::deployment_id(&name)?),
@@ -145,7 +149,11 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            print_deployment(found, output);
+            if manifest {
+                print!("{}", rollout::manifest_yaml(&found.manifest_json)?);
+            } else {
+                print_deployment(found, output);
+            }
         }
         DeployCommand::List { output } => {
             let mut request = pb::ListDeploymentsRequest {
@@ -224,8 +232,8 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
         DeviceCommand::List { selector, output } => {
             let mut request = pb::ListDevicesRequest {
                 page_size: 1000,
-                page_token: String::new(),
-                label_selector: key_values("label", &selector)?.into_iter().collect(),
+                selector: selector.join(","),
+                ..Default::default()
             };
             let mut response = pb::ListDevicesResponse::default();
             loop {

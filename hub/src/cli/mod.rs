@@ -119,6 +119,10 @@ pub enum DeployCommand {
     Show {
         #[arg(value_name = "NAME")]
         name: String,
+        /// Print the manifest (YAML) that reproduces the deployment instead: edit it and
+        /// `deploy apply -f` it.
+        #[arg(long, conflicts_with = "output")]
+        manifest: bool,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
@@ -210,8 +214,9 @@ pub enum RolloutCommand {
 pub enum DeviceCommand {
     /// Every device the hub knows, including those a deployment named that never connected.
     List {
-        /// Only devices with this label, KEY=VALUE (repeatable).
-        #[arg(long = "selector", value_name = "KEY=VALUE")]
+        /// Only devices matching this label selector, in Kubernetes' syntax: `site=berlin`,
+        /// `site in (berlin,paris)`, `!canary` (repeatable; all must match).
+        #[arg(long = "selector", value_name = "SELECTOR")]
         selector: Vec<String>,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,

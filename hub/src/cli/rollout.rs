@@ -221,6 +221,14 @@ fn bar(done: u32, total: u32, width: usize) -> String {
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
+/// The hub's manifest of a deployment (JSON) as YAML, the form people edit.
+pub(super) fn manifest_yaml(json: &str) -> anyhow::Result<String> {
+    // Through the manifest type, so keys come in the documented order.
+    let manifest: crate::fleet::spec::Manifest =
+        serde_json::from_str(json).context("the hub sent a manifest this CLI cannot read")?;
+    serde_yaml_ng::to_string(&manifest).context("writing the manifest as YAML")
+}
+
 /// Reads a manifest from a file, or from standard input for `-`.
 fn read_manifest(path: &Path) -> anyhow::Result<String> {
     if path == Path::new("-") {
