@@ -43,9 +43,10 @@ pub struct Behaviour {
     pub no_broadcast: bool,
 }
 
-/// How long a simulated device listens for a broadcast before asking for chunks itself, as
-/// the agent does.
+/// How long a simulated device listens for a broadcast before asking for chunks itself, and
+/// how long it waits for progress before asking again, as the agent does.
 const BROADCAST_WAIT: Duration = Duration::from_secs(2);
+const FETCH_STALL: Duration = Duration::from_secs(3);
 
 /// Requests a simulated endpoint reports in its window: enough for a gate to judge.
 const SIM_WINDOW_REQUESTS: u64 = 100;
@@ -234,7 +235,8 @@ async fn run(
             },
             // No broadcast came: ask for every chunk still missing.
             () = sleep_until_some(fallback_at) => {
-                fallback_at = None;
+                // Still fetching: ask again for what is missing, as an agent does on a stall.
+                fallback_at = (!fetches.is_empty()).then(|| tokio::time::Instant::now() + FETCH_STALL);
                 for fetch in &fetches {
                     request_missing(&client, &id, fetch).await;
                 }
@@ -293,7 +295,8 @@ async fn run(
                             request_missing(&client, &id, fetch).await;
                         }
                     }
-                    fallback_at = listen.then(|| tokio::time::Instant::now() + BROADCAST_WAIT);
+                    let wait = if listen { BROADCAST_WAIT } else { FETCH_STALL };
+                    fallback_at = Some(tokio::time::Instant::now() + wait);
                     desired = Some(new);
                     finish_if_complete(
                         &client,
@@ -311,7 +314,7 @@ async fn run(
                     let Ok(chunk) = pb::BlobChunk::decode(payload.as_ref()) else {
                         continue;
                     };
-                    // The hub answered: a broadcast (or a device's own chunk) is on its way.
+                    // Progress: the stall timer starts again.
                     fallback_at = fallback_at.map(|_| tokio::time::Instant::now() + BROADCAST_WAIT);
                     if !chunk.error.is_empty() {
                         state.send_modify(|s| s.error = Some(chunk.error.clone()));

@@ -60,14 +60,15 @@ impl Broadcasts {
         if request.offset != 0 || !self.blobs.entitled(device_id, &request.sha256) {
             return false;
         }
-        match self.blobs.size(&request.sha256) {
-            Some(size) if size <= MAX_BROADCAST_BYTES => {}
-            _ => return false,
-        }
         let mut sessions = self.lock();
         match sessions.get_mut(&request.sha256) {
             Some(session) => session.waiting += 1,
             None => {
+                // Checked once per session, not per join (joins arrive on the poll loop).
+                match self.blobs.size(&request.sha256) {
+                    Some(size) if size <= MAX_BROADCAST_BYTES => {}
+                    _ => return false,
+                }
                 sessions.insert(
                     request.sha256.clone(),
                     Session {

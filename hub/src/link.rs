@@ -82,6 +82,10 @@ struct Pending {
 struct Inbound {
     pending: Mutex<Pending>,
     news: Notify,
+    /// Joins are taken here, never queued behind chunk requests: a join that waits lets its
+    /// device give up on the broadcast and ask for every chunk itself, which at fleet size
+    /// is the load broadcasts exist to avoid.
+    broadcasts: Arc<Broadcasts>,
     blob_requests: mpsc::Sender<(String, ChunkRequest)>,
     dropped_requests: AtomicU64,
 }
@@ -139,6 +143,9 @@ impl Inbound {
                     length: request.length,
                     broadcast: request.broadcast,
                 };
+                if request.broadcast && self.broadcasts.join(device_id, &request) {
+                    return;
+                }
                 if self
                     .blob_requests
                     .try_send((device_id.to_owned(), request))
@@ -179,6 +186,7 @@ pub fn start(
     let inbound = Arc::new(Inbound {
         pending: Mutex::new(Pending::default()),
         news: Notify::new(),
+        broadcasts: Broadcasts::new(Arc::clone(&blobs), client.clone()),
         blob_requests: blob_tx,
         dropped_requests: AtomicU64::new(0),
     });
@@ -283,13 +291,7 @@ async fn serve_blobs(
     blobs: Arc<BlobServer>,
     requests: mpsc::Receiver<(String, ChunkRequest)>,
 ) {
-    let broadcasts = Broadcasts::new(Arc::clone(&blobs), client.clone());
     let replies = tokio_stream::wrappers::ReceiverStream::new(requests)
-        // A device that joined a broadcast gets its chunks on the blob's shared topic.
-        .filter(move |(device_id, request)| {
-            let joined = request.broadcast && broadcasts.join(device_id, request);
-            std::future::ready(!joined)
-        })
         .map(|(device_id, request)| {
             let blobs = Arc::clone(&blobs);
             async move {

@@ -79,13 +79,9 @@ impl FleetService {
         deployment: &Deployment,
         rollout: &Rollout,
     ) -> Result<pb::Rollout, FleetError> {
-        let targeted = self
-            .fleet
-            .all_devices()?
-            .into_iter()
-            .filter(|d| deployment.spec.target.matches(&d.id, &d.labels()))
-            .count();
-        Ok(rollout_message(Some(deployment), rollout, targeted))
+        // The count from the rollout's last step: reading every device record to count them
+        // again cost a 10,000-device hub seconds of CPU under a watch.
+        Ok(rollout_message(Some(deployment), rollout, rollout.targeted))
     }
 
     async fn deployment_id(&self, name: &str) -> Result<String, Status> {
@@ -428,7 +424,7 @@ impl Deployments for FleetService {
                 Ok(pb::ListRolloutHistoryResponse {
                     rollouts: history
                         .iter()
-                        .map(|r| rollout_message(deployment.as_ref(), r, r.moved.len()))
+                        .map(|r| rollout_message(deployment.as_ref(), r, r.targeted))
                         .collect(),
                 })
             })

@@ -95,6 +95,10 @@ pub struct Rollout {
     pub finished_ms: Option<i64>,
     pub waves: Vec<WaveRecord>,
     pub moved: BTreeMap<String, Moved>,
+    /// Devices the deployment targeted at the last step (for status without reading every
+    /// device record).
+    #[serde(default)]
+    pub targeted: usize,
     /// A history note (a change that moved no device, a deletion), not a rollout.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub note: bool,
@@ -120,6 +124,7 @@ impl Rollout {
             finished_ms: None,
             waves: Vec::new(),
             moved: BTreeMap::new(),
+            targeted: 0,
             note: false,
         }
     }
@@ -186,6 +191,7 @@ pub fn step(
     now_ms: i64,
 ) -> Decision {
     let mut decision = Decision::default();
+    rollout.targeted = devices.len();
     observe(policy, rollout, devices, now_ms);
     if rollout.phase != Phase::Progressing {
         return decision;
@@ -219,10 +225,11 @@ pub fn step(
     }
     let population = devices.len();
     let mut order: Vec<&Observed> = devices.iter().collect();
-    order.sort_by_key(|d| {
+    // Keys computed once per device, not once per comparison.
+    order.sort_by_cached_key(|d| {
         (
             placement_key(&rollout.deployment, &d.device_id),
-            &d.device_id,
+            d.device_id.clone(),
         )
     });
     let moved_here = order
