@@ -416,6 +416,30 @@ async fn a_newly_registered_version_rolls_out_through_the_gates() {
     let causes: Vec<&str> = history.iter().map(|r| r.cause.as_str()).collect();
     assert_eq!(causes.len(), 2, "{causes:?}");
     assert!(causes[0].starts_with("created") && causes[1].starts_with("continuous deployment"));
+
+    // Version 1 no longer runs anywhere: it may be deleted, and a rollback to it is then
+    // refused, naming why, instead of sending devices a model that is gone.
+    let mut registry = client::connect(&fleet.url).await.expect("connect");
+    registry
+        .delete_model(pb::DeleteModelRequest {
+            name: "models/m/versions/1".into(),
+        })
+        .await
+        .expect("version 1 is not in use");
+    let refused = DeploymentsClient::connect(fleet.url.clone())
+        .await
+        .expect("connect")
+        .update_rollout(pb::UpdateRolloutRequest {
+            name: "deployments/web".into(),
+            action: pb::RolloutAction::Rollback.into(),
+        })
+        .await
+        .expect_err("its model is gone");
+    assert!(
+        refused.message().contains("model m:1 it runs was deleted"),
+        "{}",
+        refused.message()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

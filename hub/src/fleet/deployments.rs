@@ -326,10 +326,18 @@ impl Fleet {
     ) -> Result<Vec<String>, FleetError> {
         let mut users = Vec::new();
         for deployment in self.all_deployments()? {
-            // Every revision devices may still run or return to counts.
+            // What devices run: the newest revision, and the one before it while any device
+            // is still on it (a rollout not completed). Older revisions are history: their
+            // versions may go, and a rollback to one of them is refused then.
+            let rollout = self.current_rollout(&deployment)?;
+            let running_from = rollout
+                .filter(|r| r.phase != Phase::Completed)
+                .and_then(|r| r.from_revision)
+                .and_then(|n| deployment.revision(n));
             let uses = deployment
-                .revisions
-                .iter()
+                .current()
+                .into_iter()
+                .chain(running_from)
                 .flat_map(|r| &r.models)
                 .any(|m| m.model_id == model_id && version.is_none_or(|v| m.version == v))
                 || (version.is_none() && deployment.spec.model.model_id == model_id);

@@ -362,6 +362,19 @@ impl Fleet {
                         "deployment {id} has no earlier revision to roll back to"
                     ))
                 })?;
+                // Its model versions may have been deleted since it last ran.
+                for model in &back_to.models {
+                    let exists = self.registry.get(&VersionRef {
+                        model_id: model.model_id.clone(),
+                        version: VersionSelector::Exact(model.version),
+                    });
+                    if exists.is_err() {
+                        return Err(FleetError::FailedPrecondition(format!(
+                            "cannot roll back to revision {}: model {}:{} it runs was deleted; apply a manifest with the version to run instead",
+                            back_to.number, model.model_id, model.version
+                        )));
+                    }
+                }
                 let cause = format!("rollback to revision {}", back_to.number);
                 let started = self.start_rollout(&mut deployment, back_to, &cause, vec![], now)?;
                 self.db.flush()?;
