@@ -142,7 +142,7 @@ impl Broadcasts {
             let chunk = pb::BlobChunk {
                 sha256: reply.sha256,
                 offset: reply.offset,
-                data: reply.data.into(),
+                data: reply.data,
                 total_size: reply.total_size,
                 error: String::new(),
                 chunk_sha256: reply.chunk_sha256,

@@ -324,7 +324,7 @@ fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
     pb::BlobChunk {
         sha256: reply.sha256,
         offset: reply.offset,
-        data: reply.data.into(),
+        data: reply.data,
         total_size: reply.total_size,
         error: reply.error,
         chunk_sha256: reply.chunk_sha256,
