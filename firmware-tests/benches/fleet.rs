@@ -17,7 +17,6 @@ use edgeship_hub::client;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use edgeship_proto::v1::fleet_client::FleetClient;
 use testkit::sim::{Behaviour, SimDevice};
 use testkit::{HubProcess, Mosquitto, TempDir, free_port};
 
@@ -57,18 +56,6 @@ struct Measured {
     devices_cpu_seconds: f64,
 }
 
-/// Resident memory (`VmRSS`) of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// User plus system CPU time of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -87,39 +74,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after the name.
     (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Devices with this run's label that are online and announced (a broker may still hold the
-/// retained births of another run's devices).
-async fn online(url: &str, label: &str) -> usize {
-    let Ok(mut fleet) = FleetClient::connect(url.to_owned()).await else {
-        return 0;
-    };
-    let mut count = 0;
-    let mut page_token = String::new();
-    loop {
-        let Ok(page) = fleet
-            .list_devices(pb::ListDevicesRequest {
-                page_size: 1000,
-                page_token: page_token.clone(),
-                selector: format!("fleet={label}"),
-                ..Default::default()
-            })
-            .await
-        else {
-            return 0;
-        };
-        let page = page.into_inner();
-        count += page
-            .devices
-            .iter()
-            .filter(|d| d.online && d.capabilities.is_some())
-            .count();
-        if page.next_page_token.is_empty() {
-            return count;
-        }
-        page_token = page.next_page_token;
-    }
 }
 
 /// One rollout on a fresh hub (and a fresh Mosquitto, with `mosquitto`): `devices`
@@ -144,7 +98,7 @@ async fn rollout(
         &data.join("hub.log"),
     );
     let pid = hub.process.pid();
-    let idle_rss_kib = rss_kib(pid);
+    let idle_rss_kib = testkit::rss_kib(pid);
     let (host, port) = edgeship_proto::parse_broker_url(&hub.mqtt_url).expect("broker url");
     let labels = BTreeMap::from([("fleet".to_owned(), label.to_owned())]);
     let behaviour = Behaviour {
@@ -166,7 +120,8 @@ async fn rollout(
     let connecting = Instant::now();
     let mut reported = Instant::now();
     loop {
-        let count = online(&hub.url, label).await;
+        // Only this run's devices: a broker may still hold another run's retained births.
+        let count = testkit::online_devices(&hub.url, &format!("fleet={label}")).await;
         if count >= devices {
             break;
         }
@@ -242,7 +197,7 @@ async fn rollout(
     let seconds = started.elapsed().as_secs_f64();
     let measured = Measured {
         seconds,
-        rss_kib: rss_kib(pid),
+        rss_kib: testkit::rss_kib(pid),
         idle_rss_kib,
         cpu_seconds: cpu_seconds(pid) - cpu_before,
         broker_cpu_seconds: broker_pid.map_or(0.0, cpu_seconds) - broker_before,

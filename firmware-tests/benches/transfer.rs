@@ -68,17 +68,6 @@ async fn wait_healthy(hub: &str, name: &str) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Deploys a fresh 50 MiB model and returns the seconds from deployment to Healthy.
 async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
     // A seed per label: every transfer moves bytes no agent or registry has seen.
@@ -257,7 +246,7 @@ async fn run() -> anyhow::Result<()> {
     let mem_dir = dir.path().join("agent-mem");
     let agent = start_agent("mem", &hub.mqtt_url, &mem_dir, &dir.path().join("mem.log"));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = rss_kib(agent.pid());
+    let idle = testkit::rss_kib(agent.pid());
     register(
         &hub.url,
         "diabetes",
@@ -267,7 +256,7 @@ async fn run() -> anyhow::Result<()> {
     deploy(&hub.url, "mem", "diabetes:1", free_port(), "mem").await;
     wait_healthy(&hub.url, "mem").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let loaded = rss_kib(agent.pid());
+    let loaded = testkit::rss_kib(agent.pid());
     rows.push((
         "agent RSS, idle and connected".into(),
         format!("{:.1} MiB", idle as f64 / 1024.0),

@@ -519,3 +519,49 @@ pub async fn wait_heard_from(hub: &str, device: &str, since_ms: i64, limit: Dura
     })
     .await;
 }
+
+/// Resident memory (`VmRSS`) of a process, in KiB; 0 when it cannot be read.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// How many devices matching `selector` (Kubernetes syntax; empty for all) the hub at `hub`
+/// has online and announced (their birth with capabilities); 0 when the hub cannot be asked.
+pub async fn online_devices(hub: &str, selector: &str) -> usize {
+    use edgeship_proto::v1 as pb;
+    let Ok(mut fleet) = pb::fleet_client::FleetClient::connect(hub.to_owned()).await else {
+        return 0;
+    };
+    let mut count = 0;
+    let mut page_token = String::new();
+    loop {
+        let Ok(page) = fleet
+            .list_devices(pb::ListDevicesRequest {
+                page_size: 1000,
+                page_token: page_token.clone(),
+                selector: selector.to_owned(),
+                ..Default::default()
+            })
+            .await
+        else {
+            return 0;
+        };
+        let page = page.into_inner();
+        count += page
+            .devices
+            .iter()
+            .filter(|d| d.online && d.capabilities.is_some())
+            .count();
+        if page.next_page_token.is_empty() {
+            return count;
+        }
+        page_token = page.next_page_token;
+    }
+}

@@ -125,22 +125,7 @@ impl SimFleet {
 /// Waits until `count` devices are online at the hub and have announced themselves.
 async fn wait_online(url: &str, count: usize) {
     testkit::eventually(LIMIT, "every device online", || async move {
-        let mut fleet = FleetClient::connect(url.to_owned()).await.ok()?;
-        let devices = fleet
-            .list_devices(pb::ListDevicesRequest {
-                page_size: 1000,
-                ..Default::default()
-            })
-            .await
-            .ok()?
-            .into_inner()
-            .devices;
-        (devices
-            .iter()
-            .filter(|d| d.online && d.capabilities.is_some())
-            .count()
-            >= count)
-            .then_some(())
+        (testkit::online_devices(url, "").await >= count).then_some(())
     })
     .await;
 }
