@@ -227,6 +227,8 @@ async fn run(
     let mut desired: Option<pb::DesiredState> = None;
     let mut fetches: Vec<Fetch> = Vec::new();
     let mut fallback_at: Option<tokio::time::Instant> = None;
+    // How long the current fetch waits for progress: for a broadcast, then for its own chunks.
+    let mut patience = BROADCAST_WAIT;
     loop {
         let message = tokio::select! {
             message = inbound.recv() => match message {
@@ -236,7 +238,8 @@ async fn run(
             // No broadcast came: ask for every chunk still missing.
             () = sleep_until_some(fallback_at) => {
                 // Still fetching: ask again for what is missing, as an agent does on a stall.
-                fallback_at = (!fetches.is_empty()).then(|| tokio::time::Instant::now() + FETCH_STALL);
+                patience = FETCH_STALL;
+                fallback_at = (!fetches.is_empty()).then(|| tokio::time::Instant::now() + patience);
                 for fetch in &fetches {
                     request_missing(&client, &id, fetch).await;
                 }
@@ -295,8 +298,8 @@ async fn run(
                             request_missing(&client, &id, fetch).await;
                         }
                     }
-                    let wait = if listen { BROADCAST_WAIT } else { FETCH_STALL };
-                    fallback_at = Some(tokio::time::Instant::now() + wait);
+                    patience = if listen { BROADCAST_WAIT } else { FETCH_STALL };
+                    fallback_at = Some(tokio::time::Instant::now() + patience);
                     desired = Some(new);
                     finish_if_complete(
                         &client,
@@ -315,7 +318,7 @@ async fn run(
                         continue;
                     };
                     // Progress: the stall timer starts again.
-                    fallback_at = fallback_at.map(|_| tokio::time::Instant::now() + BROADCAST_WAIT);
+                    fallback_at = fallback_at.map(|_| tokio::time::Instant::now() + patience);
                     if !chunk.error.is_empty() {
                         state.send_modify(|s| s.error = Some(chunk.error.clone()));
                         continue;

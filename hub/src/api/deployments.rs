@@ -84,7 +84,7 @@ impl FleetService {
         Ok(rollout_message(Some(deployment), rollout, rollout.targeted))
     }
 
-    async fn deployment_id(&self, name: &str) -> Result<String, Status> {
+    fn deployment_id(&self, name: &str) -> Result<String, Status> {
         Ok(resource_id(name, "deployments")?.to_owned())
     }
 }
@@ -277,7 +277,7 @@ impl Deployments for FleetService {
         &self,
         request: Request<pb::GetDeploymentRequest>,
     ) -> Result<Response<pb::Deployment>, Status> {
-        let id = self.deployment_id(&request.into_inner().name).await?;
+        let id = self.deployment_id(&request.into_inner().name)?;
         let service = self.clone();
         let view = self
             .blocking(move |fleet| service.deployment_view(&fleet.get_deployment(&id)?))
@@ -313,7 +313,7 @@ impl Deployments for FleetService {
         &self,
         request: Request<pb::DeleteDeploymentRequest>,
     ) -> Result<Response<pb::DeleteDeploymentResponse>, Status> {
-        let id = self.deployment_id(&request.into_inner().name).await?;
+        let id = self.deployment_id(&request.into_inner().name)?;
         self.blocking(move |fleet| fleet.delete_deployment(&id))
             .await?;
         Ok(Response::new(pb::DeleteDeploymentResponse {}))
@@ -323,7 +323,7 @@ impl Deployments for FleetService {
         &self,
         request: Request<pb::GetRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
-        let id = self.deployment_id(&request.into_inner().name).await?;
+        let id = self.deployment_id(&request.into_inner().name)?;
         let service = self.clone();
         let view = self
             .blocking(move |fleet| service.current_rollout_view(fleet, &id))
@@ -337,7 +337,7 @@ impl Deployments for FleetService {
         &self,
         request: Request<pb::WatchDeploymentRequest>,
     ) -> Result<Response<Self::WatchDeploymentStream>, Status> {
-        let id = self.deployment_id(&request.into_inner().name).await?;
+        let id = self.deployment_id(&request.into_inner().name)?;
         let service = self.clone();
         // The first answer comes before the stream: a missing deployment is an error status.
         let first = {
@@ -383,7 +383,7 @@ impl Deployments for FleetService {
         request: Request<pb::UpdateRolloutRequest>,
     ) -> Result<Response<pb::Rollout>, Status> {
         let request = request.into_inner();
-        let id = self.deployment_id(&request.name).await?;
+        let id = self.deployment_id(&request.name)?;
         let action = match pb::RolloutAction::try_from(request.action) {
             Ok(pb::RolloutAction::Pause) => RolloutAction::Pause,
             Ok(pb::RolloutAction::Resume) => RolloutAction::Resume,
@@ -410,7 +410,7 @@ impl Deployments for FleetService {
         &self,
         request: Request<pb::ListRolloutHistoryRequest>,
     ) -> Result<Response<pb::ListRolloutHistoryResponse>, Status> {
-        let id = self.deployment_id(&request.into_inner().name).await?;
+        let id = self.deployment_id(&request.into_inner().name)?;
         let response = self
             .blocking(move |fleet| {
                 let history = fleet.rollout_history(&id)?;
