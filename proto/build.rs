@@ -10,6 +10,8 @@ const PROTOS: &[&str] = &[
     "edgeship/v1/device.proto",
     "edgeship/v1/fleet.proto",
 ];
+/// The Open Inference Protocol's gRPC service, served by agents' scoring endpoints.
+const INFERENCE_PROTOS: &[&str] = &["inference/grpc_service.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -29,5 +31,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // File chunks decode as `Bytes` slices of the received buffer instead of copies.
         .bytes(".")
         .compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .client_mod_attribute(".", "#[cfg(feature = \"inference\")]")
+        .server_mod_attribute(".", "#[cfg(feature = \"inference\")]")
+        // Raw tensor contents decode as slices of the received buffer, not copies.
+        .bytes(".")
+        .compile_fds(protox::compile(INFERENCE_PROTOS, ["proto"])?)?;
     Ok(())
 }

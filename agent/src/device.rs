@@ -3,16 +3,20 @@
 
 use std::collections::BTreeSet;
 
-use edgeship_domain::{Birth, Capabilities, Requirement};
+use edgeship_domain::{Birth, Capabilities, Protocol, Requirement};
 
 use crate::config::AgentConfig;
 
-/// The feature tokens this agent implements, whatever the device: the baseline, and traffic
-/// splits (several models behind one endpoint, see `serve::router`).
+/// The feature tokens this agent implements, whatever the device: the baseline, traffic
+/// splits (several models behind one endpoint, see `serve::router`) and the Open Inference
+/// Protocol (`serve::v2`).
 pub fn features() -> BTreeSet<String> {
     Requirement::BASELINE
         .iter()
-        .chain(&[Requirement::TrafficSplit])
+        .chain(&[
+            Requirement::TrafficSplit,
+            Requirement::Protocol(Protocol::V2),
+        ])
         .map(|f| f.token())
         .collect()
 }

@@ -229,19 +229,38 @@ impl Stage {
     }
 
     /// Points the deployment's endpoint at `routes`, starting or moving the endpoint as
-    /// needed. On error the previous endpoint (if any) is untouched.
+    /// needed. On error the previous endpoint (if any) is untouched, unless the new one reuses
+    /// one of its ports with other protocols (it was stopped to free them).
     async fn switch(&mut self, workload: &Workload, routes: Routes) -> Result<(), StageError> {
         let port = workload.endpoint.port;
+        let grpc_port = workload.endpoint.grpc_port;
+        // Same ports and protocols: the running endpoint takes the new routes in place.
         if let Some(served) = self.endpoints.get_mut(&workload.deployment)
             && served.endpoint.addr().port() == port
+            && served.endpoint.grpc_addr().map(|a| a.port()) == grpc_port
+            && served.workload.endpoint.protocols == workload.endpoint.protocols
         {
             served.endpoint.switch(routes);
             served.workload = workload.clone();
             return Ok(());
         }
+        // A protocol change on the same port: the old endpoint must let go of its ports
+        // before the new one binds them (the only case where a failed start leaves none).
+        let overlaps = self
+            .endpoints
+            .get(&workload.deployment)
+            .is_some_and(|served| {
+                let held = served.workload.endpoint.ports().collect::<Vec<_>>();
+                workload.endpoint.ports().any(|p| held.contains(&p))
+            });
+        if overlaps && let Some(old) = self.endpoints.remove(&workload.deployment) {
+            old.endpoint.stop().await;
+        }
         let addr = SocketAddr::new(self.serve_host, port);
+        let grpc_addr = grpc_port.map(|p| SocketAddr::new(self.serve_host, p));
         let endpoint = Endpoint::start(
             addr,
+            grpc_addr,
             &workload.deployment,
             &workload.endpoint.protocols,
             routes,

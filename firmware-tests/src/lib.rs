@@ -257,7 +257,10 @@ impl Mosquitto {
 pub struct HttpResponse {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as text (lossy where it is not UTF-8).
     pub body: String,
+    /// The body's bytes as sent (binary protocols).
+    pub bytes: Vec<u8>,
 }
 
 impl HttpResponse {
@@ -302,8 +305,14 @@ pub async fn http(
     tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
         .await
         .map_err(|_| timed_out())??;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |at| at + 4);
+    let bytes = raw.split_off(split);
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let head = text.trim_end();
+    let body = String::from_utf8_lossy(&bytes).into_owned();
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -317,7 +326,8 @@ pub async fn http(
     Ok(HttpResponse {
         status,
         headers,
-        body: body.to_owned(),
+        body,
+        bytes,
     })
 }
 

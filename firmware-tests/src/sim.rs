@@ -41,6 +41,10 @@ pub struct Behaviour {
     /// Fetch every chunk on the device's own topic, never joining a broadcast (what agents
     /// did before broadcasts; the fleet benchmark compares the two).
     pub no_broadcast: bool,
+    /// How long to listen for a broadcast before asking for chunks itself; `None`: the
+    /// agent's 2 s. Tests on loaded, unoptimized builds wait longer to check the mechanism,
+    /// not the timing.
+    pub broadcast_wait: Option<Duration>,
 }
 
 /// How long a simulated device listens for a broadcast before asking for chunks itself, and
@@ -298,7 +302,11 @@ async fn run(
                             request_missing(&client, &id, fetch).await;
                         }
                     }
-                    patience = if listen { BROADCAST_WAIT } else { FETCH_STALL };
+                    patience = match (listen, behaviour.borrow().broadcast_wait) {
+                        (true, Some(wait)) => wait,
+                        (true, None) => BROADCAST_WAIT,
+                        (false, _) => FETCH_STALL,
+                    };
                     fallback_at = Some(tokio::time::Instant::now() + patience);
                     desired = Some(new);
                     finish_if_complete(
@@ -323,9 +331,11 @@ async fn run(
                         state.send_modify(|s| s.error = Some(chunk.error.clone()));
                         continue;
                     }
-                    let intact = hex::encode(Sha256::digest(&chunk.data)) == chunk.chunk_sha256;
+                    // As the agent does: a chunk already held is dropped before it is hashed
+                    // (a broadcast round overlaps what a device took from the one before).
                     if let Some(fetch) = fetches.iter_mut().find(|f| f.sha256 == chunk.sha256)
-                        && intact
+                        && !fetch.has(chunk.offset)
+                        && hex::encode(Sha256::digest(&chunk.data)) == chunk.chunk_sha256
                     {
                         fetch.take(chunk.offset, chunk.data);
                     }

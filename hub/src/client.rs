@@ -391,6 +391,21 @@ pub async fn deploy_to_devices(
     port: u16,
     devices: &[&str],
 ) -> Result<pb::Deployment, tonic::Status> {
+    let endpoint = pb::Endpoint {
+        port: u32::from(port),
+        ..Default::default()
+    };
+    deploy_endpoint_to_devices(hub, name, model, endpoint, devices).await
+}
+
+/// Creates deployment `name` of `model` with `endpoint` on `devices`.
+pub async fn deploy_endpoint_to_devices(
+    hub: &str,
+    name: &str,
+    model: &str,
+    endpoint: pb::Endpoint,
+    devices: &[&str],
+) -> Result<pb::Deployment, tonic::Status> {
     let channel = channel(hub)
         .await
         .map_err(|err| tonic::Status::unavailable(format!("{err:#}")))?;
@@ -400,10 +415,7 @@ pub async fn deploy_to_devices(
                 deployment_id: name.into(),
                 model: model.into(),
                 runtime: "tract".into(),
-                endpoint: Some(pb::Endpoint {
-                    port: u32::from(port),
-                    ..Default::default()
-                }),
+                endpoint: Some(endpoint),
                 target: Some(pb::Target {
                     device_ids: devices.iter().map(|d| (*d).to_owned()).collect(),
                     ..Default::default()

@@ -15,6 +15,12 @@ pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/edgeship.v1.rs"));
 }
 
+/// The Open Inference Protocol v2 (`package inference`): messages always, the
+/// `GRPCInferenceService` stubs with the `inference` feature.
+pub mod inference {
+    include!(concat!(env!("OUT_DIR"), "/inference.rs"));
+}
+
 /// Encoded `FileDescriptorSet` of every edgeship `.proto` file, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/edgeship_descriptor.bin"));

@@ -42,32 +42,106 @@ pub struct OnnxSignature {
 }
 
 /// Element types, named as ONNX tools print them (`float32`, `int64`, …). Types no runtime
-/// computes with yet are kept by name, so a signature is never lost, only refused at scoring.
+/// computes with yet (`bfloat16`, `complex64`, …) are kept by name, so a signature is never
+/// lost, only refused at scoring.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "String", into = "String")]
 pub enum ElementType {
-    F32,
-    F64,
+    Bool,
+    U8,
+    U16,
+    U32,
+    U64,
+    I8,
+    I16,
     I32,
     I64,
-    Bool,
-    /// Any other type (`float16`, `string`, `uint8`, …), by name.
+    F16,
+    F32,
+    F64,
+    /// ONNX `string` tensors: byte strings on the wire (`BYTES` in the Open Inference Protocol).
+    String,
+    /// Any other type, by name.
     Other(String),
 }
 
 impl ElementType {
+    /// Every type scoring carries, in the order the Open Inference Protocol lists them.
+    pub const SUPPORTED: [ElementType; 13] = [
+        ElementType::Bool,
+        ElementType::U8,
+        ElementType::U16,
+        ElementType::U32,
+        ElementType::U64,
+        ElementType::I8,
+        ElementType::I16,
+        ElementType::I32,
+        ElementType::I64,
+        ElementType::F16,
+        ElementType::F32,
+        ElementType::F64,
+        ElementType::String,
+    ];
+
     pub fn name(&self) -> &str {
         match self {
-            ElementType::F32 => "float32",
-            ElementType::F64 => "float64",
+            ElementType::Bool => "bool",
+            ElementType::U8 => "uint8",
+            ElementType::U16 => "uint16",
+            ElementType::U32 => "uint32",
+            ElementType::U64 => "uint64",
+            ElementType::I8 => "int8",
+            ElementType::I16 => "int16",
             ElementType::I32 => "int32",
             ElementType::I64 => "int64",
-            ElementType::Bool => "bool",
+            ElementType::F16 => "float16",
+            ElementType::F32 => "float32",
+            ElementType::F64 => "float64",
+            ElementType::String => "string",
             ElementType::Other(name) => name,
         }
     }
 
-    /// Whether scoring can carry this type (as JSON numbers or booleans).
+    /// The Open Inference Protocol's name (`FP32`, `INT64`, `BYTES`, …); `None` for types it
+    /// has none for.
+    pub fn oip_name(&self) -> Option<&'static str> {
+        Some(match self {
+            ElementType::Bool => "BOOL",
+            ElementType::U8 => "UINT8",
+            ElementType::U16 => "UINT16",
+            ElementType::U32 => "UINT32",
+            ElementType::U64 => "UINT64",
+            ElementType::I8 => "INT8",
+            ElementType::I16 => "INT16",
+            ElementType::I32 => "INT32",
+            ElementType::I64 => "INT64",
+            ElementType::F16 => "FP16",
+            ElementType::F32 => "FP32",
+            ElementType::F64 => "FP64",
+            ElementType::String => "BYTES",
+            ElementType::Other(_) => return None,
+        })
+    }
+
+    /// Reads an Open Inference Protocol datatype name.
+    pub fn from_oip_name(name: &str) -> Option<ElementType> {
+        Self::SUPPORTED
+            .into_iter()
+            .find(|t| t.oip_name() == Some(name))
+    }
+
+    /// Bytes per element in a raw little-endian buffer; `None` for strings and unknown types.
+    pub fn byte_size(&self) -> Option<usize> {
+        match self {
+            ElementType::Bool | ElementType::U8 | ElementType::I8 => Some(1),
+            ElementType::U16 | ElementType::I16 | ElementType::F16 => Some(2),
+            ElementType::U32 | ElementType::I32 | ElementType::F32 => Some(4),
+            ElementType::U64 | ElementType::I64 | ElementType::F64 => Some(8),
+            ElementType::String | ElementType::Other(_) => None,
+        }
+    }
+
+    /// Whether scoring can carry this type.
     pub fn is_supported(&self) -> bool {
         !matches!(self, ElementType::Other(_))
     }
@@ -75,14 +149,10 @@ impl ElementType {
 
 impl From<&str> for ElementType {
     fn from(name: &str) -> Self {
-        match name {
-            "float32" => ElementType::F32,
-            "float64" => ElementType::F64,
-            "int32" => ElementType::I32,
-            "int64" => ElementType::I64,
-            "bool" => ElementType::Bool,
-            other => ElementType::Other(other.to_owned()),
-        }
+        Self::SUPPORTED
+            .into_iter()
+            .find(|t| t.name() == name)
+            .unwrap_or_else(|| ElementType::Other(name.to_owned()))
     }
 }
 
@@ -183,10 +253,22 @@ mod tests {
 
     #[test]
     fn unknown_element_types_keep_their_name() {
-        let half = ElementType::from("float16");
-        assert_eq!(half, ElementType::Other("float16".into()));
-        assert!(!half.is_supported());
-        assert_eq!(half.to_string(), "float16");
+        let brain = ElementType::from("bfloat16");
+        assert_eq!(brain, ElementType::Other("bfloat16".into()));
+        assert!(!brain.is_supported());
+        assert_eq!(brain.oip_name(), None);
+        assert_eq!(brain.to_string(), "bfloat16");
         assert!(ElementType::from("int64").is_supported());
+    }
+
+    #[test]
+    fn every_supported_type_round_trips_its_names() {
+        for t in ElementType::SUPPORTED {
+            assert_eq!(ElementType::from(t.name()), t);
+            let oip = t.oip_name().expect("every supported type has an OIP name");
+            assert_eq!(ElementType::from_oip_name(oip), Some(t.clone()));
+        }
+        assert_eq!(ElementType::from("float16").byte_size(), Some(2));
+        assert_eq!(ElementType::from_oip_name("FP8"), None);
     }
 }

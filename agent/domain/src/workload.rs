@@ -288,6 +288,9 @@ pub struct Endpoint {
     /// Never empty: Azure ML alone when nothing else is asked for.
     pub protocols: Vec<Protocol>,
     pub cors_origins: Vec<String>,
+    /// The second port, for the Open Inference Protocol over gRPC (with `v2`).
+    #[serde(default)]
+    pub grpc_port: Option<u16>,
 }
 
 impl Endpoint {
@@ -298,6 +301,12 @@ impl Endpoint {
             auth: AuthMode::None,
             protocols: vec![Protocol::Azureml],
             cors_origins: Vec::new(),
+            grpc_port: None,
         }
+    }
+
+    /// Every TCP port the endpoint listens on.
+    pub fn ports(&self) -> impl Iterator<Item = u16> {
+        std::iter::once(self.port).chain(self.grpc_port)
     }
 }

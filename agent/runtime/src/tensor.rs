@@ -1,29 +1,162 @@
-//! Runtime-neutral tensors: what scoring adapters hand to runtimes and get back.
+//! Runtime-neutral tensors: what scoring adapters hand to runtimes and get back, with the raw
+//! little-endian encoding that binary protocols (OIP's binary extension, its gRPC raw contents,
+//! `application/octet-stream` bodies) carry.
 
 use edgeship_domain::{Dim, ElementType, TensorSpec};
+pub use half::f16;
 
-#[derive(Debug, Clone, PartialEq)]
-pub enum TensorData {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-    I32(Vec<i32>),
-    I64(Vec<i64>),
-    Bool(Vec<bool>),
+/// Declares [`TensorData`] once per fixed-size element type, with what every use needs:
+/// the element type, the length, zeros, and raw little-endian conversions.
+macro_rules! tensor_data {
+    ($($variant:ident($ty:ty) = $zero:expr),* $(,)?) => {
+        /// Row-major element values, one variant per element type.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum TensorData {
+            $($variant(Vec<$ty>),)*
+            /// ONNX strings (OIP `BYTES`): UTF-8 text, one per element.
+            String(Vec<String>),
+        }
+
+        impl TensorData {
+            pub fn len(&self) -> usize {
+                match self {
+                    $(TensorData::$variant(v) => v.len(),)*
+                    TensorData::String(v) => v.len(),
+                }
+            }
+
+            pub fn element_type(&self) -> ElementType {
+                match self {
+                    $(TensorData::$variant(_) => ElementType::$variant,)*
+                    TensorData::String(_) => ElementType::String,
+                }
+            }
+
+            /// `n` zeros (false, empty strings) of `element_type`; `None` for types no
+            /// runtime computes with.
+            pub fn zeros(element_type: &ElementType, n: usize) -> Option<TensorData> {
+                Some(match element_type {
+                    $(ElementType::$variant => TensorData::$variant(vec![$zero; n]),)*
+                    ElementType::String => TensorData::String(vec![String::new(); n]),
+                    ElementType::Other(_) => return None,
+                })
+            }
+
+            /// Reads `bytes` as little-endian values of a fixed-size `element_type`; strings
+            /// use [`TensorData::from_length_prefixed`].
+            pub fn from_le_bytes(element_type: &ElementType, bytes: &[u8]) -> Result<TensorData, String> {
+                let size = element_type.byte_size().ok_or_else(|| {
+                    format!("{element_type} has no fixed-size raw encoding")
+                })?;
+                if bytes.len() % size != 0 {
+                    return Err(format!(
+                        "{} bytes is not a whole number of {element_type} elements ({size} bytes each)",
+                        bytes.len()
+                    ));
+                }
+                let chunks = bytes.chunks_exact(size);
+                Ok(match element_type {
+                    $(ElementType::$variant => TensorData::$variant(
+                        chunks.map(|c| <$ty>::from_le_bytes(c.try_into().unwrap_or_default())).collect()
+                    ),)*
+                    ElementType::String | ElementType::Other(_) => unreachable_encoding(element_type)?,
+                })
+            }
+
+            /// The raw little-endian bytes of the values; strings are length-prefixed
+            /// (a 4-byte little-endian length before each), as OIP encodes `BYTES`.
+            pub fn to_le_bytes(&self) -> Vec<u8> {
+                match self {
+                    $(TensorData::$variant(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),)*
+                    TensorData::String(v) => {
+                        let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
+                        for s in v {
+                            // Element sizes beyond 4 GiB cannot arrive: bodies are capped far lower.
+                            out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+                            out.extend_from_slice(s.as_bytes());
+                        }
+                        out
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// `bool` has no `from_le_bytes` of its own: one byte, any non-zero value is true (as numpy
+/// and ONNX write booleans).
+trait FromLeBytes: Sized {
+    fn from_le_bytes(bytes: [u8; 1]) -> Self;
+    fn to_le_bytes(self) -> [u8; 1];
+}
+
+impl FromLeBytes for bool {
+    fn from_le_bytes(bytes: [u8; 1]) -> Self {
+        bytes[0] != 0
+    }
+
+    fn to_le_bytes(self) -> [u8; 1] {
+        [u8::from(self)]
+    }
+}
+
+fn unreachable_encoding(element_type: &ElementType) -> Result<TensorData, String> {
+    Err(format!("{element_type} has no fixed-size raw encoding"))
+}
+
+tensor_data! {
+    Bool(bool) = false,
+    U8(u8) = 0,
+    U16(u16) = 0,
+    U32(u32) = 0,
+    U64(u64) = 0,
+    I8(i8) = 0,
+    I16(i16) = 0,
+    I32(i32) = 0,
+    I64(i64) = 0,
+    F16(f16) = f16::ZERO,
+    F32(f32) = 0.0,
+    F64(f64) = 0.0,
 }
 
 impl TensorData {
-    pub fn len(&self) -> usize {
-        match self {
-            TensorData::F32(v) => v.len(),
-            TensorData::F64(v) => v.len(),
-            TensorData::I32(v) => v.len(),
-            TensorData::I64(v) => v.len(),
-            TensorData::Bool(v) => v.len(),
-        }
-    }
-
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Reads OIP's `BYTES` encoding: each element a 4-byte little-endian length, then that
+    /// many bytes. Every length is checked against what is left, so a forged length cannot
+    /// make the reader allocate or read beyond the buffer.
+    pub fn from_length_prefixed(mut bytes: &[u8]) -> Result<TensorData, String> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (head, rest) = bytes
+                .split_first_chunk::<4>()
+                .ok_or_else(|| format!("{} trailing bytes cannot hold a length", bytes.len()))?;
+            let len = u32::from_le_bytes(*head) as usize;
+            if len > rest.len() {
+                return Err(format!(
+                    "element {} declares {len} bytes but only {} remain",
+                    out.len(),
+                    rest.len()
+                ));
+            }
+            let (text, rest) = rest.split_at(len);
+            let text = std::str::from_utf8(text)
+                .map_err(|err| format!("element {} is not UTF-8 text: {err}", out.len()))?;
+            out.push(text.to_owned());
+            bytes = rest;
+        }
+        Ok(TensorData::String(out))
+    }
+
+    /// Raw bytes of any element type: fixed-size little-endian values, or length-prefixed
+    /// strings.
+    pub fn from_raw(element_type: &ElementType, bytes: &[u8]) -> Result<TensorData, String> {
+        match element_type {
+            ElementType::String => Self::from_length_prefixed(bytes),
+            other => Self::from_le_bytes(other, bytes),
+        }
     }
 }
 
@@ -47,14 +180,7 @@ impl Tensor {
             })
             .collect();
         let n = shape.iter().product();
-        let data = match spec.element_type {
-            ElementType::F32 => TensorData::F32(vec![0.0; n]),
-            ElementType::F64 => TensorData::F64(vec![0.0; n]),
-            ElementType::I32 => TensorData::I32(vec![0; n]),
-            ElementType::I64 => TensorData::I64(vec![0; n]),
-            ElementType::Bool => TensorData::Bool(vec![false; n]),
-            ElementType::Other(_) => return None,
-        };
+        let data = TensorData::zeros(&spec.element_type, n)?;
         Some(Tensor { shape, data })
     }
 }
@@ -73,10 +199,43 @@ mod tests {
         let zeros = Tensor::zeros(&spec).expect("supported");
         assert_eq!(zeros.shape, [1, 4]);
         assert_eq!(zeros.data, TensorData::F32(vec![0.0; 4]));
-        let text = TensorSpec {
-            element_type: ElementType::Other("string".into()),
+        let unknown = TensorSpec {
+            element_type: ElementType::Other("complex64".into()),
             ..spec
         };
-        assert_eq!(Tensor::zeros(&text), None);
+        assert_eq!(Tensor::zeros(&unknown), None);
+    }
+
+    #[test]
+    fn raw_bytes_round_trip_for_every_type() {
+        for t in ElementType::SUPPORTED {
+            let data = TensorData::zeros(&t, 3).expect("supported");
+            let bytes = data.to_le_bytes();
+            assert_eq!(TensorData::from_raw(&t, &bytes), Ok(data), "{t}");
+        }
+        let values = TensorData::I16(vec![-2, 300]);
+        assert_eq!(values.to_le_bytes(), [0xfe, 0xff, 0x2c, 0x01]);
+        let text = TensorData::String(vec!["ab".into(), String::new()]);
+        assert_eq!(text.to_le_bytes(), [2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn malformed_raw_bytes_are_refused_with_the_reason() {
+        let err = TensorData::from_raw(&ElementType::F32, &[0; 6]).expect_err("ragged");
+        assert!(
+            err.contains("6 bytes is not a whole number of float32"),
+            "{err}"
+        );
+        let err = TensorData::from_raw(&ElementType::String, &[255, 255, 255, 255, b'x'])
+            .expect_err("forged length");
+        assert!(
+            err.contains("declares 4294967295 bytes but only 1 remain"),
+            "{err}"
+        );
+        let err =
+            TensorData::from_raw(&ElementType::String, &[1, 0, 0, 0, 0xff]).expect_err("utf8");
+        assert!(err.contains("not UTF-8"), "{err}");
+        let err = TensorData::from_raw(&ElementType::String, &[1, 0]).expect_err("short");
+        assert!(err.contains("cannot hold a length"), "{err}");
     }
 }

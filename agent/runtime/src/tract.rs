@@ -121,30 +121,54 @@ impl Runnable for TractModel {
 
 fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
     let shape = tensor.shape;
-    let bad = |err: TractError| RuntimeError::BadInput(format!("{err:#}"));
-    let t = match tensor.data {
-        TensorData::F32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
-        TensorData::F64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
-        TensorData::I32(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
-        TensorData::I64(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
-        TensorData::Bool(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v).map(Tensor::from),
+    fn array<D: Datum>(shape: Vec<usize>, v: Vec<D>) -> Result<Tensor, RuntimeError> {
+        tract_ndarray::ArrayD::from_shape_vec(shape, v)
+            .map(Tensor::from)
+            .map_err(|err| RuntimeError::BadInput(format!("{err:#}")))
     }
-    .map_err(|err| bad(err.into()))?;
+    let t = match tensor.data {
+        TensorData::Bool(v) => array(shape, v),
+        TensorData::U8(v) => array(shape, v),
+        TensorData::U16(v) => array(shape, v),
+        TensorData::U32(v) => array(shape, v),
+        TensorData::U64(v) => array(shape, v),
+        TensorData::I8(v) => array(shape, v),
+        TensorData::I16(v) => array(shape, v),
+        TensorData::I32(v) => array(shape, v),
+        TensorData::I64(v) => array(shape, v),
+        TensorData::F16(v) => array(shape, v),
+        TensorData::F32(v) => array(shape, v),
+        TensorData::F64(v) => array(shape, v),
+        TensorData::String(v) => array(shape, v),
+    }?;
     Ok(t.into_tvalue())
+}
+
+/// tract's datum type for an element type scoring carries.
+fn datum_type(element_type: &ElementType) -> Option<DatumType> {
+    Some(match element_type {
+        ElementType::Bool => DatumType::Bool,
+        ElementType::U8 => DatumType::U8,
+        ElementType::U16 => DatumType::U16,
+        ElementType::U32 => DatumType::U32,
+        ElementType::U64 => DatumType::U64,
+        ElementType::I8 => DatumType::I8,
+        ElementType::I16 => DatumType::I16,
+        ElementType::I32 => DatumType::I32,
+        ElementType::I64 => DatumType::I64,
+        ElementType::F16 => DatumType::F16,
+        ElementType::F32 => DatumType::F32,
+        ElementType::F64 => DatumType::F64,
+        ElementType::String => DatumType::String,
+        ElementType::Other(_) => return None,
+    })
 }
 
 /// Converts an output, casting to the element type the signature declares when tract's
 /// internal type differs (tract may keep integer results as dimension values).
 fn from_tract(tensor: &Tensor, declared: Option<&TensorSpec>) -> Result<EdgeTensor, RuntimeError> {
     let shape = tensor.shape().to_vec();
-    let wanted = declared.and_then(|d| match d.element_type {
-        ElementType::F32 => Some(DatumType::F32),
-        ElementType::F64 => Some(DatumType::F64),
-        ElementType::I32 => Some(DatumType::I32),
-        ElementType::I64 => Some(DatumType::I64),
-        ElementType::Bool => Some(DatumType::Bool),
-        ElementType::Other(_) => None,
-    });
+    let wanted = declared.and_then(|d| datum_type(&d.element_type));
     let cast;
     let tensor = match wanted {
         Some(dt) if dt != tensor.datum_type() => {
@@ -156,13 +180,28 @@ fn from_tract(tensor: &Tensor, declared: Option<&TensorSpec>) -> Result<EdgeTens
         _ => tensor,
     };
     let data = match tensor.datum_type() {
-        DatumType::F32 => TensorData::F32(values(tensor)?),
-        DatumType::F64 => TensorData::F64(values(tensor)?),
+        DatumType::Bool => TensorData::Bool(values(tensor)?),
+        DatumType::U8 => TensorData::U8(values(tensor)?),
+        DatumType::U16 => TensorData::U16(values(tensor)?),
+        DatumType::U32 => TensorData::U32(values(tensor)?),
+        DatumType::U64 => TensorData::U64(values(tensor)?),
+        DatumType::I8 => TensorData::I8(values(tensor)?),
+        DatumType::I16 => TensorData::I16(values(tensor)?),
         DatumType::I32 => TensorData::I32(values(tensor)?),
         DatumType::I64 => TensorData::I64(values(tensor)?),
-        DatumType::Bool => TensorData::Bool(values(tensor)?),
+        DatumType::F16 => TensorData::F16(values(tensor)?),
+        DatumType::F32 => TensorData::F32(values(tensor)?),
+        DatumType::F64 => TensorData::F64(values(tensor)?),
+        DatumType::String => TensorData::String(
+            tensor
+                .to_plain_array_view::<String>()
+                .map_err(|err| RuntimeError::Run(format!("reading an output: {err:#}")))?
+                .iter()
+                .cloned()
+                .collect(),
+        ),
         other => {
-            // Cast what JSON can carry as numbers (f16, small ints) instead of refusing.
+            // Types scoring has no name for (dimension values, quantized): as numbers.
             let cast = tensor.cast_to::<f64>().map_err(|err| {
                 RuntimeError::Run(format!("output type {other:?} cannot be returned: {err:#}"))
             })?;

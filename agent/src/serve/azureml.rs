@@ -127,9 +127,15 @@ fn tensor_schema(info: &TensorSpec) -> Value {
     let item = match &info.element_type {
         ElementType::F32 => json!({"type": "number", "format": "float"}),
         ElementType::F64 => json!({"type": "number", "format": "double"}),
+        ElementType::F16 => json!({"type": "number", "format": "float"}),
         ElementType::I32 => json!({"type": "integer", "format": "int32"}),
         ElementType::I64 => json!({"type": "integer", "format": "int64"}),
+        ElementType::I8 | ElementType::I16 => json!({"type": "integer", "format": "int32"}),
+        ElementType::U8 | ElementType::U16 | ElementType::U32 | ElementType::U64 => {
+            json!({"type": "integer", "format": "int64", "minimum": 0})
+        }
         ElementType::Bool => json!({"type": "boolean"}),
+        ElementType::String => json!({"type": "string"}),
         ElementType::Other(_) => json!({}),
     };
     info.shape.iter().rev().fold(item, |inner, dim| {

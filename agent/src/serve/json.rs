@@ -8,14 +8,75 @@ use serde_json::{Map, Value};
 /// Nested JSON arrays in the tensor's shape (a scalar for rank 0). Non-finite floats, which
 /// JSON cannot carry, become `null`.
 pub fn tensor_to_json(tensor: &Tensor) -> Value {
-    let flat: Vec<Value> = match &tensor.data {
-        TensorData::F32(v) => v.iter().map(|x| float_json(f64::from(*x))).collect(),
-        TensorData::F64(v) => v.iter().map(|x| float_json(*x)).collect(),
-        TensorData::I32(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::I64(v) => v.iter().map(|x| Value::from(*x)).collect(),
-        TensorData::Bool(v) => v.iter().map(|x| Value::from(*x)).collect(),
-    };
-    nest(&flat, &tensor.shape)
+    nest(&values_to_json(&tensor.data), &tensor.shape)
+}
+
+/// The values as flat JSON scalars, in row-major order.
+pub fn values_to_json(data: &TensorData) -> Vec<Value> {
+    fn all<T: Copy>(v: &[T], f: impl Fn(T) -> Value) -> Vec<Value> {
+        v.iter().map(|x| f(*x)).collect()
+    }
+    match data {
+        TensorData::Bool(v) => all(v, Value::from),
+        TensorData::U8(v) => all(v, Value::from),
+        TensorData::U16(v) => all(v, Value::from),
+        TensorData::U32(v) => all(v, Value::from),
+        TensorData::U64(v) => all(v, Value::from),
+        TensorData::I8(v) => all(v, Value::from),
+        TensorData::I16(v) => all(v, Value::from),
+        TensorData::I32(v) => all(v, Value::from),
+        TensorData::I64(v) => all(v, Value::from),
+        TensorData::F16(v) => all(v, |x| float_json(f64::from(x))),
+        TensorData::F32(v) => all(v, |x| float_json(f64::from(x))),
+        TensorData::F64(v) => all(v, float_json),
+        TensorData::String(v) => v.iter().map(|x| Value::from(x.as_str())).collect(),
+    }
+}
+
+/// Reads flat JSON scalars as values of `element_type`. On a value that does not fit, the
+/// error names its index, what it is and what was expected.
+pub fn values_from_json(element_type: &ElementType, flat: &[&Value]) -> Result<TensorData, String> {
+    fn all<T>(
+        flat: &[&Value],
+        what: &str,
+        read: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, String> {
+        flat.iter()
+            .enumerate()
+            .map(|(i, v)| {
+                read(v).ok_or_else(|| format!("element {i} is {}, expected {what}", describe(v)))
+            })
+            .collect()
+    }
+    fn int<T: TryFrom<i64> + TryFrom<u64>>(v: &Value) -> Option<T> {
+        match v.as_i64() {
+            Some(x) => T::try_from(x).ok(),
+            None => v.as_u64().and_then(|x| T::try_from(x).ok()),
+        }
+    }
+    let number = "a number";
+    Ok(match element_type {
+        ElementType::Bool => TensorData::Bool(all(flat, "true or false", Value::as_bool)?),
+        ElementType::U8 => TensorData::U8(all(flat, "an integer in 0..=255", int)?),
+        ElementType::U16 => TensorData::U16(all(flat, "an integer in 0..=65535", int)?),
+        ElementType::U32 => TensorData::U32(all(flat, "a 32-bit unsigned integer", int)?),
+        ElementType::U64 => TensorData::U64(all(flat, "a 64-bit unsigned integer", int)?),
+        ElementType::I8 => TensorData::I8(all(flat, "an integer in -128..=127", int)?),
+        ElementType::I16 => TensorData::I16(all(flat, "a 16-bit integer", int)?),
+        ElementType::I32 => TensorData::I32(all(flat, "a 32-bit integer", int)?),
+        ElementType::I64 => TensorData::I64(all(flat, "an integer", int)?),
+        ElementType::F16 => TensorData::F16(all(flat, number, |v| {
+            v.as_f64().map(edgeship_runtime::tensor::f16::from_f64)
+        })?),
+        ElementType::F32 => TensorData::F32(all(flat, number, |v| v.as_f64().map(|x| x as f32))?),
+        ElementType::F64 => TensorData::F64(all(flat, number, Value::as_f64)?),
+        ElementType::String => {
+            TensorData::String(all(flat, "a string", |v| v.as_str().map(str::to_owned))?)
+        }
+        ElementType::Other(name) => {
+            return Err(format!("element type {name} cannot be sent as JSON"));
+        }
+    })
 }
 
 fn float_json(x: f64) -> Value {
@@ -73,53 +134,7 @@ pub fn tensor_from_json(info: &TensorSpec, value: &Value) -> Result<Tensor, Inpu
             "the array at data{path} is not rectangular; every row must have the same length"
         ))
     })?;
-    let bad = |index: usize, what: &str| {
-        fail(format!(
-            "element {index} is {}, expected {what}",
-            describe(flat[index])
-        ))
-    };
-    let data = match &info.element_type {
-        ElementType::F32 | ElementType::F64 => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                out.push(v.as_f64().ok_or_else(|| bad(i, "a number"))?);
-            }
-            if info.element_type == ElementType::F32 {
-                TensorData::F32(out.into_iter().map(|x| x as f32).collect())
-            } else {
-                TensorData::F64(out)
-            }
-        }
-        ElementType::I32 => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                let x = v
-                    .as_i64()
-                    .and_then(|x| i32::try_from(x).ok())
-                    .ok_or_else(|| bad(i, "a 32-bit integer"))?;
-                out.push(x);
-            }
-            TensorData::I32(out)
-        }
-        ElementType::I64 => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                out.push(v.as_i64().ok_or_else(|| bad(i, "an integer"))?);
-            }
-            TensorData::I64(out)
-        }
-        ElementType::Bool => {
-            let mut out = Vec::with_capacity(flat.len());
-            for (i, v) in flat.iter().enumerate() {
-                out.push(v.as_bool().ok_or_else(|| bad(i, "true or false"))?);
-            }
-            TensorData::Bool(out)
-        }
-        ElementType::Other(name) => {
-            return Err(fail(format!("element type {name} cannot be sent as JSON")));
-        }
-    };
+    let data = values_from_json(&info.element_type, &flat).map_err(fail)?;
     Ok(Tensor { shape, data })
 }
 

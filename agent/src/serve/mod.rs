@@ -17,10 +17,11 @@
 pub mod azureml;
 pub mod json;
 pub mod router;
+pub mod v2;
 pub mod window;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
@@ -113,6 +114,7 @@ pub struct Shared {
     lifetime: Lifetime,
     max_body_bytes: usize,
     next_request_id: AtomicU64,
+    ready: AtomicBool,
 }
 
 impl Shared {
@@ -136,11 +138,53 @@ impl Shared {
 
     /// Routes one scoring request by its `x-edgeship-routing-key` header, if it has one.
     pub fn begin(&self, headers: &HeaderMap) -> Call {
-        let key = headers.get(ROUTING_KEY_HEADER).map(HeaderValue::as_bytes);
+        self.begin_with_key(headers.get(ROUTING_KEY_HEADER).map(HeaderValue::as_bytes))
+    }
+
+    /// Routes one scoring request by a routing key (sticky), or by weight without one.
+    pub fn begin_with_key(&self, key: Option<&[u8]>) -> Call {
         Call {
             backend: Arc::clone(self.routes().pick(key)),
             started: Instant::now(),
         }
+    }
+
+    /// Routes one scoring request to the version `model_ref` names, if the endpoint serves it.
+    pub fn begin_version(&self, model_ref: &str) -> Option<Call> {
+        let routes = self.routes();
+        let backend = routes
+            .backends()
+            .iter()
+            .find(|b| b.model_ref() == model_ref)?;
+        Some(Call {
+            backend: Arc::clone(backend),
+            started: Instant::now(),
+        })
+    }
+
+    /// Whether the endpoint takes requests: false once it is stopping.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request that ended with `ok` (not a 5xx) without an HTTP response (gRPC), and
+    /// returns the `model:version` that answered.
+    pub fn finish_call(&self, call: Call, ok: bool) -> String {
+        let now = Instant::now();
+        self.count(&call, now, ok);
+        call.backend.model_ref().to_owned()
+    }
+
+    fn count(&self, call: &Call, now: Instant, ok: bool) {
+        let latency = now.saturating_duration_since(call.started);
+        let l = &self.lifetime;
+        l.requests.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            l.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        l.latency_micros
+            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
+        call.backend.record(now, latency, ok);
     }
 
     /// Counts a scoring request (health and documents are not counted) for the endpoint and
@@ -152,17 +196,7 @@ impl Shared {
     /// its latency, since callers saw it (the convention of Istio's and Flagger's "request
     /// success rate": the share of non-5xx responses).
     pub fn finish(&self, call: Call, mut response: Response) -> Response {
-        let now = Instant::now();
-        let latency = now.saturating_duration_since(call.started);
-        let ok = !response.status().is_server_error();
-        let l = &self.lifetime;
-        l.requests.fetch_add(1, Ordering::Relaxed);
-        if !ok {
-            l.errors.fetch_add(1, Ordering::Relaxed);
-        }
-        l.latency_micros
-            .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        call.backend.record(now, latency, ok);
+        self.count(&call, Instant::now(), !response.status().is_server_error());
         // Model ids and versions are name-checked, so the value is always a valid header.
         if let Ok(model) = HeaderValue::from_str(call.backend.model_ref()) {
             response.headers_mut().insert(MODEL_HEADER, model);
@@ -228,33 +262,43 @@ pub fn observe_routes(
 pub struct Endpoint {
     shared: Arc<Shared>,
     addr: SocketAddr,
+    grpc_addr: Option<SocketAddr>,
+    /// Stops the gRPC service, and its task.
+    grpc: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
 }
 
 impl Endpoint {
-    /// Binds `addr` and starts serving `routes` over `protocols`.
+    /// Binds `addr` (and `grpc_addr`, for the Open Inference Protocol over gRPC) and starts
+    /// serving `routes` over `protocols`.
     pub async fn start(
         addr: SocketAddr,
+        grpc_addr: Option<SocketAddr>,
         deployment: &str,
         protocols: &[Protocol],
         routes: Routes,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        // Both ports are bound before either serves: a taken gRPC port fails the start whole.
+        let grpc_listener = match grpc_addr {
+            Some(grpc_addr) => Some(TcpListener::bind(grpc_addr).await?),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             deployment: deployment.to_owned(),
             routes: RwLock::new(Arc::new(routes)),
             lifetime: Lifetime::default(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             next_request_id: AtomicU64::new(1),
+            ready: AtomicBool::new(true),
         });
         let mut app = Router::new();
         for protocol in protocols {
             app = match protocol {
                 Protocol::Azureml => app.merge(azureml::routes()),
-                // The capability check keeps v2 workloads off agents without the adapter.
-                Protocol::V2 => app,
+                Protocol::V2 => app.merge(v2::rest::routes()),
             };
         }
         let app = app
@@ -264,6 +308,15 @@ impl Endpoint {
             ))
             .with_state(Arc::clone(&shared));
         let (shutdown, signal) = oneshot::channel::<()>();
+        let grpc = match grpc_listener {
+            Some(listener) => {
+                let (stop, stopped) = oneshot::channel::<()>();
+                let (grpc_addr, task) = v2::grpc::serve(listener, Arc::clone(&shared), stopped)?;
+                tracing::info!(%grpc_addr, deployment, "gRPC scoring endpoint listening");
+                Some((grpc_addr, stop, task))
+            }
+            None => None,
+        };
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = signal.await;
@@ -273,9 +326,15 @@ impl Endpoint {
             }
         });
         tracing::info!(%addr, deployment, "scoring endpoint listening");
+        let (grpc_addr, grpc) = match grpc {
+            Some((grpc_addr, stop, task)) => (Some(grpc_addr), Some((stop, task))),
+            None => (None, None),
+        };
         Ok(Self {
             shared,
             addr,
+            grpc_addr,
+            grpc,
             shutdown: Some(shutdown),
             task,
         })
@@ -283,6 +342,11 @@ impl Endpoint {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the gRPC service listens, if the endpoint has one.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc_addr
     }
 
     /// Atomically replaces the routing table that serves new requests.
@@ -307,8 +371,13 @@ impl Endpoint {
 
     /// Stops accepting connections and waits for requests in flight.
     pub async fn stop(mut self) {
+        self.shared.ready.store(false, Ordering::Relaxed);
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if let Some((stop, task)) = self.grpc.take() {
+            let _ = stop.send(());
+            let _ = task.await;
         }
         let _ = (&mut self.task).await;
     }
@@ -318,6 +387,9 @@ impl Drop for Endpoint {
     fn drop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
+        }
+        if let Some((stop, _)) = self.grpc.take() {
+            let _ = stop.send(());
         }
     }
 }
@@ -408,7 +480,7 @@ mod tests {
 
     async fn endpoint(routes: Routes) -> Endpoint {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Endpoint::start(addr, "web", &[Protocol::Azureml], routes)
+        Endpoint::start(addr, None, "web", &[Protocol::Azureml], routes)
             .await
             .expect("listens")
     }

@@ -3,6 +3,7 @@
 
 mod faults;
 mod fleet;
+mod oip;
 mod proxy;
 mod rollouts;
 mod support;

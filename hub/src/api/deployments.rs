@@ -191,6 +191,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
             auth: auth.map(str::to_owned),
             protocols,
             cors_origins: endpoint.cors_origins,
+            grpc_port: (endpoint.grpc_port != 0).then_some(endpoint.grpc_port),
         },
         target: TargetManifest {
             devices: target.device_ids,

@@ -35,9 +35,13 @@ pub struct DevArgs {
     /// The embedded broker's address (other agents can join here).
     #[arg(long, default_value = super::DEFAULT_MQTT_LISTEN)]
     pub mqtt_listen: SocketAddr,
-    /// Port of the sample model's scoring endpoint.
+    /// Port of the sample model's scoring endpoint (Azure ML and Open Inference Protocol
+    /// REST).
     #[arg(long, default_value_t = 5001)]
     pub port: u16,
+    /// Port of the sample model's Open Inference Protocol gRPC service.
+    #[arg(long, default_value_t = 5002)]
+    pub grpc_port: u16,
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -104,19 +108,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         })
         .await;
     if existing.is_err() {
-        client::deploy_to_devices(
+        let endpoint = pb::Endpoint {
+            port: u32::from(args.port),
+            protocols: vec![pb::Protocol::Azureml.into(), pb::Protocol::V2.into()],
+            grpc_port: u32::from(args.grpc_port),
+            ..Default::default()
+        };
+        client::deploy_endpoint_to_devices(
             &hub.url(),
             "diabetes",
             "diabetes:latest",
-            args.port,
+            endpoint,
             &["local"],
         )
         .await
         .map_err(rpc_error)?;
     }
     let deployment = wait_healthy(&mut deployments, "diabetes", Duration::from_secs(120)).await?;
-    let port = deployment.endpoint.map_or(args.port, |e| e.port as u16);
-    let url = format!("http://{}:{port}/score", args.listen.ip());
+    let endpoint = deployment.endpoint.clone().unwrap_or_default();
+    let host = args.listen.ip();
+    let url = format!("http://{host}:{}/score", endpoint.port);
     let body = serde_json::to_string(&serde_json::from_str::<serde_json::Value>(SAMPLE_INPUT)?)?;
     let devices: Vec<String> = deployment
         .devices
@@ -128,7 +139,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         deployment.model,
         devices.join(", ")
     );
-    announce!("scoring:     {url}");
+    announce!("scoring:     {url}   (Azure ML)");
+    let serves_v2 = endpoint.protocols.contains(&i32::from(pb::Protocol::V2));
+    if serves_v2 {
+        announce!(
+            "v2:          http://{host}:{}/v2/models/diabetes/infer   (Open Inference Protocol, REST)",
+            endpoint.port
+        );
+    }
+    if endpoint.grpc_port != 0 {
+        announce!(
+            "grpc:        {host}:{}   (Open Inference Protocol, inference.GRPCInferenceService)",
+            endpoint.grpc_port
+        );
+    }
     announce!();
     announce!("try it:");
     announce!("  curl -s -X POST {url} -H 'content-type: application/json' -d '{body}'");

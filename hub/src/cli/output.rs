@@ -213,7 +213,15 @@ pub fn deployment_details(d: &DeploymentView) -> String {
     field("runtime", d.runtime.clone());
     field(
         "endpoint",
-        format!("port {}, auth {}", d.endpoint.port, d.endpoint.auth),
+        match d.endpoint.grpc_port {
+            0 => format!("port {}, auth {}", d.endpoint.port, d.endpoint.auth),
+            grpc => format!(
+                "port {} (gRPC {grpc}), auth {}, {}",
+                d.endpoint.port,
+                d.endpoint.auth,
+                d.endpoint.protocols.join(" + ")
+            ),
+        },
     );
     field("target", target_text(&d.target));
     if d.priority != 0 {

@@ -101,6 +101,10 @@ pub struct DeploymentView {
     pub devices: Vec<DeploymentDeviceView>,
 }
 
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointView {
     pub port: u32,
@@ -109,6 +113,9 @@ pub struct EndpointView {
     /// `azureml`, `v2`.
     pub protocols: Vec<&'static str>,
     pub cors_origins: Vec<String>,
+    /// 0 when the endpoint serves no gRPC.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub grpc_port: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -314,6 +321,7 @@ impl From<pb::Endpoint> for EndpointView {
             auth: auth_name(endpoint.auth),
             protocols,
             cors_origins: endpoint.cors_origins,
+            grpc_port: endpoint.grpc_port,
         }
     }
 }
@@ -426,6 +434,7 @@ mod tests {
             auth: pb::AuthMode::Key.into(),
             protocols: vec![pb::Protocol::Azureml.into(), pb::Protocol::V2.into()],
             cors_origins: vec![],
+            grpc_port: 0,
         });
         assert_eq!(view.auth, "key");
         assert_eq!(view.protocols, ["azureml", "v2"]);

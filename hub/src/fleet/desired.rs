@@ -76,8 +76,11 @@ pub fn for_device(
     let mut ports: HashMap<u16, &Deployment> = HashMap::new();
     for (placement, revision) in targeting {
         let deployment = placement.deployment;
-        let port = revision.endpoint.port;
-        if let Some(holder) = ports.get(&port) {
+        if let Some((port, holder)) = revision
+            .endpoint
+            .ports()
+            .find_map(|port| Some((port, *ports.get(&port)?)))
+        {
             let why = if holder.spec.priority > deployment.spec.priority {
                 format!("priority {} is higher", holder.spec.priority)
             } else {
@@ -102,15 +105,19 @@ pub fn for_device(
         });
         match workload {
             Ok(workload) => {
-                ports.insert(port, deployment);
+                for port in revision.endpoint.ports() {
+                    ports.insert(port, deployment);
+                }
                 desired.workloads.push(workload);
             }
             Err(reason) => {
                 let kept = previous
                     .and_then(|p| p.workloads.iter().find(|w| w.deployment == deployment.id))
-                    .filter(|w| w.endpoint.port == port);
+                    .filter(|w| w.endpoint.ports().all(|p| !ports.contains_key(&p)));
                 if let Some(kept) = kept {
-                    ports.insert(port, deployment);
+                    for port in kept.endpoint.ports() {
+                        ports.insert(port, deployment);
+                    }
                     desired.workloads.push(kept.clone());
                 }
                 desired.unschedulable.insert(deployment.id.clone(), reason);

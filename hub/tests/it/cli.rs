@@ -322,6 +322,7 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
 async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
     let data = tempfile::tempdir().expect("temp");
     let port = free_port();
+    let grpc_port = free_port();
     let stderr_path = data.path().join("stderr.txt");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
     let mut dev = testkit::Process::spawn(
@@ -336,6 +337,8 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
                 "--port",
             ])
             .arg(port.to_string())
+            .arg("--grpc-port")
+            .arg(grpc_port.to_string())
             .arg("--data-dir")
             .arg(data.path())
             .env_remove("RUST_LOG")
@@ -343,7 +346,7 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
             .stderr(stderr),
     );
     let lines = dev.read_lines_starting(
-        &["hub:", "broker:", "scoring:", "log:"],
+        &["hub:", "broker:", "scoring:", "log:", "v2:", "grpc:"],
         Duration::from_secs(120),
     );
     let log_path = data.path().join("dev.log");
@@ -358,8 +361,16 @@ async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
         .next()
         .expect("broker url")
         .to_owned();
-    let url = &lines[2];
-    assert_eq!(url.trim(), format!("http://127.0.0.1:{port}/score"));
+    let url = lines[2].split_whitespace().next().expect("scoring url");
+    assert_eq!(url, format!("http://127.0.0.1:{port}/score"));
+    assert_eq!(
+        lines[4].split_whitespace().next(),
+        Some(format!("http://127.0.0.1:{port}/v2/models/diabetes/infer").as_str())
+    );
+    assert_eq!(
+        lines[5].split_whitespace().next(),
+        Some(format!("127.0.0.1:{grpc_port}").as_str())
+    );
     let sample: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("diabetes/sample_input.json")).expect("sample"),
     )

@@ -126,6 +126,7 @@ impl From<&Endpoint> for pb::Endpoint {
                 .map(|p| wire_protocol(*p).into())
                 .collect(),
             cors_origins: endpoint.cors_origins.clone(),
+            grpc_port: endpoint.grpc_port.map_or(0, u32::from),
         }
     }
 }
@@ -147,6 +148,10 @@ impl TryFrom<pb::Endpoint> for Endpoint {
             auth: auth_mode(endpoint.auth)?,
             protocols,
             cors_origins: endpoint.cors_origins,
+            grpc_port: match endpoint.grpc_port {
+                0 => None,
+                p => Some(port(p, "the endpoint's gRPC port")?),
+            },
         })
     }
 }

@@ -43,6 +43,9 @@ pub struct EndpointManifest {
     pub protocols: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cors_origins: Vec<String>,
+    /// The Open Inference Protocol over gRPC on this second port (needs `v2` in `protocols`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_port: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -234,12 +237,6 @@ impl EndpointManifest {
         for (i, name) in self.protocols.iter().enumerate() {
             let protocol =
                 Protocol::parse(name).map_err(|e| err(format!("endpoint.protocols[{i}]"), e))?;
-            if protocol != Protocol::Azureml {
-                return Err(err(
-                    format!("endpoint.protocols[{i}]"),
-                    format!("{protocol} is not supported yet: use azureml"),
-                ));
-            }
             if !protocols.contains(&protocol) {
                 protocols.push(protocol);
             }
@@ -255,11 +252,39 @@ impl EndpointManifest {
                 ));
             }
         }
+        let grpc_port = match self.grpc_port {
+            None => None,
+            Some(grpc) => {
+                let grpc = u16::try_from(grpc)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        err(
+                            "endpoint.grpc_port",
+                            format!("{grpc} is not a TCP port (1-65535)"),
+                        )
+                    })?;
+                if grpc == port {
+                    return Err(err(
+                        "endpoint.grpc_port",
+                        format!("{grpc} is already the REST port; use another"),
+                    ));
+                }
+                if !protocols.contains(&Protocol::V2) {
+                    return Err(err(
+                        "endpoint.grpc_port",
+                        "gRPC serves the v2 protocol: add v2 to endpoint.protocols",
+                    ));
+                }
+                Some(grpc)
+            }
+        };
         Ok(Endpoint {
             port,
             auth,
             protocols,
             cors_origins: self.cors_origins.clone(),
+            grpc_port,
         })
     }
 }
@@ -512,6 +537,7 @@ impl DeploymentSpec {
                     .map(|p| p.name().to_owned())
                     .collect(),
                 cors_origins: self.endpoint.cors_origins.clone(),
+                grpc_port: self.endpoint.grpc_port.map(u32::from),
             },
             target: TargetManifest {
                 devices: self.target.devices.iter().cloned().collect(),

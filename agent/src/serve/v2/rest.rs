@@ -1,0 +1,487 @@
+//! The Open Inference Protocol v2 over HTTP/REST: health, server and model metadata, and
+//! `infer` with JSON tensors (flat or nested `data`) and the binary tensor data extension
+//! (`Inference-Header-Content-Length`: a JSON header, then the tensors' raw bytes), which
+//! `tritonclient` uses by default. Errors are `{"error": …}` with the status that fits.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use edgeship_runtime::TensorData;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::infer::{self, ErrorKind, NamedInput, NamedOutput, V2Error};
+use super::{EXTENSIONS, PLATFORM, SERVER_NAME};
+use crate::serve::json::values_from_json;
+use crate::serve::{ROUTING_KEY_HEADER, Scorer, Shared};
+
+/// Length of the JSON part of a body (request or response) that carries binary tensors.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// The adapter's routes, merged into an endpoint's router.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{name}", get(model_metadata))
+        .route("/v2/models/{name}/ready", get(model_ready))
+        .route("/v2/models/{name}/infer", post(infer_latest))
+        .route(
+            "/v2/models/{name}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{name}/versions/{version}/infer",
+            post(infer_version),
+        )
+}
+
+fn error_response(err: &V2Error) -> Response {
+    let status = match err.kind {
+        ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (status, axum::Json(json!({ "error": err.message }))).into_response()
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({
+        "name": SERVER_NAME,
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": EXTENSIONS,
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
+}
+
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    let ready = shared.is_ready();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+async fn model_metadata(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    metadata(&shared, &name, None)
+}
+
+async fn version_metadata(
+    State(shared): State<Arc<Shared>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    metadata(&shared, &name, Some(&version))
+}
+
+fn metadata(shared: &Shared, name: &str, version: Option<&str>) -> Response {
+    let scorer = match scorer_for(shared, name, version) {
+        Ok(scorer) => scorer,
+        Err(err) => return error_response(&err),
+    };
+    let describe = |specs: &[edgeship_domain::TensorSpec]| -> Vec<Value> {
+        specs
+            .iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "datatype": infer::datatype(s),
+                    "shape": infer::metadata_shape(s),
+                })
+            })
+            .collect()
+    };
+    axum::Json(json!({
+        "name": name,
+        "versions": infer::versions_of(shared, name),
+        "platform": PLATFORM,
+        "inputs": describe(scorer.inputs()),
+        "outputs": describe(scorer.outputs()),
+    }))
+    .into_response()
+}
+
+/// The version metadata describes: the one named, else the endpoint's primary.
+fn scorer_for(
+    shared: &Shared,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<dyn Scorer>, V2Error> {
+    let call = infer::route(shared, name, version, None)?;
+    let scorer = match version {
+        Some(_) => Arc::clone(call.scorer()),
+        None => shared.primary(),
+    };
+    // Looking is not scoring: the routed call is dropped uncounted.
+    drop(call);
+    Ok(scorer)
+}
+
+async fn model_ready(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
+    readiness(&shared, &name, None)
+}
+
+async fn version_ready(
+    State(shared): State<Arc<Shared>>,
+    Path((name, version)): Path<(String, String)>,
+) -> Response {
+    readiness(&shared, &name, Some(&version))
+}
+
+fn readiness(shared: &Shared, name: &str, version: Option<&str>) -> Response {
+    match infer::route(shared, name, version, None) {
+        Ok(_) => axum::Json(json!({ "name": name, "ready": true })).into_response(),
+        Err(err) => error_response(&err),
+    }
+}
+
+async fn infer_latest(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+    request: Request,
+) -> Response {
+    infer_request(&shared, &name, None, request).await
+}
+
+async fn infer_version(
+    State(shared): State<Arc<Shared>>,
+    Path((name, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    infer_request(&shared, &name, Some(&version), request).await
+}
+
+async fn infer_request(
+    shared: &Shared,
+    name: &str,
+    version: Option<&str>,
+    request: Request,
+) -> Response {
+    let key = request
+        .headers()
+        .get(ROUTING_KEY_HEADER)
+        .map(|v| v.as_bytes().to_vec());
+    let call = match infer::route(shared, name, version, key.as_deref()) {
+        Ok(call) => call,
+        Err(err) => return error_response(&err),
+    };
+    let scorer = Arc::clone(call.scorer());
+    let response = match infer_inner(shared, &scorer, request).await {
+        Ok(response) => response,
+        Err(err) => error_response(&err),
+    };
+    shared.finish(call, response)
+}
+
+#[derive(Debug, Deserialize)]
+struct RequestHeader {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputHeader>,
+    #[serde(default)]
+    outputs: Vec<OutputHeader>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputHeader {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+struct OutputHeader {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn infer_inner(
+    shared: &Shared,
+    scorer: &Arc<dyn Scorer>,
+    request: Request,
+) -> Result<Response, V2Error> {
+    let limit = shared.max_body_bytes();
+    let header_length = header_length(request.headers())?;
+    let too_large = || V2Error {
+        kind: ErrorKind::TooLarge,
+        message: format!("the body exceeds the limit of {limit} bytes"),
+    };
+    let body = axum::body::to_bytes(request.into_body(), limit)
+        .await
+        .map_err(|_| too_large())?;
+    let decoded = decode_request(scorer.as_ref(), &body, header_length)?;
+    let tensors = infer::arrange(scorer.as_ref(), decoded.inputs)?;
+    let requested: Vec<String> = decoded.outputs.iter().map(|o| o.0.clone()).collect();
+    let outputs = infer::run(scorer, tensors, &requested).await?;
+    let binary: Vec<bool> = if decoded.outputs.is_empty() {
+        vec![decoded.binary_default; outputs.len()]
+    } else {
+        decoded.outputs.iter().map(|o| o.1).collect()
+    };
+    let (model_name, model_version) = infer::split_ref(scorer.model_ref());
+    Ok(encode_response(
+        model_name,
+        model_version,
+        decoded.id,
+        &outputs,
+        &binary,
+    ))
+}
+
+fn header_length(headers: &HeaderMap) -> Result<Option<usize>, V2Error> {
+    headers
+        .get(HEADER_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| {
+                    V2Error::bad(format!(
+                        "the {HEADER_LENGTH} header must be a byte count, got {:?}",
+                        String::from_utf8_lossy(v.as_bytes())
+                    ))
+                })
+        })
+        .transpose()
+}
+
+/// A request's inputs, and its outputs with whether each goes back as binary data.
+#[derive(Debug)]
+pub struct DecodedRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<NamedInput>,
+    pub outputs: Vec<(String, bool)>,
+    /// `binary_data_output`: binary for every output not listed.
+    pub binary_default: bool,
+}
+
+/// Decodes an infer body: JSON, or with `header_length`, a JSON header followed by the
+/// binary data of the inputs whose parameters declare a `binary_data_size`, in order. Every
+/// size is checked against the bytes actually present before anything is allocated for it.
+pub fn decode_request(
+    scorer: &dyn Scorer,
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<DecodedRequest, V2Error> {
+    let json_length = header_length.unwrap_or(body.len());
+    if json_length > body.len() {
+        return Err(V2Error::bad(format!(
+            "{HEADER_LENGTH} is {json_length} but the body has only {} bytes",
+            body.len()
+        )));
+    }
+    let (json_part, mut binary) = body.split_at(json_length);
+    let header: RequestHeader = serde_json::from_slice(json_part).map_err(|err| {
+        V2Error::bad(format!(
+            "the request is not a valid inference request: {err}"
+        ))
+    })?;
+    let mut inputs = Vec::with_capacity(header.inputs.len().min(scorer.inputs().len() + 1));
+    for input in header.inputs {
+        let spec = scorer.inputs().iter().find(|s| s.name == input.name);
+        let element_type = infer::input_type(spec, &input.name, &input.datatype)?;
+        let (shape, count) = infer::element_count(&input.name, &input.shape)?;
+        let fail = |why: String| V2Error::bad(format!("input {:?}: {why}", input.name));
+        let data = match binary_size(&input.parameters).map_err(fail)? {
+            Some(size) => {
+                if input.data.is_some() {
+                    return Err(fail("has both data and binary_data_size".into()));
+                }
+                if size > binary.len() {
+                    return Err(fail(format!(
+                        "binary_data_size is {size} but only {} bytes of binary data remain",
+                        binary.len()
+                    )));
+                }
+                let (raw, rest) = binary.split_at(size);
+                binary = rest;
+                TensorData::from_raw(&element_type, raw).map_err(fail)?
+            }
+            None => {
+                let data = input
+                    .data
+                    .as_ref()
+                    .ok_or_else(|| fail("has neither data nor binary_data_size".into()))?;
+                let mut flat = Vec::new();
+                flatten(data, &mut flat, count).map_err(fail)?;
+                values_from_json(&element_type, &flat).map_err(fail)?
+            }
+        };
+        if data.len() != count {
+            return Err(fail(format!(
+                "shape {:?} holds {count} elements, the request sent {}",
+                input.shape,
+                data.len()
+            )));
+        }
+        inputs.push(NamedInput {
+            name: input.name,
+            shape,
+            data,
+        });
+    }
+    if !binary.is_empty() {
+        return Err(V2Error::bad(format!(
+            "{} bytes of binary data follow the header but no input claims them",
+            binary.len()
+        )));
+    }
+    let binary_default = flag(&header.parameters, "binary_data_output")?;
+    let outputs = header
+        .outputs
+        .into_iter()
+        .map(|o| {
+            let binary = match o.parameters.get("binary_data") {
+                None => binary_default,
+                Some(_) => flag(&o.parameters, "binary_data")?,
+            };
+            Ok((o.name, binary))
+        })
+        .collect::<Result<_, V2Error>>()?;
+    Ok(DecodedRequest {
+        id: header.id,
+        inputs,
+        outputs,
+        binary_default,
+    })
+}
+
+fn binary_size(parameters: &Map<String, Value>) -> Result<Option<usize>, String> {
+    match parameters.get("binary_data_size") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| usize::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| format!("binary_data_size must be a byte count, got {v}")),
+    }
+}
+
+fn flag(parameters: &Map<String, Value>, name: &str) -> Result<bool, V2Error> {
+    match parameters.get(name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(other) => Err(V2Error::bad(format!(
+            "parameter {name} must be true or false, got {other}"
+        ))),
+    }
+}
+
+/// Collects the leaves of flat or nested arrays in row-major order, stopping as soon as there
+/// are more than `expected` (a body cannot make the server collect more than it declared).
+fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, expected: usize) -> Result<(), String> {
+    match value {
+        Value::Array(items) => {
+            for item in items {
+                flatten(item, out, expected)?;
+            }
+            Ok(())
+        }
+        Value::Object(_) => Err("data must be an array of values, not an object".into()),
+        leaf => {
+            if out.len() == expected {
+                return Err(format!(
+                    "data holds more than the shape's {expected} elements"
+                ));
+            }
+            out.push(leaf);
+            Ok(())
+        }
+    }
+}
+
+/// Encodes a response: outputs marked binary travel after the JSON header, the rest as flat
+/// JSON `data`.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    id: Option<String>,
+    outputs: &[NamedOutput],
+    binary: &[bool],
+) -> Response {
+    let mut raw = Vec::new();
+    let described: Vec<Value> = outputs
+        .iter()
+        .zip(binary.iter().copied().chain(std::iter::repeat(false)))
+        .map(|(output, as_binary)| {
+            let tensor = &output.tensor;
+            let element_type = tensor.data.element_type();
+            let mut entry = json!({
+                "name": output.name,
+                "datatype": element_type.oip_name().unwrap_or("BYTES"),
+                "shape": tensor.shape,
+            });
+            if as_binary {
+                let bytes = tensor.data.to_le_bytes();
+                entry["parameters"] = json!({ "binary_data_size": bytes.len() });
+                raw.extend_from_slice(&bytes);
+            } else {
+                entry["data"] = Value::Array(crate::serve::json::values_to_json(&tensor.data));
+            }
+            entry
+        })
+        .collect();
+    let mut document = json!({
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": described,
+    });
+    if let Some(id) = id {
+        document["id"] = Value::String(id);
+    }
+    let Ok(header_bytes) = serde_json::to_vec(&document) else {
+        return error_response(&V2Error {
+            kind: ErrorKind::Internal,
+            message: "the response could not be encoded".into(),
+        });
+    };
+    if raw.is_empty() && !binary.iter().any(|b| *b) {
+        return (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            header_bytes,
+        )
+            .into_response();
+    }
+    let length = header_bytes.len();
+    let mut body = header_bytes;
+    body.extend_from_slice(&raw);
+    let mut response = (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        )],
+        Bytes::from(body),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(HEADER_LENGTH, HeaderValue::from(length));
+    response
+}
