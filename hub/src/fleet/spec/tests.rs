@@ -104,6 +104,10 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("zero weight", with("traffic: [{model: m:1, weight: 0}, {model: m:2, weight: 100}]\n"), "traffic[0].weight: must be from 1 to 100"),
         ("auth not yet", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: key}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: key is not supported yet"),
         ("bad cors origin", "name: web\nmodel: m:1\nendpoint: {port: 1, cors_origins: [example.com]}\ntarget: {devices: [d1]}\n".into(), "endpoint.cors_origins[0]: \"example.com\" is not an origin"),
+        ("grpc without v2", "name: web\nmodel: m:1\nendpoint: {port: 1, grpc_port: 2}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: gRPC serves the v2 protocol: add v2 to endpoint.protocols"),
+        ("grpc on the rest port", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v2], grpc_port: 1}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: 1 is already the REST port"),
+        ("grpc port zero", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v2], grpc_port: 0}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: 0 is not a TCP port"),
+        ("unknown protocol", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v3]}\ntarget: {devices: [d1]}\n".into(), "endpoint.protocols[0]: unknown protocol \"v3\""),
         ("not a string", "name: [unclosed".into(), "name: invalid type: sequence, expected a string"),
         ("json type mistake", "{\"name\": \"web\", \"endpoint\": {\"port\": \"80\"}}".into(), "endpoint.port: invalid type"),
     ];
