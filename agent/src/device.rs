@@ -8,14 +8,15 @@ use edgeship_domain::{Birth, Capabilities, Protocol, Requirement};
 use crate::config::AgentConfig;
 
 /// The feature tokens this agent implements, whatever the device: the baseline, traffic
-/// splits (several models behind one endpoint, see `serve::router`) and the Open Inference
-/// Protocol (`serve::v2`).
+/// splits (several models behind one endpoint, see `serve::router`), the Open Inference
+/// Protocol (`serve::v2`) and CORS (`serve::cors`).
 pub fn features() -> BTreeSet<String> {
     Requirement::BASELINE
         .iter()
         .chain(&[
             Requirement::TrafficSplit,
             Requirement::Protocol(Protocol::V2),
+            Requirement::Cors,
         ])
         .map(|f| f.token())
         .collect()

@@ -234,11 +234,9 @@ impl Stage {
     async fn switch(&mut self, workload: &Workload, routes: Routes) -> Result<(), StageError> {
         let port = workload.endpoint.port;
         let grpc_port = workload.endpoint.grpc_port;
-        // Same ports and protocols: the running endpoint takes the new routes in place.
+        // The same endpoint settings: the running endpoint takes the new routes in place.
         if let Some(served) = self.endpoints.get_mut(&workload.deployment)
-            && served.endpoint.addr().port() == port
-            && served.endpoint.grpc_addr().map(|a| a.port()) == grpc_port
-            && served.workload.endpoint.protocols == workload.endpoint.protocols
+            && served.workload.endpoint == workload.endpoint
         {
             served.endpoint.switch(routes);
             served.workload = workload.clone();
@@ -263,6 +261,7 @@ impl Stage {
             grpc_addr,
             &workload.deployment,
             &workload.endpoint.protocols,
+            &workload.endpoint.cors_origins,
             routes,
         )
         .await

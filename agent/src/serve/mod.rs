@@ -15,6 +15,7 @@
 //! none.
 
 pub mod azureml;
+pub mod cors;
 pub mod json;
 pub mod router;
 pub mod v2;
@@ -277,6 +278,7 @@ impl Endpoint {
         grpc_addr: Option<SocketAddr>,
         deployment: &str,
         protocols: &[Protocol],
+        cors_origins: &[String],
         routes: Routes,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
@@ -301,12 +303,14 @@ impl Endpoint {
                 Protocol::V2 => app.merge(v2::rest::routes()),
             };
         }
-        let app = app
-            .layer(middleware::from_fn_with_state(
-                Arc::clone(&shared),
-                request_id,
-            ))
-            .with_state(Arc::clone(&shared));
+        let mut app = app.layer(middleware::from_fn_with_state(
+            Arc::clone(&shared),
+            request_id,
+        ));
+        if !cors_origins.is_empty() {
+            app = app.layer(cors::layer(cors_origins));
+        }
+        let app = app.with_state(Arc::clone(&shared));
         let (shutdown, signal) = oneshot::channel::<()>();
         let grpc = match grpc_listener {
             Some(listener) => {
@@ -480,7 +484,7 @@ mod tests {
 
     async fn endpoint(routes: Routes) -> Endpoint {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Endpoint::start(addr, None, "web", &[Protocol::Azureml], routes)
+        Endpoint::start(addr, None, "web", &[Protocol::Azureml], &[], routes)
             .await
             .expect("listens")
     }

@@ -15,7 +15,7 @@ use crate::serve::{Backend, Endpoint, MODEL_HEADER, Routes, fake};
 
 async fn endpoint(routes: Routes) -> Endpoint {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Endpoint::start(any, Some(any), "web", &[Protocol::V2], routes)
+    Endpoint::start(any, Some(any), "web", &[Protocol::V2], &[], routes)
         .await
         .expect("listens")
 }
