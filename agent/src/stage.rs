@@ -205,11 +205,13 @@ impl Stage {
         };
         let model_ref = model.model_ref();
         let scorer = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let runnable = runtime.prepare(&bundle)?;
             let scorer: Arc<dyn Scorer> = Arc::new(ServingModel {
                 model_ref,
                 runnable,
                 sample_input: sample,
+                load_seconds: started.elapsed().as_secs_f64(),
             });
             self_test(scorer.as_ref())?;
             Ok::<_, StageError>(scorer)

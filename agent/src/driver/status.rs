@@ -252,14 +252,14 @@ mod tests {
 
         // Slow, but too few to judge.
         for n in 0..10 {
-            canary.record(start + ms(n), ms(400), true);
+            canary.record(start + ms(n), ms(400), 200);
         }
         assert!(!check(&mut status, &routes, start + ms(10)));
         assert_eq!(status.state, ServiceState::Healthy);
 
         // Enough requests, and more than 1% of them slow: the p99 crosses 100 ms.
         for n in 0..30 {
-            stable.record(start + ms(1000 + n), ms(5), true);
+            stable.record(start + ms(1000 + n), ms(5), 200);
         }
         assert!(check(&mut status, &routes, start + Duration::from_secs(2)));
         assert_eq!(status.state, ServiceState::Unhealthy);
@@ -271,7 +271,7 @@ mod tests {
 
         // Fast traffic alone does not clear it while the slow requests are in the window.
         for n in 0..500 {
-            stable.record(start + Duration::from_secs(10) + ms(n), ms(5), true);
+            stable.record(start + Duration::from_secs(10) + ms(n), ms(5), 200);
         }
         assert!(!check(
             &mut status,
@@ -302,7 +302,7 @@ mod tests {
         let start = Instant::now();
         let mut status = serving();
         for n in 0..100 {
-            version.record(start + ms(n), ms(2), n % 10 != 0);
+            version.record(start + ms(n), ms(2), if n % 10 != 0 { 200 } else { 500 });
         }
         assert!(check(&mut status, &routes, start + ms(100)));
         assert_eq!(
@@ -313,7 +313,7 @@ mod tests {
             )
         );
         for n in 0..50 {
-            version.record(start + ms(200 + n), ms(2), true);
+            version.record(start + ms(200 + n), ms(2), 200);
         }
         assert!(
             !check(&mut status, &routes, start + ms(300)),
@@ -326,7 +326,7 @@ mod tests {
         );
         // Enough good requests bring the window's rate under the gate: healthy again.
         for n in 0..150 {
-            version.record(start + ms(400 + n), ms(2), true);
+            version.record(start + ms(400 + n), ms(2), 200);
         }
         assert!(check(&mut status, &routes, start + ms(600)));
         assert_eq!(status.state, ServiceState::Healthy);
@@ -337,7 +337,7 @@ mod tests {
         let routes = Routes::single(backend("m:1"));
         let start = Instant::now();
         for n in 0..50 {
-            routes.backends()[0].record(start + ms(n), ms(2), false);
+            routes.backends()[0].record(start + ms(n), ms(2), 500);
         }
         let at = start + ms(50);
         for state in [

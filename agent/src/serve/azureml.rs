@@ -13,10 +13,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgeship_domain::{Dim, ElementType, TensorSpec};
-use edgeship_runtime::RuntimeError;
+use edgeship_runtime::{RuntimeError, Tensor, TensorData};
 use serde_json::{Value, json};
 
-use super::json::{inputs_from_data, outputs_to_json};
+use super::json::{self, inputs_from_data, outputs_to_json};
 use super::{Scorer, Shared};
 
 /// The adapter's routes, merged into an endpoint's router.
@@ -48,7 +48,8 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let mime = content_type.split(';').next().unwrap_or("").trim();
-    if !mime.eq_ignore_ascii_case("application/json") {
+    let raw = mime.eq_ignore_ascii_case("application/octet-stream");
+    if !raw && !mime.eq_ignore_ascii_case("application/json") {
         let shown = if content_type.is_empty() {
             "none"
         } else {
@@ -56,9 +57,21 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
         };
         return message(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("send the body as application/json (got content type {shown})"),
+            format!(
+                "send the body as application/json, or one raw tensor as application/octet-stream (got content type {shown})"
+            ),
         );
     }
+    let shape_header = match request.headers().get(SHAPE_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(text)) => Some(text.to_owned()),
+        Some(Err(_)) => {
+            return message(
+                StatusCode::BAD_REQUEST,
+                format!("{SHAPE_HEADER} must be dimensions like 2,10"),
+            );
+        }
+    };
     let limit = shared.max_body_bytes();
     let declared = request
         .headers()
@@ -78,18 +91,17 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
         Ok(bytes) => bytes,
         Err(_) => return too_large(),
     };
-    let body: Value = match serde_json::from_slice(&bytes) {
-        Ok(body) => body,
-        Err(err) => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                format!("the body is not valid JSON: {err}"),
-            );
+    let inputs = if raw {
+        raw_input(scorer.inputs(), &bytes, shape_header.as_deref())
+    } else {
+        match serde_json::from_slice::<Value>(&bytes) {
+            Ok(body) => inputs_from_data(scorer.inputs(), &body).map_err(|err| err.0),
+            Err(err) => Err(format!("the body is not valid JSON: {err}")),
         }
     };
-    let inputs = match inputs_from_data(scorer.inputs(), &body) {
+    let inputs = match inputs {
         Ok(inputs) => inputs,
-        Err(err) => return message(StatusCode::BAD_REQUEST, err.0),
+        Err(why) => return message(StatusCode::BAD_REQUEST, why),
     };
     // Inference is CPU-bound: keep it off the async workers.
     let running = Arc::clone(scorer);
@@ -110,6 +122,78 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
             format!("inference task failed: {err}"),
         ),
     }
+}
+
+/// The shape of a raw `application/octet-stream` body, as `2,10`; without it the shape comes
+/// from the signature (an open first dimension from the body's length).
+pub const SHAPE_HEADER: &str = "x-edgeship-shape";
+
+/// One raw little-endian tensor for a single-input model.
+fn raw_input(
+    specs: &[TensorSpec],
+    bytes: &[u8],
+    shape_header: Option<&str>,
+) -> Result<Vec<Tensor>, String> {
+    let [spec] = specs else {
+        return Err(format!(
+            "a raw application/octet-stream body carries one tensor, and this model has {} inputs: send JSON",
+            specs.len()
+        ));
+    };
+    let data = TensorData::from_raw(&spec.element_type, bytes)
+        .map_err(|why| format!("input {:?} ({spec}): {why}", spec.name))?;
+    let shape = match shape_header {
+        Some(text) => text
+            .split(',')
+            .map(|d| d.trim().parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| format!("{SHAPE_HEADER} must be dimensions like 2,10, got {text:?}"))?,
+        None => shape_from_signature(spec, data.len())?,
+    };
+    let count = shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d));
+    if count != Some(data.len()) {
+        return Err(format!(
+            "shape {shape:?} does not hold the body's {} elements of {}",
+            data.len(),
+            spec.element_type
+        ));
+    }
+    let tensor = Tensor { shape, data };
+    json::check_shape(spec, &tensor.shape).map_err(|e| e.0)?;
+    Ok(vec![tensor])
+}
+
+/// The signature's shape with at most one open dimension, sized to hold `elements`.
+fn shape_from_signature(spec: &TensorSpec, elements: usize) -> Result<Vec<usize>, String> {
+    let fixed: usize = spec
+        .shape
+        .iter()
+        .filter_map(|d| match d {
+            Dim::Fixed(n) => usize::try_from(*n).ok(),
+            _ => None,
+        })
+        .product();
+    let open = spec.shape.iter().filter(|d| d.is_open()).count();
+    if open > 1 {
+        return Err(format!(
+            "input {:?} ({spec}) has {open} open dimensions: send the shape in {SHAPE_HEADER}",
+            spec.name
+        ));
+    }
+    if fixed == 0 || !elements.is_multiple_of(fixed) {
+        return Err(format!(
+            "{elements} elements do not fill whole rows of {fixed} for input {:?} ({spec})",
+            spec.name
+        ));
+    }
+    Ok(spec
+        .shape
+        .iter()
+        .map(|d| match d {
+            Dim::Fixed(n) => usize::try_from(*n).unwrap_or(usize::MAX),
+            _ => elements / fixed,
+        })
+        .collect())
 }
 
 async fn swagger(State(shared): State<Arc<Shared>>) -> Response {
@@ -184,7 +268,7 @@ pub fn swagger_document(deployment: &str, scorer: &dyn Scorer) -> Value {
             "version": scorer.model_ref(),
         },
         "schemes": ["http"],
-        "consumes": ["application/json"],
+        "consumes": ["application/json", "application/octet-stream"],
         "produces": ["application/json"],
         "paths": {
             "/": {"get": {
@@ -208,4 +292,90 @@ pub fn swagger_document(deployment: &str, scorer: &dyn Scorer) -> Value {
             "ErrorResponse": {"type": "object", "properties": {"message": {"type": "string"}}},
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use edgeship_domain::Protocol;
+    use testkit::http;
+
+    use super::SHAPE_HEADER;
+    use crate::serve::{Endpoint, Routes, fake};
+
+    fn raw(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_raw_little_endian_body_is_one_tensor_shaped_by_header_or_signature() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let routes = Routes::single(fake::backend("m:1"));
+        let endpoint = Endpoint::start(any, None, "web", &[Protocol::Azureml], &[], routes)
+            .await
+            .expect("listens");
+        let octets = ("content-type", "application/octet-stream");
+        let body = raw(&[1.5, -2.0, 4.0]);
+        // x: float32[?]: the open dimension is sized from the body.
+        let scored = http(endpoint.addr(), "POST", "/score", &[octets], &body)
+            .await
+            .expect("answers");
+        assert_eq!(scored.status, 200, "{}", scored.body);
+        assert_eq!(scored.json(), serde_json::json!([1.5, -2.0, 4.0]));
+        let shaped = http(
+            endpoint.addr(),
+            "POST",
+            "/score",
+            &[octets, (SHAPE_HEADER, "3")],
+            &body,
+        )
+        .await
+        .expect("answers");
+        assert_eq!(shaped.status, 200, "{}", shaped.body);
+
+        for (headers, body, expected) in [
+            (
+                vec![octets, (SHAPE_HEADER, "2")],
+                body.clone(),
+                "shape [2] does not hold the body's 3 elements",
+            ),
+            (
+                vec![octets, (SHAPE_HEADER, "3,1")],
+                body.clone(),
+                "expected 1 dimensions",
+            ),
+            (
+                vec![octets, (SHAPE_HEADER, "three")],
+                body.clone(),
+                "must be dimensions like 2,10",
+            ),
+            (
+                vec![octets],
+                vec![0u8; 6],
+                "6 bytes is not a whole number of float32 elements",
+            ),
+        ] {
+            let refused = http(endpoint.addr(), "POST", "/score", &headers, &body)
+                .await
+                .expect("answers");
+            assert_eq!(refused.status, 400, "{}", refused.body);
+            let message = refused.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            assert!(message.contains(expected), "{message}");
+        }
+        let text = http(
+            endpoint.addr(),
+            "POST",
+            "/score",
+            &[("content-type", "text/plain")],
+            b"1",
+        )
+        .await
+        .expect("answers");
+        assert_eq!(text.status, 415);
+        endpoint.stop().await;
+    }
 }

@@ -102,6 +102,25 @@ fn nest(flat: &[Value], shape: &[usize]) -> Value {
 #[error("{0}")]
 pub struct InputError(pub String);
 
+/// Checks a tensor's shape against the declared one: the rank, and every fixed dimension.
+pub fn check_shape(spec: &TensorSpec, shape: &[usize]) -> Result<(), InputError> {
+    let fail = |why: String| InputError(format!("input {:?} ({spec}): {why}", spec.name));
+    if shape.len() != spec.shape.len() {
+        return Err(fail(format!(
+            "expected {} dimensions, got shape {shape:?}",
+            spec.shape.len()
+        )));
+    }
+    for (axis, (got, declared)) in shape.iter().zip(&spec.shape).enumerate() {
+        if let Dim::Fixed(want) = declared
+            && *got as u64 != *want
+        {
+            return Err(fail(format!("dimension {axis} must be {want}, got {got}")));
+        }
+    }
+    Ok(())
+}
+
 /// Reads one input from nested JSON arrays, checking rank, fixed dimensions and element type.
 pub fn tensor_from_json(info: &TensorSpec, value: &Value) -> Result<Tensor, InputError> {
     let mut shape = Vec::new();
@@ -121,13 +140,7 @@ pub fn tensor_from_json(info: &TensorSpec, value: &Value) -> Result<Tensor, Inpu
             shape.len()
         )));
     }
-    for (axis, (got, declared)) in shape.iter().zip(&info.shape).enumerate() {
-        if let Dim::Fixed(want) = declared
-            && *got as u64 != *want
-        {
-            return Err(fail(format!("dimension {axis} must be {want}, got {got}")));
-        }
-    }
+    check_shape(info, &shape)?;
     let mut flat = Vec::with_capacity(shape.iter().product());
     flatten(value, &shape, &mut flat).map_err(|path| {
         fail(format!(

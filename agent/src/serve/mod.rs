@@ -17,6 +17,7 @@
 pub mod azureml;
 pub mod cors;
 pub mod json;
+pub mod metrics;
 pub mod router;
 pub mod v2;
 pub mod window;
@@ -26,7 +27,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue};
 use axum::middleware::{self, Next};
@@ -52,6 +52,10 @@ pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn sample_input(&self) -> Option<&serde_json::Value>;
     /// Runs one inference. CPU-bound: callers run it off the async workers.
     fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError>;
+    /// How long loading, planning and the self-test took, where known.
+    fn load_seconds(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// A prepared, self-tested model ready to take traffic.
@@ -60,6 +64,8 @@ pub struct ServingModel {
     pub model_ref: String,
     pub runnable: Arc<dyn Runnable>,
     pub sample_input: Option<serde_json::Value>,
+    /// Time to prepare the runtime's plan (the self-test comes after and is not in it).
+    pub load_seconds: f64,
 }
 
 impl Scorer for ServingModel {
@@ -81,6 +87,10 @@ impl Scorer for ServingModel {
 
     fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
         self.runnable.run(inputs)
+    }
+
+    fn load_seconds(&self) -> Option<f64> {
+        Some(self.load_seconds)
     }
 }
 
@@ -168,15 +178,15 @@ impl Shared {
         self.ready.load(Ordering::Relaxed)
     }
 
-    /// Counts a request that ended with `ok` (not a 5xx) without an HTTP response (gRPC), and
-    /// returns the `model:version` that answered.
-    pub fn finish_call(&self, call: Call, ok: bool) -> String {
-        let now = Instant::now();
-        self.count(&call, now, ok);
+    /// Counts a request answered without an HTTP response (gRPC), with the HTTP status its
+    /// outcome corresponds to, and returns the `model:version` that answered.
+    pub fn finish_call(&self, call: Call, code: u16) -> String {
+        self.count(&call, Instant::now(), code);
         call.backend.model_ref().to_owned()
     }
 
-    fn count(&self, call: &Call, now: Instant, ok: bool) {
+    fn count(&self, call: &Call, now: Instant, code: u16) {
+        let ok = code < 500;
         let latency = now.saturating_duration_since(call.started);
         let l = &self.lifetime;
         l.requests.fetch_add(1, Ordering::Relaxed);
@@ -185,7 +195,7 @@ impl Shared {
         }
         l.latency_micros
             .fetch_add(latency.as_micros() as u64, Ordering::Relaxed);
-        call.backend.record(now, latency, ok);
+        call.backend.record(now, latency, code);
     }
 
     /// Counts a scoring request (health and documents are not counted) for the endpoint and
@@ -197,7 +207,7 @@ impl Shared {
     /// its latency, since callers saw it (the convention of Istio's and Flagger's "request
     /// success rate": the share of non-5xx responses).
     pub fn finish(&self, call: Call, mut response: Response) -> Response {
-        self.count(&call, Instant::now(), !response.status().is_server_error());
+        self.count(&call, Instant::now(), response.status().as_u16());
         // Model ids and versions are name-checked, so the value is always a valid header.
         if let Ok(model) = HeaderValue::from_str(call.backend.model_ref()) {
             response.headers_mut().insert(MODEL_HEADER, model);
@@ -296,7 +306,7 @@ impl Endpoint {
             next_request_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
         });
-        let mut app = Router::new();
+        let mut app = metrics::routes();
         for protocol in protocols {
             app = match protocol {
                 Protocol::Azureml => app.merge(azureml::routes()),

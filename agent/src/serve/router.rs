@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use edgeship_domain::{HealthThresholds, VersionMetrics};
 
 use super::Scorer;
+use super::metrics::VersionCounters;
 use super::window::{SlidingWindow, Thresholds, WindowSnapshot, breach, combined};
 
 /// The request header whose value pins a caller to one version of a split.
@@ -49,6 +50,8 @@ pub struct Backend {
     scorer: Arc<dyn Scorer>,
     requests: AtomicU64,
     errors: AtomicU64,
+    /// By status code and latency bucket, for `/metrics`.
+    counters: VersionCounters,
     /// Replaced (not cleared in place) when the gate's window length changes: figures over
     /// the old length would not mean what the new gate asks.
     window: RwLock<Arc<SlidingWindow>>,
@@ -60,6 +63,7 @@ impl Backend {
             scorer,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            counters: VersionCounters::default(),
             window: RwLock::new(Arc::new(SlidingWindow::new(window))),
         })
     }
@@ -73,8 +77,15 @@ impl Backend {
         self.scorer.model_ref()
     }
 
-    /// Counts one scoring request that finished at `at`.
-    pub fn record(&self, at: Instant, latency: Duration, ok: bool) {
+    /// What `/metrics` shows of this version.
+    pub fn counters(&self) -> &VersionCounters {
+        &self.counters
+    }
+
+    /// Counts one scoring request that finished at `at` with `code`; only a 5xx is an error.
+    pub fn record(&self, at: Instant, latency: Duration, code: u16) {
+        let ok = code < 500;
+        self.counters.record(code, latency);
         self.requests.fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -374,7 +385,7 @@ mod tests {
         assert_eq!(window_length(Some(&gate)), Duration::from_secs(60));
         let b = backend("m:1");
         let at = Instant::now();
-        b.record(at, Duration::from_millis(3), false);
+        b.record(at, Duration::from_millis(3), 500);
         b.resize_window(Duration::from_secs(30));
         assert_eq!(b.metrics(at).window_requests, 1, "same length: kept");
         b.resize_window(Duration::from_secs(60));

@@ -150,8 +150,11 @@ impl GrpcInferenceService for Inference {
             infer::run(&scorer, tensors, &requested).await
         }
         .await;
-        let ok = !matches!(&result, Err(e) if e.kind == ErrorKind::Internal);
-        let answered = self.shared.finish_call(call, ok);
+        let code = match &result {
+            Ok(_) => 200,
+            Err(err) => super::rest::http_status(err.kind).as_u16(),
+        };
+        let answered = self.shared.finish_call(call, code);
         let outputs = result.map_err(status)?;
         let (model_name, model_version) = infer::split_ref(&answered);
         let mut response = Response::new(pb::ModelInferResponse {

@@ -216,24 +216,7 @@ pub fn arrange(scorer: &dyn Scorer, inputs: Vec<NamedInput>) -> Result<Vec<Tenso
 }
 
 fn check_shape(spec: &TensorSpec, shape: &[usize]) -> Result<(), V2Error> {
-    if shape.len() != spec.shape.len() {
-        return Err(V2Error::bad(format!(
-            "input {:?} ({spec}): expected {} dimensions, got shape {shape:?}",
-            spec.name,
-            spec.shape.len()
-        )));
-    }
-    for (axis, (got, declared)) in shape.iter().zip(&spec.shape).enumerate() {
-        if let Dim::Fixed(want) = declared
-            && *got as u64 != *want
-        {
-            return Err(V2Error::bad(format!(
-                "input {:?} ({spec}): dimension {axis} must be {want}, got {got}",
-                spec.name
-            )));
-        }
-    }
-    Ok(())
+    crate::serve::json::check_shape(spec, shape).map_err(|err| V2Error::bad(err.0))
 }
 
 /// Runs the model off the async workers and keeps the requested outputs (all when `requested`

@@ -46,14 +46,19 @@ pub fn routes() -> Router<Arc<Shared>> {
         )
 }
 
-fn error_response(err: &V2Error) -> Response {
-    let status = match err.kind {
+/// The HTTP status of an error class (also what gRPC outcomes are counted as).
+pub fn http_status(kind: ErrorKind) -> StatusCode {
+    match kind {
         ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-    };
+    }
+}
+
+fn error_response(err: &V2Error) -> Response {
+    let status = http_status(err.kind);
     (status, axum::Json(json!({ "error": err.message }))).into_response()
 }
 
