@@ -7,7 +7,9 @@ Inference Protocol clients, and checks the answers against scikit-learn's own pr
 
 Clients (`--client triton`, the default): tritonclient.http with binary tensors on and off,
 and tritonclient.grpc; (`--client kserve`): the kserve package's REST client, skipped when it
-is not installed. Prints one line per check; exits 1 on a mismatch. Needs
+is not installed; (`--client azureml`): `requests` posting `{"data": …}` to `/score`. With
+`--key`, every client sends `Authorization: Bearer <key>`, and the `requests` check also
+expects 401 without it and with a wrong one. Prints one line per check; exits 1 on a mismatch. Needs
 `pip install 'tritonclient[http,grpc]' numpy` (and `kserve` for its check).
 """
 
@@ -45,46 +47,54 @@ def check(name, answers, expected, client):
     return ok
 
 
-def score_http(url, name, expected, binary):
+def bearer(key):
+    """The Authorization header Azure ML's documentation shows, when the endpoint has keys."""
+    return {"Authorization": f"Bearer {key}"} if key else None
+
+
+def score_http(url, name, expected, binary, key):
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url=url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
-    metadata = client.get_model_metadata(name)
+    metadata = client.get_model_metadata(name, headers=bearer(key))
     spec = metadata["inputs"][0]
     rows = np.asarray(expected["inputs"], dtype=NUMPY_TYPES[spec["datatype"]])
     tensor = httpclient.InferInput(spec["name"], list(rows.shape), spec["datatype"])
     tensor.set_data_from_numpy(rows, binary_data=binary)
     outputs = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
-    result = client.infer(name, [tensor], outputs=outputs, request_id="check-1")
+    result = client.infer(name, [tensor], outputs=outputs, request_id="check-1", headers=bearer(key))
     assert result.get_response()["id"] == "check-1", "the id is echoed"
     answers = {o["name"]: result.as_numpy(o["name"]) for o in metadata["outputs"]}
     return check(name, answers, expected, f"tritonclient.http (binary_data={binary})")
 
 
-def score_grpc(url, name, expected):
+def score_grpc(url, name, expected, key):
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url=url)
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
-    metadata = client.get_model_metadata(name, as_json=True)
+    # gRPC metadata keys are lower case.
+    headers = {"authorization": f"Bearer {key}"} if key else None
+    metadata = client.get_model_metadata(name, as_json=True, headers=headers)
     spec = metadata["inputs"][0]
     rows = np.asarray(expected["inputs"], dtype=NUMPY_TYPES[spec["datatype"]])
     tensor = grpcclient.InferInput(spec["name"], list(rows.shape), spec["datatype"])
     tensor.set_data_from_numpy(rows)
-    result = client.infer(name, [tensor])
+    result = client.infer(name, [tensor], headers=headers)
     answers = {o["name"]: result.as_numpy(o["name"]) for o in metadata["outputs"]}
     return check(name, answers, expected, "tritonclient.grpc")
 
 
-def score_kserve(url, name, expected):
+def score_kserve(url, name, expected, key):
     """kserve's own REST client (v2 protocol, JSON tensors)."""
     import asyncio
     import urllib.request
 
     from kserve import InferenceRESTClient, InferInput, InferRequest, RESTConfig
 
-    with urllib.request.urlopen(f"http://{url}/v2/models/{name}") as response:
+    request = urllib.request.Request(f"http://{url}/v2/models/{name}", headers=bearer(key) or {})
+    with urllib.request.urlopen(request) as response:
         metadata = json.load(response)
     spec = metadata["inputs"][0]
     rows = np.asarray(expected["inputs"], dtype=NUMPY_TYPES[spec["datatype"]])
@@ -94,11 +104,34 @@ def score_kserve(url, name, expected):
         tensor = InferInput(spec["name"], list(rows.shape), spec["datatype"])
         tensor.set_data_from_numpy(rows, binary_data=False)
         request = InferRequest(model_name=name, infer_inputs=[tensor], request_id="check-2")
-        response = await client.infer(f"http://{url}", request, model_name=name)
+        response = await client.infer(f"http://{url}", request, model_name=name, headers=bearer(key))
         await client.close()
         return {o.name: o.as_numpy() for o in response.outputs}
 
     return check(name, asyncio.run(run()), expected, "kserve")
+
+
+def score_azureml(url, name, expected, key):
+    """A plain `requests` client, as Azure ML's documentation shows: `{"data": …}` with the
+    key as a Bearer token; without it, or with a wrong one, the endpoint answers 401."""
+    import requests
+
+    body = {"data": expected["inputs"]}
+    answer = requests.post(f"http://{url}/score", json=body, headers=bearer(key), timeout=30)
+    answer.raise_for_status()
+    result = answer.json()
+    if isinstance(result, dict):
+        answers = {k: np.asarray(v) for k, v in result.items()}
+    else:
+        answers = {"output": np.asarray(result)}
+    ok = check(name, answers, expected, "requests (Azure ML /score)")
+    if key:
+        for headers, what in [(None, "no key"), (bearer("wrong"), "a wrong key")]:
+            refused = requests.post(f"http://{url}/score", json=body, headers=headers, timeout=30)
+            good = refused.status_code == 401 and "Bearer" in refused.headers.get("WWW-Authenticate", "")
+            print(f"{'ok' if good else 'MISMATCH'}: {name} with {what} gets 401 (got {refused.status_code})")
+            ok &= good
+    return ok
 
 
 def main():
@@ -107,7 +140,8 @@ def main():
     parser.add_argument("--grpc", required=True, help="host:port of the gRPC endpoint")
     parser.add_argument("--model", action="append", required=True, help="NAME=expected.json")
     # The two packages register the same protobuf names: one per process.
-    parser.add_argument("--client", choices=["triton", "kserve"], default="triton")
+    parser.add_argument("--client", choices=["triton", "kserve", "azureml"], default="triton")
+    parser.add_argument("--key", help="the endpoint's key, when it has auth key")
     args = parser.parse_args()
     if args.client == "kserve":
         # kserve parses the command line of whatever imports it: hide ours.
@@ -123,11 +157,14 @@ def main():
         with open(path) as f:
             expected = json.load(f)
         if args.client == "kserve":
-            ok &= score_kserve(args.http, name, expected)
+            ok &= score_kserve(args.http, name, expected, args.key)
             continue
-        ok &= score_http(args.http, name, expected, binary=True)
-        ok &= score_http(args.http, name, expected, binary=False)
-        ok &= score_grpc(args.grpc, name, expected)
+        if args.client == "azureml":
+            ok &= score_azureml(args.http, name, expected, args.key)
+            continue
+        ok &= score_http(args.http, name, expected, binary=True, key=args.key)
+        ok &= score_http(args.http, name, expected, binary=False, key=args.key)
+        ok &= score_grpc(args.grpc, name, expected, args.key)
     sys.exit(0 if ok else 1)
 
 

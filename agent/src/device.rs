@@ -3,13 +3,13 @@
 
 use std::collections::BTreeSet;
 
-use edgeship_domain::{Birth, Capabilities, Protocol, Requirement};
+use edgeship_domain::{AuthMode, Birth, Capabilities, Protocol, Requirement};
 
 use crate::config::AgentConfig;
 
 /// The feature tokens this agent implements, whatever the device: the baseline, traffic
 /// splits (several models behind one endpoint, see `serve::router`), the Open Inference
-/// Protocol (`serve::v2`) and CORS (`serve::cors`).
+/// Protocol (`serve::v2`), CORS (`serve::cors`) and endpoint keys (`serve::auth`).
 pub fn features() -> BTreeSet<String> {
     Requirement::BASELINE
         .iter()
@@ -17,6 +17,7 @@ pub fn features() -> BTreeSet<String> {
             Requirement::TrafficSplit,
             Requirement::Protocol(Protocol::V2),
             Requirement::Cors,
+            Requirement::Auth(AuthMode::Key),
         ])
         .map(|f| f.token())
         .collect()

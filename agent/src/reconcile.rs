@@ -288,7 +288,7 @@ mod tests {
         };
         let keyed = Workload {
             endpoint: Endpoint {
-                auth: AuthMode::Key,
+                auth: AuthMode::Token,
                 ..Endpoint::azureml(5009)
             },
             ..workload("keyed", 9, 9)

@@ -17,6 +17,7 @@ use edgeship_runtime::{ModelBundle, RuntimeError, Tensor};
 
 use crate::cache::{self, BlobCache};
 use crate::reconcile::only_tuning_differs;
+use crate::serve::auth::Auth;
 use crate::serve::json::inputs_from_data;
 use crate::serve::router::window_length;
 use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel};
@@ -236,10 +237,13 @@ impl Stage {
     async fn switch(&mut self, workload: &Workload, routes: Routes) -> Result<(), StageError> {
         let port = workload.endpoint.port;
         let grpc_port = workload.endpoint.grpc_port;
-        // The same endpoint settings: the running endpoint takes the new routes in place.
+        // The same listeners: the running endpoint takes the new routes and auth in place.
         if let Some(served) = self.endpoints.get_mut(&workload.deployment)
-            && served.workload.endpoint == workload.endpoint
+            && served.workload.endpoint.same_listeners(&workload.endpoint)
         {
+            served
+                .endpoint
+                .set_auth(Auth::from_spec(&workload.endpoint));
             served.endpoint.switch(routes);
             served.workload = workload.clone();
             return Ok(());
@@ -264,6 +268,7 @@ impl Stage {
             &workload.deployment,
             &workload.endpoint.protocols,
             &workload.endpoint.cors_origins,
+            Auth::from_spec(&workload.endpoint),
             routes,
         )
         .await

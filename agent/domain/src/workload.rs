@@ -291,6 +291,9 @@ pub struct Endpoint {
     /// The second port, for the Open Inference Protocol over gRPC (with `v2`).
     #[serde(default)]
     pub grpc_port: Option<u16>,
+    /// With auth `key`: hex sha256 of each accepted key (never the keys themselves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_digests: Vec<String>,
 }
 
 impl Endpoint {
@@ -302,7 +305,16 @@ impl Endpoint {
             protocols: vec![Protocol::Azureml],
             cors_origins: Vec::new(),
             grpc_port: None,
+            key_digests: Vec::new(),
         }
+    }
+
+    /// The same listeners and protocols (auth aside: it changes in place).
+    pub fn same_listeners(&self, other: &Endpoint) -> bool {
+        self.port == other.port
+            && self.grpc_port == other.grpc_port
+            && self.protocols == other.protocols
+            && self.cors_origins == other.cors_origins
     }
 
     /// Every TCP port the endpoint listens on.

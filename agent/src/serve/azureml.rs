@@ -312,9 +312,17 @@ mod tests {
     async fn a_raw_little_endian_body_is_one_tensor_shaped_by_header_or_signature() {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let routes = Routes::single(fake::backend("m:1"));
-        let endpoint = Endpoint::start(any, None, "web", &[Protocol::Azureml], &[], routes)
-            .await
-            .expect("listens");
+        let endpoint = Endpoint::start(
+            any,
+            None,
+            "web",
+            &[Protocol::Azureml],
+            &[],
+            Default::default(),
+            routes,
+        )
+        .await
+        .expect("listens");
         let octets = ("content-type", "application/octet-stream");
         let body = raw(&[1.5, -2.0, 4.0]);
         // x: float32[?]: the open dimension is sized from the body.

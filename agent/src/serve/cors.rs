@@ -63,6 +63,7 @@ mod tests {
             "web",
             &protocols,
             origins,
+            Default::default(),
             Routes::single(fake::backend("m:1")),
         )
         .await

@@ -208,9 +208,17 @@ mod tests {
 
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         let routes = Routes::single(fake::backend("m:1"));
-        let endpoint = Endpoint::start(any, None, "web", &[Protocol::Azureml], &[], routes)
-            .await
-            .expect("listens");
+        let endpoint = Endpoint::start(
+            any,
+            None,
+            "web",
+            &[Protocol::Azureml],
+            &[],
+            Default::default(),
+            routes,
+        )
+        .await
+        .expect("listens");
         let json = [("content-type", "application/json")];
         for body in [r#"{"data": [1.0]}"#, r#"{"data": [2.0]}"#, "not json"] {
             http(endpoint.addr(), "POST", "/score", &json, body.as_bytes())

@@ -14,6 +14,7 @@
 //! version they were routed to, the next request sees the new table, and no request ever sees
 //! none.
 
+pub mod auth;
 pub mod azureml;
 pub mod cors;
 pub mod json;
@@ -126,6 +127,8 @@ pub struct Shared {
     max_body_bytes: usize,
     next_request_id: AtomicU64,
     ready: AtomicBool,
+    /// Swapped in place when keys rotate: no restart, no dropped request.
+    auth: RwLock<Arc<auth::Auth>>,
 }
 
 impl Shared {
@@ -171,6 +174,11 @@ impl Shared {
             backend: Arc::clone(backend),
             started: Instant::now(),
         })
+    }
+
+    /// What the endpoint accepts now.
+    pub fn auth(&self) -> Arc<auth::Auth> {
+        Arc::clone(&self.auth.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Whether the endpoint takes requests: false once it is stopping.
@@ -282,13 +290,15 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr` (and `grpc_addr`, for the Open Inference Protocol over gRPC) and starts
-    /// serving `routes` over `protocols`.
+    /// serving `routes` over `protocols`, to browsers on `cors_origins`, to callers `auth`
+    /// accepts.
     pub async fn start(
         addr: SocketAddr,
         grpc_addr: Option<SocketAddr>,
         deployment: &str,
         protocols: &[Protocol],
         cors_origins: &[String],
+        auth: auth::Auth,
         routes: Routes,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
@@ -305,6 +315,7 @@ impl Endpoint {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             next_request_id: AtomicU64::new(1),
             ready: AtomicBool::new(true),
+            auth: RwLock::new(Arc::new(auth)),
         });
         let mut app = metrics::routes();
         for protocol in protocols {
@@ -313,10 +324,15 @@ impl Endpoint {
                 Protocol::V2 => app.merge(v2::rest::routes()),
             };
         }
-        let mut app = app.layer(middleware::from_fn_with_state(
-            Arc::clone(&shared),
-            request_id,
-        ));
+        let mut app = app
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                auth::require,
+            ))
+            .layer(middleware::from_fn_with_state(
+                Arc::clone(&shared),
+                request_id,
+            ));
         if !cors_origins.is_empty() {
             app = app.layer(cors::layer(cors_origins));
         }
@@ -376,6 +392,15 @@ impl Endpoint {
     /// The routing table serving now.
     pub fn routes(&self) -> Arc<Routes> {
         self.shared.routes()
+    }
+
+    /// Replaces what the endpoint accepts (keys rotate without a restart).
+    pub fn set_auth(&self, auth: auth::Auth) {
+        *self
+            .shared
+            .auth
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(auth);
     }
 
     /// Lifetime counters, the window at `at`, and whether it breaches `health`.
@@ -494,9 +519,17 @@ mod tests {
 
     async fn endpoint(routes: Routes) -> Endpoint {
         let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Endpoint::start(addr, None, "web", &[Protocol::Azureml], &[], routes)
-            .await
-            .expect("listens")
+        Endpoint::start(
+            addr,
+            None,
+            "web",
+            &[Protocol::Azureml],
+            &[],
+            Default::default(),
+            routes,
+        )
+        .await
+        .expect("listens")
     }
 
     async fn score(addr: SocketAddr, body: &str, key: Option<&str>) -> testkit::HttpResponse {

@@ -1,7 +1,8 @@
-//! Off-the-shelf Open Inference Protocol clients against a real agent: the `tritonclient`
-//! Python package (REST with binary tensors on and off, and gRPC) and `kserve` where it is
-//! installed score the fixture models and must get scikit-learn's values
-//! (`scripts/oip_clients.py`). The Python environment comes from `EDGESHIP_PYTHON` (`.ci/run`
+//! Off-the-shelf clients against a real agent: the `tritonclient` Python package (REST with
+//! binary tensors on and off, and gRPC), `kserve` where it is installed, and `requests` on
+//! Azure ML's `/score` score the fixture models and must get scikit-learn's values
+//! (`scripts/oip_clients.py`); one endpoint has keys, sent as Azure ML's documentation shows,
+//! and refuses requests without them. The Python environment comes from `EDGESHIP_PYTHON` (`.ci/run`
 //! builds one); without the packages the test is ignored at build time, and fails under
 //! `EDGESHIP_CI=1`.
 
@@ -10,6 +11,7 @@ use std::process::Command;
 use edgeship_hub::client;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use testkit::{HubProcess, TempDir, fixture, free_port, start_agent};
 
 use crate::support::wait_serving;
@@ -56,12 +58,16 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
     );
     let mut arguments = Vec::new();
     let (mut http, mut grpc) = (String::new(), String::new());
-    // One deployment per model, each with its REST and gRPC ports.
-    for name in ["diabetes", "digits"] {
+    // One deployment per model, each with its REST and gRPC ports; diabetes with keys.
+    for (name, auth) in [
+        ("diabetes", pb::AuthMode::Key),
+        ("digits", pb::AuthMode::None),
+    ] {
         register_fixture(&hub.url, name).await;
         let (port, grpc_port) = (free_port(), free_port());
         let endpoint = pb::Endpoint {
             port: u32::from(port),
+            auth: auth.into(),
             protocols: vec![pb::Protocol::Azureml.into(), pb::Protocol::V2.into()],
             grpc_port: u32::from(grpc_port),
             ..Default::default()
@@ -79,20 +85,35 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
         http = format!("127.0.0.1:{port}");
         grpc = format!("127.0.0.1:{grpc_port}");
         let expected = fixture(&format!("{name}/expected.json"));
-        arguments.push(vec![
+        let mut args = vec![
             "--http".to_owned(),
             http.clone(),
             "--grpc".to_owned(),
             grpc.clone(),
             "--model".to_owned(),
             format!("{name}={}", expected.display()),
-        ]);
+        ];
+        if auth == pb::AuthMode::Key {
+            let channel = client::channel(&hub.url).await.expect("channel");
+            let keys = DeploymentsClient::new(channel)
+                .get_deployment_keys(pb::GetDeploymentKeysRequest {
+                    name: format!("deployments/{name}"),
+                })
+                .await
+                .expect("keys")
+                .into_inner();
+            args.extend(["--key".to_owned(), keys.secondary_key]);
+        }
+        arguments.push((auth, args));
     }
     assert!(!http.is_empty() && !grpc.is_empty());
-    for args in arguments {
+    for (auth, args) in arguments {
         run_clients(&python, &args, "triton", 3);
         // kserve only where it installed (it brings a large dependency tree).
         run_clients(&python, &args, "kserve", 1);
+        // With keys: the prediction, then 401 without a key and with a wrong one.
+        let checks = if auth == pb::AuthMode::Key { 3 } else { 1 };
+        run_clients(&python, &args, "azureml", checks);
     }
 }
 

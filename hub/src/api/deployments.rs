@@ -2,6 +2,7 @@
 //! `CreateDeployment` and `ApplyDeployment` both end in one manifest, validated in one place
 //! (`fleet::spec`); this adapter only converts.
 
+use crate::fleet::keys::{EndpointKeys, KeySlot};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -86,6 +87,13 @@ impl FleetService {
 
     fn deployment_id(&self, name: &str) -> Result<String, Status> {
         Ok(resource_id(name, "deployments")?.to_owned())
+    }
+}
+
+fn keys_message(keys: EndpointKeys) -> pb::DeploymentKeys {
+    pb::DeploymentKeys {
+        primary_key: keys.primary,
+        secondary_key: keys.secondary,
     }
 }
 
@@ -318,6 +326,31 @@ impl Deployments for FleetService {
         self.blocking(move |fleet| fleet.delete_deployment(&id))
             .await?;
         Ok(Response::new(pb::DeleteDeploymentResponse {}))
+    }
+
+    async fn get_deployment_keys(
+        &self,
+        request: Request<pb::GetDeploymentKeysRequest>,
+    ) -> Result<Response<pb::DeploymentKeys>, Status> {
+        let id = self.deployment_id(&request.into_inner().name)?;
+        let keys = self
+            .blocking(move |fleet| fleet.deployment_keys(&id))
+            .await?;
+        Ok(Response::new(keys_message(keys)))
+    }
+
+    async fn regenerate_deployment_key(
+        &self,
+        request: Request<pb::RegenerateDeploymentKeyRequest>,
+    ) -> Result<Response<pb::DeploymentKeys>, Status> {
+        let request = request.into_inner();
+        let id = self.deployment_id(&request.name)?;
+        let slot = KeySlot::parse(&request.key)
+            .map_err(|e| Status::invalid_argument(format!("key: {e}")))?;
+        let keys = self
+            .blocking(move |fleet| fleet.regenerate_key(&id, slot))
+            .await?;
+        Ok(Response::new(keys_message(keys)))
     }
 
     async fn get_rollout(

@@ -48,7 +48,7 @@ impl From<FleetError> for Status {
                 tracing::error!(error = %message, "fleet data damaged");
                 Status::data_loss(message)
             }
-            FleetError::Storage(_) => {
+            FleetError::Storage(_) | FleetError::Internal(_) => {
                 tracing::error!(error = %message, "fleet storage failure");
                 Status::internal(message)
             }

@@ -189,6 +189,37 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .map_err(rpc_error)?;
             println!("deleted deployment {name}");
         }
+        DeployCommand::Keys {
+            name,
+            regenerate,
+            output,
+        } => {
+            let name = format!("deployments/{}", names::deployment_id(&name)?);
+            let keys = match regenerate {
+                Some(key) => {
+                    client
+                        .regenerate_deployment_key(pb::RegenerateDeploymentKeyRequest { name, key })
+                        .await
+                }
+                None => {
+                    client
+                        .get_deployment_keys(pb::GetDeploymentKeysRequest { name })
+                        .await
+                }
+            }
+            .map_err(rpc_error)?
+            .into_inner();
+            match output {
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "primary_key": keys.primary_key,
+                    "secondary_key": keys.secondary_key,
+                })),
+                OutputFormat::Table => {
+                    println!("primary:    {}", keys.primary_key);
+                    println!("secondary:  {}", keys.secondary_key);
+                }
+            }
+        }
         DeployCommand::Apply {
             file,
             dry_run,

@@ -91,7 +91,7 @@ pub enum DeployCommand {
         port: u16,
         #[arg(long, default_value = "tract")]
         runtime: String,
-        /// Endpoint authentication (none is the only mode today).
+        /// Endpoint authentication: none, or key (see `deploy keys`).
         #[arg(long, default_value = "none")]
         auth: String,
         /// Target device id (repeatable). A device that has never connected gets a warning;
@@ -134,6 +134,17 @@ pub enum DeployCommand {
     Delete {
         #[arg(value_name = "NAME")]
         name: String,
+    },
+    /// The endpoint keys of a deployment with auth `key`: callers send either as
+    /// `Authorization: Bearer <key>`.
+    Keys {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Replace this key (devices accept the new one, and refuse the old, within seconds).
+        #[arg(long, value_name = "primary|secondary")]
+        regenerate: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
     /// Create or update a deployment from a manifest file (YAML or JSON; `-` reads standard
     /// input). Prints what changes; a change to what devices run starts a rollout.

@@ -435,6 +435,7 @@ mod tests {
             protocols: vec![pb::Protocol::Azureml.into(), pb::Protocol::V2.into()],
             cors_origins: vec![],
             grpc_port: 0,
+            key_digests: vec![],
         });
         assert_eq!(view.auth, "key");
         assert_eq!(view.protocols, ["azureml", "v2"]);

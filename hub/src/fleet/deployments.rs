@@ -1,8 +1,9 @@
 //! Deployments: validated creation and deletion, lookups, and each deployment's view of its
 //! devices.
 
-use edgeship_domain::names;
+use edgeship_domain::{AuthMode, names};
 
+use super::keys::EndpointKeys;
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
 use super::rollout::{Phase, Rollout};
 use super::spec::{DeploymentSpec, Manifest, TrafficWeight};
@@ -10,7 +11,7 @@ use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
 use crate::registry::{VersionRef, VersionSelector};
 
-fn invalid(err: names::InvalidName) -> FleetError {
+pub(super) fn invalid(err: names::InvalidName) -> FleetError {
     FleetError::InvalidArgument(err.0)
 }
 
@@ -82,10 +83,15 @@ impl Fleet {
                     create_time_ms: now,
                     update_time_ms: now,
                     revisions: Vec::new(),
+                    keys: None,
                 };
                 (deployment, true, vec!["created".to_owned()])
             }
         };
+        // Keys are made once, when a deployment first asks for them, and kept across applies.
+        if spec.endpoint.auth == AuthMode::Key && deployment.keys.is_none() {
+            deployment.keys = Some(EndpointKeys::generate()?);
+        }
         // Applying again what was rolled back or aborted is a retry: a fresh rollout.
         let retry = self
             .current_rollout(&deployment)?
@@ -458,6 +464,7 @@ mod legacy {
                     endpoint: self.endpoint,
                     create_time_ms: self.create_time_ms,
                 }],
+                keys: None,
             }
         }
     }

@@ -13,10 +13,11 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use edgeship_domain::{
-    DeployedModel, DesiredState, HealthThresholds, ModelWorkload, RuntimeOptions, Workload,
-    WorkloadKind,
+    AuthMode, DeployedModel, DesiredState, HealthThresholds, ModelWorkload, RuntimeOptions,
+    Workload, WorkloadKind,
 };
 
+use super::keys::EndpointKeys;
 use super::model::{Deployment, Device, Revision};
 use super::rollout::Rollout;
 use crate::registry::{ModelFile, ModelVersion, OnnxSignature};
@@ -165,9 +166,18 @@ pub fn workload(
             window_seconds: HealthThresholds::DEFAULT_WINDOW_SECONDS,
             min_requests: HealthThresholds::DEFAULT_MIN_REQUESTS,
         });
+    let mut endpoint = revision.endpoint.clone();
+    if endpoint.auth == AuthMode::Key {
+        // Digests only: the keys themselves never leave the hub.
+        endpoint.key_digests = deployment
+            .keys
+            .as_ref()
+            .map(EndpointKeys::digests)
+            .unwrap_or_default();
+    }
     Ok(Workload {
         deployment: deployment.id.clone(),
-        endpoint: revision.endpoint.clone(),
+        endpoint,
         kind: WorkloadKind::Model(ModelWorkload {
             runtime: revision.runtime,
             models,
@@ -271,6 +281,7 @@ mod tests {
             spec,
             create_time_ms: created,
             update_time_ms: created,
+            keys: None,
         }
     }
 

@@ -11,6 +11,7 @@
 pub mod deployments;
 pub mod desired;
 pub mod devices;
+pub mod keys;
 pub mod model;
 pub mod rollout;
 pub mod rollouts;
@@ -47,6 +48,9 @@ pub enum FleetError {
     DataLoss(String),
     #[error("storage error: {0}")]
     Storage(#[from] sled::Error),
+    /// The hub itself failed (no randomness for a key).
+    #[error("{0}")]
+    Internal(String),
     /// A registry error keeps its own class (not found, invalid, storage, data loss).
     #[error(transparent)]
     Registry(#[from] registry::Error),

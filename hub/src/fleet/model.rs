@@ -65,6 +65,9 @@ pub struct Deployment {
     /// The newest last: the current rollout's target, its origin, and a few before them for
     /// rollbacks.
     pub revisions: Vec<Revision>,
+    /// With auth `key`: the endpoint's keys (devices get their digests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<super::keys::EndpointKeys>,
 }
 
 impl Deployment {

@@ -183,3 +183,124 @@ async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serv
     assert_diabetes_predictions(&score(addr, &rows).await.expect("restored version serves"));
     agent.stop().await.expect("stop");
 }
+
+/// Auth `key`: the hub makes a primary and a secondary key, devices get only their digests,
+/// either key scores, and a regenerated key takes effect on the device within seconds while
+/// the other keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_keys_are_checked_on_the_device_and_rotate_without_a_restart() {
+    use edgeship_proto::v1::deployments_client::DeploymentsClient;
+
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    crate::e2e::register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-key", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    let endpoint = pb::Endpoint {
+        port: u32::from(free_port()),
+        auth: pb::AuthMode::Key.into(),
+        ..Default::default()
+    };
+    edgeship_hub::client::deploy_endpoint_to_devices(
+        &hub.url(),
+        "web",
+        "diabetes:1",
+        endpoint,
+        &["edge-key"],
+    )
+    .await
+    .expect("deploy with keys");
+    let addr = crate::e2e::wait_serving(&agent, "web", "diabetes:1").await;
+    let mut deployments = DeploymentsClient::connect(hub.url())
+        .await
+        .expect("connect");
+    let keys = deployments
+        .get_deployment_keys(pb::GetDeploymentKeysRequest {
+            name: "deployments/web".into(),
+        })
+        .await
+        .expect("keys")
+        .into_inner();
+    assert_ne!(keys.primary_key, keys.secondary_key);
+    let desired =
+        std::fs::read_to_string(dir.path().join("desired.json")).expect("desired state on disk");
+    assert!(
+        !desired.contains(&keys.primary_key) && !desired.contains(&keys.secondary_key),
+        "the device holds digests, never keys"
+    );
+
+    let rows =
+        json!({"data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]]})
+            .to_string();
+    let post = |key: Option<String>| {
+        let rows = rows.clone();
+        async move {
+            let bearer = key.map(|k| format!("Bearer {k}"));
+            let mut headers = vec![("content-type", "application/json")];
+            headers.extend(bearer.as_deref().map(|b| ("authorization", b)));
+            http(addr, "POST", "/score", &headers, rows.as_bytes())
+                .await
+                .expect("answers")
+                .status
+        }
+    };
+    assert_eq!(post(None).await, 401);
+    assert_eq!(post(Some("guess".into())).await, 401);
+    assert_eq!(post(Some(keys.primary_key.clone())).await, 200);
+    assert_eq!(post(Some(keys.secondary_key.clone())).await, 200);
+
+    let rotated = deployments
+        .regenerate_deployment_key(pb::RegenerateDeploymentKeyRequest {
+            name: "deployments/web".into(),
+            key: "secondary".into(),
+        })
+        .await
+        .expect("regenerate")
+        .into_inner();
+    assert_eq!(
+        rotated.primary_key, keys.primary_key,
+        "only the secondary changes"
+    );
+    assert_ne!(rotated.secondary_key, keys.secondary_key);
+    let loads_before = agent.view().borrow().models_loaded;
+    testkit::eventually(
+        std::time::Duration::from_secs(60),
+        "the device takes the new key",
+        || {
+            let key = rotated.secondary_key.clone();
+            async move { (post(Some(key)).await == 200).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        post(Some(keys.secondary_key.clone())).await,
+        401,
+        "the old key is refused"
+    );
+    assert_eq!(
+        post(Some(keys.primary_key.clone())).await,
+        200,
+        "the other key kept working"
+    );
+    assert_eq!(
+        agent.view().borrow().models_loaded,
+        loads_before,
+        "no model was reloaded"
+    );
+
+    let wrong = deployments
+        .regenerate_deployment_key(pb::RegenerateDeploymentKeyRequest {
+            name: "deployments/web".into(),
+            key: "tertiary".into(),
+        })
+        .await
+        .expect_err("no third key");
+    assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+    assert!(
+        wrong.message().contains("use primary or secondary"),
+        "{}",
+        wrong.message()
+    );
+}

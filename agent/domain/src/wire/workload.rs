@@ -127,6 +127,7 @@ impl From<&Endpoint> for pb::Endpoint {
                 .collect(),
             cors_origins: endpoint.cors_origins.clone(),
             grpc_port: endpoint.grpc_port.map_or(0, u32::from),
+            key_digests: endpoint.key_digests.clone(),
         }
     }
 }
@@ -152,6 +153,7 @@ impl TryFrom<pb::Endpoint> for Endpoint {
                 0 => None,
                 p => Some(port(p, "the endpoint's gRPC port")?),
             },
+            key_digests: endpoint.key_digests,
         })
     }
 }

@@ -36,6 +36,21 @@ fn status(err: V2Error) -> Status {
     }
 }
 
+impl Inference {
+    /// The endpoint's auth, from the `authorization` metadata; liveness and readiness calls
+    /// need none, as over REST.
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let presented = request
+            .metadata()
+            .get("authorization")
+            .map(|v| v.as_bytes());
+        self.shared
+            .auth()
+            .check(presented)
+            .map_err(|refusal| Status::unauthenticated(refusal.message()))
+    }
+}
+
 /// Serves the endpoint's models on `listener` until `shutdown` fires.
 pub fn serve(
     listener: TcpListener,
@@ -104,6 +119,7 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::ModelMetadataRequest>,
     ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        self.authorize(&request)?;
         let request = request.into_inner();
         let version = Some(request.version.as_str()).filter(|v| !v.is_empty());
         let call = infer::route(&self.shared, &request.name, version, None).map_err(status)?;
@@ -134,6 +150,7 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        self.authorize(&request)?;
         let key = request
             .metadata()
             .get(ROUTING_KEY_HEADER)

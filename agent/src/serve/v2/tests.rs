@@ -15,9 +15,17 @@ use crate::serve::{Backend, Endpoint, MODEL_HEADER, Routes, fake};
 
 async fn endpoint(routes: Routes) -> Endpoint {
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    Endpoint::start(any, Some(any), "web", &[Protocol::V2], &[], routes)
-        .await
-        .expect("listens")
+    Endpoint::start(
+        any,
+        Some(any),
+        "web",
+        &[Protocol::V2],
+        &[],
+        Default::default(),
+        routes,
+    )
+    .await
+    .expect("listens")
 }
 
 async fn get(addr: SocketAddr, path: &str) -> HttpResponse {

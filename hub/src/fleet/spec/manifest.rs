@@ -227,10 +227,10 @@ impl EndpointManifest {
             Some(name) => AuthMode::parse(name).map_err(|e| err("endpoint.auth", e))?,
             None => AuthMode::None,
         };
-        if auth != AuthMode::None {
+        if auth == AuthMode::Token {
             return Err(err(
                 "endpoint.auth",
-                format!("{auth} is not supported yet: use none"),
+                format!("{auth} is not supported yet: use none or key"),
             ));
         }
         let mut protocols = Vec::new();
@@ -285,6 +285,8 @@ impl EndpointManifest {
             protocols,
             cors_origins: self.cors_origins.clone(),
             grpc_port,
+            // Filled per device from the deployment's keys (see `desired::workload`).
+            key_digests: Vec::new(),
         })
     }
 }

@@ -102,7 +102,7 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("split twice the same", with("traffic: [{model: m:2, weight: 50}, {model: m:2, weight: 50}]\n"), "traffic[1].model: version 2 is listed twice"),
         ("split across models", with("traffic: [{model: m:1, weight: 50}, {model: other:2, weight: 50}]\n"), "traffic: other:2 is not a version of model m"),
         ("zero weight", with("traffic: [{model: m:1, weight: 0}, {model: m:2, weight: 100}]\n"), "traffic[0].weight: must be from 1 to 100"),
-        ("auth not yet", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: key}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: key is not supported yet"),
+        ("auth not yet", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: token}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: token is not supported yet"),
         ("bad cors origin", "name: web\nmodel: m:1\nendpoint: {port: 1, cors_origins: [example.com]}\ntarget: {devices: [d1]}\n".into(), "endpoint.cors_origins[0]: \"example.com\" is not an origin"),
         ("grpc without v2", "name: web\nmodel: m:1\nendpoint: {port: 1, grpc_port: 2}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: gRPC serves the v2 protocol: add v2 to endpoint.protocols"),
         ("grpc on the rest port", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v2], grpc_port: 1}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: 1 is already the REST port"),
