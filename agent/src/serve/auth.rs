@@ -251,6 +251,25 @@ mod tests {
             let closed = http(addr, "GET", path, &[], b"").await.expect("answers");
             assert_eq!(closed.status, 401, "{path}");
         }
+        let swagger = http(
+            addr,
+            "GET",
+            "/swagger.json",
+            &[("authorization", "Bearer k-primary")],
+            b"",
+        )
+        .await
+        .expect("answers");
+        assert_eq!(swagger.status, 200);
+        let doc = swagger.json();
+        assert_eq!(
+            doc["securityDefinitions"]["Bearer"]["name"],
+            "Authorization"
+        );
+        assert_eq!(
+            doc["paths"]["/score"]["post"]["security"][0]["Bearer"],
+            serde_json::json!([])
+        );
         let v2_missing = http(addr, "POST", "/v2/models/m/infer", &[], v2)
             .await
             .expect("answers");

@@ -199,7 +199,10 @@ fn shape_from_signature(spec: &TensorSpec, elements: usize) -> Result<Vec<usize>
 async fn swagger(State(shared): State<Arc<Shared>>) -> Response {
     // A split's versions normally share a signature; where they do not, the document
     // describes the heaviest, the one most callers reach.
-    let doc = swagger_document(shared.deployment(), shared.primary().as_ref());
+    let mut doc = swagger_document(shared.deployment(), shared.primary().as_ref());
+    if shared.auth().is_required() {
+        add_bearer_scheme(&mut doc);
+    }
     let mut response = axum::Json(doc).into_response();
     response
         .headers_mut()
@@ -230,6 +233,20 @@ fn tensor_schema(info: &TensorSpec) -> Value {
         }
         array
     })
+}
+
+/// Declares the endpoint's keys as Azure ML's documents do: a Bearer `Authorization` header
+/// on the scoring operation.
+pub fn add_bearer_scheme(doc: &mut Value) {
+    doc["securityDefinitions"] = json!({
+        "Bearer": {
+            "type": "apiKey",
+            "name": "Authorization",
+            "in": "header",
+            "description": "For example: Bearer abc123",
+        }
+    });
+    doc["paths"]["/score"]["post"]["security"] = json!([{"Bearer": []}]);
 }
 
 /// OpenAPI 2.0 document of this endpoint, generated from the model's signature (Azure ML

@@ -217,12 +217,16 @@ impl Fleet {
     /// the port there, and the other is `Unschedulable` on that device.)
     fn check_port(&self, spec: &DeploymentSpec) -> Result<(), FleetError> {
         let devices = self.all_devices()?;
-        let port = spec.endpoint.port;
         for other in self.all_deployments()? {
-            if other.id == spec.name
-                || other.spec.endpoint.port != port
-                || other.spec.priority != spec.priority
-            {
+            // The REST and gRPC ports both count.
+            let Some(port) = spec
+                .endpoint
+                .ports()
+                .find(|p| other.spec.endpoint.ports().any(|q| q == *p))
+            else {
+                continue;
+            };
+            if other.id == spec.name || other.spec.priority != spec.priority {
                 continue;
             }
             let shared = devices
