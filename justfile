@@ -32,6 +32,13 @@ bench:
     cargo bench -p edgeship-hub --bench registry
     cargo bench -p edgeship-firmware-tests --bench transfer
     cargo bench -p edgeship-firmware-tests --bench fleet
+    python3 scripts/bench/scoring.py
+
+# Scoring throughput only: edgeship vs Azure ML's server vs nginx, with wrk (apt-get install
+# -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http and onnxruntime).
+bench-scoring *args:
+    cargo build --release --bins
+    python3 scripts/bench/scoring.py {{args}}
 
 # Release binary sizes and the agent's idle memory (`just footprint --cold` also times a cold build).
 footprint *args:

@@ -213,6 +213,7 @@ impl Stage {
                 runnable,
                 sample_input: sample,
                 load_seconds: started.elapsed().as_secs_f64(),
+                recent_micros: Default::default(),
             });
             self_test(scorer.as_ref())?;
             Ok::<_, StageError>(scorer)

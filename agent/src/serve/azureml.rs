@@ -17,7 +17,7 @@ use edgeship_runtime::{RuntimeError, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use super::json::{self, inputs_from_data, outputs_to_json};
-use super::{Scorer, Shared};
+use super::{Scorer, Shared, run_inference};
 
 /// The adapter's routes, merged into an endpoint's router.
 pub fn routes() -> Router<Arc<Shared>> {
@@ -103,24 +103,13 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
         Ok(inputs) => inputs,
         Err(why) => return message(StatusCode::BAD_REQUEST, why),
     };
-    // Inference is CPU-bound: keep it off the async workers.
-    let running = Arc::clone(scorer);
-    let result = tokio::task::spawn_blocking(move || {
-        let outputs = running.infer(inputs)?;
-        Ok::<_, RuntimeError>(outputs_to_json(running.outputs(), &outputs))
-    })
-    .await;
-    match result {
-        Ok(Ok(json)) => axum::Json(json).into_response(),
-        Ok(Err(RuntimeError::BadInput(why))) => message(StatusCode::BAD_REQUEST, why),
-        Ok(Err(err)) => {
+    match run_inference(scorer, inputs).await {
+        Ok(outputs) => axum::Json(outputs_to_json(scorer.outputs(), &outputs)).into_response(),
+        Err(RuntimeError::BadInput(why)) => message(StatusCode::BAD_REQUEST, why),
+        Err(err) => {
             tracing::warn!(deployment = %shared.deployment(), model = %scorer.model_ref(), error = %err, "scoring failed");
             message(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
         }
-        Err(err) => message(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("inference task failed: {err}"),
-        ),
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod azureml;
 pub mod cors;
+pub mod inference;
 pub mod json;
 pub mod metrics;
 pub mod router;
@@ -38,6 +39,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use inference::run_inference;
 pub use router::{Backend, MODEL_HEADER, ROUTING_KEY_HEADER, Routes};
 
 /// Largest scoring body accepted (413 beyond).
@@ -57,6 +59,10 @@ pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn load_seconds(&self) -> Option<f64> {
         None
     }
+    /// Where [`run_inference`] keeps how long this model's last inference took.
+    fn recent_micros(&self) -> Option<&AtomicU64> {
+        None
+    }
 }
 
 /// A prepared, self-tested model ready to take traffic.
@@ -67,6 +73,8 @@ pub struct ServingModel {
     pub sample_input: Option<serde_json::Value>,
     /// Time to prepare the runtime's plan (the self-test comes after and is not in it).
     pub load_seconds: f64,
+    /// The last inference's duration (see [`run_inference`]).
+    pub recent_micros: AtomicU64,
 }
 
 impl Scorer for ServingModel {
@@ -92,6 +100,10 @@ impl Scorer for ServingModel {
 
     fn load_seconds(&self) -> Option<f64> {
         Some(self.load_seconds)
+    }
+
+    fn recent_micros(&self) -> Option<&AtomicU64> {
+        Some(&self.recent_micros)
     }
 }
 
@@ -450,57 +462,7 @@ async fn request_id(State(shared): State<Arc<Shared>>, request: Request, next: N
 
 /// Versions that need no model file, for tests of routing, counting and health.
 #[cfg(test)]
-pub(crate) mod fake {
-    use super::*;
-    use edgeship_domain::{Dim, ElementType};
-    use std::time::Duration;
-
-    /// Echoes its one input `x: float32[n]`, or fails every inference as a broken model would.
-    #[derive(Debug)]
-    pub(crate) struct FakeScorer {
-        name: String,
-        fails: bool,
-        inputs: Vec<TensorSpec>,
-    }
-
-    impl Scorer for FakeScorer {
-        fn model_ref(&self) -> &str {
-            &self.name
-        }
-        fn inputs(&self) -> &[TensorSpec] {
-            &self.inputs
-        }
-        fn outputs(&self) -> &[TensorSpec] {
-            &self.inputs
-        }
-        fn sample_input(&self) -> Option<&serde_json::Value> {
-            None
-        }
-        fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
-            if self.fails {
-                return Err(RuntimeError::Run("the model is broken".into()));
-            }
-            Ok(inputs)
-        }
-    }
-
-    pub(crate) fn scorer(name: &str, fails: bool) -> Arc<dyn Scorer> {
-        Arc::new(FakeScorer {
-            name: name.to_owned(),
-            fails,
-            inputs: vec![TensorSpec {
-                name: "x".into(),
-                element_type: ElementType::F32,
-                shape: vec![Dim::Unknown],
-            }],
-        })
-    }
-
-    /// A working version `name` with a 30 s window.
-    pub(crate) fn backend(name: &str) -> Arc<Backend> {
-        Backend::new(scorer(name, false), Duration::from_secs(30))
-    }
-}
+pub(crate) mod fake;
 
 #[cfg(test)]
 mod tests {

@@ -238,13 +238,8 @@ pub async fn run(
         })?;
         picks.push(index);
     }
-    let running = Arc::clone(scorer);
-    let outputs = tokio::task::spawn_blocking(move || running.infer(inputs))
+    let outputs = crate::serve::run_inference(scorer, inputs)
         .await
-        .map_err(|err| V2Error {
-            kind: ErrorKind::Internal,
-            message: format!("inference task failed: {err}"),
-        })?
         .map_err(|err| match err {
             RuntimeError::BadInput(why) => V2Error::bad(why),
             other => V2Error {

@@ -1,0 +1,26 @@
+"""Azure ML entry script for the scoring benchmark: the same ONNX file edgeship serves, run
+by onnxruntime inside Azure ML's own inference server (azureml-inference-server-http)."""
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+session = None
+
+
+def init():
+    global session
+    path = os.path.join(os.environ["AZUREML_MODEL_DIR"], "model.onnx")
+    options = ort.SessionOptions()
+    # One thread per worker: WORKER_COUNT workers share the machine's cores.
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def run(raw_data):
+    rows = np.asarray(json.loads(raw_data)["data"], dtype=np.float32)
+    name = session.get_inputs()[0].name
+    outputs = [o.tolist() if hasattr(o, "tolist") else o for o in session.run(None, {name: rows})]
+    # One output as is, several as a list: the shape edgeship's /score answers in.
+    return outputs[0] if len(outputs) == 1 else outputs
