@@ -302,13 +302,10 @@ pub fn swagger_document(deployment: &str, scorer: &dyn Scorer) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::net::SocketAddr;
-
-    use edgeship_domain::Protocol;
     use testkit::http;
 
     use super::SHAPE_HEADER;
-    use crate::serve::{Endpoint, Routes, fake};
+    use crate::serve::{Routes, fake};
 
     fn raw(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
@@ -316,19 +313,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_raw_little_endian_body_is_one_tensor_shaped_by_header_or_signature() {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let routes = Routes::single(fake::backend("m:1"));
-        let endpoint = Endpoint::start(
-            any,
-            None,
-            "web",
-            &[Protocol::Azureml],
-            &[],
-            Default::default(),
-            routes,
-        )
-        .await
-        .expect("listens");
+        let endpoint = fake::azureml_endpoint(Routes::single(fake::backend("m:1"))).await;
         let octets = ("content-type", "application/octet-stream");
         let body = raw(&[1.5, -2.0, 4.0]);
         // x: float32[?]: the open dimension is sized from the body.

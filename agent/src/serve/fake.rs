@@ -49,3 +49,19 @@ pub(crate) fn scorer(name: &str, fails: bool) -> Arc<dyn Scorer> {
 pub(crate) fn backend(name: &str) -> Arc<Backend> {
     Backend::new(scorer(name, false), Duration::from_secs(30))
 }
+
+/// A plain Azure ML endpoint (no gRPC, CORS or auth) on an ephemeral loopback port.
+pub(crate) async fn azureml_endpoint(routes: Routes) -> Endpoint {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    Endpoint::start(
+        any,
+        None,
+        "web",
+        &[Protocol::Azureml],
+        &[],
+        Default::default(),
+        routes,
+    )
+    .await
+    .expect("listens")
+}

@@ -201,24 +201,10 @@ mod tests {
 
     #[tokio::test]
     async fn the_endpoint_exposes_its_requests_by_version_and_code() {
-        use crate::serve::{Endpoint, Routes, fake};
-        use edgeship_domain::Protocol;
-        use std::net::SocketAddr;
+        use crate::serve::{Routes, fake};
         use testkit::http;
 
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let routes = Routes::single(fake::backend("m:1"));
-        let endpoint = Endpoint::start(
-            any,
-            None,
-            "web",
-            &[Protocol::Azureml],
-            &[],
-            Default::default(),
-            routes,
-        )
-        .await
-        .expect("listens");
+        let endpoint = fake::azureml_endpoint(Routes::single(fake::backend("m:1"))).await;
         let json = [("content-type", "application/json")];
         for body in [r#"{"data": [1.0]}"#, r#"{"data": [2.0]}"#, "not json"] {
             http(endpoint.addr(), "POST", "/score", &json, body.as_bytes())

@@ -480,18 +480,7 @@ mod tests {
     };
 
     async fn endpoint(routes: Routes) -> Endpoint {
-        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
-        Endpoint::start(
-            addr,
-            None,
-            "web",
-            &[Protocol::Azureml],
-            &[],
-            Default::default(),
-            routes,
-        )
-        .await
-        .expect("listens")
+        fake::azureml_endpoint(routes).await
     }
 
     async fn score(addr: SocketAddr, body: &str, key: Option<&str>) -> testkit::HttpResponse {
