@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::selector::Selector;
 use crate::registry::VersionSelector;
 
+mod endpoint;
 mod manifest;
 
 pub use manifest::*;
