@@ -122,11 +122,7 @@ impl GrpcInferenceService for Inference {
         self.authorize(&request)?;
         let request = request.into_inner();
         let version = Some(request.version.as_str()).filter(|v| !v.is_empty());
-        let call = infer::route(&self.shared, &request.name, version, None).map_err(status)?;
-        let scorer = match version {
-            Some(_) => Arc::clone(call.scorer()),
-            None => self.shared.primary(),
-        };
+        let scorer = infer::scorer_for(&self.shared, &request.name, version).map_err(status)?;
         let describe = |specs: &[edgeship_domain::TensorSpec]| {
             specs
                 .iter()

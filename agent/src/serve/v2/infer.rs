@@ -101,6 +101,20 @@ pub fn route(
     }
 }
 
+/// The version metadata describes: the one named, else the endpoint's primary. Looking is not
+/// scoring: nothing is counted.
+pub fn scorer_for(
+    shared: &Shared,
+    name: &str,
+    version: Option<&str>,
+) -> Result<Arc<dyn Scorer>, V2Error> {
+    let call = route(shared, name, version, None)?;
+    Ok(match version {
+        Some(_) => Arc::clone(call.scorer()),
+        None => shared.primary(),
+    })
+}
+
 /// The versions of `name` this endpoint serves.
 pub fn versions_of(shared: &Shared, name: &str) -> Vec<String> {
     shared

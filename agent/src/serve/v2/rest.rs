@@ -97,7 +97,7 @@ async fn version_metadata(
 }
 
 fn metadata(shared: &Shared, name: &str, version: Option<&str>) -> Response {
-    let scorer = match scorer_for(shared, name, version) {
+    let scorer = match infer::scorer_for(shared, name, version) {
         Ok(scorer) => scorer,
         Err(err) => return error_response(&err),
     };
@@ -121,22 +121,6 @@ fn metadata(shared: &Shared, name: &str, version: Option<&str>) -> Response {
         "outputs": describe(scorer.outputs()),
     }))
     .into_response()
-}
-
-/// The version metadata describes: the one named, else the endpoint's primary.
-fn scorer_for(
-    shared: &Shared,
-    name: &str,
-    version: Option<&str>,
-) -> Result<Arc<dyn Scorer>, V2Error> {
-    let call = infer::route(shared, name, version, None)?;
-    let scorer = match version {
-        Some(_) => Arc::clone(call.scorer()),
-        None => shared.primary(),
-    };
-    // Looking is not scoring: the routed call is dropped uncounted.
-    drop(call);
-    Ok(scorer)
 }
 
 async fn model_ready(State(shared): State<Arc<Shared>>, Path(name): Path<String>) -> Response {
