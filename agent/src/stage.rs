@@ -10,14 +10,17 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use edgeship_domain::{DeployedModel, ModelWorkload, Workload, WorkloadKind};
+use edgeship_domain::{
+    DeployedModel, ModelWorkload, RuntimeOptions, TensorSpec, Workload, WorkloadKind,
+};
 use edgeship_runtime::{ModelBundle, RuntimeError, Tensor};
 
 use crate::cache::{self, BlobCache};
 use crate::reconcile::only_tuning_differs;
 use crate::serve::auth::Auth;
+use crate::serve::batch::{BatchPolicy, Batcher};
 use crate::serve::json::inputs_from_data;
 use crate::serve::router::window_length;
 use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel};
@@ -59,6 +62,26 @@ impl Served {
         let index = current.models.iter().position(|m| same_files(m, model))?;
         self.endpoint.routes().backends().get(index).cloned()
     }
+}
+
+/// How the workload's models batch, if they do: one worker per core, since each runs one
+/// runtime call at a time.
+fn batch_policy(options: &RuntimeOptions) -> Option<BatchPolicy> {
+    if options.max_batch_size < 2 {
+        return None;
+    }
+    let max_batch_size = options.max_batch_size as usize;
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let max_queue_size = match options.max_queue_size {
+        0 => BatchPolicy::default_queue_size(max_batch_size, workers),
+        n => n as usize,
+    };
+    Some(BatchPolicy {
+        max_batch_size,
+        max_queue_delay: Duration::from_millis(u64::from(options.max_queue_delay_ms)),
+        max_queue_size,
+        workers,
+    })
 }
 
 /// Whether models loaded under `a` serve as they would under `b`: the runtime and its
@@ -205,17 +228,28 @@ impl Stage {
             outputs: model.outputs.clone(),
         };
         let model_ref = model.model_ref();
+        let batching = batch_policy(&workload.options);
         let scorer = tokio::task::spawn_blocking(move || {
             let started = Instant::now();
             let runnable = runtime.prepare(&bundle)?;
+            let load_seconds = started.elapsed().as_secs_f64();
+            let inputs = self_test_inputs(runnable.inputs(), sample.as_ref())?;
+            runnable
+                .run(inputs.clone())
+                .map_err(|err| StageError::Failed(format!("self-test failed: {err}")))?;
+            let batcher = batching.and_then(|policy| {
+                Batcher::start(Arc::clone(&runnable), &model_ref, policy, &inputs)
+                    .inspect_err(|why| tracing::warn!(model = %model_ref, "not batching: {why}; requests run one by one"))
+                    .ok()
+            });
             let scorer: Arc<dyn Scorer> = Arc::new(ServingModel {
                 model_ref,
                 runnable,
                 sample_input: sample,
-                load_seconds: started.elapsed().as_secs_f64(),
+                load_seconds,
                 recent_micros: Default::default(),
+                batcher,
             });
-            self_test(scorer.as_ref())?;
             Ok::<_, StageError>(scorer)
         })
         .await
@@ -336,14 +370,16 @@ impl Stage {
     }
 }
 
-/// Runs the registered sample input (or zeros of the declared shapes) through the scorer,
-/// exactly as a scoring request would.
-fn self_test(scorer: &dyn Scorer) -> Result<(), StageError> {
-    let inputs = match scorer.sample_input() {
-        Some(body) => inputs_from_data(scorer.inputs(), body)
+/// The self-test's request: the registered sample input (or zeros of the declared shapes),
+/// decoded exactly as a scoring request would be.
+fn self_test_inputs(
+    specs: &[TensorSpec],
+    sample: Option<&serde_json::Value>,
+) -> Result<Vec<Tensor>, StageError> {
+    Ok(match sample {
+        Some(body) => inputs_from_data(specs, body)
             .map_err(|err| StageError::Failed(format!("self-test input rejected: {}", err.0)))?,
-        None => scorer
-            .inputs()
+        None => specs
             .iter()
             .map(|spec| {
                 Tensor::zeros(spec).ok_or_else(|| {
@@ -353,9 +389,5 @@ fn self_test(scorer: &dyn Scorer) -> Result<(), StageError> {
                 })
             })
             .collect::<Result<_, _>>()?,
-    };
-    scorer
-        .infer(inputs)
-        .map_err(|err| StageError::Failed(format!("self-test failed: {err}")))?;
-    Ok(())
+    })
 }

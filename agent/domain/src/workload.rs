@@ -184,6 +184,9 @@ pub struct RuntimeOptions {
     /// 0 or 1: no batching.
     pub max_batch_size: u32,
     pub max_queue_delay_ms: u32,
+    /// Requests waiting for a batch, at most; 0 lets the agent decide.
+    #[serde(default)]
+    pub max_queue_size: u32,
     /// Empty picks the runtime's default device.
     pub opencl_device: String,
 }

@@ -31,6 +31,9 @@ pub enum RuntimeError {
     BadInput(String),
     #[error("inference failed: {0}")]
     Run(String),
+    /// Not run: too many requests are waiting for the model. The caller may retry later.
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 /// What a runtime needs to prepare a model: its files on disk (verified) and its signature.

@@ -63,6 +63,25 @@ macro_rules! tensor_data {
                 })
             }
 
+            /// Appends `other`'s values; `false` (and nothing appended) when the element types
+            /// differ.
+            pub fn append(&mut self, other: TensorData) -> bool {
+                match (self, other) {
+                    $((TensorData::$variant(a), TensorData::$variant(mut b)) => a.append(&mut b),)*
+                    (TensorData::String(a), TensorData::String(mut b)) => a.append(&mut b),
+                    _ => return false,
+                }
+                true
+            }
+
+            /// Splits off the values from index `at` on (all when `at` is beyond the end).
+            pub fn split_off(&mut self, at: usize) -> TensorData {
+                match self {
+                    $(TensorData::$variant(v) => TensorData::$variant(v.split_off(at.min(v.len()))),)*
+                    TensorData::String(v) => TensorData::String(v.split_off(at.min(v.len()))),
+                }
+            }
+
             /// The raw little-endian bytes of the values; strings are length-prefixed
             /// (a 4-byte little-endian length before each), as OIP encodes `BYTES`.
             pub fn to_le_bytes(&self) -> Vec<u8> {
@@ -185,9 +204,71 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// Stacks tensors along the first axis: the same element type and the same shape beyond
+    /// the first axis in all of them. `None` when they differ (or there are none).
+    pub fn concat_rows(parts: Vec<Tensor>) -> Option<Tensor> {
+        let mut parts = parts.into_iter();
+        let mut stacked = parts.next()?;
+        if stacked.shape.is_empty() {
+            return None;
+        }
+        for part in parts {
+            if part.shape.get(1..) != stacked.shape.get(1..) || !stacked.data.append(part.data) {
+                return None;
+            }
+            stacked.shape[0] += part.shape[0];
+        }
+        Some(stacked)
+    }
+
+    /// Splits off the rows from `at` on (the first axis), leaving the first `at` rows here.
+    /// `None` when the tensor has no first axis or fewer rows.
+    pub fn split_rows(&mut self, at: usize) -> Option<Tensor> {
+        let rows = *self.shape.first()?;
+        if at > rows {
+            return None;
+        }
+        let row_len: usize = self.shape[1..].iter().product();
+        let data = self.data.split_off(at * row_len);
+        let mut shape = self.shape.clone();
+        shape[0] = rows - at;
+        self.shape[0] = at;
+        Some(Tensor { shape, data })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rows_stack_and_split_back_to_the_parts() {
+        let a = Tensor {
+            shape: vec![1, 2],
+            data: TensorData::F32(vec![1.0, 2.0]),
+        };
+        let b = Tensor {
+            shape: vec![2, 2],
+            data: TensorData::F32(vec![3.0, 4.0, 5.0, 6.0]),
+        };
+        let mut stacked = Tensor::concat_rows(vec![a.clone(), b.clone()]).expect("same rows");
+        assert_eq!(stacked.shape, [3, 2]);
+        let tail = stacked.split_rows(1).expect("3 rows");
+        assert_eq!((stacked, tail), (a.clone(), b));
+        let wider = Tensor {
+            shape: vec![1, 3],
+            data: TensorData::F32(vec![0.0; 3]),
+        };
+        assert_eq!(Tensor::concat_rows(vec![a.clone(), wider]), None);
+        let ints = Tensor {
+            shape: vec![1, 2],
+            data: TensorData::I64(vec![1, 2]),
+        };
+        assert_eq!(Tensor::concat_rows(vec![a.clone(), ints]), None);
+        let mut a = a;
+        assert_eq!(a.split_rows(2), None, "only one row");
+    }
 
     #[test]
     fn zeros_fill_open_dimensions_with_one() {

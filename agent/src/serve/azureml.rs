@@ -17,7 +17,7 @@ use edgeship_runtime::{RuntimeError, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use super::json::{self, inputs_from_data, outputs_to_json};
-use super::{Scorer, Shared, run_inference};
+use super::{RETRY_AFTER_SECONDS, Scorer, Shared, run_inference};
 
 /// The adapter's routes, merged into an endpoint's router.
 pub fn routes() -> Router<Arc<Shared>> {
@@ -106,6 +106,14 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
     match run_inference(scorer, inputs).await {
         Ok(outputs) => axum::Json(outputs_to_json(scorer.outputs(), &outputs)).into_response(),
         Err(RuntimeError::BadInput(why)) => message(StatusCode::BAD_REQUEST, why),
+        Err(RuntimeError::Overloaded(why)) => {
+            let mut response = message(StatusCode::SERVICE_UNAVAILABLE, why);
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+            response
+        }
         Err(err) => {
             tracing::warn!(deployment = %shared.deployment(), model = %scorer.model_ref(), error = %err, "scoring failed");
             message(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())

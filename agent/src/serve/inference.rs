@@ -1,5 +1,6 @@
-//! Where an inference runs: on the async worker that took the request when the model is
-//! cheap, else on tokio's blocking pool, measured on every run.
+//! Where an inference runs: in the model's batch queue when it batches; else on the async
+//! worker that took the request when the model is cheap, or on tokio's blocking pool,
+//! measured on every run.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,6 +34,9 @@ pub async fn run_inference(
             );
         }
         result
+    }
+    if let Some(batcher) = scorer.batcher() {
+        return batcher.infer(inputs).await;
     }
     let recent = scorer
         .recent_micros()

@@ -1,6 +1,7 @@
 //! `GET /metrics` on every scoring endpoint, in Prometheus' text exposition format: requests
 //! by deployment, model, version and status code; a latency histogram per version; each
-//! version's load time; the agent's resident memory. The counters are atomics updated on the
+//! version's load time; batch sizes, queue depth and refusals of batching versions; the
+//! agent's resident memory. The counters are atomics updated on the
 //! request path (no lock); the same requests feed the sliding window behind health reports.
 
 use std::fmt::Write as _;
@@ -15,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Shared;
+use super::batch::{Batcher, SIZE_BUCKETS};
 use super::router::Backend;
 
 /// Upper bounds of the latency buckets, in seconds (Prometheus' own defaults start at 5 ms;
@@ -165,12 +167,62 @@ pub fn render(shared: &Shared) -> String {
             let _ = writeln!(out, "edgeship_model_load_seconds{{{labels}}} {seconds}");
         }
     }
+    render_batching(&mut out, &versions);
     if let Some(bytes) = resident_memory_bytes() {
         out.push_str("# HELP process_resident_memory_bytes Resident memory of the agent.\n");
         out.push_str("# TYPE process_resident_memory_bytes gauge\n");
         let _ = writeln!(out, "process_resident_memory_bytes {bytes}");
     }
     out
+}
+
+/// Batch sizes, queue depth and refusals of the versions that batch.
+fn render_batching(out: &mut String, versions: &[(String, &Arc<Backend>)]) {
+    let batching: Vec<(&String, &Batcher)> = versions
+        .iter()
+        .filter_map(|(labels, b)| b.scorer().batcher().map(|batcher| (labels, batcher)))
+        .collect();
+    if batching.is_empty() {
+        return;
+    }
+    out.push_str("# HELP edgeship_batch_size Requests in each runtime call of a batching model.\n");
+    out.push_str("# TYPE edgeship_batch_size histogram\n");
+    for (labels, batcher) in &batching {
+        let stats = batcher.stats();
+        let mut cumulative = 0;
+        for (le, n) in SIZE_BUCKETS.iter().zip(&stats.sizes) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "edgeship_batch_size_bucket{{{labels},le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let batches = stats.batches.load(Ordering::Relaxed);
+        let requests = stats.requests.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "edgeship_batch_size_bucket{{{labels},le=\"+Inf\"}} {batches}"
+        );
+        let _ = writeln!(out, "edgeship_batch_size_sum{{{labels}}} {requests}");
+        let _ = writeln!(out, "edgeship_batch_size_count{{{labels}}} {batches}");
+    }
+    out.push_str("# HELP edgeship_queue_depth Requests waiting for a batch now.\n");
+    out.push_str("# TYPE edgeship_queue_depth gauge\n");
+    for (labels, batcher) in &batching {
+        let _ = writeln!(
+            out,
+            "edgeship_queue_depth{{{labels}}} {}",
+            batcher.queue_depth()
+        );
+    }
+    out.push_str(
+        "# HELP edgeship_queue_refused_total Requests refused (503) because the queue was full.\n",
+    );
+    out.push_str("# TYPE edgeship_queue_refused_total counter\n");
+    for (labels, batcher) in &batching {
+        let refused = batcher.stats().refused.load(Ordering::Relaxed);
+        let _ = writeln!(out, "edgeship_queue_refused_total{{{labels}}} {refused}");
+    }
 }
 
 /// The agent's resident set, from `/proc/self/statm` (Linux; `None` elsewhere).

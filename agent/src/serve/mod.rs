@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod azureml;
+pub mod batch;
 pub mod cors;
 pub mod inference;
 pub mod json;
@@ -42,6 +43,10 @@ use tokio::task::JoinHandle;
 pub use inference::run_inference;
 pub use router::{Backend, MODEL_HEADER, ROUTING_KEY_HEADER, Routes};
 
+/// What a 503 asks callers to wait before they retry (`Retry-After`, in seconds): a full batch
+/// queue drains in milliseconds, a stopping endpoint is replaced in about a second.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
 /// Largest scoring body accepted (413 beyond).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
@@ -63,6 +68,10 @@ pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn recent_micros(&self) -> Option<&AtomicU64> {
         None
     }
+    /// The queue that batches this model's requests, when it batches.
+    fn batcher(&self) -> Option<&batch::Batcher> {
+        None
+    }
 }
 
 /// A prepared, self-tested model ready to take traffic.
@@ -75,6 +84,8 @@ pub struct ServingModel {
     pub load_seconds: f64,
     /// The last inference's duration (see [`run_inference`]).
     pub recent_micros: AtomicU64,
+    /// Set when the workload asks for batching and the model has a batch dimension.
+    pub batcher: Option<batch::Batcher>,
 }
 
 impl Scorer for ServingModel {
@@ -104,6 +115,10 @@ impl Scorer for ServingModel {
 
     fn recent_micros(&self) -> Option<&AtomicU64> {
         Some(&self.recent_micros)
+    }
+
+    fn batcher(&self) -> Option<&batch::Batcher> {
+        self.batcher.as_ref()
     }
 }
 

@@ -208,6 +208,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         priority: wire.priority,
         rollout: None,
         traffic: vec![],
+        batching: None,
     })
 }
 

@@ -59,6 +59,7 @@ impl Fleet {
             models: pins,
             runtime: spec.runtime,
             endpoint: spec.endpoint.clone(),
+            options: spec.options.clone(),
             create_time_ms: now,
         };
         let (mut deployment, created, mut changes) = match existing {
@@ -451,6 +452,7 @@ mod legacy {
                 priority: 0,
                 rollout: RolloutPolicy::default(),
                 traffic: vec![],
+                options: Default::default(),
             };
             crate::fleet::Deployment {
                 id: self.id,
@@ -466,6 +468,7 @@ mod legacy {
                     }],
                     runtime: self.runtime,
                     endpoint: self.endpoint,
+                    options: Default::default(),
                     create_time_ms: self.create_time_ms,
                 }],
                 keys: None,

@@ -13,8 +13,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use edgeship_domain::{
-    AuthMode, DeployedModel, DesiredState, HealthThresholds, ModelWorkload, RuntimeOptions,
-    Workload, WorkloadKind,
+    AuthMode, DeployedModel, DesiredState, HealthThresholds, ModelWorkload, Workload, WorkloadKind,
 };
 
 use super::keys::EndpointKeys;
@@ -181,7 +180,7 @@ pub fn workload(
         kind: WorkloadKind::Model(ModelWorkload {
             runtime: revision.runtime,
             models,
-            options: RuntimeOptions::default(),
+            options: revision.options.clone(),
             entry_module: None,
         }),
         health,
@@ -264,6 +263,7 @@ mod tests {
             priority: 0,
             rollout: RolloutPolicy::default(),
             traffic: vec![],
+            options: Default::default(),
         };
         Deployment {
             id: id.into(),
@@ -276,6 +276,7 @@ mod tests {
                 }],
                 runtime: RuntimeKind::Tract,
                 endpoint: Endpoint::azureml(port),
+                options: Default::default(),
                 create_time_ms: created,
             }],
             spec,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 pub use edgeship_domain::ServiceState;
-use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, WorkloadStatus};
+use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, RuntimeOptions, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{DeploymentSpec, TrafficWeight};
@@ -22,6 +22,9 @@ pub struct Revision {
     pub models: Vec<TrafficWeight>,
     pub runtime: RuntimeKind,
     pub endpoint: Endpoint,
+    /// Batching and threads (stored before batching existed: none).
+    #[serde(default)]
+    pub options: RuntimeOptions,
     pub create_time_ms: i64,
 }
 
@@ -31,6 +34,7 @@ impl Revision {
         self.models == other.models
             && self.runtime == other.runtime
             && self.endpoint == other.endpoint
+            && self.options == other.options
     }
 
     /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`.

@@ -304,3 +304,82 @@ async fn endpoint_keys_are_checked_on_the_device_and_rotate_without_a_restart() 
         wrong.message()
     );
 }
+
+/// Batching from the manifest to the device: 64 concurrent requests to a deployment with
+/// `batching` share runtime calls (the device's `/metrics` counts batches of several), and
+/// every answer equals the answer to the same request alone, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batching_deployment_coalesces_concurrent_requests_into_the_same_answers() {
+    use edgeship_proto::v1::deployments_client::DeploymentsClient;
+
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    crate::e2e::register_diabetes_with_sample(&mut registry).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-batch", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    let manifest = format!(
+        "name: web\nmodel: diabetes:1\nendpoint: {{port: {}}}\ntarget: {{devices: [edge-batch]}}\n\
+         batching: {{max_batch_size: 8, max_queue_delay_ms: 20, max_queue_size: 256}}\n",
+        free_port()
+    );
+    DeploymentsClient::connect(hub.url())
+        .await
+        .expect("connect")
+        .apply_deployment(pb::ApplyDeploymentRequest {
+            manifest,
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
+    let addr = crate::e2e::wait_serving(&agent, "web", "diabetes:1").await;
+    let body = |i: usize| {
+        let row: Vec<f64> = (0..10)
+            .map(|k| ((i * 10 + k) as f64 * 0.37).sin() * 0.05)
+            .collect();
+        json!({ "data": [row] }).to_string()
+    };
+    let score = |body: String| async move {
+        let response = http(
+            addr,
+            "POST",
+            "/score",
+            &[("content-type", "application/json")],
+            body.as_bytes(),
+        )
+        .await
+        .expect("answers");
+        assert_eq!(response.status, 200, "{}", response.body);
+        response.body
+    };
+    // Alone first, one at a time: the reference answers.
+    let mut alone = Vec::new();
+    for i in 0..64 {
+        alone.push(score(body(i)).await);
+    }
+    let together = futures::future::join_all((0..64).map(|i| score(body(i)))).await;
+    assert_eq!(
+        together, alone,
+        "answers under concurrency equal answers alone"
+    );
+    let metrics = http(addr, "GET", "/metrics", &[], b"")
+        .await
+        .expect("metrics")
+        .body;
+    let batches = |le: &str| -> u64 {
+        let prefix = format!(
+            "edgeship_batch_size_bucket{{deployment=\"web\",model=\"diabetes\",version=\"1\",le=\"{le}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in:\n{metrics}"))
+    };
+    assert!(
+        batches("+Inf") > batches("1"),
+        "some runtime calls carried several requests:\n{metrics}"
+    );
+    assert!(metrics.contains("edgeship_queue_depth{deployment=\"web\""));
+}

@@ -207,6 +207,7 @@ impl From<&ModelWorkload> for pb::ModelWorkload {
                 threads: model.options.threads,
                 max_batch_size: model.options.max_batch_size,
                 max_queue_delay_ms: model.options.max_queue_delay_ms,
+                max_queue_size: model.options.max_queue_size,
                 opencl_device: model.options.opencl_device.clone(),
             }),
             entry_module: model.entry_module.as_ref().map(|m| pb::EntryModule {
@@ -253,6 +254,7 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
                 threads: options.threads,
                 max_batch_size: options.max_batch_size,
                 max_queue_delay_ms: options.max_queue_delay_ms,
+                max_queue_size: options.max_queue_size,
                 opencl_device: options.opencl_device,
             },
             entry_module,

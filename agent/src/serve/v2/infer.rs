@@ -256,6 +256,10 @@ pub async fn run(
         .await
         .map_err(|err| match err {
             RuntimeError::BadInput(why) => V2Error::bad(why),
+            RuntimeError::Overloaded(why) => V2Error {
+                kind: ErrorKind::Unavailable,
+                message: why,
+            },
             other => V2Error {
                 kind: ErrorKind::Internal,
                 message: other.to_string(),

@@ -59,7 +59,14 @@ pub fn http_status(kind: ErrorKind) -> StatusCode {
 
 fn error_response(err: &V2Error) -> Response {
     let status = http_status(err.kind);
-    (status, axum::Json(json!({ "error": err.message }))).into_response()
+    let mut response = (status, axum::Json(json!({ "error": err.message }))).into_response();
+    if err.kind == ErrorKind::Unavailable {
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(crate::serve::RETRY_AFTER_SECONDS),
+        );
+    }
+    response
 }
 
 async fn server_metadata() -> Response {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use edgeship_domain::{RuntimeKind, names};
+use edgeship_domain::{RuntimeKind, RuntimeOptions, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -31,6 +31,59 @@ pub struct Manifest {
     pub rollout: Option<RolloutManifest>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub traffic: Vec<TrafficManifest>,
+    /// Dynamic batching of each model's concurrent requests on the devices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingManifest>,
+}
+
+/// Triton's dynamic batcher settings, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingManifest {
+    pub max_batch_size: u32,
+    #[serde(default)]
+    pub max_queue_delay_ms: u32,
+    /// Requests waiting, at most (503 beyond); absent lets the agent size it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_size: Option<u32>,
+}
+
+/// Largest batch a manifest may ask for: beyond it, one runtime call's memory and latency
+/// stop being small on any edge device.
+pub const MAX_BATCH_SIZE: u32 = 1024;
+/// Longest batch wait a manifest may ask for.
+pub const MAX_QUEUE_DELAY_MS: u32 = 10_000;
+/// Most requests a manifest may let wait per model.
+pub const MAX_QUEUE_SIZE: u32 = 100_000;
+
+impl BatchingManifest {
+    fn validate(&self) -> Result<RuntimeOptions, SpecError> {
+        if !(1..=MAX_BATCH_SIZE).contains(&self.max_batch_size) {
+            return Err(err(
+                "batching.max_batch_size",
+                format!("must be from 1 (no batching) to {MAX_BATCH_SIZE}"),
+            ));
+        }
+        if self.max_queue_delay_ms > MAX_QUEUE_DELAY_MS {
+            return Err(err(
+                "batching.max_queue_delay_ms",
+                format!("must be at most {MAX_QUEUE_DELAY_MS} (10 s)"),
+            ));
+        }
+        let max_queue_size = self.max_queue_size.unwrap_or(0);
+        if self.max_queue_size.is_some() && !(1..=MAX_QUEUE_SIZE).contains(&max_queue_size) {
+            return Err(err(
+                "batching.max_queue_size",
+                format!("must be from 1 to {MAX_QUEUE_SIZE}"),
+            ));
+        }
+        Ok(RuntimeOptions {
+            max_batch_size: self.max_batch_size,
+            max_queue_delay_ms: self.max_queue_delay_ms,
+            max_queue_size,
+            ..RuntimeOptions::default()
+        })
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -168,6 +221,10 @@ impl Manifest {
                 None => RolloutPolicy::default(),
             },
             traffic,
+            options: match &self.batching {
+                Some(batching) => batching.validate()?,
+                None => RuntimeOptions::default(),
+            },
         })
     }
 
@@ -494,6 +551,12 @@ impl DeploymentSpec {
                     weight: t.weight,
                 })
                 .collect(),
+            batching: (self.options.max_batch_size > 0).then(|| BatchingManifest {
+                max_batch_size: self.options.max_batch_size,
+                max_queue_delay_ms: self.options.max_queue_delay_ms,
+                max_queue_size: (self.options.max_queue_size > 0)
+                    .then_some(self.options.max_queue_size),
+            }),
         }
     }
 

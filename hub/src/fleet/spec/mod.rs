@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use edgeship_domain::{Endpoint, RuntimeKind, names};
+use edgeship_domain::{Endpoint, RuntimeKind, RuntimeOptions, names};
 use serde::{Deserialize, Serialize};
 
 use super::selector::Selector;
@@ -209,6 +209,9 @@ pub struct DeploymentSpec {
     pub rollout: RolloutPolicy,
     /// Several versions behind the endpoint; empty serves `model` alone.
     pub traffic: Vec<TrafficWeight>,
+    /// Dynamic batching (and threads) on the devices.
+    #[serde(default)]
+    pub options: RuntimeOptions,
 }
 
 #[cfg(test)]

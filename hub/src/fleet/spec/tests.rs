@@ -22,6 +22,7 @@ rollout:
 traffic:
   - {model: diabetes:3, weight: 90}
   - {model: diabetes:4, weight: 10}
+batching: {max_batch_size: 8, max_queue_delay_ms: 2}
 "#;
 
 fn validate(text: &str) -> Result<DeploymentSpec, SpecError> {
@@ -48,6 +49,14 @@ fn the_documented_manifest_is_accepted_in_yaml_and_json() {
         Some(OnFailure::Rollback)
     );
     assert_eq!(spec.traffic.len(), 2);
+    assert_eq!(
+        (
+            spec.options.max_batch_size,
+            spec.options.max_queue_delay_ms,
+            spec.options.max_queue_size
+        ),
+        (8, 2, 0)
+    );
     // JSON, and the manifest written back from the spec, give the same spec.
     let json = serde_json::to_string(&spec.to_manifest()).expect("json");
     assert_eq!(validate(&json).expect("valid json"), spec);
@@ -101,6 +110,11 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("split on latest", with("traffic: [{model: m:latest, weight: 50}, {model: m:2, weight: 50}]\n"), "traffic[0].model: a traffic split names exact versions"),
         ("split twice the same", with("traffic: [{model: m:2, weight: 50}, {model: m:2, weight: 50}]\n"), "traffic[1].model: version 2 is listed twice"),
         ("split across models", with("traffic: [{model: m:1, weight: 50}, {model: other:2, weight: 50}]\n"), "traffic: other:2 is not a version of model m"),
+        ("batch of nothing", with("batching: {max_batch_size: 0}\n"), "batching.max_batch_size: must be from 1 (no batching) to 1024"),
+        ("batch too large", with("batching: {max_batch_size: 5000}\n"), "batching.max_batch_size: must be from 1 (no batching) to 1024"),
+        ("batch wait too long", with("batching: {max_batch_size: 8, max_queue_delay_ms: 60000}\n"), "batching.max_queue_delay_ms: must be at most 10000"),
+        ("empty queue", with("batching: {max_batch_size: 8, max_queue_size: 0}\n"), "batching.max_queue_size: must be from 1"),
+        ("batching without a size", with("batching: {max_queue_delay_ms: 5}\n"), "batching: missing field `max_batch_size`"),
         ("zero weight", with("traffic: [{model: m:1, weight: 0}, {model: m:2, weight: 100}]\n"), "traffic[0].weight: must be from 1 to 100"),
         ("auth not yet", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: token}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: token is not supported yet"),
         ("bad cors origin", "name: web\nmodel: m:1\nendpoint: {port: 1, cors_origins: [example.com]}\ntarget: {devices: [d1]}\n".into(), "endpoint.cors_origins[0]: \"example.com\" is not an origin"),

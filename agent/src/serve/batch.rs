@@ -1,0 +1,455 @@
+//! Dynamic batching: concurrent requests for one model coalesce into one runtime call along
+//! the model's batch dimension (the first axis of every input and output), as Triton's
+//! dynamic batcher does.
+//!
+//! Design: requests enter a bounded multi-consumer queue (`flume`: no lock shared by the
+//! request path). A few worker threads take from it: each takes the first waiting request,
+//! then whatever arrives until the batch is full or the first request has waited
+//! `max_queue_delay`, stacks the inputs, runs the model once and splits the outputs back by
+//! rows. A full queue refuses at once ([`RuntimeError::Overloaded`], a 503 with
+//! `Retry-After`), so memory never grows with load. Requests that cannot share a run (other
+//! shapes beyond the batch axis, several rows) run in the next batch or alone; a failed batch
+//! is run again one request at a time, so one bad request never fails its neighbours.
+//!
+//! A request's results never depend on its neighbours: at load, [`probe`] finds the places
+//! in a batch where a row gets exactly what it gets alone, and requests go only there.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgeship_domain::TensorSpec;
+use edgeship_runtime::tensor::f16;
+use edgeship_runtime::{Runnable, RuntimeError, Tensor, TensorData};
+use tokio::sync::oneshot;
+
+/// Upper bounds of the batch-size buckets (requests in one runtime call).
+pub const SIZE_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+
+/// How a model's requests are batched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPolicy {
+    /// Rows in one runtime call, at most.
+    pub max_batch_size: usize,
+    /// Longest time the first request of a batch waits for others.
+    pub max_queue_delay: Duration,
+    /// Requests waiting, at most; more are refused with 503.
+    pub max_queue_size: usize,
+    /// Threads taking batches from the queue.
+    pub workers: usize,
+}
+
+impl BatchPolicy {
+    /// Requests waiting when the manifest does not say: enough for every worker to fill a
+    /// batch while as many again wait.
+    pub fn default_queue_size(max_batch_size: usize, workers: usize) -> usize {
+        (2 * max_batch_size * workers).max(64)
+    }
+}
+
+/// What `/metrics` shows of a batching model.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    /// Runtime calls by requests in them, each in its first bucket of [`SIZE_BUCKETS`].
+    pub sizes: [AtomicU64; SIZE_BUCKETS.len()],
+    pub batches: AtomicU64,
+    pub requests: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub refused: AtomicU64,
+}
+
+impl BatchStats {
+    fn record(&self, requests: usize) {
+        let n = requests as u64;
+        if let Some(slot) = SIZE_BUCKETS.iter().position(|le| n <= *le) {
+            self.sizes[slot].fetch_add(1, Ordering::Relaxed);
+        }
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Tensor>, RuntimeError>>;
+
+/// One request in the queue.
+struct Job {
+    inputs: Vec<Tensor>,
+    rows: usize,
+    queued: Instant,
+    reply: Reply,
+}
+
+/// The queue in front of one model and the workers behind it. Dropping it closes the queue:
+/// the workers answer what is queued and stop.
+#[derive(Debug)]
+pub struct Batcher {
+    queue: flume::Sender<Job>,
+    policy: BatchPolicy,
+    slots: Arc<[usize]>,
+    stats: Arc<BatchStats>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Job({} rows)", self.rows)
+    }
+}
+
+/// Whether a model with this signature has a batch dimension: an open first axis on every
+/// input and output.
+pub fn has_batch_axis(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> bool {
+    !inputs.is_empty()
+        && inputs
+            .iter()
+            .chain(outputs)
+            .all(|spec| spec.shape.first().is_some_and(|d| d.is_open()))
+}
+
+impl Batcher {
+    /// Starts batching `runnable`'s requests, after [`probe`] has found where in a batch a
+    /// request's results equal its results alone; `sample` is one request (the self-test's).
+    /// Refused, with the reason, when the model has no batch dimension or batching would
+    /// change its results.
+    pub fn start(
+        runnable: Arc<dyn Runnable>,
+        model_ref: &str,
+        policy: BatchPolicy,
+        sample: &[Tensor],
+    ) -> Result<Self, String> {
+        if policy.max_batch_size < 2 {
+            return Err("batches of one are no batching".into());
+        }
+        if !has_batch_axis(runnable.inputs(), runnable.outputs()) {
+            return Err(
+                "the model has no batch dimension (an open first axis on every input and output)"
+                    .into(),
+            );
+        }
+        let slots = probe(runnable.as_ref(), sample, policy.max_batch_size)?;
+        if slots.len() < 2 {
+            return Err(
+                "the runtime's results for a request depend on its place in a batch: no two places give a request's own results".into(),
+            );
+        }
+        let (queue, taken) = flume::bounded::<Job>(policy.max_queue_size.max(1));
+        let stats = Arc::new(BatchStats::default());
+        let slots: Arc<[usize]> = slots.into();
+        for n in 0..policy.workers.max(1) {
+            let worker = Worker {
+                queue: taken.clone(),
+                runnable: Arc::clone(&runnable),
+                policy,
+                slots: Arc::clone(&slots),
+                stats: Arc::clone(&stats),
+            };
+            std::thread::Builder::new()
+                .name(format!("batch-{model_ref}-{n}"))
+                .spawn(move || worker.run())
+                .map_err(|err| format!("cannot start a batch worker: {err}"))?;
+        }
+        Ok(Self {
+            queue,
+            policy,
+            slots,
+            stats,
+        })
+    }
+
+    pub fn policy(&self) -> &BatchPolicy {
+        &self.policy
+    }
+
+    /// The places in a batch requests take (the others carry padding).
+    pub fn slots(&self) -> &[usize] {
+        &self.slots
+    }
+
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    /// Requests waiting now.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Queues one request and waits for its share of a batch's outputs.
+    pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        let rows = batch_rows(&inputs)?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            inputs,
+            rows,
+            queued: Instant::now(),
+            reply,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => {}
+            Err(flume::TrySendError::Full(_)) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(RuntimeError::Overloaded(format!(
+                    "the model's queue is full ({} requests waiting); retry later",
+                    self.policy.max_queue_size
+                )));
+            }
+            Err(flume::TrySendError::Disconnected(_)) => {
+                return Err(RuntimeError::Run("the model is being unloaded".into()));
+            }
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(RuntimeError::Run("the batch worker stopped".into())))
+    }
+}
+
+/// Finds the places in a batch of up to `max_batch_size` rows where a one-row request gets
+/// exactly (bit for bit) what it gets alone, and returns them in order.
+///
+/// Why: a runtime's vectorised reductions (a softmax's sum, say) may take another order of
+/// additions for a row that starts at another memory alignment, so row 1 of a batch can
+/// differ from the same row alone in the last bit. The order depends on the layout, not on
+/// the values, so a few varied rows at every place, in batches of several sizes, tell which
+/// places are safe; the worker puts requests only there and pads the rest.
+pub fn probe(
+    runnable: &dyn Runnable,
+    sample: &[Tensor],
+    max_batch_size: usize,
+) -> Result<Vec<usize>, String> {
+    let one_row: Vec<Tensor> = sample
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t.split_rows(1);
+            t
+        })
+        .collect();
+    if one_row.iter().any(|t| t.shape.first() != Some(&1)) {
+        return Err("the sample request has no row to probe batching with".into());
+    }
+    let variants: Vec<Vec<Tensor>> = (0..max_batch_size).map(|k| vary(&one_row, k)).collect();
+    let alone: Vec<Vec<Vec<u8>>> = variants
+        .iter()
+        .map(|inputs| {
+            let outputs = runnable
+                .run(inputs.clone())
+                .map_err(|err| format!("probing batching: {err}"))?;
+            Ok(outputs.iter().map(|t| t.data.to_le_bytes()).collect())
+        })
+        .collect::<Result<_, String>>()?;
+    let mut exact = vec![true; max_batch_size];
+    let sizes = [max_batch_size, max_batch_size / 2 + 1, 2];
+    for (round, &size) in sizes.iter().enumerate() {
+        for reversed in [false, true] {
+            // Which variant sits at each place: every place sees two different rows.
+            let order: Vec<usize> = (0..size)
+                .map(|p| {
+                    if reversed {
+                        size - 1 - p
+                    } else {
+                        (p + round) % size
+                    }
+                })
+                .collect();
+            let columns = (0..one_row.len())
+                .map(|i| {
+                    Tensor::concat_rows(order.iter().map(|&v| variants[v][i].clone()).collect())
+                })
+                .collect::<Option<Vec<Tensor>>>()
+                .ok_or("the sample rows cannot be stacked")?;
+            let outputs = runnable
+                .run(columns)
+                .map_err(|err| format!("probing batching: {err}"))?;
+            let parts = split_outputs(outputs, &vec![1; size]).map_err(|err| err.to_string())?;
+            for (place, (part, &v)) in parts.iter().zip(&order).enumerate() {
+                let bytes: Vec<Vec<u8>> = part.iter().map(|t| t.data.to_le_bytes()).collect();
+                if bytes != alone[v] {
+                    exact[place] = false;
+                }
+            }
+        }
+    }
+    if !exact[0] {
+        return Ok(Vec::new());
+    }
+    Ok((0..max_batch_size).filter(|&p| exact[p]).collect())
+}
+
+/// The `k`-th probe row: floating-point inputs scaled and shifted by `k` so no two rows are
+/// alike; other types as sampled.
+fn vary(row: &[Tensor], k: usize) -> Vec<Tensor> {
+    let scale = 1.0 + k as f64 * 0.0173;
+    let shift = k as f64 * 0.0011;
+    row.iter()
+        .map(|t| {
+            let data = match &t.data {
+                TensorData::F32(v) => TensorData::F32(
+                    v.iter()
+                        .map(|x| (f64::from(*x) * scale + shift) as f32)
+                        .collect(),
+                ),
+                TensorData::F64(v) => {
+                    TensorData::F64(v.iter().map(|x| x * scale + shift).collect())
+                }
+                TensorData::F16(v) => TensorData::F16(
+                    v.iter()
+                        .map(|x| f16::from_f64(x.to_f64() * scale + shift))
+                        .collect(),
+                ),
+                other => other.clone(),
+            };
+            Tensor {
+                shape: t.shape.clone(),
+                data,
+            }
+        })
+        .collect()
+}
+
+/// The rows a request brings: its inputs' common first dimension.
+fn batch_rows(inputs: &[Tensor]) -> Result<usize, RuntimeError> {
+    let mut rows = inputs.iter().map(|t| t.shape.first().copied());
+    let first = rows.next().flatten().ok_or_else(|| {
+        RuntimeError::BadInput("a batched model takes inputs with a batch dimension".into())
+    })?;
+    if rows.any(|r| r != Some(first)) {
+        return Err(RuntimeError::BadInput(
+            "every input must have the same batch size (first dimension)".into(),
+        ));
+    }
+    Ok(first)
+}
+
+/// Whether two requests can share a runtime call: the same element types and the same shapes
+/// beyond the batch axis.
+fn compatible(a: &Job, b: &Job) -> bool {
+    a.inputs.len() == b.inputs.len()
+        && a.inputs.iter().zip(&b.inputs).all(|(x, y)| {
+            x.shape.get(1..) == y.shape.get(1..) && x.data.element_type() == y.data.element_type()
+        })
+}
+
+struct Worker {
+    queue: flume::Receiver<Job>,
+    runnable: Arc<dyn Runnable>,
+    policy: BatchPolicy,
+    /// Where one-row requests go in a batch (see [`probe`]).
+    slots: Arc<[usize]>,
+    stats: Arc<BatchStats>,
+}
+
+impl Worker {
+    fn run(self) {
+        // A request taken but left for the next batch (several rows, another shape).
+        let mut held: Option<Job> = None;
+        loop {
+            let first = match held.take() {
+                Some(job) => job,
+                None => match self.queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            // A request of several rows runs alone: its rows take the places they take
+            // alone, so its results are its own.
+            if first.rows != 1 {
+                self.answer(vec![first]);
+                continue;
+            }
+            let deadline = first.queued + self.policy.max_queue_delay;
+            let mut batch = vec![first];
+            while batch.len() < self.slots.len() {
+                let next = match self.queue.try_recv() {
+                    Ok(job) => job,
+                    Err(flume::TryRecvError::Disconnected) => break,
+                    Err(flume::TryRecvError::Empty) => match self.queue.recv_deadline(deadline) {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    },
+                };
+                if next.rows != 1 || !compatible(&batch[0], &next) {
+                    held = Some(next);
+                    break;
+                }
+                batch.push(next);
+            }
+            self.answer(batch);
+        }
+    }
+
+    /// Runs one batch and answers each request with its rows.
+    fn answer(&self, batch: Vec<Job>) {
+        // Callers that gave up (a closed connection) need no answer and take no place.
+        let mut batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
+        if batch.is_empty() {
+            return;
+        }
+        self.stats.record(batch.len());
+        if batch.len() == 1 {
+            let job = batch.pop().expect("one job");
+            let _ = job.reply.send(self.call(job.inputs));
+            return;
+        }
+        let places = &self.slots[..batch.len()];
+        let length = places[places.len() - 1] + 1;
+        // Which request each place of the batch carries; padding repeats the first.
+        let mut owner = vec![0; length];
+        for (job, &place) in places.iter().enumerate() {
+            owner[place] = job;
+        }
+        let columns = (0..batch[0].inputs.len())
+            .map(|i| {
+                Tensor::concat_rows(owner.iter().map(|&j| batch[j].inputs[i].clone()).collect())
+            })
+            .collect::<Option<Vec<Tensor>>>();
+        let parts = columns
+            .ok_or_else(|| RuntimeError::Run("the batch's inputs could not be stacked".into()))
+            .and_then(|inputs| self.call(inputs))
+            .and_then(|outputs| split_outputs(outputs, &vec![1; length]));
+        match parts {
+            Ok(mut parts) => {
+                for (job, &place) in batch.into_iter().zip(places) {
+                    let _ = job.reply.send(Ok(std::mem::take(&mut parts[place])));
+                }
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "a batch failed; running its requests one by one");
+                for job in batch {
+                    let _ = job.reply.send(self.call(job.inputs));
+                }
+            }
+        }
+    }
+
+    /// One runtime call; a panic fails the call, never the worker.
+    fn call(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.runnable.run(inputs)))
+            .unwrap_or_else(|_| Err(RuntimeError::Run("the runtime panicked".into())))
+    }
+}
+
+/// Splits each output along its first axis into one part per request, in order.
+fn split_outputs(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
+    let total: usize = rows.iter().sum();
+    let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::new()).collect();
+    for mut output in outputs {
+        if output.shape.first() != Some(&total) {
+            return Err(RuntimeError::Run(format!(
+                "an output has shape {:?}, not {total} rows: the model does not batch on its first axis",
+                output.shape
+            )));
+        }
+        // From the back, so each split moves only the rows it returns.
+        let mut end = total;
+        for (part, &n) in parts.iter_mut().zip(rows).rev() {
+            end -= n;
+            let tail = output
+                .split_rows(end)
+                .ok_or_else(|| RuntimeError::Run("an output lost rows".into()))?;
+            part.push(tail);
+        }
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests;
