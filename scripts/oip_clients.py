@@ -8,8 +8,10 @@ Inference Protocol clients, and checks the answers against scikit-learn's own pr
 Clients (`--client triton`, the default): tritonclient.http with binary tensors on and off,
 and tritonclient.grpc; (`--client kserve`): the kserve package's REST client, skipped when it
 is not installed; (`--client azureml`): `requests` posting `{"data": …}` to `/score`. With
-`--key`, every client sends `Authorization: Bearer <key>`, and the `requests` check also
-expects 401 without it and with a wrong one. Prints one line per check; exits 1 on a mismatch. Needs
+`--key` (a key or a token), every client sends `Authorization: Bearer <key>`, and the
+`requests` check also expects 401 without it and with a wrong one; with `--expired-key`, 401
+for that token too; with `--cors-origin`, a browser's preflight from that origin is allowed
+and one from another origin is not. Prints one line per check; exits 1 on a mismatch. Needs
 `pip install 'tritonclient[http,grpc]' numpy` (and `kserve` for its check).
 """
 
@@ -111,9 +113,10 @@ def score_kserve(url, name, expected, key):
     return check(name, asyncio.run(run()), expected, "kserve")
 
 
-def score_azureml(url, name, expected, key):
+def score_azureml(url, name, expected, key, expired_key=None, cors_origin=None):
     """A plain `requests` client, as Azure ML's documentation shows: `{"data": …}` with the
-    key as a Bearer token; without it, or with a wrong one, the endpoint answers 401."""
+    key as a Bearer token; without it, or with a wrong or expired one, the endpoint answers
+    401. Preflights as a browser sends them: allowed from `cors_origin`, not from another."""
     import requests
 
     body = {"data": expected["inputs"]}
@@ -131,6 +134,29 @@ def score_azureml(url, name, expected, key):
             good = refused.status_code == 401 and "Bearer" in refused.headers.get("WWW-Authenticate", "")
             print(f"{'ok' if good else 'MISMATCH'}: {name} with {what} gets 401 (got {refused.status_code})")
             ok &= good
+    if expired_key:
+        refused = requests.post(f"http://{url}/score", json=body, headers=bearer(expired_key), timeout=30)
+        challenge = refused.headers.get("WWW-Authenticate", "")
+        good = refused.status_code == 401 and "expired" in challenge
+        print(f"{'ok' if good else 'MISMATCH'}: {name} with an expired token gets 401 (got {refused.status_code}, {challenge!r})")
+        ok &= good
+    if cors_origin:
+        for origin, allowed in [(cors_origin, True), ("https://elsewhere.example", False)]:
+            preflight = requests.options(
+                f"http://{url}/score",
+                headers={
+                    "Origin": origin,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": "authorization, content-type",
+                },
+                timeout=30,
+            )
+            granted = preflight.headers.get("Access-Control-Allow-Origin") == origin
+            methods = preflight.headers.get("Access-Control-Allow-Methods", "")
+            good = preflight.status_code < 300 and (granted and "POST" in methods) == allowed
+            verdict = "allowed" if allowed else "not allowed"
+            print(f"{'ok' if good else 'MISMATCH'}: {name} preflight from {origin} {verdict} (got {preflight.status_code}, allow-origin {preflight.headers.get('Access-Control-Allow-Origin')!r})")
+            ok &= good
     return ok
 
 
@@ -141,7 +167,9 @@ def main():
     parser.add_argument("--model", action="append", required=True, help="NAME=expected.json")
     # The two packages register the same protobuf names: one per process.
     parser.add_argument("--client", choices=["triton", "kserve", "azureml"], default="triton")
-    parser.add_argument("--key", help="the endpoint's key, when it has auth key")
+    parser.add_argument("--key", help="the endpoint's key or token, when it has auth")
+    parser.add_argument("--expired-key", help="a token past its expiry, which must get 401")
+    parser.add_argument("--cors-origin", help="an origin the endpoint allows")
     args = parser.parse_args()
     if args.client == "kserve":
         # kserve parses the command line of whatever imports it: hide ours.
@@ -160,7 +188,7 @@ def main():
             ok &= score_kserve(args.http, name, expected, args.key)
             continue
         if args.client == "azureml":
-            ok &= score_azureml(args.http, name, expected, args.key)
+            ok &= score_azureml(args.http, name, expected, args.key, args.expired_key, args.cors_origin)
             continue
         ok &= score_http(args.http, name, expected, binary=True, key=args.key)
         ok &= score_http(args.http, name, expected, binary=False, key=args.key)

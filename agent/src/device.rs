@@ -9,7 +9,7 @@ use crate::config::AgentConfig;
 
 /// The feature tokens this agent implements, whatever the device: the baseline, traffic
 /// splits (several models behind one endpoint, see `serve::router`), the Open Inference
-/// Protocol (`serve::v2`), CORS (`serve::cors`), endpoint keys (`serve::auth`) and dynamic
+/// Protocol (`serve::v2`), CORS (`serve::cors`), endpoint keys and tokens (`serve::auth`) and dynamic
 /// batching (`serve::batch`).
 pub fn features() -> BTreeSet<String> {
     Requirement::BASELINE
@@ -19,6 +19,7 @@ pub fn features() -> BTreeSet<String> {
             Requirement::Protocol(Protocol::V2),
             Requirement::Cors,
             Requirement::Auth(AuthMode::Key),
+            Requirement::Auth(AuthMode::Token),
             Requirement::Batching,
         ])
         .map(|f| f.token())

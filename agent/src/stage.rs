@@ -278,7 +278,7 @@ impl Stage {
         {
             served
                 .endpoint
-                .set_auth(Auth::from_spec(&workload.endpoint));
+                .set_auth(Auth::from_spec(&workload.deployment, &workload.endpoint));
             served.endpoint.switch(routes);
             served.workload = workload.clone();
             return Ok(());
@@ -303,7 +303,7 @@ impl Stage {
             &workload.deployment,
             &workload.endpoint.protocols,
             &workload.endpoint.cors_origins,
-            Auth::from_spec(&workload.endpoint),
+            Auth::from_spec(&workload.deployment, &workload.endpoint),
             routes,
         )
         .await

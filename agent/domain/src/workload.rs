@@ -297,6 +297,10 @@ pub struct Endpoint {
     /// With auth `key`: hex sha256 of each accepted key (never the keys themselves).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub key_digests: Vec<String>,
+    /// With auth `token`: base64url Ed25519 public keys that sign accepted tokens (never the
+    /// signing key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_keys: Vec<String>,
 }
 
 impl Endpoint {
@@ -309,6 +313,7 @@ impl Endpoint {
             cors_origins: Vec::new(),
             grpc_port: None,
             key_digests: Vec::new(),
+            token_keys: Vec::new(),
         }
     }
 

@@ -1,7 +1,10 @@
 //! Endpoint auth, checked on the device with nothing but what the desired state carries:
 //! with `key`, the sha256 digests of the deployment's primary and secondary keys (never the
-//! keys), and a request passes with `Authorization: Bearer <either key>`. Digests are
-//! compared in constant time. Health routes stay open: probes carry no credentials.
+//! keys), and a request passes with `Authorization: Bearer <either key>`, digests compared in
+//! constant time; with `token`, the Ed25519 public key of the deployment's signing key, and a
+//! request passes with `Authorization: Bearer <JWT>` signed by it (`EdDSA`), for this
+//! deployment (`aud`), by the hub (`iss`), not expired (`exp`, with a few seconds' leeway for
+//! clocks). Health routes stay open: probes carry no credentials.
 
 use std::sync::Arc;
 
@@ -9,7 +12,10 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
 use edgeship_domain::{AuthMode, Endpoint as EndpointSpec};
+use jsonwebtoken::errors::ErrorKind as JwtError;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -20,6 +26,13 @@ use super::Shared;
 /// readiness, `/v2/models/{name}[/versions/{v}]/ready`, is one too).
 const OPEN_PATHS: [&str; 3] = ["/", "/v2/health/live", "/v2/health/ready"];
 
+/// The issuer the hub names in every token.
+pub const TOKEN_ISSUER: &str = "edgeship";
+
+/// Seconds a token is still accepted after its `exp`: devices' clocks drift a little from
+/// the hub's, and a token refreshed on time never comes near its expiry anyway.
+pub const TOKEN_LEEWAY_SECONDS: u64 = 5;
+
 fn is_open(path: &str) -> bool {
     OPEN_PATHS.contains(&path) || (path.starts_with("/v2/models/") && path.ends_with("/ready"))
 }
@@ -27,66 +40,110 @@ fn is_open(path: &str) -> bool {
 /// What an endpoint accepts.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Auth {
-    /// sha256 of each accepted key; empty: no auth.
+    mode: Option<AuthMode>,
+    /// With `key`: sha256 of each accepted key.
     key_digests: Vec<[u8; 32]>,
-    /// Keys are required even if no digest arrived (a broken desired state fails closed).
-    required: bool,
+    /// With `token`: the Ed25519 public keys whose signatures are accepted.
+    token_keys: Vec<[u8; 32]>,
+    /// With `token`: the deployment, which a token must name as its audience.
+    audience: String,
 }
 
 /// Why a request was refused, for the `WWW-Authenticate` challenge and the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    Missing,
-    Invalid,
+    MissingKey,
+    InvalidKey,
+    MissingToken,
+    InvalidToken,
+    ExpiredToken,
 }
 
 impl Refusal {
     pub fn message(self) -> &'static str {
         match self {
-            Refusal::Missing => "this endpoint needs a key: send Authorization: Bearer <key>",
-            Refusal::Invalid => "the key is not valid for this endpoint",
+            Refusal::MissingKey => "this endpoint needs a key: send Authorization: Bearer <key>",
+            Refusal::InvalidKey => "the key is not valid for this endpoint",
+            Refusal::MissingToken => {
+                "this endpoint needs a token: send Authorization: Bearer <token> (edgeship deploy token)"
+            }
+            Refusal::InvalidToken => "the token is not valid for this endpoint",
+            Refusal::ExpiredToken => "the token has expired: get a new one",
         }
     }
 
     fn challenge(self) -> &'static str {
         match self {
-            Refusal::Missing => "Bearer realm=\"edgeship\"",
-            Refusal::Invalid => "Bearer realm=\"edgeship\", error=\"invalid_token\"",
+            Refusal::MissingKey | Refusal::MissingToken => "Bearer realm=\"edgeship\"",
+            Refusal::InvalidKey | Refusal::InvalidToken => {
+                "Bearer realm=\"edgeship\", error=\"invalid_token\""
+            }
+            Refusal::ExpiredToken => {
+                "Bearer realm=\"edgeship\", error=\"invalid_token\", error_description=\"The access token expired\""
+            }
         }
     }
 }
 
+/// Decodes the 32-byte values a desired state carries as hex (key digests) or base64url
+/// (public keys); anything else is dropped, so a damaged list fails closed.
+fn bytes32(values: &[String], decode: impl Fn(&str) -> Option<Vec<u8>>) -> Vec<[u8; 32]> {
+    values
+        .iter()
+        .filter_map(|v| decode(v)?.try_into().ok())
+        .collect()
+}
+
 impl Auth {
-    /// The endpoint's auth as its workload describes it.
-    pub fn from_spec(spec: &EndpointSpec) -> Self {
+    /// The auth of `deployment`'s endpoint as its workload describes it.
+    pub fn from_spec(deployment: &str, spec: &EndpointSpec) -> Self {
         match spec.auth {
             AuthMode::None => Self::default(),
-            AuthMode::Key | AuthMode::Token => Self {
-                key_digests: spec
-                    .key_digests
-                    .iter()
-                    .filter_map(|d| hex::decode(d).ok()?.try_into().ok())
-                    .collect(),
-                required: true,
+            AuthMode::Key => Self {
+                mode: Some(AuthMode::Key),
+                key_digests: bytes32(&spec.key_digests, |d| hex::decode(d).ok()),
+                ..Self::default()
+            },
+            AuthMode::Token => Self {
+                mode: Some(AuthMode::Token),
+                token_keys: bytes32(&spec.token_keys, |k| {
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(k)
+                        .ok()
+                }),
+                audience: deployment.to_owned(),
+                ..Self::default()
             },
         }
     }
 
     pub fn is_required(&self) -> bool {
-        self.required
+        self.mode.is_some()
     }
 
     /// Checks an `Authorization` header value.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), Refusal> {
-        if !self.required {
+        let Some(mode) = self.mode else {
             return Ok(());
-        }
-        let presented = authorization.ok_or(Refusal::Missing)?;
-        let key = presented
+        };
+        let (missing, invalid) = match mode {
+            AuthMode::Token => (Refusal::MissingToken, Refusal::InvalidToken),
+            _ => (Refusal::MissingKey, Refusal::InvalidKey),
+        };
+        let presented = authorization.ok_or(missing)?;
+        let credential = presented
             .strip_prefix(b"Bearer ")
             .or_else(|| presented.strip_prefix(b"bearer "))
-            .ok_or(Refusal::Invalid)?;
-        let digest: [u8; 32] = Sha256::digest(key.trim_ascii()).into();
+            .ok_or(invalid)?
+            .trim_ascii();
+        match mode {
+            AuthMode::Token => self.check_token(credential),
+            _ => self.check_key(credential),
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
+        let digest: [u8; 32] = Sha256::digest(key).into();
         // Every digest is compared, whatever matched, so timing tells nothing.
         let matched = self
             .key_digests
@@ -95,8 +152,34 @@ impl Auth {
         if bool::from(matched) {
             Ok(())
         } else {
-            Err(Refusal::Invalid)
+            Err(Refusal::InvalidKey)
         }
+    }
+
+    /// Verifies a JWT with each accepted public key. The signature is checked before the
+    /// claims, so an expired token is reported as such only when it is genuine.
+    fn check_token(&self, token: &[u8]) -> Result<(), Refusal> {
+        let token = std::str::from_utf8(token).map_err(|_| Refusal::InvalidToken)?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.set_audience(&[&self.audience]);
+        validation.set_issuer(&[TOKEN_ISSUER]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss"]);
+        validation.leeway = TOKEN_LEEWAY_SECONDS;
+        let mut refusal = Refusal::InvalidToken;
+        for key in &self.token_keys {
+            match jsonwebtoken::decode::<serde::de::IgnoredAny>(
+                token,
+                &DecodingKey::from_ed_der(key),
+                &validation,
+            ) {
+                Ok(_) => return Ok(()),
+                Err(err) if *err.kind() == JwtError::ExpiredSignature => {
+                    refusal = Refusal::ExpiredToken;
+                }
+                Err(_) => {}
+            }
+        }
+        Err(refusal)
     }
 }
 
@@ -153,7 +236,7 @@ mod tests {
                 .collect(),
             ..EndpointSpec::azureml(5001)
         };
-        Auth::from_spec(&spec)
+        Auth::from_spec("web", &spec)
     }
 
     #[test]
@@ -161,12 +244,134 @@ mod tests {
         let auth = keyed(&["primary-key", "secondary-key"]);
         assert_eq!(auth.check(Some(b"Bearer primary-key")), Ok(()));
         assert_eq!(auth.check(Some(b"Bearer secondary-key")), Ok(()));
-        assert_eq!(auth.check(None), Err(Refusal::Missing));
-        assert_eq!(auth.check(Some(b"Bearer other")), Err(Refusal::Invalid));
-        assert_eq!(auth.check(Some(b"primary-key")), Err(Refusal::Invalid));
+        assert_eq!(auth.check(None), Err(Refusal::MissingKey));
+        assert_eq!(auth.check(Some(b"Bearer other")), Err(Refusal::InvalidKey));
+        assert_eq!(auth.check(Some(b"primary-key")), Err(Refusal::InvalidKey));
         assert_eq!(Auth::default().check(None), Ok(()), "no auth");
         // A key endpoint whose digests did not arrive refuses everything.
-        assert_eq!(keyed(&[]).check(Some(b"Bearer x")), Err(Refusal::Invalid));
+        assert_eq!(
+            keyed(&[]).check(Some(b"Bearer x")),
+            Err(Refusal::InvalidKey)
+        );
+    }
+
+    /// A signing key pair as the hub keeps one, and the endpoint auth its desired state gives.
+    fn token_auth(deployment: &str) -> (jsonwebtoken::EncodingKey, Auth) {
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let document =
+            Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).expect("key pair");
+        let pair = Ed25519KeyPair::from_pkcs8(document.as_ref()).expect("pkcs8");
+        let spec = EndpointSpec {
+            auth: AuthMode::Token,
+            token_keys: vec![
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key()),
+            ],
+            ..EndpointSpec::azureml(5001)
+        };
+        (
+            jsonwebtoken::EncodingKey::from_ed_der(document.as_ref()),
+            Auth::from_spec(deployment, &spec),
+        )
+    }
+
+    fn bearer(
+        key: &jsonwebtoken::EncodingKey,
+        claims: serde_json::Value,
+        alg: Algorithm,
+    ) -> String {
+        let token =
+            jsonwebtoken::encode(&jsonwebtoken::Header::new(alg), &claims, key).expect("signed");
+        format!("Bearer {token}")
+    }
+
+    #[test]
+    fn a_signed_token_for_this_deployment_passes_until_it_expires() {
+        let (key, auth) = token_auth("web");
+        let (foreign_key, _) = token_auth("web");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs() as i64;
+        let claims = |aud: &str, iss: &str, exp: i64| json!({"aud": aud, "iss": iss, "iat": now, "exp": exp});
+        let check = |header: String| auth.check(Some(header.as_bytes()));
+        let good = claims("web", TOKEN_ISSUER, now + 60);
+        assert_eq!(check(bearer(&key, good.clone(), Algorithm::EdDSA)), Ok(()));
+        let cases = [
+            (
+                "expired",
+                bearer(
+                    &key,
+                    claims("web", TOKEN_ISSUER, now - 60),
+                    Algorithm::EdDSA,
+                ),
+                Refusal::ExpiredToken,
+            ),
+            (
+                "another deployment",
+                bearer(
+                    &key,
+                    claims("other", TOKEN_ISSUER, now + 60),
+                    Algorithm::EdDSA,
+                ),
+                Refusal::InvalidToken,
+            ),
+            (
+                "another issuer",
+                bearer(&key, claims("web", "someone", now + 60), Algorithm::EdDSA),
+                Refusal::InvalidToken,
+            ),
+            (
+                "another signer",
+                bearer(&foreign_key, good.clone(), Algorithm::EdDSA),
+                Refusal::InvalidToken,
+            ),
+            (
+                "no expiry",
+                bearer(
+                    &key,
+                    json!({"aud": "web", "iss": TOKEN_ISSUER}),
+                    Algorithm::EdDSA,
+                ),
+                Refusal::InvalidToken,
+            ),
+            (
+                "a key, not a token",
+                "Bearer k-primary".into(),
+                Refusal::InvalidToken,
+            ),
+            (
+                "unsigned",
+                format!(
+                    "Bearer {}.e30.",
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#)
+                ),
+                Refusal::InvalidToken,
+            ),
+        ];
+        for (what, header, refusal) in cases {
+            assert_eq!(check(header), Err(refusal), "{what}");
+        }
+        // An expired token with a forged signature is invalid, not expired.
+        let forged = bearer(
+            &foreign_key,
+            claims("web", TOKEN_ISSUER, now - 60),
+            Algorithm::EdDSA,
+        );
+        assert_eq!(check(forged), Err(Refusal::InvalidToken));
+        assert_eq!(auth.check(None), Err(Refusal::MissingToken));
+        assert!(Refusal::ExpiredToken.challenge().contains("expired"));
+        // A token endpoint whose public key did not arrive refuses everything.
+        let keyless = Auth::from_spec(
+            "web",
+            &EndpointSpec {
+                auth: AuthMode::Token,
+                ..EndpointSpec::azureml(1)
+            },
+        );
+        assert_eq!(
+            keyless.check(Some(bearer(&key, good, Algorithm::EdDSA).as_bytes())),
+            Err(Refusal::InvalidToken)
+        );
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! binary tensors on and off, and gRPC), `kserve` where it is installed, and `requests` on
 //! Azure ML's `/score` score the fixture models and must get scikit-learn's values
 //! (`scripts/oip_clients.py`); one endpoint has keys, sent as Azure ML's documentation shows,
-//! and refuses requests without them. The Python environment comes from `EDGESHIP_PYTHON` (`.ci/run`
+//! the other tokens and CORS origins: each refuses requests without credentials, the second
+//! refuses an expired token, and browsers' preflights are allowed from its origin only. The Python environment comes from `EDGESHIP_PYTHON` (`.ci/run`
 //! builds one); without the packages the test is ignored at build time, and fails under
 //! `EDGESHIP_CI=1`.
 
@@ -15,6 +16,11 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use testkit::{HubProcess, TempDir, fixture, free_port, start_agent};
 
 use crate::support::wait_serving;
+
+/// The browser origin the token endpoint allows.
+const ORIGIN: &str = "https://app.example";
+/// `edgeship_agent::serve::auth::TOKEN_LEEWAY_SECONDS`.
+const TOKEN_LEEWAY_SECONDS: u64 = 5;
 
 async fn register_fixture(hub: &str, name: &str) {
     let mut registry = client::connect(hub).await.expect("connect");
@@ -58,10 +64,12 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
     );
     let mut arguments = Vec::new();
     let (mut http, mut grpc) = (String::new(), String::new());
-    // One deployment per model, each with its REST and gRPC ports; diabetes with keys.
+    let mut expired_by = std::time::Instant::now();
+    // One deployment per model, each with its REST and gRPC ports; diabetes with keys, digits
+    // with tokens and a CORS origin.
     for (name, auth) in [
         ("diabetes", pb::AuthMode::Key),
-        ("digits", pb::AuthMode::None),
+        ("digits", pb::AuthMode::Token),
     ] {
         register_fixture(&hub.url, name).await;
         let (port, grpc_port) = (free_port(), free_port());
@@ -70,6 +78,10 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
             auth: auth.into(),
             protocols: vec![pb::Protocol::Azureml.into(), pb::Protocol::V2.into()],
             grpc_port: u32::from(grpc_port),
+            cors_origins: match auth {
+                pb::AuthMode::Token => vec![ORIGIN.into()],
+                _ => vec![],
+            },
             ..Default::default()
         };
         client::deploy_endpoint_to_devices(
@@ -104,6 +116,32 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
                 .into_inner();
             args.extend(["--key".to_owned(), keys.secondary_key]);
         }
+        if auth == pb::AuthMode::Token {
+            let url = hub.url.clone();
+            let token = |ttl_seconds| {
+                let url = url.clone();
+                async move {
+                    let channel = client::channel(&url).await.expect("channel");
+                    DeploymentsClient::new(channel)
+                        .get_deployment_token(pb::GetDeploymentTokenRequest {
+                            name: format!("deployments/{name}"),
+                            ttl_seconds,
+                        })
+                        .await
+                        .expect("token")
+                        .into_inner()
+                        .access_token
+                }
+            };
+            // The short one expires while the other clients run (devices allow a few
+            // seconds for clock drift).
+            let short = token(1).await;
+            expired_by = std::time::Instant::now()
+                + std::time::Duration::from_secs(2 + TOKEN_LEEWAY_SECONDS);
+            args.extend(["--key".to_owned(), token(600).await]);
+            args.extend(["--expired-key".to_owned(), short]);
+            args.extend(["--cors-origin".to_owned(), ORIGIN.to_owned()]);
+        }
         arguments.push((auth, args));
     }
     assert!(!http.is_empty() && !grpc.is_empty());
@@ -111,8 +149,13 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
         run_clients(&python, &args, "triton", 3);
         // kserve only where it installed (it brings a large dependency tree).
         run_clients(&python, &args, "kserve", 1);
-        // With keys: the prediction, then 401 without a key and with a wrong one.
-        let checks = if auth == pb::AuthMode::Key { 3 } else { 1 };
+        // The prediction, then 401 without a key and with a wrong one; with tokens, 401 for
+        // an expired one and the two preflights.
+        let checks = match auth {
+            pb::AuthMode::Key => 3,
+            _ => 6,
+        };
+        tokio::time::sleep_until(expired_by.into()).await;
         run_clients(&python, &args, "azureml", checks);
     }
 }

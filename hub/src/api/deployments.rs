@@ -354,6 +354,24 @@ impl Deployments for FleetService {
         Ok(Response::new(keys_message(keys)))
     }
 
+    async fn get_deployment_token(
+        &self,
+        request: Request<pb::GetDeploymentTokenRequest>,
+    ) -> Result<Response<pb::DeploymentToken>, Status> {
+        let request = request.into_inner();
+        let id = self.deployment_id(&request.name)?;
+        let seconds = (request.ttl_seconds != 0).then_some(request.ttl_seconds);
+        let token = self
+            .blocking(move |fleet| fleet.deployment_token(&id, seconds))
+            .await?;
+        Ok(Response::new(pb::DeploymentToken {
+            access_token: token.access_token,
+            expiry_time_ms: token.expiry_time_ms,
+            refresh_after_time_ms: token.refresh_after_time_ms,
+            token_type: "Bearer".into(),
+        }))
+    }
+
     async fn get_rollout(
         &self,
         request: Request<pb::GetRolloutRequest>,

@@ -8,7 +8,7 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
 use tonic::transport::Channel;
 
-use super::output::{self, pairs, print_json};
+use super::output::{self, pairs, print_json, rfc3339};
 use super::view::{DeploymentView, DeviceView};
 use super::{
     DeployCommand, DeviceCommand, OutputFormat, RolloutCommand, key_values, names, rollout,
@@ -217,6 +217,32 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 OutputFormat::Table => {
                     println!("primary:    {}", keys.primary_key);
                     println!("secondary:  {}", keys.secondary_key);
+                }
+            }
+        }
+        DeployCommand::Token { name, ttl, output } => {
+            let name = format!("deployments/{}", names::deployment_id(&name)?);
+            let token = client
+                .get_deployment_token(pb::GetDeploymentTokenRequest {
+                    name,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let expires = rfc3339(token.expiry_time_ms);
+            let refresh = rfc3339(token.refresh_after_time_ms);
+            match output {
+                OutputFormat::Json => print_json(&serde_json::json!({
+                    "access_token": token.access_token,
+                    "token_type": token.token_type,
+                    "expiry_time": expires,
+                    "refresh_after_time": refresh,
+                })),
+                OutputFormat::Table => {
+                    println!("token:          {}", token.access_token);
+                    println!("expires:        {expires}");
+                    println!("refresh after:  {refresh}");
                 }
             }
         }

@@ -91,7 +91,8 @@ pub enum DeployCommand {
         port: u16,
         #[arg(long, default_value = "tract")]
         runtime: String,
-        /// Endpoint authentication: none, or key (see `deploy keys`).
+        /// Endpoint authentication: none, key (see `deploy keys`) or token (see
+        /// `deploy token`).
         #[arg(long, default_value = "none")]
         auth: String,
         /// Target device id (repeatable). A device that has never connected gets a warning;
@@ -143,6 +144,18 @@ pub enum DeployCommand {
         /// Replace this key (devices accept the new one, and refuse the old, within seconds).
         #[arg(long, value_name = "primary|secondary")]
         regenerate: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// A new signed token for a deployment with auth `token`: callers send it as
+    /// `Authorization: Bearer <token>` until it expires, and get a new one after its
+    /// refresh-by time. Devices check it offline.
+    Token {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The token's life in seconds (at most 604800, 7 days).
+        #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+        ttl: u32,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },

@@ -436,6 +436,7 @@ mod tests {
             cors_origins: vec![],
             grpc_port: 0,
             key_digests: vec![],
+            token_keys: vec![],
         });
         assert_eq!(view.auth, "key");
         assert_eq!(view.protocols, ["azureml", "v2"]);

@@ -7,6 +7,7 @@ use super::keys::EndpointKeys;
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
 use super::rollout::{Phase, Rollout};
 use super::spec::{DeploymentSpec, Manifest, TrafficWeight};
+use super::tokens::TokenSigner;
 use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
 use crate::registry::{VersionRef, VersionSelector};
@@ -85,6 +86,7 @@ impl Fleet {
                     update_time_ms: now,
                     revisions: Vec::new(),
                     keys: None,
+                    token_signer: None,
                 };
                 (deployment, true, vec!["created".to_owned()])
             }
@@ -92,6 +94,9 @@ impl Fleet {
         // Keys are made once, when a deployment first asks for them, and kept across applies.
         if spec.endpoint.auth == AuthMode::Key && deployment.keys.is_none() {
             deployment.keys = Some(EndpointKeys::generate()?);
+        }
+        if spec.endpoint.auth == AuthMode::Token && deployment.token_signer.is_none() {
+            deployment.token_signer = Some(TokenSigner::generate()?);
         }
         // Applying again what was rolled back or aborted is a retry: a fresh rollout.
         let retry = self
@@ -472,6 +477,7 @@ mod legacy {
                     create_time_ms: self.create_time_ms,
                 }],
                 keys: None,
+                token_signer: None,
             }
         }
     }

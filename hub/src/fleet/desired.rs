@@ -174,6 +174,13 @@ pub fn workload(
             .map(EndpointKeys::digests)
             .unwrap_or_default();
     }
+    if endpoint.auth == AuthMode::Token {
+        // The public half only: the signing key never leaves the hub.
+        endpoint.token_keys = match &deployment.token_signer {
+            Some(signer) => vec![signer.public_key().map_err(|e| e.to_string())?],
+            None => Vec::new(),
+        };
+    }
     Ok(Workload {
         deployment: deployment.id.clone(),
         endpoint,
@@ -283,6 +290,7 @@ mod tests {
             create_time_ms: created,
             update_time_ms: created,
             keys: None,
+            token_signer: None,
         }
     }
 

@@ -17,6 +17,7 @@ pub mod rollout;
 pub mod rollouts;
 pub mod selector;
 pub mod spec;
+pub mod tokens;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

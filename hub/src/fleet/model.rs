@@ -72,6 +72,10 @@ pub struct Deployment {
     /// With auth `key`: the endpoint's keys (devices get their digests only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<super::keys::EndpointKeys>,
+    /// With auth `token`: the key that signs the endpoint's tokens (devices get its public
+    /// half only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_signer: Option<super::tokens::TokenSigner>,
 }
 
 impl Deployment {

@@ -550,6 +550,67 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
     let deleted = ok(&run(vec!["deploy", "delete", "deployments/web"]).await);
     assert_eq!(deleted.trim(), "deleted deployment web");
 
+    // Auth token: the CLI prints a token and its times; the device accepts it, and nothing
+    // else, offline.
+    let token_port = free_port();
+    let token_port_text = token_port.to_string();
+    ok(&run(vec![
+        "deploy",
+        "create",
+        "tok",
+        "--model",
+        "diabetes:1",
+        "--port",
+        &token_port_text,
+        "--auth",
+        "token",
+        "--device",
+        "edge-cli",
+        "--wait",
+        "--timeout-secs",
+        "60",
+    ])
+    .await);
+    let printed = ok(&run(vec!["deploy", "token", "tok"]).await);
+    let lines: Vec<&str> = printed.lines().collect();
+    assert!(
+        lines.len() == 3
+            && lines[1].starts_with("expires:")
+            && lines[2].starts_with("refresh after:"),
+        "{printed}"
+    );
+    let token = ok(&run(vec!["deploy", "token", "tok", "--ttl", "120", "-o", "json"]).await);
+    let token: serde_json::Value = serde_json::from_str(&token).expect("json");
+    assert_eq!(token["token_type"], "Bearer");
+    let bearer = format!("Bearer {}", token["access_token"].as_str().expect("token"));
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], token_port));
+    let rows = br#"{"data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]]}"#;
+    let score = |authorization: Option<String>| async move {
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        headers.extend(authorization.map(|a| ("authorization".to_owned(), a)));
+        let headers: Vec<(&str, &str)> = headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        http(addr, "POST", "/score", &headers, rows)
+            .await
+            .expect("answers")
+            .status
+    };
+    assert_eq!(score(Some(bearer)).await, 200);
+    assert_eq!(score(None).await, 401);
+    let refused = run(vec!["deploy", "token", "tok", "--ttl", "999999999"]).await;
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("a token lives from 1 second to 604800 seconds"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let keyless = run(vec!["deploy", "keys", "tok"]).await;
+    assert!(String::from_utf8_lossy(&keyless.stderr).contains("uses auth token, not key"));
+    ok(&run(vec!["deploy", "delete", "tok"]).await);
+
     // A device id the hub has never heard from: --wait fails at once, naming it, and creates
     // nothing; without --wait the deployment is created with a warning.
     let ghost_port = free_port().to_string();

@@ -128,6 +128,7 @@ impl From<&Endpoint> for pb::Endpoint {
             cors_origins: endpoint.cors_origins.clone(),
             grpc_port: endpoint.grpc_port.map_or(0, u32::from),
             key_digests: endpoint.key_digests.clone(),
+            token_keys: endpoint.token_keys.clone(),
         }
     }
 }
@@ -154,6 +155,7 @@ impl TryFrom<pb::Endpoint> for Endpoint {
                 p => Some(port(p, "the endpoint's gRPC port")?),
             },
             key_digests: endpoint.key_digests,
+            token_keys: endpoint.token_keys,
         })
     }
 }

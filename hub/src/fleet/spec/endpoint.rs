@@ -21,12 +21,6 @@ impl EndpointManifest {
             Some(name) => AuthMode::parse(name).map_err(|e| err("endpoint.auth", e))?,
             None => AuthMode::None,
         };
-        if auth == AuthMode::Token {
-            return Err(err(
-                "endpoint.auth",
-                format!("{auth} is not supported yet: use none or key"),
-            ));
-        }
         let mut protocols = Vec::new();
         for (i, name) in self.protocols.iter().enumerate() {
             let protocol =
@@ -81,6 +75,7 @@ impl EndpointManifest {
             grpc_port,
             // Filled per device from the deployment's keys (see `desired::workload`).
             key_digests: Vec::new(),
+            token_keys: Vec::new(),
         })
     }
 }

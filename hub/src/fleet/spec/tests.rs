@@ -116,7 +116,7 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("empty queue", with("batching: {max_batch_size: 8, max_queue_size: 0}\n"), "batching.max_queue_size: must be from 1"),
         ("batching without a size", with("batching: {max_queue_delay_ms: 5}\n"), "batching: missing field `max_batch_size`"),
         ("zero weight", with("traffic: [{model: m:1, weight: 0}, {model: m:2, weight: 100}]\n"), "traffic[0].weight: must be from 1 to 100"),
-        ("auth not yet", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: token}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: token is not supported yet"),
+        ("unknown auth", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: password}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: unknown endpoint auth \"password\": use none, key or token"),
         ("bad cors origin", "name: web\nmodel: m:1\nendpoint: {port: 1, cors_origins: [example.com]}\ntarget: {devices: [d1]}\n".into(), "endpoint.cors_origins[0]: \"example.com\" is not an origin"),
         ("grpc without v2", "name: web\nmodel: m:1\nendpoint: {port: 1, grpc_port: 2}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: gRPC serves the v2 protocol: add v2 to endpoint.protocols"),
         ("grpc on the rest port", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v2], grpc_port: 1}\ntarget: {devices: [d1]}\n".into(), "endpoint.grpc_port: 1 is already the REST port"),
