@@ -16,6 +16,7 @@ pub fn features() -> BTreeSet<String> {
         .iter()
         .chain(&[
             Requirement::TrafficSplit,
+            Requirement::MultiModel,
             Requirement::Protocol(Protocol::V2),
             Requirement::Cors,
             Requirement::Auth(AuthMode::Key),

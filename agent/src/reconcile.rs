@@ -176,7 +176,7 @@ mod tests {
     use super::*;
     use edgeship_domain::fixtures::{digest, model_workload, tract_agent};
     use edgeship_domain::{
-        AuthMode, ContainerWorkload, DeployedModel, Endpoint, HealthThresholds, RejectedWorkload,
+        ContainerWorkload, DeployedModel, Endpoint, HealthThresholds, RejectedWorkload,
     };
 
     fn workload(deployment: &str, version: u32, blob: u32) -> Workload {
@@ -286,13 +286,11 @@ mod tests {
             kind: WorkloadKind::Container(ContainerWorkload::default()),
             ..workload("box", 4, 4)
         };
-        let keyed = Workload {
-            endpoint: Endpoint {
-                auth: AuthMode::Token,
-                ..Endpoint::azureml(5009)
-            },
-            ..workload("keyed", 9, 9)
-        };
+        let mut keyed = workload("keyed", 9, 9);
+        if let WorkloadKind::Model(model) = &mut keyed.kind {
+            // A setting this agent does not implement yet.
+            model.options.threads = 4;
+        }
         let failed_v2 = Slot {
             failed: Some(v2.clone()),
             ..serving(&v1).1

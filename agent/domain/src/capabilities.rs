@@ -41,8 +41,10 @@ pub enum Requirement {
     Runtime(RuntimeKind),
     Protocol(Protocol),
     Auth(AuthMode),
-    /// Several models behind one endpoint, sharing traffic by weight.
+    /// Several versions of a model behind one endpoint, sharing traffic by weight.
     TrafficSplit,
+    /// Several models behind one endpoint, routed by name.
+    MultiModel,
     EntryModule,
     Batching,
     Threads,
@@ -68,6 +70,7 @@ impl Requirement {
             Requirement::Protocol(protocol) => format!("protocol/{protocol}"),
             Requirement::Auth(auth) => format!("auth/{auth}"),
             Requirement::TrafficSplit => "traffic_split".into(),
+            Requirement::MultiModel => "multi_model".into(),
             Requirement::EntryModule => "entry_module".into(),
             Requirement::Batching => "batching".into(),
             Requirement::Threads => "threads".into(),
@@ -84,7 +87,8 @@ impl fmt::Display for Requirement {
             Requirement::Runtime(runtime) => write!(f, "the {runtime} runtime"),
             Requirement::Protocol(protocol) => write!(f, "the {protocol} scoring protocol"),
             Requirement::Auth(auth) => write!(f, "endpoint auth {auth}"),
-            Requirement::TrafficSplit => f.write_str("traffic splits across several models"),
+            Requirement::TrafficSplit => f.write_str("traffic splits across several versions"),
+            Requirement::MultiModel => f.write_str("several models on one endpoint"),
             Requirement::EntryModule => f.write_str("entry modules"),
             Requirement::Batching => f.write_str("request batching"),
             Requirement::Threads => f.write_str("a thread count per inference"),
@@ -100,7 +104,11 @@ pub fn requirements(workload: &Workload) -> Vec<Requirement> {
         WorkloadKind::Model(model) => {
             needs.insert(Requirement::ModelWorkloads);
             needs.insert(Requirement::Runtime(model.runtime));
-            if model.models.len() > 1 {
+            let ids: BTreeSet<&str> = model.models.iter().map(|m| m.model_id.as_str()).collect();
+            if ids.len() > 1 {
+                needs.insert(Requirement::MultiModel);
+            }
+            if model.models.len() > ids.len() {
                 needs.insert(Requirement::TrafficSplit);
             }
             if model.entry_module.is_some() {
@@ -176,7 +184,7 @@ mod tests {
         let err = device.check(&model_workload(2)).expect_err("split");
         assert_eq!(
             err,
-            "this device's agent does not support traffic splits across several models"
+            "this device's agent does not support traffic splits across several versions"
         );
         let mut opencl = model_workload(1);
         if let WorkloadKind::Model(model) = &mut opencl.kind {

@@ -17,7 +17,7 @@ use edgeship_runtime::{RuntimeError, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use super::json::{self, inputs_from_data, outputs_to_json};
-use super::{RETRY_AFTER_SECONDS, Scorer, Shared, run_inference};
+use super::{RETRY_AFTER_SECONDS, ROUTING_KEY_HEADER, Scorer, Shared, run_inference};
 
 /// The adapter's routes, merged into an endpoint's router.
 pub fn routes() -> Router<Arc<Shared>> {
@@ -35,8 +35,47 @@ async fn health() -> &'static str {
     "Healthy"
 }
 
+/// The header that names the model to score on a multi-model endpoint (or `?model=NAME`).
+pub const MODEL_NAME_HEADER: &str = "x-edgeship-model-name";
+
+/// The model a request names, by query parameter or header; `None` takes the endpoint's
+/// first model.
+fn requested_model(request: &Request) -> Option<String> {
+    let from_query = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("model="))
+            .map(str::to_owned)
+    });
+    from_query.or_else(|| {
+        request
+            .headers()
+            .get(MODEL_NAME_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    })
+}
+
+fn not_served(shared: &Shared, model: Option<&str>) -> Response {
+    message(
+        StatusCode::NOT_FOUND,
+        format!(
+            "model {:?} is not served here; this endpoint serves {}",
+            model.unwrap_or_default(),
+            shared.model_names()
+        ),
+    )
+}
+
 async fn score(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let call = shared.begin(request.headers());
+    let model = requested_model(&request);
+    let key = request
+        .headers()
+        .get(ROUTING_KEY_HEADER)
+        .map(HeaderValue::as_bytes);
+    let Some(call) = shared.begin_model(model.as_deref(), key) else {
+        return not_served(&shared, model.as_deref());
+    };
     let response = score_inner(&shared, call.scorer(), request).await;
     shared.finish(call, response)
 }
@@ -193,10 +232,19 @@ fn shape_from_signature(spec: &TensorSpec, elements: usize) -> Result<Vec<usize>
         .collect())
 }
 
-async fn swagger(State(shared): State<Arc<Shared>>) -> Response {
+async fn swagger(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     // A split's versions normally share a signature; where they do not, the document
-    // describes the heaviest, the one most callers reach.
-    let mut doc = swagger_document(shared.deployment(), shared.primary().as_ref());
+    // describes the heaviest, the one most callers reach. Each model of a multi-model
+    // endpoint has its own (`?model=NAME`).
+    let model = requested_model(&request);
+    let scorer = match &model {
+        None => shared.primary(),
+        Some(name) => match shared.primary_of(name) {
+            Some(scorer) => scorer,
+            None => return not_served(&shared, Some(name)),
+        },
+    };
+    let mut doc = swagger_document(shared.deployment(), scorer.as_ref());
     if shared.auth().is_required() {
         add_bearer_scheme(&mut doc);
     }

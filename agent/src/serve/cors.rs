@@ -32,6 +32,7 @@ pub fn layer(origins: &[String]) -> CorsLayer {
             header::CONTENT_TYPE,
             header::AUTHORIZATION,
             HeaderName::from_static(ROUTING_KEY_HEADER),
+            HeaderName::from_static(super::azureml::MODEL_NAME_HEADER),
             HeaderName::from_static(HEADER_LENGTH),
             HeaderName::from_static("x-request-id"),
         ])

@@ -31,7 +31,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use edgeship_domain::{EndpointMetrics, HealthThresholds, Protocol, TensorSpec};
@@ -177,17 +177,31 @@ impl Shared {
         self.max_body_bytes
     }
 
-    /// Routes one scoring request by its `x-edgeship-routing-key` header, if it has one.
-    pub fn begin(&self, headers: &HeaderMap) -> Call {
-        self.begin_with_key(headers.get(ROUTING_KEY_HEADER).map(HeaderValue::as_bytes))
-    }
-
     /// Routes one scoring request by a routing key (sticky), or by weight without one.
     pub fn begin_with_key(&self, key: Option<&[u8]>) -> Call {
         Call {
             backend: Arc::clone(self.routes().pick(key)),
             started: Instant::now(),
         }
+    }
+
+    /// Routes one scoring request for `model` (the endpoint's first when `None`) by routing
+    /// key or weight; `None` when the endpoint does not serve that model.
+    pub fn begin_model(&self, model: Option<&str>, key: Option<&[u8]>) -> Option<Call> {
+        Some(Call {
+            backend: Arc::clone(self.routes().pick_model(model, key)?),
+            started: Instant::now(),
+        })
+    }
+
+    /// The version generated documents describe for `model`, if the endpoint serves it.
+    pub fn primary_of(&self, model: &str) -> Option<Arc<dyn Scorer>> {
+        Some(Arc::clone(self.routes().primary_of(model)?.scorer()))
+    }
+
+    /// The models this endpoint serves, for messages: `diabetes, digits`.
+    pub fn model_names(&self) -> String {
+        self.routes().models().collect::<Vec<_>>().join(", ")
     }
 
     /// Routes one scoring request to the version `model_ref` names, if the endpoint serves it.

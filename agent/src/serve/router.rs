@@ -1,5 +1,6 @@
-//! Traffic split behind one endpoint: the loaded versions ([`Backend`]s), their weights, and
-//! which version answers a request. Each version also keeps its own counters and sliding
+//! Traffic behind one endpoint: the loaded versions ([`Backend`]s) of one model or of several
+//! (a multi-model endpoint, routed by model name), their weights, and which version answers a
+//! request. Each version also keeps its own counters and sliding
 //! window, because a split is judged per version (the report's `versions`) and as a whole (the
 //! health gate).
 //!
@@ -119,35 +120,36 @@ impl Backend {
     }
 }
 
-/// An endpoint's routing table: its versions in the workload's order, with their weights.
+/// An endpoint's routing table: its versions in the workload's order, with their weights,
+/// grouped by model. A request names a model (or takes the first); the weights split it
+/// between that model's versions.
 #[derive(Debug)]
 pub struct Routes {
     backends: Vec<Arc<Backend>>,
     weights: Vec<u32>,
-    /// Where each version's range ends on `[0, total)`; a zero weight gets an empty range.
+    /// One per model, in the order models first appear.
+    groups: Vec<Group>,
+}
+
+/// The versions of one model behind the endpoint, laid end to end by weight.
+#[derive(Debug)]
+struct Group {
+    model_id: String,
+    /// Indexes into `Routes::backends`.
+    members: Vec<usize>,
+    /// Where each member's range ends on `[0, total)`; a zero weight gets an empty range.
     ends: Vec<u64>,
     total: u64,
     /// Requests without a routing key taken so far (the golden-ratio sequence's index).
     next: AtomicU64,
 }
 
-/// 2^64 / φ: successive multiples, read as fractions of 2^64, fill `[0, 1)` as evenly as any
-/// sequence can (a Weyl sequence with the golden ratio).
-const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
-
-impl Routes {
-    /// A table over `entries` (weight, version), in order; `None` when there are none. Weights
-    /// are relative shares: the hub sends ones that add up to 100 (or 0 for a single model),
-    /// and if all are 0 the versions share equally.
-    pub fn new(entries: Vec<(u32, Arc<Backend>)>) -> Option<Self> {
-        if entries.is_empty() {
-            return None;
-        }
-        let (weights, backends): (Vec<u32>, Vec<Arc<Backend>>) = entries.into_iter().unzip();
-        let shares: Vec<u64> = if weights.iter().all(|&w| w == 0) {
-            vec![1; weights.len()]
+impl Group {
+    fn new(model_id: String, members: Vec<usize>, weights: &[u32]) -> Self {
+        let shares: Vec<u64> = if members.iter().all(|&i| weights[i] == 0) {
+            vec![1; members.len()]
         } else {
-            weights.iter().map(|&w| u64::from(w)).collect()
+            members.iter().map(|&i| u64::from(weights[i])).collect()
         };
         let ends: Vec<u64> = shares
             .iter()
@@ -157,23 +159,83 @@ impl Routes {
             })
             .collect();
         let total = ends.last().copied().unwrap_or(1);
-        Some(Self {
-            backends,
-            weights,
+        Self {
+            model_id,
+            members,
             ends,
             total,
             next: AtomicU64::new(0),
+        }
+    }
+
+    /// The member that answers a request with this routing key (or none).
+    fn pick(&self, key: Option<&[u8]>) -> usize {
+        let point = match key {
+            Some(key) => scale(hash(key), self.total),
+            None => {
+                let n = self.next.fetch_add(1, Ordering::Relaxed);
+                scale(n.wrapping_mul(GOLDEN), self.total)
+            }
+        };
+        let index = self.ends.partition_point(|&end| end <= point);
+        self.members[index.min(self.members.len() - 1)]
+    }
+
+    /// The heaviest member (the first among equals).
+    fn heaviest(&self) -> usize {
+        let heaviest = (0..self.members.len())
+            .rev()
+            .max_by_key(|&i| self.ends[i] - i.checked_sub(1).map_or(0, |p| self.ends[p]))
+            .unwrap_or(0);
+        self.members[heaviest]
+    }
+}
+
+/// 2^64 / φ: successive multiples, read as fractions of 2^64, fill `[0, 1)` as evenly as any
+/// sequence can (a Weyl sequence with the golden ratio).
+const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// The model id of a `model:version` reference.
+fn model_id(model_ref: &str) -> &str {
+    model_ref.rsplit_once(':').map_or(model_ref, |(id, _)| id)
+}
+
+impl Routes {
+    /// A table over `entries` (weight, version), in order; `None` when there are none. Weights
+    /// are relative shares between the versions of one model: the hub sends ones that add up
+    /// to 100 (or 0 for a single version), and if all of a model's are 0 its versions share
+    /// equally.
+    pub fn new(entries: Vec<(u32, Arc<Backend>)>) -> Option<Self> {
+        if entries.is_empty() {
+            return None;
+        }
+        let (weights, backends): (Vec<u32>, Vec<Arc<Backend>>) = entries.into_iter().unzip();
+        let mut grouped: Vec<(String, Vec<usize>)> = Vec::new();
+        for (i, backend) in backends.iter().enumerate() {
+            let id = model_id(backend.model_ref());
+            match grouped.iter_mut().find(|(g, _)| g == id) {
+                Some((_, members)) => members.push(i),
+                None => grouped.push((id.to_owned(), vec![i])),
+            }
+        }
+        let groups = grouped
+            .into_iter()
+            .map(|(id, members)| Group::new(id, members, &weights))
+            .collect();
+        Some(Self {
+            backends,
+            weights,
+            groups,
         })
     }
 
     /// One version and no split.
     pub fn single(backend: Arc<Backend>) -> Self {
+        let id = model_id(backend.model_ref()).to_owned();
         Self {
             backends: vec![backend],
             weights: vec![0],
-            ends: vec![1],
-            total: 1,
-            next: AtomicU64::new(0),
+            groups: vec![Group::new(id, vec![0], &[0])],
         }
     }
 
@@ -200,26 +262,38 @@ impl Routes {
         &self.weights
     }
 
-    /// The version that answers a request with this routing key (or none).
-    pub fn pick(&self, key: Option<&[u8]>) -> &Arc<Backend> {
-        let point = match key {
-            Some(key) => scale(hash(key), self.total),
-            None => {
-                let n = self.next.fetch_add(1, Ordering::Relaxed);
-                scale(n.wrapping_mul(GOLDEN), self.total)
-            }
-        };
-        let index = self.ends.partition_point(|&end| end <= point);
-        &self.backends[index.min(self.backends.len() - 1)]
+    /// The models served, the default (the first) first.
+    pub fn models(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().map(|g| g.model_id.as_str())
     }
 
-    /// The version generated documents describe: the heaviest (the first among equals).
+    fn group(&self, model: Option<&str>) -> Option<&Group> {
+        match model {
+            None => self.groups.first(),
+            Some(name) => self.groups.iter().find(|g| g.model_id == name),
+        }
+    }
+
+    /// The version of the first model that answers a request with this routing key (or none).
+    pub fn pick(&self, key: Option<&[u8]>) -> &Arc<Backend> {
+        &self.backends[self.groups[0].pick(key)]
+    }
+
+    /// The version of `model` (the first model when `None`) that answers a request with this
+    /// routing key; `None` when the endpoint does not serve that model.
+    pub fn pick_model(&self, model: Option<&str>, key: Option<&[u8]>) -> Option<&Arc<Backend>> {
+        Some(&self.backends[self.group(model)?.pick(key)])
+    }
+
+    /// The version generated documents describe: the first model's heaviest (the first among
+    /// equals).
     pub fn primary(&self) -> &Arc<Backend> {
-        let heaviest = (0..self.backends.len())
-            .rev()
-            .max_by_key(|&i| self.ends[i] - i.checked_sub(1).map_or(0, |p| self.ends[p]))
-            .unwrap_or(0);
-        &self.backends[heaviest]
+        &self.backends[self.groups[0].heaviest()]
+    }
+
+    /// The version of `model` that generated documents describe, if it is served here.
+    pub fn primary_of(&self, model: &str) -> Option<&Arc<Backend>> {
+        Some(&self.backends[self.group(Some(model))?.heaviest()])
     }
 
     /// The length of the versions' windows (they all share the workload's).
@@ -371,6 +445,33 @@ mod tests {
             split(&[(50, "a:1"), (50, "a:2")]).primary().model_ref(),
             "a:1"
         );
+    }
+
+    #[test]
+    fn several_models_are_routed_by_name_and_split_within_each() {
+        let routes = split(&[(0, "a:1"), (90, "b:1"), (10, "b:2")]);
+        assert_eq!(routes.models().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(
+            routes.pick(None).model_ref(),
+            "a:1",
+            "the first model by default"
+        );
+        assert_eq!(
+            routes
+                .pick_model(Some("a"), Some(b"k"))
+                .map(|b| b.model_ref()),
+            Some("a:1")
+        );
+        let to_b1 = (0..1000)
+            .filter(|_| routes.pick_model(Some("b"), None).map(|b| b.model_ref()) == Some("b:1"))
+            .count();
+        assert!((895..=905).contains(&to_b1), "90/10 within b: {to_b1}");
+        assert!(routes.pick_model(Some("c"), None).is_none());
+        assert_eq!(routes.primary().model_ref(), "a:1");
+        assert_eq!(routes.primary_of("b").map(|b| b.model_ref()), Some("b:1"));
+        assert!(routes.primary_of("c").is_none());
+        let moved = routes.reweighted(&[0, 50, 50]).expect("same versions");
+        assert_eq!(moved.models().count(), 2);
     }
 
     #[test]

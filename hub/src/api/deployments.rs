@@ -193,6 +193,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
     Ok(Manifest {
         name: wire.deployment_id,
         model: Some(wire.model),
+        models: vec![],
         runtime: (!wire.runtime.is_empty()).then_some(wire.runtime),
         endpoint: EndpointManifest {
             port: endpoint.port,

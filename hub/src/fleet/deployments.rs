@@ -126,7 +126,7 @@ impl Fleet {
         {
             changes.push(format!(
                 "model {} now resolves to {} (was {})",
-                spec.model,
+                spec.describe_models(),
                 candidate.describe(),
                 current.describe()
             ));
@@ -184,13 +184,17 @@ impl Fleet {
     /// The model versions `spec` runs now: the split's, or the one `model` resolves to.
     fn pin(&self, spec: &DeploymentSpec) -> Result<Vec<TrafficWeight>, FleetError> {
         let refs: Vec<(VersionRef, u32)> = if spec.traffic.is_empty() {
-            vec![(
-                VersionRef {
-                    model_id: spec.model.model_id.clone(),
-                    version: spec.model.version,
-                },
-                0,
-            )]
+            spec.all_models()
+                .map(|m| {
+                    (
+                        VersionRef {
+                            model_id: m.model_id.clone(),
+                            version: m.version,
+                        },
+                        0,
+                    )
+                })
+                .collect()
         } else {
             spec.traffic
                 .iter()
@@ -356,7 +360,8 @@ impl Fleet {
                 .chain(running_from)
                 .flat_map(|r| &r.models)
                 .any(|m| m.model_id == model_id && version.is_none_or(|v| m.version == v))
-                || (version.is_none() && deployment.spec.model.model_id == model_id);
+                || (version.is_none()
+                    && deployment.spec.all_models().any(|m| m.model_id == model_id));
             if uses {
                 users.push(deployment.id);
             }
@@ -458,6 +463,7 @@ mod legacy {
                 rollout: RolloutPolicy::default(),
                 traffic: vec![],
                 options: Default::default(),
+                extra_models: vec![],
             };
             crate::fleet::Deployment {
                 id: self.id,

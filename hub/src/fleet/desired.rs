@@ -271,6 +271,7 @@ mod tests {
             rollout: RolloutPolicy::default(),
             traffic: vec![],
             options: Default::default(),
+            extra_models: vec![],
         };
         Deployment {
             id: id.into(),

@@ -88,12 +88,16 @@ impl Deployment {
     }
 
     pub fn model_ref(&self) -> String {
-        self.spec.model.to_string()
+        self.spec.describe_models()
     }
 
-    /// Whether new registrations of the model reach this deployment (continuous deployment).
-    pub fn follows_latest(&self) -> bool {
-        self.spec.traffic.is_empty() && self.spec.model.version == VersionSelector::Latest
+    /// Whether new registrations of `model_id` reach this deployment (continuous deployment).
+    pub fn follows_latest_of(&self, model_id: &str) -> bool {
+        self.spec.traffic.is_empty()
+            && self
+                .spec
+                .all_models()
+                .any(|m| m.model_id == model_id && m.version == VersionSelector::Latest)
     }
 }
 

@@ -397,7 +397,7 @@ impl Fleet {
         let now = now_ms();
         let mut started = false;
         for mut deployment in self.all_deployments()? {
-            if deployment.spec.model.model_id != model_id || !deployment.follows_latest() {
+            if !deployment.follows_latest_of(model_id) {
                 continue;
             }
             let Ok(latest) = self.registry.get(&VersionRef {
@@ -409,21 +409,31 @@ impl Fleet {
             let Some(current) = deployment.current().cloned() else {
                 continue;
             };
-            if current.models.iter().any(|m| m.version == latest.version) {
+            if current
+                .models
+                .iter()
+                .any(|m| m.model_id == model_id && m.version == latest.version)
+            {
                 continue;
             }
             if let Err(reason) = desired::entry_file(&latest) {
                 tracing::warn!(deployment = %deployment.id, version = latest.version, %reason, "new version not rolled out");
                 continue;
             }
-            let revision = Revision {
-                models: vec![TrafficWeight {
-                    model_id: model_id.to_owned(),
-                    version: latest.version,
-                    weight: 0,
-                }],
-                ..current
-            };
+            // The new version replaces the model's pin; the endpoint's other models stay.
+            let models = current
+                .models
+                .iter()
+                .map(|m| TrafficWeight {
+                    version: if m.model_id == model_id {
+                        latest.version
+                    } else {
+                        m.version
+                    },
+                    ..m.clone()
+                })
+                .collect();
+            let revision = Revision { models, ..current };
             let cause = format!(
                 "continuous deployment ({model_id}:{} registered)",
                 latest.version

@@ -310,8 +310,6 @@ async fn endpoint_keys_are_checked_on_the_device_and_rotate_without_a_restart() 
 /// every answer equals the answer to the same request alone, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batching_deployment_coalesces_concurrent_requests_into_the_same_answers() {
-    use edgeship_proto::v1::deployments_client::DeploymentsClient;
-
     let hub = TestHub::start().await;
     let mut registry = hub.client().await;
     crate::e2e::register_diabetes_with_sample(&mut registry).await;
@@ -324,15 +322,7 @@ async fn a_batching_deployment_coalesces_concurrent_requests_into_the_same_answe
          batching: {{max_batch_size: 8, max_queue_delay_ms: 20, max_queue_size: 256}}\n",
         free_port()
     );
-    DeploymentsClient::connect(hub.url())
-        .await
-        .expect("connect")
-        .apply_deployment(pb::ApplyDeploymentRequest {
-            manifest,
-            dry_run: false,
-        })
-        .await
-        .expect("apply");
+    apply(&hub, manifest).await;
     let addr = crate::e2e::wait_serving(&agent, "web", "diabetes:1").await;
     let body = |i: usize| {
         let row: Vec<f64> = (0..10)
@@ -382,4 +372,106 @@ async fn a_batching_deployment_coalesces_concurrent_requests_into_the_same_answe
         "some runtime calls carried several requests:\n{metrics}"
     );
     assert!(metrics.contains("edgeship_queue_depth{deployment=\"web\""));
+}
+
+/// A multi-model endpoint: two models behind one port, each reached by name over Azure ML
+/// (`?model=` or the header) and v2 (the path), each with its own swagger and metadata; a new
+/// version of one model rolls out and leaves the other as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_models_behind_one_endpoint_are_routed_by_name() {
+    let hub = TestHub::start().await;
+    let mut registry = hub.client().await;
+    crate::e2e::register_diabetes_with_sample(&mut registry).await;
+    let digits = NewModel {
+        model_id: "digits".into(),
+        ..NewModel::default()
+    };
+    register(&mut registry, digits, &fixture("digits/model.onnx")).await;
+    let dir = tempfile::tempdir().expect("temp");
+    let agent = RunningAgent::start(agent_config("edge-multi", &hub.mqtt_url(), dir.path()))
+        .await
+        .expect("agent");
+    let manifest = format!(
+        "name: shop\nmodels: [diabetes:latest, digits:1]\n\
+         endpoint: {{port: {}, protocols: [azureml, v2]}}\ntarget: {{devices: [edge-multi]}}\n",
+        free_port()
+    );
+    apply(&hub, manifest).await;
+    let addr = crate::e2e::wait_serving(&agent, "shop", "diabetes:1, digits:1").await;
+    let json_type = ("content-type", "application/json");
+    let diabetes_row =
+        br#"{"data": [[0.03, 0.05, 0.06, 0.02, -0.04, -0.03, -0.04, -0.002, 0.02, -0.02]]}"#;
+    let digits_rows = serde_json::to_vec(&json!({"data": [vec![0.0; 64]]})).expect("json");
+    let post = |path: &'static str, headers: Vec<(&'static str, &'static str)>, body: Vec<u8>| async move {
+        let mut headers = headers;
+        headers.push(json_type);
+        http(addr, "POST", path, &headers, &body)
+            .await
+            .expect("answers")
+    };
+    let default = post("/score", vec![], diabetes_row.to_vec()).await;
+    assert_eq!(default.status, 200, "{}", default.body);
+    assert_eq!(
+        default.header("x-edgeship-model"),
+        Some("diabetes:1"),
+        "the first model by default"
+    );
+    for (path, headers) in [
+        ("/score?model=digits", vec![]),
+        ("/score", vec![("x-edgeship-model-name", "digits")]),
+    ] {
+        let answer = post(path, headers, digits_rows.clone()).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.body);
+        assert_eq!(answer.header("x-edgeship-model"), Some("digits:1"));
+    }
+    let unknown = post("/score?model=iris", vec![], diabetes_row.to_vec()).await;
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown
+            .body
+            .contains("this endpoint serves diabetes, digits"),
+        "{}",
+        unknown.body
+    );
+    let swagger = http(addr, "GET", "/swagger.json?model=digits", &[], b"")
+        .await
+        .expect("answers");
+    assert!(
+        swagger.body.contains("\"pixels\"") || swagger.body.contains("64"),
+        "{}",
+        swagger.body
+    );
+    let digits_meta = http(addr, "GET", "/v2/models/digits", &[], b"")
+        .await
+        .expect("answers");
+    assert_eq!(digits_meta.json()["name"], "digits");
+    assert_eq!(digits_meta.json()["versions"], json!(["1"]));
+    let v2 = json!({"inputs": [{"name": digits_meta.json()["inputs"][0]["name"], "shape": [1, 64], "datatype": "FP32", "data": vec![0.0; 64]}]});
+    let inferred = post(
+        "/v2/models/digits/infer",
+        vec![],
+        v2.to_string().into_bytes(),
+    )
+    .await;
+    assert_eq!(inferred.status, 200, "{}", inferred.body);
+    assert_eq!(inferred.json()["model_name"], "digits");
+
+    // diabetes follows `latest`: version 2 rolls out; digits stays on version 1.
+    crate::e2e::register_diabetes_with_sample(&mut registry).await;
+    crate::e2e::wait_serving(&agent, "shop", "diabetes:2, digits:1").await;
+    let again = post("/score?model=digits", vec![], digits_rows.clone()).await;
+    assert_eq!(again.header("x-edgeship-model"), Some("digits:1"));
+}
+
+/// Applies a manifest through the API, as `edgeship deploy apply` does.
+async fn apply(hub: &TestHub, manifest: String) {
+    edgeship_proto::v1::deployments_client::DeploymentsClient::connect(hub.url())
+        .await
+        .expect("connect")
+        .apply_deployment(pb::ApplyDeploymentRequest {
+            manifest,
+            dry_run: false,
+        })
+        .await
+        .expect("apply");
 }

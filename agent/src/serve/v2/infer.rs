@@ -89,7 +89,9 @@ pub fn route(
         )));
     }
     match version.filter(|v| !v.is_empty()) {
-        None => Ok(shared.begin_with_key(routing_key)),
+        None => shared.begin_model(Some(name), routing_key).ok_or_else(|| {
+            V2Error::not_found(format!("model {name:?} is not served here"))
+        }),
         Some(version) => shared
             .begin_version(&format!("{name}:{version}"))
             .ok_or_else(|| {
@@ -111,7 +113,9 @@ pub fn scorer_for(
     let call = route(shared, name, version, None)?;
     Ok(match version {
         Some(_) => Arc::clone(call.scorer()),
-        None => shared.primary(),
+        None => shared
+            .primary_of(name)
+            .unwrap_or_else(|| Arc::clone(call.scorer())),
     })
 }
 

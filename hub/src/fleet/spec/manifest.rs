@@ -20,6 +20,9 @@ pub struct Manifest {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// Several models on one endpoint, routed by name (instead of `model`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     pub endpoint: EndpointManifest,
@@ -188,13 +191,20 @@ impl Manifest {
     pub fn validate(&self) -> Result<DeploymentSpec, SpecError> {
         names::deployment_id(&self.name).map_err(|e| err("name", e.0))?;
         let traffic = self.traffic()?;
-        let model = match (&self.model, traffic.first()) {
-            (Some(text), _) => ModelRef::parse(text).map_err(|e| err("model", e))?,
-            (None, Some(first)) => ModelRef {
+        let (model, extra_models) = self.models(&traffic)?;
+        let model = match (model, &self.model, traffic.first()) {
+            (Some(first), _, _) => first,
+            (None, Some(text), _) => ModelRef::parse(text).map_err(|e| err("model", e))?,
+            (None, None, Some(first)) => ModelRef {
                 model_id: first.model_id.clone(),
                 version: VersionSelector::Exact(first.version),
             },
-            (None, None) => return Err(err("model", "required (NAME:VERSION or NAME:latest)")),
+            (None, None, None) => {
+                return Err(err(
+                    "model",
+                    "required (NAME:VERSION or NAME:latest), or `models` for several",
+                ));
+            }
         };
         if let Some(other) = traffic.iter().find(|t| t.model_id != model.model_id) {
             return Err(err(
@@ -225,7 +235,44 @@ impl Manifest {
                 Some(batching) => batching.validate()?,
                 None => RuntimeOptions::default(),
             },
+            extra_models,
         })
+    }
+
+    /// `models`: the first and the others, each model once; `None` without the field.
+    fn models(
+        &self,
+        traffic: &[TrafficWeight],
+    ) -> Result<(Option<ModelRef>, Vec<ModelRef>), SpecError> {
+        if self.models.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        if self.model.is_some() {
+            return Err(err("models", "give `model` or `models`, not both"));
+        }
+        if !traffic.is_empty() {
+            return Err(err(
+                "traffic",
+                "a split is between versions of one model: it cannot be combined with `models` (split in a deployment of its own)",
+            ));
+        }
+        let mut refs: Vec<ModelRef> = Vec::new();
+        for (i, text) in self.models.iter().enumerate() {
+            let path = format!("models[{i}]");
+            let model = ModelRef::parse(text).map_err(|e| err(&path, e))?;
+            if refs.iter().any(|m| m.model_id == model.model_id) {
+                return Err(err(
+                    path,
+                    format!(
+                        "model {} is listed twice: an endpoint serves one version of each model by name",
+                        model.model_id
+                    ),
+                ));
+            }
+            refs.push(model);
+        }
+        let mut refs = refs.into_iter();
+        Ok((refs.next(), refs.collect()))
     }
 
     fn traffic(&self) -> Result<Vec<TrafficWeight>, SpecError> {
@@ -503,9 +550,15 @@ impl DeploymentSpec {
             ),
             Strategy::Exponential(rate) => ("exponential", vec![], Some(*rate)),
         };
+        let (model, models) = if self.extra_models.is_empty() {
+            (Some(self.model.to_string()), Vec::new())
+        } else {
+            (None, self.all_models().map(ToString::to_string).collect())
+        };
         Manifest {
             name: self.name.clone(),
-            model: Some(self.model.to_string()),
+            model,
+            models,
             runtime: Some(self.runtime.name().to_owned()),
             endpoint: EndpointManifest {
                 port: u32::from(self.endpoint.port),

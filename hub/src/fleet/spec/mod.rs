@@ -212,6 +212,25 @@ pub struct DeploymentSpec {
     /// Dynamic batching (and threads) on the devices.
     #[serde(default)]
     pub options: RuntimeOptions,
+    /// More models served on the same endpoint, routed by name (`model` is the first and
+    /// the default).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_models: Vec<ModelRef>,
+}
+
+impl DeploymentSpec {
+    /// Every model the endpoint serves: `model`, then the others.
+    pub fn all_models(&self) -> impl Iterator<Item = &ModelRef> {
+        std::iter::once(&self.model).chain(&self.extra_models)
+    }
+
+    /// What it serves, for people: `diabetes:latest`, or `diabetes:latest, digits:2`.
+    pub fn describe_models(&self) -> String {
+        self.all_models()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 #[cfg(test)]

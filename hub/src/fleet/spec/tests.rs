@@ -115,6 +115,10 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("batch wait too long", with("batching: {max_batch_size: 8, max_queue_delay_ms: 60000}\n"), "batching.max_queue_delay_ms: must be at most 10000"),
         ("empty queue", with("batching: {max_batch_size: 8, max_queue_size: 0}\n"), "batching.max_queue_size: must be from 1"),
         ("batching without a size", with("batching: {max_queue_delay_ms: 5}\n"), "batching: missing field `max_batch_size`"),
+        ("model and models", with("models: [a:1]\n"), "models: give `model` or `models`, not both"),
+        ("a model twice", "name: web\nmodels: [a:1, b:latest, a:2]\nendpoint: {port: 1}\ntarget: {devices: [d1]}\n".into(), "models[2]: model a is listed twice"),
+        ("a bad model", "name: web\nmodels: [a:1, \"B C\"]\nendpoint: {port: 1}\ntarget: {devices: [d1]}\n".into(), "models[1]:"),
+        ("models and a split", "name: web\nmodels: [a:1, b:1]\nendpoint: {port: 1}\ntarget: {devices: [d1]}\ntraffic: [{model: a:1, weight: 50}, {model: a:2, weight: 50}]\n".into(), "traffic: a split is between versions of one model: it cannot be combined with `models`"),
         ("zero weight", with("traffic: [{model: m:1, weight: 0}, {model: m:2, weight: 100}]\n"), "traffic[0].weight: must be from 1 to 100"),
         ("unknown auth", "name: web\nmodel: m:1\nendpoint: {port: 1, auth: password}\ntarget: {devices: [d1]}\n".into(), "endpoint.auth: unknown endpoint auth \"password\": use none, key or token"),
         ("bad cors origin", "name: web\nmodel: m:1\nendpoint: {port: 1, cors_origins: [example.com]}\ntarget: {devices: [d1]}\n".into(), "endpoint.cors_origins[0]: \"example.com\" is not an origin"),
@@ -174,4 +178,26 @@ fn wave_sizes_cover_at_least_one_device_and_at_most_all() {
     for (size, population, expected) in table {
         assert_eq!(size.devices(population), expected, "{size} of {population}");
     }
+}
+
+#[test]
+fn several_models_share_an_endpoint_and_write_back_as_models() {
+    let spec = validate(
+        "name: shop\nmodels: [diabetes:latest, digits:2]\nendpoint: {port: 5001, protocols: [azureml, v2]}\ntarget: {devices: [d1]}\n",
+    )
+    .expect("valid");
+    assert_eq!(spec.model.to_string(), "diabetes:latest");
+    assert_eq!(spec.describe_models(), "diabetes:latest, digits:2");
+    let manifest = spec.to_manifest();
+    assert_eq!(
+        (manifest.model.as_deref(), manifest.models.len()),
+        (None, 2)
+    );
+    let json = serde_json::to_string(&manifest).expect("json");
+    assert_eq!(validate(&json).expect("valid json"), spec);
+    let single =
+        validate("name: one\nmodels: [digits:2]\nendpoint: {port: 1}\ntarget: {devices: [d1]}\n")
+            .expect("valid");
+    assert!(single.extra_models.is_empty());
+    assert_eq!(single.to_manifest().model.as_deref(), Some("digits:2"));
 }
