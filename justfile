@@ -34,8 +34,10 @@ bench:
     cargo bench -p edgeship-firmware-tests --bench fleet
     python3 scripts/bench/scoring.py
 
-# Scoring throughput only: edgeship vs Azure ML's server vs nginx, with wrk (apt-get install
-# -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http and onnxruntime).
+# Scoring throughput only: edgeship vs Azure ML's server vs KServe's vs nginx, with wrk
+# (apt-get install -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http
+# and onnxruntime; KSERVE_PYTHON=one with kserve and onnxruntime; ONNX_PYTHON=one with onnx,
+# numpy and onnxruntime for the CNNs: `just bench-scoring --models squeezenet,resnet50`).
 bench-scoring *args:
     cargo build --release --bins
     python3 scripts/bench/scoring.py {{args}}

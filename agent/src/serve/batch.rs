@@ -3,10 +3,10 @@
 //! dynamic batcher does.
 //!
 //! Design: requests enter a bounded multi-consumer queue (`flume`: no lock shared by the
-//! request path). A few worker threads take from it: each takes the first waiting request,
-//! then whatever arrives until the batch is full or the first request has waited
-//! `max_queue_delay`, stacks the inputs, runs the model once and splits the outputs back by
-//! rows. A full queue refuses at once ([`RuntimeError::Overloaded`], a 503 with
+//! request path). A few worker threads take from it in turns: the one gathering takes the
+//! first waiting request, then whatever arrives until the batch is full or the first request
+//! has waited `max_queue_delay`, and hands the turn on; it stacks the inputs, runs the model
+//! once and splits the outputs back by rows while the next gathers. A full queue refuses at once ([`RuntimeError::Overloaded`], a 503 with
 //! `Retry-After`), so memory never grows with load. Requests that cannot share a run (other
 //! shapes beyond the batch axis, several rows) run in the next batch or alone; a failed batch
 //! is run again one request at a time, so one bad request never fails its neighbours.
@@ -14,8 +14,8 @@
 //! A request's results never depend on its neighbours: at load, [`probe`] finds the places
 //! in a batch where a row gets exactly what it gets alone, and requests go only there.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use edgeship_domain::TensorSpec;
@@ -134,6 +134,7 @@ impl Batcher {
         let (queue, taken) = flume::bounded::<Job>(policy.max_queue_size.max(1));
         let stats = Arc::new(BatchStats::default());
         let slots: Arc<[usize]> = slots.into();
+        let gathering = Arc::new(Mutex::new(None));
         for n in 0..policy.workers.max(1) {
             let worker = Worker {
                 queue: taken.clone(),
@@ -141,6 +142,7 @@ impl Batcher {
                 policy,
                 slots: Arc::clone(&slots),
                 stats: Arc::clone(&stats),
+                gathering: Arc::clone(&gathering),
             };
             std::thread::Builder::new()
                 .name(format!("batch-{model_ref}-{n}"))
@@ -335,45 +337,60 @@ struct Worker {
     /// Where one-row requests go in a batch (see [`probe`]).
     slots: Arc<[usize]>,
     stats: Arc<BatchStats>,
+    /// The turn to gather a batch, with a request the last gathering left for the next.
+    gathering: Arc<Mutex<Option<Job>>>,
 }
 
 impl Worker {
     fn run(self) {
-        // A request taken but left for the next batch (several rows, another shape).
-        let mut held: Option<Job> = None;
         loop {
-            let first = match held.take() {
-                Some(job) => job,
-                None => match self.queue.recv() {
-                    Ok(job) => job,
-                    Err(_) => return,
-                },
-            };
-            // A request of several rows runs alone: its rows take the places they take
-            // alone, so its results are its own.
-            if first.rows != 1 {
-                self.answer(vec![first]);
-                continue;
-            }
-            let deadline = first.queued + self.policy.max_queue_delay;
-            let mut batch = vec![first];
-            while batch.len() < self.slots.len() {
-                let next = match self.queue.try_recv() {
-                    Ok(job) => job,
-                    Err(flume::TryRecvError::Disconnected) => break,
-                    Err(flume::TryRecvError::Empty) => match self.queue.recv_deadline(deadline) {
-                        Ok(job) => job,
-                        Err(_) => break,
-                    },
-                };
-                if next.rows != 1 || !compatible(&batch[0], &next) {
-                    held = Some(next);
-                    break;
+            // One worker gathers at a time, so concurrent requests fill one batch instead of
+            // starting one per worker; the others run the batches gathered before.
+            let batch = {
+                let mut held = self
+                    .gathering
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                match self.gather(&mut held) {
+                    Some(batch) => batch,
+                    None => return,
                 }
-                batch.push(next);
-            }
+            };
             self.answer(batch);
         }
+    }
+
+    /// Takes the next batch: the request left over from the last gathering (`held`) or the
+    /// next in the queue, then what arrives until the batch is full or its first request has
+    /// waited `max_queue_delay`. `None` once the queue is closed and empty.
+    fn gather(&self, held: &mut Option<Job>) -> Option<Vec<Job>> {
+        let first = match held.take() {
+            Some(job) => job,
+            None => self.queue.recv().ok()?,
+        };
+        // A request of several rows runs alone: its rows take the places they take alone,
+        // so its results are its own.
+        if first.rows != 1 {
+            return Some(vec![first]);
+        }
+        let deadline = first.queued + self.policy.max_queue_delay;
+        let mut batch = vec![first];
+        while batch.len() < self.slots.len() {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(flume::TryRecvError::Disconnected) => break,
+                Err(flume::TryRecvError::Empty) => match self.queue.recv_deadline(deadline) {
+                    Ok(job) => job,
+                    Err(_) => break,
+                },
+            };
+            if next.rows != 1 || !compatible(&batch[0], &next) {
+                *held = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        Some(batch)
     }
 
     /// Runs one batch and answers each request with its rows.

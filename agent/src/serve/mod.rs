@@ -257,9 +257,8 @@ impl Shared {
     /// success rate": the share of non-5xx responses).
     pub fn finish(&self, call: Call, mut response: Response) -> Response {
         self.count(&call, Instant::now(), response.status().as_u16());
-        // Model ids and versions are name-checked, so the value is always a valid header.
-        if let Ok(model) = HeaderValue::from_str(call.backend.model_ref()) {
-            response.headers_mut().insert(MODEL_HEADER, model);
+        if let Some(model) = call.backend.model_header() {
+            response.headers_mut().insert(MODEL_HEADER, model.clone());
         }
         response
     }

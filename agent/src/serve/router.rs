@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderValue;
 use edgeship_domain::{HealthThresholds, VersionMetrics};
 
 use super::Scorer;
@@ -49,6 +50,8 @@ pub fn window_length(health: Option<&HealthThresholds>) -> Duration {
 #[derive(Debug)]
 pub struct Backend {
     scorer: Arc<dyn Scorer>,
+    /// `model:version` as the response header carries it, made once.
+    header: Option<HeaderValue>,
     requests: AtomicU64,
     errors: AtomicU64,
     /// By status code and latency bucket, for `/metrics`.
@@ -60,8 +63,11 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(scorer: Arc<dyn Scorer>, window: Duration) -> Arc<Self> {
+        // Model ids and versions are name-checked, so the value is always a valid header.
+        let header = HeaderValue::from_str(scorer.model_ref()).ok();
         Arc::new(Self {
             scorer,
+            header,
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             counters: VersionCounters::default(),
@@ -76,6 +82,11 @@ impl Backend {
     /// `model:version`.
     pub fn model_ref(&self) -> &str {
         self.scorer.model_ref()
+    }
+
+    /// `model:version` as a header value.
+    pub fn model_header(&self) -> Option<&HeaderValue> {
+        self.header.as_ref()
     }
 
     /// What `/metrics` shows of this version.
