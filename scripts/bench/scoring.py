@@ -445,7 +445,8 @@ def print_results(args, models, rows, timeouts, batch_sizes, batch_pairs):
         top, low = cs[-1], cs[0]
         b_top, p_top, b_low, p_low = (by.get((name, label, c)) for label, c in
                                       ((batched, top), (plain, top), (batched, low), (plain, low)))
-        if not all((b_top, p_top, b_low, p_low)):
+        if not all((b_top, p_top, b_low, p_low)) or not (b_top[3] and p_top[3]):
+            print(f"- {name}: no comparison (a run answered nothing in time)")
             continue
         sizes = [batch_sizes.get((name, c)) for c in cs]
         mean = ("not batching (the agent's log says why)" if all(s is None for s in sizes) else

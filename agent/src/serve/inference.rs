@@ -1,10 +1,12 @@
 //! Where an inference runs: in the model's batch queue when it batches; else on the async
-//! worker that took the request when the model is cheap, or on tokio's blocking pool,
-//! measured on every run.
+//! worker that took the request when the model is cheap, or on tokio's blocking pool, one
+//! inference per core at a time, measured on every run.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use tokio::sync::Semaphore;
 
 use edgeship_runtime::{RuntimeError, Tensor};
 
@@ -15,6 +17,16 @@ use super::Scorer;
 /// run. Slower models (or one not yet measured) go to the blocking pool, so they never hold
 /// up the workers that accept and parse other requests.
 const INLINE_BELOW_MICROS: u64 = 200;
+
+/// Inferences that run on the blocking pool at once, over every endpoint of the agent: one
+/// per core. More would not finish sooner, only share the cores, and each would hold its
+/// activations meanwhile (a resnet50 holds over 100 MB), so memory would grow with load and
+/// every request would slow down: requests beyond it wait, in order, without a thread.
+fn running() -> &'static Semaphore {
+    static RUNNING: OnceLock<Semaphore> = OnceLock::new();
+    RUNNING
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)))
+}
 
 /// Runs one inference where it is cheapest (see [`INLINE_BELOW_MICROS`]). A panic in the
 /// runtime fails this request, never the endpoint.
@@ -44,8 +56,13 @@ pub async fn run_inference(
     if (1..INLINE_BELOW_MICROS).contains(&recent) {
         return timed(scorer.as_ref(), inputs);
     }
-    let running = Arc::clone(scorer);
-    tokio::task::spawn_blocking(move || timed(running.as_ref(), inputs))
+    // The semaphore is never closed, so a permit always comes.
+    let _turn = running()
+        .acquire()
+        .await
+        .map_err(|err| RuntimeError::Run(format!("no turn to run: {err}")))?;
+    let scorer = Arc::clone(scorer);
+    tokio::task::spawn_blocking(move || timed(scorer.as_ref(), inputs))
         .await
         .unwrap_or_else(|err| Err(RuntimeError::Run(format!("inference task failed: {err}"))))
 }
@@ -85,6 +102,58 @@ mod tests {
         fn recent_micros(&self) -> Option<&AtomicU64> {
             Some(&self.recent)
         }
+    }
+
+    /// Takes 20 ms and counts how many of its runs overlap.
+    #[derive(Debug, Default)]
+    struct Slow {
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+        recent: AtomicU64,
+    }
+
+    impl Scorer for Slow {
+        fn model_ref(&self) -> &str {
+            "slow:1"
+        }
+        fn inputs(&self) -> &[TensorSpec] {
+            &[]
+        }
+        fn outputs(&self) -> &[TensorSpec] {
+            &[]
+        }
+        fn sample_input(&self) -> Option<&serde_json::Value> {
+            None
+        }
+        fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
+            let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(running, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(inputs)
+        }
+        fn recent_micros(&self) -> Option<&AtomicU64> {
+            Some(&self.recent)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn costly_inferences_run_one_per_core_however_many_requests_wait() {
+        let slow = Arc::new(Slow::default());
+        let scorer: Arc<dyn Scorer> = slow.clone();
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let calls = (0..4 * cores).map(|_| {
+            let scorer = Arc::clone(&scorer);
+            tokio::spawn(async move { run_inference(&scorer, vec![]).await })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert!(call.expect("task").is_ok());
+        }
+        let most = slow.most.load(Ordering::SeqCst);
+        assert!(
+            (1..=cores).contains(&most),
+            "{most} inferences at once on {cores} cores"
+        );
     }
 
     #[tokio::test]
