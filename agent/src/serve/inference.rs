@@ -75,16 +75,20 @@ mod tests {
 
     use super::*;
 
-    /// Answers at once, or panics as a broken runtime might.
+    /// Answers after `delay_ms` (at once by default), or panics as a broken runtime might;
+    /// counts how many of its runs overlap.
     #[derive(Debug, Default)]
-    struct Quick {
+    struct Fake {
         panics: bool,
+        delay_ms: u64,
+        now: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
         recent: AtomicU64,
     }
 
-    impl Scorer for Quick {
+    impl Scorer for Fake {
         fn model_ref(&self) -> &str {
-            "q:1"
+            "fake:1"
         }
         fn inputs(&self) -> &[TensorSpec] {
             &[]
@@ -97,38 +101,9 @@ mod tests {
         }
         fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
             assert!(!self.panics, "the runtime broke");
-            Ok(inputs)
-        }
-        fn recent_micros(&self) -> Option<&AtomicU64> {
-            Some(&self.recent)
-        }
-    }
-
-    /// Takes 20 ms and counts how many of its runs overlap.
-    #[derive(Debug, Default)]
-    struct Slow {
-        now: std::sync::atomic::AtomicUsize,
-        most: std::sync::atomic::AtomicUsize,
-        recent: AtomicU64,
-    }
-
-    impl Scorer for Slow {
-        fn model_ref(&self) -> &str {
-            "slow:1"
-        }
-        fn inputs(&self) -> &[TensorSpec] {
-            &[]
-        }
-        fn outputs(&self) -> &[TensorSpec] {
-            &[]
-        }
-        fn sample_input(&self) -> Option<&serde_json::Value> {
-            None
-        }
-        fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, RuntimeError> {
             let running = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.most.fetch_max(running, Ordering::SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(20));
+            std::thread::sleep(std::time::Duration::from_millis(self.delay_ms));
             self.now.fetch_sub(1, Ordering::SeqCst);
             Ok(inputs)
         }
@@ -139,7 +114,10 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn costly_inferences_run_one_per_core_however_many_requests_wait() {
-        let slow = Arc::new(Slow::default());
+        let slow = Arc::new(Fake {
+            delay_ms: 20,
+            ..Fake::default()
+        });
         let scorer: Arc<dyn Scorer> = slow.clone();
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let calls = (0..4 * cores).map(|_| {
@@ -158,15 +136,16 @@ mod tests {
 
     #[tokio::test]
     async fn cheap_models_run_inline_after_one_measured_run_and_a_panic_fails_only_the_call() {
-        let quick: Arc<dyn Scorer> = Arc::new(Quick::default());
+        let quick: Arc<dyn Scorer> = Arc::new(Fake::default());
         assert!(run_inference(&quick, vec![]).await.is_ok());
         let measured = quick.recent_micros().map(|r| r.load(Ordering::Relaxed));
         assert!(measured.is_some_and(|us| (1..INLINE_BELOW_MICROS).contains(&us)));
         assert!(run_inference(&quick, vec![]).await.is_ok(), "inline now");
 
-        let broken: Arc<dyn Scorer> = Arc::new(Quick {
+        let broken: Arc<dyn Scorer> = Arc::new(Fake {
             panics: true,
             recent: AtomicU64::new(5),
+            ..Fake::default()
         });
         let err = run_inference(&broken, vec![])
             .await

@@ -18,8 +18,10 @@ use crate::registry::VersionSelector;
 
 mod endpoint;
 mod manifest;
+mod models;
 
 pub use manifest::*;
+pub use models::*;
 
 /// A manifest mistake: the field's path (`rollout.waves[2]`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
