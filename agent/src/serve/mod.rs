@@ -1,11 +1,11 @@
 //! Scoring endpoints. One [`Endpoint`] per workload listens on the workload's port and serves
-//! the protocols the workload asks for through their adapters (`azureml` today; OIP v2 next).
+//! the protocols the workload asks for through their adapters (`azureml`, and OIP v2 in `v2`).
 //!
 //! Design: adapters never see a runtime and backends never see HTTP. Between them sits
 //! [`Scorer`], a request-level interface: input tensors in signature order in, output tensors
-//! out. The self-test goes through the same interface as traffic. Which scorer answers is
-//! decided before the adapter sees one: [`Shared::begin`] routes the request through the
-//! endpoint's [`Routes`] (one version, or a traffic split; see `router`) and
+//! out. Which scorer answers is decided before the adapter runs it: [`Shared::begin_model`]
+//! routes the request through the endpoint's [`Routes`] (a model by name, then one version
+//! or a traffic split; see `router`) and
 //! [`Shared::finish`] counts it for that version and names it in `x-edgeship-model`, so an
 //! adapter handles one request against one `Scorer` and knows nothing of splits.
 //!

@@ -80,27 +80,25 @@ pub fn route(
             message: "the endpoint is shutting down".into(),
         });
     }
-    let routes = shared.routes();
-    let served: Vec<&str> = routes.backends().iter().map(|b| b.model_ref()).collect();
-    if !served.iter().any(|r| split_ref(r).0 == name) {
-        return Err(V2Error::not_found(format!(
-            "model {name:?} is not served here; this endpoint serves {}",
+    let call = match version.filter(|v| !v.is_empty()) {
+        None => shared.begin_model(Some(name), routing_key),
+        Some(version) => shared.begin_version(&format!("{name}:{version}")),
+    };
+    // What the endpoint serves is listed only for a request that missed it.
+    call.ok_or_else(|| {
+        let routes = shared.routes();
+        let served: Vec<&str> = routes.backends().iter().map(|b| b.model_ref()).collect();
+        let what = match version.filter(|v| !v.is_empty()) {
+            Some(version) if routes.models().any(|m| m == name) => {
+                format!("version {version} of model {name:?}")
+            }
+            _ => format!("model {name:?}"),
+        };
+        V2Error::not_found(format!(
+            "{what} is not served here; this endpoint serves {}",
             served.join(", ")
-        )));
-    }
-    match version.filter(|v| !v.is_empty()) {
-        None => shared.begin_model(Some(name), routing_key).ok_or_else(|| {
-            V2Error::not_found(format!("model {name:?} is not served here"))
-        }),
-        Some(version) => shared
-            .begin_version(&format!("{name}:{version}"))
-            .ok_or_else(|| {
-                V2Error::not_found(format!(
-                    "version {version} of model {name:?} is not served here; this endpoint serves {}",
-                    served.join(", ")
-                ))
-            }),
-    }
+        ))
+    })
 }
 
 /// The version metadata describes: the one named, else the endpoint's primary. Looking is not
