@@ -42,6 +42,12 @@ bench-scoring *args:
     cargo build --release --bins
     python3 scripts/bench/scoring.py {{args}}
 
+# Scoring rate of several agent builds taking turns on one hub, for choosing between builds:
+# `just bench-ab before=/tmp/agent-old after=target/release/edgeship-agent [--model digits]`.
+bench-ab *args:
+    cargo build --release --bins
+    python3 scripts/bench/agent_ab.py {{args}}
+
 # Release binary sizes and the agent's idle memory (`just footprint --cold` also times a cold build).
 footprint *args:
     scripts/footprint.sh {{args}}

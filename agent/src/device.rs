@@ -9,9 +9,14 @@ use crate::config::AgentConfig;
 
 /// The feature tokens this agent implements, whatever the device: the baseline, traffic
 /// splits (several models behind one endpoint, see `serve::router`), the Open Inference
-/// Protocol (`serve::v2`), CORS (`serve::cors`), endpoint keys and tokens (`serve::auth`) and dynamic
-/// batching (`serve::batch`).
+/// Protocol (`serve::v2`; over gRPC too with the `grpc` cargo feature), CORS (`serve::cors`),
+/// endpoint keys (and tokens with the `tokens` feature, `serve::auth`) and dynamic batching
+/// (`serve::batch`).
 pub fn features() -> BTreeSet<String> {
+    let built_in = [
+        cfg!(feature = "grpc").then_some(Requirement::GrpcEndpoint),
+        cfg!(feature = "tokens").then_some(Requirement::Auth(AuthMode::Token)),
+    ];
     Requirement::BASELINE
         .iter()
         .chain(&[
@@ -20,9 +25,9 @@ pub fn features() -> BTreeSet<String> {
             Requirement::Protocol(Protocol::V2),
             Requirement::Cors,
             Requirement::Auth(AuthMode::Key),
-            Requirement::Auth(AuthMode::Token),
             Requirement::Batching,
         ])
+        .chain(built_in.iter().flatten())
         .map(|f| f.token())
         .collect()
 }

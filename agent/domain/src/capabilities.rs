@@ -45,6 +45,8 @@ pub enum Requirement {
     TrafficSplit,
     /// Several models behind one endpoint, routed by name.
     MultiModel,
+    /// The Open Inference Protocol over gRPC, on the endpoint's `grpc_port`.
+    GrpcEndpoint,
     EntryModule,
     Batching,
     Threads,
@@ -71,6 +73,7 @@ impl Requirement {
             Requirement::Auth(auth) => format!("auth/{auth}"),
             Requirement::TrafficSplit => "traffic_split".into(),
             Requirement::MultiModel => "multi_model".into(),
+            Requirement::GrpcEndpoint => "protocol/v2/grpc".into(),
             Requirement::EntryModule => "entry_module".into(),
             Requirement::Batching => "batching".into(),
             Requirement::Threads => "threads".into(),
@@ -89,6 +92,7 @@ impl fmt::Display for Requirement {
             Requirement::Auth(auth) => write!(f, "endpoint auth {auth}"),
             Requirement::TrafficSplit => f.write_str("traffic splits across several versions"),
             Requirement::MultiModel => f.write_str("several models on one endpoint"),
+            Requirement::GrpcEndpoint => f.write_str("a gRPC scoring port"),
             Requirement::EntryModule => f.write_str("entry modules"),
             Requirement::Batching => f.write_str("request batching"),
             Requirement::Threads => f.write_str("a thread count per inference"),
@@ -127,6 +131,9 @@ pub fn requirements(workload: &Workload) -> Vec<Requirement> {
     }
     for protocol in &workload.endpoint.protocols {
         needs.insert(Requirement::Protocol(*protocol));
+    }
+    if workload.endpoint.grpc_port.is_some() {
+        needs.insert(Requirement::GrpcEndpoint);
     }
     needs.insert(Requirement::Auth(workload.endpoint.auth));
     if !workload.endpoint.cors_origins.is_empty() {
@@ -201,6 +208,13 @@ mod tests {
                 .check(&keyed)
                 .expect_err("key")
                 .contains("endpoint auth key")
+        );
+        // A minimal agent (built without its `grpc` feature) serves REST only.
+        let mut grpc = model_workload(1);
+        grpc.endpoint.grpc_port = Some(5002);
+        assert_eq!(
+            device.check(&grpc).expect_err("grpc"),
+            "this device's agent does not support a gRPC scoring port"
         );
         let container = Workload {
             kind: WorkloadKind::Container(Default::default()),

@@ -14,7 +14,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use edgeship_domain::{AuthMode, Endpoint as EndpointSpec};
+#[cfg(feature = "tokens")]
 use jsonwebtoken::errors::ErrorKind as JwtError;
+#[cfg(feature = "tokens")]
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -158,6 +160,7 @@ impl Auth {
 
     /// Verifies a JWT with each accepted public key. The signature is checked before the
     /// claims, so an expired token is reported as such only when it is genuine.
+    #[cfg(feature = "tokens")]
     fn check_token(&self, token: &[u8]) -> Result<(), Refusal> {
         let token = std::str::from_utf8(token).map_err(|_| Refusal::InvalidToken)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -180,6 +183,13 @@ impl Auth {
             }
         }
         Err(refusal)
+    }
+
+    /// Built without the `tokens` feature, the agent announces no token auth and the hub
+    /// sends it no such endpoint; one arriving anyway admits nobody.
+    #[cfg(not(feature = "tokens"))]
+    fn check_token(&self, _token: &[u8]) -> Result<(), Refusal> {
+        Err(Refusal::InvalidToken)
     }
 }
 
@@ -256,6 +266,7 @@ mod tests {
     }
 
     /// A signing key pair as the hub keeps one, and the endpoint auth its desired state gives.
+    #[cfg(feature = "tokens")]
     fn token_auth(deployment: &str) -> (jsonwebtoken::EncodingKey, Auth) {
         use ring::signature::{Ed25519KeyPair, KeyPair as _};
         let document =
@@ -274,6 +285,7 @@ mod tests {
         )
     }
 
+    #[cfg(feature = "tokens")]
     fn bearer(
         key: &jsonwebtoken::EncodingKey,
         claims: serde_json::Value,
@@ -284,6 +296,7 @@ mod tests {
         format!("Bearer {token}")
     }
 
+    #[cfg(feature = "tokens")]
     #[test]
     fn a_signed_token_for_this_deployment_passes_until_it_expires() {
         let (key, auth) = token_auth("web");
@@ -374,6 +387,7 @@ mod tests {
         );
     }
 
+    #[cfg(feature = "grpc")]
     #[tokio::test]
     async fn every_route_but_health_needs_a_key_over_rest_and_grpc_and_keys_rotate_in_place() {
         use std::net::SocketAddr;

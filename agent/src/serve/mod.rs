@@ -379,11 +379,20 @@ impl Endpoint {
         let app = app.with_state(Arc::clone(&shared));
         let (shutdown, signal) = oneshot::channel::<()>();
         let grpc = match grpc_listener {
+            #[cfg(feature = "grpc")]
             Some(listener) => {
                 let (stop, stopped) = oneshot::channel::<()>();
                 let (grpc_addr, task) = v2::grpc::serve(listener, Arc::clone(&shared), stopped)?;
                 tracing::info!(%grpc_addr, deployment, "gRPC scoring endpoint listening");
                 Some((grpc_addr, stop, task))
+            }
+            // Unreachable through the agent, which refuses such a workload by its features.
+            #[cfg(not(feature = "grpc"))]
+            Some(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "this agent is built without gRPC scoring (the `grpc` feature)",
+                ));
             }
             None => None,
         };

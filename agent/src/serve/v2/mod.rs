@@ -3,6 +3,7 @@
 //! hand them to `infer`, which holds what the protocol means: model and version routing,
 //! inputs matched to the signature by name, requested outputs.
 
+#[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod infer;
 pub mod rest;
@@ -14,5 +15,6 @@ pub const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
 /// The platform model metadata names (ONNX models, whichever runtime runs them).
 pub const PLATFORM: &str = "onnx";
 
-#[cfg(test)]
+// Over both transports: the agent's tests are built with its default features.
+#[cfg(all(test, feature = "grpc"))]
 mod tests;
