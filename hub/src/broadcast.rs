@@ -5,14 +5,15 @@
 //!
 //! Design: a device subscribes to the shared topic, then *joins* (a `BlobRequest` with
 //! `broadcast` set, for offset 0). The first join of a blob opens a session: it gathers joins
-//! for `GATHER`, then sends one round, every chunk in order. Devices that join during a round
-//! wait for the next one, which starts when the round ends (only they still listen: a device
-//! unsubscribes once its file is complete). A device that sees nothing on the topic falls
+//! until none has come for `QUIET` (at most `GATHER`), then sends one round, every chunk in
+//! order. Devices that join during a round wait for the next one, which starts when the round
+//! ends, gathered the same way (only they still listen: a device unsubscribes once its file
+//! is complete). A lone device waits `QUIET`, a rollout's crowd up to `GATHER`. A device that sees nothing on the topic falls
 //! back to asking for chunks itself, so a lost round costs time, never correctness.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edgeship_proto::topics;
 use edgeship_proto::v1 as pb;
@@ -21,17 +22,23 @@ use rumqttc::{AsyncClient, QoS};
 
 use crate::blob_server::{BlobServer, ChunkRequest, MAX_CHUNK_BYTES};
 
-/// How long a session gathers joins before its first round: a rollout's devices receive their
+/// The longest a session gathers joins before a round: a rollout's devices receive their
 /// desired states within about this long of each other.
 const GATHER: Duration = Duration::from_millis(300);
+/// A round starts early once no device has joined for this long. Joins of a rollout's devices
+/// arrive far closer together; without it, a single device fetching a small file (the model
+/// beside its weights) waited the whole `GATHER`, 0.3 s of a 0.5 s deployment.
+const QUIET: Duration = Duration::from_millis(25);
 /// Blobs larger than this are served per device: a round must fit the broker's per-topic
 /// log (64 MiB on the embedded broker) for a slow subscriber to read it whole.
 pub const MAX_BROADCAST_BYTES: u64 = 48 * 1024 * 1024;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Session {
     /// Devices that joined since the current round started (they need the next one).
     waiting: usize,
+    /// The latest join, which `QUIET` is counted from.
+    last_join: Instant,
     /// Rounds sent so far, for the log.
     rounds: u32,
 }
@@ -62,7 +69,10 @@ impl Broadcasts {
         }
         let mut sessions = self.lock();
         match sessions.get_mut(&request.sha256) {
-            Some(session) => session.waiting += 1,
+            Some(session) => {
+                session.waiting += 1;
+                session.last_join = Instant::now();
+            }
             None => {
                 // Checked once per session, not per join (joins arrive on the poll loop).
                 match self.blobs.size(&request.sha256) {
@@ -73,6 +83,7 @@ impl Broadcasts {
                     request.sha256.clone(),
                     Session {
                         waiting: 1,
+                        last_join: Instant::now(),
                         rounds: 0,
                     },
                 );
@@ -91,7 +102,7 @@ impl Broadcasts {
     /// Sends rounds while devices wait for one, then closes the session.
     async fn run(self: Arc<Self>, digest: String) {
         loop {
-            tokio::time::sleep(GATHER).await;
+            self.gather(&digest).await;
             let devices = {
                 let mut sessions = self.lock();
                 let Some(session) = sessions.get_mut(&digest) else {
@@ -105,7 +116,7 @@ impl Broadcasts {
                 session.rounds += 1;
                 std::mem::take(&mut session.waiting)
             };
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             match self.round(&digest).await {
                 Ok(bytes) => {
                     tracing::info!(sha256 = %digest, devices, bytes, seconds = started.elapsed().as_secs_f64(), "blob broadcast")
@@ -117,6 +128,22 @@ impl Broadcasts {
                     return;
                 }
             }
+        }
+    }
+
+    /// Waits until no device has joined for `QUIET`, or `GATHER` has passed.
+    async fn gather(&self, digest: &str) {
+        let deadline = Instant::now() + GATHER;
+        loop {
+            let last_join = match self.lock().get(digest) {
+                Some(session) => session.last_join,
+                None => return,
+            };
+            let until = (last_join + QUIET).min(deadline);
+            if Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 
