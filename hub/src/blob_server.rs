@@ -21,28 +21,56 @@ use crate::registry::Registry;
 /// chunk plus its envelope fits the 320 KiB minimum packet size both sides enforce.
 pub const MAX_CHUNK_BYTES: u64 = 256 * 1024;
 
-/// Per device, the blob digests its desired state names.
+/// Per device, the blob digests its desired state names, and which of them it gained with
+/// its latest desired state and has not yet joined a broadcast for (it will fetch those).
 #[derive(Debug, Default)]
 pub struct Entitlements {
-    by_device: Mutex<HashMap<String, Arc<HashSet<String>>>>,
+    by_device: Mutex<HashMap<String, Entitled>>,
+}
+
+#[derive(Debug, Default)]
+struct Entitled {
+    digests: Arc<HashSet<String>>,
+    awaited: HashSet<String>,
 }
 
 impl Entitlements {
     pub fn set(&self, device_id: &str, digests: HashSet<String>) {
-        self.by_device
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(device_id.to_owned(), Arc::new(digests));
+        let mut by_device = self.lock();
+        let entry = by_device.entry(device_id.to_owned()).or_default();
+        entry.awaited = digests.difference(&entry.digests).cloned().collect();
+        entry.digests = Arc::new(digests);
     }
 
     pub fn allows(&self, device_id: &str, digest: &str) -> bool {
         let digests = self
-            .by_device
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .get(device_id)
-            .cloned();
+            .map(|entry| Arc::clone(&entry.digests));
         digests.is_some_and(|d| d.contains(digest))
+    }
+
+    /// Marks that `device_id` joined the broadcast of `digest`; true when it had just gained
+    /// the blob (it was awaited).
+    pub fn joined(&self, device_id: &str, digest: &str) -> bool {
+        self.lock()
+            .get_mut(device_id)
+            .is_some_and(|entry| entry.awaited.remove(digest))
+    }
+
+    /// How many devices gained `digest` with their latest desired state and have not joined
+    /// its broadcast yet: who a broadcast starting now would leave out. Devices that held the
+    /// blob before are not counted (they have it); nor are those that fetch it again after a
+    /// loss, so a lone refetch does not wait for a crowd.
+    pub fn awaited(&self, digest: &str) -> usize {
+        self.lock()
+            .values()
+            .filter(|entry| entry.awaited.contains(digest))
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entitled>> {
+        self.by_device.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -130,6 +158,16 @@ impl BlobServer {
     /// Whether `device_id`'s desired state names the blob.
     pub fn entitled(&self, device_id: &str, digest: &str) -> bool {
         self.entitlements.allows(device_id, digest)
+    }
+
+    /// See `Entitlements::joined`.
+    pub fn joined(&self, device_id: &str, digest: &str) -> bool {
+        self.entitlements.joined(device_id, digest)
+    }
+
+    /// See `Entitlements::awaited`.
+    pub fn awaited(&self, digest: &str) -> usize {
+        self.entitlements.awaited(digest)
     }
 
     /// The blob's size, if the store has it.
@@ -247,5 +285,36 @@ mod tests {
         hot.put(("b".into(), 1, 4), chunk(1));
         assert!(hot.get(&("b".into(), 1, 4)).is_some());
         assert!(hot.get(&("b".into(), 2, 4)).is_some());
+    }
+
+    fn digests(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|d| (*d).to_owned()).collect()
+    }
+
+    #[test]
+    fn a_broadcast_awaits_only_devices_that_just_gained_the_blob() {
+        let entitled = Entitlements::default();
+        entitled.set("old", digests(&["graph", "weights-1"]));
+        entitled.set("a", digests(&["graph", "weights-2"]));
+        entitled.set("b", digests(&["graph", "weights-2"]));
+        // "old" joined for its own files long ago; its desired state keeps the shared graph.
+        assert!(entitled.joined("old", "graph"));
+        assert!(entitled.joined("old", "weights-1"));
+        assert_eq!(entitled.awaited("weights-2"), 2);
+        assert_eq!(entitled.awaited("graph"), 2, "a and b have not fetched it");
+
+        assert!(entitled.joined("a", "weights-2"));
+        assert!(!entitled.joined("a", "weights-2"), "counted once");
+        assert_eq!(entitled.awaited("weights-2"), 1);
+
+        // A new version for "old": only what it did not hold before is awaited.
+        entitled.set("old", digests(&["graph", "weights-2"]));
+        assert_eq!(entitled.awaited("weights-2"), 2);
+        assert_eq!(entitled.awaited("graph"), 2, "old still holds the graph");
+        // A device refetching what it lost is entitled but awaited by nobody: it does not
+        // make a broadcast wait for a crowd.
+        assert!(entitled.allows("a", "weights-2"));
+        assert!(!entitled.joined("a", "weights-2"));
+        assert!(!entitled.allows("a", "weights-1"));
     }
 }

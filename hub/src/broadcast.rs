@@ -5,10 +5,9 @@
 //!
 //! Design: a device subscribes to the shared topic, then *joins* (a `BlobRequest` with
 //! `broadcast` set, for offset 0). The first join of a blob opens a session: it gathers joins
-//! until none has come for `QUIET` (at most `GATHER`), then sends one round, every chunk in
-//! order. Devices that join during a round wait for the next one, which starts when the round
-//! ends, gathered the same way (only they still listen: a device unsubscribes once its file
-//! is complete). A lone device waits `QUIET`, a rollout's crowd up to `GATHER`. A device that sees nothing on the topic falls
+//! for `GATHER`, or until every device that just gained the blob has joined, then sends one round,
+//! every chunk in order. Devices that join during a round wait for the next one, gathered the
+//! same way (only they still listen: a device unsubscribes once its file is complete). A device that sees nothing on the topic falls
 //! back to asking for chunks itself, so a lost round costs time, never correctness.
 
 use std::collections::HashMap;
@@ -23,12 +22,11 @@ use rumqttc::{AsyncClient, QoS};
 use crate::blob_server::{BlobServer, ChunkRequest, MAX_CHUNK_BYTES};
 
 /// The longest a session gathers joins before a round: a rollout's devices receive their
-/// desired states within about this long of each other.
+/// desired states within about this long of each other. A round starts sooner once every
+/// device that gained the blob with its desired state has joined: a single device fetching a
+/// small file (the model beside its weights) waited the whole of it, 0.3 s of a 0.5 s
+/// deployment.
 const GATHER: Duration = Duration::from_millis(300);
-/// A round starts early once no device has joined for this long. Joins of a rollout's devices
-/// arrive far closer together; without it, a single device fetching a small file (the model
-/// beside its weights) waited the whole `GATHER`, 0.3 s of a 0.5 s deployment.
-const QUIET: Duration = Duration::from_millis(25);
 /// Blobs larger than this are served per device: a round must fit the broker's per-topic
 /// log (64 MiB on the embedded broker) for a slow subscriber to read it whole.
 pub const MAX_BROADCAST_BYTES: u64 = 48 * 1024 * 1024;
@@ -37,8 +35,9 @@ pub const MAX_BROADCAST_BYTES: u64 = 48 * 1024 * 1024;
 struct Session {
     /// Devices that joined since the current round started (they need the next one).
     waiting: usize,
-    /// The latest join, which `QUIET` is counted from.
-    last_join: Instant,
+    /// Devices that gained the blob with their desired state and have not joined yet: once
+    /// none is left, nobody else is coming.
+    awaited: usize,
     /// Rounds sent so far, for the log.
     rounds: u32,
 }
@@ -47,6 +46,8 @@ struct Session {
 #[derive(Debug)]
 pub struct Broadcasts {
     sessions: Mutex<HashMap<String, Session>>,
+    /// Wakes gathering sessions when one has all its devices (each checks its own).
+    all_joined: tokio::sync::Notify,
     blobs: Arc<BlobServer>,
     client: AsyncClient,
 }
@@ -55,6 +56,7 @@ impl Broadcasts {
     pub fn new(blobs: Arc<BlobServer>, client: AsyncClient) -> Arc<Self> {
         Arc::new(Self {
             sessions: Mutex::new(HashMap::new()),
+            all_joined: tokio::sync::Notify::new(),
             blobs,
             client,
         })
@@ -67,11 +69,18 @@ impl Broadcasts {
         if request.offset != 0 || !self.blobs.entitled(device_id, &request.sha256) {
             return false;
         }
+        // Entitlements are locked inside the sessions' lock (below) or alone, never around it.
+        let was_awaited = self.blobs.joined(device_id, &request.sha256);
         let mut sessions = self.lock();
         match sessions.get_mut(&request.sha256) {
             Some(session) => {
                 session.waiting += 1;
-                session.last_join = Instant::now();
+                if was_awaited {
+                    session.awaited = session.awaited.saturating_sub(1);
+                    if session.awaited == 0 {
+                        self.all_joined.notify_waiters();
+                    }
+                }
             }
             None => {
                 // Checked once per session, not per join (joins arrive on the poll loop).
@@ -83,7 +92,7 @@ impl Broadcasts {
                     request.sha256.clone(),
                     Session {
                         waiting: 1,
-                        last_join: Instant::now(),
+                        awaited: self.blobs.awaited(&request.sha256),
                         rounds: 0,
                     },
                 );
@@ -131,19 +140,21 @@ impl Broadcasts {
         }
     }
 
-    /// Waits until no device has joined for `QUIET`, or `GATHER` has passed.
+    /// Waits until every entitled device has joined, or `GATHER` has passed.
     async fn gather(&self, digest: &str) {
-        let deadline = Instant::now() + GATHER;
+        let deadline = tokio::time::Instant::now() + GATHER;
         loop {
-            let last_join = match self.lock().get(digest) {
-                Some(session) => session.last_join,
-                None => return,
-            };
-            let until = (last_join + QUIET).min(deadline);
-            if Instant::now() >= until {
+            // Registered before the check, so a join between the two still wakes it.
+            let notified = self.all_joined.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.lock().get(digest) {
+                Some(session) if session.awaited > 0 => {}
+                _ => return,
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return;
             }
-            tokio::time::sleep_until(until.into()).await;
         }
     }
 
