@@ -29,14 +29,18 @@ const STEP_INTERVAL: Duration = Duration::from_secs(1);
 /// record: at 10,000 devices reporting at once, stepping on every batch cost the hub seconds).
 const MIN_STEP_GAP: Duration = Duration::from_millis(250);
 
-/// Steps running rollouts every `STEP_INTERVAL`, and soon after device news arrives.
+/// Steps running rollouts every `STEP_INTERVAL`, and soon after device news arrives: at once
+/// when the last step is `MIN_STEP_GAP` old, else when it will be (news that waited a fixed
+/// gap made every rollout a quarter of a second slower to notice its last device).
 pub fn drive(fleet: Arc<Fleet>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut last_step = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(STEP_INTERVAL) => {}
-                () = fleet.nudge.notified() => tokio::time::sleep(MIN_STEP_GAP).await,
+                () = fleet.nudge.notified() => tokio::time::sleep_until(last_step + MIN_STEP_GAP).await,
             }
+            last_step = tokio::time::Instant::now();
             let stepping = Arc::clone(&fleet);
             match tokio::task::spawn_blocking(move || stepping.advance_rollouts()).await {
                 Ok(Ok(())) => {}
