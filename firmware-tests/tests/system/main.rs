@@ -6,4 +6,5 @@ mod fleet;
 mod oip;
 mod proxy;
 mod rollouts;
+mod rollouts_real;
 mod support;

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod e2e;
+mod processes;
 mod protocol;
 mod registry;
 mod scoring;

@@ -1,0 +1,234 @@
+//! The `edgeship` binary as a long-running process: the hub serving the CLI and stopping on
+//! SIGTERM, a hub whose stdout is closed, and `edgeship dev` serving a real prediction.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeship_hub::client;
+
+use crate::cli::{BIN, edgeship};
+use crate::support::*;
+
+#[test]
+fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().expect("temp");
+    let mut hub = Command::new(BIN)
+        .args([
+            "hub",
+            "--listen",
+            "127.0.0.1:0",
+            "--mqtt-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hub");
+    // Keep reading stdout for the hub's whole life, as a supervisor would.
+    let mut lines = BufReader::new(hub.stdout.take().expect("stdout")).lines();
+    let line = lines
+        .next()
+        .expect("a first line")
+        .expect("read the listening line");
+    let drain = std::thread::spawn(move || lines.count());
+    let url = line
+        .trim()
+        .strip_prefix("edgeship hub listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let model = fixture("diabetes/model.onnx").display().to_string();
+    let out = edgeship(&url, &["model", "register", "-n", "diabetes", "-p", &model]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = edgeship(&url, &["model", "list", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &hub.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(exit) = hub.try_wait().expect("wait") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hub did not stop within 20 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "hub exited with {exit}");
+    let _ = drain.join();
+}
+
+#[test]
+fn a_hub_whose_stdout_is_closed_keeps_running() {
+    let data = tempfile::tempdir().expect("temp");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut hub = testkit::Process::spawn(
+        "edgeship hub",
+        Command::new(BIN)
+            .args([
+                "hub",
+                "--listen",
+                &listen,
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    );
+    // Read nothing and close the pipe at once: the hub's announcements hit a closed stdout.
+    drop(hub.child.stdout.take());
+    // The announcements are written as soon as the API listens; two answered calls later
+    // they are long done, and the hub must still be there.
+    let hub_url = format!("http://{listen}");
+    assert!(testkit::wait_for_port(
+        listen.parse().expect("addr"),
+        Duration::from_secs(30)
+    ));
+    for _ in 0..2 {
+        let listed = Command::new(BIN)
+            .args(["model", "list", "--hub", &hub_url])
+            .output()
+            .expect("run the CLI");
+        assert!(listed.status.success(), "{listed:?}");
+    }
+    assert!(
+        hub.child.try_wait().expect("wait").is_none(),
+        "the hub died when its stdout was closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgeship_dev_serves_a_real_prediction_and_stops_on_sigterm() {
+    let data = tempfile::tempdir().expect("temp");
+    let port = free_port();
+    let grpc_port = free_port();
+    let stderr_path = data.path().join("stderr.txt");
+    let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
+    let mut dev = testkit::Process::spawn(
+        "edgeship dev",
+        Command::new(BIN)
+            .args([
+                "dev",
+                "--listen",
+                "127.0.0.1:0",
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--port",
+            ])
+            .arg(port.to_string())
+            .arg("--grpc-port")
+            .arg(grpc_port.to_string())
+            .arg("--data-dir")
+            .arg(data.path())
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(stderr),
+    );
+    let lines = dev.read_lines_starting(
+        &["hub:", "broker:", "scoring:", "log:", "v2:", "grpc:"],
+        Duration::from_secs(120),
+    );
+    let log_path = data.path().join("dev.log");
+    assert_eq!(lines[3].trim(), log_path.display().to_string());
+    let hub_url = lines[0]
+        .split_whitespace()
+        .next()
+        .expect("hub url")
+        .to_owned();
+    let broker_url = lines[1]
+        .split_whitespace()
+        .next()
+        .expect("broker url")
+        .to_owned();
+    let url = lines[2].split_whitespace().next().expect("scoring url");
+    assert_eq!(url, format!("http://127.0.0.1:{port}/score"));
+    assert_eq!(
+        lines[4].split_whitespace().next(),
+        Some(format!("http://127.0.0.1:{port}/v2/models/diabetes/infer").as_str())
+    );
+    assert_eq!(
+        lines[5].split_whitespace().next(),
+        Some(format!("127.0.0.1:{grpc_port}").as_str())
+    );
+    let sample: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("diabetes/sample_input.json")).expect("sample"),
+    )
+    .expect("json");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let response = score(addr, &sample).await.expect("score");
+    assert_eq!(response.status, 200, "{}", response.body);
+    let want = expected("diabetes")["predictions"].clone();
+    let got = response.json();
+    for row in 0..2 {
+        let (got, want) = (
+            got[row][0].as_f64().expect("number"),
+            want[row].as_f64().expect("number"),
+        );
+        assert!(
+            (got - want).abs() < 1e-3 * want.abs(),
+            "row {row}: {got} vs {want}"
+        );
+    }
+    // Another agent joins the dev broker and gets a deployment of its own.
+    let agent_dir = tempfile::tempdir().expect("temp");
+    let _agent = testkit::start_agent(
+        "joiner",
+        &broker_url,
+        &agent_dir.path().join("data"),
+        &agent_dir.path().join("agent.log"),
+    );
+    let joined_port = free_port();
+    client::deploy_to_devices(
+        &hub_url,
+        "joined",
+        "diabetes:latest",
+        joined_port,
+        &["joiner"],
+    )
+    .await
+    .expect("deploy to the joining agent");
+    let joined = std::net::SocketAddr::from(([127, 0, 0, 1], joined_port));
+    let response = testkit::eventually(
+        Duration::from_secs(60),
+        "the joining agent's endpoint",
+        || async {
+            score(joined, &sample)
+                .await
+                .ok()
+                .filter(|r| r.status == 200)
+        },
+    )
+    .await;
+    assert_eq!(response.json()[0], got[0], "same model, same prediction");
+
+    let status = dev.terminate(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "dev did not stop cleanly: {status:?}"
+    );
+    // The log goes to the file; the terminal gets warnings and errors only, so the summary
+    // is not interleaved with INFO lines.
+    let log = std::fs::read_to_string(&log_path).expect("dev.log");
+    assert!(log.contains("INFO"), "{log}");
+    assert!(log.contains("scoring endpoint listening"), "{log}");
+    let stderr = std::fs::read_to_string(&stderr_path).expect("stderr");
+    assert!(
+        !stderr.lines().any(|line| line.contains(" INFO ")),
+        "INFO lines on the terminal:\n{stderr}"
+    );
+}
