@@ -5,10 +5,11 @@
 //!
 //! Design: a device subscribes to the shared topic, then *joins* (a `BlobRequest` with
 //! `broadcast` set, for offset 0). The first join of a blob opens a session: it gathers joins
-//! for `GATHER`, or until every device that just gained the blob has joined, then sends one round,
-//! every chunk in order. Devices that join during a round wait for the next one, gathered the
-//! same way (only they still listen: a device unsubscribes once its file is complete). A device that sees nothing on the topic falls
-//! back to asking for chunks itself, so a lost round costs time, never correctness.
+//! for `GATHER`, or until every device that just gained the blob has joined, then sends one
+//! round, every chunk in order. Devices that join during a round wait for the next one,
+//! gathered the same way (only they still listen: a device unsubscribes once its file is
+//! complete). A device that sees nothing on the topic falls back to asking for chunks itself,
+//! so a lost round costs time, never correctness.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -140,7 +141,7 @@ impl Broadcasts {
         }
     }
 
-    /// Waits until every entitled device has joined, or `GATHER` has passed.
+    /// Waits until every awaited device has joined, or `GATHER` has passed.
     async fn gather(&self, digest: &str) {
         let deadline = tokio::time::Instant::now() + GATHER;
         loop {
