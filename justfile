@@ -32,7 +32,15 @@ bench:
     cargo bench -p edgeship-hub --bench registry
     cargo bench -p edgeship-firmware-tests --bench transfer
     cargo bench -p edgeship-firmware-tests --bench fleet
+    cargo bench -p edgeship-runtime --features opencl --bench sgemm
     python3 scripts/bench/scoring.py
+
+# SGEMM GFLOP/s by size: edgeship's OpenCL kernel (tuned per device) on every OpenCL device
+# beside tract on the CPU (apt-get install -y pocl-opencl-icd for a CPU device). On a machine
+# with a GPU and no Rust: build with `cargo bench --no-run -p edgeship-runtime --features opencl --bench sgemm`
+# and run `scripts/bench/gpu_opencl.sh BINARY OUT_DIR` there (adds cuBLAS through PyTorch).
+bench-sgemm:
+    cargo bench -p edgeship-runtime --features opencl --bench sgemm
 
 # Scoring throughput only: edgeship vs Azure ML's server vs KServe's vs nginx, with wrk
 # (apt-get install -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http

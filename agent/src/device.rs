@@ -43,9 +43,46 @@ pub fn capabilities() -> Capabilities {
             .iter()
             .map(|r| r.kind().name().to_owned())
             .collect(),
-        opencl_devices: vec![],
+        opencl_devices: opencl_devices(),
         features: features(),
     }
+}
+
+/// Process-wide set-up that must happen before any thread starts: where the OpenCL library is
+/// looked for (see `edgeship_runtime::opencl::use_installed_library`). The agent's `main` and
+/// the `edgeship` binary's (for `edgeship dev`'s in-process agent) call it first.
+///
+/// # Safety
+/// Sets environment variables: no other thread may run yet.
+#[allow(unsafe_code)]
+pub unsafe fn prepare_process() {
+    // SAFETY: passed on from the caller.
+    #[cfg(feature = "opencl")]
+    unsafe {
+        edgeship_runtime::opencl::use_installed_library()
+    };
+}
+
+/// The OpenCL devices found here. Discovery loads every vendor's driver, so it runs once per
+/// process; a machine without an OpenCL library has none.
+#[cfg(feature = "opencl")]
+pub fn opencl_devices() -> Vec<edgeship_domain::OpenClDevice> {
+    static FOUND: std::sync::OnceLock<Vec<edgeship_domain::OpenClDevice>> =
+        std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| match edgeship_runtime::opencl::discover() {
+            Ok(devices) => devices.into_iter().map(|d| d.info).collect(),
+            Err(err) => {
+                tracing::info!("no OpenCL devices: {err}");
+                vec![]
+            }
+        })
+        .clone()
+}
+
+#[cfg(not(feature = "opencl"))]
+pub fn opencl_devices() -> Vec<edgeship_domain::OpenClDevice> {
+    vec![]
 }
 
 /// The device's self-description, sent on every connect.

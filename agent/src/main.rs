@@ -80,6 +80,11 @@ data_dir = "/var/lib/edgeship-agent"
 "#;
 
 fn main() -> ExitCode {
+    // SAFETY: first thing in `main`, before any thread starts.
+    #[allow(unsafe_code)]
+    unsafe {
+        edgeship_agent::device::prepare_process()
+    };
     let cli = Cli::parse();
     let Command::Run {
         config,

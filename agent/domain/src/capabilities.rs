@@ -26,11 +26,28 @@ pub struct Capabilities {
     pub features: BTreeSet<String>,
 }
 
+/// One OpenCL device as the agent found it at start (`edgeship device show` lists them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenClDevice {
     pub platform: String,
     pub name: String,
+    /// `gpu`, `cpu`, `accelerator` (FPGAs and other fixed-function parts) or `custom`.
     pub kind: String,
+    #[serde(default)]
+    pub vendor: String,
+    /// The driver's version string: compiled programs and tuned tile sizes are kept per driver.
+    #[serde(default)]
+    pub driver_version: String,
+    #[serde(default)]
+    pub compute_units: u32,
+    #[serde(default)]
+    pub global_memory_bytes: u64,
+    /// `OpenCL C 1.2`, `OpenCL C 3.0`, …
+    #[serde(default)]
+    pub opencl_c_version: String,
+    /// Whether the device computes in half precision (`cl_khr_fp16`).
+    #[serde(default)]
+    pub fp16: bool,
 }
 
 /// One thing a workload needs from the device that runs it.

@@ -9,6 +9,10 @@
 
 #[cfg(feature = "tract")]
 pub mod onnx;
+// The OpenCL API is C: its calls are the crate's only unsafe code, each with its reason.
+#[cfg(feature = "opencl")]
+#[allow(unsafe_code)]
+pub mod opencl;
 pub mod tensor;
 #[cfg(feature = "tract")]
 pub mod tract;

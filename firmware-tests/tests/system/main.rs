@@ -4,6 +4,7 @@
 mod faults;
 mod fleet;
 mod oip;
+mod opencl;
 mod proxy;
 mod rollouts;
 mod rollouts_real;

@@ -311,6 +311,23 @@ pub fn device_details(d: &DeviceView) -> String {
         ),
     );
     field("runtimes", caps.runtimes.join(","));
+    for (n, cl) in caps.opencl_devices.iter().enumerate() {
+        field(
+            &format!("opencl {n}"),
+            format!(
+                "{} ({}, {}): {}, {} compute units, {} MiB, {}{}, driver {}",
+                cl.name,
+                cl.kind,
+                cl.vendor,
+                cl.platform,
+                cl.compute_units,
+                cl.global_memory_bytes >> 20,
+                cl.opencl_c_version,
+                if cl.fp16 { ", fp16" } else { "" },
+                cl.driver_version
+            ),
+        );
+    }
     field(
         "generation",
         format!(

@@ -166,6 +166,8 @@ pub struct CapabilitiesView {
     pub cpu_count: u32,
     pub memory_bytes: u64,
     pub runtimes: Vec<String>,
+    /// Every OpenCL device the agent found (GPUs, CPUs through PoCL, FPGAs).
+    pub opencl_devices: Vec<edgeship_domain::OpenClDevice>,
 }
 
 /// One deployment as a device reports it.
@@ -382,6 +384,11 @@ impl From<pb::Device> for DeviceView {
                 cpu_count: caps.cpu_count,
                 memory_bytes: caps.memory_bytes,
                 runtimes: caps.runtimes,
+                opencl_devices: caps
+                    .opencl_devices
+                    .into_iter()
+                    .map(edgeship_domain::OpenClDevice::from)
+                    .collect(),
             },
             desired_generation: device.desired_generation,
             applied_generation: device.applied_generation,

@@ -11,6 +11,38 @@ use crate::report::{
     Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
 };
 
+impl From<&OpenClDevice> for pb::OpenClDevice {
+    fn from(d: &OpenClDevice) -> Self {
+        pb::OpenClDevice {
+            platform: d.platform.clone(),
+            name: d.name.clone(),
+            kind: d.kind.clone(),
+            vendor: d.vendor.clone(),
+            driver_version: d.driver_version.clone(),
+            compute_units: d.compute_units,
+            global_memory_bytes: d.global_memory_bytes,
+            opencl_c_version: d.opencl_c_version.clone(),
+            fp16: d.fp16,
+        }
+    }
+}
+
+impl From<pb::OpenClDevice> for OpenClDevice {
+    fn from(d: pb::OpenClDevice) -> Self {
+        OpenClDevice {
+            platform: d.platform,
+            name: d.name,
+            kind: d.kind,
+            vendor: d.vendor,
+            driver_version: d.driver_version,
+            compute_units: d.compute_units,
+            global_memory_bytes: d.global_memory_bytes,
+            opencl_c_version: d.opencl_c_version,
+            fp16: d.fp16,
+        }
+    }
+}
+
 impl From<&Capabilities> for pb::Capabilities {
     fn from(c: &Capabilities) -> Self {
         pb::Capabilities {
@@ -22,11 +54,7 @@ impl From<&Capabilities> for pb::Capabilities {
             opencl_devices: c
                 .opencl_devices
                 .iter()
-                .map(|d| pb::OpenClDevice {
-                    platform: d.platform.clone(),
-                    name: d.name.clone(),
-                    kind: d.kind.clone(),
-                })
+                .map(pb::OpenClDevice::from)
                 .collect(),
             features: c.features.iter().cloned().collect(),
         }
@@ -44,11 +72,7 @@ impl From<pb::Capabilities> for Capabilities {
             opencl_devices: c
                 .opencl_devices
                 .into_iter()
-                .map(|d| OpenClDevice {
-                    platform: d.platform,
-                    name: d.name,
-                    kind: d.kind,
-                })
+                .map(OpenClDevice::from)
                 .collect(),
             features: c.features.into_iter().collect(),
         }

@@ -1,0 +1,218 @@
+//! The OpenCL building blocks on a real OpenCL platform (PoCL on the CPU in CI): discovery,
+//! every GEMM tiling against a CPU reference over shapes that fit no tile, the fused bias and
+//! ReLU, and the tuning cache. Without an OpenCL platform each test prints a `SKIP:` line,
+//! except under `EDGESHIP_CI=1`, where that is a failure.
+#![cfg(feature = "opencl")]
+
+use std::sync::Once;
+
+use opencl3::command_queue::CommandQueue;
+use opencl3::context::Context;
+
+use edgeship_runtime::opencl::buffers::{
+    download, max_relative_error, pseudo_random, reference, scratch, upload,
+};
+use edgeship_runtime::opencl::{
+    self, ClDevice, ClError, Epilogue, Gemm, GemmParams, GemmTuning, TuneCache, VERIFY_TOLERANCE,
+    candidates, tune_gemm, verification_shapes,
+};
+
+/// The OpenCL devices here, or `None` after a skip line (a failure under `EDGESHIP_CI=1`).
+fn devices_or_skip(test: &str) -> Option<Vec<ClDevice>> {
+    static LIBRARY: Once = Once::new();
+    // SAFETY: every test of this binary passes here before its first OpenCL call, so no
+    // OpenCL code (the only C code reading the environment here) runs while it is set; the
+    // standard library serialises its own environment accesses.
+    #[allow(unsafe_code)]
+    LIBRARY.call_once(|| unsafe { opencl::use_installed_library() });
+    let found = opencl::discover();
+    let why = match &found {
+        Ok(devices) if !devices.is_empty() => return found.ok(),
+        Ok(_) => "no OpenCL platform has a device".to_owned(),
+        Err(err) => err.to_string(),
+    };
+    if testkit::ci() {
+        panic!("{test}: OpenCL is required under EDGESHIP_CI=1: {why}");
+    }
+    eprintln!(
+        "SKIP: {test}: {why} (apt-get install -y pocl-opencl-icd ocl-icd-libopencl1); set EDGESHIP_CI=1 to make this a failure"
+    );
+    None
+}
+
+#[test]
+fn discovery_describes_every_device() {
+    let Some(devices) = devices_or_skip("discovery_describes_every_device") else {
+        return;
+    };
+    for device in &devices {
+        let info = &device.info;
+        assert!(
+            !info.platform.is_empty() && !info.name.is_empty(),
+            "{info:?}"
+        );
+        assert!(
+            ["gpu", "cpu", "accelerator", "custom"].contains(&info.kind.as_str()),
+            "{info:?}"
+        );
+        assert!(info.compute_units > 0, "{info:?}");
+        assert!(info.global_memory_bytes > 0, "{info:?}");
+        assert!(info.opencl_c_version.starts_with("OpenCL C "), "{info:?}");
+        assert!(!info.driver_version.is_empty(), "{info:?}");
+        assert!(device.local_memory_bytes > 0 && device.max_work_group_size > 0);
+    }
+}
+
+/// Runs `gemm` on `m×k · k×n` and returns the worst relative error against the reference.
+fn gemm_error(
+    (context, queue): (&Context, &CommandQueue),
+    gemm: &Gemm,
+    (m, n, k): (usize, usize, usize),
+    relu: bool,
+) -> Result<f32, ClError> {
+    let a = pseudo_random(m * k, 11);
+    let b = pseudo_random(k * n, 12);
+    let bias = pseudo_random(n, 13);
+    let mut expected = reference(&a, &b, m, n, k);
+    if gemm.epilogue.bias {
+        for (i, value) in expected.iter_mut().enumerate() {
+            *value += bias[i % n];
+        }
+    }
+    if relu {
+        expected.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let a_buf = upload(context, queue, &a)?;
+    let b_buf = upload(context, queue, &b)?;
+    let bias_buf = upload(context, queue, &bias)?;
+    let c_buf = scratch(context, m * n)?;
+    let bias_arg = gemm.epilogue.bias.then_some(&bias_buf);
+    gemm.enqueue(
+        queue,
+        (m, n, k),
+        (&a_buf, k),
+        (&b_buf, n),
+        bias_arg,
+        (&c_buf, n),
+    )?;
+    let actual = download(queue, &c_buf, m * n)?;
+    Ok(max_relative_error(&expected, &actual))
+}
+
+#[test]
+fn tuning_times_every_tiling_and_each_matches_the_reference() {
+    let Some(devices) = devices_or_skip("tuning_times_every_tiling") else {
+        return;
+    };
+    let device = &devices[0];
+    let (context, queue) = device.open().expect("open");
+    let tuning = tune_gemm(&context, &queue, device, 64).expect("tune");
+    // Tuning checks each tiling on `verification_shapes` (odd sizes, single rows, exact
+    // multiples) and keeps only those within the tolerance: all of them must be kept.
+    assert!(tuning.rejected.is_empty(), "{:#?}", tuning.rejected);
+    assert_eq!(tuning.tried.len(), candidates(device).len());
+    let fastest = tuning.tried.iter().map(|t| t.1).fold(0.0, f64::max);
+    assert_eq!(tuning.gflops, fastest);
+    let gemm = Gemm::build(&context, device, tuning.params, Epilogue::default()).expect("build");
+    for shape in verification_shapes(&tuning.params) {
+        let error = gemm_error((&context, &queue), &gemm, shape, false).expect("gemm");
+        println!("{} {shape:?}: max relative error {error:e}", tuning.params);
+        assert!(error <= VERIFY_TOLERANCE);
+    }
+}
+
+#[test]
+fn bias_and_relu_are_fused_into_the_store() {
+    let Some(devices) = devices_or_skip("bias_and_relu_are_fused_into_the_store") else {
+        return;
+    };
+    let device = &devices[0];
+    let (context, queue) = device.open().expect("open");
+    let params = candidates(device)[0];
+    for epilogue in [
+        Epilogue {
+            bias: true,
+            relu: false,
+        },
+        Epilogue {
+            bias: true,
+            relu: true,
+        },
+    ] {
+        let gemm = Gemm::build(&context, device, params, epilogue).expect("build");
+        for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk)] {
+            let error = gemm_error((&context, &queue), &gemm, shape, epilogue.relu).expect("gemm");
+            assert!(
+                error <= VERIFY_TOLERANCE,
+                "{epilogue:?} {shape:?}: off by {error:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn mismatched_arguments_are_refused_with_the_reason() {
+    let Some(devices) = devices_or_skip("mismatched_arguments_are_refused_with_the_reason") else {
+        return;
+    };
+    let device = &devices[0];
+    let (context, queue) = device.open().expect("open");
+    let params = candidates(device)[0];
+    let gemm = Gemm::build(&context, device, params, Epilogue::default()).expect("build");
+    let buffer = scratch(&context, 64).expect("buffer");
+    let short_rows = gemm
+        .enqueue(
+            &queue,
+            (4, 4, 8),
+            (&buffer, 4),
+            (&buffer, 4),
+            None,
+            (&buffer, 4),
+        )
+        .expect_err("lda < k");
+    assert!(
+        short_rows.to_string().contains("shorter than the rows"),
+        "{short_rows}"
+    );
+    let stray_bias = gemm
+        .enqueue(
+            &queue,
+            (4, 4, 4),
+            (&buffer, 4),
+            (&buffer, 4),
+            Some(&buffer),
+            (&buffer, 4),
+        )
+        .expect_err("bias without a bias build");
+    assert!(stray_bias.to_string().contains("bias"), "{stray_bias}");
+    let misfit = GemmParams { tsm: 48, ..params };
+    let refused = Gemm::build(&context, device, misfit, Epilogue::default()).expect_err("48");
+    assert!(refused.to_string().contains("tsm=48"), "{refused}");
+}
+
+#[test]
+fn a_tuning_is_kept_per_device_and_a_damaged_file_means_tune_again() {
+    let Some(devices) = devices_or_skip("a_tuning_is_kept_per_device") else {
+        return;
+    };
+    let device = &devices[0];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cache = TuneCache::new(dir.path());
+    assert_eq!(cache.load(device), None);
+    let params = candidates(device)[0];
+    let tuning = GemmTuning {
+        params,
+        gflops: 12.5,
+        tried: vec![(params, 12.5)],
+        rejected: vec![],
+    };
+    cache.store(device, &tuning).expect("store");
+    assert_eq!(cache.load(device), Some(params));
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "one file, no temporary left: {files:?}");
+    std::fs::write(&files[0], "tsm=banana\n").expect("damage");
+    assert_eq!(cache.load(device), None);
+}
