@@ -226,6 +226,7 @@ impl Stage {
             entry: folder.join(&model.entry_file),
             inputs: model.inputs.clone(),
             outputs: model.outputs.clone(),
+            device: workload.options.opencl_device.clone(),
         };
         let model_ref = model.model_ref();
         let batching = batch_policy(&workload.options);

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use edgeship_runtime::opencl::buffers::{pseudo_random, scratch, upload};
-use edgeship_runtime::opencl::{self, ClDevice, Epilogue, Gemm, tune_gemm};
+use edgeship_runtime::opencl::{self, ClDevice, Epilogue, Gemm, Operand, tune_gemm};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -153,7 +153,14 @@ fn bench_opencl(
         let b = upload(&context, &queue, &pseudo_random(n * n, 2))?;
         let c = scratch(&context, n * n)?;
         let run = || -> Result<f64, opencl::ClError> {
-            let event = gemm.enqueue(&queue, (n, n, n), (&a, n), (&b, n), None, (&c, n))?;
+            let event = gemm.enqueue(
+                &queue,
+                (n, n, n),
+                Operand::new(&a, 0, n),
+                Operand::new(&b, 0, n),
+                None,
+                Operand::new(&c, 0, n),
+            )?;
             event
                 .wait()
                 .map_err(|code| opencl::ClError::Invalid(format!("waiting: {code}")))?;

@@ -47,6 +47,9 @@ pub struct ModelBundle {
     pub entry: PathBuf,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// Which of the runtime's devices to run on (the manifest's `opencl_device`); empty for
+    /// the runtime's default.
+    pub device: String,
 }
 
 pub trait Runtime: Send + Sync + std::fmt::Debug {
@@ -72,6 +75,8 @@ pub fn compiled() -> Vec<Arc<dyn Runtime>> {
     vec![
         #[cfg(feature = "tract")]
         Arc::new(tract::TractRuntime),
+        #[cfg(feature = "opencl")]
+        Arc::new(opencl::OpenClRuntime),
     ]
 }
 

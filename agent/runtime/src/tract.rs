@@ -119,7 +119,7 @@ impl Runnable for TractModel {
     }
 }
 
-fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
+pub(crate) fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
     let shape = tensor.shape;
     fn array<D: Datum>(shape: Vec<usize>, v: Vec<D>) -> Result<Tensor, RuntimeError> {
         tract_ndarray::ArrayD::from_shape_vec(shape, v)
@@ -166,7 +166,10 @@ fn datum_type(element_type: &ElementType) -> Option<DatumType> {
 
 /// Converts an output, casting to the element type the signature declares when tract's
 /// internal type differs (tract may keep integer results as dimension values).
-fn from_tract(tensor: &Tensor, declared: Option<&TensorSpec>) -> Result<EdgeTensor, RuntimeError> {
+pub(crate) fn from_tract(
+    tensor: &Tensor,
+    declared: Option<&TensorSpec>,
+) -> Result<EdgeTensor, RuntimeError> {
     let shape = tensor.shape().to_vec();
     let wanted = declared.and_then(|d| datum_type(&d.element_type));
     let cast;
@@ -248,6 +251,7 @@ mod tests {
             entry: fixture("diabetes").join("model.onnx"),
             inputs: vec![features("data", 10)],
             outputs: vec![features("variable", 1)],
+            device: String::new(),
         };
         let model = TractRuntime.prepare(&bundle).expect("prepare");
         let expected = expected("diabetes");
@@ -286,6 +290,7 @@ mod tests {
                 },
                 features("probabilities", 10),
             ],
+            device: String::new(),
         };
         let model = TractRuntime.prepare(&bundle).expect("prepare");
         let (shape, flat) = rows(&expected("digits")["inputs"]);
@@ -308,6 +313,7 @@ mod tests {
             entry: path.clone(),
             inputs: vec![],
             outputs: vec![],
+            device: String::new(),
         };
         let err = TractRuntime.prepare(&bundle).expect_err("not onnx");
         assert!(matches!(err, RuntimeError::Load(_)), "{err}");

@@ -4,41 +4,19 @@
 //! except under `EDGESHIP_CI=1`, where that is a failure.
 #![cfg(feature = "opencl")]
 
-use std::sync::Once;
+mod support;
 
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
+use support::devices_or_skip;
 
 use edgeship_runtime::opencl::buffers::{
     download, max_relative_error, pseudo_random, reference, scratch, upload,
 };
 use edgeship_runtime::opencl::{
-    self, ClDevice, ClError, Epilogue, Gemm, GemmParams, GemmTuning, TuneCache, VERIFY_TOLERANCE,
+    Bias, ClError, Epilogue, Gemm, GemmParams, GemmTuning, Operand, TuneCache, VERIFY_TOLERANCE,
     candidates, tune_gemm, verification_shapes,
 };
-
-/// The OpenCL devices here, or `None` after a skip line (a failure under `EDGESHIP_CI=1`).
-fn devices_or_skip(test: &str) -> Option<Vec<ClDevice>> {
-    static LIBRARY: Once = Once::new();
-    // SAFETY: every test of this binary passes here before its first OpenCL call, so no
-    // OpenCL code (the only C code reading the environment here) runs while it is set; the
-    // standard library serialises its own environment accesses.
-    #[allow(unsafe_code)]
-    LIBRARY.call_once(|| unsafe { opencl::use_installed_library() });
-    let found = opencl::discover();
-    let why = match &found {
-        Ok(devices) if !devices.is_empty() => return found.ok(),
-        Ok(_) => "no OpenCL platform has a device".to_owned(),
-        Err(err) => err.to_string(),
-    };
-    if testkit::ci() {
-        panic!("{test}: OpenCL is required under EDGESHIP_CI=1: {why}");
-    }
-    eprintln!(
-        "SKIP: {test}: {why} (apt-get install -y pocl-opencl-icd ocl-icd-libopencl1); set EDGESHIP_CI=1 to make this a failure"
-    );
-    None
-}
 
 #[test]
 fn discovery_describes_every_device() {
@@ -63,40 +41,59 @@ fn discovery_describes_every_device() {
     }
 }
 
-/// Runs `gemm` on `m×k · k×n` and returns the worst relative error against the reference.
+/// Runs `gemm` on `m×k · k×n` (stored as its build reads them) and returns the worst
+/// relative error against the reference with the build's bias and ReLU.
 fn gemm_error(
     (context, queue): (&Context, &CommandQueue),
     gemm: &Gemm,
     (m, n, k): (usize, usize, usize),
-    relu: bool,
 ) -> Result<f32, ClError> {
+    let e = gemm.epilogue;
     let a = pseudo_random(m * k, 11);
     let b = pseudo_random(k * n, 12);
-    let bias = pseudo_random(n, 13);
+    let bias = pseudo_random(m.max(n), 13);
     let mut expected = reference(&a, &b, m, n, k);
-    if gemm.epilogue.bias {
-        for (i, value) in expected.iter_mut().enumerate() {
-            *value += bias[i % n];
+    for (i, value) in expected.iter_mut().enumerate() {
+        match e.bias {
+            Bias::None => {}
+            Bias::Rows => *value += bias[i / n],
+            Bias::Columns => *value += bias[i % n],
+        }
+        if e.relu {
+            *value = value.max(0.0);
         }
     }
-    if relu {
-        expected.iter_mut().for_each(|v| *v = v.max(0.0));
-    }
-    let a_buf = upload(context, queue, &a)?;
-    let b_buf = upload(context, queue, &b)?;
-    let bias_buf = upload(context, queue, &bias)?;
-    let c_buf = scratch(context, m * n)?;
-    let bias_arg = gemm.epilogue.bias.then_some(&bias_buf);
+    let transpose = |x: &[f32], rows: usize, cols: usize| -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| x[(i % rows) * cols + i / rows])
+            .collect()
+    };
+    let (a_stored, a_stride) = if e.trans_a {
+        (transpose(&a, m, k), m)
+    } else {
+        (a, k)
+    };
+    let (b_stored, b_stride) = if e.trans_b {
+        (transpose(&b, k, n), k)
+    } else {
+        (b, n)
+    };
+    // Every operand sits after a few floats of something else, as in a buffer of several.
+    let shifted = |x: &[f32]| [vec![7.0; 3], x.to_vec()].concat();
+    let a_buf = upload(context, queue, &shifted(&a_stored))?;
+    let b_buf = upload(context, queue, &shifted(&b_stored))?;
+    let bias_buf = upload(context, queue, &shifted(&bias))?;
+    let c_buf = scratch(context, m * n + 5)?;
     gemm.enqueue(
         queue,
         (m, n, k),
-        (&a_buf, k),
-        (&b_buf, n),
-        bias_arg,
-        (&c_buf, n),
+        Operand::new(&a_buf, 3, a_stride),
+        Operand::new(&b_buf, 3, b_stride),
+        (e.bias != Bias::None).then(|| Operand::new(&bias_buf, 3, 0)),
+        Operand::new(&c_buf, 5, n),
     )?;
-    let actual = download(queue, &c_buf, m * n)?;
-    Ok(max_relative_error(&expected, &actual))
+    let actual = download(queue, &c_buf, m * n + 5)?;
+    Ok(max_relative_error(&expected, &actual[5..]))
 }
 
 #[test]
@@ -115,37 +112,42 @@ fn tuning_times_every_tiling_and_each_matches_the_reference() {
     assert_eq!(tuning.gflops, fastest);
     let gemm = Gemm::build(&context, device, tuning.params, Epilogue::default()).expect("build");
     for shape in verification_shapes(&tuning.params) {
-        let error = gemm_error((&context, &queue), &gemm, shape, false).expect("gemm");
+        let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
         println!("{} {shape:?}: max relative error {error:e}", tuning.params);
         assert!(error <= VERIFY_TOLERANCE);
     }
 }
 
 #[test]
-fn bias_and_relu_are_fused_into_the_store() {
-    let Some(devices) = devices_or_skip("bias_and_relu_are_fused_into_the_store") else {
+fn transposed_operands_offsets_biases_and_relu_are_built_in() {
+    let Some(devices) = devices_or_skip("transposed_operands_offsets_biases_and_relu") else {
         return;
     };
     let device = &devices[0];
     let (context, queue) = device.open().expect("open");
     let params = candidates(device)[0];
-    for epilogue in [
-        Epilogue {
-            bias: true,
-            relu: false,
-        },
-        Epilogue {
-            bias: true,
-            relu: true,
-        },
-    ] {
-        let gemm = Gemm::build(&context, device, params, epilogue).expect("build");
-        for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk)] {
-            let error = gemm_error((&context, &queue), &gemm, shape, epilogue.relu).expect("gemm");
-            assert!(
-                error <= VERIFY_TOLERANCE,
-                "{epilogue:?} {shape:?}: off by {error:e}"
-            );
+    for trans_a in [false, true] {
+        for trans_b in [false, true] {
+            for (bias, relu) in [
+                (Bias::None, false),
+                (Bias::Rows, false),
+                (Bias::Columns, true),
+            ] {
+                let epilogue = Epilogue {
+                    trans_a,
+                    trans_b,
+                    bias,
+                    relu,
+                };
+                let gemm = Gemm::build(&context, device, params, epilogue).expect("build");
+                for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk * 2)] {
+                    let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
+                    assert!(
+                        error <= VERIFY_TOLERANCE,
+                        "{epilogue:?} {shape:?}: off by {error:e}"
+                    );
+                }
+            }
         }
     }
 }
@@ -164,10 +166,10 @@ fn mismatched_arguments_are_refused_with_the_reason() {
         .enqueue(
             &queue,
             (4, 4, 8),
-            (&buffer, 4),
-            (&buffer, 4),
+            Operand::new(&buffer, 0, 4),
+            Operand::new(&buffer, 0, 4),
             None,
-            (&buffer, 4),
+            Operand::new(&buffer, 0, 4),
         )
         .expect_err("lda < k");
     assert!(
@@ -178,10 +180,10 @@ fn mismatched_arguments_are_refused_with_the_reason() {
         .enqueue(
             &queue,
             (4, 4, 4),
-            (&buffer, 4),
-            (&buffer, 4),
-            Some(&buffer),
-            (&buffer, 4),
+            Operand::new(&buffer, 0, 4),
+            Operand::new(&buffer, 0, 4),
+            Some(Operand::new(&buffer, 0, 0)),
+            Operand::new(&buffer, 0, 4),
         )
         .expect_err("bias without a bias build");
     assert!(stray_bias.to_string().contains("bias"), "{stray_bias}");

@@ -98,7 +98,10 @@ impl GemmParams {
         for (on, flag) in [
             (self.prefetch, "PREFETCH"),
             (guarded, "GUARDED"),
-            (epilogue.bias, "BIAS"),
+            (epilogue.trans_a, "TRANS_A"),
+            (epilogue.trans_b, "TRANS_B"),
+            (epilogue.bias == Bias::Columns, "BIAS_N"),
+            (epilogue.bias == Bias::Rows, "BIAS_M"),
             (epilogue.relu, "RELU"),
         ] {
             if on {
@@ -166,13 +169,46 @@ impl FromStr for GemmParams {
     }
 }
 
-/// What the kernel does to each result before storing it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How a GEMM build reads its operands and what it does to each result before storing it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Epilogue {
-    /// Add `bias[column]`.
-    pub bias: bool,
+    /// A is stored K×M (rows `lda` apart), not M×K.
+    pub trans_a: bool,
+    /// B is stored N×K, not K×N.
+    pub trans_b: bool,
+    pub bias: Bias,
     /// Then `max(0, ·)`.
     pub relu: bool,
+}
+
+/// Which bias a GEMM build adds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Bias {
+    #[default]
+    None,
+    /// `bias[m]` to row m (a convolution's output channel).
+    Rows,
+    /// `bias[n]` to column n (a dense layer's unit).
+    Columns,
+}
+
+/// A matrix operand: a buffer, the offset of its first element and the distance between its
+/// rows (as stored), in floats.
+#[derive(Debug, Clone, Copy)]
+pub struct Operand<'a> {
+    pub buffer: &'a Buffer<f32>,
+    pub offset: usize,
+    pub stride: usize,
+}
+
+impl<'a> Operand<'a> {
+    pub fn new(buffer: &'a Buffer<f32>, offset: usize, stride: usize) -> Self {
+        Operand {
+            buffer,
+            offset,
+            stride,
+        }
+    }
 }
 
 /// A GEMM kernel built for one device: one build for sizes that are multiples of the tiles and
@@ -214,26 +250,28 @@ impl Gemm {
         })
     }
 
-    /// Enqueues `C[m×n] = A[m×k]·B[k×n]` (+ `bias[n]`, ReLU as built), rows `lda`, `ldb`,
-    /// `ldc` floats apart. Returns the kernel's event (profiled when the queue is).
-    #[allow(clippy::too_many_arguments)]
+    /// Enqueues `C[m×n] = A·B` (+ bias, ReLU as built), A being m×k and B k×n as the build
+    /// reads them. Returns the kernel's event (profiled when the queue is).
     pub fn enqueue(
         &self,
         queue: &CommandQueue,
         (m, n, k): (usize, usize, usize),
-        (a, lda): (&Buffer<f32>, usize),
-        (b, ldb): (&Buffer<f32>, usize),
-        bias: Option<&Buffer<f32>>,
-        (c, ldc): (&Buffer<f32>, usize),
+        a: Operand<'_>,
+        b: Operand<'_>,
+        bias: Option<Operand<'_>>,
+        c: Operand<'_>,
     ) -> Result<Event, ClError> {
-        if bias.is_some() != self.epilogue.bias {
+        let e = &self.epilogue;
+        if bias.is_some() != (e.bias != Bias::None) {
             return Err(ClError::Invalid(
                 "a bias must be given exactly when the kernel was built with one".into(),
             ));
         }
-        if lda < k || ldb < n || ldc < n {
+        let (a_row, b_row) = (if e.trans_a { m } else { k }, if e.trans_b { k } else { n });
+        if a.stride < a_row || b.stride < b_row || c.stride < n {
             return Err(ClError::Invalid(format!(
-                "row strides {lda}, {ldb}, {ldc} are shorter than the rows ({k}, {n}, {n})"
+                "row strides {}, {}, {} are shorter than the rows ({a_row}, {b_row}, {n})",
+                a.stride, b.stride, c.stride
             )));
         }
         if m == 0 || n == 0 {
@@ -242,36 +280,39 @@ impl Gemm {
         let p = &self.params;
         let exact = m % p.tsm == 0 && n % p.tsn == 0 && k % p.tsk == 0;
         let kernel = if exact { &self.exact } else { &self.guarded };
-        let dims = |x: usize| -> Result<cl_int, ClError> {
+        let int = |x: usize| -> Result<cl_int, ClError> {
             cl_int::try_from(x)
                 .map_err(|_| ClError::Invalid(format!("{x} exceeds a GEMM dimension")))
         };
-        let (m_, n_, k_) = (dims(m)?, dims(n)?, dims(k)?);
-        let (lda_, ldb_, ldc_) = (dims(lda)?, dims(ldb)?, dims(ldc)?);
+        let sizes = [int(m)?, int(n)?, int(k)?];
+        let a_args = [int(a.offset)?, int(a.stride)?];
+        let b_args = [int(b.offset)?, int(b.stride)?];
+        let c_args = [int(c.offset)?, int(c.stride)?];
+        let bias_offset = int(bias.map_or(0, |b| b.offset))?;
         let mut exec = ExecuteKernel::new(kernel);
         // SAFETY: the arguments match the kernel's signature in order and type (ints and
         // buffers of floats), and the sizes bound every access the kernel makes.
         unsafe {
-            exec.set_arg(&m_)
-                .set_arg(&n_)
-                .set_arg(&k_)
-                .set_arg(a)
-                .set_arg(&lda_)
-                .set_arg(b)
-                .set_arg(&ldb_);
+            exec.set_arg(&sizes[0])
+                .set_arg(&sizes[1])
+                .set_arg(&sizes[2])
+                .set_arg(a.buffer)
+                .set_arg(&a_args[0])
+                .set_arg(&a_args[1])
+                .set_arg(b.buffer)
+                .set_arg(&b_args[0])
+                .set_arg(&b_args[1]);
             if let Some(bias) = bias {
-                exec.set_arg(bias);
+                exec.set_arg(bias.buffer).set_arg(&bias_offset);
             }
-            exec.set_arg(c).set_arg(&ldc_);
+            exec.set_arg(c.buffer)
+                .set_arg(&c_args[0])
+                .set_arg(&c_args[1]);
         }
         let (rtsm, rtsn) = (p.tsm / p.wptm, p.tsn / p.wptn);
-        exec.set_global_work_sizes(&[m_groups(n, p.tsn) * rtsn, m_groups(m, p.tsm) * rtsm])
+        exec.set_global_work_sizes(&[n.div_ceil(p.tsn) * rtsn, m.div_ceil(p.tsm) * rtsm])
             .set_local_work_sizes(&[rtsn, rtsm]);
         // SAFETY: the buffers outlive the call and the queue orders later uses after it.
         unsafe { exec.enqueue_nd_range(queue) }.map_err(doing("running the GEMM kernel"))
     }
-}
-
-fn m_groups(size: usize, tile: usize) -> usize {
-    size.div_ceil(tile)
 }

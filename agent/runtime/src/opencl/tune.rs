@@ -11,7 +11,7 @@ use opencl3::context::Context;
 
 use super::buffers::{download, max_relative_error, pseudo_random, reference, scratch, upload};
 use super::gemm::Epilogue;
-use super::{ClDevice, ClError, Gemm, GemmParams, doing};
+use super::{ClDevice, ClError, Gemm, GemmParams, Operand, doing};
 
 /// The tilings tried, largest first: big register blocks suit GPUs, small ones CPUs and
 /// devices with little local memory.
@@ -105,10 +105,10 @@ pub fn tune_gemm(
             let event = gemm.enqueue(
                 queue,
                 (size, size, size),
-                (&a_buf, size),
-                (&b_buf, size),
+                Operand::new(&a_buf, 0, size),
+                Operand::new(&b_buf, 0, size),
                 None,
-                (&c_buf, size),
+                Operand::new(&c_buf, 0, size),
             )?;
             event.wait().map_err(doing("waiting for the GEMM kernel"))?;
             let ns = event
@@ -170,10 +170,10 @@ pub fn verify(context: &Context, queue: &CommandQueue, gemm: &Gemm) -> Result<()
             gemm.enqueue(
                 queue,
                 (m, n, k),
-                (&a_buf, k),
-                (&b_buf, n),
+                Operand::new(&a_buf, 0, k),
+                Operand::new(&b_buf, 0, n),
                 None,
-                (&c_buf, n),
+                Operand::new(&c_buf, 0, n),
             )?;
             download(queue, &c_buf, m * n)
         };

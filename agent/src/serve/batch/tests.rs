@@ -280,6 +280,7 @@ fn fixture_model(name: &str) -> (Arc<dyn Runnable>, Vec<Vec<f32>>) {
         entry: path,
         inputs: signature.inputs,
         outputs: signature.outputs,
+        device: String::new(),
     };
     let runnable = edgeship_runtime::tract::TractRuntime
         .prepare(&bundle)

@@ -10,8 +10,9 @@
 // Compile-time parameters (-D): TSM, TSN, TSK, WPTM, WPTN, VWM, VWN (1, 2 or 4), and
 // GUARDED (sizes need not be multiples of the tiles: loads outside the matrices read zeros
 // and stores outside are skipped), PREFETCH (the next tile is read from global memory into
-// registers while the current one is multiplied), BIAS (add bias[n] to every row),
-// RELU (max(0, ·) after the bias).
+// registers while the current one is multiplied), TRANS_A / TRANS_B (A is stored K×M, B N×K),
+// BIAS_N / BIAS_M (add bias[n] to every row, or bias[m] to every column), RELU (max(0, ·)
+// after the bias). Offsets (in floats) let one buffer hold many matrices.
 
 #define RTSM (TSM / WPTM)
 #define RTSN (TSN / WPTN)
@@ -37,23 +38,57 @@ typedef float2 floatn;
 typedef float4 floatn;
 #endif
 
-#ifdef GUARDED
-#define READ_A(row, col) (((row) < M && (col) < K) ? A[(row) * lda + (col)] : 0.0f)
-#define READ_B(row, col) (((row) < K && (col) < N) ? B[(row) * ldb + (col)] : 0.0f)
+// Element (m, k) of A and (k, n) of B, as stored.
+#ifdef TRANS_A
+#define AT(m, k) A[(k) * lda + (m)]
 #else
-#define READ_A(row, col) A[(row) * lda + (col)]
-#define READ_B(row, col) B[(row) * ldb + (col)]
+#define AT(m, k) A[(m) * lda + (k)]
+#endif
+#ifdef TRANS_B
+#define BT(k, n) B[(n) * ldb + (k)]
+#else
+#define BT(k, n) B[(k) * ldb + (n)]
+#endif
+#ifdef GUARDED
+#define READ_A(m, k) (((m) < M && (k) < K) ? AT(m, k) : 0.0f)
+#define READ_B(k, n) (((k) < K && (n) < N) ? BT(k, n) : 0.0f)
+#else
+#define READ_A(m, k) AT(m, k)
+#define READ_B(k, n) BT(k, n)
+#endif
+
+// Which element of a tile the id-th load takes: neighbouring work-items read neighbouring
+// addresses of the matrix as stored.
+#ifdef TRANS_A
+#define A_M(id) ((id) % TSM)
+#define A_K(id) ((id) / TSM)
+#else
+#define A_M(id) ((id) / TSK)
+#define A_K(id) ((id) % TSK)
+#endif
+#ifdef TRANS_B
+#define B_K(id) ((id) % TSK)
+#define B_N(id) ((id) / TSK)
+#else
+#define B_K(id) ((id) / TSN)
+#define B_N(id) ((id) % TSN)
 #endif
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void sgemm(const int M, const int N, const int K,
-           const __global float* restrict A, const int lda,
-           const __global float* restrict B, const int ldb,
-#ifdef BIAS
-           const __global float* restrict bias,
+           const __global float* restrict A0, const int offA, const int lda,
+           const __global float* restrict B0, const int offB, const int ldb,
+#if defined(BIAS_N) || defined(BIAS_M)
+           const __global float* restrict bias0, const int offBias,
 #endif
-           __global float* restrict C, const int ldc)
+           __global float* restrict C0, const int offC, const int ldc)
 {
+    const __global float* restrict A = A0 + offA;
+    const __global float* restrict B = B0 + offB;
+    __global float* restrict C = C0 + offC;
+#if defined(BIAS_N) || defined(BIAS_M)
+    const __global float* restrict bias = bias0 + offBias;
+#endif
     const int tidn = get_local_id(0);
     const int tidm = get_local_id(1);
     const int tid = tidm * RTSN + tidn;
@@ -81,12 +116,12 @@ void sgemm(const int M, const int N, const int K,
     #pragma unroll
     for (int la = 0; la < LPTA; la++) {
         const int id = la * THREADS + tid;
-        nextA[la] = READ_A(offsetM + id / TSK, id % TSK);
+        nextA[la] = READ_A(offsetM + A_M(id), A_K(id));
     }
     #pragma unroll
     for (int lb = 0; lb < LPTB; lb++) {
         const int id = lb * THREADS + tid;
-        nextB[lb] = READ_B(id / TSN, offsetN + id % TSN);
+        nextB[lb] = READ_B(B_K(id), offsetN + B_N(id));
     }
 #endif
 
@@ -97,12 +132,12 @@ void sgemm(const int M, const int N, const int K,
         #pragma unroll
         for (int la = 0; la < LPTA; la++) {
             const int id = la * THREADS + tid;
-            Asub[(id % TSK) * ASTRIDE + id / TSK] = nextA[la];
+            Asub[A_K(id) * ASTRIDE + A_M(id)] = nextA[la];
         }
         #pragma unroll
         for (int lb = 0; lb < LPTB; lb++) {
             const int id = lb * THREADS + tid;
-            Bsub[(id / TSN) * BSTRIDE + id % TSN] = nextB[lb];
+            Bsub[B_K(id) * BSTRIDE + B_N(id)] = nextB[lb];
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         if (t + 1 < tiles) {
@@ -110,24 +145,24 @@ void sgemm(const int M, const int N, const int K,
             #pragma unroll
             for (int la = 0; la < LPTA; la++) {
                 const int id = la * THREADS + tid;
-                nextA[la] = READ_A(offsetM + id / TSK, k1 + id % TSK);
+                nextA[la] = READ_A(offsetM + A_M(id), k1 + A_K(id));
             }
             #pragma unroll
             for (int lb = 0; lb < LPTB; lb++) {
                 const int id = lb * THREADS + tid;
-                nextB[lb] = READ_B(k1 + id / TSN, offsetN + id % TSN);
+                nextB[lb] = READ_B(k1 + B_K(id), offsetN + B_N(id));
             }
         }
 #else
         #pragma unroll
         for (int la = 0; la < LPTA; la++) {
             const int id = la * THREADS + tid;
-            Asub[(id % TSK) * ASTRIDE + id / TSK] = READ_A(offsetM + id / TSK, k0 + id % TSK);
+            Asub[A_K(id) * ASTRIDE + A_M(id)] = READ_A(offsetM + A_M(id), k0 + A_K(id));
         }
         #pragma unroll
         for (int lb = 0; lb < LPTB; lb++) {
             const int id = lb * THREADS + tid;
-            Bsub[(id / TSN) * BSTRIDE + id % TSN] = READ_B(k0 + id / TSN, offsetN + id % TSN);
+            Bsub[B_K(id) * BSTRIDE + B_N(id)] = READ_B(k0 + B_K(id), offsetN + B_N(id));
         }
         barrier(CLK_LOCAL_MEM_FENCE);
 #endif
@@ -182,8 +217,11 @@ void sgemm(const int M, const int N, const int K,
 #endif
             {
                 float value = acc[wm][wn];
-#ifdef BIAS
+#ifdef BIAS_N
                 value += bias[col];
+#endif
+#ifdef BIAS_M
+                value += bias[row];
 #endif
 #ifdef RELU
                 value = fmax(value, 0.0f);
