@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use edgeship_domain::RuntimeKind;
 use serde::Deserialize;
 
 /// Everything the agent needs, validated.
@@ -20,6 +21,9 @@ pub struct AgentConfig {
     pub keep_alive: Duration,
     /// Largest MQTT packet the agent sends or accepts.
     pub max_packet_bytes: usize,
+    /// The runtimes this agent may use (and announces), where they work; `None`: every one
+    /// that works here. An operator keeps a GPU for other work with `runtimes = ["tract"]`.
+    pub runtimes: Option<Vec<RuntimeKind>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +50,9 @@ pub struct RawConfig {
     pub serve_host: Option<IpAddr>,
     pub keep_alive_secs: Option<u64>,
     pub max_packet_bytes: Option<usize>,
+    /// Runtime names (`tract`, `opencl`); empty: every runtime that works here.
+    #[serde(default)]
+    pub runtimes: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +106,9 @@ impl RawConfig {
         self.serve_host = overrides.serve_host.or(self.serve_host);
         self.keep_alive_secs = overrides.keep_alive_secs.or(self.keep_alive_secs);
         self.max_packet_bytes = overrides.max_packet_bytes.or(self.max_packet_bytes);
+        if !overrides.runtimes.is_empty() {
+            self.runtimes = overrides.runtimes;
+        }
         self
     }
 
@@ -121,6 +131,17 @@ impl RawConfig {
                 "max_packet_bytes is {max_packet_bytes}; at least {MIN_PACKET_BYTES} is needed for 256 KiB model chunks"
             )));
         }
+        let runtimes = if self.runtimes.is_empty() {
+            None
+        } else {
+            let parsed = self
+                .runtimes
+                .iter()
+                .map(|name| RuntimeKind::parse(name))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError::Invalid(format!("runtimes: {e}")))?;
+            Some(parsed)
+        };
         Ok(AgentConfig {
             device_id,
             broker,
@@ -129,6 +150,7 @@ impl RawConfig {
             serve_host: self.serve_host.unwrap_or(IpAddr::from([0, 0, 0, 0])),
             keep_alive: Duration::from_secs(self.keep_alive_secs.unwrap_or(15).max(5)),
             max_packet_bytes,
+            runtimes,
         })
     }
 }
@@ -195,6 +217,13 @@ mod tests {
                 ..base()
             })
             .contains("device id is required")
+        );
+        assert!(
+            err(RawConfig {
+                runtimes: vec!["tract".into(), "cuda".into()],
+                ..base()
+            })
+            .contains("runtimes:")
         );
         let unknown = toml::from_str::<RawConfig>("devise_id = \"x\"").expect_err("unknown field");
         assert!(unknown.to_string().contains("devise_id"), "{unknown}");

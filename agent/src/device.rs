@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use edgeship_domain::{AuthMode, Birth, Capabilities, Protocol, Requirement};
+use edgeship_domain::{AuthMode, Birth, Capabilities, Protocol, Requirement, RuntimeKind};
 
 use crate::config::AgentConfig;
 
@@ -32,8 +32,9 @@ pub fn features() -> BTreeSet<String> {
         .collect()
 }
 
-/// What this agent can run: the runtimes that work here and the features it implements.
-pub fn capabilities() -> Capabilities {
+/// What this agent can run: the runtimes that work here (of those `allowed`, when the config
+/// restricts them) and the features it implements.
+pub fn capabilities(allowed: Option<&[RuntimeKind]>) -> Capabilities {
     Capabilities {
         arch: std::env::consts::ARCH.to_owned(),
         os: std::env::consts::OS.to_owned(),
@@ -41,6 +42,7 @@ pub fn capabilities() -> Capabilities {
         memory_bytes: total_memory_bytes(),
         runtimes: edgeship_runtime::available()
             .iter()
+            .filter(|r| allowed.is_none_or(|allowed| allowed.contains(&r.kind())))
             .map(|r| r.kind().name().to_owned())
             .collect(),
         opencl_devices: opencl_devices(),
@@ -91,7 +93,7 @@ pub fn birth(config: &AgentConfig) -> Birth {
         device_id: config.device_id.clone(),
         online: true,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: capabilities(),
+        capabilities: capabilities(config.runtimes.as_deref()),
         labels: config.labels.clone(),
         at_ms: crate::now_ms(),
     }
@@ -120,9 +122,15 @@ mod tests {
 
     #[test]
     fn the_agent_announces_traffic_splits_beside_the_baseline() {
-        let announced = capabilities();
+        let announced = capabilities(None);
         assert!(announced.has(Requirement::TrafficSplit));
         assert!(Requirement::BASELINE.iter().all(|r| announced.has(*r)));
         assert!(!announced.has(Requirement::ContainerWorkloads));
+    }
+
+    #[test]
+    fn runtimes_left_out_by_the_config_are_not_announced() {
+        let only_tract = capabilities(Some(&[RuntimeKind::Tract]));
+        assert_eq!(only_tract.runtimes, vec!["tract".to_owned()]);
     }
 }

@@ -49,6 +49,10 @@ enum Command {
         /// Address scoring endpoints bind to (default 0.0.0.0).
         #[arg(long)]
         serve_host: Option<IpAddr>,
+        /// A runtime this agent may use (repeatable: `--runtime tract --runtime opencl`);
+        /// default: every runtime that works on this device.
+        #[arg(long = "runtime", value_name = "NAME")]
+        runtimes: Vec<String>,
     },
     /// Print a commented example config file.
     GenerateConfig,
@@ -74,6 +78,10 @@ data_dir = "/var/lib/edgeship-agent"
 # Largest MQTT packet sent or accepted; at least 327680 (a 256 KiB model chunk and envelope).
 # max_packet_bytes = 1048576
 
+# Runtimes this agent may use, of those that work here (tract; opencl where an OpenCL device
+# is installed). Default: all of them.
+# runtimes = ["tract", "opencl"]
+
 # Labels that deployments can select this device by.
 [labels]
 # site = "north"
@@ -93,6 +101,7 @@ fn main() -> ExitCode {
         data_dir,
         labels,
         serve_host,
+        runtimes,
     } = cli.command
     else {
         print!("{EXAMPLE_CONFIG}");
@@ -130,6 +139,7 @@ fn main() -> ExitCode {
             data_dir,
             labels: label_map,
             serve_host,
+            runtimes,
             ..RawConfig::default()
         };
         Ok(file.merge(flags).validate()?)

@@ -50,6 +50,15 @@ pub struct OpenClDevice {
     pub fp16: bool,
 }
 
+impl OpenClDevice {
+    /// Whether this device answers a manifest's `opencl_device` selector: empty (any), a kind
+    /// (`gpu`, `cpu`, `accelerator`) or a part of the device's name.
+    pub fn matches(&self, selector: &str) -> bool {
+        let selector = selector.trim();
+        selector.is_empty() || self.kind == selector || self.name.contains(selector)
+    }
+}
+
 /// One thing a workload needs from the device that runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Requirement {
@@ -170,7 +179,7 @@ impl Capabilities {
     /// The first requirement of `workload` this device lacks, as a message for its state.
     pub fn check(&self, workload: &Workload) -> Result<(), String> {
         match requirements(workload).into_iter().find(|r| !self.has(*r)) {
-            None => Ok(()),
+            None => self.check_opencl_device(workload),
             Some(Requirement::Runtime(runtime)) => Err(format!(
                 "runtime {runtime} is not available on this device (available: {})",
                 if self.runtimes.is_empty() {
@@ -181,6 +190,34 @@ impl Capabilities {
             )),
             Some(missing) => Err(format!("this device's agent does not support {missing}")),
         }
+    }
+
+    /// An OpenCL workload whose manifest names a device (`opencl_device`) needs one that
+    /// matches here.
+    fn check_opencl_device(&self, workload: &Workload) -> Result<(), String> {
+        let WorkloadKind::Model(model) = &workload.kind else {
+            return Ok(());
+        };
+        let selector = model.options.opencl_device.trim();
+        if model.runtime != RuntimeKind::Opencl
+            || selector.is_empty()
+            || self.opencl_devices.iter().any(|d| d.matches(selector))
+        {
+            return Ok(());
+        }
+        let found: Vec<String> = self
+            .opencl_devices
+            .iter()
+            .map(|d| format!("{} ({})", d.name, d.kind))
+            .collect();
+        Err(format!(
+            "no OpenCL device here matches opencl_device `{selector}` (found: {})",
+            if found.is_empty() {
+                "none".to_owned()
+            } else {
+                found.join(", ")
+            }
+        ))
     }
 }
 
@@ -200,6 +237,33 @@ mod tests {
     #[test]
     fn a_plain_model_workload_fits_a_tract_device() {
         assert_eq!(tract_device().check(&model_workload(1)), Ok(()));
+    }
+
+    #[test]
+    fn an_opencl_device_selector_needs_a_matching_device() {
+        let mut device = tract_device();
+        device.runtimes.push("opencl".into());
+        device.opencl_devices.push(OpenClDevice {
+            platform: "NVIDIA CUDA".into(),
+            name: "NVIDIA H100 80GB HBM3".into(),
+            kind: "gpu".into(),
+            ..OpenClDevice::default()
+        });
+        let opencl = |selector: &str| {
+            let mut workload = model_workload(1);
+            if let WorkloadKind::Model(model) = &mut workload.kind {
+                model.runtime = RuntimeKind::Opencl;
+                model.options.opencl_device = selector.into();
+            }
+            workload
+        };
+        for selector in ["", "gpu", "H100"] {
+            assert_eq!(device.check(&opencl(selector)), Ok(()), "{selector}");
+        }
+        assert_eq!(
+            device.check(&opencl("accelerator")).expect_err("no FPGA"),
+            "no OpenCL device here matches opencl_device `accelerator` (found: NVIDIA H100 80GB HBM3 (gpu))"
+        );
     }
 
     #[test]

@@ -35,7 +35,14 @@ fn convolutions_with_groups_strides_padding_and_dilations() {
         return;
     };
     // (input NCHW, weights OIHW, group, strides, pads, dilations)
-    type Case = (&'static [usize], &'static [usize], i64, [i64; 2], [i64; 4], [i64; 2]);
+    type Case = (
+        &'static [usize],
+        &'static [usize],
+        i64,
+        [i64; 2],
+        [i64; 4],
+        [i64; 2],
+    );
     let cases: [Case; 5] = [
         (
             &[2, 4, 9, 7],

@@ -64,6 +64,9 @@ impl RunningAgent {
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?;
         let state = store.load().map_err(anyhow::Error::msg)?;
         let cache = BlobCache::open(config.data_dir.join("blobs"))?;
+        // GEMM tilings tuned per OpenCL device are kept here, so a restart does not tune again.
+        #[cfg(feature = "opencl")]
+        edgeship_runtime::opencl::set_cache_dir(config.data_dir.join("opencl"));
         let birth = birth(&config);
         let link = link::start(&config, &birth);
         let (view_tx, view) = watch::channel(AgentView::default());

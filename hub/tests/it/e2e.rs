@@ -81,7 +81,8 @@ pub async fn serving_web(device: &str, model: &str) -> ServingWeb {
     let mut registry = hub.client().await;
     register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config(device, &hub.mqtt_url(), dir.path()))
+    // Tract alone: tests use this device as one that lacks the OpenCL runtime.
+    let agent = RunningAgent::start(tract_only_agent_config(device, &hub.mqtt_url(), dir.path()))
         .await
         .expect("agent");
     deploy(&hub.url(), "web", model, free_port(), &[device])

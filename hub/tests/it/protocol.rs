@@ -501,9 +501,13 @@ async fn the_hub_keeps_a_workload_off_a_device_that_lacks_its_runtime() {
     let mut registry = hub.client().await;
     register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-c", &hub.mqtt_url(), dir.path()))
-        .await
-        .expect("agent");
+    let agent = RunningAgent::start(tract_only_agent_config(
+        "edge-c",
+        &hub.mqtt_url(),
+        dir.path(),
+    ))
+    .await
+    .expect("agent");
     // The hub knows the device's capabilities once its birth has arrived.
     wait_heard_from(&hub.url(), "edge-c", 0).await;
     let mut deployments = DeploymentsClient::connect(hub.url())

@@ -242,6 +242,19 @@ pub fn agent_config(
     .expect("valid agent config")
 }
 
+/// An agent config that announces and uses tract alone, whatever this machine has (tests of
+/// a device that lacks a runtime).
+pub fn tract_only_agent_config(
+    device_id: &str,
+    mqtt_url: &str,
+    data_dir: &Path,
+) -> edgeship_agent::AgentConfig {
+    edgeship_agent::AgentConfig {
+        runtimes: Some(vec![edgeship_domain::RuntimeKind::Tract]),
+        ..agent_config(device_id, mqtt_url, data_dir)
+    }
+}
+
 pub use testkit::now_ms;
 
 /// Waits (30 s at most) until the hub has heard from `device` after `since_ms`.

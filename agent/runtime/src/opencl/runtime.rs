@@ -33,21 +33,19 @@ pub fn set_cache_dir(dir: impl Into<PathBuf>) {
 pub struct OpenClRuntime;
 
 /// The device a model runs on: `selector` is empty (the first GPU, else accelerator, else
-/// any), a kind (`gpu`, `cpu`, `accelerator`) or a substring of the device's name.
+/// any), a kind (`gpu`, `cpu`, `accelerator`) or a part of the device's name, as the hub
+/// checks it before scheduling (`OpenClDevice::matches`).
 pub fn pick_device(devices: &[ClDevice], selector: &str) -> Option<ClDevice> {
-    let selector = selector.trim();
-    if selector.is_empty() {
-        for kind in ["gpu", "accelerator", "cpu", "custom"] {
-            if let Some(device) = devices.iter().find(|d| d.info.kind == kind) {
-                return Some(device.clone());
-            }
-        }
-        return None;
-    }
+    let rank = |d: &&ClDevice| {
+        ["gpu", "accelerator", "cpu"]
+            .iter()
+            .position(|k| *k == d.info.kind)
+            .unwrap_or(3)
+    };
     devices
         .iter()
-        .find(|d| d.info.kind == selector)
-        .or_else(|| devices.iter().find(|d| d.info.name.contains(selector)))
+        .filter(|d| d.info.matches(selector))
+        .min_by_key(rank)
         .cloned()
 }
 
