@@ -33,6 +33,7 @@ bench:
     cargo bench -p edgeship-firmware-tests --bench transfer
     cargo bench -p edgeship-firmware-tests --bench fleet
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
+    cargo bench -p edgeship-runtime --features opencl --bench cnn
     python3 scripts/bench/scoring.py
 
 # SGEMM GFLOP/s by size: edgeship's OpenCL kernel (tuned per device) on every OpenCL device
@@ -41,6 +42,11 @@ bench:
 # and run `scripts/bench/gpu_opencl.sh BINARY OUT_DIR` there (adds cuBLAS through PyTorch).
 bench-sgemm:
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
+
+# squeezenet and resnet50 latency at batch 1 and 32: tract on the CPU beside the OpenCL
+# runtime on every OpenCL device.
+bench-cnn:
+    cargo bench -p edgeship-runtime --features opencl --bench cnn
 
 # Scoring throughput only: edgeship vs Azure ML's server vs KServe's vs nginx, with wrk
 # (apt-get install -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http

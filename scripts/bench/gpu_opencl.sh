@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The OpenCL figures that need a GPU, in one run on a machine that has one: the SGEMM benchmark
-# (edgeship's tuned OpenCL kernel on every OpenCL device, beside tract on the CPU) and cuBLAS
-# through PyTorch on the same GPU. Such machines may have no Rust toolchain: build the
-# benchmark here and pass its path:
+# The OpenCL figures that need a GPU, in one run on a machine that has one. Such machines may
+# have no Rust toolchain: build here, copy the binaries into one folder, and run there:
 #
-#   cargo bench --no-run -p edgeship-runtime --features opencl --bench sgemm
-#   scripts/bench/gpu_opencl.sh target/release/deps/sgemm-<hash> OUT_DIR
+#   cargo build --release --bins
+#   cargo bench --no-run -p edgeship-runtime --features opencl     # prints the bench binaries
+#   mkdir -p gpu-carry && cp target/release/{edgeship,edgeship-agent} gpu-carry/ \
+#       && cp target/release/deps/sgemm-<hash> gpu-carry/sgemm \
+#       && cp target/release/deps/cnn-<hash> gpu-carry/cnn
+#   scripts/bench/gpu_opencl.sh gpu-carry OUT_DIR [sgemm] [cnn] [score]
+#
+# sgemm: the GEMM kernel on every OpenCL device beside tract, and cuBLAS through PyTorch;
+# cnn: squeezenet and resnet50 in tract on the CPU and on the GPU (EDGESHIP_OPENCL_DEVICE,
+# default NVIDIA); score: resnet50 deployed with `runtime: opencl` behind a real hub and
+# agent, timed through /score (scripts/bench/opencl_score.py). Default: all three.
 set -uo pipefail
-bench=${1:?usage: gpu_opencl.sh SGEMM_BENCH_BINARY [OUT_DIR]}
+bin=$(cd "${1:?usage: gpu_opencl.sh BIN_DIR [OUT_DIR] [sgemm] [cnn] [score]}" && pwd)
 out=${2:-${OUT:-/tmp/gpu-opencl}}
+shift 2 2>/dev/null || shift $#
+parts=${*:-sgemm cnn score}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 
@@ -27,6 +36,20 @@ if ! clinfo -l 2>/dev/null | grep -qi nvidia; then
 fi
 clinfo -l 2>&1 | tee -a "$out/machine.txt"
 
-EDGESHIP_SGEMM_JSON="$out/sgemm.json" EDGESHIP_SGEMM_CPU_MAX=${EDGESHIP_SGEMM_CPU_MAX:-1024} \
-    timeout 300 "$bench" 2>&1 | tee "$out/sgemm.txt"
-timeout 120 python3 "$here/cublas_sgemm.py" --json "$out/cublas.json" 2>&1 | tee "$out/cublas.txt"
+for part in $parts; do
+    case $part in
+        sgemm)
+            EDGESHIP_SGEMM_JSON="$out/sgemm.json" EDGESHIP_SGEMM_CPU_MAX=${EDGESHIP_SGEMM_CPU_MAX:-1024} \
+                timeout 300 "$bin/sgemm" 2>&1 | tee "$out/sgemm.txt"
+            timeout 120 python3 "$here/cublas_sgemm.py" --json "$out/cublas.json" 2>&1 | tee "$out/cublas.txt"
+            ;;
+        cnn)
+            EDGESHIP_CNN_JSON="$out/cnn.json" EDGESHIP_OPENCL_DEVICE=${EDGESHIP_OPENCL_DEVICE:-NVIDIA} \
+                timeout 400 "$bin/cnn" 2>&1 | tee "$out/cnn.txt"
+            ;;
+        score)
+            timeout 400 python3 "$here/opencl_score.py" --bin-dir "$bin" --json "$out/score.json" 2>&1 \
+                | tee "$out/score.txt"
+            ;;
+    esac
+done

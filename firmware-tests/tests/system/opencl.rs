@@ -1,13 +1,15 @@
-//! OpenCL discovery through real processes: an `edgeship-agent` on a machine with an OpenCL
-//! platform (PoCL in CI) announces its devices in its birth, and `edgeship device show` lists
-//! them. Without an OpenCL platform the test prints a `SKIP:` line (a failure under
-//! `EDGESHIP_CI=1`).
+//! OpenCL through real processes: an `edgeship-agent` on a machine with an OpenCL platform
+//! (PoCL in CI) announces its devices in its birth and `edgeship device show` lists them; a
+//! deployment with `runtime: opencl` answers as the same model in tract does, and one whose
+//! `opencl_device` matches nothing there is `Unschedulable` with the reason. Without an
+//! OpenCL platform the tests print a `SKIP:` line (a failure under `EDGESHIP_CI=1`).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{HubProcess, TempDir, binary, eventually, free_port, start_agent};
+use testkit::{HubProcess, Process, TempDir, binary, eventually, free_port, start_agent};
 
 /// Whether an ICD loader and at least one registered platform are installed, read from the
 /// file system so that this process never loads OpenCL itself.
@@ -40,6 +42,24 @@ fn opencl_installed(test: &str) -> bool {
     false
 }
 
+/// A hub process with its embedded broker and an agent process `edge-cl`. The agent finds the
+/// loader under its versioned name (`libOpenCL.so.1`), as on devices without development
+/// packages.
+fn hub_and_agent(dir: &TempDir) -> (HubProcess, Process) {
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        Err(free_port()),
+        &dir.path().join("hub.log"),
+    );
+    let agent = start_agent(
+        "edge-cl",
+        &hub.mqtt_url,
+        &dir.path().join("agent"),
+        &dir.path().join("agent.log"),
+    );
+    (hub, agent)
+}
+
 fn device_show(hub: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(binary("edgeship"))
         .args(["device", "show", "edge-cl"])
@@ -60,19 +80,7 @@ async fn an_agent_announces_its_opencl_devices_and_device_show_lists_them() {
         return;
     }
     let dir = TempDir::new("opencl-birth");
-    let hub = HubProcess::start(
-        &dir.path().join("hub"),
-        Err(free_port()),
-        &dir.path().join("hub.log"),
-    );
-    // The agent finds the loader under its versioned name (`libOpenCL.so.1`), as on devices
-    // without development packages.
-    let _agent = start_agent(
-        "edge-cl",
-        &hub.mqtt_url,
-        &dir.path().join("agent"),
-        &dir.path().join("agent.log"),
-    );
+    let (hub, _agent) = hub_and_agent(&dir);
     let url = hub.url.clone();
     let devices = eventually(
         Duration::from_secs(30),
@@ -131,5 +139,151 @@ async fn an_agent_announces_its_opencl_devices_and_device_show_lists_them() {
         text.lines()
             .any(|l| l.starts_with("opencl 0:") && l.contains(first)),
         "{text}"
+    );
+}
+
+fn edgeship(hub: &str, args: &[&str]) -> String {
+    let output = Command::new(binary("edgeship"))
+        .args(args)
+        .env("EDGESHIP_HUB", hub)
+        .output()
+        .expect("run edgeship");
+    assert!(
+        output.status.success(),
+        "edgeship {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_opencl_deployment_answers_as_tract_does_and_a_missing_device_is_unschedulable() {
+    let test = "an_opencl_deployment_answers_as_tract_does";
+    if !opencl_installed(test) {
+        return;
+    }
+    let dir = TempDir::new("opencl-serve");
+    let (hub, _agent) = hub_and_agent(&dir);
+    let url = hub.url.clone();
+    let digits = testkit::fixture("digits");
+    let folder = digits.to_string_lossy().into_owned();
+    let sample = digits
+        .join("sample_input.json")
+        .to_string_lossy()
+        .into_owned();
+    let (tract_port, opencl_port, none_port) = (free_port(), free_port(), free_port());
+    let manifests = [
+        ("on-tract", "tract", "", tract_port),
+        ("on-opencl", "opencl", "cpu", opencl_port),
+        ("on-fpga", "opencl", "accelerator", none_port),
+    ];
+    let setup = tokio::task::spawn_blocking({
+        let url = url.clone();
+        let dir = dir.path().to_owned();
+        move || {
+            edgeship(
+                &url,
+                &[
+                    "model",
+                    "register",
+                    "-n",
+                    "digits",
+                    "-p",
+                    &folder,
+                    "--sample-input",
+                    &sample,
+                ],
+            );
+            for (name, runtime, device, port) in manifests {
+                let path = dir.join(format!("{name}.yaml"));
+                let selector = if device.is_empty() {
+                    String::new()
+                } else {
+                    format!("opencl_device: {device}\n")
+                };
+                std::fs::write(
+                    &path,
+                    format!(
+                        "name: {name}\nmodel: digits:1\nruntime: {runtime}\n{selector}endpoint: {{port: {port}, auth: none}}\ntarget: {{devices: [edge-cl]}}\n"
+                    ),
+                )
+                .expect("manifest");
+                edgeship(&url, &["deploy", "apply", "-f", &path.to_string_lossy()]);
+            }
+        }
+    });
+    setup.await.expect("setup");
+    let body: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(digits.join("sample_input.json")).expect("sample"),
+    )
+    .expect("json");
+    let answer = |port: u16| {
+        let body = body.clone();
+        async move {
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            eventually(
+                Duration::from_secs(120),
+                &format!("an answer on {port}"),
+                || async {
+                    testkit::score(addr, &body)
+                        .await
+                        .ok()
+                        .filter(|r| r.status == 200)
+                },
+            )
+            .await
+        }
+    };
+    let on_tract = answer(tract_port).await;
+    let on_opencl = answer(opencl_port).await;
+    assert_eq!(on_opencl.header("x-edgeship-model"), Some("digits:1"));
+    let (tract_json, opencl_json) = (on_tract.json(), on_opencl.json());
+    // The same labels, and probabilities equal within single-precision rounding.
+    let labels = |json: &serde_json::Value| json["label"].clone();
+    assert_eq!(
+        labels(&tract_json),
+        labels(&opencl_json),
+        "{tract_json} {opencl_json}"
+    );
+    let probabilities = |json: &serde_json::Value| -> Vec<f64> {
+        json["probabilities"]
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .flat_map(|row| row.as_array().cloned().unwrap_or_default())
+                    .filter_map(|v| v.as_f64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (expected, actual) = (probabilities(&tract_json), probabilities(&opencl_json));
+    assert!(
+        !expected.is_empty() && expected.len() == actual.len(),
+        "{tract_json} {opencl_json}"
+    );
+    for (e, a) in expected.iter().zip(&actual) {
+        assert!((e - a).abs() <= 1e-5, "{e} vs {a}");
+    }
+    // No accelerator here: the third deployment is refused on the device, with the reason.
+    let url = hub.url.clone();
+    let refused = eventually(Duration::from_secs(60), "on-fpga unschedulable", || {
+        let url = url.clone();
+        async move {
+            let shown = tokio::task::spawn_blocking(move || {
+                edgeship(&url, &["deploy", "show", "on-fpga", "-o", "json"])
+            })
+            .await
+            .ok()?;
+            let json: serde_json::Value = serde_json::from_str(&shown).ok()?;
+            let device = json["devices"][0].clone();
+            (device["state"] == "Unschedulable").then_some(device)
+        }
+    })
+    .await;
+    assert!(
+        refused["error"].as_str().is_some_and(
+            |e| e.contains("no OpenCL device here matches opencl_device `accelerator`")
+        ),
+        "{refused}"
     );
 }

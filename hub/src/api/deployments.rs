@@ -195,6 +195,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         model: Some(wire.model),
         models: vec![],
         runtime: (!wire.runtime.is_empty()).then_some(wire.runtime),
+        opencl_device: None,
         endpoint: EndpointManifest {
             port: endpoint.port,
             auth: auth.map(str::to_owned),

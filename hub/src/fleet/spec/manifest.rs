@@ -25,6 +25,11 @@ pub struct Manifest {
     pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// With `runtime: opencl`: which OpenCL device runs the model on each device (`gpu`,
+    /// `cpu`, `accelerator`, or a part of the device's name); a device without a match is
+    /// `Unschedulable`. Default: the first GPU, else accelerator, else CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opencl_device: Option<String>,
     pub endpoint: EndpointManifest,
     #[serde(default)]
     pub target: TargetManifest,
@@ -169,6 +174,19 @@ impl Manifest {
             Some(name) => RuntimeKind::parse(name).map_err(|e| err("runtime", e))?,
             None => RuntimeKind::Tract,
         };
+        let opencl_device = match self.opencl_device.as_deref().map(str::trim) {
+            None | Some("") => String::new(),
+            Some(_) if runtime != RuntimeKind::Opencl => {
+                return Err(err("opencl_device", "only for runtime: opencl".to_owned()));
+            }
+            Some(selector) if selector.len() > 128 || selector.chars().any(char::is_control) => {
+                return Err(err(
+                    "opencl_device",
+                    "must be at most 128 printable characters".to_owned(),
+                ));
+            }
+            Some(selector) => selector.to_owned(),
+        };
         Ok(DeploymentSpec {
             name: self.name.clone(),
             model,
@@ -181,9 +199,12 @@ impl Manifest {
                 None => RolloutPolicy::default(),
             },
             traffic,
-            options: match &self.batching {
-                Some(batching) => batching.validate()?,
-                None => RuntimeOptions::default(),
+            options: RuntimeOptions {
+                opencl_device,
+                ..match &self.batching {
+                    Some(batching) => batching.validate()?,
+                    None => RuntimeOptions::default(),
+                }
             },
             extra_models,
         })
@@ -434,6 +455,8 @@ impl DeploymentSpec {
             model,
             models,
             runtime: Some(self.runtime.name().to_owned()),
+            opencl_device: (!self.options.opencl_device.is_empty())
+                .then(|| self.options.opencl_device.clone()),
             endpoint: EndpointManifest {
                 port: u32::from(self.endpoint.port),
                 auth: Some(self.endpoint.auth.name().to_owned()),

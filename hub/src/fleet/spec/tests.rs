@@ -75,6 +75,19 @@ fn a_minimal_manifest_gets_the_defaults() {
 }
 
 #[test]
+fn an_opencl_deployment_names_its_device_and_it_goes_round_trip() {
+    let spec = validate(
+        "name: web\nmodel: m:2\nruntime: opencl\nopencl_device: gpu\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n",
+    )
+    .expect("valid");
+    assert_eq!(spec.runtime, RuntimeKind::Opencl);
+    assert_eq!(spec.options.opencl_device, "gpu");
+    let yaml = serde_yaml_ng::to_string(&spec.to_manifest()).expect("yaml");
+    assert!(yaml.contains("opencl_device: gpu"), "{yaml}");
+    assert_eq!(validate(&yaml).expect("valid yaml"), spec);
+}
+
+#[test]
 fn each_kind_of_mistake_names_the_field_and_the_reason() {
     let base = "name: web\nmodel: m:1\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n";
     let with = |extra: &str| format!("{base}{extra}");
@@ -87,6 +100,7 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("port out of range", "name: web\nmodel: m:1\nendpoint: {port: 70000}\ntarget: {devices: [d1]}\n".into(), "endpoint.port: 70000 is not a TCP port"),
         ("port missing", "name: web\nmodel: m:1\nendpoint: {}\ntarget: {devices: [d1]}\n".into(), "endpoint: missing field `port`"),
         ("unknown runtime", with("runtime: cuda\n"), "runtime: unknown runtime \"cuda\""),
+        ("device for tract", with("opencl_device: gpu\n"), "opencl_device: only for runtime: opencl"),
         ("empty target", "name: web\nmodel: m:1\nendpoint: {port: 1}\n".into(), "target: is empty: name devices"),
         ("bad device id", "name: web\nmodel: m:1\nendpoint: {port: 1}\ntarget: {devices: [\"a b\"]}\n".into(), "target.devices[0]:"),
         ("bad selector", "name: web\nmodel: m:1\nendpoint: {port: 1}\ntarget: {selector: \"site in (a\"}\n".into(), "target.selector:"),
