@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use edgeship_runtime::opencl::buffers::pseudo_random;
-use edgeship_runtime::opencl::{self, Engine, concrete_model};
+use edgeship_runtime::opencl::{self, Engine, Programs, concrete_model};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -130,7 +130,7 @@ fn main() {
             .filter_map(|d| {
                 let label = d.label();
                 let started = Instant::now();
-                match Engine::open(d, None) {
+                match Engine::open(d, None, Programs::uncached()) {
                     Ok(engine) => {
                         eprintln!(
                             "{label}: opened and tuned in {:.1} s: {}",

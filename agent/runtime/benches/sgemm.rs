@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::time::Instant;
 
 use edgeship_runtime::opencl::buffers::{pseudo_random, scratch, upload};
-use edgeship_runtime::opencl::{self, ClDevice, Epilogue, Gemm, Operand, tune_gemm};
+use edgeship_runtime::opencl::{self, ClDevice, Epilogue, Gemm, Operand, Programs, tune_gemm};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -132,7 +132,8 @@ fn bench_opencl(
     let (context, queue) = device.open()?;
     let tune_size = if device.info.kind == "cpu" { 512 } else { 2048 };
     let started = Instant::now();
-    let tuning = tune_gemm(&context, &queue, device, tune_size)?;
+    let programs = Programs::uncached();
+    let tuning = tune_gemm(&context, &queue, device, tune_size, &programs)?;
     eprintln!(
         "{}: tuned in {:.1} s at {tune_size}³: {} ({:.1} GFLOP/s)",
         device.label(),
@@ -143,7 +144,13 @@ fn bench_opencl(
     for (params, g) in &tuning.tried {
         eprintln!("    {params}: {g:.1} GFLOP/s");
     }
-    let gemm = Gemm::build(&context, device, tuning.params, Epilogue::default())?;
+    let gemm = Gemm::build(
+        &context,
+        device,
+        tuning.params,
+        Epilogue::default(),
+        &programs,
+    )?;
     let mut figures = Vec::new();
     for &n in sizes {
         if device.info.kind == "cpu" && n > cpu_max {

@@ -14,8 +14,8 @@ use edgeship_runtime::opencl::buffers::{
     download, max_relative_error, pseudo_random, reference, scratch, upload,
 };
 use edgeship_runtime::opencl::{
-    Bias, ClError, Epilogue, Gemm, GemmParams, GemmTuning, Operand, TuneCache, VERIFY_TOLERANCE,
-    candidates, tune_gemm, verification_shapes,
+    Bias, ClError, Epilogue, Gemm, GemmParams, GemmTuning, Operand, Programs, TuneCache,
+    VERIFY_TOLERANCE, candidates, tune_gemm, verification_shapes,
 };
 
 #[test]
@@ -103,14 +103,21 @@ fn tuning_times_every_tiling_and_each_matches_the_reference() {
     };
     let device = &devices[0];
     let (context, queue) = device.open().expect("open");
-    let tuning = tune_gemm(&context, &queue, device, 64).expect("tune");
+    let tuning = tune_gemm(&context, &queue, device, 64, &Programs::uncached()).expect("tune");
     // Tuning checks each tiling on `verification_shapes` (odd sizes, single rows, exact
     // multiples) and keeps only those within the tolerance: all of them must be kept.
     assert!(tuning.rejected.is_empty(), "{:#?}", tuning.rejected);
     assert_eq!(tuning.tried.len(), candidates(device).len());
     let fastest = tuning.tried.iter().map(|t| t.1).fold(0.0, f64::max);
     assert_eq!(tuning.gflops, fastest);
-    let gemm = Gemm::build(&context, device, tuning.params, Epilogue::default()).expect("build");
+    let gemm = Gemm::build(
+        &context,
+        device,
+        tuning.params,
+        Epilogue::default(),
+        &Programs::uncached(),
+    )
+    .expect("build");
     for shape in verification_shapes(&tuning.params) {
         let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
         println!("{} {shape:?}: max relative error {error:e}", tuning.params);
@@ -139,7 +146,8 @@ fn transposed_operands_offsets_biases_and_relu_are_built_in() {
                     bias,
                     relu,
                 };
-                let gemm = Gemm::build(&context, device, params, epilogue).expect("build");
+                let gemm = Gemm::build(&context, device, params, epilogue, &Programs::uncached())
+                    .expect("build");
                 for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk * 2)] {
                     let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
                     assert!(
@@ -160,7 +168,14 @@ fn mismatched_arguments_are_refused_with_the_reason() {
     let device = &devices[0];
     let (context, queue) = device.open().expect("open");
     let params = candidates(device)[0];
-    let gemm = Gemm::build(&context, device, params, Epilogue::default()).expect("build");
+    let gemm = Gemm::build(
+        &context,
+        device,
+        params,
+        Epilogue::default(),
+        &Programs::uncached(),
+    )
+    .expect("build");
     let buffer = scratch(&context, 64).expect("buffer");
     let short_rows = gemm
         .enqueue(
@@ -188,7 +203,14 @@ fn mismatched_arguments_are_refused_with_the_reason() {
         .expect_err("bias without a bias build");
     assert!(stray_bias.to_string().contains("bias"), "{stray_bias}");
     let misfit = GemmParams { tsm: 48, ..params };
-    let refused = Gemm::build(&context, device, misfit, Epilogue::default()).expect_err("48");
+    let refused = Gemm::build(
+        &context,
+        device,
+        misfit,
+        Epilogue::default(),
+        &Programs::uncached(),
+    )
+    .expect_err("48");
     assert!(refused.to_string().contains("tsm=48"), "{refused}");
 }
 

@@ -10,10 +10,9 @@ use opencl3::context::Context;
 use opencl3::event::Event;
 use opencl3::kernel::{ExecuteKernel, Kernel};
 use opencl3::memory::Buffer;
-use opencl3::program::Program;
 use opencl3::types::cl_int;
 
-use super::device::keeping_signal_handlers;
+use super::programs::Programs;
 use super::{ClDevice, ClError, doing};
 
 const SOURCE: &str = include_str!("kernels/gemm.cl");
@@ -227,19 +226,18 @@ impl Gemm {
         device: &ClDevice,
         params: GemmParams,
         epilogue: Epilogue,
+        programs: &Programs,
     ) -> Result<Self, ClError> {
         params.check(device).map_err(ClError::Invalid)?;
         let kernel = |guarded: bool| -> Result<Kernel, ClError> {
             let options = params.build_options(epilogue, guarded);
-            let mut program = Program::create_from_source(context, SOURCE)
-                .map_err(doing("creating the GEMM program"))?;
-            if keeping_signal_handlers(|| program.build(&[device.id()], &options)).is_err() {
-                return Err(ClError::Build {
-                    what: format!("GEMM ({params})"),
-                    device: device.label(),
-                    log: program.get_build_log(device.id()).unwrap_or_default(),
-                });
-            }
+            let program = programs.build(
+                context,
+                device,
+                SOURCE,
+                &options,
+                &format!("GEMM ({params})"),
+            )?;
             Kernel::create(&program, "sgemm").map_err(doing("creating the GEMM kernel"))
         };
         Ok(Gemm {

@@ -5,10 +5,9 @@ use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use opencl3::kernel::{ExecuteKernel, Kernel};
 use opencl3::memory::Buffer;
-use opencl3::program::Program;
 use opencl3::types::{cl_float, cl_int};
 
-use super::device::keeping_signal_handlers;
+use super::programs::Programs;
 use super::{ClDevice, ClError, doing};
 
 const SOURCE: &str = include_str!("kernels/ops.cl");
@@ -148,18 +147,18 @@ fn launch(exec: &mut ExecuteKernel<'_>, queue: &CommandQueue, items: usize) -> R
 }
 
 impl Ops {
-    pub fn build(context: &Context, device: &ClDevice) -> Result<Self, ClError> {
-        let mut program = Program::create_from_source(context, SOURCE)
-            .map_err(doing("creating the operators' program"))?;
-        if keeping_signal_handlers(|| program.build(&[device.id()], "-cl-fast-relaxed-math"))
-            .is_err()
-        {
-            return Err(ClError::Build {
-                what: "the operators".into(),
-                device: device.label(),
-                log: program.get_build_log(device.id()).unwrap_or_default(),
-            });
-        }
+    pub fn build(
+        context: &Context,
+        device: &ClDevice,
+        programs: &Programs,
+    ) -> Result<Self, ClError> {
+        let program = programs.build(
+            context,
+            device,
+            SOURCE,
+            "-cl-fast-relaxed-math",
+            "the operators",
+        )?;
         let kernel = |name: &str| {
             Kernel::create(&program, name).map_err(doing(format!("creating kernel {name}")))
         };

@@ -12,7 +12,7 @@ use tract_onnx::prelude::*;
 
 use super::graph::{Graph, Placement, Planner};
 use super::ops::Ops;
-use super::{ClDevice, ClError, GemmParams, TuneCache, candidates, discover, tune_gemm};
+use super::{ClDevice, ClError, GemmParams, Programs, TuneCache, candidates, discover, tune_gemm};
 use crate::tensor::Tensor as EdgeTensor;
 use crate::tract::{from_tract, to_tract};
 use crate::{ModelBundle, Runnable, Runtime, RuntimeError};
@@ -24,7 +24,7 @@ const GRAPHS_KEPT: usize = 4;
 /// process tunes again.
 static CACHE_DIR: OnceLock<PathBuf> = OnceLock::new();
 
-/// Keeps GEMM tunings (and, later, compiled programs) under `dir`.
+/// Keeps GEMM tunings and compiled programs under `dir`.
 pub fn set_cache_dir(dir: impl Into<PathBuf>) {
     let _ = CACHE_DIR.set(dir.into());
 }
@@ -58,14 +58,21 @@ pub struct Engine {
     ops: Ops,
     pub tiling: GemmParams,
     small_tiling: GemmParams,
+    /// Where this engine's programs come from (cache, prebuilt binaries) and how many were
+    /// compiled or loaded.
+    pub programs: Programs,
 }
 
 impl Engine {
     /// Opens `device` with a GEMM tiling: `tiling`, else the one tuned earlier (cache),
-    /// else one tuned now.
-    pub fn open(device: ClDevice, tiling: Option<GemmParams>) -> Result<Engine, ClError> {
+    /// else one tuned now; programs come from `programs`.
+    pub fn open(
+        device: ClDevice,
+        tiling: Option<GemmParams>,
+        programs: Programs,
+    ) -> Result<Engine, ClError> {
         let (context, queue) = device.open()?;
-        let ops = Ops::build(&context, &device)?;
+        let ops = Ops::build(&context, &device, &programs)?;
         let fitting = candidates(&device);
         let small_tiling = fitting
             .iter()
@@ -81,7 +88,7 @@ impl Engine {
                     Some(tiling) => tiling,
                     None => {
                         let size = if device.info.kind == "cpu" { 256 } else { 1024 };
-                        let tuning = tune_gemm(&context, &queue, &device, size)?;
+                        let tuning = tune_gemm(&context, &queue, &device, size, &programs)?;
                         if let Some(cache) = &cache {
                             let _ = cache.store(&device, &tuning);
                         }
@@ -97,6 +104,7 @@ impl Engine {
             ops,
             tiling,
             small_tiling,
+            programs,
         })
     }
 
@@ -108,6 +116,7 @@ impl Engine {
             queue: &self.queue,
             tiling: self.tiling,
             small_tiling: self.small_tiling,
+            programs: &self.programs,
         };
         Graph::plan(&planner, model)
     }
@@ -191,8 +200,17 @@ impl Runtime for OpenClRuntime {
         let model = onnx()
             .model_for_path(&bundle.entry)
             .map_err(|err| RuntimeError::Load(format!("{err:#}")))?;
-        let engine =
-            Engine::open(device, None).map_err(|err| RuntimeError::Load(err.to_string()))?;
+        // Programs compiled earlier on this device are kept in the agent's data folder; a
+        // model may ship prebuilt ones (an FPGA's) in its `opencl/` folder.
+        let mut programs = match CACHE_DIR.get() {
+            Some(dir) => Programs::cached(dir.join("programs")),
+            None => Programs::uncached(),
+        };
+        if let Some(folder) = bundle.entry.parent() {
+            programs = programs.with_prebuilt(folder.join("opencl"));
+        }
+        let engine = Engine::open(device, None, programs)
+            .map_err(|err| RuntimeError::Load(err.to_string()))?;
         Ok(Arc::new(OpenClModel {
             model,
             inputs: bundle.inputs.clone(),

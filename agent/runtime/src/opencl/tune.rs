@@ -11,6 +11,7 @@ use opencl3::context::Context;
 
 use super::buffers::{download, max_relative_error, pseudo_random, reference, scratch, upload};
 use super::gemm::Epilogue;
+use super::programs::Programs;
 use super::{ClDevice, ClError, Gemm, GemmParams, Operand, doing};
 
 /// The tilings tried, largest first: big register blocks suit GPUs, small ones CPUs and
@@ -84,6 +85,7 @@ pub fn tune_gemm(
     queue: &CommandQueue,
     device: &ClDevice,
     size: usize,
+    programs: &Programs,
 ) -> Result<GemmTuning, ClError> {
     let a = pseudo_random(size * size, 1);
     let b = pseudo_random(size * size, 2);
@@ -93,7 +95,7 @@ pub fn tune_gemm(
     let mut tried = Vec::new();
     let mut rejected = Vec::new();
     for params in candidates(device) {
-        let gemm = match Gemm::build(context, device, params, Epilogue::default()) {
+        let gemm = match Gemm::build(context, device, params, Epilogue::default(), programs) {
             Ok(gemm) => gemm,
             Err(err) => {
                 rejected.push(err.to_string());

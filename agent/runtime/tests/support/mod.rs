@@ -6,7 +6,7 @@ use std::sync::Once;
 
 use edgeship_runtime::opencl::buffers::pseudo_random;
 pub use edgeship_runtime::opencl::graph::Placement;
-use edgeship_runtime::opencl::{self, ClDevice, Engine, candidates, concrete_model};
+use edgeship_runtime::opencl::{self, ClDevice, Engine, Programs, candidates, concrete_model};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
@@ -41,7 +41,7 @@ pub fn engine_or_skip(test: &str) -> Option<Engine> {
         .into_iter()
         .find(|p| p.tsm == 32 && p.tsn == 32)
         .expect("a 32×32 tiling fits every OpenCL device");
-    Some(Engine::open(device, Some(tiling)).expect("open the device"))
+    Some(Engine::open(device, Some(tiling), Programs::uncached()).expect("open the device"))
 }
 
 /// How far the device's outputs are from tract's, over every float output: the largest

@@ -18,6 +18,7 @@ use tract_onnx::prelude::*;
 use super::buffers::{download, scratch, upload};
 use super::gemm::{Epilogue, Gemm, GemmParams};
 use super::ops::Ops;
+use super::programs::Programs;
 use super::{ClDevice, ClError};
 
 /// Where a graph's nodes run, for reports (`model show`, the registration check) and tests.
@@ -98,6 +99,7 @@ pub struct Planner<'a> {
     /// A tiling with small tiles, for products too small to fill the device with the tuned
     /// one.
     pub small_tiling: GemmParams,
+    pub programs: &'a Programs,
 }
 
 /// Planning state: values so far, buffers to allocate, actions, GEMM builds.
@@ -256,7 +258,13 @@ impl<'p, 'a> Builder<'p, 'a> {
         if let Some(index) = self.gemm_keys.iter().position(|k| *k == (params, epilogue)) {
             return Ok(index);
         }
-        let gemm = Gemm::build(self.planner.context, self.planner.device, params, epilogue)?;
+        let gemm = Gemm::build(
+            self.planner.context,
+            self.planner.device,
+            params,
+            epilogue,
+            self.planner.programs,
+        )?;
         self.gemms.push(gemm);
         self.gemm_keys.push((params, epilogue));
         Ok(self.gemms.len() - 1)
