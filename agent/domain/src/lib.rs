@@ -17,7 +17,9 @@ pub use capabilities::{Capabilities, OpenClDevice, Requirement};
 pub use report::{
     Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
 };
-pub use signature::{Dim, ElementType, OnnxSignature, TensorSpec};
+pub use signature::{
+    Dim, ElementType, OnnxSignature, OperatorPlacement, RuntimePlacement, TensorSpec,
+};
 pub use workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions,

@@ -39,6 +39,35 @@ pub struct OnnxSignature {
     /// `None` when tract can plan the model; else why it cannot.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tract_incompatibility: Option<String>,
+    /// Per runtime that splits a model between an accelerator and the CPU (OpenCL), which
+    /// operators run where, as planned at registration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placements: Vec<RuntimePlacement>,
+}
+
+/// Where one runtime runs a model's operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimePlacement {
+    /// `opencl`.
+    pub runtime: String,
+    /// Per operator (as tract names it once the graph is simplified), by name.
+    pub operators: Vec<OperatorPlacement>,
+    /// Values copied between the accelerator and the CPU per run, between nodes.
+    pub transfers: u32,
+    /// Why the runtime cannot plan the model at all; `None` when it can.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incompatibility: Option<String>,
+}
+
+/// How many nodes of one operator run on the accelerator and how many on the CPU, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperatorPlacement {
+    pub operator: String,
+    pub on_device: u32,
+    pub on_cpu: u32,
+    /// Why nodes of it run on the CPU; empty when none do.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cpu_reason: String,
 }
 
 /// Element types, named as ONNX tools print them (`float32`, `int64`, …). Types no runtime

@@ -10,7 +10,7 @@ use tract_onnx::pb::tensor_shape_proto::dimension;
 use tract_onnx::pb::{ModelProto, ValueInfoProto, type_proto};
 use tract_onnx::prelude::*;
 
-use edgeship_domain::{Dim, ElementType, OnnxSignature, TensorSpec};
+use edgeship_domain::{Dim, ElementType, OnnxSignature, RuntimePlacement, TensorSpec};
 
 /// Why a file declared as ONNX was rejected; `path` is the file's path inside the model.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +56,7 @@ pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx
     let model = onnx
         .model_for_path(location)
         .map_err(|err| invalid(root_cause(&err)))?;
+    let placements = runtime_placements(&model);
     let tract_incompatibility = plan_with_symbolic_dims(model).err();
 
     Ok(OnnxSignature {
@@ -67,7 +68,84 @@ pub fn inspect(path: &str, location: &Path) -> Result<OnnxSignature, InvalidOnnx
             .trim()
             .to_owned(),
         tract_incompatibility,
+        placements,
     })
+}
+
+/// Which operators the OpenCL runtime would run on the device and which in tract, planned
+/// without a device for a batch of one (open dimensions taken as 1), as devices plan it.
+#[cfg(feature = "opencl")]
+fn runtime_placements(model: &InferenceModel) -> Vec<RuntimePlacement> {
+    use tract_onnx::tract_hir::infer::Factoid;
+    let planned = (|| -> Result<crate::opencl::graph::Placement, String> {
+        let mut inputs = Vec::new();
+        for index in 0..model.inputs.len() {
+            let fact = model.input_fact(index).map_err(|e| root_cause(&e))?;
+            let datum_type = fact
+                .datum_type
+                .concretize()
+                .ok_or("an input of unknown element type")?;
+            let shape: Vec<usize> = fact
+                .shape
+                .dims()
+                .map(|d| {
+                    d.concretize()
+                        .and_then(|d| d.to_i64().ok())
+                        .map_or(1, |d| d.max(1) as usize)
+                })
+                .collect();
+            inputs.push((datum_type, shape));
+        }
+        let typed = crate::opencl::concrete_model(model, &inputs).map_err(|e| root_cause(&e))?;
+        crate::opencl::graph::placement_without_device(&typed).map_err(|e| e.to_string())
+    })();
+    let placement = match planned {
+        Ok(placement) => placement,
+        Err(why) => {
+            return vec![RuntimePlacement {
+                runtime: "opencl".into(),
+                operators: vec![],
+                transfers: 0,
+                incompatibility: Some(why),
+            }];
+        }
+    };
+    let mut operators: std::collections::BTreeMap<String, edgeship_domain::OperatorPlacement> =
+        Default::default();
+    for (name, count) in &placement.on_device {
+        operators
+            .entry(name.clone())
+            .or_insert_with(|| empty_placement(name))
+            .on_device = *count as u32;
+    }
+    for (name, (count, why)) in &placement.on_cpu {
+        let entry = operators
+            .entry(name.clone())
+            .or_insert_with(|| empty_placement(name));
+        entry.on_cpu = *count as u32;
+        entry.cpu_reason = why.clone();
+    }
+    vec![RuntimePlacement {
+        runtime: "opencl".into(),
+        operators: operators.into_values().collect(),
+        transfers: placement.transfers as u32,
+        incompatibility: None,
+    }]
+}
+
+#[cfg(feature = "opencl")]
+fn empty_placement(name: &str) -> edgeship_domain::OperatorPlacement {
+    edgeship_domain::OperatorPlacement {
+        operator: name.to_owned(),
+        on_device: 0,
+        on_cpu: 0,
+        cpu_reason: String::new(),
+    }
+}
+
+#[cfg(not(feature = "opencl"))]
+fn runtime_placements(_: &InferenceModel) -> Vec<RuntimePlacement> {
+    vec![]
 }
 
 /// Plans the model exactly as a device will (same code), so "runs in tract" means it.
@@ -190,6 +268,32 @@ mod tests {
             ["label: int64[?]", "probabilities: float32[?, 10]"]
         );
         assert_eq!(signature.tract_incompatibility, None);
+    }
+
+    #[cfg(feature = "opencl")]
+    #[test]
+    fn the_opencl_placement_names_what_runs_in_tract_and_why() {
+        let signature = inspect("model.onnx", &fixture("digits")).expect("valid onnx");
+        let [placement] = signature.placements.as_slice() else {
+            panic!("one placement: {:?}", signature.placements);
+        };
+        assert_eq!(placement.runtime, "opencl");
+        assert_eq!(placement.incompatibility, None);
+        let of = |name: &str| placement.operators.iter().find(|o| o.operator == name);
+        let einsum = of("EinSum").expect("the dense layers");
+        assert_eq!((einsum.on_device, einsum.on_cpu), (2, 0));
+        let cast = of("Cast").expect("the label's cast");
+        assert_eq!(cast.on_device, 0);
+        assert_eq!(cast.cpu_reason, "not single-precision floats");
+        assert!(placement.transfers >= 1);
+        // Without a device (the hub has none): planning needs no OpenCL library.
+        let diabetes = inspect("model.onnx", &fixture("diabetes")).expect("valid onnx");
+        assert!(
+            diabetes.placements[0]
+                .operators
+                .iter()
+                .all(|o| o.on_cpu == 0)
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use edgeship_domain::RuntimePlacement;
 use edgeship_proto::v1 as pb;
 
 use crate::registry::{
@@ -60,6 +61,11 @@ impl From<&ModelFile> for pb::ModelFile {
                 opsets: s.opsets.clone(),
                 producer: s.producer.clone(),
                 tract_incompatibility: s.tract_incompatibility.clone().unwrap_or_default(),
+                placements: s
+                    .placements
+                    .iter()
+                    .map(pb::RuntimePlacement::from)
+                    .collect(),
             }),
         }
     }
@@ -94,6 +100,11 @@ impl TryFrom<pb::Model> for ModelVersion {
                         opsets: s.opsets,
                         producer: s.producer,
                         tract_incompatibility: non_empty(s.tract_incompatibility),
+                        placements: s
+                            .placements
+                            .into_iter()
+                            .map(RuntimePlacement::from)
+                            .collect(),
                     }),
                 })
                 .collect(),

@@ -170,9 +170,53 @@ pub fn model_details(model: &ModelView) -> String {
                 Some(why) => format!("tract cannot run it: {why}"),
             };
             let _ = writeln!(out, "    runtime {tract}");
+            for placement in &onnx.placements {
+                let _ = writeln!(
+                    out,
+                    "    {:<7} {}",
+                    placement.runtime,
+                    placement_text(placement)
+                );
+            }
         }
     }
     out
+}
+
+/// `on the device: Conv 9, EinSum 23; in tract: Cast 1 (why); 1 copy per run`.
+fn placement_text(placement: &edgeship_domain::RuntimePlacement) -> String {
+    if let Some(why) = &placement.incompatibility {
+        return format!("cannot plan it: {why}");
+    }
+    let device: Vec<String> = placement
+        .operators
+        .iter()
+        .filter(|o| o.on_device > 0)
+        .map(|o| format!("{} {}", o.operator, o.on_device))
+        .collect();
+    let cpu: Vec<String> = placement
+        .operators
+        .iter()
+        .filter(|o| o.on_cpu > 0)
+        .map(|o| format!("{} {} ({})", o.operator, o.on_cpu, o.cpu_reason))
+        .collect();
+    let mut parts = vec![format!(
+        "on the device: {}",
+        if device.is_empty() {
+            "nothing".to_owned()
+        } else {
+            device.join(", ")
+        }
+    )];
+    if !cpu.is_empty() {
+        parts.push(format!("in tract on the CPU: {}", cpu.join(", ")));
+    }
+    parts.push(format!(
+        "{} cop{} between them per run",
+        placement.transfers,
+        if placement.transfers == 1 { "y" } else { "ies" }
+    ));
+    parts.join("; ")
 }
 
 /// `devices a,b; labels k=v`: whom a deployment targets.

@@ -57,6 +57,9 @@ pub struct OnnxView {
     pub producer: String,
     /// `null` when tract can run the model; else why it cannot.
     pub tract_incompatibility: Option<String>,
+    /// Per runtime that splits a model between an accelerator and the CPU (OpenCL): which
+    /// operators run where, as planned at registration.
+    pub placements: Vec<edgeship_domain::RuntimePlacement>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -243,6 +246,11 @@ impl From<pb::ModelFile> for ModelFileView {
                 opsets: onnx.opsets,
                 producer: onnx.producer,
                 tract_incompatibility: non_empty(onnx.tract_incompatibility),
+                placements: onnx
+                    .placements
+                    .into_iter()
+                    .map(edgeship_domain::RuntimePlacement::from)
+                    .collect(),
             }),
         }
     }

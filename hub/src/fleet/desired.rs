@@ -247,6 +247,7 @@ mod tests {
                     opsets: vec![],
                     producer: String::new(),
                     tract_incompatibility: None,
+                    placements: vec![],
                 }),
             }],
             sample_input: None,

@@ -104,7 +104,9 @@ pub struct Planner<'a> {
 
 /// Planning state: values so far, buffers to allocate, actions, GEMM builds.
 pub(crate) struct Builder<'p, 'a> {
-    planner: &'p Planner<'a>,
+    /// `None` when only the placement is wanted (the hub's registration report): nothing is
+    /// built.
+    planner: Option<&'p Planner<'a>>,
     model: &'p TypedModel,
     values: Vec<Value>,
     /// Node outlet → value id.
@@ -248,10 +250,13 @@ impl<'p, 'a> Builder<'p, 'a> {
         (m, n): (usize, usize),
         epilogue: Epilogue,
     ) -> Result<usize, ClError> {
-        let tuned = self.planner.tiling;
+        let Some(planner) = self.planner else {
+            return Ok(0);
+        };
+        let tuned = planner.tiling;
         let tiles = m.div_ceil(tuned.tsm) * n.div_ceil(tuned.tsn);
-        let params = if tiles < self.planner.device.info.compute_units as usize {
-            self.planner.small_tiling
+        let params = if tiles < planner.device.info.compute_units as usize {
+            planner.small_tiling
         } else {
             tuned
         };
@@ -259,11 +264,11 @@ impl<'p, 'a> Builder<'p, 'a> {
             return Ok(index);
         }
         let gemm = Gemm::build(
-            self.planner.context,
-            self.planner.device,
+            planner.context,
+            planner.device,
             params,
             epilogue,
-            self.planner.programs,
+            planner.programs,
         )?;
         self.gemms.push(gemm);
         self.gemm_keys.push((params, epilogue));
@@ -320,95 +325,130 @@ fn write(queue: &CommandQueue, buffer: &Buffer<f32>, data: &[f32]) -> Result<(),
     Ok(())
 }
 
+/// A planned graph before anything is allocated on a device.
+struct Plan<'p, 'a> {
+    b: Builder<'p, 'a>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+    constants: Vec<(usize, TValue)>,
+}
+
+/// Where each node of `model` (typed, decluttered, every shape concrete) would run, without a
+/// device: the registration's report. Planning decisions depend on operators and shapes
+/// only, so a device gives the same answer (unless a kernel fails to build there).
+pub fn placement_without_device(model: &TypedModel) -> Result<Placement, ClError> {
+    Ok(plan_nodes(None, model)?.b.placement)
+}
+
+fn plan_nodes<'p, 'a>(
+    planner: Option<&'p Planner<'a>>,
+    model: &'p TypedModel,
+) -> Result<Plan<'p, 'a>, ClError> {
+    let mut b = Builder {
+        planner,
+        model,
+        values: vec![],
+        outlets: BTreeMap::new(),
+        buffer_sizes: vec![],
+        buffer_data: BTreeMap::new(),
+        actions: vec![],
+        gemms: vec![],
+        gemm_keys: vec![],
+        on_host: vec![],
+        on_device: vec![],
+        placement: Placement::default(),
+        scratch: None,
+    };
+    let mut constants = Vec::new();
+    for node_id in model.eval_order().map_err(tract_err)? {
+        let node = &model.nodes()[node_id];
+        let input_values: Vec<usize> = node.inputs.iter().map(|o| b.outlets[o]).collect();
+        let op_name = node.op().name().to_string();
+        if node.op_is::<tract_onnx::tract_core::ops::source::TypedSource>() {
+            let fact = &node.outputs[0].fact;
+            let value = b.new_value(concrete(fact)?, fact.datum_type);
+            b.on_host[value] = true;
+            b.outlets.insert(OutletId::new(node_id, 0), value);
+            continue;
+        }
+        if let Some(konst) = node.outputs[0]
+            .fact
+            .konst
+            .clone()
+            .filter(|_| node.outputs.len() == 1)
+        {
+            let fact = &node.outputs[0].fact;
+            let value = b.new_value(concrete(fact)?, fact.datum_type);
+            b.values[value].konst = Some(konst.clone());
+            b.on_host[value] = true;
+            constants.push((value, konst.into_tvalue()));
+            b.outlets.insert(OutletId::new(node_id, 0), value);
+            continue;
+        }
+        let all_f32 = input_values
+            .iter()
+            .all(|&v| b.values[v].datum_type == DatumType::F32)
+            && node
+                .outputs
+                .iter()
+                .all(|o| o.fact.datum_type == DatumType::F32);
+        let planned = if all_f32 {
+            nodes::plan_node(&mut b, node, &input_values)
+        } else {
+            Err(nodes::NotPlanned::Unsupported(
+                "not single-precision floats".into(),
+            ))
+        };
+        match planned {
+            Ok(outputs) => {
+                *b.placement.on_device.entry(op_name).or_default() += 1;
+                for (slot, value) in outputs.into_iter().enumerate() {
+                    b.outlets.insert(OutletId::new(node_id, slot), value);
+                }
+            }
+            Err(nodes::NotPlanned::Failed(err)) => return Err(err),
+            Err(nodes::NotPlanned::Unsupported(why)) => {
+                let entry = b.placement.on_cpu.entry(op_name).or_insert((0, why));
+                entry.0 += 1;
+                plan_on_cpu(&mut b, node_id, &input_values)?;
+            }
+        }
+    }
+    // In the model's input order, not the order the graph visits its sources in.
+    let inputs: Vec<usize> = model
+        .input_outlets()
+        .map_err(tract_err)?
+        .iter()
+        .map(|o| b.outlets[o])
+        .collect();
+    let outputs: Vec<usize> = model
+        .output_outlets()
+        .map_err(tract_err)?
+        .iter()
+        .map(|o| b.outlets[o])
+        .collect();
+    // Model inputs and outputs cross once per run whatever runs the graph: they are not
+    // counted as transfers between nodes.
+    let counted = b.placement.transfers;
+    let uploads_of_inputs = inputs.iter().filter(|&&v| b.on_device[v]).count();
+    b.placement.transfers = counted.saturating_sub(uploads_of_inputs);
+    Ok(Plan {
+        b,
+        inputs,
+        outputs,
+        constants,
+    })
+}
+
 impl Graph {
     /// Plans `model` (typed, decluttered, every shape concrete) for the planner's device.
     pub fn plan(planner: &Planner<'_>, model: &TypedModel) -> Result<Graph, ClError> {
-        let mut b = Builder {
-            planner,
-            model,
-            values: vec![],
-            outlets: BTreeMap::new(),
-            buffer_sizes: vec![],
-            buffer_data: BTreeMap::new(),
-            actions: vec![],
-            gemms: vec![],
-            gemm_keys: vec![],
-            on_host: vec![],
-            on_device: vec![],
-            placement: Placement::default(),
-            scratch: None,
-        };
-        let mut constants = Vec::new();
-        for node_id in model.eval_order().map_err(tract_err)? {
-            let node = &model.nodes()[node_id];
-            let input_values: Vec<usize> = node.inputs.iter().map(|o| b.outlets[o]).collect();
-            let op_name = node.op().name().to_string();
-            if node.op_is::<tract_onnx::tract_core::ops::source::TypedSource>() {
-                let fact = &node.outputs[0].fact;
-                let value = b.new_value(concrete(fact)?, fact.datum_type);
-                b.on_host[value] = true;
-                b.outlets.insert(OutletId::new(node_id, 0), value);
-                continue;
-            }
-            if let Some(konst) = node.outputs[0]
-                .fact
-                .konst
-                .clone()
-                .filter(|_| node.outputs.len() == 1)
-            {
-                let fact = &node.outputs[0].fact;
-                let value = b.new_value(concrete(fact)?, fact.datum_type);
-                b.values[value].konst = Some(konst.clone());
-                b.on_host[value] = true;
-                constants.push((value, konst.into_tvalue()));
-                b.outlets.insert(OutletId::new(node_id, 0), value);
-                continue;
-            }
-            let all_f32 = input_values
-                .iter()
-                .all(|&v| b.values[v].datum_type == DatumType::F32)
-                && node
-                    .outputs
-                    .iter()
-                    .all(|o| o.fact.datum_type == DatumType::F32);
-            let planned = if all_f32 {
-                nodes::plan_node(&mut b, node, &input_values)
-            } else {
-                Err(nodes::NotPlanned::Unsupported(
-                    "not single-precision floats".into(),
-                ))
-            };
-            match planned {
-                Ok(outputs) => {
-                    *b.placement.on_device.entry(op_name).or_default() += 1;
-                    for (slot, value) in outputs.into_iter().enumerate() {
-                        b.outlets.insert(OutletId::new(node_id, slot), value);
-                    }
-                }
-                Err(nodes::NotPlanned::Failed(err)) => return Err(err),
-                Err(nodes::NotPlanned::Unsupported(why)) => {
-                    let entry = b.placement.on_cpu.entry(op_name).or_insert((0, why));
-                    entry.0 += 1;
-                    plan_on_cpu(&mut b, node_id, &input_values)?;
-                }
-            }
-        }
-        // In the model's input order, not the order the graph visits its sources in.
-        let inputs: Vec<usize> = model
-            .input_outlets()
-            .map_err(tract_err)?
-            .iter()
-            .map(|o| b.outlets[o])
-            .collect();
-        let outputs: Vec<usize> = model
-            .output_outlets()
-            .map_err(tract_err)?
-            .iter()
-            .map(|o| b.outlets[o])
-            .collect();
-        // Model inputs and outputs cross once per run whatever runs the graph: they are not
-        // counted as transfers between nodes.
-        let counted = b.placement.transfers;
+        let Plan {
+            b,
+            inputs,
+            outputs,
+            constants,
+        } = plan_nodes(Some(planner), model)?;
         let input_buffers = inputs.iter().map(|&v| b.values[v].buffer).collect();
         let output_buffers = outputs
             .iter()
@@ -418,8 +458,6 @@ impl Graph {
                     .and_then(|(buffer, shape)| buffer.map(|buffer| (buffer, shape)))
             })
             .collect();
-        let uploads_of_inputs = inputs.iter().filter(|&&v| b.on_device[v]).count();
-        b.placement.transfers = counted.saturating_sub(uploads_of_inputs);
         let mut buffers = Vec::with_capacity(b.buffer_sizes.len());
         for (index, &size) in b.buffer_sizes.iter().enumerate() {
             let buffer = match b.buffer_data.get(&index) {

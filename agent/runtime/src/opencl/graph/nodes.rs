@@ -305,7 +305,17 @@ fn matmul(b: &mut Builder<'_, '_>, node: &TypedNode, op: &EinSum, inputs: &[usiz
     let k_axis = contracted[0];
     let kdim = k_axis.size;
     // Output axes in order, with the operand that alone holds each (None: both).
-    let mut by_out: Vec<&Ax> = axes.iter().filter(|a| a.out.is_some()).collect();
+    if axes
+        .iter()
+        .any(|a| a.out.is_some() && a.pos == [None, None] && a.size > 1)
+    {
+        return unsupported("an output axis broadcast from neither operand");
+    }
+    // Output axes of size 1 that come from neither operand hold no stride: left out.
+    let mut by_out: Vec<&Ax> = axes
+        .iter()
+        .filter(|a| a.out.is_some() && a.pos != [None, None])
+        .collect();
     by_out.sort_by_key(|a| a.out);
     let owner = |a: &Ax| match a.pos {
         [Some(_), None] => Some(0),
@@ -313,7 +323,10 @@ fn matmul(b: &mut Builder<'_, '_>, node: &TypedNode, op: &EinSum, inputs: &[usiz
         _ => None,
     };
     let Some(y) = by_out.last().and_then(|a| owner(a)) else {
-        return unsupported("the output's last axis is not from one operand");
+        return unsupported(format!(
+            "the output's last axis is not from one operand ({})",
+            op.axes
+        ));
     };
     let x = 1 - y;
     let mut split = by_out.len();
