@@ -34,6 +34,16 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> CacheError {
     move |source| CacheError::Io { context, source }
 }
 
+/// How a chunk's bytes are checked on arrival, against damage in transport: the whole
+/// file's sha256, checked before the file is used, is what makes a model trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkCheck<'a> {
+    /// CRC-32 (IEEE), from hubs that send it: about a tenth of a hash's cost.
+    Crc32(u32),
+    /// Lower-case hex sha256, from every hub.
+    Sha256(&'a str),
+}
+
 #[derive(Debug, Clone)]
 pub struct BlobCache {
     root: PathBuf,
@@ -171,7 +181,7 @@ impl PartialBlob {
         self.offset == self.size
     }
 
-    /// Appends a chunk if it is the next one and its digest matches. Returns false for a
+    /// Appends a chunk if it is the next one and its sha256 matches. Returns false for a
     /// chunk that is not the next one (a duplicate or an early arrival), which is ignored.
     pub fn append(
         &mut self,
@@ -179,10 +189,24 @@ impl PartialBlob {
         data: &[u8],
         chunk_sha256: &str,
     ) -> Result<bool, CacheError> {
+        self.append_checked(offset, data, ChunkCheck::Sha256(chunk_sha256))
+    }
+
+    /// As [`PartialBlob::append`], checking the chunk as `check` says.
+    pub fn append_checked(
+        &mut self,
+        offset: u64,
+        data: &[u8],
+        check: ChunkCheck<'_>,
+    ) -> Result<bool, CacheError> {
         if offset != self.offset || data.is_empty() || offset + data.len() as u64 > self.size {
             return Ok(false);
         }
-        if hex::encode(Sha256::digest(data)) != chunk_sha256 {
+        let intact = match check {
+            ChunkCheck::Crc32(crc) => crc32fast::hash(data) == crc,
+            ChunkCheck::Sha256(digest) => hex::encode(Sha256::digest(data)) == digest,
+        };
+        if !intact {
             return Err(CacheError::CorruptChunk {
                 digest: self.digest.clone(),
                 offset,
@@ -316,6 +340,19 @@ mod tests {
             .expect_err("corrupt");
         assert!(matches!(err, CacheError::CorruptChunk { offset: 0, .. }));
         assert_eq!(partial.offset(), 0, "nothing appended");
+        // The same with the CRC-32 check newer hubs send.
+        let crc = ChunkCheck::Crc32(crc32fast::hash(&blob));
+        let err = partial
+            .append_checked(0, b"jello edge", crc)
+            .expect_err("corrupt");
+        assert!(matches!(err, CacheError::CorruptChunk { offset: 0, .. }));
+        let other = b"crc edge".to_vec();
+        let mut intact = cache
+            .begin(&sha(&other), other.len() as u64)
+            .expect("begin");
+        let other_crc = ChunkCheck::Crc32(crc32fast::hash(&other));
+        assert!(intact.append_checked(0, &other, other_crc).expect("intact"));
+        assert_eq!(intact.offset(), other.len() as u64);
 
         // A chunk that matches its own digest but not the file's is caught at the end.
         let mut partial = cache.begin(&digest, blob.len() as u64).expect("begin");

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
 use crate::acks::AckToken;
-use crate::cache::{BlobCache, CHUNK_SIZE, CacheError, PartialBlob};
+use crate::cache::{BlobCache, CHUNK_SIZE, CacheError, ChunkCheck, PartialBlob};
 use crate::link::LinkSender;
 
 /// Chunk requests kept in flight per blob (8 MiB): enough to cover broker round trips on
@@ -41,11 +41,23 @@ pub struct Chunk {
     /// Set when the hub refused the request.
     pub error: String,
     pub chunk_sha256: String,
+    /// The cheaper check, from hubs that send it.
+    pub chunk_crc32: Option<u32>,
     /// It came on the blob's broadcast topic, not the device's own.
     pub broadcast: bool,
     /// Acknowledges the chunk to the broker when dropped: once the download has written it
     /// or let it go. Until then a killed agent gets it again from its persistent session.
     pub ack: Option<AckToken>,
+}
+
+impl Chunk {
+    /// How to check the chunk's bytes: its CRC-32 when the hub sent one, else its sha256.
+    pub fn check(&self) -> ChunkCheck<'_> {
+        match self.chunk_crc32 {
+            Some(crc) => ChunkCheck::Crc32(crc),
+            None => ChunkCheck::Sha256(&self.chunk_sha256),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,7 +143,7 @@ impl Fetcher {
                 && let Ok(Some(chunk)) = tokio::time::timeout(RESUME_GRACE, chunks.recv()).await
             {
                 if chunk.sha256 == digest && chunk.error.is_empty() {
-                    let _ = partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256);
+                    let _ = partial.append_checked(chunk.offset, &chunk.data, chunk.check());
                 }
             }
         }
@@ -250,7 +262,7 @@ impl Fetcher {
                     chunk.error
                 )));
             }
-            match partial.append(chunk.offset, &chunk.data, &chunk.chunk_sha256) {
+            match partial.append_checked(chunk.offset, &chunk.data, chunk.check()) {
                 Ok(true) => {
                     last_progress = Instant::now();
                     window = FETCH_WINDOW;

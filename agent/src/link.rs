@@ -287,6 +287,7 @@ impl Inbound {
                     data: chunk.data,
                     error: chunk.error,
                     chunk_sha256: chunk.chunk_sha256,
+                    chunk_crc32: chunk.chunk_crc32,
                     broadcast: broadcast.is_some(),
                     ack,
                 });

@@ -335,7 +335,7 @@ async fn run(
                     // (a broadcast round overlaps what a device took from the one before).
                     if let Some(fetch) = fetches.iter_mut().find(|f| f.sha256 == chunk.sha256)
                         && !fetch.has(chunk.offset)
-                        && hex::encode(Sha256::digest(&chunk.data)) == chunk.chunk_sha256
+                        && intact(&chunk)
                     {
                         fetch.take(chunk.offset, chunk.data);
                     }
@@ -352,6 +352,15 @@ async fn run(
                 _ => {}
             },
         }
+    }
+}
+
+/// A chunk's transport check, as the agent makes it: its CRC-32 when the hub sent one, else
+/// its sha256 (the whole file's sha256 is checked when it is complete).
+fn intact(chunk: &pb::BlobChunk) -> bool {
+    match chunk.chunk_crc32 {
+        Some(crc) => crc32fast::hash(&chunk.data) == crc,
+        None => hex::encode(Sha256::digest(&chunk.data)) == chunk.chunk_sha256,
     }
 }
 

@@ -92,6 +92,7 @@ pub struct ChunkReply {
     pub data: Bytes,
     pub total_size: u64,
     pub chunk_sha256: String,
+    pub chunk_crc32: u32,
     /// Empty on success.
     pub error: String,
 }
@@ -109,6 +110,7 @@ pub struct BlobServer {
 struct HotChunk {
     data: Bytes,
     sha256: String,
+    crc32: u32,
     total: u64,
 }
 
@@ -186,6 +188,7 @@ impl BlobServer {
                 data: Bytes::new(),
                 total_size: 0,
                 chunk_sha256: String::new(),
+                chunk_crc32: 0,
                 error: format!(
                     "blob {} is not part of device {device_id}'s desired state",
                     request.sha256
@@ -203,12 +206,14 @@ impl BlobServer {
             data: Bytes::new(),
             total_size: 0,
             chunk_sha256: String::new(),
+            chunk_crc32: 0,
             error: String::new(),
         };
         let key = (request.sha256.clone(), request.offset, request.length);
         if let Some(hot) = self.hot.get(&key) {
             reply.data = hot.data;
             reply.chunk_sha256 = hot.sha256;
+            reply.chunk_crc32 = hot.crc32;
             reply.total_size = hot.total;
             return reply;
         }
@@ -217,6 +222,7 @@ impl BlobServer {
             Ok((data, total)) => {
                 let data = Bytes::from(data);
                 reply.chunk_sha256 = hex::encode(sha2::Sha256::digest(&data));
+                reply.chunk_crc32 = crc32fast::hash(&data);
                 reply.total_size = total;
                 reply.data = data.clone();
                 self.hot.put(
@@ -224,6 +230,7 @@ impl BlobServer {
                     HotChunk {
                         data,
                         sha256: reply.chunk_sha256.clone(),
+                        crc32: reply.chunk_crc32,
                         total,
                     },
                 );
@@ -268,6 +275,7 @@ mod tests {
         HotChunk {
             data: Bytes::from(vec![n; 4]),
             sha256: format!("{n}"),
+            crc32: u32::from(n),
             total: 4,
         }
     }

@@ -185,6 +185,7 @@ impl Broadcasts {
                 total_size: reply.total_size,
                 error: String::new(),
                 chunk_sha256: reply.chunk_sha256,
+                chunk_crc32: Some(reply.chunk_crc32),
             };
             self.client
                 .publish(

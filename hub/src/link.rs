@@ -321,6 +321,7 @@ async fn serve_blobs(
 }
 
 fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
+    let served = reply.error.is_empty();
     pb::BlobChunk {
         sha256: reply.sha256,
         offset: reply.offset,
@@ -328,6 +329,7 @@ fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
         total_size: reply.total_size,
         error: reply.error,
         chunk_sha256: reply.chunk_sha256,
+        chunk_crc32: served.then_some(reply.chunk_crc32),
     }
 }
 
