@@ -109,3 +109,25 @@ fn prebuilt_binaries_shipped_with_a_model_run_without_compiling() {
         "{refused}"
     );
 }
+
+#[test]
+fn graphs_for_another_batch_size_share_the_weights_on_the_device() {
+    let Some(device) = devices_or_skip("graphs_share_the_weights").map(|mut d| d.remove(0)) else {
+        return;
+    };
+    let tiling = candidates(&device)
+        .into_iter()
+        .find(|p| p.tsm == 32 && p.tsn == 32)
+        .expect("a 32×32 tiling");
+    let engine = Engine::open(device, Some(tiling), Programs::uncached()).expect("open");
+    let (model, one) = conv_model();
+    let (difference, _) = compare(&engine, &model, vec![one]);
+    assert!(difference.relative <= 1e-5, "{difference:?}");
+    let weights = engine.constants.uploaded();
+    assert!(weights >= 2, "kernel and bias: {weights}");
+    // Dynamic batching asks for other batch sizes: new graphs, the same weights.
+    let three = tensor(&[3, 3, 9, 9], floats(729, 4, (-1.0, 1.0)));
+    let (difference, _) = compare(&engine, &model, vec![three]);
+    assert!(difference.relative <= 1e-5, "{difference:?}");
+    assert_eq!(engine.constants.uploaded(), weights);
+}

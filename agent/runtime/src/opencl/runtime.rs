@@ -10,15 +10,17 @@ use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use tract_onnx::prelude::*;
 
-use super::graph::{Graph, Placement, Planner};
+use super::graph::{ConstantBuffers, Graph, Placement, Planner};
 use super::ops::Ops;
 use super::{ClDevice, ClError, GemmParams, Programs, TuneCache, candidates, discover, tune_gemm};
 use crate::tensor::Tensor as EdgeTensor;
 use crate::tract::{from_tract, to_tract};
 use crate::{ModelBundle, Runnable, Runtime, RuntimeError};
 
-/// Graphs kept per model, one per distinct set of input shapes (batch sizes, mostly).
-const GRAPHS_KEPT: usize = 4;
+/// Graphs kept per model, one per distinct set of input shapes: batch sizes, mostly, which
+/// dynamic batching varies from 2 to its maximum (they share the model's weights on the
+/// device).
+const GRAPHS_KEPT: usize = 8;
 
 /// Where tuned tilings are kept (the agent sets its data folder at start); without it every
 /// process tunes again.
@@ -61,6 +63,8 @@ pub struct Engine {
     /// Where this engine's programs come from (cache, prebuilt binaries) and how many were
     /// compiled or loaded.
     pub programs: Programs,
+    /// Weights on the device, shared by the graphs this engine plans (one per batch size).
+    pub constants: ConstantBuffers,
 }
 
 impl Engine {
@@ -105,6 +109,7 @@ impl Engine {
             tiling,
             small_tiling,
             programs,
+            constants: ConstantBuffers::default(),
         })
     }
 
@@ -117,6 +122,7 @@ impl Engine {
             tiling: self.tiling,
             small_tiling: self.small_tiling,
             programs: &self.programs,
+            constants: &self.constants,
         };
         Graph::plan(&planner, model)
     }

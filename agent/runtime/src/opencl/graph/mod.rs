@@ -37,7 +37,7 @@ pub struct Placement {
 pub(crate) struct Env<'a> {
     queue: &'a CommandQueue,
     ops: &'a Ops,
-    buffers: &'a [Buffer<f32>],
+    buffers: &'a [Arc<Buffer<f32>>],
     gemms: &'a [Gemm],
     host: Vec<Option<TValue>>,
 }
@@ -65,7 +65,7 @@ struct Value {
 /// A graph planned for one device and one set of input shapes.
 pub struct Graph {
     actions: Vec<(String, Action)>,
-    buffers: Vec<Buffer<f32>>,
+    buffers: Vec<Arc<Buffer<f32>>>,
     gemms: Vec<Gemm>,
     /// Value ids of the model's inputs and outputs.
     inputs: Vec<usize>,
@@ -100,6 +100,53 @@ pub struct Planner<'a> {
     /// one.
     pub small_tiling: GemmParams,
     pub programs: &'a Programs,
+    /// Weights already on the device, shared by every graph planned for the same model (one
+    /// per batch size): each is uploaded once.
+    pub constants: &'a ConstantBuffers,
+}
+
+/// Device copies of constant tensors, by a digest of their shape and contents.
+#[derive(Debug, Default)]
+pub struct ConstantBuffers {
+    buffers: std::sync::Mutex<BTreeMap<[u8; 32], Arc<Buffer<f32>>>>,
+    uploaded: std::sync::atomic::AtomicUsize,
+}
+
+impl ConstantBuffers {
+    /// Constants uploaded so far (a second graph of the same model adds none).
+    pub fn uploaded(&self) -> usize {
+        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn get_or_upload(
+        &self,
+        tensor: &Tensor,
+        context: &Context,
+        queue: &CommandQueue,
+    ) -> Result<Arc<Buffer<f32>>, ClError> {
+        use sha2::{Digest, Sha256};
+        let data = floats(tensor)?;
+        let mut digest = Sha256::new();
+        for &dim in tensor.shape() {
+            digest.update((dim as u64).to_le_bytes());
+        }
+        for value in data {
+            digest.update(value.to_le_bytes());
+        }
+        let key: [u8; 32] = digest.finalize().into();
+        let mut buffers = self
+            .buffers
+            .lock()
+            .map_err(|_| ClError::Invalid("the constants' cache failed earlier".into()))?;
+        if let Some(buffer) = buffers.get(&key) {
+            return Ok(buffer.clone());
+        }
+        let buffer = Arc::new(upload(context, queue, data)?);
+        buffers.insert(key, buffer.clone());
+        self.uploaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(buffer)
+    }
 }
 
 /// Planning state: values so far, buffers to allocate, actions, GEMM builds.
@@ -462,10 +509,11 @@ impl Graph {
         for (index, &size) in b.buffer_sizes.iter().enumerate() {
             let buffer = match b.buffer_data.get(&index) {
                 Some(tensor) => {
-                    let data = floats(tensor)?;
-                    upload(planner.context, planner.queue, data)?
+                    planner
+                        .constants
+                        .get_or_upload(tensor, planner.context, planner.queue)?
                 }
-                None => scratch(planner.context, size)?,
+                None => Arc::new(scratch(planner.context, size)?),
             };
             buffers.push(buffer);
         }
