@@ -5,6 +5,9 @@
 //! device actions; a value crossing between device and CPU is copied once, and every such
 //! copy is counted ([`Placement`]).
 
+mod constants;
+mod layout;
+mod matmul;
 mod nodes;
 
 use std::collections::BTreeMap;
@@ -15,11 +18,13 @@ use opencl3::context::Context;
 use opencl3::memory::{Buffer, ClMem};
 use tract_onnx::prelude::*;
 
-use super::buffers::{download, scratch, upload};
+use super::buffers::{download, scratch};
 use super::gemm::{Epilogue, Gemm, GemmParams};
 use super::ops::Ops;
 use super::programs::Programs;
 use super::{ClDevice, ClError};
+
+pub use constants::ConstantBuffers;
 
 /// Where a graph's nodes run, for reports (`model show`, the registration check) and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -103,50 +108,6 @@ pub struct Planner<'a> {
     /// Weights already on the device, shared by every graph planned for the same model (one
     /// per batch size): each is uploaded once.
     pub constants: &'a ConstantBuffers,
-}
-
-/// Device copies of constant tensors, by a digest of their shape and contents.
-#[derive(Debug, Default)]
-pub struct ConstantBuffers {
-    buffers: std::sync::Mutex<BTreeMap<[u8; 32], Arc<Buffer<f32>>>>,
-    uploaded: std::sync::atomic::AtomicUsize,
-}
-
-impl ConstantBuffers {
-    /// Constants uploaded so far (a second graph of the same model adds none).
-    pub fn uploaded(&self) -> usize {
-        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    fn get_or_upload(
-        &self,
-        tensor: &Tensor,
-        context: &Context,
-        queue: &CommandQueue,
-    ) -> Result<Arc<Buffer<f32>>, ClError> {
-        use sha2::{Digest, Sha256};
-        let data = floats(tensor)?;
-        let mut digest = Sha256::new();
-        for &dim in tensor.shape() {
-            digest.update((dim as u64).to_le_bytes());
-        }
-        for value in data {
-            digest.update(value.to_le_bytes());
-        }
-        let key: [u8; 32] = digest.finalize().into();
-        let mut buffers = self
-            .buffers
-            .lock()
-            .map_err(|_| ClError::Invalid("the constants' cache failed earlier".into()))?;
-        if let Some(buffer) = buffers.get(&key) {
-            return Ok(buffer.clone());
-        }
-        let buffer = Arc::new(upload(context, queue, data)?);
-        buffers.insert(key, buffer.clone());
-        self.uploaded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(buffer)
-    }
 }
 
 /// Planning state: values so far, buffers to allocate, actions, GEMM builds.

@@ -12,11 +12,11 @@ use tract_onnx::tract_core::ops::cnn::{MaxPool, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::downsample::Downsample;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Softmax};
 
 use super::super::ClError;
 use super::super::gemm::{Bias, Epilogue, Operand};
-use super::super::ops::{BinaryOp, PoolMode, ReduceMode, UnaryOp, Window};
+use super::super::ops::{BinaryOp, PoolMode, UnaryOp, Window};
 use super::{Builder, Env, concrete};
 
 /// Why a node was not planned on the device.
@@ -33,14 +33,14 @@ impl From<ClError> for NotPlanned {
     }
 }
 
-fn unsupported<T>(why: impl Into<String>) -> Result<T, NotPlanned> {
+pub(super) fn unsupported<T>(why: impl Into<String>) -> Result<T, NotPlanned> {
     Err(NotPlanned::Unsupported(why.into()))
 }
 
-type Planned = Result<Vec<usize>, NotPlanned>;
+pub(super) type Planned = Result<Vec<usize>, NotPlanned>;
 
 /// Row-major strides of `shape`.
-fn strides(shape: &[usize]) -> Vec<usize> {
+pub(super) fn strides(shape: &[usize]) -> Vec<usize> {
     let mut strides = vec![1; shape.len()];
     for axis in (0..shape.len().saturating_sub(1)).rev() {
         strides[axis] = strides[axis + 1] * shape[axis + 1];
@@ -48,7 +48,7 @@ fn strides(shape: &[usize]) -> Vec<usize> {
     strides
 }
 
-fn output_shape(node: &TypedNode) -> Result<Vec<usize>, NotPlanned> {
+pub(super) fn output_shape(node: &TypedNode) -> Result<Vec<usize>, NotPlanned> {
     Ok(concrete(&node.outputs[0].fact)?)
 }
 
@@ -60,7 +60,7 @@ pub(crate) fn plan_node(b: &mut Builder<'_, '_>, node: &TypedNode, inputs: &[usi
         return conv2d(b, node, conv, inputs);
     }
     if let Some(einsum) = node.op_as::<EinSum>() {
-        return matmul(b, node, einsum, inputs);
+        return super::matmul::matmul(b, node, einsum, inputs);
     }
     if let Some(op) = node.op_as::<TypedBinOp>() {
         return binary(b, node, op, inputs);
@@ -72,7 +72,7 @@ pub(crate) fn plan_node(b: &mut Builder<'_, '_>, node: &TypedNode, inputs: &[usi
         if pool.with_index_outputs.is_some() {
             return unsupported("max pooling with indices");
         }
-        return pool2d(b, node, &pool.pool_spec, PoolMode::Max, inputs);
+        return super::layout::pool2d(b, node, &pool.pool_spec, PoolMode::Max, inputs);
     }
     if let Some(pool) = node.op_as::<SumPool>() {
         let mode = match (pool.normalize, pool.count_include_pad) {
@@ -80,28 +80,28 @@ pub(crate) fn plan_node(b: &mut Builder<'_, '_>, node: &TypedNode, inputs: &[usi
             (true, true) => PoolMode::AverageWindow,
             (true, false) => PoolMode::AverageInside,
         };
-        return pool2d(b, node, &pool.pool_spec, mode, inputs);
+        return super::layout::pool2d(b, node, &pool.pool_spec, mode, inputs);
     }
     if let Some(op) = node.op_as::<Downsample>() {
-        return downsample(b, node, op, inputs);
+        return super::layout::downsample(b, node, op, inputs);
     }
     if let Some(op) = node.op_as::<Reduce>() {
-        return reduce(b, node, op, inputs);
+        return super::layout::reduce(b, node, op, inputs);
     }
     if let Some(op) = node.op_as::<Softmax>() {
-        return softmax(b, node, op, inputs);
+        return super::layout::softmax(b, node, op, inputs);
     }
     if let Some(op) = node.op_as::<TypedConcat>() {
-        return concat(b, node, op, inputs);
+        return super::layout::concat(b, node, op, inputs);
     }
     if let Some(op) = node.op_as::<AxisOp>() {
-        return axis_op(b, node, op, inputs);
+        return super::layout::axis_op(b, node, op, inputs);
     }
     unsupported("no OpenCL kernel for this operator")
 }
 
 /// An image batch's shape as NCHW: tract drops a batch axis of 1 (CHW).
-fn nchw(shape: &[usize]) -> Option<[usize; 4]> {
+pub(super) fn nchw(shape: &[usize]) -> Option<[usize; 4]> {
     match *shape {
         [n, c, h, w] => Some([n, c, h, w]),
         [c, h, w] => Some([1, c, h, w]),
@@ -110,7 +110,7 @@ fn nchw(shape: &[usize]) -> Option<[usize; 4]> {
 }
 
 /// The 2-D window of a pooling or convolution over an NCHW input of `input` spatial size.
-fn window(
+pub(super) fn window(
     spec: &PoolSpec,
     input: (usize, usize),
     output: (usize, usize),
@@ -252,182 +252,6 @@ fn tensor1(values: &[f32]) -> Arc<Tensor> {
     Arc::new(tract_ndarray::arr1(values).into_tensor())
 }
 
-/// An Einstein sum that is a (batched) matrix product: one contracted axis, the output's
-/// trailing axes split into rows from one operand and columns from the other, each operand
-/// holding its rows (or columns) and the contracted axis as its last axes, in either order
-/// (the GEMM reads transposed operands), and any leading output axes looped over.
-fn matmul(b: &mut Builder<'_, '_>, node: &TypedNode, op: &EinSum, inputs: &[usize]) -> Planned {
-    if op.q_params.is_some() || inputs.len() != 2 || op.operating_dt != DatumType::F32 {
-        return unsupported("not a single-precision product of two operands");
-    }
-    let out = output_shape(node)?;
-    let shapes = [b.shape(inputs[0]).to_vec(), b.shape(inputs[1]).to_vec()];
-    struct Ax {
-        pos: [Option<usize>; 2],
-        out: Option<usize>,
-        size: usize,
-    }
-    let mut axes = Vec::new();
-    for axis in op.axes.iter_all_axes() {
-        if axis.inputs.iter().chain(&axis.outputs).any(|p| p.len() > 1) {
-            return unsupported("an axis repeated in one operand");
-        }
-        let pos = [
-            axis.inputs[0].first().copied(),
-            axis.inputs[1].first().copied(),
-        ];
-        let out_pos = axis.outputs[0].first().copied();
-        let size = match (out_pos, pos) {
-            (Some(p), _) => out[p],
-            (None, [Some(p), _]) => shapes[0][p],
-            (None, [None, Some(p)]) => shapes[1][p],
-            (None, [None, None]) => 1,
-        };
-        axes.push(Ax {
-            pos,
-            out: out_pos,
-            size,
-        });
-    }
-    let contracted: Vec<&Ax> = axes
-        .iter()
-        .filter(|a| a.out.is_none() && a.pos[0].is_some() && a.pos[1].is_some())
-        .collect();
-    if contracted.len() != 1 {
-        return unsupported("not exactly one contracted axis");
-    }
-    if axes
-        .iter()
-        .any(|a| a.out.is_none() && a.size > 1 && (a.pos[0].is_none() || a.pos[1].is_none()))
-    {
-        return unsupported("an axis summed within one operand");
-    }
-    let k_axis = contracted[0];
-    let kdim = k_axis.size;
-    // Output axes in order, with the operand that alone holds each (None: both).
-    if axes
-        .iter()
-        .any(|a| a.out.is_some() && a.pos == [None, None] && a.size > 1)
-    {
-        return unsupported("an output axis broadcast from neither operand");
-    }
-    // Output axes of size 1 that come from neither operand hold no stride: left out.
-    let mut by_out: Vec<&Ax> = axes
-        .iter()
-        .filter(|a| a.out.is_some() && a.pos != [None, None])
-        .collect();
-    by_out.sort_by_key(|a| a.out);
-    let owner = |a: &Ax| match a.pos {
-        [Some(_), None] => Some(0),
-        [None, Some(_)] => Some(1),
-        _ => None,
-    };
-    let Some(y) = by_out.last().and_then(|a| owner(a)) else {
-        return unsupported(format!(
-            "the output's last axis is not from one operand ({})",
-            op.axes
-        ));
-    };
-    let x = 1 - y;
-    let mut split = by_out.len();
-    while split > 0 && owner(by_out[split - 1]) == Some(y) {
-        split -= 1;
-    }
-    let columns: Vec<&Ax> = by_out[split..].to_vec();
-    let mut row_start = split;
-    while row_start > 0 && owner(by_out[row_start - 1]) == Some(x) {
-        row_start -= 1;
-    }
-    let rows: Vec<&Ax> = by_out[row_start..split].to_vec();
-    let loops: Vec<&Ax> = by_out[..row_start].to_vec();
-    // Each operand must end with its block (rows or columns) and K, in one of two orders.
-    // Axes of size 1 hold no stride: they are left out of the layout check unless they are
-    // K or part of the block.
-    let trailing = |operand: usize, block: &[&Ax]| -> Option<bool> {
-        let k_full = k_axis.pos[operand]?;
-        let block_full: Vec<usize> = block.iter().filter_map(|a| a.pos[operand]).collect();
-        let kept: Vec<usize> = (0..shapes[operand].len())
-            .filter(|&p| shapes[operand][p] != 1 || p == k_full || block_full.contains(&p))
-            .collect();
-        let at = |full: usize| kept.iter().position(|&p| p == full);
-        let rank = kept.len();
-        let k = at(k_full)?;
-        let block_pos: Vec<usize> = block_full.iter().map(|&p| at(p)).collect::<Option<_>>()?;
-        let n = block_pos.len();
-        let consecutive = |start: usize| block_pos.iter().enumerate().all(|(i, &p)| p == start + i);
-        if k + 1 == rank && (n == 0 || consecutive(rank - 1 - n)) {
-            Some(false) // [.., block, K]
-        } else if n > 0 && k + n + 1 == rank && consecutive(k + 1) {
-            Some(true) // [.., K, block]
-        } else {
-            None
-        }
-    };
-    let (Some(x_k_last), Some(y_k_last)) = (trailing(x, &rows), trailing(y, &columns)) else {
-        return unsupported(format!("operands not laid out as matrices ({})", op.axes));
-    };
-    // A = X (M×K): trans_a when K comes first; B = Y (K×N): trans_b when K comes last.
-    let trans_a = x_k_last;
-    let trans_b = !y_k_last;
-    let m: usize = rows.iter().map(|a| a.size).product();
-    let n: usize = columns.iter().map(|a| a.size).product();
-    let (lda, ldb) = (
-        if trans_a { m } else { kdim },
-        if trans_b { kdim } else { n },
-    );
-    let x_strides = strides(&shapes[x]);
-    let y_strides = strides(&shapes[y]);
-    let out_strides = strides(&out);
-    let loop_axes: Vec<(usize, usize, usize, usize)> = loops
-        .iter()
-        .map(|a| {
-            (
-                a.size,
-                a.pos[x].map_or(0, |p| x_strides[p]),
-                a.pos[y].map_or(0, |p| y_strides[p]),
-                out_strides[a.out.unwrap_or(0)],
-            )
-        })
-        .collect();
-    let gemm = b.gemm(
-        (m, n),
-        Epilogue {
-            trans_a,
-            trans_b,
-            ..Epilogue::default()
-        },
-    )?;
-    let a_buf = b.on_device(inputs[x])?;
-    let b_buf = b.on_device(inputs[y])?;
-    let (value, out_buf) = b.device_output(out);
-    let count: usize = loop_axes.iter().map(|l| l.0).product();
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            for index in 0..count {
-                let (mut rest, mut xo, mut yo, mut oo) = (index, 0, 0, 0);
-                for &(size, xs, ys, os) in loop_axes.iter().rev() {
-                    let coord = rest % size;
-                    rest /= size;
-                    xo += coord * xs;
-                    yo += coord * ys;
-                    oo += coord * os;
-                }
-                env.gemms[gemm].enqueue(
-                    env.queue,
-                    (m, n, kdim),
-                    Operand::new(&env.buffers[a_buf], xo, lda),
-                    Operand::new(&env.buffers[b_buf], yo, ldb),
-                    None,
-                    Operand::new(&env.buffers[out_buf], oo, n),
-                )?;
-            }
-            Ok(())
-        }),
-    );
-    Ok(vec![value])
-}
-
 /// Strides reading `shape` as broadcast to `out` (0 along broadcast axes).
 fn broadcast_strides(shape: &[usize], out: &[usize]) -> Option<Vec<usize>> {
     if shape.len() > out.len() {
@@ -526,217 +350,4 @@ fn unary(
         }),
     );
     Ok(vec![value])
-}
-
-fn pool2d(
-    b: &mut Builder<'_, '_>,
-    node: &TypedNode,
-    spec: &PoolSpec,
-    mode: PoolMode,
-    inputs: &[usize],
-) -> Planned {
-    let out = output_shape(node)?;
-    let (Some(xs), Some(out_nchw)) = (nchw(b.shape(inputs[0])), nchw(&out)) else {
-        return unsupported("only 2-D pooling over NCHW data");
-    };
-    let win = window(spec, (xs[2], xs[3]), (out_nchw[2], out_nchw[3]))?;
-    let planes = xs[0] * xs[1];
-    let x_buf = b.on_device(inputs[0])?;
-    let (value, out_buf) = b.device_output(out);
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            env.ops.pool2d(
-                env.queue,
-                planes,
-                &env.buffers[x_buf],
-                &win,
-                &env.buffers[out_buf],
-                mode,
-            )
-        }),
-    );
-    Ok(vec![value])
-}
-
-/// Every `stride`-th element of one axis, from `modulo`: a strided copy.
-fn downsample(
-    b: &mut Builder<'_, '_>,
-    node: &TypedNode,
-    op: &Downsample,
-    inputs: &[usize],
-) -> Planned {
-    if op.stride <= 0 {
-        return unsupported("a reversed downsampling");
-    }
-    let xs = b.shape(inputs[0]).to_vec();
-    let out = output_shape(node)?;
-    let mut view = strides(&xs);
-    let offset = op.modulo * view[op.axis];
-    view[op.axis] *= op.stride as usize;
-    copy_view(b, node, inputs[0], out, offset, view)
-}
-
-/// Copies the view (`offset`, `view` strides) of `source` into a new contiguous tensor.
-fn copy_view(
-    b: &mut Builder<'_, '_>,
-    node: &TypedNode,
-    source: usize,
-    out: Vec<usize>,
-    offset: usize,
-    view: Vec<usize>,
-) -> Planned {
-    if out.len() > super::super::ops::MAX_RANK {
-        return unsupported("more than 8 axes");
-    }
-    let x_buf = b.on_device(source)?;
-    let out_strides = strides(&out);
-    let (value, out_buf) = b.device_output(out.clone());
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            env.ops.copy(
-                env.queue,
-                &out,
-                (&env.buffers[x_buf], offset, &view),
-                (&env.buffers[out_buf], 0, &out_strides),
-            )
-        }),
-    );
-    Ok(vec![value])
-}
-
-/// `[outer, r, inner]` around the contiguous `axes` of `shape`, if they are contiguous.
-fn around(shape: &[usize], axes: &[usize]) -> Option<(usize, usize, usize)> {
-    let mut sorted = axes.to_vec();
-    sorted.sort_unstable();
-    let first = *sorted.first()?;
-    let last = *sorted.last()?;
-    if last - first + 1 != sorted.len() || last >= shape.len() {
-        return None;
-    }
-    Some((
-        shape[..first].iter().product(),
-        shape[first..=last].iter().product(),
-        shape[last + 1..].iter().product(),
-    ))
-}
-
-fn reduce(b: &mut Builder<'_, '_>, node: &TypedNode, op: &Reduce, inputs: &[usize]) -> Planned {
-    let mode = match op.reducer {
-        Reducer::Sum => ReduceMode::Sum,
-        Reducer::Max => ReduceMode::Max,
-        Reducer::Min => ReduceMode::Min,
-        _ => return unsupported(format!("no kernel for {:?}", op.reducer)),
-    };
-    let Some(dims) = around(b.shape(inputs[0]), &op.axes) else {
-        return unsupported("reduced axes that are not contiguous");
-    };
-    let out = output_shape(node)?;
-    let x_buf = b.on_device(inputs[0])?;
-    let (value, out_buf) = b.device_output(out);
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            env.ops.reduce(
-                env.queue,
-                dims,
-                &env.buffers[x_buf],
-                &env.buffers[out_buf],
-                mode,
-            )
-        }),
-    );
-    Ok(vec![value])
-}
-
-fn softmax(b: &mut Builder<'_, '_>, node: &TypedNode, op: &Softmax, inputs: &[usize]) -> Planned {
-    if op.quant_output_dt.is_some() {
-        return unsupported("a quantized softmax");
-    }
-    let log = matches!(op.kind, SoftmaxKind::LogSoftmax);
-    let Some(dims) = around(b.shape(inputs[0]), &op.axes) else {
-        return unsupported("a softmax over axes that are not contiguous");
-    };
-    let out = output_shape(node)?;
-    let x_buf = b.on_device(inputs[0])?;
-    let (value, out_buf) = b.device_output(out);
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            env.ops.softmax(
-                env.queue,
-                dims,
-                &env.buffers[x_buf],
-                &env.buffers[out_buf],
-                log,
-            )
-        }),
-    );
-    Ok(vec![value])
-}
-
-/// Each input copied into its slice of the output along the axis.
-fn concat(
-    b: &mut Builder<'_, '_>,
-    node: &TypedNode,
-    op: &TypedConcat,
-    inputs: &[usize],
-) -> Planned {
-    let out = output_shape(node)?;
-    if out.len() > super::super::ops::MAX_RANK {
-        return unsupported("more than 8 axes");
-    }
-    let out_strides = strides(&out);
-    let mut parts = Vec::new();
-    let mut offset = 0;
-    for &input in inputs {
-        let shape = b.shape(input).to_vec();
-        let buffer = b.on_device(input)?;
-        let along = shape[op.axis];
-        parts.push((
-            buffer,
-            strides(&shape),
-            shape,
-            offset * out_strides[op.axis],
-        ));
-        offset += along;
-    }
-    let (value, out_buf) = b.device_output(out);
-    b.push(
-        node.name.clone(),
-        Box::new(move |env: &mut Env<'_>| {
-            for (buffer, part_strides, shape, at) in &parts {
-                env.ops.copy(
-                    env.queue,
-                    shape,
-                    (&env.buffers[*buffer], 0, part_strides),
-                    (&env.buffers[out_buf], *at, &out_strides),
-                )?;
-            }
-            Ok(())
-        }),
-    );
-    Ok(vec![value])
-}
-
-/// Adding, removing or regrouping axes changes no element's place: a view of the same
-/// buffer. Moving an axis is a permuting copy.
-fn axis_op(b: &mut Builder<'_, '_>, node: &TypedNode, op: &AxisOp, inputs: &[usize]) -> Planned {
-    let out = output_shape(node)?;
-    match op {
-        AxisOp::Move(from, to) => {
-            let xs = b.shape(inputs[0]).to_vec();
-            let natural = strides(&xs);
-            let mut order: Vec<usize> = (0..xs.len()).collect();
-            let moved = order.remove(*from);
-            order.insert(*to, moved);
-            let view = order.iter().map(|&axis| natural[axis]).collect();
-            copy_view(b, node, inputs[0], out, 0, view)
-        }
-        _ => {
-            b.on_device(inputs[0])?;
-            Ok(vec![b.view_of(inputs[0], out)])
-        }
-    }
 }
