@@ -14,7 +14,7 @@ mod tune;
 pub use device::{ClDevice, discover, use_installed_library};
 pub use gemm::{Bias, Epilogue, Gemm, GemmParams, Operand};
 pub use programs::Programs;
-pub use runtime::{Engine, OpenClRuntime, concrete_model, pick_device, placement, set_cache_dir};
+pub use runtime::{Engine, OpenClRuntime, concrete_model, pick_device, set_cache_dir};
 pub use tune::{
     GemmTuning, TuneCache, VERIFY_TOLERANCE, candidates, tune_gemm, verification_shapes, verify,
 };

@@ -10,7 +10,7 @@ use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use tract_onnx::prelude::*;
 
-use super::graph::{ConstantBuffers, Graph, Placement, Planner};
+use super::graph::{ConstantBuffers, Graph, Planner};
 use super::ops::Ops;
 use super::{ClDevice, ClError, GemmParams, Programs, TuneCache, candidates, discover, tune_gemm};
 use crate::tensor::Tensor as EdgeTensor;
@@ -280,14 +280,4 @@ impl Runnable for OpenClModel {
             .map(|(i, t)| from_tract(t, self.outputs.get(i)))
             .collect()
     }
-}
-
-/// Where `model`'s nodes would run on `engine`'s device for these input shapes.
-pub fn placement(
-    engine: &Engine,
-    model: &InferenceModel,
-    inputs: &[(DatumType, Vec<usize>)],
-) -> Result<Placement, ClError> {
-    let typed = concrete_model(model, inputs).map_err(super::graph::tract_err)?;
-    Ok(engine.plan(&typed)?.placement)
 }

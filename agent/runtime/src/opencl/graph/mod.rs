@@ -78,7 +78,6 @@ pub struct Graph {
     /// Host values known when planning (constants the CPU steps read).
     constants: Vec<(usize, TValue)>,
     values: usize,
-    input_buffers: Vec<Option<usize>>,
     output_buffers: Vec<Option<(usize, Vec<usize>)>>,
     pub placement: Placement,
 }
@@ -457,7 +456,6 @@ impl Graph {
             outputs,
             constants,
         } = plan_nodes(Some(planner), model)?;
-        let input_buffers = inputs.iter().map(|&v| b.values[v].buffer).collect();
         let output_buffers = outputs
             .iter()
             .map(|&v| {
@@ -486,7 +484,6 @@ impl Graph {
             outputs,
             constants,
             values: b.values.len(),
-            input_buffers,
             output_buffers,
             placement: b.placement,
         })
@@ -513,7 +510,6 @@ impl Graph {
         for (&value, input) in self.inputs.iter().zip(inputs) {
             host[value] = Some(input);
         }
-        let _ = &self.input_buffers;
         let mut env = Env {
             queue,
             ops,
