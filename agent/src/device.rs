@@ -40,9 +40,10 @@ pub fn capabilities(allowed: Option<&[RuntimeKind]>) -> Capabilities {
         os: std::env::consts::OS.to_owned(),
         cpu_count: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         memory_bytes: total_memory_bytes(),
-        runtimes: edgeship_runtime::available()
+        runtimes: edgeship_runtime::compiled()
             .iter()
             .filter(|r| allowed.is_none_or(|allowed| allowed.contains(&r.kind())))
+            .filter(|r| works_here(r.as_ref()))
             .map(|r| r.kind().name().to_owned())
             .collect(),
         opencl_devices: opencl_devices(),
@@ -65,21 +66,88 @@ pub unsafe fn prepare_process() {
     };
 }
 
-/// The OpenCL devices found here. Discovery loads every vendor's driver, so it runs once per
-/// process; a machine without an OpenCL library has none.
+/// Where to list OpenCL devices from: `None` lists them in this process; `Some(program)`
+/// runs `program opencl-devices` (the agent binary itself) and reads its answer.
+#[cfg(feature = "opencl")]
+static DISCOVERY_PROGRAM: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Lists OpenCL devices in a child process from now on. Listing loads every vendor's driver
+/// into the process that lists (PoCL's LLVM alone is 60 MB of resident memory), so the agent
+/// process loads them only when a model runs on OpenCL; a driver that crashes or hangs while
+/// listing takes only the child with it.
+#[cfg(feature = "opencl")]
+pub fn discover_opencl_in_child(program: std::path::PathBuf) {
+    let _ = DISCOVERY_PROGRAM.set(program);
+}
+
+/// The OpenCL devices found here, listed once per process; a machine without an OpenCL
+/// library has none.
 #[cfg(feature = "opencl")]
 pub fn opencl_devices() -> Vec<edgeship_domain::OpenClDevice> {
     static FOUND: std::sync::OnceLock<Vec<edgeship_domain::OpenClDevice>> =
         std::sync::OnceLock::new();
     FOUND
-        .get_or_init(|| match edgeship_runtime::opencl::discover() {
-            Ok(devices) => devices.into_iter().map(|d| d.info).collect(),
-            Err(err) => {
+        .get_or_init(|| {
+            let found = match DISCOVERY_PROGRAM.get() {
+                Some(program) => discover_in_child(program),
+                None => edgeship_runtime::opencl::discover()
+                    .map(|devices| devices.into_iter().map(|d| d.info).collect())
+                    .map_err(|err| err.to_string()),
+            };
+            found.unwrap_or_else(|err| {
                 tracing::info!("no OpenCL devices: {err}");
                 vec![]
-            }
+            })
         })
         .clone()
+}
+
+/// Runs `program opencl-devices` and reads the JSON list it prints; gives up after 30 s.
+#[cfg(feature = "opencl")]
+fn discover_in_child(
+    program: &std::path::Path,
+) -> Result<Vec<edgeship_domain::OpenClDevice>, String> {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(program)
+        .arg("opencl-devices")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|err| format!("cannot run {}: {err}", program.display()))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("listing OpenCL devices took over 30 s".into());
+            }
+            Err(err) => return Err(format!("waiting for the device listing: {err}")),
+        }
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    if !status.success() {
+        return Err(format!("listing OpenCL devices failed ({status})"));
+    }
+    serde_json::from_str(&out).map_err(|err| format!("reading the device listing: {err}"))
+}
+
+/// Whether `runtime` works here. OpenCL works where a device was found, which says so without
+/// loading the drivers into this process.
+fn works_here(runtime: &dyn edgeship_runtime::Runtime) -> bool {
+    if runtime.kind() == RuntimeKind::Opencl {
+        return !opencl_devices().is_empty();
+    }
+    runtime.check().is_ok()
 }
 
 #[cfg(not(feature = "opencl"))]

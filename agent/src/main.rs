@@ -56,6 +56,10 @@ enum Command {
     },
     /// Print a commented example config file.
     GenerateConfig,
+    /// Print this machine's OpenCL devices as JSON (the agent lists them in a child process,
+    /// so that their drivers load into the agent only when a model uses them).
+    #[command(hide = true)]
+    OpenclDevices,
 }
 
 const EXAMPLE_CONFIG: &str = r#"# edgeship-agent configuration. Flags given on the command line override these values.
@@ -87,6 +91,23 @@ data_dir = "/var/lib/edgeship-agent"
 # site = "north"
 "#;
 
+/// `opencl-devices`: the devices as JSON on stdout (an empty list without OpenCL).
+fn print_opencl_devices() -> ExitCode {
+    #[cfg(feature = "opencl")]
+    let devices: Vec<edgeship_domain::OpenClDevice> = edgeship_runtime::opencl::discover()
+        .map(|devices| devices.into_iter().map(|d| d.info).collect())
+        .unwrap_or_default();
+    #[cfg(not(feature = "opencl"))]
+    let devices: Vec<edgeship_domain::OpenClDevice> = vec![];
+    match serde_json::to_string(&devices) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(_) => ExitCode::FAILURE,
+    }
+}
+
 fn main() -> ExitCode {
     // SAFETY: first thing in `main`, before any thread starts.
     #[allow(unsafe_code)]
@@ -104,8 +125,13 @@ fn main() -> ExitCode {
         runtimes,
     } = cli.command
     else {
-        print!("{EXAMPLE_CONFIG}");
-        return ExitCode::SUCCESS;
+        return match cli.command {
+            Command::OpenclDevices => print_opencl_devices(),
+            _ => {
+                print!("{EXAMPLE_CONFIG}");
+                ExitCode::SUCCESS
+            }
+        };
     };
     // `RUST_LOG` as `level` or `target=level,...`: per-target levels are all an agent needs,
     // and leaving out the regex-based filter keeps the binary smaller.
@@ -151,6 +177,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // OpenCL devices are listed by a child process of this binary: the drivers load into this
+    // process only when a model runs on one.
+    #[cfg(feature = "opencl")]
+    if let Ok(program) = std::env::current_exe() {
+        edgeship_agent::device::discover_opencl_in_child(program);
+    }
     // Measured: a current-thread runtime saved no memory (idle RSS is mostly mapped code)
     // and serialized chunk decoding with the MQTT link, so the agent uses every core.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
