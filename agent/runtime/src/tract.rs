@@ -106,20 +106,33 @@ impl Runnable for TractModel {
     }
 
     fn run(&self, inputs: Vec<EdgeTensor>) -> Result<Vec<EdgeTensor>, RuntimeError> {
-        let inputs: TVec<TValue> = inputs.into_iter().map(to_tract).collect::<Result<_, _>>()?;
+        let inputs = to_tract_values(inputs)?;
         let outputs = self
             .plan
             .run(inputs)
             .map_err(|err| RuntimeError::Run(format!("{err:#}")))?;
-        outputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| from_tract(t, self.outputs.get(i)))
-            .collect()
+        from_tract_values(&outputs, &self.outputs)
     }
 }
 
-pub(crate) fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
+/// A request's tensors as tract values, in signature order.
+pub(crate) fn to_tract_values(inputs: Vec<EdgeTensor>) -> Result<TVec<TValue>, RuntimeError> {
+    inputs.into_iter().map(to_tract).collect()
+}
+
+/// A run's outputs as runtime tensors, checked against the declared `outputs`.
+pub(crate) fn from_tract_values(
+    outputs: &[TValue],
+    declared: &[TensorSpec],
+) -> Result<Vec<EdgeTensor>, RuntimeError> {
+    outputs
+        .iter()
+        .enumerate()
+        .map(|(i, t)| from_tract(t, declared.get(i)))
+        .collect()
+}
+
+fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
     let shape = tensor.shape;
     fn array<D: Datum>(shape: Vec<usize>, v: Vec<D>) -> Result<Tensor, RuntimeError> {
         tract_ndarray::ArrayD::from_shape_vec(shape, v)

@@ -14,7 +14,7 @@ use super::graph::{ConstantBuffers, Graph, Planner};
 use super::ops::Ops;
 use super::{ClDevice, ClError, GemmParams, Programs, TuneCache, candidates, discover, tune_gemm};
 use crate::tensor::Tensor as EdgeTensor;
-use crate::tract::{from_tract, to_tract};
+use crate::tract::{from_tract_values, to_tract_values};
 use crate::{ModelBundle, Runnable, Runtime, RuntimeError};
 
 /// Graphs kept per model, one per distinct set of input shapes: batch sizes, mostly, which
@@ -245,7 +245,7 @@ impl Runnable for OpenClModel {
     }
 
     fn run(&self, inputs: Vec<EdgeTensor>) -> Result<Vec<EdgeTensor>, RuntimeError> {
-        let inputs: TVec<TValue> = inputs.into_iter().map(to_tract).collect::<Result<_, _>>()?;
+        let inputs = to_tract_values(inputs)?;
         let key: InputShapes = inputs
             .iter()
             .map(|t| (t.datum_type(), t.shape().to_vec()))
@@ -274,10 +274,6 @@ impl Runnable for OpenClModel {
         let outputs = engine
             .run(&graphs[index].1, inputs)
             .map_err(|err| RuntimeError::Run(err.to_string()))?;
-        outputs
-            .iter()
-            .enumerate()
-            .map(|(i, t)| from_tract(t, self.outputs.get(i)))
-            .collect()
+        from_tract_values(&outputs, &self.outputs)
     }
 }
