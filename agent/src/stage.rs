@@ -227,6 +227,7 @@ impl Stage {
             inputs: model.inputs.clone(),
             outputs: model.outputs.clone(),
             device: workload.options.opencl_device.clone(),
+            precision: workload.options.opencl_precision,
         };
         let model_ref = model.model_ref();
         let batching = batch_policy(&workload.options);

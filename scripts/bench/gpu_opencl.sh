@@ -7,12 +7,14 @@
 #   mkdir -p gpu-carry && cp target/release/{edgeship,edgeship-agent} gpu-carry/ \
 #       && cp target/release/deps/sgemm-<hash> gpu-carry/sgemm \
 #       && cp target/release/deps/cnn-<hash> gpu-carry/cnn
-#   scripts/bench/gpu_opencl.sh gpu-carry OUT_DIR [sgemm] [cnn] [score]
+#   scripts/bench/gpu_opencl.sh gpu-carry OUT_DIR [sgemm] [cnn] [score] [tests]
 #
 # sgemm: the GEMM kernel on every OpenCL device beside tract, and cuBLAS through PyTorch;
 # cnn: squeezenet and resnet50 in tract on the CPU and on the GPU (EDGESHIP_OPENCL_DEVICE,
 # default NVIDIA); score: resnet50 deployed with `runtime: opencl` behind a real hub and
-# agent, timed through /score (scripts/bench/opencl_score.py). Default: all three.
+# agent, timed through /score (scripts/bench/opencl_score.py); tests: the OpenCL test
+# binaries carried as gpu-carry/test-* (`cargo test --release --no-run -p edgeship-runtime
+# --features opencl`, stripped), run on the GPU's platform alone. Default: sgemm cnn score.
 set -uo pipefail
 bin=$(cd "${1:?usage: gpu_opencl.sh BIN_DIR [OUT_DIR] [sgemm] [cnn] [score]}" && pwd)
 out=${2:-${OUT:-/tmp/gpu-opencl}}
@@ -50,6 +52,21 @@ for part in $parts; do
         score)
             timeout 400 python3 "$here/opencl_score.py" --bin-dir "$bin" --json "$out/score.json" 2>&1 \
                 | tee "$out/score.txt"
+            ;;
+        tests)
+            # The binaries find their fixtures where they were built (CARGO_MANIFEST_DIR).
+            repo=$(cd "$here/../.." && pwd)
+            built=${EDGESHIP_BUILT_AT:-/work/main}
+            if [ ! -e "$built" ]; then
+                mkdir -p "$(dirname "$built")" && ln -s "$repo" "$built"
+            fi
+            # Only the GPU's platform, so that each test's first device is the GPU.
+            mkdir -p /tmp/icd-gpu
+            grep -lis nvidia "${OCL_ICD_VENDORS:-/etc/OpenCL/vendors}"/*.icd | xargs -r cp -t /tmp/icd-gpu/
+            for test in "$bin"/test-*; do
+                OCL_ICD_VENDORS=/tmp/icd-gpu EDGESHIP_CI=1 timeout 300 "$test" --test-threads 1 --nocapture 2>&1 \
+                    | tee "$out/$(basename "$test").txt" | grep -E "^test |test result|fp16|panicked"
+            done
             ;;
     esac
 done

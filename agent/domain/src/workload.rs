@@ -146,6 +146,50 @@ impl fmt::Display for RuntimeKind {
     }
 }
 
+/// How the OpenCL runtime stores tensors on the device (the manifest's `opencl_precision`).
+/// Arithmetic is single precision either way: `Fp16` halves the memory weights and
+/// activations take, and the bandwidth they use, at about three decimal digits per value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 2] = [Precision::Fp32, Precision::Fp16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// Bytes one stored element takes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Precision::Fp32 => 4,
+            Precision::Fp16 => 2,
+        }
+    }
+
+    /// Parses a precision as users write it in manifests (`fp32`, `fp16`).
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| format!("unknown precision {name:?}: use fp32 or fp16"))
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelWorkload {
     pub runtime: RuntimeKind,
@@ -189,6 +233,9 @@ pub struct RuntimeOptions {
     pub max_queue_size: u32,
     /// Empty picks the runtime's default device.
     pub opencl_device: String,
+    /// How the OpenCL runtime stores tensors on its device.
+    #[serde(default)]
+    pub opencl_precision: Precision,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,13 +7,14 @@
 //! Settings: `EDGESHIP_CNN_MODELS` (default `squeezenet,resnet50`), `EDGESHIP_CNN_BATCHES`
 //! (`1,32`), `EDGESHIP_BENCH_ROUNDS` (timed runs per figure, default 5: median and worst),
 //! `EDGESHIP_OPENCL_DEVICE` (only devices whose name contains it), `EDGESHIP_CNN_TRACT=0`
-//! (skip tract), `EDGESHIP_CNN_JSON` (also write one JSON object per figure to this file).
+//! (skip tract), `EDGESHIP_CNN_PRECISIONS` (how the OpenCL runtime stores tensors, default
+//! `fp32,fp16`), `EDGESHIP_CNN_JSON` (also write one JSON object per figure to this file).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use edgeship_runtime::opencl::buffers::pseudo_random;
+use edgeship_runtime::opencl::buffers::{Precision, pseudo_random};
 use edgeship_runtime::opencl::{self, Engine, Programs, concrete_model};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -120,6 +121,10 @@ fn main() {
         .max(1);
     let only = std::env::var("EDGESHIP_OPENCL_DEVICE").ok();
     let with_tract = setting("EDGESHIP_CNN_TRACT", "1") != "0";
+    let precisions: Vec<Precision> = setting("EDGESHIP_CNN_PRECISIONS", "fp32,fp16")
+        .split(',')
+        .filter_map(|p| Precision::parse(p.trim()).ok())
+        .collect();
     let engines: Vec<Engine> = match opencl::discover() {
         Ok(devices) => devices
             .into_iter()
@@ -127,23 +132,27 @@ fn main() {
                 only.as_ref()
                     .is_none_or(|o| d.info.name.contains(o.as_str()))
             })
-            .filter_map(|d| {
-                let label = d.label();
-                let started = Instant::now();
-                match Engine::open(d, None, Programs::uncached()) {
-                    Ok(engine) => {
-                        eprintln!(
-                            "{label}: opened and tuned in {:.1} s: {}",
-                            started.elapsed().as_secs_f64(),
-                            engine.tiling
-                        );
-                        Some(engine)
-                    }
-                    Err(err) => {
-                        eprintln!("{label}: {err}");
-                        None
+            .flat_map(|d| {
+                // Tuned once per device: the tiling serves every precision.
+                let mut tiling = None;
+                let mut opened = Vec::new();
+                for &precision in &precisions {
+                    let label = format!("{} ({precision})", d.label());
+                    let started = Instant::now();
+                    match Engine::open(d.clone(), tiling, Programs::uncached(), precision) {
+                        Ok(engine) => {
+                            eprintln!(
+                                "{label}: opened and tuned in {:.1} s: {}",
+                                started.elapsed().as_secs_f64(),
+                                engine.tiling
+                            );
+                            tiling = Some(engine.tiling);
+                            opened.push(engine);
+                        }
+                        Err(err) => eprintln!("{label}: {err}"),
                     }
                 }
+                opened
             })
             .collect(),
         Err(err) => {
@@ -196,7 +205,10 @@ fn main() {
                 push("tract, CPU, one thread".into(), result);
             }
             for engine in &engines {
-                let label = format!("OpenCL, {}", engine.device.label());
+                let label = match engine.precision {
+                    Precision::Fp32 => format!("OpenCL, {}", engine.device.label()),
+                    other => format!("OpenCL {other} storage, {}", engine.device.label()),
+                };
                 let result = engine
                     .plan(&typed)
                     .map_err(|e| e.to_string())

@@ -12,7 +12,7 @@
 use std::fmt::Write as _;
 use std::time::Instant;
 
-use edgeship_runtime::opencl::buffers::{pseudo_random, scratch, upload};
+use edgeship_runtime::opencl::buffers::{Precision, pseudo_random, scratch, upload};
 use edgeship_runtime::opencl::{self, ClDevice, Epilogue, Gemm, Operand, Programs, tune_gemm};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -144,24 +144,52 @@ fn bench_opencl(
     for (params, g) in &tuning.tried {
         eprintln!("    {params}: {g:.1} GFLOP/s");
     }
-    let gemm = Gemm::build(
-        &context,
-        device,
-        tuning.params,
-        Epilogue::default(),
-        &programs,
-    )?;
+    let mut figures = Vec::new();
+    for precision in Precision::ALL {
+        let gemm = Gemm::build(
+            &context,
+            device,
+            tuning.params,
+            Epilogue::default(),
+            precision,
+            &programs,
+        )?;
+        figures.extend(time_gemm(
+            (&context, &queue),
+            device,
+            &gemm,
+            sizes,
+            cpu_max,
+            rounds,
+        )?);
+    }
+    Ok(figures)
+}
+
+/// GFLOP/s of `gemm` (its kernel time, from the queue's profiling) at each size.
+fn time_gemm(
+    (context, queue): (
+        &opencl3::context::Context,
+        &opencl3::command_queue::CommandQueue,
+    ),
+    device: &ClDevice,
+    gemm: &Gemm,
+    sizes: &[usize],
+    cpu_max: usize,
+    rounds: usize,
+) -> Result<Vec<Figure>, opencl::ClError> {
+    let precision = gemm.precision;
     let mut figures = Vec::new();
     for &n in sizes {
         if device.info.kind == "cpu" && n > cpu_max {
             continue;
         }
-        let a = upload(&context, &queue, &pseudo_random(n * n, 1))?;
-        let b = upload(&context, &queue, &pseudo_random(n * n, 2))?;
-        let c = scratch(&context, n * n)?;
+        let a = upload(context, queue, &pseudo_random(n * n, 1), precision)?;
+        let b = upload(context, queue, &pseudo_random(n * n, 2), precision)?;
+        let c = scratch(context, n * n, precision)?;
         let run = || -> Result<f64, opencl::ClError> {
             let event = gemm.enqueue(
-                &queue,
+                queue,
                 (n, n, n),
                 Operand::new(&a, 0, n),
                 Operand::new(&b, 0, n),
@@ -182,12 +210,15 @@ fn bench_opencl(
         }
         let (median, worst) = median_worst(kernel);
         figures.push(Figure {
-            engine: "edgeship OpenCL".into(),
+            engine: match precision {
+                Precision::Fp32 => "edgeship OpenCL".into(),
+                other => format!("edgeship OpenCL, {other} storage"),
+            },
             device: device.label(),
             n,
             median,
             worst,
-            note: tuning.params.to_string(),
+            note: gemm.params.to_string(),
         });
     }
     Ok(figures)

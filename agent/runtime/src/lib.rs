@@ -50,6 +50,9 @@ pub struct ModelBundle {
     /// Which of the runtime's devices to run on (the manifest's `opencl_device`); empty for
     /// the runtime's default.
     pub device: String,
+    /// How the OpenCL runtime stores tensors on its device (the manifest's
+    /// `opencl_precision`); other runtimes compute in the model's own types.
+    pub precision: edgeship_domain::Precision,
 }
 
 pub trait Runtime: Send + Sync + std::fmt::Debug {

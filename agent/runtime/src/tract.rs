@@ -265,6 +265,7 @@ mod tests {
             inputs: vec![features("data", 10)],
             outputs: vec![features("variable", 1)],
             device: String::new(),
+            precision: Default::default(),
         };
         let model = TractRuntime.prepare(&bundle).expect("prepare");
         let expected = expected("diabetes");
@@ -304,6 +305,7 @@ mod tests {
                 features("probabilities", 10),
             ],
             device: String::new(),
+            precision: Default::default(),
         };
         let model = TractRuntime.prepare(&bundle).expect("prepare");
         let (shape, flat) = rows(&expected("digits")["inputs"]);
@@ -327,6 +329,7 @@ mod tests {
             inputs: vec![],
             outputs: vec![],
             device: String::new(),
+            precision: Default::default(),
         };
         let err = TractRuntime.prepare(&bundle).expect_err("not onnx");
         assert!(matches!(err, RuntimeError::Load(_)), "{err}");

@@ -8,14 +8,15 @@ mod support;
 
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
+use opencl3::memory::ClMem;
 use support::devices_or_skip;
 
 use edgeship_runtime::opencl::buffers::{
-    download, max_relative_error, pseudo_random, reference, scratch, upload,
+    Precision, download, max_relative_error, pseudo_random, reference, scratch, stored, upload,
 };
 use edgeship_runtime::opencl::{
     Bias, ClError, Epilogue, Gemm, GemmParams, GemmTuning, Operand, Programs, TuneCache,
-    VERIFY_TOLERANCE, candidates, tune_gemm, verification_shapes,
+    VERIFY_TOLERANCE, candidates, tune_gemm, verification_shapes, verify, verify_tolerance,
 };
 
 #[test]
@@ -48,10 +49,11 @@ fn gemm_error(
     gemm: &Gemm,
     (m, n, k): (usize, usize, usize),
 ) -> Result<f32, ClError> {
-    let e = gemm.epilogue;
-    let a = pseudo_random(m * k, 11);
-    let b = pseudo_random(k * n, 12);
-    let bias = pseudo_random(m.max(n), 13);
+    let (e, precision) = (gemm.epilogue, gemm.precision);
+    // The operands as the device stores them, so that only the kernel's error shows.
+    let a = stored(&pseudo_random(m * k, 11), precision);
+    let b = stored(&pseudo_random(k * n, 12), precision);
+    let bias = stored(&pseudo_random(m.max(n), 13), precision);
     let mut expected = reference(&a, &b, m, n, k);
     for (i, value) in expected.iter_mut().enumerate() {
         match e.bias {
@@ -80,10 +82,10 @@ fn gemm_error(
     };
     // Every operand sits after a few floats of something else, as in a buffer of several.
     let shifted = |x: &[f32]| [vec![7.0; 3], x.to_vec()].concat();
-    let a_buf = upload(context, queue, &shifted(&a_stored))?;
-    let b_buf = upload(context, queue, &shifted(&b_stored))?;
-    let bias_buf = upload(context, queue, &shifted(&bias))?;
-    let c_buf = scratch(context, m * n + 5)?;
+    let a_buf = upload(context, queue, &shifted(&a_stored), precision)?;
+    let b_buf = upload(context, queue, &shifted(&b_stored), precision)?;
+    let bias_buf = upload(context, queue, &shifted(&bias), precision)?;
+    let c_buf = scratch(context, m * n + 5, precision)?;
     gemm.enqueue(
         queue,
         (m, n, k),
@@ -92,7 +94,7 @@ fn gemm_error(
         (e.bias != Bias::None).then(|| Operand::new(&bias_buf, 3, 0)),
         Operand::new(&c_buf, 5, n),
     )?;
-    let actual = download(queue, &c_buf, m * n + 5)?;
+    let actual = download(queue, &c_buf, m * n + 5, precision)?;
     Ok(max_relative_error(&expected, &actual[5..]))
 }
 
@@ -115,6 +117,7 @@ fn tuning_times_every_tiling_and_each_matches_the_reference() {
         device,
         tuning.params,
         Epilogue::default(),
+        Precision::Fp32,
         &Programs::uncached(),
     )
     .expect("build");
@@ -133,6 +136,7 @@ fn transposed_operands_offsets_biases_and_relu_are_built_in() {
     let device = &devices[0];
     let (context, queue) = device.open().expect("open");
     let params = candidates(device)[0];
+    let mut builds = Vec::new();
     for trans_a in [false, true] {
         for trans_b in [false, true] {
             for (bias, relu) in [
@@ -146,17 +150,65 @@ fn transposed_operands_offsets_biases_and_relu_are_built_in() {
                     bias,
                     relu,
                 };
-                let gemm = Gemm::build(&context, device, params, epilogue, &Programs::uncached())
-                    .expect("build");
-                for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk * 2)] {
-                    let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
-                    assert!(
-                        error <= VERIFY_TOLERANCE,
-                        "{epilogue:?} {shape:?}: off by {error:e}"
-                    );
+                builds.push((epilogue, Precision::Fp32));
+                // Half-precision storage changes only the loads and stores: each of them
+                // once (every layout of A and B, each bias) rather than every combination,
+                // since each build is a compilation (seconds on PoCL).
+                if bias
+                    == [Bias::None, Bias::Rows, Bias::Columns]
+                        [usize::from(trans_a) + usize::from(trans_b)]
+                {
+                    builds.push((epilogue, Precision::Fp16));
                 }
             }
         }
+    }
+    for (epilogue, precision) in builds {
+        let programs = Programs::uncached();
+        let gemm =
+            Gemm::build(&context, device, params, epilogue, precision, &programs).expect("build");
+        for shape in [(3, 5, 7), (params.tsm, params.tsn, params.tsk * 2)] {
+            let error = gemm_error((&context, &queue), &gemm, shape).expect("gemm");
+            assert!(
+                error <= verify_tolerance(precision),
+                "{precision} {epilogue:?} {shape:?}: off by {error:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn half_precision_storage_holds_each_value_in_two_bytes_and_rounds_to_nearest() {
+    let Some(devices) = devices_or_skip("half_precision_storage") else {
+        return;
+    };
+    let device = &devices[0];
+    let (context, queue) = device.open().expect("open");
+    // Exact in half: small integers, powers of two, the largest finite half. Rounded: 1/3,
+    // and 65519 (just under the midpoint to 65536, so it rounds down to 65504).
+    let values = [0.0, -2.0, 1024.0, 0.5, 65504.0, 1.0 / 3.0, 65519.0, -0.0];
+    let buffer = upload(&context, &queue, &values, Precision::Fp16).expect("upload");
+    assert_eq!(buffer.size().expect("size"), values.len() * 2);
+    let back = download(&queue, &buffer, values.len(), Precision::Fp16).expect("download");
+    assert_eq!(back, stored(&values, Precision::Fp16));
+    assert_eq!(back[..5], values[..5]);
+    assert_eq!(back[6], 65504.0);
+    assert!((back[5] - 1.0 / 3.0).abs() < 1e-3 && back[5] != 1.0 / 3.0);
+    // The smallest and the largest tiling that fit the device compute correctly on
+    // half-precision storage, the kernel's rounding of its results included (every tiling
+    // shares the loads and stores; each build is seconds of compiling on PoCL).
+    let fitting = candidates(device);
+    for params in [fitting[0], fitting[fitting.len() - 1]] {
+        let gemm = Gemm::build(
+            &context,
+            device,
+            params,
+            Epilogue::default(),
+            Precision::Fp16,
+            &Programs::uncached(),
+        )
+        .expect("build");
+        verify(&context, &queue, &gemm).expect("half-precision GEMM");
     }
 }
 
@@ -173,10 +225,11 @@ fn mismatched_arguments_are_refused_with_the_reason() {
         device,
         params,
         Epilogue::default(),
+        Precision::Fp32,
         &Programs::uncached(),
     )
     .expect("build");
-    let buffer = scratch(&context, 64).expect("buffer");
+    let buffer = scratch(&context, 64, Precision::Fp32).expect("buffer");
     let short_rows = gemm
         .enqueue(
             &queue,
@@ -208,6 +261,7 @@ fn mismatched_arguments_are_refused_with_the_reason() {
         device,
         misfit,
         Epilogue::default(),
+        Precision::Fp32,
         &Programs::uncached(),
     )
     .expect_err("48");

@@ -3,7 +3,8 @@
 //! classifiers, squeezenet, resnet50 and densenet121, from the `onnx` wheel's "light" test
 //! data (`scripts/fixtures/light/`). Those make their weights with `ConstantOfShape`, so their
 //! answers hardly depend on the arithmetic: each is also run with pseudo-random weights in
-//! place of every convolution and dense layer's, where a wrong kernel shows.
+//! place of every convolution and dense layer's, where a wrong kernel shows. Two of them run
+//! again with tensors stored in half precision (`opencl_precision: fp16`).
 #![cfg(feature = "opencl")]
 
 mod support;
@@ -13,13 +14,20 @@ use std::sync::Arc;
 
 use edgeship_runtime::opencl::Engine;
 use edgeship_runtime::opencl::buffers::pseudo_random;
-use support::{Difference, compare, compare_typed, engine_or_skip, floats, tensor, typed_for};
+use support::{
+    Difference, Precision, compare, compare_typed, engine_or_skip, engines_or_skip, floats, tensor,
+    typed_for,
+};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 
 /// Largest difference accepted, relative to the largest output magnitude, for graphs of up
 /// to 120 convolutions in single precision summed in another order than tract's.
 const TOLERANCE: f32 = 1e-3;
+
+/// The same in half-precision storage: every activation of up to 50 layers is rounded to 11
+/// significant bits (2⁻¹² relative) and the rounding errors compound from layer to layer.
+const HALF_TOLERANCE: f32 = 3e-2;
 
 fn light(name: &str) -> InferenceModel {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -64,9 +72,17 @@ fn with_random_weights(mut model: TypedModel) -> TypedModel {
 }
 
 fn check(case: &str, (difference, placement): (Difference, support::Placement)) {
+    check_within(case, TOLERANCE, (difference, placement));
+}
+
+fn check_within(
+    case: &str,
+    tolerance: f32,
+    (difference, placement): (Difference, support::Placement),
+) {
     println!("{case}: {difference:?}, {placement:?}");
     assert!(
-        difference.relative <= TOLERANCE,
+        difference.relative <= tolerance,
         "{case}: off by {difference:?}"
     );
 }
@@ -124,4 +140,44 @@ fn densenet121_matches_tract() {
     if let Some(engine) = engine_or_skip("densenet121") {
         light_model(&engine, "densenet121");
     }
+}
+
+/// squeezenet and resnet50 with random weights, stored in half precision: the answers stay
+/// within [`HALF_TOLERANCE`] of tract's, and the weights and activations take half the
+/// device memory they take in single precision.
+#[test]
+fn half_precision_storage_matches_tract_in_half_the_memory() {
+    let engines = engines_or_skip("half precision");
+    let [single, half] = engines.as_slice() else {
+        return;
+    };
+    assert_eq!(
+        (single.precision, half.precision),
+        (Precision::Fp32, Precision::Fp16)
+    );
+    for name in ["squeezenet", "resnet50"] {
+        let typed = with_random_weights(typed_for(&light(name), &[image()]));
+        check_within(
+            &format!("{name} with random weights, fp16"),
+            HALF_TOLERANCE,
+            compare_typed(half, &typed, vec![image()]),
+        );
+        let graphs = [
+            single.plan(&typed).expect("fp32"),
+            half.plan(&typed).expect("fp16"),
+        ];
+        println!(
+            "{name}: activations {} → {} bytes",
+            graphs[0].activation_bytes, graphs[1].activation_bytes
+        );
+        assert_eq!(graphs[1].activation_bytes * 2, graphs[0].activation_bytes);
+    }
+    println!(
+        "weights: {} → {} bytes",
+        single.constants.bytes(),
+        half.constants.bytes()
+    );
+    // `compare_typed` planned each model once on `half`; `single` planned them above.
+    assert!(half.constants.bytes() > 1 << 20);
+    assert_eq!(half.constants.bytes() * 2, single.constants.bytes());
 }

@@ -7,7 +7,7 @@
 mod support;
 
 use edgeship_runtime::opencl::{Engine, Programs, candidates};
-use support::{compare, devices_or_skip, floats, int, ints, single_op, tensor};
+use support::{Precision, compare, devices_or_skip, floats, int, ints, single_op, tensor};
 use tract_onnx::prelude::*;
 
 /// A convolution with a bias (im2col, a GEMM with a row bias) and a ReLU after it.
@@ -32,7 +32,7 @@ fn run_with(test: &str, programs: Programs) -> Option<Engine> {
         .into_iter()
         .find(|p| p.tsm == 32 && p.tsn == 32)
         .expect("a 32×32 tiling");
-    let engine = Engine::open(device, Some(tiling), programs).expect("open");
+    let engine = Engine::open(device, Some(tiling), programs, Precision::Fp32).expect("open");
     let (model, input) = conv_model();
     let (difference, placement) = compare(&engine, &model, vec![input]);
     assert!(difference.relative <= 1e-5, "{difference:?}");
@@ -102,8 +102,13 @@ fn prebuilt_binaries_shipped_with_a_model_run_without_compiling() {
     let device = devices_or_skip("prebuilt_binaries")
         .expect("device")
         .remove(0);
-    let refused =
-        Engine::open(device, None, Programs::default().binaries_only()).expect_err("no binaries");
+    let refused = Engine::open(
+        device,
+        None,
+        Programs::default().binaries_only(),
+        Precision::Fp32,
+    )
+    .expect_err("no binaries");
     assert!(
         refused.to_string().contains("no prebuilt binary"),
         "{refused}"
@@ -119,7 +124,8 @@ fn graphs_for_another_batch_size_share_the_weights_on_the_device() {
         .into_iter()
         .find(|p| p.tsm == 32 && p.tsn == 32)
         .expect("a 32×32 tiling");
-    let engine = Engine::open(device, Some(tiling), Programs::uncached()).expect("open");
+    let engine =
+        Engine::open(device, Some(tiling), Programs::uncached(), Precision::Fp32).expect("open");
     let (model, one) = conv_model();
     let (difference, _) = compare(&engine, &model, vec![one]);
     assert!(difference.relative <= 1e-5, "{difference:?}");

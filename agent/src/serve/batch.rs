@@ -6,13 +6,16 @@
 //! request path). A few worker threads take from it in turns: the one gathering takes the
 //! first waiting request, then whatever arrives until the batch is full or the first request
 //! has waited `max_queue_delay`, and hands the turn on; it stacks the inputs, runs the model
-//! once and splits the outputs back by rows while the next gathers. A full queue refuses at once ([`RuntimeError::Overloaded`], a 503 with
-//! `Retry-After`), so memory never grows with load. Requests that cannot share a run (other
-//! shapes beyond the batch axis, several rows) run in the next batch or alone; a failed batch
-//! is run again one request at a time, so one bad request never fails its neighbours.
+//! once and splits the outputs back by rows while the next gathers. A full queue refuses at
+//! once ([`RuntimeError::Overloaded`], a 503 with `Retry-After`), so memory never grows with
+//! load. Requests that cannot share a run (other shapes beyond the batch axis) run in the
+//! next batch or alone; a failed batch is run again one request at a time, so one bad request
+//! never fails its neighbours.
 //!
 //! A request's results never depend on its neighbours: at load, [`probe`] finds the places
-//! in a batch where a row gets exactly what it gets alone, and requests go only there.
+//! in a batch where a row gets exactly what it gets alone, and requests go only there. Where
+//! every place is such a place, requests of several rows share batches too, their rows side
+//! by side, up to `max_batch_size` rows in all; elsewhere they run alone.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -368,14 +371,18 @@ impl Worker {
             Some(job) => job,
             None => self.queue.recv().ok()?,
         };
-        // A request of several rows runs alone: its rows take the places they take alone,
-        // so its results are its own.
-        if first.rows != 1 {
+        let capacity = self.slots.len();
+        let packs_rows = self.packs_rows();
+        // Where some places differ, a request of several rows runs alone: its rows take the
+        // places they take alone, so its results are its own. Where every place gives a row
+        // its own results, it shares a batch as long as the batch has room.
+        if first.rows != 1 && !(packs_rows && first.rows < capacity) {
             return Some(vec![first]);
         }
         let deadline = first.queued + self.policy.max_queue_delay;
+        let mut rows = first.rows;
         let mut batch = vec![first];
-        while batch.len() < self.slots.len() {
+        while rows < capacity {
             let next = match self.queue.try_recv() {
                 Ok(job) => job,
                 Err(flume::TryRecvError::Disconnected) => break,
@@ -384,13 +391,21 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            if next.rows != 1 || !compatible(&batch[0], &next) {
+            let fits = (next.rows == 1 || packs_rows) && rows + next.rows <= capacity;
+            if !fits || !compatible(&batch[0], &next) {
                 *held = Some(next);
                 break;
             }
+            rows += next.rows;
             batch.push(next);
         }
         Some(batch)
+    }
+
+    /// Whether every place of a batch gives a row its own results, so requests' rows can sit
+    /// side by side whatever their number.
+    fn packs_rows(&self) -> bool {
+        self.slots.len() == self.policy.max_batch_size
     }
 
     /// Runs one batch and answers each request with its rows.
@@ -406,13 +421,24 @@ impl Worker {
             let _ = job.reply.send(self.call(job.inputs));
             return;
         }
-        let places = &self.slots[..batch.len()];
-        let length = places[places.len() - 1] + 1;
-        // Which request each place of the batch carries; padding repeats the first.
-        let mut owner = vec![0; length];
-        for (job, &place) in places.iter().enumerate() {
-            owner[place] = job;
-        }
+        // The batch as consecutive parts: which request each part carries, its rows, and
+        // which part answers each request.
+        let (owner, part_rows, part_of): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.packs_rows()
+        {
+            // Every place is exact: the requests side by side, all their rows.
+            let all: Vec<usize> = (0..batch.len()).collect();
+            let rows = batch.iter().map(|job| job.rows).collect();
+            (all.clone(), rows, all)
+        } else {
+            // One-row requests at the exact places; padding repeats the first.
+            let places = &self.slots[..batch.len()];
+            let length = places[places.len() - 1] + 1;
+            let mut owner = vec![0; length];
+            for (job, &place) in places.iter().enumerate() {
+                owner[place] = job;
+            }
+            (owner, vec![1; length], places.to_vec())
+        };
         let columns = (0..batch[0].inputs.len())
             .map(|i| {
                 Tensor::concat_rows(owner.iter().map(|&j| batch[j].inputs[i].clone()).collect())
@@ -421,11 +447,11 @@ impl Worker {
         let parts = columns
             .ok_or_else(|| RuntimeError::Run("the batch's inputs could not be stacked".into()))
             .and_then(|inputs| self.call(inputs))
-            .and_then(|outputs| split_outputs(outputs, &vec![1; length]));
+            .and_then(|outputs| split_outputs(outputs, &part_rows));
         match parts {
             Ok(mut parts) => {
-                for (job, &place) in batch.into_iter().zip(places) {
-                    let _ = job.reply.send(Ok(std::mem::take(&mut parts[place])));
+                for (job, &part) in batch.into_iter().zip(&part_of) {
+                    let _ = job.reply.send(Ok(std::mem::take(&mut parts[part])));
                 }
             }
             Err(err) => {

@@ -1,6 +1,7 @@
 //! OpenCL through real processes: an `edgeship-agent` on a machine with an OpenCL platform
 //! (PoCL in CI) announces its devices in its birth and `edgeship device show` lists them; a
-//! deployment with `runtime: opencl` answers as the same model in tract does, and one whose
+//! deployment with `runtime: opencl` answers as the same model in tract does (with
+//! `opencl_precision: fp16` too, within half-precision rounding), and one whose
 //! `opencl_device` matches nothing there is `Unschedulable` with the reason. Without an
 //! OpenCL platform the tests print a `SKIP:` line (a failure under `EDGESHIP_CI=1`).
 
@@ -171,11 +172,23 @@ async fn an_opencl_deployment_answers_as_tract_does_and_a_missing_device_is_unsc
         .join("sample_input.json")
         .to_string_lossy()
         .into_owned();
-    let (tract_port, opencl_port, none_port) = (free_port(), free_port(), free_port());
+    let (tract_port, opencl_port, half_port, none_port) =
+        (free_port(), free_port(), free_port(), free_port());
     let manifests = [
         ("on-tract", "tract", "", tract_port),
-        ("on-opencl", "opencl", "cpu", opencl_port),
-        ("on-fpga", "opencl", "accelerator", none_port),
+        ("on-opencl", "opencl", "opencl_device: cpu\n", opencl_port),
+        (
+            "on-opencl-fp16",
+            "opencl",
+            "opencl_device: cpu\nopencl_precision: fp16\n",
+            half_port,
+        ),
+        (
+            "on-fpga",
+            "opencl",
+            "opencl_device: accelerator\n",
+            none_port,
+        ),
     ];
     let setup = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -194,17 +207,12 @@ async fn an_opencl_deployment_answers_as_tract_does_and_a_missing_device_is_unsc
                     &sample,
                 ],
             );
-            for (name, runtime, device, port) in manifests {
+            for (name, runtime, options, port) in manifests {
                 let path = dir.join(format!("{name}.yaml"));
-                let selector = if device.is_empty() {
-                    String::new()
-                } else {
-                    format!("opencl_device: {device}\n")
-                };
                 std::fs::write(
                     &path,
                     format!(
-                        "name: {name}\nmodel: digits:1\nruntime: {runtime}\n{selector}endpoint: {{port: {port}, auth: none}}\ntarget: {{devices: [edge-cl]}}\n"
+                        "name: {name}\nmodel: digits:1\nruntime: {runtime}\n{options}endpoint: {{port: {port}, auth: none}}\ntarget: {{devices: [edge-cl]}}\n"
                     ),
                 )
                 .expect("manifest");
@@ -263,6 +271,15 @@ async fn an_opencl_deployment_answers_as_tract_does_and_a_missing_device_is_unsc
     );
     for (e, a) in expected.iter().zip(&actual) {
         assert!((e - a).abs() <= 1e-5, "{e} vs {a}");
+    }
+    // Stored in half precision: the same labels, probabilities within its rounding (11
+    // significant bits per stored value, through two dense layers and a softmax).
+    let half_json = answer(half_port).await.json();
+    assert_eq!(labels(&tract_json), labels(&half_json), "{half_json}");
+    let half = probabilities(&half_json);
+    assert_eq!(expected.len(), half.len(), "{half_json}");
+    for (e, a) in expected.iter().zip(&half) {
+        assert!((e - a).abs() <= 2e-3, "fp16: {e} vs {a}");
     }
     // No accelerator here: the third deployment is refused on the device, with the reason.
     let url = hub.url.clone();

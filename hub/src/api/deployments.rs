@@ -196,6 +196,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         models: vec![],
         runtime: (!wire.runtime.is_empty()).then_some(wire.runtime),
         opencl_device: None,
+        opencl_precision: None,
         endpoint: EndpointManifest {
             port: endpoint.port,
             auth: auth.map(str::to_owned),

@@ -7,8 +7,8 @@ use crate::names;
 use crate::signature::TensorSpec;
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
-    HealthThresholds, ModelWorkload, Protocol, RejectedWorkload, RuntimeKind, RuntimeOptions,
-    Workload, WorkloadKind,
+    HealthThresholds, ModelWorkload, Precision, Protocol, RejectedWorkload, RuntimeKind,
+    RuntimeOptions, Workload, WorkloadKind,
 };
 
 impl From<&BlobRef> for pb::BlobRef {
@@ -211,6 +211,10 @@ impl From<&ModelWorkload> for pb::ModelWorkload {
                 max_queue_delay_ms: model.options.max_queue_delay_ms,
                 max_queue_size: model.options.max_queue_size,
                 opencl_device: model.options.opencl_device.clone(),
+                opencl_precision: match model.options.opencl_precision {
+                    Precision::Fp32 => String::new(),
+                    other => other.name().to_owned(),
+                },
             }),
             entry_module: model.entry_module.as_ref().map(|m| pb::EntryModule {
                 module_id: m.module_id.clone(),
@@ -258,6 +262,11 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
                 max_queue_delay_ms: options.max_queue_delay_ms,
                 max_queue_size: options.max_queue_size,
                 opencl_device: options.opencl_device,
+                opencl_precision: match options.opencl_precision.as_str() {
+                    "" => Precision::Fp32,
+                    // A precision a newer hub knows and this agent does not.
+                    name => Precision::parse(name).map_err(WireError::Unsupported)?,
+                },
             },
             entry_module,
         })
@@ -496,6 +505,35 @@ mod tests {
             Workload::try_from(pb::Workload::from(&workload)),
             Ok(workload)
         );
+    }
+
+    #[test]
+    fn an_opencl_precision_crosses_the_wire_and_an_unknown_one_is_unsupported() {
+        let mut wire = wire_workload();
+        let options = |wire: &mut pb::Workload, precision: &str| {
+            if let Some(pb::workload::Kind::Model(model)) = &mut wire.kind {
+                model.runtime = pb::Runtime::Opencl.into();
+                model.options = Some(pb::RuntimeOptions {
+                    opencl_precision: precision.into(),
+                    ..Default::default()
+                });
+            }
+        };
+        options(&mut wire, "fp16");
+        let workload = Workload::try_from(wire.clone()).expect("valid");
+        let WorkloadKind::Model(model) = &workload.kind else {
+            panic!("a model workload");
+        };
+        assert_eq!(model.options.opencl_precision, Precision::Fp16);
+        assert_eq!(
+            Workload::try_from(pb::Workload::from(&workload)),
+            Ok(workload)
+        );
+        options(&mut wire, "bf16");
+        assert!(matches!(
+            Workload::try_from(wire),
+            Err(WireError::Unsupported(m)) if m.contains("unknown precision \"bf16\"")
+        ));
     }
 
     #[test]

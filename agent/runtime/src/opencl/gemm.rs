@@ -9,13 +9,16 @@ use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use opencl3::event::Event;
 use opencl3::kernel::{ExecuteKernel, Kernel};
-use opencl3::memory::Buffer;
 use opencl3::types::cl_int;
 
+use super::buffers::{DeviceBuffer, Precision};
 use super::programs::Programs;
 use super::{ClDevice, ClError, doing};
 
-const SOURCE: &str = include_str!("kernels/gemm.cl");
+const SOURCE: &str = concat!(
+    include_str!("kernels/storage.cl"),
+    include_str!("kernels/gemm.cl")
+);
 
 /// The tiling of one GEMM kernel build. A work-group computes a `tsm`×`tsn` tile of C with
 /// `(tsm/wptm)·(tsn/wptn)` work-items, each holding a `wptm`×`wptn` block in registers and
@@ -89,7 +92,7 @@ impl GemmParams {
         Ok(())
     }
 
-    fn build_options(&self, epilogue: Epilogue, guarded: bool) -> String {
+    fn build_options(&self, epilogue: Epilogue, precision: Precision, guarded: bool) -> String {
         let mut options = format!(
             "-cl-mad-enable -cl-fast-relaxed-math -D TSM={} -D TSN={} -D TSK={} -D WPTM={} -D WPTN={} -D VWM={} -D VWN={}",
             self.tsm, self.tsn, self.tsk, self.wptm, self.wptn, self.vwm, self.vwn
@@ -102,6 +105,7 @@ impl GemmParams {
             (epilogue.bias == Bias::Columns, "BIAS_N"),
             (epilogue.bias == Bias::Rows, "BIAS_M"),
             (epilogue.relu, "RELU"),
+            (precision == Precision::Fp16, "HALF"),
         ] {
             if on {
                 options.push_str(" -D ");
@@ -192,16 +196,16 @@ pub enum Bias {
 }
 
 /// A matrix operand: a buffer, the offset of its first element and the distance between its
-/// rows (as stored), in floats.
+/// rows (as stored), in elements.
 #[derive(Debug, Clone, Copy)]
 pub struct Operand<'a> {
-    pub buffer: &'a Buffer<f32>,
+    pub buffer: &'a DeviceBuffer,
     pub offset: usize,
     pub stride: usize,
 }
 
 impl<'a> Operand<'a> {
-    pub fn new(buffer: &'a Buffer<f32>, offset: usize, stride: usize) -> Self {
+    pub fn new(buffer: &'a DeviceBuffer, offset: usize, stride: usize) -> Self {
         Operand {
             buffer,
             offset,
@@ -216,6 +220,8 @@ impl<'a> Operand<'a> {
 pub struct Gemm {
     pub params: GemmParams,
     pub epilogue: Epilogue,
+    /// How the operands are stored (the sums are single precision either way).
+    pub precision: Precision,
     exact: Kernel,
     guarded: Kernel,
 }
@@ -226,11 +232,12 @@ impl Gemm {
         device: &ClDevice,
         params: GemmParams,
         epilogue: Epilogue,
+        precision: Precision,
         programs: &Programs,
     ) -> Result<Self, ClError> {
         params.check(device).map_err(ClError::Invalid)?;
         let kernel = |guarded: bool| -> Result<Kernel, ClError> {
-            let options = params.build_options(epilogue, guarded);
+            let options = params.build_options(epilogue, precision, guarded);
             let program = programs.build(
                 context,
                 device,
@@ -243,6 +250,7 @@ impl Gemm {
         Ok(Gemm {
             params,
             epilogue,
+            precision,
             exact: kernel(false)?,
             guarded: kernel(true)?,
         })
@@ -288,8 +296,9 @@ impl Gemm {
         let c_args = [int(c.offset)?, int(c.stride)?];
         let bias_offset = int(bias.map_or(0, |b| b.offset))?;
         let mut exec = ExecuteKernel::new(kernel);
-        // SAFETY: the arguments match the kernel's signature in order and type (ints and
-        // buffers of floats), and the sizes bound every access the kernel makes.
+        // SAFETY: the arguments match the kernel's signature in order and type (ints, and
+        // buffers of the precision it was built for), and the sizes bound every access the
+        // kernel makes.
         unsafe {
             exec.set_arg(&sizes[0])
                 .set_arg(&sizes[1])

@@ -17,6 +17,7 @@ pub use programs::Programs;
 pub use runtime::{Engine, OpenClRuntime, concrete_model, pick_device, set_cache_dir};
 pub use tune::{
     GemmTuning, TuneCache, VERIFY_TOLERANCE, candidates, tune_gemm, verification_shapes, verify,
+    verify_tolerance,
 };
 
 /// An OpenCL call that failed, with what was being done.

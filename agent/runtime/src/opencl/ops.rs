@@ -4,13 +4,16 @@
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use opencl3::kernel::{ExecuteKernel, Kernel};
-use opencl3::memory::Buffer;
 use opencl3::types::{cl_float, cl_int};
 
+use super::buffers::{DeviceBuffer, Precision};
 use super::programs::Programs;
 use super::{ClDevice, ClError, doing};
 
-const SOURCE: &str = include_str!("kernels/ops.cl");
+const SOURCE: &str = concat!(
+    include_str!("kernels/storage.cl"),
+    include_str!("kernels/ops.cl")
+);
 
 /// Axes a shape may have on the device (the kernels take shapes as `int8`).
 pub const MAX_RANK: usize = 8;
@@ -150,15 +153,14 @@ impl Ops {
     pub fn build(
         context: &Context,
         device: &ClDevice,
+        precision: Precision,
         programs: &Programs,
     ) -> Result<Self, ClError> {
-        let program = programs.build(
-            context,
-            device,
-            SOURCE,
-            "-cl-fast-relaxed-math",
-            "the operators",
-        )?;
+        let options = match precision {
+            Precision::Fp32 => "-cl-fast-relaxed-math",
+            Precision::Fp16 => "-cl-fast-relaxed-math -D HALF",
+        };
+        let program = programs.build(context, device, SOURCE, options, "the operators")?;
         let kernel = |name: &str| {
             Kernel::create(&program, name).map_err(doing(format!("creating kernel {name}")))
         };
@@ -180,9 +182,9 @@ impl Ops {
         queue: &CommandQueue,
         op: BinaryOp,
         shape: &[usize],
-        (a, a_off, a_strides): (&Buffer<f32>, usize, &[usize]),
-        (b, b_off, b_strides): (&Buffer<f32>, usize, &[usize]),
-        out: &Buffer<f32>,
+        (a, a_off, a_strides): (&DeviceBuffer, usize, &[usize]),
+        (b, b_off, b_strides): (&DeviceBuffer, usize, &[usize]),
+        out: &DeviceBuffer,
     ) -> Result<(), ClError> {
         let count: usize = shape.iter().product();
         let args = (
@@ -216,8 +218,8 @@ impl Ops {
         queue: &CommandQueue,
         op: UnaryOp,
         count: usize,
-        x: &Buffer<f32>,
-        out: &Buffer<f32>,
+        x: &DeviceBuffer,
+        out: &DeviceBuffer,
     ) -> Result<(), ClError> {
         let n = int(count)?;
         let (code, lo, hi) = op.code();
@@ -240,8 +242,8 @@ impl Ops {
         &self,
         queue: &CommandQueue,
         shape: &[usize],
-        (x, off, strides): (&Buffer<f32>, usize, &[usize]),
-        (out, out_off, out_strides): (&Buffer<f32>, usize, &[usize]),
+        (x, off, strides): (&DeviceBuffer, usize, &[usize]),
+        (out, out_off, out_strides): (&DeviceBuffer, usize, &[usize]),
     ) -> Result<(), ClError> {
         let count: usize = shape.iter().product();
         let args = (
@@ -272,10 +274,10 @@ impl Ops {
     pub fn im2col(
         &self,
         queue: &CommandQueue,
-        (x, x_off): (&Buffer<f32>, usize),
+        (x, x_off): (&DeviceBuffer, usize),
         channels: usize,
         w: &Window,
-        col: &Buffer<f32>,
+        col: &DeviceBuffer,
     ) -> Result<(), ClError> {
         let ints = [
             int(x_off)?,
@@ -316,9 +318,9 @@ impl Ops {
         &self,
         queue: &CommandQueue,
         planes: usize,
-        x: &Buffer<f32>,
+        x: &DeviceBuffer,
         w: &Window,
-        out: &Buffer<f32>,
+        out: &DeviceBuffer,
         mode: PoolMode,
     ) -> Result<(), ClError> {
         let ints = [
@@ -353,8 +355,8 @@ impl Ops {
         &self,
         queue: &CommandQueue,
         (outer, r, inner): (usize, usize, usize),
-        x: &Buffer<f32>,
-        out: &Buffer<f32>,
+        x: &DeviceBuffer,
+        out: &DeviceBuffer,
         mode: ReduceMode,
     ) -> Result<(), ClError> {
         let args = [int(outer)?, int(r)?, int(inner)?, mode as cl_int];
@@ -376,8 +378,8 @@ impl Ops {
         &self,
         queue: &CommandQueue,
         (outer, r, inner): (usize, usize, usize),
-        x: &Buffer<f32>,
-        out: &Buffer<f32>,
+        x: &DeviceBuffer,
+        out: &DeviceBuffer,
         log: bool,
     ) -> Result<(), ClError> {
         let args = [int(outer)?, int(r)?, int(inner)?, cl_int::from(log)];

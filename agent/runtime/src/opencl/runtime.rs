@@ -10,6 +10,7 @@ use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 use tract_onnx::prelude::*;
 
+use super::buffers::Precision;
 use super::graph::{ConstantBuffers, Graph, Planner};
 use super::ops::Ops;
 use super::{ClDevice, ClError, GemmParams, Programs, TuneCache, candidates, discover, tune_gemm};
@@ -65,18 +66,22 @@ pub struct Engine {
     pub programs: Programs,
     /// Weights on the device, shared by the graphs this engine plans (one per batch size).
     pub constants: ConstantBuffers,
+    /// How tensors are stored on the device.
+    pub precision: Precision,
 }
 
 impl Engine {
     /// Opens `device` with a GEMM tiling: `tiling`, else the one tuned earlier (cache),
-    /// else one tuned now; programs come from `programs`.
+    /// else one tuned now; programs come from `programs`; tensors are stored at `precision`
+    /// (tilings are tuned in single precision and serve both: the arithmetic is the same).
     pub fn open(
         device: ClDevice,
         tiling: Option<GemmParams>,
         programs: Programs,
+        precision: Precision,
     ) -> Result<Engine, ClError> {
         let (context, queue) = device.open()?;
-        let ops = Ops::build(&context, &device, &programs)?;
+        let ops = Ops::build(&context, &device, precision, &programs)?;
         let fitting = candidates(&device);
         let small_tiling = fitting
             .iter()
@@ -109,7 +114,8 @@ impl Engine {
             tiling,
             small_tiling,
             programs,
-            constants: ConstantBuffers::default(),
+            constants: ConstantBuffers::new(precision),
+            precision,
         })
     }
 
@@ -122,6 +128,7 @@ impl Engine {
             tiling: self.tiling,
             small_tiling: self.small_tiling,
             programs: &self.programs,
+            precision: self.precision,
             constants: &self.constants,
         };
         Graph::plan(&planner, model)
@@ -215,7 +222,7 @@ impl Runtime for OpenClRuntime {
         if let Some(folder) = bundle.entry.parent() {
             programs = programs.with_prebuilt(folder.join("opencl"));
         }
-        let engine = Engine::open(device, None, programs)
+        let engine = Engine::open(device, None, programs, bundle.precision)
             .map_err(|err| RuntimeError::Load(err.to_string()))?;
         Ok(Arc::new(OpenClModel {
             model,

@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
 
-use super::buffers::{download, max_relative_error, pseudo_random, reference, scratch, upload};
+use super::buffers::{
+    Precision, download, max_relative_error, pseudo_random, reference, scratch, stored, upload,
+};
 use super::gemm::Epilogue;
 use super::programs::Programs;
 use super::{ClDevice, ClError, Gemm, GemmParams, Operand, doing};
@@ -89,13 +91,22 @@ pub fn tune_gemm(
 ) -> Result<GemmTuning, ClError> {
     let a = pseudo_random(size * size, 1);
     let b = pseudo_random(size * size, 2);
-    let a_buf = upload(context, queue, &a)?;
-    let b_buf = upload(context, queue, &b)?;
-    let c_buf = scratch(context, size * size)?;
+    let single = Precision::Fp32;
+    let a_buf = upload(context, queue, &a, single)?;
+    let b_buf = upload(context, queue, &b, single)?;
+    let c_buf = scratch(context, size * size, single)?;
     let mut tried = Vec::new();
     let mut rejected = Vec::new();
     for params in candidates(device) {
-        let gemm = match Gemm::build(context, device, params, Epilogue::default(), programs) {
+        let built = Gemm::build(
+            context,
+            device,
+            params,
+            Epilogue::default(),
+            single,
+            programs,
+        );
+        let gemm = match built {
             Ok(gemm) => gemm,
             Err(err) => {
                 rejected.push(err.to_string());
@@ -161,14 +172,16 @@ pub fn verification_shapes(p: &GemmParams) -> [(usize, usize, usize); 6] {
 /// the shape and the error.
 pub fn verify(context: &Context, queue: &CommandQueue, gemm: &Gemm) -> Result<(), String> {
     let p = gemm.params;
+    let precision = gemm.precision;
     for (m, n, k) in verification_shapes(&p) {
-        let a = pseudo_random(m * k, 3);
-        let b = pseudo_random(k * n, 4);
+        // The operands as the device stores them, so that only the kernel's error shows.
+        let a = stored(&pseudo_random(m * k, 3), precision);
+        let b = stored(&pseudo_random(k * n, 4), precision);
         let expected = reference(&a, &b, m, n, k);
         let run = || -> Result<Vec<f32>, ClError> {
-            let a_buf = upload(context, queue, &a)?;
-            let b_buf = upload(context, queue, &b)?;
-            let c_buf = scratch(context, m * n)?;
+            let a_buf = upload(context, queue, &a, precision)?;
+            let b_buf = upload(context, queue, &b, precision)?;
+            let c_buf = scratch(context, m * n, precision)?;
             gemm.enqueue(
                 queue,
                 (m, n, k),
@@ -177,11 +190,11 @@ pub fn verify(context: &Context, queue: &CommandQueue, gemm: &Gemm) -> Result<()
                 None,
                 Operand::new(&c_buf, 0, n),
             )?;
-            download(queue, &c_buf, m * n)
+            download(queue, &c_buf, m * n, precision)
         };
         let actual = run().map_err(|e| e.to_string())?;
         let worst = max_relative_error(&expected, &actual);
-        if worst > VERIFY_TOLERANCE {
+        if worst > verify_tolerance(precision) {
             return Err(format!("{p}: off by {worst:e} on {m}×{n}×{k}"));
         }
     }
@@ -191,6 +204,15 @@ pub fn verify(context: &Context, queue: &CommandQueue, gemm: &Gemm) -> Result<()
 /// Largest relative error a tiling may show against the f64 reference: single-precision sums
 /// of up to a few hundred products, reordered by the tiling.
 pub const VERIFY_TOLERANCE: f32 = 1e-4;
+
+/// [`VERIFY_TOLERANCE`], or for results stored in half precision its rounding (2⁻¹¹) with a
+/// margin.
+pub fn verify_tolerance(precision: Precision) -> f32 {
+    match precision {
+        Precision::Fp32 => VERIFY_TOLERANCE,
+        Precision::Fp16 => 1e-3,
+    }
+}
 
 /// Tuned tilings kept on disk, one file per device and driver version.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use std::sync::Once;
 
+pub use edgeship_runtime::opencl::buffers::Precision;
 use edgeship_runtime::opencl::buffers::pseudo_random;
 pub use edgeship_runtime::opencl::graph::Placement;
 use edgeship_runtime::opencl::{self, ClDevice, Engine, Programs, candidates, concrete_model};
@@ -37,11 +38,42 @@ pub fn devices_or_skip(test: &str) -> Option<Vec<ClDevice>> {
 /// candidate, which tests do elsewhere), or `None` after a skip line.
 pub fn engine_or_skip(test: &str) -> Option<Engine> {
     let device = devices_or_skip(test)?.remove(0);
+    Some(open(device, Precision::Fp32))
+}
+
+/// Engines on the first OpenCL device storing tensors in single and in half precision, or
+/// none after a skip line.
+pub fn engines_or_skip(test: &str) -> Vec<Engine> {
+    let Some(mut devices) = devices_or_skip(test) else {
+        return vec![];
+    };
+    let device = devices.remove(0);
+    Precision::ALL
+        .into_iter()
+        .map(|precision| open(device.clone(), precision))
+        .collect()
+}
+
+fn open(device: ClDevice, precision: Precision) -> Engine {
     let tiling = candidates(&device)
         .into_iter()
         .find(|p| p.tsm == 32 && p.tsn == 32)
         .expect("a 32×32 tiling fits every OpenCL device");
-    Some(Engine::open(device, Some(tiling), Programs::uncached()).expect("open the device"))
+    Engine::open(device, Some(tiling), Programs::uncached(), precision).expect("open the device")
+}
+
+/// Largest difference from tract accepted, relative to the largest output magnitude, when
+/// tensors are stored in half precision: inputs, weights and every intermediate result are
+/// rounded to 11 significant bits (a relative 2⁻¹² each), and the sums stay in single
+/// precision. A wrong kernel is off by the size of the output itself.
+pub const HALF_TOLERANCE: f32 = 2e-3;
+
+/// `single` for an engine storing floats, [`HALF_TOLERANCE`] for one storing halves.
+pub fn tolerance(engine: &Engine, single: f32) -> f32 {
+    match engine.precision {
+        Precision::Fp32 => single,
+        Precision::Fp16 => HALF_TOLERANCE,
+    }
 }
 
 /// How far the device's outputs are from tract's, over every float output: the largest

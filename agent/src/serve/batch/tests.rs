@@ -100,8 +100,9 @@ async fn concurrent_requests_share_runtime_calls_and_get_their_own_rows() {
     let mut tasks = Vec::new();
     for i in 0..64u16 {
         let batcher = Arc::clone(&batcher);
-        // Mostly one row; now and then two, which run alone.
-        let n = 1 + usize::from(i % 16 == 0);
+        // Mostly one row; now and then two or three, which share batches too (every place
+        // of a row-wise model gives a row its own results).
+        let n = 1 + usize::from(i % 8 == 0) + usize::from(i % 16 == 0);
         let values: Vec<f32> = (0..2 * n).map(|k| f32::from(i) + k as f32 / 8.0).collect();
         tasks.push(tokio::spawn(async move {
             let single = model_rows(&values);
@@ -115,6 +116,11 @@ async fn concurrent_requests_share_runtime_calls_and_get_their_own_rows() {
     }
     let calls = model.calls.lock().expect("calls").clone();
     assert!(calls.iter().all(|&rows| rows <= 8), "{calls:?}");
+    assert_eq!(
+        calls.iter().sum::<usize>(),
+        64 + 8 + 4,
+        "every row once: {calls:?}"
+    );
     assert!(
         calls.iter().any(|&rows| rows > 2),
         "64 concurrent requests shared no call: {calls:?}"
@@ -281,6 +287,7 @@ fn fixture_model(name: &str) -> (Arc<dyn Runnable>, Vec<Vec<f32>>) {
         inputs: signature.inputs,
         outputs: signature.outputs,
         device: String::new(),
+        precision: Default::default(),
     };
     let runnable = edgeship_runtime::tract::TractRuntime
         .prepare(&bundle)
@@ -315,12 +322,15 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
         );
         let mut tasks = Vec::new();
         for i in 0..96 {
-            // Each request one row, varied so no two neighbours in a batch are alike.
-            let mut row = samples[i % samples.len()].clone();
+            // One to three rows per request, varied so no two neighbours in a batch are
+            // alike.
+            let width = samples[0].len();
+            let mut row: Vec<f32> = (0..1 + i % 3)
+                .flat_map(|r| samples[(i + r) % samples.len()].clone())
+                .collect();
             for (k, x) in row.iter_mut().enumerate() {
                 *x += (i * 7 + k) as f32 * 1e-3;
             }
-            let width = row.len();
             let single = runnable.run(vec![rows(&row, width)]).expect("single");
             let batcher = Arc::clone(&batcher);
             tasks.push(tokio::spawn(async move {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use edgeship_domain::{RuntimeKind, RuntimeOptions, names};
+use edgeship_domain::{Precision, RuntimeKind, RuntimeOptions, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -30,6 +30,11 @@ pub struct Manifest {
     /// `Unschedulable`. Default: the first GPU, else accelerator, else CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub opencl_device: Option<String>,
+    /// With `runtime: opencl`: `fp16` stores weights and activations on the device in half
+    /// precision (half the memory and bandwidth; arithmetic stays single precision), `fp32`
+    /// (the default) in single.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opencl_precision: Option<String>,
     pub endpoint: EndpointManifest,
     #[serde(default)]
     pub target: TargetManifest,
@@ -187,6 +192,16 @@ impl Manifest {
             }
             Some(selector) => selector.to_owned(),
         };
+        let opencl_precision = match self.opencl_precision.as_deref().map(str::trim) {
+            None | Some("") => Precision::Fp32,
+            Some(_) if runtime != RuntimeKind::Opencl => {
+                return Err(err(
+                    "opencl_precision",
+                    "only for runtime: opencl".to_owned(),
+                ));
+            }
+            Some(name) => Precision::parse(name).map_err(|e| err("opencl_precision", e))?,
+        };
         Ok(DeploymentSpec {
             name: self.name.clone(),
             model,
@@ -201,6 +216,7 @@ impl Manifest {
             traffic,
             options: RuntimeOptions {
                 opencl_device,
+                opencl_precision,
                 ..match &self.batching {
                     Some(batching) => batching.validate()?,
                     None => RuntimeOptions::default(),
@@ -457,6 +473,8 @@ impl DeploymentSpec {
             runtime: Some(self.runtime.name().to_owned()),
             opencl_device: (!self.options.opencl_device.is_empty())
                 .then(|| self.options.opencl_device.clone()),
+            opencl_precision: (self.options.opencl_precision != Precision::Fp32)
+                .then(|| self.options.opencl_precision.name().to_owned()),
             endpoint: EndpointManifest {
                 port: u32::from(self.endpoint.port),
                 auth: Some(self.endpoint.auth.name().to_owned()),

@@ -77,13 +77,18 @@ fn a_minimal_manifest_gets_the_defaults() {
 #[test]
 fn an_opencl_deployment_names_its_device_and_it_goes_round_trip() {
     let spec = validate(
-        "name: web\nmodel: m:2\nruntime: opencl\nopencl_device: gpu\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n",
+        "name: web\nmodel: m:2\nruntime: opencl\nopencl_device: gpu\nopencl_precision: fp16\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n",
     )
     .expect("valid");
     assert_eq!(spec.runtime, RuntimeKind::Opencl);
     assert_eq!(spec.options.opencl_device, "gpu");
+    assert_eq!(
+        spec.options.opencl_precision,
+        edgeship_domain::Precision::Fp16
+    );
     let yaml = serde_yaml_ng::to_string(&spec.to_manifest()).expect("yaml");
     assert!(yaml.contains("opencl_device: gpu"), "{yaml}");
+    assert!(yaml.contains("opencl_precision: fp16"), "{yaml}");
     assert_eq!(validate(&yaml).expect("valid yaml"), spec);
 }
 
@@ -101,6 +106,8 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("port missing", "name: web\nmodel: m:1\nendpoint: {}\ntarget: {devices: [d1]}\n".into(), "endpoint: missing field `port`"),
         ("unknown runtime", with("runtime: cuda\n"), "runtime: unknown runtime \"cuda\""),
         ("device for tract", with("opencl_device: gpu\n"), "opencl_device: only for runtime: opencl"),
+        ("precision for tract", with("opencl_precision: fp16\n"), "opencl_precision: only for runtime: opencl"),
+        ("unknown precision", with("runtime: opencl\nopencl_precision: int8\n"), "opencl_precision: unknown precision \"int8\": use fp32 or fp16"),
         ("empty target", "name: web\nmodel: m:1\nendpoint: {port: 1}\n".into(), "target: is empty: name devices"),
         ("bad device id", "name: web\nmodel: m:1\nendpoint: {port: 1}\ntarget: {devices: [\"a b\"]}\n".into(), "target.devices[0]:"),
         ("bad selector", "name: web\nmodel: m:1\nendpoint: {port: 1}\ntarget: {selector: \"site in (a\"}\n".into(), "target.selector:"),

@@ -3,27 +3,42 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
-use opencl3::memory::Buffer;
 use tract_onnx::prelude::*;
 
 use super::super::ClError;
-use super::super::buffers::upload;
+use super::super::buffers::{DeviceBuffer, Precision, upload};
 use super::floats;
 
-/// Device copies of constant tensors, by a digest of their shape and contents.
+/// Device copies of constant tensors, by a digest of their shape and contents, stored at one
+/// precision.
 #[derive(Debug, Default)]
 pub struct ConstantBuffers {
-    buffers: std::sync::Mutex<BTreeMap<[u8; 32], Arc<Buffer<f32>>>>,
-    uploaded: std::sync::atomic::AtomicUsize,
+    precision: Precision,
+    buffers: std::sync::Mutex<BTreeMap<[u8; 32], Arc<DeviceBuffer>>>,
+    uploaded: AtomicUsize,
+    bytes: AtomicUsize,
 }
 
 impl ConstantBuffers {
+    pub fn new(precision: Precision) -> Self {
+        ConstantBuffers {
+            precision,
+            ..ConstantBuffers::default()
+        }
+    }
+
     /// Constants uploaded so far (a second graph of the same model adds none).
     pub fn uploaded(&self) -> usize {
-        self.uploaded.load(std::sync::atomic::Ordering::Relaxed)
+        self.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// Device memory the constants take, in bytes.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub(super) fn get_or_upload(
@@ -31,7 +46,7 @@ impl ConstantBuffers {
         tensor: &Tensor,
         context: &Context,
         queue: &CommandQueue,
-    ) -> Result<Arc<Buffer<f32>>, ClError> {
+    ) -> Result<Arc<DeviceBuffer>, ClError> {
         use sha2::{Digest, Sha256};
         let data = floats(tensor)?;
         let mut digest = Sha256::new();
@@ -49,10 +64,11 @@ impl ConstantBuffers {
         if let Some(buffer) = buffers.get(&key) {
             return Ok(buffer.clone());
         }
-        let buffer = Arc::new(upload(context, queue, data)?);
+        let buffer = Arc::new(upload(context, queue, data, self.precision)?);
         buffers.insert(key, buffer.clone());
-        self.uploaded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.uploaded.fetch_add(1, Ordering::Relaxed);
+        self.bytes
+            .fetch_add(data.len() * self.precision.bytes(), Ordering::Relaxed);
         Ok(buffer)
     }
 }

@@ -8,9 +8,8 @@ use tract_onnx::tract_core::ops::cnn::PoolSpec;
 use tract_onnx::tract_core::ops::downsample::Downsample;
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, Softmax, SoftmaxKind};
 
-use opencl3::memory::Buffer;
-
 use super::super::ClError;
+use super::super::buffers::DeviceBuffer;
 use super::super::ops::{PoolMode, ReduceMode};
 use super::nodes::{Planned, nchw, output_shape, strides, unsupported, window};
 use super::{Builder, Env};
@@ -162,8 +161,8 @@ fn along_axes(
     kernel: impl Fn(
         &mut Env<'_>,
         (usize, usize, usize),
-        &Buffer<f32>,
-        &Buffer<f32>,
+        &DeviceBuffer,
+        &DeviceBuffer,
     ) -> Result<(), ClError>
     + Send
     + Sync

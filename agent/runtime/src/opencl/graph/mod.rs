@@ -15,10 +15,9 @@ use std::sync::Arc;
 
 use opencl3::command_queue::CommandQueue;
 use opencl3::context::Context;
-use opencl3::memory::{Buffer, ClMem};
 use tract_onnx::prelude::*;
 
-use super::buffers::{download, scratch};
+use super::buffers::{DeviceBuffer, Precision, download, scratch, write};
 use super::gemm::{Epilogue, Gemm, GemmParams};
 use super::ops::Ops;
 use super::programs::Programs;
@@ -42,7 +41,7 @@ pub struct Placement {
 pub(crate) struct Env<'a> {
     queue: &'a CommandQueue,
     ops: &'a Ops,
-    buffers: &'a [Arc<Buffer<f32>>],
+    buffers: &'a [Arc<DeviceBuffer>],
     gemms: &'a [Gemm],
     host: Vec<Option<TValue>>,
 }
@@ -70,7 +69,7 @@ struct Value {
 /// A graph planned for one device and one set of input shapes.
 pub struct Graph {
     actions: Vec<(String, Action)>,
-    buffers: Vec<Arc<Buffer<f32>>>,
+    buffers: Vec<Arc<DeviceBuffer>>,
     gemms: Vec<Gemm>,
     /// Value ids of the model's inputs and outputs.
     inputs: Vec<usize>,
@@ -79,7 +78,11 @@ pub struct Graph {
     constants: Vec<(usize, TValue)>,
     values: usize,
     output_buffers: Vec<Option<(usize, Vec<usize>)>>,
+    precision: Precision,
     pub placement: Placement,
+    /// Device memory of the graph's own buffers (activations, im2col scratch), in bytes;
+    /// weights are the model's [`ConstantBuffers`].
+    pub activation_bytes: usize,
 }
 
 impl std::fmt::Debug for Graph {
@@ -104,6 +107,8 @@ pub struct Planner<'a> {
     /// one.
     pub small_tiling: GemmParams,
     pub programs: &'a Programs,
+    /// How tensors are stored on the device.
+    pub precision: Precision,
     /// Weights already on the device, shared by every graph planned for the same model (one
     /// per batch size): each is uploaded once.
     pub constants: &'a ConstantBuffers,
@@ -118,7 +123,7 @@ pub(crate) struct Builder<'p, 'a> {
     values: Vec<Value>,
     /// Node outlet → value id.
     outlets: BTreeMap<OutletId, usize>,
-    /// Sizes (in floats) of the device buffers to allocate; constants come with data.
+    /// Sizes (in elements) of the device buffers to allocate; constants come with data.
     buffer_sizes: Vec<usize>,
     buffer_data: BTreeMap<usize, Arc<Tensor>>,
     actions: Vec<(String, Action)>,
@@ -145,9 +150,14 @@ impl<'p, 'a> Builder<'p, 'a> {
         self.values.len() - 1
     }
 
-    fn new_buffer(&mut self, floats: usize) -> usize {
-        self.buffer_sizes.push(floats.max(1));
+    fn new_buffer(&mut self, elements: usize) -> usize {
+        self.buffer_sizes.push(elements.max(1));
         self.buffer_sizes.len() - 1
+    }
+
+    /// How tensors are stored on the device (single precision when only placing).
+    fn precision(&self) -> Precision {
+        self.planner.map_or(Precision::Fp32, |p| p.precision)
     }
 
     /// The device buffer of `value`, created on first use.
@@ -155,8 +165,8 @@ impl<'p, 'a> Builder<'p, 'a> {
         if let Some(buffer) = self.values[value].buffer {
             return buffer;
         }
-        let floats = self.values[value].shape.iter().product();
-        let buffer = self.new_buffer(floats);
+        let elements = self.values[value].shape.iter().product();
+        let buffer = self.new_buffer(elements);
         self.values[value].buffer = Some(buffer);
         buffer
     }
@@ -176,6 +186,7 @@ impl<'p, 'a> Builder<'p, 'a> {
                 self.buffer_data.insert(buffer, konst);
             } else {
                 self.placement.transfers += 1;
+                let precision = self.precision();
                 self.actions.push((
                     format!("upload value {value}"),
                     Box::new(move |env: &mut Env<'_>| {
@@ -183,7 +194,7 @@ impl<'p, 'a> Builder<'p, 'a> {
                             .as_ref()
                             .ok_or_else(|| ClError::Invalid(format!("value {value} is missing")))?;
                         let floats = floats(host)?;
-                        write(env.queue, &env.buffers[buffer], floats)
+                        write(env.queue, &env.buffers[buffer], floats, precision)
                     }),
                 ));
             }
@@ -202,10 +213,12 @@ impl<'p, 'a> Builder<'p, 'a> {
         };
         self.placement.transfers += 1;
         let shape = self.values[value].shape.clone();
+        let precision = self.precision();
         self.actions.push((
             format!("download value {value}"),
             Box::new(move |env: &mut Env<'_>| {
-                let floats = download(env.queue, &env.buffers[buffer], shape.iter().product())?;
+                let elements = shape.iter().product();
+                let floats = download(env.queue, &env.buffers[buffer], elements, precision)?;
                 let tensor = Tensor::from_shape(&shape, &floats).map_err(tract_err)?;
                 env.host[value] = Some(tensor.into_tvalue());
                 Ok(())
@@ -275,6 +288,7 @@ impl<'p, 'a> Builder<'p, 'a> {
             planner.device,
             params,
             epilogue,
+            planner.precision,
             planner.programs,
         )?;
         self.gemms.push(gemm);
@@ -282,18 +296,18 @@ impl<'p, 'a> Builder<'p, 'a> {
         Ok(self.gemms.len() - 1)
     }
 
-    /// The shared im2col scratch buffer, grown to at least `floats`.
-    pub(crate) fn scratch(&mut self, floats: usize) -> usize {
+    /// The shared im2col scratch buffer, grown to at least `elements`.
+    pub(crate) fn scratch(&mut self, elements: usize) -> usize {
         match self.scratch {
-            Some((buffer, size)) if size >= floats => buffer,
+            Some((buffer, size)) if size >= elements => buffer,
             Some((buffer, _)) => {
-                self.buffer_sizes[buffer] = floats;
-                self.scratch = Some((buffer, floats));
+                self.buffer_sizes[buffer] = elements;
+                self.scratch = Some((buffer, elements));
                 buffer
             }
             None => {
-                let buffer = self.new_buffer(floats);
-                self.scratch = Some((buffer, floats));
+                let buffer = self.new_buffer(elements);
+                self.scratch = Some((buffer, elements));
                 buffer
             }
         }
@@ -310,26 +324,6 @@ pub(crate) fn floats(tensor: &Tensor) -> Result<&[f32], ClError> {
 
 pub(crate) fn tract_err(err: TractError) -> ClError {
     ClError::Invalid(format!("{err:#}"))
-}
-
-fn write(queue: &CommandQueue, buffer: &Buffer<f32>, data: &[f32]) -> Result<(), ClError> {
-    // SAFETY: a blocking write of `data` into a buffer at least as long (both sized from the
-    // same shape when planning); the returned event is released by `Event`'s drop.
-    let event = unsafe {
-        opencl3::command_queue::enqueue_write_buffer(
-            queue.get(),
-            buffer.get(),
-            opencl3::types::CL_BLOCKING,
-            0,
-            size_of_val(data),
-            data.as_ptr().cast(),
-            0,
-            std::ptr::null(),
-        )
-    }
-    .map_err(|code| super::doing("copying to the device")(opencl3::error_codes::ClError(code)))?;
-    drop(opencl3::event::Event::new(event));
-    Ok(())
 }
 
 /// A planned graph before anything is allocated on a device.
@@ -465,6 +459,7 @@ impl Graph {
             })
             .collect();
         let mut buffers = Vec::with_capacity(b.buffer_sizes.len());
+        let mut scratch_bytes = 0;
         for (index, &size) in b.buffer_sizes.iter().enumerate() {
             let buffer = match b.buffer_data.get(&index) {
                 Some(tensor) => {
@@ -472,7 +467,10 @@ impl Graph {
                         .constants
                         .get_or_upload(tensor, planner.context, planner.queue)?
                 }
-                None => Arc::new(scratch(planner.context, size)?),
+                None => {
+                    scratch_bytes += size * planner.precision.bytes();
+                    Arc::new(scratch(planner.context, size, planner.precision)?)
+                }
             };
             buffers.push(buffer);
         }
@@ -485,6 +483,8 @@ impl Graph {
             constants,
             values: b.values.len(),
             output_buffers,
+            precision: planner.precision,
+            activation_bytes: scratch_bytes,
             placement: b.placement,
         })
     }
@@ -524,7 +524,8 @@ impl Graph {
         for (index, &value) in self.outputs.iter().enumerate() {
             match (&self.output_buffers[index], env.host[value].take()) {
                 (Some((buffer, shape)), _) => {
-                    let floats = download(queue, &self.buffers[*buffer], shape.iter().product())?;
+                    let elements = shape.iter().product();
+                    let floats = download(queue, &self.buffers[*buffer], elements, self.precision)?;
                     let tensor = Tensor::from_shape(shape, &floats).map_err(tract_err)?;
                     outputs.push(tensor.into_tvalue());
                 }

@@ -1,4 +1,5 @@
-// C = A·B (+ bias per column), row-major, single precision.
+// C = A·B (+ bias per column), row-major, in single precision over tensors stored as real_t
+// (storage.cl).
 //
 // A work-group computes a TSM×TSN tile of C; each work-item a WPTM×WPTN block of it, held in
 // registers. The K dimension is walked TSK at a time through local memory: A's tile is stored
@@ -12,7 +13,7 @@
 // and stores outside are skipped), PREFETCH (the next tile is read from global memory into
 // registers while the current one is multiplied), TRANS_A / TRANS_B (A is stored K×M, B N×K),
 // BIAS_N / BIAS_M (add bias[n] to every row, or bias[m] to every column), RELU (max(0, ·)
-// after the bias). Offsets (in floats) let one buffer hold many matrices.
+// after the bias). Offsets (in elements) let one buffer hold many matrices.
 
 #define RTSM (TSM / WPTM)
 #define RTSN (TSN / WPTN)
@@ -40,14 +41,14 @@ typedef float4 floatn;
 
 // Element (m, k) of A and (k, n) of B, as stored.
 #ifdef TRANS_A
-#define AT(m, k) A[(k) * lda + (m)]
+#define AT(m, k) LD(A0, offA + (k) * lda + (m))
 #else
-#define AT(m, k) A[(m) * lda + (k)]
+#define AT(m, k) LD(A0, offA + (m) * lda + (k))
 #endif
 #ifdef TRANS_B
-#define BT(k, n) B[(n) * ldb + (k)]
+#define BT(k, n) LD(B0, offB + (n) * ldb + (k))
 #else
-#define BT(k, n) B[(k) * ldb + (n)]
+#define BT(k, n) LD(B0, offB + (k) * ldb + (n))
 #endif
 #ifdef GUARDED
 #define READ_A(m, k) (((m) < M && (k) < K) ? AT(m, k) : 0.0f)
@@ -76,19 +77,13 @@ typedef float4 floatn;
 
 __kernel __attribute__((reqd_work_group_size(RTSN, RTSM, 1)))
 void sgemm(const int M, const int N, const int K,
-           const __global float* restrict A0, const int offA, const int lda,
-           const __global float* restrict B0, const int offB, const int ldb,
+           const __global real_t* restrict A0, const int offA, const int lda,
+           const __global real_t* restrict B0, const int offB, const int ldb,
 #if defined(BIAS_N) || defined(BIAS_M)
-           const __global float* restrict bias0, const int offBias,
+           const __global real_t* restrict bias0, const int offBias,
 #endif
-           __global float* restrict C0, const int offC, const int ldc)
+           __global real_t* restrict C0, const int offC, const int ldc)
 {
-    const __global float* restrict A = A0 + offA;
-    const __global float* restrict B = B0 + offB;
-    __global float* restrict C = C0 + offC;
-#if defined(BIAS_N) || defined(BIAS_M)
-    const __global float* restrict bias = bias0 + offBias;
-#endif
     const int tidn = get_local_id(0);
     const int tidm = get_local_id(1);
     const int tid = tidm * RTSN + tidn;
@@ -218,15 +213,15 @@ void sgemm(const int M, const int N, const int K,
             {
                 float value = acc[wm][wn];
 #ifdef BIAS_N
-                value += bias[col];
+                value += LD(bias0, offBias + col);
 #endif
 #ifdef BIAS_M
-                value += bias[row];
+                value += LD(bias0, offBias + row);
 #endif
 #ifdef RELU
                 value = fmax(value, 0.0f);
 #endif
-                C[row * ldc + col] = value;
+                ST(C0, offC + row * ldc + col, value);
             }
         }
     }

@@ -1,11 +1,12 @@
-// The OpenCL runtime's operators besides GEMM, on contiguous row-major float tensors.
+// The OpenCL runtime's operators besides GEMM, on contiguous row-major tensors stored as
+// real_t (storage.cl) and computed in float.
 // Shapes of up to 8 axes travel as int8 vectors, padded with 1 (sizes) and 0 (strides).
 
 // Binary element-wise with broadcasting: out[i] = a[i'] OP b[i''], where the operands' strides
 // are 0 along broadcast axes. OP: 0 add, 1 sub, 2 mul, 3 div, 4 max, 5 min, 6 pow.
 __kernel void binary(const int count, const int8 shape, const int8 astride, const int8 bstride,
-                     const __global float* a, const int aoff, const __global float* b,
-                     const int boff, __global float* out, const int op)
+                     const __global real_t* a, const int aoff, const __global real_t* b,
+                     const int boff, __global real_t* out, const int op)
 {
     const int i = get_global_id(0);
     if (i >= count) return;
@@ -21,8 +22,8 @@ __kernel void binary(const int count, const int8 shape, const int8 astride, cons
         ai += coord * as[axis];
         bi += coord * bs[axis];
     }
-    const float x = a[ai];
-    const float y = b[bi];
+    const float x = LD(a, ai);
+    const float y = LD(b, bi);
     float r;
     switch (op) {
         case 0: r = x + y; break;
@@ -33,17 +34,17 @@ __kernel void binary(const int count, const int8 shape, const int8 astride, cons
         case 5: r = fmin(x, y); break;
         default: r = pow(x, y); break;
     }
-    out[i] = r;
+    ST(out, i, r);
 }
 
 // Unary element-wise. OP: 0 relu, 1 sigmoid, 2 tanh, 3 exp, 4 abs, 5 neg, 6 sqrt, 7 recip,
 // 8 clip to [lo, hi], 9 log, 10 erf, 11 floor, 12 ceil, 13 square.
-__kernel void unary(const int count, const __global float* x, __global float* out, const int op,
+__kernel void unary(const int count, const __global real_t* x, __global real_t* out, const int op,
                     const float lo, const float hi)
 {
     const int i = get_global_id(0);
     if (i >= count) return;
-    const float v = x[i];
+    const float v = LD(x, i);
     float r;
     switch (op) {
         case 0: r = fmax(v, 0.0f); break;
@@ -61,14 +62,14 @@ __kernel void unary(const int count, const __global float* x, __global float* ou
         case 12: r = ceil(v); break;
         default: r = v * v; break;
     }
-    out[i] = r;
+    ST(out, i, r);
 }
 
 // Gathers a strided view into a contiguous tensor: out[i] = x[off + Σ coord·stride] over
 // `shape`. Concatenation (into a slice of the output, by `out_off` and `ostride`), strided
 // slicing (Downsample) and axis permutations are all this copy.
 __kernel void copy_nd(const int count, const int8 shape, const int8 stride,
-                      const __global float* x, const int off, __global float* out,
+                      const __global real_t* x, const int off, __global real_t* out,
                       const int8 ostride, const int out_off)
 {
     const int i = get_global_id(0);
@@ -85,16 +86,16 @@ __kernel void copy_nd(const int count, const int8 shape, const int8 stride,
         xi += coord * xs[axis];
         oi += coord * os[axis];
     }
-    out[oi] = x[xi];
+    ST(out, oi, LD(x, xi));
 }
 
 // Unfolds one image (and one group) of an NCHW input into the columns of a convolution as a
 // matrix product: col[(c·KH + ki)·KW + kj][oy·OW + ox] = x[c][oy·SH - PH + ki·DH][ox·SW - PW + kj·DW],
 // zero outside the image.
-__kernel void im2col(const __global float* x, const int xoff, const int H, const int W,
+__kernel void im2col(const __global real_t* x, const int xoff, const int H, const int W,
                      const int C, const int KH, const int KW, const int SH, const int SW,
                      const int PH, const int PW, const int DH, const int DW, const int OH,
-                     const int OW, __global float* col)
+                     const int OW, __global real_t* col)
 {
     const int p = get_global_id(0);
     const int k = get_global_id(1);
@@ -108,25 +109,25 @@ __kernel void im2col(const __global float* x, const int xoff, const int H, const
     const int ix = ox * SW - PW + kj * DW;
     float v = 0.0f;
     if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
-        v = x[xoff + (c * H + iy) * W + ix];
+        v = LD(x, xoff + (c * H + iy) * W + ix);
     }
-    col[k * (OH * OW) + p] = v;
+    ST(col, k * (OH * OW) + p, v);
 }
 
 // Max or average pooling over NCHW planes; one work-item per output element. MODE: 0 max,
 // 1 sum, 2 average over the window's cells inside the image, 3 average over the whole window
 // (padding counted).
-__kernel void pool2d(const int planes, const __global float* x, const int H, const int W,
+__kernel void pool2d(const int planes, const __global real_t* x, const int H, const int W,
                      const int KH, const int KW, const int SH, const int SW, const int PH,
                      const int PW, const int DH, const int DW, const int OH, const int OW,
-                     __global float* out, const int mode)
+                     __global real_t* out, const int mode)
 {
     const int i = get_global_id(0);
     if (i >= planes * OH * OW) return;
     const int ox = i % OW;
     const int oy = (i / OW) % OH;
     const int plane = i / (OW * OH);
-    const __global float* src = x + plane * H * W;
+    const int src = plane * H * W;
     float acc = mode == 0 ? -INFINITY : 0.0f;
     int cells = 0;
     for (int ki = 0; ki < KH; ki++) {
@@ -135,48 +136,48 @@ __kernel void pool2d(const int planes, const __global float* x, const int H, con
         for (int kj = 0; kj < KW; kj++) {
             const int ix = ox * SW - PW + kj * DW;
             if (ix < 0 || ix >= W) continue;
-            const float v = src[iy * W + ix];
+            const float v = LD(x, src + iy * W + ix);
             acc = mode == 0 ? fmax(acc, v) : acc + v;
             cells++;
         }
     }
     if (mode == 2) acc /= (float)max(cells, 1);
     if (mode == 3) acc /= (float)(KH * KW);
-    out[i] = acc;
+    ST(out, i, acc);
 }
 
 // Reduces the middle axis of [outer, R, inner]. MODE: 0 sum, 1 max, 2 min, 3 mean.
 __kernel void reduce_mid(const int outer, const int R, const int inner,
-                         const __global float* x, __global float* out, const int mode)
+                         const __global real_t* x, __global real_t* out, const int mode)
 {
     const int i = get_global_id(0);
     if (i >= outer * inner) return;
     const int o = i / inner;
     const int n = i % inner;
-    const __global float* src = x + o * R * inner + n;
+    const int src = o * R * inner + n;
     float acc = mode == 1 ? -INFINITY : (mode == 2 ? INFINITY : 0.0f);
     for (int r = 0; r < R; r++) {
-        const float v = src[r * inner];
+        const float v = LD(x, src + r * inner);
         acc = mode == 1 ? fmax(acc, v) : (mode == 2 ? fmin(acc, v) : acc + v);
     }
     if (mode == 3) acc /= (float)R;
-    out[i] = acc;
+    ST(out, i, acc);
 }
 
 // Softmax (or log-softmax, LOG = 1) along the middle axis of [outer, R, inner].
 __kernel void softmax_mid(const int outer, const int R, const int inner,
-                          const __global float* x, __global float* out, const int log_softmax)
+                          const __global real_t* x, __global real_t* out, const int log_softmax)
 {
     const int i = get_global_id(0);
     if (i >= outer * inner) return;
     const int base = (i / inner) * R * inner + i % inner;
     float top = -INFINITY;
-    for (int r = 0; r < R; r++) top = fmax(top, x[base + r * inner]);
+    for (int r = 0; r < R; r++) top = fmax(top, LD(x, base + r * inner));
     float sum = 0.0f;
-    for (int r = 0; r < R; r++) sum += exp(x[base + r * inner] - top);
+    for (int r = 0; r < R; r++) sum += exp(LD(x, base + r * inner) - top);
     const float log_sum = log(sum);
     for (int r = 0; r < R; r++) {
-        const float shifted = x[base + r * inner] - top;
-        out[base + r * inner] = log_softmax ? shifted - log_sum : exp(shifted) / sum;
+        const float shifted = LD(x, base + r * inner) - top;
+        ST(out, base + r * inner, log_softmax ? shifted - log_sum : exp(shifted) / sum);
     }
 }
