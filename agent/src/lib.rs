@@ -15,6 +15,7 @@ pub mod link;
 pub mod reconcile;
 pub mod serve;
 pub mod stage;
+pub mod standalone;
 pub mod state;
 pub mod view;
 

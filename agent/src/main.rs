@@ -54,6 +54,40 @@ enum Command {
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
     },
+    /// Serve one model folder, with no hub and no broker: Azure ML `/score`, the Open
+    /// Inference Protocol (REST, and gRPC with --grpc-port) and `/metrics`, as a deployment
+    /// would. The folder holds one .onnx file (or --entry) and optionally sample_input.json,
+    /// which the self-test sends before the port opens.
+    Serve {
+        /// The model folder.
+        #[arg(long)]
+        model: PathBuf,
+        /// The port `/score` and v2 are served on.
+        #[arg(long, default_value_t = 5001)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: IpAddr,
+        /// Also serve the Open Inference Protocol over gRPC on this port.
+        #[arg(long)]
+        grpc_port: Option<u16>,
+        /// The model file in the folder (default: its only .onnx file).
+        #[arg(long)]
+        entry: Option<String>,
+        /// The model's name on the endpoint (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The model's version on the endpoint.
+        #[arg(long, default_value_t = 1)]
+        version: u32,
+        /// The runtime: tract, or opencl.
+        #[arg(long, default_value = "tract")]
+        runtime: String,
+        /// A key every scoring request must carry as `Authorization: Bearer KEY` (default: no
+        /// auth). Prefer the environment variable: a flag shows in the process list.
+        #[arg(long, env = "EDGESHIP_SERVE_KEY", hide_env_values = true)]
+        key: Option<String>,
+    },
     /// Print a commented example config file.
     GenerateConfig,
     /// Print this machine's OpenCL devices as JSON (the agent lists them in a child process,
@@ -115,6 +149,9 @@ fn main() -> ExitCode {
         edgeship_agent::device::prepare_process()
     };
     let cli = Cli::parse();
+    if let Command::Serve { .. } = &cli.command {
+        init_logging();
+    }
     let Command::Run {
         config,
         broker,
@@ -127,26 +164,44 @@ fn main() -> ExitCode {
     else {
         return match cli.command {
             Command::OpenclDevices => print_opencl_devices(),
+            Command::Serve {
+                model,
+                port,
+                host,
+                grpc_port,
+                entry,
+                name,
+                version,
+                runtime,
+                key,
+            } => {
+                let runtime = match edgeship_domain::RuntimeKind::parse(&runtime) {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        eprintln!("error: --runtime: {err}");
+                        return ExitCode::from(2);
+                    }
+                };
+                let options = edgeship_agent::standalone::StandaloneOptions {
+                    model_dir: model,
+                    entry,
+                    name,
+                    version,
+                    host,
+                    port,
+                    grpc_port,
+                    runtime,
+                    key,
+                };
+                block_on(serve(options))
+            }
             _ => {
                 print!("{EXAMPLE_CONFIG}");
                 ExitCode::SUCCESS
             }
         };
     };
-    // `RUST_LOG` as `level` or `target=level,...`: per-target levels are all an agent needs,
-    // and leaving out the regex-based filter keeps the binary smaller.
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|spec| spec.parse::<Targets>().ok())
-        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::stderr().is_terminal()),
-        )
-        .with(filter)
-        .init();
+    init_logging();
     let config = (|| -> anyhow::Result<_> {
         let file = match &config {
             Some(path) => RawConfig::from_file(path)?,
@@ -183,6 +238,28 @@ fn main() -> ExitCode {
     if let Ok(program) = std::env::current_exe() {
         edgeship_agent::device::discover_opencl_in_child(program);
     }
+    block_on(run(config))
+}
+
+/// Logs to stderr. `RUST_LOG` as `level` or `target=level,...`: per-target levels are all an
+/// agent needs, and leaving out the regex-based filter keeps the binary smaller.
+fn init_logging() {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .init();
+}
+
+/// Runs `main_task` on a runtime over every core and turns its outcome into the exit code.
+fn block_on(main_task: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     // Measured: a current-thread runtime saved no memory (idle RSS is mostly mapped code)
     // and serialized chunk decoding with the MQTT link, so the agent uses every core.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -195,7 +272,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(main_task) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -204,14 +281,35 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: edgeship_agent::AgentConfig) -> anyhow::Result<()> {
-    tracing::info!(device = %config.device_id, broker = %config.broker, data_dir = %config.data_dir.display(), "agent starting");
-    let agent = RunningAgent::start(config).await?;
+/// Waits for SIGINT or SIGTERM.
+async fn stop_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,
         _ = terminate.recv() => {}
     }
+    Ok(())
+}
+
+async fn serve(options: edgeship_agent::standalone::StandaloneOptions) -> anyhow::Result<()> {
+    let served = edgeship_agent::standalone::start(&options).await?;
+    let addr = served.endpoint.addr();
+    tracing::info!(model = %served.model_ref, %addr, "serving; POST /score or /v2/models/{}/infer", served.model_ref.split(':').next().unwrap_or_default());
+    // A line for scripts and people alike, whatever the log level.
+    println!("serving {} on http://{addr}", served.model_ref);
+    if let Some(grpc) = served.endpoint.grpc_addr() {
+        println!("grpc: {grpc}");
+    }
+    stop_signal().await?;
+    tracing::info!("shutting down");
+    served.endpoint.stop().await;
+    Ok(())
+}
+
+async fn run(config: edgeship_agent::AgentConfig) -> anyhow::Result<()> {
+    tracing::info!(device = %config.device_id, broker = %config.broker, data_dir = %config.data_dir.display(), "agent starting");
+    let agent = RunningAgent::start(config).await?;
+    stop_signal().await?;
     tracing::info!("shutting down");
     agent.stop().await
 }

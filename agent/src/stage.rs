@@ -374,7 +374,7 @@ impl Stage {
 
 /// The self-test's request: the registered sample input (or zeros of the declared shapes),
 /// decoded exactly as a scoring request would be.
-fn self_test_inputs(
+pub(crate) fn self_test_inputs(
     specs: &[TensorSpec],
     sample: Option<&serde_json::Value>,
 ) -> Result<Vec<Tensor>, StageError> {

@@ -372,6 +372,21 @@ pub fn assert_diabetes_predictions(response: &HttpResponse) {
     }
 }
 
+/// Runs the `edgeship` CLI against `hub`, asserts it succeeded, and returns its stdout.
+pub fn edgeship(hub: &str, args: &[&str]) -> String {
+    let output = Command::new(binary("edgeship"))
+        .args(args)
+        .env("EDGESHIP_HUB", hub)
+        .output()
+        .expect("run edgeship");
+    assert!(
+        output.status.success(),
+        "edgeship {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Path of a workspace binary (`edgeship`, `edgeship-agent`), built by `cargo test
 /// --workspace` before any test runs.
 pub fn binary(name: &str) -> PathBuf {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{HubProcess, Process, TempDir, binary, eventually, free_port, start_agent};
+use testkit::{HubProcess, Process, TempDir, binary, edgeship, eventually, free_port, start_agent};
 
 /// Whether an ICD loader and at least one registered platform are installed, read from the
 /// file system so that this process never loads OpenCL itself.
@@ -141,20 +141,6 @@ async fn an_agent_announces_its_opencl_devices_and_device_show_lists_them() {
             .any(|l| l.starts_with("opencl 0:") && l.contains(first)),
         "{text}"
     );
-}
-
-fn edgeship(hub: &str, args: &[&str]) -> String {
-    let output = Command::new(binary("edgeship"))
-        .args(args)
-        .env("EDGESHIP_HUB", hub)
-        .output()
-        .expect("run edgeship");
-    assert!(
-        output.status.success(),
-        "edgeship {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,6 +17,7 @@ pub mod logs;
 mod model;
 mod names;
 mod output;
+mod package;
 mod rollout;
 mod view;
 
@@ -72,6 +73,14 @@ pub enum Command {
         hub: HubAddress,
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Package a registered model as a container image with no base image: a static agent
+    /// serving it (`/score`, v2 and `/metrics` on port 5001) and its files.
+    Package {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(flatten)]
+        args: package::PackageArgs,
     },
 }
 
@@ -413,6 +422,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model { hub, command } => model::run(&hub.hub, command).await,
         Command::Deploy { hub, command } => deploy::run_deploy(&hub.hub, command).await,
         Command::Device { hub, command } => deploy::run_device(&hub.hub, command).await,
+        Command::Package { hub, args } => package::run(&hub.hub, args).await,
     }
 }
 

@@ -309,7 +309,13 @@ fn fixture_model(name: &str) -> (Arc<dyn Runnable>, Vec<Vec<f32>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models() {
-    for name in ["diabetes", "digits"] {
+    // One row per request, then one to three.
+    for (name, most_rows) in [
+        ("diabetes", 1),
+        ("digits", 1),
+        ("diabetes", 3),
+        ("digits", 3),
+    ] {
         let (runnable, samples) = fixture_model(name);
         let batcher = Arc::new(
             Batcher::start(
@@ -320,12 +326,13 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
             )
             .expect("the fixtures batch on their first axis"),
         );
+        let packs_rows = batcher.slots().len() == 16;
+        println!("{name}: places {:?}", batcher.slots());
         let mut tasks = Vec::new();
         for i in 0..96 {
-            // One to three rows per request, varied so no two neighbours in a batch are
-            // alike.
+            // Varied so no two neighbours in a batch are alike.
             let width = samples[0].len();
-            let mut row: Vec<f32> = (0..1 + i % 3)
+            let mut row: Vec<f32> = (0..1 + i % most_rows)
                 .flat_map(|r| samples[(i + r) % samples.len()].clone())
                 .collect();
             for (k, x) in row.iter_mut().enumerate() {
@@ -353,10 +360,14 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
                 );
             }
         }
-        let stats = batcher.stats();
-        assert!(
-            stats.batches.load(Ordering::Relaxed) < 96,
-            "{name}: 96 concurrent requests were never batched"
-        );
+        // Requests of several rows share batches only where every place gives a row its own
+        // answer; elsewhere they run alone, and may keep the one-row requests apart.
+        if most_rows == 1 || packs_rows {
+            let stats = batcher.stats();
+            assert!(
+                stats.batches.load(Ordering::Relaxed) < 96,
+                "{name}, up to {most_rows} rows: 96 concurrent requests were never batched"
+            );
+        }
     }
 }
