@@ -81,18 +81,17 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
-/// Removes the test's container and image however the test ends.
+/// Removes the test's container and images however the test ends.
 struct Cleanup {
     container: String,
-    image: String,
+    images: Vec<String>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for args in [
-            vec!["rm", "-f", self.container.as_str()],
-            vec!["rmi", "-f", self.image.as_str()],
-        ] {
+        let mut commands = vec![vec!["rm", "-f", self.container.as_str()]];
+        commands.extend(self.images.iter().map(|i| vec!["rmi", "-f", i.as_str()]));
+        for args in commands {
             let _ = Command::new("docker")
                 .args(&args)
                 .stdout(Stdio::null())
@@ -199,10 +198,38 @@ async fn a_packaged_model_runs_in_the_docker_engine_and_answers_as_scikit_learn(
 
     let port = free_port();
     let container = format!("edgeship-test-{}", std::process::id());
+    let loaded = format!("{unique}-loaded");
     let _cleanup = Cleanup {
         container: container.clone(),
-        image: unique.clone(),
+        images: vec![unique.clone(), loaded.clone()],
     };
+    // `--load` streams the same image into the engine.
+    let (agent_arg, url_arg, loaded_tag) = (
+        agent.to_string_lossy().into_owned(),
+        url.clone(),
+        loaded.clone(),
+    );
+    let printed = tokio::task::spawn_blocking(move || {
+        edgeship(
+            &url_arg,
+            &[
+                "package",
+                "diabetes:1",
+                "--agent",
+                &agent_arg,
+                "--tag",
+                &loaded_tag,
+                "--load",
+            ],
+        )
+    })
+    .await
+    .expect("cli task");
+    assert!(
+        printed.starts_with(&format!("loaded {loaded} into")),
+        "{printed}"
+    );
+    docker(&["image", "inspect", &loaded]);
     docker(&["load", "-i", &archive.to_string_lossy()]);
     let size: u64 = docker(&["image", "inspect", "--format", "{{.Size}}", &unique])
         .parse()

@@ -8,7 +8,7 @@
 //! The image is reproducible: file times, owners and order are fixed, so the same model and
 //! agent give the same digests.
 
-use std::io::Write as _;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -101,31 +101,49 @@ pub fn check_static(bytes: &[u8]) -> Result<StaticBinary, String> {
     Ok(StaticBinary { architecture })
 }
 
+/// Where a file of the image's layer comes from: models can be gigabytes, so files are
+/// streamed from disk rather than held in memory.
+enum Source {
+    File(PathBuf),
+    Bytes(Vec<u8>),
+}
+
 /// A file of the image's one layer.
 struct LayerFile {
     path: String,
     mode: u32,
-    bytes: Vec<u8>,
+    source: Source,
+}
+
+impl LayerFile {
+    fn size(&self) -> std::io::Result<u64> {
+        match &self.source {
+            Source::File(path) => Ok(std::fs::metadata(path)?.len()),
+            Source::Bytes(bytes) => Ok(bytes.len() as u64),
+        }
+    }
+
+    fn reader(&self) -> std::io::Result<Box<dyn std::io::Read + '_>> {
+        Ok(match &self.source {
+            Source::File(path) => Box::new(std::fs::File::open(path)?),
+            Source::Bytes(bytes) => Box::new(bytes.as_slice()),
+        })
+    }
 }
 
 /// The files a packaged model's image holds: the agent and the model folder (with its sample
 /// input, which the self-test sends).
-fn layer_files(
-    agent: Vec<u8>,
-    model_dir: &Path,
-    model: &pb::Model,
-) -> anyhow::Result<Vec<LayerFile>> {
+fn layer_files(agent: &Path, model_dir: &Path, model: &pb::Model) -> Vec<LayerFile> {
     let mut files = vec![LayerFile {
         path: AGENT_FILE.into(),
         mode: 0o755,
-        bytes: agent,
+        source: Source::File(agent.to_owned()),
     }];
     for file in &model.files {
         files.push(LayerFile {
             path: format!("{MODEL_DIR}/{}", file.path),
             mode: 0o644,
-            bytes: std::fs::read(model_dir.join(&file.path))
-                .with_context(|| format!("reading the downloaded {}", file.path))?,
+            source: Source::File(model_dir.join(&file.path)),
         });
     }
     // The registered sample, unless the model ships a file of that name itself.
@@ -134,16 +152,52 @@ fn layer_files(
         files.push(LayerFile {
             path: sample_path,
             mode: 0o644,
-            bytes: model.sample_input.clone().into_bytes(),
+            source: Source::Bytes(model.sample_input.clone().into_bytes()),
         });
     }
-    Ok(files)
+    files
 }
 
-/// An uncompressed tar of `files` and the folders above them, in a fixed order with fixed
-/// times and owners.
-fn layer_tar(files: &[LayerFile]) -> anyhow::Result<Vec<u8>> {
-    let mut builder = tar::Builder::new(Vec::new());
+/// Passes bytes through to `inner`, hashing and counting them.
+struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    written: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A tar header with fixed times and owners, so that the same files give the same bytes.
+fn fixed_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(size);
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header
+}
+
+/// The layer: an uncompressed tar of `files` and the folders above them, in a fixed order,
+/// written to `out`. Returns its sha256 (hex) and size.
+fn write_layer(files: &[LayerFile], out: impl Write) -> anyhow::Result<(String, u64)> {
+    let mut builder = tar::Builder::new(Hashing {
+        inner: out,
+        hasher: Sha256::new(),
+        written: 0,
+    });
     let mut folders: Vec<String> = files
         .iter()
         .flat_map(|f| {
@@ -153,27 +207,25 @@ fn layer_tar(files: &[LayerFile]) -> anyhow::Result<Vec<u8>> {
         .collect();
     folders.sort();
     folders.dedup();
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(kind);
-        header.set_mode(mode);
-        header.set_size(size);
-        header.set_mtime(0);
-        header.set_uid(0);
-        header.set_gid(0);
-        header
-    };
     for folder in &folders {
-        let mut header = header(tar::EntryType::Directory, 0o755, 0);
+        let mut header = fixed_header(tar::EntryType::Directory, 0o755, 0);
         builder.append_data(&mut header, format!("{folder}/"), std::io::empty())?;
     }
     let mut sorted: Vec<&LayerFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
     for file in sorted {
-        let mut header = header(tar::EntryType::Regular, file.mode, file.bytes.len() as u64);
-        builder.append_data(&mut header, &file.path, file.bytes.as_slice())?;
+        let size = file
+            .size()
+            .with_context(|| format!("reading {}", file.path))?;
+        let mut header = fixed_header(tar::EntryType::Regular, file.mode, size);
+        let reader = file
+            .reader()
+            .with_context(|| format!("reading {}", file.path))?;
+        builder.append_data(&mut header, &file.path, reader)?;
     }
-    Ok(builder.into_inner()?)
+    let mut hashing = builder.into_inner()?;
+    hashing.flush()?;
+    Ok((hex::encode(hashing.hasher.finalize()), hashing.written))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -201,16 +253,24 @@ fn entrypoint(model: &pb::Model, entry: &str) -> Vec<String> {
     .collect()
 }
 
-/// The image archive: the OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/…`)
-/// with Docker's `manifest.json` naming the same blobs, so that every `docker load` (and
-/// OCI tools) take it.
-fn image_archive(
-    layer: &[u8],
+/// The image's layer, written to a file beside the download, and its digest and size.
+struct Layer {
+    path: PathBuf,
+    digest: String,
+    size: u64,
+}
+
+/// The image archive, written to `out`: the OCI image layout (`oci-layout`, `index.json`,
+/// `blobs/sha256/…`) with Docker's `manifest.json` naming the same blobs, so that every
+/// `docker load` (and OCI tools) take it. The layer is streamed from its file.
+fn write_image(
+    layer: &Layer,
     binary: StaticBinary,
     command: &[String],
     tag: &str,
-) -> anyhow::Result<Vec<u8>> {
-    let layer_digest = sha256_hex(layer);
+    out: impl Write,
+) -> anyhow::Result<()> {
+    let layer_digest = &layer.digest;
     let config = serde_json::to_vec(&json!({
         "architecture": binary.architecture,
         "os": "linux",
@@ -234,7 +294,7 @@ fn image_archive(
         "layers": [{
             "mediaType": "application/vnd.oci.image.layer.v1.tar",
             "digest": format!("sha256:{layer_digest}"),
-            "size": layer.len(),
+            "size": layer.size,
         }],
     }))?;
     let manifest_digest = sha256_hex(&manifest);
@@ -253,34 +313,30 @@ fn image_archive(
         "RepoTags": [tag],
         "Layers": [format!("blobs/sha256/{layer_digest}")],
     }]))?;
-    let entries: Vec<(String, &[u8])> = vec![
+    let mut builder = tar::Builder::new(out);
+    for folder in ["blobs/", "blobs/sha256/"] {
+        let mut header = fixed_header(tar::EntryType::Directory, 0o755, 0);
+        builder.append_data(&mut header, folder, std::io::empty())?;
+    }
+    let small: [(String, &[u8]); 5] = [
         (
             "oci-layout".into(),
             br#"{"imageLayoutVersion":"1.0.0"}"#.as_slice(),
         ),
         ("index.json".into(), &index),
         ("manifest.json".into(), &docker_manifest),
-        (format!("blobs/sha256/{layer_digest}"), layer),
         (format!("blobs/sha256/{config_digest}"), &config),
         (format!("blobs/sha256/{manifest_digest}"), &manifest),
     ];
-    let mut builder = tar::Builder::new(Vec::new());
-    for folder in ["blobs/", "blobs/sha256/"] {
-        let mut header = tar::Header::new_ustar();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_mode(0o755);
-        header.set_size(0);
-        header.set_mtime(0);
-        builder.append_data(&mut header, folder, std::io::empty())?;
-    }
-    for (path, bytes) in entries {
-        let mut header = tar::Header::new_ustar();
-        header.set_mode(0o644);
-        header.set_size(bytes.len() as u64);
-        header.set_mtime(0);
+    for (path, bytes) in small {
+        let mut header = fixed_header(tar::EntryType::Regular, 0o644, bytes.len() as u64);
         builder.append_data(&mut header, path, bytes)?;
     }
-    Ok(builder.into_inner()?)
+    let mut header = fixed_header(tar::EntryType::Regular, 0o644, layer.size);
+    let file = std::fs::File::open(&layer.path).context("reading the layer back")?;
+    builder.append_data(&mut header, format!("blobs/sha256/{layer_digest}"), file)?;
+    builder.into_inner()?.flush()?;
+    Ok(())
 }
 
 /// A build context: the Dockerfile, the agent and the model folder.
@@ -290,7 +346,9 @@ fn write_context(dir: &Path, files: &[LayerFile], command: &[String]) -> anyhow:
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
-        std::fs::write(&path, &file.bytes)
+        let mut target =
+            std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+        std::io::copy(&mut file.reader()?, &mut target)
             .with_context(|| format!("writing {}", path.display()))?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))?;
@@ -329,6 +387,7 @@ pub async fn run(hub: &str, args: PackageArgs) -> anyhow::Result<()> {
             agent_path.display()
         )
     })?;
+    drop(agent);
     let reference = names::model_version(&args.model)?;
     let mut client = connect(hub).await?;
     let staging = tempfile::tempdir().context("creating a temporary folder")?;
@@ -355,7 +414,7 @@ pub async fn run(hub: &str, args: PackageArgs) -> anyhow::Result<()> {
         .tag
         .unwrap_or_else(|| format!("edgeship/{}:{}", model.model_id, model.version));
     let command = entrypoint(&model, &entry);
-    let files = layer_files(agent, staging.path(), &model)?;
+    let files = layer_files(&agent_path, staging.path(), &model);
     if let Some(dir) = &args.dockerfile {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         write_context(dir, &files, &command)?;
@@ -366,30 +425,52 @@ pub async fn run(hub: &str, args: PackageArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let layer = layer_tar(&files)?;
-    let archive = image_archive(&layer, binary, &command, &tag)?;
+    // The layer goes to a file first: its digest names it in the archive's metadata, which
+    // comes before it.
+    let layer_path = staging.path().join("layer.tar");
+    let layer_file = std::fs::File::create(&layer_path).context("writing the layer")?;
+    let (digest, size) = write_layer(&files, std::io::BufWriter::new(layer_file))?;
+    let layer = Layer {
+        path: layer_path,
+        digest,
+        size,
+    };
     if let Some(path) = &args.output {
-        std::fs::write(path, &archive).with_context(|| format!("writing {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("writing {}", path.display()))?;
+        write_image(
+            &layer,
+            binary,
+            &command,
+            &tag,
+            std::io::BufWriter::new(file),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
+        let bytes = std::fs::metadata(path)?.len();
         println!(
-            "wrote {tag} ({}, {} bytes) to {} (docker load -i {})",
+            "wrote {tag} ({}, {bytes} bytes) to {} (docker load -i {})",
             binary.architecture,
-            archive.len(),
             path.display(),
             path.display()
         );
     }
     if args.load {
-        load_into_docker(&archive)?;
+        load_into_docker(&layer, binary, &command, &tag)?;
         println!(
-            "loaded {tag} into the local Docker engine ({} bytes)",
-            archive.len()
+            "loaded {tag} into the local Docker engine ({} byte layer)",
+            layer.size
         );
     }
     Ok(())
 }
 
-/// `docker load` of an archive given on its standard input.
-fn load_into_docker(archive: &[u8]) -> anyhow::Result<()> {
+/// `docker load` of the image, streamed to its standard input.
+fn load_into_docker(
+    layer: &Layer,
+    binary: StaticBinary,
+    command: &[String],
+    tag: &str,
+) -> anyhow::Result<()> {
     let mut child = Command::new("docker")
         .arg("load")
         .stdin(Stdio::piped())
@@ -397,11 +478,10 @@ fn load_into_docker(archive: &[u8]) -> anyhow::Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .context("running `docker load` (is the Docker CLI installed?)")?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(archive)
-            .context("sending the image to `docker load`")?;
-    }
+    let sent = match child.stdin.take() {
+        Some(stdin) => write_image(layer, binary, command, tag, stdin),
+        None => Ok(()),
+    };
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
@@ -409,7 +489,7 @@ fn load_into_docker(archive: &[u8]) -> anyhow::Result<()> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    Ok(())
+    sent.context("sending the image to `docker load`")
 }
 
 #[cfg(test)]
@@ -472,28 +552,41 @@ mod tests {
 
     #[test]
     fn the_same_files_make_the_same_layer_and_archive() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let on_disk = dir.path().join("b.onnx");
+        std::fs::write(&on_disk, b"b").expect("write");
         let files = || {
             vec![
                 LayerFile {
                     path: "model/b.onnx".into(),
                     mode: 0o644,
-                    bytes: b"b".to_vec(),
+                    source: Source::File(on_disk.clone()),
                 },
                 LayerFile {
                     path: AGENT_FILE.into(),
                     mode: 0o755,
-                    bytes: b"agent".to_vec(),
+                    source: Source::Bytes(b"agent".to_vec()),
                 },
                 LayerFile {
                     path: "model/sub/a.bin".into(),
                     mode: 0o644,
-                    bytes: b"a".to_vec(),
+                    source: Source::Bytes(b"a".to_vec()),
                 },
             ]
         };
-        let layer = layer_tar(&files()).expect("layer");
-        assert_eq!(layer, layer_tar(&files()).expect("again"));
-        let mut archive = tar::Archive::new(layer.as_slice());
+        let mut first = Vec::new();
+        let (digest, size) = write_layer(&files(), &mut first).expect("layer");
+        let mut second = Vec::new();
+        assert_eq!(
+            write_layer(&files(), &mut second).expect("again"),
+            (digest.clone(), size)
+        );
+        assert_eq!(first, second);
+        assert_eq!(
+            (sha256_hex(&first), first.len() as u64),
+            (digest.clone(), size)
+        );
+        let mut archive = tar::Archive::new(first.as_slice());
         let paths: Vec<String> = archive
             .entries()
             .expect("entries")
@@ -515,31 +608,42 @@ mod tests {
                 "model/sub/a.bin"
             ]
         );
+        let layer_path = dir.path().join("layer.tar");
+        std::fs::write(&layer_path, &first).expect("layer file");
+        let layer = Layer {
+            path: layer_path,
+            digest: digest.clone(),
+            size,
+        };
         let binary = StaticBinary {
             architecture: "amd64",
         };
         let command = vec!["/edgeship-agent".to_owned(), "serve".to_owned()];
-        let image = image_archive(&layer, binary, &command, "edgeship/m:1").expect("image");
-        assert_eq!(
-            image,
-            image_archive(&layer, binary, &command, "edgeship/m:1").expect("again")
-        );
-        let mut archive = tar::Archive::new(image.as_slice());
+        let image = |out: &mut Vec<u8>| {
+            write_image(&layer, binary, &command, "edgeship/m:1", out).expect("image");
+        };
+        let (mut one, mut two) = (Vec::new(), Vec::new());
+        image(&mut one);
+        image(&mut two);
+        assert_eq!(one, two);
+        let mut archive = tar::Archive::new(one.as_slice());
         let mut manifest = None;
+        let mut layer_copy = None;
         for entry in archive.entries().expect("entries") {
             let mut entry = entry.expect("entry");
-            if entry.path().expect("path").to_string_lossy() == "manifest.json" {
-                let mut text = String::new();
-                std::io::Read::read_to_string(&mut entry, &mut text).expect("read");
-                manifest = Some(text);
+            let path = entry.path().expect("path").to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).expect("read");
+            if path == "manifest.json" {
+                manifest = Some(bytes);
+            } else if path == format!("blobs/sha256/{digest}") {
+                layer_copy = Some(bytes);
             }
         }
+        assert_eq!(layer_copy.as_deref(), Some(first.as_slice()));
         let manifest: serde_json::Value =
-            serde_json::from_str(&manifest.expect("manifest.json")).expect("json");
+            serde_json::from_slice(&manifest.expect("manifest.json")).expect("json");
         assert_eq!(manifest[0]["RepoTags"][0], "edgeship/m:1");
-        assert_eq!(
-            manifest[0]["Layers"][0],
-            format!("blobs/sha256/{}", sha256_hex(&layer))
-        );
+        assert_eq!(manifest[0]["Layers"][0], format!("blobs/sha256/{digest}"));
     }
 }
