@@ -11,6 +11,7 @@
 mod elf;
 mod image;
 
+use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -27,6 +28,9 @@ pub const IMAGE_PORT: u16 = 5001;
 /// Where the model's files sit in the image.
 const MODEL_DIR: &str = "model";
 const AGENT_FILE: &str = "edgeship-agent";
+/// How much of the agent binary is read to check it: its ELF and program headers (a few
+/// hundred bytes in practice) with room to spare.
+const HEADER_BYTES: u64 = 64 * 1024;
 
 #[derive(Debug, clap::Args)]
 #[command(group(clap::ArgGroup::new("into").required(true).args(["output", "load", "dockerfile"])))]
@@ -88,15 +92,18 @@ fn agent_path(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub async fn run(hub: &str, args: PackageArgs) -> anyhow::Result<()> {
     let agent_path = agent_path(args.agent)?;
-    let agent = std::fs::read(&agent_path)
+    // The ELF header and program headers sit at the start of the file; the whole binary is
+    // streamed into the layer later.
+    let mut head = Vec::new();
+    std::fs::File::open(&agent_path)
+        .and_then(|file| file.take(HEADER_BYTES).read_to_end(&mut head))
         .with_context(|| format!("reading the agent {}", agent_path.display()))?;
-    let binary = check_static(&agent).map_err(|why| {
+    let binary = check_static(&head).map_err(|why| {
         anyhow::anyhow!(
             "{} {why}; build one with `cargo build --profile image --target x86_64-unknown-linux-musl -p edgeship-agent --no-default-features --features tract` and pass it with --agent",
             agent_path.display()
         )
     })?;
-    drop(agent);
     let reference = names::model_version(&args.model)?;
     let mut client = connect(hub).await?;
     let staging = tempfile::tempdir().context("creating a temporary folder")?;
