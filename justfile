@@ -32,6 +32,7 @@ bench:
     cargo bench -p edgeship-hub --bench registry
     cargo bench -p edgeship-firmware-tests --bench transfer
     cargo bench -p edgeship-firmware-tests --bench fleet
+    cargo bench -p edgeship-firmware-tests --bench containers
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
     cargo bench -p edgeship-runtime --features opencl --bench cnn
     python3 scripts/bench/scoring.py
@@ -47,6 +48,12 @@ bench-sgemm:
 # runtime on every OpenCL device.
 bench-cnn:
     cargo bench -p edgeship-runtime --features opencl --bench cnn
+
+# Container workloads on the Docker engine: apply → Healthy (image delivered, and on the
+# device) and the latency the agent's proxy adds to /score.
+bench-containers:
+    cargo build --release --bins
+    cargo bench -p edgeship-firmware-tests --bench containers
 
 # Scoring throughput only: edgeship vs Azure ML's server vs KServe's vs nginx, with wrk
 # (apt-get install -y wrk nginx-light; AML_PYTHON=a Python with azureml-inference-server-http

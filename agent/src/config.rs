@@ -24,6 +24,16 @@ pub struct AgentConfig {
     /// The runtimes this agent may use (and announces), where they work; `None`: every one
     /// that works here. An operator keeps a GPU for other work with `runtimes = ["tract"]`.
     pub runtimes: Option<Vec<RuntimeKind>>,
+    /// The container engine the agent drives for container workloads; `None`: it runs none.
+    pub containers: Option<ContainerEngine>,
+}
+
+/// A container engine and where to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerEngine {
+    /// The Docker Engine API on `socket` (a Unix socket path, `unix://` or `tcp://` URL);
+    /// `None`: `DOCKER_HOST`, else `/var/run/docker.sock`.
+    Docker { socket: Option<String> },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +63,10 @@ pub struct RawConfig {
     /// Runtime names (`tract`, `opencl`); empty: every runtime that works here.
     #[serde(default)]
     pub runtimes: Vec<String>,
+    /// `docker` runs container workloads on the host's Docker engine.
+    pub containers: Option<String>,
+    /// Where the Docker engine listens (default: `DOCKER_HOST`, else its usual socket).
+    pub docker_socket: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +123,8 @@ impl RawConfig {
         if !overrides.runtimes.is_empty() {
             self.runtimes = overrides.runtimes;
         }
+        self.containers = overrides.containers.or(self.containers);
+        self.docker_socket = overrides.docker_socket.or(self.docker_socket);
         self
     }
 
@@ -142,7 +158,27 @@ impl RawConfig {
                 .map_err(|e| ConfigError::Invalid(format!("runtimes: {e}")))?;
             Some(parsed)
         };
+        let containers = match (self.containers.as_deref(), self.docker_socket) {
+            (None | Some("none"), None) => None,
+            (None | Some("none"), Some(_)) => {
+                return Err(ConfigError::Invalid(
+                    "docker_socket is set, but containers is not (add --containers docker)".into(),
+                ));
+            }
+            (Some("docker"), socket) => Some(ContainerEngine::Docker { socket }),
+            (Some(other), _) => {
+                return Err(ConfigError::Invalid(format!(
+                    "containers: unknown engine {other:?}: use docker (or none)"
+                )));
+            }
+        };
+        if containers.is_some() && !cfg!(feature = "containers") {
+            return Err(ConfigError::Invalid(
+                "containers: this agent is built without container workloads (the `containers` feature)".into(),
+            ));
+        }
         Ok(AgentConfig {
+            containers,
             device_id,
             broker,
             data_dir,
@@ -224,6 +260,20 @@ mod tests {
                 ..base()
             })
             .contains("runtimes:")
+        );
+        assert!(
+            err(RawConfig {
+                containers: Some("podman".into()),
+                ..base()
+            })
+            .contains("unknown engine \"podman\"")
+        );
+        assert!(
+            err(RawConfig {
+                docker_socket: Some("/run/docker.sock".into()),
+                ..base()
+            })
+            .contains("containers is not")
         );
         let unknown = toml::from_str::<RawConfig>("devise_id = \"x\"").expect_err("unknown field");
         assert!(unknown.to_string().contains("devise_id"), "{unknown}");

@@ -48,6 +48,7 @@ pub fn capabilities(allowed: Option<&[RuntimeKind]>) -> Capabilities {
             .collect(),
         opencl_devices: opencl_devices(),
         features: features(),
+        container_engine: String::new(),
     }
 }
 
@@ -156,12 +157,21 @@ pub fn opencl_devices() -> Vec<edgeship_domain::OpenClDevice> {
 }
 
 /// The device's self-description, sent on every connect.
-pub fn birth(config: &AgentConfig) -> Birth {
+/// The birth message; `container_engine` names the engine the agent reached (`docker 28.2.2`),
+/// which makes the device schedulable for container workloads.
+pub fn birth(config: &AgentConfig, container_engine: Option<&str>) -> Birth {
+    let mut capabilities = capabilities(config.runtimes.as_deref());
+    if let Some(engine) = container_engine {
+        capabilities
+            .features
+            .insert(Requirement::ContainerWorkloads.token());
+        capabilities.container_engine = engine.to_owned();
+    }
     Birth {
         device_id: config.device_id.clone(),
         online: true,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-        capabilities: capabilities(config.runtimes.as_deref()),
+        capabilities,
         labels: config.labels.clone(),
         at_ms: crate::now_ms(),
     }

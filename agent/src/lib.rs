@@ -8,10 +8,13 @@
 pub mod acks;
 pub mod cache;
 pub mod config;
+#[cfg(feature = "containers")]
+pub mod containers;
 pub mod device;
 pub mod driver;
 pub mod fetch;
 pub mod link;
+pub mod logbook;
 pub mod reconcile;
 pub mod serve;
 pub mod stage;

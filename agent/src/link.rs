@@ -38,7 +38,27 @@ pub struct LinkEvents {
     pub chunks: mpsc::Receiver<Chunk>,
     /// Bumped on every (re)connect, so the driver can re-report.
     pub connected: watch::Receiver<u64>,
+    /// Requests for a deployment's log lines (`edgeship deploy logs`).
+    pub log_requests: mpsc::Receiver<LogRequest>,
 }
+
+/// The hub asking for a deployment's recent log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRequest {
+    pub request_id: String,
+    pub deployment: String,
+    pub tail: usize,
+    pub since_ms: i64,
+}
+
+/// Log requests waiting for the driver; more are dropped (the caller times out and asks
+/// again), so a flood of them cannot grow the agent.
+const LOG_REQUEST_QUEUE: usize = 16;
+/// Lines a log request gets when it names no number.
+pub const DEFAULT_LOG_TAIL: usize = 100;
+/// The most lines one answer carries (a `tail` above is lowered): an answer must fit in one
+/// MQTT packet.
+pub const MAX_LOG_TAIL: usize = 2000;
 
 /// Sends to the hub through the broker; cheap to clone.
 #[derive(Debug, Clone)]
@@ -92,6 +112,35 @@ impl LinkSender {
             .await
         {
             tracing::debug!(error = %err, "blob request dropped");
+        }
+    }
+
+    /// Answers a log request: `lines` oldest first, or why there are none.
+    pub async fn send_logs(
+        &self,
+        request_id: &str,
+        lines: Vec<crate::logbook::LogLine>,
+        error: Option<String>,
+    ) {
+        let response = pb::LogResponse {
+            request_id: request_id.to_owned(),
+            lines: lines
+                .into_iter()
+                .map(|l| pb::LogLine {
+                    at_ms: l.at_ms,
+                    source: l.source,
+                    text: l.text,
+                })
+                .collect(),
+            error: error.unwrap_or_default(),
+        };
+        let topic = topics::device(&self.device_id, DeviceTopic::LogResponse);
+        if let Err(err) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, response.encode_to_vec())
+            .await
+        {
+            tracing::debug!(error = %err, "log response dropped");
         }
     }
 
@@ -191,6 +240,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
     let (connected_tx, connected_rx) = watch::channel(0u64);
     let (reports_tx, reports_rx) = watch::channel(None);
     let (stopping_tx, stopping_rx) = watch::channel(false);
+    let (log_tx, log_rx) = mpsc::channel(LOG_REQUEST_QUEUE);
     let sender = LinkSender {
         client: client.clone(),
         device_id: device_id.clone(),
@@ -201,6 +251,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
         desired: desired_tx,
         generation: generation_tx,
         chunks: chunk_tx,
+        log_requests: log_tx,
     };
     let poller = tokio::spawn(poll(
         eventloop,
@@ -219,6 +270,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
             newest_generation: generation_rx,
             chunks: chunk_rx,
             connected: connected_rx,
+            log_requests: log_rx,
         },
         stopping: stopping_tx,
         tasks: vec![poller, reporter],
@@ -231,6 +283,7 @@ struct Inbound {
     desired: watch::Sender<Option<DesiredState>>,
     generation: watch::Sender<u64>,
     chunks: mpsc::Sender<Chunk>,
+    log_requests: mpsc::Sender<LogRequest>,
 }
 
 impl Inbound {
@@ -264,6 +317,24 @@ impl Inbound {
             }
             Some((id, DeviceTopic::BlobResponse)) if id == self.device_id => {
                 self.chunk(payload, ack, None);
+            }
+            Some((id, DeviceTopic::LogRequest)) if id == self.device_id => {
+                match pb::LogRequest::decode(payload) {
+                    Ok(request) if !request.request_id.is_empty() => {
+                        let tail = match request.tail {
+                            0 => DEFAULT_LOG_TAIL,
+                            n => (n as usize).min(MAX_LOG_TAIL),
+                        };
+                        let _ = self.log_requests.try_send(LogRequest {
+                            request_id: request.request_id,
+                            deployment: request.deployment,
+                            tail,
+                            since_ms: request.since_ms,
+                        });
+                    }
+                    Ok(_) => tracing::warn!("log request without an id ignored"),
+                    Err(err) => tracing::warn!(error = %err, "malformed log request ignored"),
+                }
             }
             _ => tracing::debug!(%topic, "message on an unexpected topic ignored"),
         }
@@ -322,7 +393,11 @@ async fn poll(
                 let birth = birth.clone();
                 let device_id = inbound.device_id.clone();
                 tokio::spawn(async move {
-                    for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
+                    for kind in [
+                        DeviceTopic::Desired,
+                        DeviceTopic::BlobResponse,
+                        DeviceTopic::LogRequest,
+                    ] {
                         let _ = client
                             .subscribe(topics::device(&device_id, kind), QoS::AtLeastOnce)
                             .await;

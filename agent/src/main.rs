@@ -53,6 +53,13 @@ enum Command {
         /// default: every runtime that works on this device.
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
+        /// Run container workloads on this host's engine: `docker` (default: none).
+        #[arg(long, value_name = "ENGINE")]
+        containers: Option<String>,
+        /// Where the Docker engine listens: a socket path, unix:// or tcp:// URL (default:
+        /// DOCKER_HOST, else /var/run/docker.sock).
+        #[arg(long, value_name = "SOCKET")]
+        docker_socket: Option<String>,
     },
     /// Serve one model folder, with no hub and no broker: Azure ML `/score`, the Open
     /// Inference Protocol (REST, and gRPC with --grpc-port) and `/metrics`, as a deployment
@@ -60,7 +67,7 @@ enum Command {
     /// which the self-test sends before the port opens.
     Serve {
         /// The model folder.
-        #[arg(long)]
+        #[arg(long, env = "EDGESHIP_MODEL_DIR")]
         model: PathBuf,
         /// The port `/score` and v2 are served on.
         #[arg(long, default_value_t = 5001)]
@@ -120,6 +127,11 @@ data_dir = "/var/lib/edgeship-agent"
 # is installed). Default: all of them.
 # runtimes = ["tract", "opencl"]
 
+# Container workloads: "docker" runs them on this host's Docker engine (default: none).
+# containers = "docker"
+# Where the engine listens (default: DOCKER_HOST, else /var/run/docker.sock).
+# docker_socket = "/var/run/docker.sock"
+
 # Labels that deployments can select this device by.
 [labels]
 # site = "north"
@@ -160,6 +172,8 @@ fn main() -> ExitCode {
         labels,
         serve_host,
         runtimes,
+        containers,
+        docker_socket,
     } = cli.command
     else {
         return match cli.command {
@@ -221,6 +235,8 @@ fn main() -> ExitCode {
             labels: label_map,
             serve_host,
             runtimes,
+            containers,
+            docker_socket,
             ..RawConfig::default()
         };
         Ok(file.merge(flags).validate()?)
@@ -254,6 +270,7 @@ fn init_logging() {
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::stderr().is_terminal()),
         )
+        .with(edgeship_agent::logbook::LogBookLayer)
         .with(filter)
         .init();
 }

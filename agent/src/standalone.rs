@@ -168,7 +168,7 @@ pub async fn start(options: &StandaloneOptions) -> anyhow::Result<Standalone> {
         addr,
         grpc_addr,
         &name,
-        &spec.protocols,
+        crate::serve::Surface::Scoring(&spec.protocols),
         &[],
         Auth::from_spec(&name, &spec),
         routes,

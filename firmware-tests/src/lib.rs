@@ -444,6 +444,17 @@ impl HubProcess {
 
 /// An agent process (`edgeship-agent run`), logging to `log`.
 pub fn start_agent(device_id: &str, broker: &str, data_dir: &Path, log: &Path) -> Process {
+    start_agent_with(device_id, broker, data_dir, log, &[])
+}
+
+/// [`start_agent`] with more arguments for `run` (`--containers docker`, say).
+pub fn start_agent_with(
+    device_id: &str,
+    broker: &str,
+    data_dir: &Path,
+    log: &Path,
+    more: &[&str],
+) -> Process {
     Process::spawn(
         "edgeship-agent",
         Command::new(binary("edgeship-agent"))
@@ -458,6 +469,7 @@ pub fn start_agent(device_id: &str, broker: &str, data_dir: &Path, log: &Path) -
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(more)
             .env("RUST_LOG", "info,edgeship_agent=debug")
             .stdout(Stdio::null())
             .stderr(log_file(log)),
@@ -589,4 +601,36 @@ pub async fn online_devices(hub: &str, selector: &str) -> usize {
         }
         page_token = page.next_page_token;
     }
+}
+
+/// The musl target the static agent (for `edgeship package` images) is built for.
+pub const MUSL: &str = "x86_64-unknown-linux-musl";
+
+/// Builds the minimal agent for musl (statically linked) with the `image` profile, in a
+/// target folder of its own, so that this cargo does not wait on the lock of the one running
+/// the tests.
+pub fn static_agent() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target_dir = root.join("target").join("musl");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--profile",
+            "image",
+            "--target",
+            MUSL,
+            "-p",
+            "edgeship-agent",
+            "--no-default-features",
+            "--features",
+            "tract",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the static agent failed");
+    target_dir.join(MUSL).join("image").join("edgeship-agent")
 }

@@ -87,6 +87,7 @@ pub fn agent_capabilities() -> pb::Capabilities {
             "auth/none".into(),
             "traffic_split".into(),
         ],
+        container_engine: String::new(),
     }
 }
 

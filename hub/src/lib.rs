@@ -7,6 +7,7 @@ pub mod broadcast;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod device_logs;
 pub mod fleet;
 pub mod link;
 pub mod registry;

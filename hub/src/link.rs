@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::blob_server::{BlobServer, ChunkReply, ChunkRequest};
 use crate::broadcast::Broadcasts;
+use crate::device_logs::{DeviceLogs, LogAsk, LogLine};
 use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
 
@@ -88,6 +89,7 @@ struct Inbound {
     broadcasts: Arc<Broadcasts>,
     blob_requests: mpsc::Sender<(String, ChunkRequest)>,
     dropped_requests: AtomicU64,
+    logs: Arc<DeviceLogs>,
 }
 
 impl Inbound {
@@ -160,7 +162,25 @@ impl Inbound {
                     }
                 }
             }
-            DeviceTopic::Desired | DeviceTopic::BlobResponse => {}
+            DeviceTopic::LogResponse => {
+                let Some(response) = decode::<pb::LogResponse>(device_id, kind, payload) else {
+                    return;
+                };
+                let answer = match response.error.is_empty() {
+                    true => Ok(response
+                        .lines
+                        .into_iter()
+                        .map(|l| LogLine {
+                            at_ms: l.at_ms,
+                            source: l.source,
+                            text: l.text,
+                        })
+                        .collect()),
+                    false => Err(response.error),
+                };
+                self.logs.answer(device_id, &response.request_id, answer);
+            }
+            DeviceTopic::Desired | DeviceTopic::BlobResponse | DeviceTopic::LogRequest => {}
         }
     }
 
@@ -174,6 +194,8 @@ pub fn start(
     fleet: Arc<Fleet>,
     blobs: Arc<BlobServer>,
     outbox: mpsc::UnboundedReceiver<DesiredState>,
+    logs: Arc<DeviceLogs>,
+    log_asks: mpsc::UnboundedReceiver<LogAsk>,
 ) -> Link {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
@@ -189,6 +211,7 @@ pub fn start(
         broadcasts: Broadcasts::new(Arc::clone(&blobs), client.clone()),
         blob_requests: blob_tx,
         dropped_requests: AtomicU64::new(0),
+        logs,
     });
     let broker = format!("{}:{}", config.host, config.port);
     Link {
@@ -202,7 +225,8 @@ pub fn start(
             )),
             tokio::spawn(apply_news(Arc::clone(&fleet), inbound)),
             tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
-            tokio::spawn(publish_desired(client, outbox)),
+            tokio::spawn(publish_desired(client.clone(), outbox)),
+            tokio::spawn(publish_log_requests(client, log_asks)),
         ],
     }
 }
@@ -244,6 +268,7 @@ async fn subscribe_and_republish(client: AsyncClient, fleet: Arc<Fleet>) {
         DeviceTopic::Birth,
         DeviceTopic::Reported,
         DeviceTopic::BlobRequest,
+        DeviceTopic::LogResponse,
     ] {
         if let Err(err) = client
             .subscribe(topics::all_devices(kind), QoS::AtLeastOnce)
@@ -282,6 +307,26 @@ async fn apply_news(fleet: Arc<Fleet>, inbound: Arc<Inbound>) {
             Err(err) => {
                 tracing::error!(error = %err, "recording device births and reports panicked")
             }
+        }
+    }
+}
+
+/// Publishes log requests to their devices (not retained: an offline device misses them, and
+/// its caller times out).
+async fn publish_log_requests(client: AsyncClient, mut asks: mpsc::UnboundedReceiver<LogAsk>) {
+    while let Some(ask) = asks.recv().await {
+        let request = pb::LogRequest {
+            request_id: ask.request_id,
+            deployment: ask.deployment,
+            tail: ask.tail,
+            since_ms: ask.since_ms,
+        };
+        let topic = topics::device(&ask.device_id, DeviceTopic::LogRequest);
+        if let Err(err) = client
+            .publish(topic, QoS::AtLeastOnce, false, request.encode_to_vec())
+            .await
+        {
+            tracing::warn!(error = %err, "publishing a log request failed");
         }
     }
 }

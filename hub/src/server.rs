@@ -16,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::api::{FleetService, ModelRegistryService};
 use crate::blob_server::{BlobServer, Entitlements};
+use crate::device_logs::DeviceLogs;
 use crate::fleet::Fleet;
 use crate::link;
 use crate::registry::{Limits, Registry};
@@ -101,6 +102,8 @@ impl RunningHub {
             .context("opening the fleet store")?,
         );
         let blobs = Arc::new(BlobServer::new(entitlements, Arc::clone(&registry)));
+        let (logs, log_asks) = DeviceLogs::new();
+        let logs = Arc::new(logs);
         // Bind the API before starting anything that cannot be stopped (the broker).
         let listener = TcpListener::bind(config.listen)
             .await
@@ -126,6 +129,8 @@ impl RunningHub {
             Arc::clone(&fleet),
             blobs,
             outbox_rx,
+            Arc::clone(&logs),
+            log_asks,
         );
         {
             let fleet = Arc::clone(&fleet);
@@ -135,7 +140,7 @@ impl RunningHub {
         }
         let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
-        let task = tokio::spawn(serve(registry, fleet, listener, async move {
+        let task = tokio::spawn(serve(registry, fleet, logs, listener, async move {
             // A dropped sender also means stop.
             let _ = shutdown_signal.await;
         }));
@@ -190,6 +195,7 @@ impl Drop for RunningHub {
 async fn serve(
     registry: Arc<Registry>,
     fleet: Arc<Fleet>,
+    logs: Arc<DeviceLogs>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -233,10 +239,11 @@ async fn serve(
             registry,
             Arc::clone(&fleet),
         )))
-        .add_service(DeploymentsServer::new(FleetService::new(Arc::clone(
-            &fleet,
-        ))))
-        .add_service(FleetServer::new(FleetService::new(fleet)))
+        .add_service(DeploymentsServer::new(FleetService::new(
+            Arc::clone(&fleet),
+            Arc::clone(&logs),
+        )))
+        .add_service(FleetServer::new(FleetService::new(fleet, logs)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")

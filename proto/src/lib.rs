@@ -73,6 +73,10 @@ pub mod topics {
         BlobRequest,
         /// hub → device `BlobChunk`.
         BlobResponse,
+        /// hub → device `LogRequest` (`edgeship deploy logs`).
+        LogRequest,
+        /// device → hub `LogResponse`.
+        LogResponse,
     }
 
     impl DeviceTopic {
@@ -83,15 +87,19 @@ pub mod topics {
                 DeviceTopic::Birth => "birth",
                 DeviceTopic::BlobRequest => "blobs/req",
                 DeviceTopic::BlobResponse => "blobs/resp",
+                DeviceTopic::LogRequest => "logs/req",
+                DeviceTopic::LogResponse => "logs/resp",
             }
         }
 
-        const ALL: [DeviceTopic; 5] = [
+        const ALL: [DeviceTopic; 7] = [
             DeviceTopic::Desired,
             DeviceTopic::Reported,
             DeviceTopic::Birth,
             DeviceTopic::BlobRequest,
             DeviceTopic::BlobResponse,
+            DeviceTopic::LogRequest,
+            DeviceTopic::LogResponse,
         ];
     }
 

@@ -24,6 +24,10 @@ pub struct Capabilities {
     /// Feature tokens (see [`Requirement::token`]); unknown tokens from newer agents are kept.
     #[serde(default)]
     pub features: BTreeSet<String>,
+    /// The container engine the agent drives, with its version (`docker 28.2.2`); empty when
+    /// it runs no containers.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_engine: String,
 }
 
 /// One OpenCL device as the agent found it at start (`edgeship device show` lists them).
@@ -188,6 +192,11 @@ impl Capabilities {
                     self.runtimes.join(", ")
                 }
             )),
+            // The one requirement an operator meets by starting the agent differently.
+            Some(Requirement::ContainerWorkloads) => Err(
+                "this device's agent does not run container workloads; start it with --containers docker (on a host with Docker)"
+                    .to_owned(),
+            ),
             Some(missing) => Err(format!("this device's agent does not support {missing}")),
         }
     }
@@ -301,11 +310,9 @@ mod tests {
             kind: WorkloadKind::Container(Default::default()),
             ..model_workload(1)
         };
-        assert!(
-            device
-                .check(&container)
-                .expect_err("container")
-                .contains("container workloads")
+        assert_eq!(
+            device.check(&container).expect_err("container"),
+            "this device's agent does not run container workloads; start it with --containers docker (on a host with Docker)"
         );
     }
 }

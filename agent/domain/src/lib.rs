@@ -22,6 +22,6 @@ pub use signature::{
 };
 pub use workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
-    HealthThresholds, ModelWorkload, Precision, Protocol, RejectedWorkload, RuntimeKind,
-    RuntimeOptions, Workload, WorkloadKind,
+    HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
+    RestartPolicy, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
 };

@@ -79,17 +79,27 @@ pub enum WorkloadKind {
 impl Workload {
     /// The blobs this workload needs on the device.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
-        let (models, module): (&[DeployedModel], Option<&EntryModule>) = match &self.kind {
-            WorkloadKind::Model(model) => (&model.models, model.entry_module.as_ref()),
-            WorkloadKind::Container(_) => (&[], None),
+        let (models, module, container): (
+            &[DeployedModel],
+            Option<&EntryModule>,
+            Option<&ContainerWorkload>,
+        ) = match &self.kind {
+            WorkloadKind::Model(model) => (&model.models, model.entry_module.as_ref(), None),
+            WorkloadKind::Container(container) => (&[], None, Some(container)),
         };
         models
             .iter()
             .flat_map(|m| m.files.iter())
             .chain(module.into_iter().flat_map(|m| m.files.iter()))
+            .chain(container.into_iter().flat_map(|c| {
+                c.image_files
+                    .iter()
+                    .chain(c.model.iter().flat_map(|m| m.files.iter()))
+            }))
     }
 
-    /// What runs, for people: `diabetes:2`, `a:1, b:2`, or the container image.
+    /// What runs, for people and for the hub's rollouts: `diabetes:2`, `a:1, b:2`, or the
+    /// container's image artifact (or image) and mounted model.
     pub fn describe(&self) -> String {
         match &self.kind {
             WorkloadKind::Model(model) => model
@@ -98,7 +108,7 @@ impl Workload {
                 .map(DeployedModel::model_ref)
                 .collect::<Vec<_>>()
                 .join(", "),
-            WorkloadKind::Container(container) => container.image.clone(),
+            WorkloadKind::Container(container) => container.describe(),
         }
     }
 
@@ -106,6 +116,13 @@ impl Workload {
         match &self.kind {
             WorkloadKind::Model(model) => Some(model),
             WorkloadKind::Container(_) => None,
+        }
+    }
+
+    pub fn as_container(&self) -> Option<&ContainerWorkload> {
+        match &self.kind {
+            WorkloadKind::Model(_) => None,
+            WorkloadKind::Container(container) => Some(container),
         }
     }
 }
@@ -246,15 +263,129 @@ pub struct EntryModule {
     pub entry_file: String,
 }
 
+/// A container the agent runs on its host's engine and fronts with the deployment's endpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerWorkload {
+    /// The engine's reference for the image, e.g. `diabetes-scorer:1`.
     pub image: String,
+    /// `sha256:<hex>`, the image's id: the agent refuses an image whose id differs. Empty for
+    /// an image the engine pulls from a registry by reference alone.
     pub image_digest: String,
+    /// `NAME:VERSION` of the registered image artifact; empty when the engine pulls `image`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub image_artifact: String,
+    /// The artifact's tarball (`docker save` or `edgeship package` output), fetched like model
+    /// files and loaded into the engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_files: Vec<BlobRef>,
+    /// Replaces the image's entrypoint, and its arguments with it, when not empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// The port inside the container that the endpoint's port fronts.
     pub container_port: u16,
+    /// CPU limit in thousandths of a core; 0 is unlimited.
     pub cpu_millis: u32,
+    /// Memory limit in bytes; 0 is unlimited.
     pub memory_bytes: u64,
+    /// HTTP path the agent probes for health.
     pub health_path: String,
+    /// Port the health probe uses; 0 is `container_port`.
+    #[serde(default)]
+    pub health_port: u16,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// A model whose files are mounted read-only into the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<MountedModel>,
+}
+
+impl ContainerWorkload {
+    /// What runs, as the hub's revision names it: the artifact (or the image reference), then
+    /// the mounted model: `scorer-image:2, diabetes:1`.
+    pub fn describe(&self) -> String {
+        let image = match self.image_artifact.is_empty() {
+            true => self.image.clone(),
+            false => self.image_artifact.clone(),
+        };
+        match &self.model {
+            Some(model) => format!("{image}, {}", model.model_ref()),
+            None => image,
+        }
+    }
+
+    /// The port the health probe calls inside the container.
+    pub fn probe_port(&self) -> u16 {
+        match self.health_port {
+            0 => self.container_port,
+            port => port,
+        }
+    }
+}
+
+/// When the engine restarts a container that stopped (Docker's restart policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    /// Never: a stopped container stays stopped (and the workload is `Failed`).
+    No,
+    /// After a non-zero exit (a crash, an out-of-memory kill), at most this many times.
+    OnFailure { max_restarts: u32 },
+    /// Always, however it stopped (each restart is still reported).
+    Always,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy::OnFailure {
+            max_restarts: RestartPolicy::DEFAULT_MAX_RESTARTS,
+        }
+    }
+}
+
+impl RestartPolicy {
+    pub const DEFAULT_MAX_RESTARTS: u32 = 3;
+
+    /// The policy's name as manifests write it (`no`, `on_failure`, `always`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::No => "no",
+            RestartPolicy::OnFailure { .. } => "on_failure",
+            RestartPolicy::Always => "always",
+        }
+    }
+
+    /// Parses a policy name with `max_restarts` for `on_failure` (the default when `None`).
+    pub fn parse(name: &str, max_restarts: Option<u32>) -> Result<Self, String> {
+        match (name, max_restarts) {
+            ("no", None) => Ok(RestartPolicy::No),
+            ("always", None) => Ok(RestartPolicy::Always),
+            ("on_failure", max) => Ok(RestartPolicy::OnFailure {
+                max_restarts: max.unwrap_or(Self::DEFAULT_MAX_RESTARTS),
+            }),
+            ("no" | "always", Some(_)) => Err(format!(
+                "max_restarts applies to on_failure only, not {name}"
+            )),
+            (other, _) => Err(format!(
+                "unknown restart policy {other:?}: use no, on_failure or always"
+            )),
+        }
+    }
+}
+
+/// A registered model mounted read-only into a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountedModel {
+    pub model_id: String,
+    pub version: u32,
+    pub files: Vec<BlobRef>,
+}
+
+impl MountedModel {
+    /// `model_id:version`.
+    pub fn model_ref(&self) -> String {
+        format!("{}:{}", self.model_id, self.version)
+    }
 }
 
 /// A file as a device fetches it: where it goes, and which blob holds it.

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+mod logs;
 mod status;
 
 use anyhow::Context;
@@ -67,15 +68,29 @@ impl RunningAgent {
         // GEMM tilings tuned per OpenCL device are kept here, so a restart does not tune again.
         #[cfg(feature = "opencl")]
         edgeship_runtime::opencl::set_cache_dir(config.data_dir.join("opencl"));
-        let birth = birth(&config);
+        #[allow(unused_mut)]
+        let mut stage = Stage::new(
+            config.data_dir.join("models"),
+            cache.clone(),
+            config.serve_host,
+        );
+        #[allow(unused_mut)]
+        let mut engine: Option<String> = None;
+        #[cfg(feature = "containers")]
+        if let Some(crate::config::ContainerEngine::Docker { socket }) = &config.containers {
+            let containers =
+                crate::containers::Containers::connect(socket.as_deref(), &config.device_id)
+                    .await
+                    .map_err(|why| anyhow::anyhow!("--containers docker: {why}"))?;
+            tracing::info!(engine = %containers.description(), "running container workloads");
+            engine = Some(containers.description().to_owned());
+            stage = stage.with_containers(containers);
+        }
+        let birth = birth(&config, engine.as_deref());
         let link = link::start(&config, &birth);
         let (view_tx, view) = watch::channel(AgentView::default());
         let mut agent = Agent {
-            stage: Stage::new(
-                config.data_dir.join("models"),
-                cache.clone(),
-                config.serve_host,
-            ),
+            stage,
             fetcher: Fetcher {
                 cache,
                 sender: link.sender.clone(),
@@ -238,6 +253,7 @@ impl Agent {
                     self.retry = None;
                     current = self.accepted.clone();
                 }
+                Some(request) = link.events.log_requests.recv() => self.answer_logs(request),
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
                 _ = health.tick() => self.check_health(),
@@ -289,6 +305,9 @@ impl Agent {
             failure.describe_on(&mut status);
             self.statuses.insert(deployment.clone(), status);
         }
+        // Containers of this device that no restored workload adopted are left from a crash.
+        #[cfg(feature = "containers")]
+        self.stage.remove_stray_containers().await;
         self.publish_view();
     }
 

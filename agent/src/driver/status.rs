@@ -130,6 +130,17 @@ impl Agent {
             };
             status.metrics = seen.metrics;
             let before = status.state;
+            if let Some(why) = seen.failed {
+                // Stopped for good (a container its engine will not restart): only a new
+                // version brings it back.
+                if status.state != ServiceState::Failed {
+                    tracing::warn!(%deployment, reason = %why, "workload failed");
+                    status.state = ServiceState::Failed;
+                    status.error = why;
+                    changed = true;
+                }
+                continue;
+            }
             if judge(status, seen.breach) {
                 changed = true;
                 match status.state {

@@ -404,7 +404,7 @@ mod tests {
             any,
             Some(any),
             "web",
-            &[Protocol::Azureml, Protocol::V2],
+            crate::serve::Surface::Scoring(&[Protocol::Azureml, Protocol::V2]),
             &[],
             keyed(&["k-primary", "k-secondary"]),
             Routes::single(fake::backend("m:1")),

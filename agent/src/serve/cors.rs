@@ -62,7 +62,7 @@ mod tests {
             any,
             None,
             "web",
-            &protocols,
+            crate::serve::Surface::Scoring(&protocols),
             origins,
             Default::default(),
             Routes::single(fake::backend("m:1")),

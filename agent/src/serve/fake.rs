@@ -57,7 +57,7 @@ pub(crate) async fn azureml_endpoint(routes: Routes) -> Endpoint {
         any,
         None,
         "web",
-        &[Protocol::Azureml],
+        Surface::Scoring(&[Protocol::Azureml]),
         &[],
         Default::default(),
         routes,

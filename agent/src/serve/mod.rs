@@ -21,6 +21,8 @@ pub mod cors;
 pub mod inference;
 pub mod json;
 pub mod metrics;
+#[cfg(feature = "containers")]
+pub mod proxy;
 pub mod router;
 pub mod v2;
 pub mod window;
@@ -72,6 +74,20 @@ pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn batcher(&self) -> Option<&batch::Batcher> {
         None
     }
+    /// The container this version forwards to, when it is a container workload's.
+    #[cfg(feature = "containers")]
+    fn upstream(&self) -> Option<&proxy::Upstream> {
+        None
+    }
+}
+
+/// What an endpoint answers with: scoring protocols over loaded models, or the proxy to a
+/// container workload.
+#[derive(Debug, Clone, Copy)]
+pub enum Surface<'a> {
+    Scoring(&'a [Protocol]),
+    #[cfg(feature = "containers")]
+    Proxy,
 }
 
 /// A prepared, self-tested model ready to take traffic.
@@ -285,6 +301,8 @@ impl Shared {
 pub struct Observation {
     pub metrics: EndpointMetrics,
     pub breach: Option<String>,
+    /// Why the workload stopped for good (a container its engine will not restart).
+    pub failed: Option<String>,
 }
 
 /// The windowed part of an observation: all versions' windows combined (percentiles over all
@@ -313,6 +331,7 @@ pub fn observe_routes(
             ..EndpointMetrics::default()
         },
         breach: router::verdict(&snapshot, health, window),
+        failed: None,
     }
 }
 
@@ -330,13 +349,13 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Binds `addr` (and `grpc_addr`, for the Open Inference Protocol over gRPC) and starts
-    /// serving `routes` over `protocols`, to browsers on `cors_origins`, to callers `auth`
+    /// serving `routes` over `surface`, to browsers on `cors_origins`, to callers `auth`
     /// accepts.
     pub async fn start(
         addr: SocketAddr,
         grpc_addr: Option<SocketAddr>,
         deployment: &str,
-        protocols: &[Protocol],
+        surface: Surface<'_>,
         cors_origins: &[String],
         auth: auth::Auth,
         routes: Routes,
@@ -358,11 +377,17 @@ impl Endpoint {
             auth: RwLock::new(Arc::new(auth)),
         });
         let mut app = metrics::routes();
-        for protocol in protocols {
-            app = match protocol {
-                Protocol::Azureml => app.merge(azureml::routes()),
-                Protocol::V2 => app.merge(v2::rest::routes()),
-            };
+        match surface {
+            Surface::Scoring(protocols) => {
+                for protocol in protocols {
+                    app = match protocol {
+                        Protocol::Azureml => app.merge(azureml::routes()),
+                        Protocol::V2 => app.merge(v2::rest::routes()),
+                    };
+                }
+            }
+            #[cfg(feature = "containers")]
+            Surface::Proxy => app = app.merge(proxy::routes()),
         }
         let mut app = app
             .layer(middleware::from_fn_with_state(

@@ -1,6 +1,8 @@
 //! System tests: real `edgeship` and `edgeship-agent` processes, a real broker, and faults
 //! (kill -9, a stopped broker, a restarted hub, corrupted bytes on the wire).
 
+mod containers;
+mod engine;
 mod faults;
 mod fleet;
 mod oip;

@@ -7,79 +7,12 @@
 //! under `EDGESHIP_CI=1`).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use testkit::{HubProcess, TempDir, edgeship, eventually, expected, fixture, free_port};
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
-
-fn skip(test: &str, why: &str, fix: &str) {
-    if testkit::ci() {
-        panic!("{test}: required under EDGESHIP_CI=1: {why}");
-    }
-    eprintln!("SKIP: {test}: {why} ({fix}); set EDGESHIP_CI=1 to make this a failure");
-}
-
-fn docker_works() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn musl_installed() -> bool {
-    Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .is_ok_and(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == MUSL)
-        })
-}
-
-/// Builds the minimal agent for musl (statically linked) with the `image` profile, in a
-/// target folder of its own, so that this cargo does not wait on the lock of the one running
-/// the tests.
-fn static_agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = root.join("target").join("musl");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--profile",
-            "image",
-            "--target",
-            MUSL,
-            "-p",
-            "edgeship-agent",
-            "--no-default-features",
-            "--features",
-            "tract",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static agent failed");
-    target_dir.join(MUSL).join("image").join("edgeship-agent")
-}
-
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker").args(args).output().expect("docker");
-    assert!(
-        output.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
+use crate::engine::{docker, static_agent_or_skip};
 
 /// Removes the test's container and images however the test ends.
 struct Cleanup {
@@ -103,27 +36,10 @@ impl Drop for Cleanup {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_packaged_model_runs_in_the_docker_engine_and_answers_as_scikit_learn() {
-    let test = "a_packaged_model_runs_in_the_docker_engine";
-    if !docker_works() {
-        return skip(test, "no Docker daemon answers", "start dockerd");
-    }
-    if !musl_installed() {
-        return skip(
-            test,
-            "the musl target is not installed, so no static agent can be built",
-            "rustup target add x86_64-unknown-linux-musl",
-        );
-    }
-    if testkit::find_program("musl-gcc").is_none() {
-        return skip(
-            test,
-            "no musl C compiler (musl-gcc), which tract's kernels need for a static agent",
-            "apt-get install -y musl-tools",
-        );
-    }
-    let agent = tokio::task::spawn_blocking(static_agent)
-        .await
-        .expect("build task");
+    let Some(agent) = static_agent_or_skip("a_packaged_model_runs_in_the_docker_engine").await
+    else {
+        return;
+    };
     let dir = TempDir::new("package");
     let hub = HubProcess::start(
         &dir.path().join("hub"),

@@ -33,7 +33,11 @@ impl FleetService {
             name: format!("deployments/{}", deployment.id),
             deployment_id: deployment.id.clone(),
             model: deployment.model_ref(),
-            runtime: spec.runtime.name().to_owned(),
+            // A container brings its own runtime: the deployment's is the container.
+            runtime: match spec.container {
+                Some(_) => "container".to_owned(),
+                None => spec.runtime.name().to_owned(),
+            },
             endpoint: Some(pb::Endpoint::from(&spec.endpoint)),
             target: Some(pb::Target {
                 device_ids: spec.target.devices.iter().cloned().collect(),
@@ -212,6 +216,7 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         rollout: None,
         traffic: vec![],
         batching: None,
+        container: None,
     })
 }
 
@@ -373,6 +378,15 @@ impl Deployments for FleetService {
             refresh_after_time_ms: token.refresh_after_time_ms,
             token_type: "Bearer".into(),
         }))
+    }
+
+    async fn get_deployment_logs(
+        &self,
+        request: Request<pb::GetDeploymentLogsRequest>,
+    ) -> Result<Response<pb::GetDeploymentLogsResponse>, Status> {
+        let request = request.into_inner();
+        let id = self.deployment_id(&request.name)?;
+        Ok(Response::new(self.deployment_logs(id, request).await?))
     }
 
     async fn get_rollout(

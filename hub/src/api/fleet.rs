@@ -8,17 +8,20 @@ use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::fleet_server::Fleet as FleetApi;
 use tonic::{Request, Response, Status};
 
+use crate::device_logs::DeviceLogs;
 use crate::fleet::selector::Selector;
 use crate::fleet::{Device, Fleet, FleetError};
 
 #[derive(Debug, Clone)]
 pub struct FleetService {
     pub(super) fleet: Arc<Fleet>,
+    /// Log lines asked of devices over MQTT.
+    pub(super) logs: Arc<DeviceLogs>,
 }
 
 impl FleetService {
-    pub fn new(fleet: Arc<Fleet>) -> Self {
-        Self { fleet }
+    pub fn new(fleet: Arc<Fleet>, logs: Arc<DeviceLogs>) -> Self {
+        Self { fleet, logs }
     }
 
     pub(super) async fn blocking<T: Send + 'static>(

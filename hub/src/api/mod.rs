@@ -3,6 +3,7 @@
 pub mod convert;
 mod deployments;
 mod fleet;
+mod logs;
 mod registry;
 
 pub use fleet::FleetService;

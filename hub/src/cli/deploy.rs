@@ -189,6 +189,17 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
                 .map_err(rpc_error)?;
             println!("deleted deployment {name}");
         }
+        DeployCommand::Logs {
+            name,
+            device,
+            tail,
+            follow,
+            output,
+        } => {
+            let device = device.map(|d| names::device_id(&d)).transpose()?;
+            let name = names::deployment_id(&name)?;
+            super::deploy_logs::run(&mut client, &name, device, tail, follow, output).await?;
+        }
         DeployCommand::Keys {
             name,
             regenerate,

@@ -68,7 +68,13 @@ pub fn init(command: &Command) -> anyhow::Result<()> {
                 .with_writer(Arc::new(file))
                 .with_ansi(false)
                 .with_filter(filter(DAEMON));
-            registry.with(to_file).with(terminal(QUIET)).init();
+            // The in-process agent's lines about each deployment, for `deploy logs`.
+            let logbook = edgeship_agent::logbook::LogBookLayer.with_filter(filter(DAEMON));
+            registry
+                .with(to_file)
+                .with(terminal(QUIET))
+                .with(logbook)
+                .init();
         }
         Command::Hub(_) => registry.with(terminal(DAEMON)).init(),
         _ => registry.with(terminal("warn")).init(),

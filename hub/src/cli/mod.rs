@@ -12,6 +12,7 @@ macro_rules! announce {
 }
 
 mod deploy;
+mod deploy_logs;
 mod dev;
 pub mod logs;
 mod model;
@@ -153,6 +154,24 @@ pub enum DeployCommand {
         /// Replace this key (devices accept the new one, and refuse the old, within seconds).
         #[arg(long, value_name = "primary|secondary")]
         regenerate: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// A deployment's recent log lines, fetched from its devices over MQTT: a container's
+    /// stdout and stderr, and the agent's own lines about the deployment (for a model
+    /// workload, its whole log). Oldest first, merged by time.
+    Logs {
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// Only this device (default: every device the deployment targets that is online).
+        #[arg(long, value_name = "ID")]
+        device: Option<String>,
+        /// Newest lines per device, at most 2000.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new lines as they come, until interrupted.
+        #[arg(short, long)]
+        follow: bool,
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },

@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::view::{DeploymentView, DeviceView, ModelView, TargetView};
+use crate::registry::image;
 
 /// Pretty JSON on stdout.
 pub fn print_json(value: &impl Serialize) {
@@ -144,6 +145,13 @@ pub fn model_details(model: &ModelView) -> String {
     field("updated", &model.update_time);
     field("tags", &pairs(&model.tags));
     field("properties", &pairs(&model.properties));
+    // An image artifact: what registration read from its archive.
+    if let (Some(id), Some(reference)) = (
+        model.properties.get(image::ID_PROPERTY),
+        model.properties.get(image::REFERENCE_PROPERTY),
+    ) {
+        field("image", &format!("{reference} ({id})"));
+    }
     field("size", &size(model.total_size_bytes));
     let sample = |s: &Option<serde_json::Value>| if s.is_some() { "yes" } else { "no" };
     field("sample in", sample(&model.sample_input));
@@ -249,12 +257,17 @@ pub fn deployment_details(d: &DeploymentView) -> String {
     let mut out = String::new();
     let mut field = |name: &str, value: String| field(&mut out, 12, name, &value);
     field("deployment", d.deployment_id.clone());
-    let resolved = match d.resolved_version {
-        None => "model missing".to_owned(),
-        Some(version) => format!("resolves to version {version}"),
-    };
-    field("model", format!("{} ({resolved})", d.model));
-    field("runtime", d.runtime.clone());
+    if d.runtime == "container" {
+        // Its pinned versions are in the rollout's revision; an image may pin none.
+        field("container", d.model.clone());
+    } else {
+        let resolved = match d.resolved_version {
+            None => "model missing".to_owned(),
+            Some(version) => format!("resolves to version {version}"),
+        };
+        field("model", format!("{} ({resolved})", d.model));
+        field("runtime", d.runtime.clone());
+    }
     field(
         "endpoint",
         match d.endpoint.grpc_port {
@@ -355,6 +368,9 @@ pub fn device_details(d: &DeviceView) -> String {
         ),
     );
     field("runtimes", caps.runtimes.join(","));
+    if let Some(engine) = &caps.container_engine {
+        field("containers", engine.clone());
+    }
     for (n, cl) in caps.opencl_devices.iter().enumerate() {
         field(
             &format!("opencl {n}"),
@@ -438,6 +454,48 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_636_800_123), "2026-11-25T20:00:00Z");
+    }
+
+    #[test]
+    fn container_details_show_the_image_the_engine_and_the_container() {
+        use edgeship_proto::v1 as pb;
+        let model = ModelView::from(pb::Model {
+            model_id: "scorer-image".into(),
+            version: 1,
+            framework: "oci-image".into(),
+            properties: [
+                ("image.id".to_owned(), "sha256:ab".to_owned()),
+                ("image.reference".to_owned(), "scorer:1".to_owned()),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let details = model_details(&model);
+        assert!(
+            details.contains("\nimage:       scorer:1 (sha256:ab)\n"),
+            "{details}"
+        );
+        let device = DeviceView::from(pb::Device {
+            device_id: "edge".into(),
+            capabilities: Some(pb::Capabilities {
+                container_engine: "docker 28.2.2".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert!(device_details(&device).contains("\ncontainers: docker 28.2.2\n"));
+        let deployment = DeploymentView::from(pb::Deployment {
+            deployment_id: "scorer".into(),
+            model: "scorer-image:latest, diabetes:1".into(),
+            runtime: "container".into(),
+            ..Default::default()
+        });
+        let details = deployment_details(&deployment);
+        assert!(
+            details.contains("\ncontainer:  scorer-image:latest, diabetes:1\n"),
+            "{details}"
+        );
+        assert!(!details.contains("model missing"), "{details}");
     }
 
     #[test]

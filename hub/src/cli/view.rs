@@ -85,10 +85,13 @@ pub struct DeploymentView {
     /// `deployments/{deployment_id}`.
     pub name: String,
     pub deployment_id: String,
-    /// `model_id:version` or `model_id:latest`, as created.
+    /// `model_id:version` or `model_id:latest`, as created (several joined by `, `); for a
+    /// container, its image artifact (or image) and mounted model.
     pub model: String,
-    /// The version `model` resolves to now; `null` when that model no longer exists.
+    /// The version `model` resolves to now; `null` when that model no longer exists (or a
+    /// container pins none).
     pub resolved_version: Option<u32>,
+    /// `tract`, `opencl`, or `container` for a container workload.
     pub runtime: String,
     pub endpoint: EndpointView,
     pub target: TargetView,
@@ -171,6 +174,9 @@ pub struct CapabilitiesView {
     pub runtimes: Vec<String>,
     /// Every OpenCL device the agent found (GPUs, CPUs through PoCL, FPGAs).
     pub opencl_devices: Vec<edgeship_domain::OpenClDevice>,
+    /// The container engine the agent drives (`docker 28.2.2`); `null` when it runs no
+    /// containers.
+    pub container_engine: Option<String>,
 }
 
 /// One deployment as a device reports it.
@@ -397,6 +403,7 @@ impl From<pb::Device> for DeviceView {
                     .into_iter()
                     .map(edgeship_domain::OpenClDevice::from)
                     .collect(),
+                container_engine: non_empty(caps.container_engine),
             },
             desired_generation: device.desired_generation,
             applied_generation: device.applied_generation,

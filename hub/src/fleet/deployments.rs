@@ -6,7 +6,7 @@ use edgeship_domain::{AuthMode, names};
 use super::keys::EndpointKeys;
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
 use super::rollout::{Phase, Rollout};
-use super::spec::{DeploymentSpec, Manifest, TrafficWeight};
+use super::spec::{DeploymentSpec, Manifest, PinRole, TrafficWeight};
 use super::tokens::TokenSigner;
 use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
@@ -43,7 +43,8 @@ impl Fleet {
         let spec = manifest
             .validate()
             .map_err(|e| FleetError::InvalidArgument(e.to_string()))?;
-        // The model versions must exist now, each with an ONNX file the runtime can load.
+        // The versions must exist now, each fit for its role (an ONNX file the runtime can
+        // load, an image archive).
         let pins = self.pin(&spec)?;
         let _guard = self.guard();
         let existing = self.find_deployment(&spec.name)?;
@@ -61,6 +62,7 @@ impl Fleet {
             runtime: spec.runtime,
             endpoint: spec.endpoint.clone(),
             options: spec.options.clone(),
+            container: spec.container.clone(),
             create_time_ms: now,
         };
         let (mut deployment, created, mut changes) = match existing {
@@ -120,9 +122,16 @@ impl Fleet {
             && new_revision
             && !created
             && current.models != candidate.models
-            && !changes
+            && !changes.iter().any(|c| {
+                [
+                    "model:",
+                    "traffic",
+                    "container.image_artifact:",
+                    "container.model:",
+                ]
                 .iter()
-                .any(|c| c.starts_with("model:") || c.starts_with("traffic"))
+                .any(|field| c.starts_with(field))
+            })
         {
             changes.push(format!(
                 "model {} now resolves to {} (was {})",
@@ -181,17 +190,18 @@ impl Fleet {
         })
     }
 
-    /// The model versions `spec` runs now: the split's, or the one `model` resolves to.
+    /// The versions `spec` runs now: the split's, or those its references resolve to.
     fn pin(&self, spec: &DeploymentSpec) -> Result<Vec<TrafficWeight>, FleetError> {
-        let refs: Vec<(VersionRef, u32)> = if spec.traffic.is_empty() {
-            spec.all_models()
-                .map(|m| {
+        let refs: Vec<(VersionRef, u32, PinRole)> = if spec.traffic.is_empty() {
+            spec.pinned()
+                .map(|(m, role)| {
                     (
                         VersionRef {
                             model_id: m.model_id.clone(),
                             version: m.version,
                         },
                         0,
+                        role,
                     )
                 })
                 .collect()
@@ -205,14 +215,15 @@ impl Fleet {
                             version: VersionSelector::Exact(t.version),
                         },
                         t.weight,
+                        PinRole::Model,
                     )
                 })
                 .collect()
         };
         let mut pins = Vec::new();
-        for (reference, weight) in refs {
+        for (reference, weight, role) in refs {
             let model = self.registry.get(&reference)?;
-            desired::entry_file(&model).map_err(FleetError::FailedPrecondition)?;
+            desired::usable_as(&model, role).map_err(FleetError::FailedPrecondition)?;
             pins.push(TrafficWeight {
                 model_id: model.model_id,
                 version: model.version,
@@ -447,12 +458,12 @@ mod legacy {
         pub(super) fn upgrade(self, version: u32) -> crate::fleet::Deployment {
             let spec = DeploymentSpec {
                 name: self.id.clone(),
-                model: ModelRef {
+                model: Some(ModelRef {
                     model_id: self.model_id.clone(),
                     version: self
                         .version
                         .map_or(VersionSelector::Latest, VersionSelector::Exact),
-                },
+                }),
                 runtime: self.runtime,
                 endpoint: self.endpoint.clone(),
                 target: Target {
@@ -464,6 +475,7 @@ mod legacy {
                 traffic: vec![],
                 options: Default::default(),
                 extra_models: vec![],
+                container: None,
             };
             crate::fleet::Deployment {
                 id: self.id,
@@ -480,6 +492,7 @@ mod legacy {
                     runtime: self.runtime,
                     endpoint: self.endpoint,
                     options: Default::default(),
+                    container: None,
                     create_time_ms: self.create_time_ms,
                 }],
                 keys: None,

@@ -7,24 +7,28 @@ pub use edgeship_domain::ServiceState;
 use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, RuntimeOptions, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{DeploymentSpec, TrafficWeight};
+use super::spec::{ContainerSpec, DeploymentSpec, TrafficWeight};
 use crate::registry::VersionSelector;
 
 pub use super::spec::Target;
 
 /// What devices run for one revision of a deployment: the model versions it pinned (with
-/// their weights in a traffic split), the runtime and the endpoint. Changing any of them makes
-/// a new revision, which devices reach through a rollout.
+/// their weights in a traffic split), the runtime and the endpoint, or a container. Changing
+/// any of them makes a new revision, which devices reach through a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revision {
     pub number: u64,
-    /// One entry with weight 0, or the versions of a split with their weights.
+    /// One entry with weight 0, or the versions of a split with their weights; for a
+    /// container, its image artifact (if any) then its mounted model (if any).
     pub models: Vec<TrafficWeight>,
     pub runtime: RuntimeKind,
     pub endpoint: Endpoint,
     /// Batching and threads (stored before batching existed: none).
     #[serde(default)]
     pub options: RuntimeOptions,
+    /// A container workload instead of models (stored before containers existed: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
     pub create_time_ms: i64,
 }
 
@@ -35,10 +39,26 @@ impl Revision {
             && self.runtime == other.runtime
             && self.endpoint == other.endpoint
             && self.options == other.options
+            && self.container == other.container
     }
 
-    /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`.
+    /// A container revision's pins: its image artifact and its mounted model.
+    pub fn container_pins(&self) -> (Option<&TrafficWeight>, Option<&TrafficWeight>) {
+        let Some(container) = &self.container else {
+            return (None, None);
+        };
+        let mut pins = self.models.iter();
+        let artifact = container.image_artifact.as_ref().and_then(|_| pins.next());
+        let model = container.model.as_ref().and_then(|_| pins.next());
+        (artifact, model)
+    }
+
+    /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`; a container as
+    /// [`model_list`](Self::model_list) gives it.
     pub fn describe(&self) -> String {
+        if self.container.is_some() {
+            return self.model_list();
+        }
         self.models
             .iter()
             .map(|m| match m.weight {
@@ -49,11 +69,22 @@ impl Revision {
             .join(", ")
     }
 
-    /// The model versions as agents report them (`desired_model`): `a:1, a:2`.
+    /// What agents report as `desired_model` for this revision, which rollouts compare: the
+    /// model versions, `a:1, a:2`; for a container what `ContainerWorkload::describe` gives,
+    /// the artifact's `NAME:VERSION` (or the image reference), then the mounted model's.
     pub fn model_list(&self) -> String {
+        let pinned = |m: &TrafficWeight| format!("{}:{}", m.model_id, m.version);
+        if let Some(container) = &self.container {
+            let (artifact, model) = self.container_pins();
+            let image = artifact.map_or_else(|| container.image.clone(), pinned);
+            return match model {
+                Some(model) => format!("{image}, {}", pinned(model)),
+                None => image,
+            };
+        }
         self.models
             .iter()
-            .map(|m| format!("{}:{}", m.model_id, m.version))
+            .map(pinned)
             .collect::<Vec<_>>()
             .join(", ")
     }

@@ -16,7 +16,7 @@ use edgeship_domain::ServiceState;
 use super::desired::{self, Placement};
 use super::model::{Deployment, Device, Revision};
 use super::rollout::{self, Observed, Phase, Rollout};
-use super::spec::TrafficWeight;
+use super::spec::{PinRole, TrafficWeight};
 use super::{Fleet, FleetError, decode, encode};
 use crate::now_ms;
 use crate::registry::{VersionRef, VersionSelector};
@@ -420,7 +420,12 @@ impl Fleet {
             {
                 continue;
             }
-            if let Err(reason) = desired::entry_file(&latest) {
+            let role = deployment
+                .spec
+                .pinned()
+                .find(|(m, _)| m.model_id == model_id)
+                .map_or(PinRole::Model, |(_, role)| role);
+            if let Err(reason) = desired::usable_as(&latest, role) {
                 tracing::warn!(deployment = %deployment.id, version = latest.version, %reason, "new version not rolled out");
                 continue;
             }

@@ -1,6 +1,7 @@
 //! The model registry: validated metadata in sled, file bytes in the content-addressed
 //! [`BlobStore`](crate::blobs::BlobStore).
 
+pub mod image;
 pub mod model;
 mod store;
 mod upload;

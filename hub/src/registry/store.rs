@@ -185,6 +185,8 @@ impl Registry {
             dir,
         } = staged;
         let mut model_files = Vec::with_capacity(files.len());
+        // An image artifact is recognized (and its archive checked) before anything else.
+        super::image::classify(&mut model, &files)?;
         let has_onnx_file = files.iter().any(|f| validate::is_onnx_path(&f.path));
         if model.framework.is_empty() {
             model.framework = if has_onnx_file { "onnx" } else { "custom" }.to_owned();

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::Error;
 use super::model::{DeleteTarget, KeyMatch, ModelUpdate, NewModel, VersionRef, VersionSelector};
+use super::{Error, image};
 
 pub use edgeship_domain::names::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub const MAX_TAGS: usize = 64;
@@ -89,6 +89,7 @@ pub fn new_model(model: &mut NewModel) -> Result<(), Error> {
     )?;
     key_values("tag", &model.tags, MAX_TAGS)?;
     key_values("property", &model.properties, MAX_PROPERTIES)?;
+    not_reserved(model.properties.keys())?;
     if let Some(sample) = &model.sample_input {
         json_document("sample input", sample)?;
     }
@@ -156,9 +157,29 @@ pub fn file_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), Er
     Ok(())
 }
 
+/// The properties the hub records itself (an image artifact's id and reference) stay as
+/// registration found them: desired states hand them to devices.
+fn not_reserved<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), Error> {
+    match keys
+        .into_iter()
+        .find(|k| image::RESERVED_PROPERTIES.contains(&k.as_str()))
+    {
+        Some(key) => Err(Error::invalid(format!(
+            "property {key:?} is reserved: the hub records it from an image artifact's archive"
+        ))),
+        None => Ok(()),
+    }
+}
+
 pub fn update(update: &ModelUpdate) -> Result<(), Error> {
     key_values("tag", &update.add_tags, MAX_TAGS)?;
     key_values("property", &update.add_properties, MAX_PROPERTIES)?;
+    not_reserved(
+        update
+            .add_properties
+            .keys()
+            .chain(&update.remove_properties),
+    )?;
     for (kind, added, removed) in [
         ("tag", &update.add_tags, &update.remove_tags),
         (
@@ -384,6 +405,21 @@ mod tests {
         };
         new_model(&mut model).expect("valid");
         assert_eq!(model.framework, "onnx");
+        model
+            .properties
+            .insert("image.id".into(), "sha256:00".into());
+        let err = new_model(&mut model).expect_err("reserved").to_string();
+        assert!(err.contains("property \"image.id\" is reserved"), "{err}");
+        model.properties.clear();
+        let update_err = update(&ModelUpdate {
+            remove_properties: vec!["image.reference".into()],
+            ..ModelUpdate::default()
+        })
+        .expect_err("reserved");
+        assert!(
+            update_err.to_string().contains("is reserved"),
+            "{update_err}"
+        );
         model.sample_input = Some("{not json".into());
         let err = new_model(&mut model).expect_err("bad json").to_string();
         assert!(err.contains("sample input is not valid JSON"), "{err}");

@@ -7,7 +7,7 @@ use tonic::Code;
 
 use crate::support::*;
 
-fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, text: &str) {
+pub fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, text: &str) {
     let status = result.expect_err("the request must be refused");
     assert_eq!(status.code(), code, "message: {}", status.message());
     assert!(
@@ -18,7 +18,7 @@ fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code
 }
 
 /// Nothing was registered and nothing was left on disk.
-async fn assert_untouched(hub: &TestHub, client: &mut edgeship_hub::client::RegistryClient) {
+pub async fn assert_untouched(hub: &TestHub, client: &mut edgeship_hub::client::RegistryClient) {
     assert!(list_all(client).await.is_empty());
     assert!(hub.blob_files().is_empty(), "blobs: {:?}", hub.blob_files());
     hub.wait_for_empty_staging().await;

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod containers;
 mod e2e;
 mod processes;
 mod protocol;

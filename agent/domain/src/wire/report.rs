@@ -57,6 +57,7 @@ impl From<&Capabilities> for pb::Capabilities {
                 .map(pb::OpenClDevice::from)
                 .collect(),
             features: c.features.iter().cloned().collect(),
+            container_engine: c.container_engine.clone(),
         }
     }
 }
@@ -75,6 +76,7 @@ impl From<pb::Capabilities> for Capabilities {
                 .map(OpenClDevice::from)
                 .collect(),
             features: c.features.into_iter().collect(),
+            container_engine: c.container_engine,
         }
     }
 }

@@ -7,8 +7,8 @@ use crate::names;
 use crate::signature::TensorSpec;
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
-    HealthThresholds, ModelWorkload, Precision, Protocol, RejectedWorkload, RuntimeKind,
-    RuntimeOptions, Workload, WorkloadKind,
+    HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
+    RestartPolicy, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
 };
 
 impl From<&BlobRef> for pb::BlobRef {
@@ -275,6 +275,10 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
 
 impl From<&ContainerWorkload> for pb::ContainerWorkload {
     fn from(container: &ContainerWorkload) -> Self {
+        let (restart_policy, max_restarts) = match container.restart {
+            RestartPolicy::OnFailure { max_restarts } => ("on_failure", max_restarts),
+            other => (other.name(), 0),
+        };
         pb::ContainerWorkload {
             image: container.image.clone(),
             image_digest: container.image_digest.clone(),
@@ -283,6 +287,21 @@ impl From<&ContainerWorkload> for pb::ContainerWorkload {
             cpu_millis: container.cpu_millis,
             memory_bytes: container.memory_bytes,
             health_path: container.health_path.clone(),
+            command: container.command.clone(),
+            image_artifact: container.image_artifact.clone(),
+            image_files: container
+                .image_files
+                .iter()
+                .map(pb::BlobRef::from)
+                .collect(),
+            health_port: u32::from(container.health_port),
+            restart_policy: restart_policy.to_owned(),
+            max_restarts,
+            model: container.model.as_ref().map(|m| pb::MountedModel {
+                model_id: m.model_id.clone(),
+                version: m.version,
+                files: m.files.iter().map(pb::BlobRef::from).collect(),
+            }),
         }
     }
 }
@@ -296,14 +315,54 @@ impl TryFrom<pb::ContainerWorkload> for ContainerWorkload {
                 "the container workload names no image".into(),
             ));
         }
+        if !container.image_files.is_empty() && container.image_digest.is_empty() {
+            return Err(WireError::Invalid(
+                "the container workload's image artifact comes without its image id".into(),
+            ));
+        }
+        let restart = match container.restart_policy.as_str() {
+            "" | "on_failure" => RestartPolicy::OnFailure {
+                max_restarts: container.max_restarts,
+            },
+            // A policy a newer hub knows and this agent does not.
+            name => RestartPolicy::parse(name, None).map_err(WireError::Unsupported)?,
+        };
+        let model = match container.model {
+            Some(model) => {
+                names::model_id(&model.model_id)?;
+                Some(MountedModel {
+                    model_id: model.model_id,
+                    version: model.version,
+                    files: model
+                        .files
+                        .into_iter()
+                        .map(BlobRef::try_from)
+                        .collect::<Result<_, _>>()?,
+                })
+            }
+            None => None,
+        };
         Ok(ContainerWorkload {
             container_port: port(container.container_port, "the container port")?,
+            health_port: match container.health_port {
+                0 => 0,
+                p => port(p, "the health probe's port")?,
+            },
             image: container.image,
             image_digest: container.image_digest,
+            image_artifact: container.image_artifact,
+            image_files: container
+                .image_files
+                .into_iter()
+                .map(BlobRef::try_from)
+                .collect::<Result<_, _>>()?,
+            command: container.command,
             env: container.env.into_iter().collect(),
             cpu_millis: container.cpu_millis,
             memory_bytes: container.memory_bytes,
             health_path: container.health_path,
+            restart,
+            model,
         })
     }
 }

@@ -19,7 +19,7 @@ async fn endpoint(routes: Routes) -> Endpoint {
         any,
         Some(any),
         "web",
-        &[Protocol::V2],
+        crate::serve::Surface::Scoring(&[Protocol::V2]),
         &[],
         Default::default(),
         routes,

@@ -360,5 +360,14 @@ mod tests {
             serde_json::from_slice(&manifest.expect("manifest.json")).expect("json");
         assert_eq!(manifest[0]["RepoTags"][0], "edgeship/m:1");
         assert_eq!(manifest[0]["Layers"][0], format!("blobs/sha256/{digest}"));
+        // The registry takes the archive as an image artifact, as `docker load` does.
+        let archive_path = dir.path().join("image.tar");
+        std::fs::write(&archive_path, &one).expect("archive file");
+        let image = crate::registry::image::inspect(&archive_path).expect("an image archive");
+        assert_eq!(image.reference, "edgeship/m:1");
+        assert_eq!(
+            Some(image.id.replace("sha256:", "blobs/sha256/").as_str()),
+            manifest[0]["Config"].as_str()
+        );
     }
 }

@@ -8,8 +8,9 @@ use edgeship_domain::{Precision, RuntimeKind, RuntimeOptions, names};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    AbortPolicy, BatchingManifest, DEFAULT_DEVICE_TIMEOUT_SECONDS, DeploymentSpec, ExponentialRate,
-    HealthGate, ModelRef, OnFailure, RolloutPolicy, SpecError, Strategy, Target, WaveSize, err,
+    AbortPolicy, BatchingManifest, ContainerManifest, DEFAULT_DEVICE_TIMEOUT_SECONDS,
+    DeploymentSpec, ExponentialRate, HealthGate, ModelRef, OnFailure, RolloutPolicy, SpecError,
+    Strategy, Target, WaveSize, err,
 };
 use crate::fleet::selector::Selector;
 use crate::registry::VersionSelector;
@@ -23,6 +24,9 @@ pub struct Manifest {
     /// Several models on one endpoint, routed by name (instead of `model`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// A container workload instead of models (`spec/container.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerManifest>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
     /// With `runtime: opencl`: which OpenCL device runs the model on each device (`gpu`,
@@ -150,6 +154,9 @@ impl Manifest {
     /// Checks every field and fills in defaults.
     pub fn validate(&self) -> Result<DeploymentSpec, SpecError> {
         names::deployment_id(&self.name).map_err(|e| err("name", e.0))?;
+        if let Some(container) = &self.container {
+            return self.container_spec(container);
+        }
         let traffic = self.traffic()?;
         let (model, extra_models) = self.models(&traffic)?;
         let model = match (model, &self.model, traffic.first()) {
@@ -204,7 +211,7 @@ impl Manifest {
         };
         Ok(DeploymentSpec {
             name: self.name.clone(),
-            model,
+            model: Some(model),
             runtime,
             endpoint: self.endpoint.validate()?,
             target: self.target.validate()?,
@@ -223,12 +230,13 @@ impl Manifest {
                 }
             },
             extra_models,
+            container: None,
         })
     }
 }
 
 impl TargetManifest {
-    fn validate(&self) -> Result<Target, SpecError> {
+    pub(super) fn validate(&self) -> Result<Target, SpecError> {
         let mut devices = BTreeSet::new();
         for (i, id) in self.devices.iter().enumerate() {
             names::device_id(id).map_err(|e| err(format!("target.devices[{i}]"), e.0))?;
@@ -252,7 +260,7 @@ impl TargetManifest {
 }
 
 impl RolloutManifest {
-    fn validate(&self) -> Result<RolloutPolicy, SpecError> {
+    pub(super) fn validate(&self) -> Result<RolloutPolicy, SpecError> {
         let strategy_name = self.strategy.as_deref().unwrap_or(
             match (self.waves.is_empty(), self.exponential.is_some()) {
                 (false, _) => "waves",
@@ -462,11 +470,11 @@ impl DeploymentSpec {
             Strategy::Exponential(rate) => ("exponential", vec![], Some(*rate)),
         };
         let (model, models) = if self.extra_models.is_empty() {
-            (Some(self.model.to_string()), Vec::new())
+            (self.model.as_ref().map(ToString::to_string), Vec::new())
         } else {
             (None, self.all_models().map(ToString::to_string).collect())
         };
-        Manifest {
+        let mut manifest = Manifest {
             name: self.name.clone(),
             model,
             models,
@@ -525,52 +533,14 @@ impl DeploymentSpec {
                 max_queue_size: (self.options.max_queue_size > 0)
                     .then_some(self.options.max_queue_size),
             }),
+            container: None,
+        };
+        // A container workload has no runtime or protocols of its own to write back.
+        if let Some(container) = &self.container {
+            manifest.runtime = None;
+            manifest.endpoint.protocols.clear();
+            manifest.container = Some(container.to_manifest());
         }
-    }
-
-    /// What applying `self` over `old` changes, one line per field: `path: old → new`.
-    pub fn changes_from(&self, old: &DeploymentSpec) -> Vec<String> {
-        let old = serde_json::to_value(old.to_manifest()).unwrap_or_default();
-        let new = serde_json::to_value(self.to_manifest()).unwrap_or_default();
-        let mut changes = Vec::new();
-        diff_values("", &old, &new, &mut changes);
-        changes
-    }
-}
-
-fn diff_values(
-    path: &str,
-    old: &serde_json::Value,
-    new: &serde_json::Value,
-    out: &mut Vec<String>,
-) {
-    use serde_json::Value;
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
-            let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-            for key in keys {
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                diff_values(
-                    &child,
-                    a.get(key).unwrap_or(&Value::Null),
-                    b.get(key).unwrap_or(&Value::Null),
-                    out,
-                );
-            }
-        }
-        (a, b) if a != b => out.push(format!("{path}: {} → {}", compact(a), compact(b))),
-        _ => {}
-    }
-}
-
-fn compact(value: &serde_json::Value) -> String {
-    match value {
-        serde_json::Value::Null => "(none)".into(),
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        manifest
     }
 }

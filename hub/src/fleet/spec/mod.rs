@@ -5,7 +5,8 @@
 //!
 //! The manifest types mirror the file; the spec types are what the rollout engine reads
 //! (defaults filled in, strings parsed). `DeploymentSpec::to_manifest` goes back, for
-//! `deploy show` and for the change list `deploy apply` prints.
+//! `deploy show` and for the change list `deploy apply` prints (`changes.rs`). A deployment
+//! runs models (`models.rs`) or one container (`container.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -16,10 +17,13 @@ use serde::{Deserialize, Serialize};
 use super::selector::Selector;
 use crate::registry::VersionSelector;
 
+mod changes;
+mod container;
 mod endpoint;
 mod manifest;
 mod models;
 
+pub use container::*;
 pub use manifest::*;
 pub use models::*;
 
@@ -203,7 +207,10 @@ pub struct TrafficWeight {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     pub name: String,
-    pub model: ModelRef,
+    /// The model served (the first, with `extra_models`); `None` for a container workload,
+    /// whose models are in `container`. (Stored before containers existed: always present.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelRef>,
     pub runtime: RuntimeKind,
     pub endpoint: Endpoint,
     pub target: Target,
@@ -218,20 +225,54 @@ pub struct DeploymentSpec {
     /// the default).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_models: Vec<ModelRef>,
+    /// A container workload instead of models (then `model` is `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerSpec>,
+}
+
+/// What a registered version is to the deployment that pins it; each role asks something
+/// else of the version (see `desired::usable_as`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinRole {
+    /// Served by a runtime: it needs an ONNX file.
+    Model,
+    /// A container's image artifact: an `oci-image` version.
+    ImageArtifact,
+    /// Mounted into a container: any files.
+    MountedModel,
 }
 
 impl DeploymentSpec {
-    /// Every model the endpoint serves: `model`, then the others.
+    /// Every registered version the deployment runs, in the order revisions pin them: `model`
+    /// then the others; for a container, its image artifact then its mounted model.
     pub fn all_models(&self) -> impl Iterator<Item = &ModelRef> {
-        std::iter::once(&self.model).chain(&self.extra_models)
+        self.pinned().map(|(model, _)| model)
     }
 
-    /// What it serves, for people: `diabetes:latest`, or `diabetes:latest, digits:2`.
+    /// [`all_models`](Self::all_models) with the role each plays.
+    pub fn pinned(&self) -> impl Iterator<Item = (&ModelRef, PinRole)> {
+        let container = self.container.iter().flat_map(|c| {
+            let artifact = c.image_artifact.iter().map(|m| (m, PinRole::ImageArtifact));
+            artifact.chain(c.model.iter().map(|m| (m, PinRole::MountedModel)))
+        });
+        self.model
+            .iter()
+            .chain(&self.extra_models)
+            .map(|m| (m, PinRole::Model))
+            .chain(container)
+    }
+
+    /// What it serves, for people: `diabetes:latest`, or `diabetes:latest, digits:2`; for a
+    /// container, its image artifact (or image) and mounted model.
     pub fn describe_models(&self) -> String {
-        self.all_models()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
+        match &self.container {
+            Some(container) => container.describe(),
+            None => self
+                .all_models()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        }
     }
 }
 

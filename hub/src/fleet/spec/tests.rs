@@ -70,7 +70,10 @@ fn a_minimal_manifest_gets_the_defaults() {
         .expect("valid");
     assert_eq!(spec.runtime, RuntimeKind::Tract);
     assert_eq!(spec.rollout, RolloutPolicy::default());
-    assert_eq!(spec.model.version, VersionSelector::Exact(2));
+    assert_eq!(
+        spec.model.map(|m| m.version),
+        Some(VersionSelector::Exact(2))
+    );
     assert_eq!(spec.endpoint.protocols, vec![Protocol::Azureml]);
 }
 
@@ -207,7 +210,10 @@ fn several_models_share_an_endpoint_and_write_back_as_models() {
         "name: shop\nmodels: [diabetes:latest, digits:2]\nendpoint: {port: 5001, protocols: [azureml, v2]}\ntarget: {devices: [d1]}\n",
     )
     .expect("valid");
-    assert_eq!(spec.model.to_string(), "diabetes:latest");
+    assert_eq!(
+        spec.model.as_ref().map(ToString::to_string).as_deref(),
+        Some("diabetes:latest")
+    );
     assert_eq!(spec.describe_models(), "diabetes:latest, digits:2");
     let manifest = spec.to_manifest();
     assert_eq!(
@@ -221,4 +227,357 @@ fn several_models_share_an_endpoint_and_write_back_as_models() {
             .expect("valid");
     assert!(single.extra_models.is_empty());
     assert_eq!(single.to_manifest().model.as_deref(), Some("digits:2"));
+}
+
+const CONTAINER: &str = r#"
+name: scorer
+container:
+  image: diabetes-scorer:1
+  image_artifact: scorer-image:1
+  command: ["/edgeship-agent", "serve", "--model", "/models/x"]
+  env: {LOG_LEVEL: debug, _UNDER: 1}
+  ports: [5001]
+  resources: {cpus: 0.5, memory: 256Mi}
+  health: {path: /healthz, port: 5002}
+  restart: on_failure
+  max_restarts: 5
+  model: diabetes:latest
+endpoint: {port: 8080, auth: key, cors_origins: ["*"]}
+target: {devices: [edge-1]}
+"#;
+
+#[test]
+fn the_documented_container_manifest_is_accepted_and_goes_round_trip() {
+    let spec = validate(CONTAINER).expect("valid");
+    let container = spec.container.clone().expect("a container");
+    assert_eq!(spec.model, None);
+    assert_eq!(container.image, "diabetes-scorer:1");
+    assert_eq!(
+        container.image_artifact.as_ref().map(ToString::to_string),
+        Some("scorer-image:1".into())
+    );
+    assert_eq!(container.command.len(), 4);
+    assert_eq!(container.env["LOG_LEVEL"], "debug");
+    assert_eq!(
+        container.env["_UNDER"], "1",
+        "a YAML number is read as text"
+    );
+    assert_eq!(
+        (container.port, container.cpu_millis, container.memory_bytes),
+        (5001, 500, 256 << 20)
+    );
+    assert_eq!(
+        (container.health_path.as_str(), container.health_port),
+        ("/healthz", 5002)
+    );
+    assert_eq!(
+        container.restart,
+        edgeship_domain::RestartPolicy::OnFailure { max_restarts: 5 }
+    );
+    assert_eq!(spec.endpoint.protocols, vec![Protocol::Azureml]);
+    // The image artifact, then the mounted model: the order revisions pin them in.
+    let pinned: Vec<(String, PinRole)> = spec
+        .pinned()
+        .map(|(m, role)| (m.to_string(), role))
+        .collect();
+    assert_eq!(
+        pinned,
+        [
+            ("scorer-image:1".to_owned(), PinRole::ImageArtifact),
+            ("diabetes:latest".to_owned(), PinRole::MountedModel)
+        ]
+    );
+    assert_eq!(spec.describe_models(), "scorer-image:1, diabetes:latest");
+
+    let manifest = spec.to_manifest();
+    assert_eq!(
+        (
+            manifest.runtime.as_deref(),
+            manifest.endpoint.protocols.len()
+        ),
+        (None, 0)
+    );
+    let yaml = serde_yaml_ng::to_string(&manifest).expect("yaml");
+    assert!(yaml.contains("memory: 256Mi"), "{yaml}");
+    assert_eq!(validate(&yaml).expect("valid yaml"), spec);
+    let json = serde_json::to_string(&manifest).expect("json");
+    assert_eq!(validate(&json).expect("valid json"), spec);
+}
+
+#[test]
+fn a_container_that_the_engine_pulls_gets_the_defaults() {
+    let spec = validate(
+        "name: web\ncontainer: {image: \"registry.example.com:5000/team/web:2.1\", ports: [80]}\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n",
+    )
+    .expect("valid");
+    let container = spec.container.clone().expect("a container");
+    assert_eq!(container.health_path, "/");
+    assert_eq!(container.health_port, 80, "the probe defaults to the port");
+    assert_eq!(container.restart, edgeship_domain::RestartPolicy::default());
+    assert_eq!((container.cpu_millis, container.memory_bytes), (0, 0));
+    assert_eq!(spec.all_models().count(), 0);
+    assert_eq!(
+        spec.describe_models(),
+        "registry.example.com:5000/team/web:2.1"
+    );
+    let yaml = serde_yaml_ng::to_string(&spec.to_manifest()).expect("yaml");
+    assert_eq!(validate(&yaml).expect("valid yaml"), spec);
+
+    // The artifact alone: the image is the archive's own tag, found at apply.
+    let artifact = validate(
+        "name: web\ncontainer: {image_artifact: scorer-image, ports: [80], restart: always, resources: {cpus: 0.0001, memory: 1000000000}}\nendpoint: {port: 8080}\ntarget: {devices: [d1]}\n",
+    )
+    .expect("valid");
+    let container = artifact.container.clone().expect("a container");
+    assert_eq!(container.image, "");
+    assert_eq!(container.restart, edgeship_domain::RestartPolicy::Always);
+    assert_eq!(container.cpu_millis, 1, "a limit never rounds down to none");
+    assert_eq!(container.memory_bytes, 1_000_000_000);
+    assert_eq!(artifact.describe_models(), "scorer-image:latest");
+    let json = serde_json::to_string(&artifact.to_manifest()).expect("json");
+    assert_eq!(validate(&json).expect("valid json"), artifact);
+}
+
+#[test]
+fn each_container_mistake_names_the_field_and_the_reason() {
+    let manifest = |container: &str, extra: &str| {
+        format!(
+            "name: web\ncontainer: {container}\nendpoint: {{port: 8080}}\ntarget: {{devices: [d1]}}\n{extra}"
+        )
+    };
+    let ok = "{image: web:1, ports: [80]}";
+    let table: Vec<(&str, String, &str)> = vec![
+        (
+            "neither image nor artifact",
+            manifest("{ports: [80]}", ""),
+            "container: give `image`",
+        ),
+        (
+            "unknown key",
+            manifest("{image: web:1, ports: [80], volumes: [x]}", ""),
+            "container.volumes: unknown field `volumes`",
+        ),
+        (
+            "upper-case image",
+            manifest("{image: Web:1, ports: [80]}", ""),
+            "container.image: \"Web:1\" is not an image reference: its name is lower-case",
+        ),
+        (
+            "bad tag",
+            manifest("{image: \"web:-1\", ports: [80]}", ""),
+            "container.image: \"web:-1\" is not an image reference: a tag",
+        ),
+        (
+            "bad digest",
+            manifest("{image: \"web@sha256:12\", ports: [80]}", ""),
+            "container.image: \"web@sha256:12\" is not an image reference: a digest",
+        ),
+        (
+            "bad artifact",
+            manifest("{image_artifact: \"a:b\", ports: [80]}", ""),
+            "container.image_artifact: \"a:b\": the version must be",
+        ),
+        (
+            "no port",
+            manifest("{image: web:1}", ""),
+            "container.ports: required",
+        ),
+        (
+            "two ports",
+            manifest("{image: web:1, ports: [80, 81]}", ""),
+            "container.ports: give exactly one port: the endpoint fronts one container port",
+        ),
+        (
+            "port zero",
+            manifest("{image: web:1, ports: [0]}", ""),
+            "container.ports[0]: 0 is not a TCP port",
+        ),
+        (
+            "empty program",
+            manifest("{image: web:1, ports: [80], command: [\"\"]}", ""),
+            "container.command[0]: is empty",
+        ),
+        (
+            "NUL in an argument",
+            manifest("{image: web:1, ports: [80], command: [a, \"b\\0\"]}", ""),
+            "container.command[1]: contains a NUL",
+        ),
+        (
+            "bad variable name",
+            manifest("{image: web:1, ports: [80], env: {1ST: x}}", ""),
+            "container.env.1ST: not a variable name",
+        ),
+        (
+            "dash in a name",
+            manifest("{image: web:1, ports: [80], env: {A-B: x}}", ""),
+            "container.env.A-B: not a variable name",
+        ),
+        (
+            "reserved variable",
+            manifest(
+                "{image: web:1, ports: [80], env: {AZUREML_MODEL_DIR: /x}}",
+                "",
+            ),
+            "container.env.AZUREML_MODEL_DIR: reserved: the agent sets it",
+        ),
+        (
+            "reserved variable too",
+            manifest(
+                "{image: web:1, ports: [80], env: {EDGESHIP_MODEL_DIR: /x}}",
+                "",
+            ),
+            "container.env.EDGESHIP_MODEL_DIR: reserved",
+        ),
+        (
+            "negative cpus",
+            manifest("{image: web:1, ports: [80], resources: {cpus: -1}}", ""),
+            "container.resources.cpus: -1 is not a CPU count",
+        ),
+        (
+            "memory unit",
+            manifest(
+                "{image: web:1, ports: [80], resources: {memory: 256MB}}",
+                "",
+            ),
+            "container.resources.memory: \"256MB\" is not a size",
+        ),
+        (
+            "tiny memory",
+            manifest("{image: web:1, ports: [80], resources: {memory: 1Mi}}", ""),
+            "container.resources.memory: 1048576 bytes is below 6Mi",
+        ),
+        (
+            "health path",
+            manifest("{image: web:1, ports: [80], health: {path: healthz}}", ""),
+            "container.health.path: \"healthz\" is not an HTTP path",
+        ),
+        (
+            "health port",
+            manifest("{image: web:1, ports: [80], health: {port: 70000}}", ""),
+            "container.health.port: 70000 is not a TCP port",
+        ),
+        (
+            "unknown restart",
+            manifest("{image: web:1, ports: [80], restart: sometimes}", ""),
+            "container.restart: unknown restart policy \"sometimes\"",
+        ),
+        (
+            "max_restarts with always",
+            manifest(
+                "{image: web:1, ports: [80], restart: always, max_restarts: 2}",
+                "",
+            ),
+            "container.max_restarts: max_restarts applies to on_failure only",
+        ),
+        (
+            "bad model",
+            manifest("{image: web:1, ports: [80], model: \"B C\"}", ""),
+            "container.model:",
+        ),
+        (
+            "the artifact mounted",
+            manifest("{image_artifact: web, ports: [80], model: web:2}", ""),
+            "container.model: web is the image artifact itself",
+        ),
+        (
+            "a top-level model",
+            manifest(ok, "model: m:1\n"),
+            "model: not with `container`: a container workload runs its image; give the model it mounts as container.model",
+        ),
+        (
+            "models",
+            manifest(ok, "models: [a:1]\n"),
+            "models: not with `container`",
+        ),
+        (
+            "a split",
+            manifest(
+                ok,
+                "traffic: [{model: m:1, weight: 50}, {model: m:2, weight: 50}]\n",
+            ),
+            "traffic: not with `container`",
+        ),
+        (
+            "a runtime",
+            manifest(ok, "runtime: tract\n"),
+            "runtime: not with `container`: the image brings its own runtime",
+        ),
+        (
+            "an OpenCL device",
+            manifest(ok, "opencl_device: gpu\n"),
+            "opencl_device: not with `container`",
+        ),
+        (
+            "a precision",
+            manifest(ok, "opencl_precision: fp16\n"),
+            "opencl_precision: not with `container`",
+        ),
+        (
+            "batching",
+            manifest(ok, "batching: {max_batch_size: 8}\n"),
+            "batching: not with `container`",
+        ),
+        (
+            "a gRPC port",
+            format!(
+                "name: web\ncontainer: {ok}\nendpoint: {{port: 8080, protocols: [v2], grpc_port: 8081}}\ntarget: {{devices: [d1]}}\n"
+            ),
+            "endpoint.grpc_port: not with `container`",
+        ),
+        (
+            "the v2 protocol",
+            format!(
+                "name: web\ncontainer: {ok}\nendpoint: {{port: 8080, protocols: [azureml, v2]}}\ntarget: {{devices: [d1]}}\n"
+            ),
+            "endpoint.protocols[1]: not with `container`",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (case, text, expected) in table {
+        match validate(&text) {
+            Ok(_) => wrong.push(format!("{case}: accepted")),
+            Err(err) if err.to_string().starts_with(expected) => {}
+            Err(err) => wrong.push(format!("{case}: got `{err}`, expected `{expected}…`")),
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn image_references_follow_docker() {
+    for ok in [
+        "web",
+        "web:1",
+        "team/web:1.2-rc_3",
+        "localhost/web",
+        "registry.example.com:5000/a/b/c:tag",
+        "ghcr.io/org/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "my.registry:5000/app:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    ] {
+        assert_eq!(image_reference(ok), Ok(()), "{ok}");
+    }
+    for bad in [
+        "",
+        "Web",
+        "web:",
+        "-web",
+        "web/",
+        "a//b",
+        "web:1 2",
+        "web@md5:00",
+    ] {
+        assert!(image_reference(bad).is_err(), "{bad} should be refused");
+    }
+}
+
+#[test]
+fn records_stored_before_containers_still_decode() {
+    let spec = validate(FULL).expect("valid");
+    let stored = serde_json::to_value(&spec).expect("json");
+    assert!(stored.get("container").is_none());
+    assert!(stored["model"].is_object(), "the shape older hubs wrote");
+    assert_eq!(
+        serde_json::from_value::<DeploymentSpec>(stored).expect("decodes"),
+        spec
+    );
 }

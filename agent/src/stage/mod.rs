@@ -8,12 +8,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use edgeship_domain::{
-    DeployedModel, ModelWorkload, RuntimeOptions, TensorSpec, Workload, WorkloadKind,
+    BlobRef, DeployedModel, ModelWorkload, RuntimeOptions, TensorSpec, Workload, WorkloadKind,
 };
 use edgeship_runtime::{ModelBundle, RuntimeError, Tensor};
 
@@ -23,7 +23,7 @@ use crate::serve::auth::Auth;
 use crate::serve::batch::{BatchPolicy, Batcher};
 use crate::serve::json::inputs_from_data;
 use crate::serve::router::window_length;
-use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel};
+use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel, Surface};
 
 /// Why a workload could not be applied; the message goes into the device's report.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,12 +44,18 @@ impl From<RuntimeError> for StageError {
     }
 }
 
+#[cfg(feature = "containers")]
+mod container;
+
 /// A deployment's endpoint and the workload it serves; the endpoint's routing table holds
-/// one loaded version per model of `workload.models`, in the same order.
+/// one loaded version per model of `workload.models`, in the same order, or the container.
 #[derive(Debug)]
 struct Served {
     endpoint: Endpoint,
     workload: Workload,
+    /// The container behind the endpoint's proxy, for a container workload.
+    #[cfg(feature = "containers")]
+    container: Option<crate::containers::RunningContainer>,
 }
 
 impl Served {
@@ -110,6 +116,9 @@ pub struct Stage {
     endpoints: HashMap<String, Served>,
     /// Model versions loaded (prepared and self-tested) since the agent started.
     loads: u64,
+    /// The host's container engine, when the agent runs container workloads.
+    #[cfg(feature = "containers")]
+    containers: Option<crate::containers::Containers>,
 }
 
 impl Stage {
@@ -120,13 +129,40 @@ impl Stage {
             serve_host,
             endpoints: HashMap::new(),
             loads: 0,
+            #[cfg(feature = "containers")]
+            containers: None,
         }
     }
 
+    /// Runs container workloads on `containers` too.
+    #[cfg(feature = "containers")]
+    pub fn with_containers(mut self, containers: crate::containers::Containers) -> Self {
+        self.containers = Some(containers);
+        self
+    }
+
     fn model_dir(&self, model: &DeployedModel) -> PathBuf {
-        self.models_dir
-            .join(&model.model_id)
-            .join(model.version.to_string())
+        self.version_dir(&model.model_id, model.version)
+    }
+
+    fn version_dir(&self, model_id: &str, version: u32) -> PathBuf {
+        self.models_dir.join(model_id).join(version.to_string())
+    }
+
+    /// Hard-links `files` from the cache into `folder`, in their layout.
+    fn stage_files(&self, folder: &Path, files: &[BlobRef]) -> Result<(), StageError> {
+        if let Some(missing) = files.iter().find(|f| !self.cache.contains(&f.sha256)) {
+            return Err(StageError::Failed(format!(
+                "{} is missing from the cache",
+                missing.path
+            )));
+        }
+        let files: Vec<(String, String)> = files
+            .iter()
+            .map(|f| (f.path.clone(), f.sha256.clone()))
+            .collect();
+        cache::materialize(&self.cache, folder, &files)
+            .map_err(|err| StageError::Failed(format!("staging the model: {err}")))
     }
 
     /// Model versions loaded since the agent started: what a change that should load nothing
@@ -140,10 +176,16 @@ impl Stage {
     /// settings, is shared rather than loaded again: starting a canary keeps the stable
     /// version as it is, and promoting it keeps the canary.
     pub async fn apply(&mut self, workload: &Workload) -> Result<(), StageError> {
-        let WorkloadKind::Model(model) = &workload.kind else {
-            return Err(StageError::Unschedulable(
-                "this agent does not run container workloads".into(),
-            ));
+        let model = match &workload.kind {
+            WorkloadKind::Model(model) => model,
+            #[cfg(feature = "containers")]
+            WorkloadKind::Container(spec) => return self.apply_container(workload, spec).await,
+            #[cfg(not(feature = "containers"))]
+            WorkloadKind::Container(_) => {
+                return Err(StageError::Unschedulable(
+                    "this agent is built without container workloads".into(),
+                ));
+            }
         };
         let window = window_length(workload.health.as_ref());
         let mut entries = Vec::with_capacity(model.models.len());
@@ -202,18 +244,7 @@ impl Stage {
     ) -> Result<Arc<dyn Scorer>, StageError> {
         let runtime = edgeship_runtime::by_kind(workload.runtime)?;
         let folder = self.model_dir(model);
-        let files: Vec<(String, String)> = model
-            .files
-            .iter()
-            .map(|f| (f.path.clone(), f.sha256.clone()))
-            .collect();
-        if let Some((path, _)) = files.iter().find(|(_, d)| !self.cache.contains(d)) {
-            return Err(StageError::Failed(format!(
-                "{path} is missing from the cache"
-            )));
-        }
-        cache::materialize(&self.cache, &folder, &files)
-            .map_err(|err| StageError::Failed(format!("staging the model: {err}")))?;
+        self.stage_files(&folder, &model.files)?;
         let sample = match &model.sample_input {
             Some(text) => Some(
                 serde_json::from_str::<serde_json::Value>(text).map_err(|err| {
@@ -275,8 +306,10 @@ impl Stage {
         let port = workload.endpoint.port;
         let grpc_port = workload.endpoint.grpc_port;
         // The same listeners: the running endpoint takes the new routes and auth in place.
+        // (Not between a model and a container workload: they answer with other routes.)
         if let Some(served) = self.endpoints.get_mut(&workload.deployment)
             && served.workload.endpoint.same_listeners(&workload.endpoint)
+            && served.workload.as_container().is_some() == workload.as_container().is_some()
         {
             served
                 .endpoint
@@ -296,14 +329,24 @@ impl Stage {
             });
         if overlaps && let Some(old) = self.endpoints.remove(&workload.deployment) {
             old.endpoint.stop().await;
+            // A container workload replaced by a model workload: its container goes too.
+            #[cfg(feature = "containers")]
+            if let Some(container) = old.container {
+                self.stop_container(container).await;
+            }
         }
         let addr = SocketAddr::new(self.serve_host, port);
         let grpc_addr = grpc_port.map(|p| SocketAddr::new(self.serve_host, p));
+        let surface = match &workload.kind {
+            #[cfg(feature = "containers")]
+            WorkloadKind::Container(_) => Surface::Proxy,
+            _ => Surface::Scoring(&workload.endpoint.protocols),
+        };
         let endpoint = Endpoint::start(
             addr,
             grpc_addr,
             &workload.deployment,
-            &workload.endpoint.protocols,
+            surface,
             &workload.endpoint.cors_origins,
             Auth::from_spec(&workload.deployment, &workload.endpoint),
             routes,
@@ -313,17 +356,26 @@ impl Stage {
         let served = Served {
             endpoint,
             workload: workload.clone(),
+            #[cfg(feature = "containers")]
+            container: None,
         };
         if let Some(old) = self.endpoints.insert(workload.deployment.clone(), served) {
             old.endpoint.stop().await;
+            // A container workload replaced by a model workload: its container goes too.
+            #[cfg(feature = "containers")]
+            if let Some(container) = old.container {
+                self.stop_container(container).await;
+            }
         }
         Ok(())
     }
 
-    /// Stops the deployment's endpoint, if it has one.
+    /// Stops the deployment's endpoint, if it has one, and its container.
     pub async fn remove(&mut self, deployment: &str) {
         if let Some(served) = self.endpoints.remove(deployment) {
             served.endpoint.stop().await;
+            #[cfg(feature = "containers")]
+            self.remove_container(deployment, served.container).await;
         }
     }
 
@@ -344,15 +396,30 @@ impl Stage {
     /// The deployment's figures at `at`, judged against the health gate of what serves.
     pub fn observe(&self, deployment: &str, at: Instant) -> Option<Observation> {
         let served = self.endpoints.get(deployment)?;
-        Some(served.endpoint.observe(at, served.workload.health.as_ref()))
+        #[allow(unused_mut)]
+        let mut seen = served.endpoint.observe(at, served.workload.health.as_ref());
+        #[cfg(feature = "containers")]
+        if let Some(container) = &served.container {
+            use crate::containers::monitor::Verdict;
+            match container.verdict() {
+                Verdict::Fine => {}
+                Verdict::Unhealthy(why) => seen.breach = Some(why),
+                Verdict::Failed(why) => seen.failed = Some(why),
+            }
+        }
+        Some(seen)
     }
 
     /// Deletes staged model folders that no workload in `live` uses.
     pub fn collect_garbage<'a>(&self, live: impl Iterator<Item = &'a Workload>) {
         let keep: BTreeSet<PathBuf> = live
-            .filter_map(Workload::as_model)
-            .flat_map(|m| m.models.iter())
-            .map(|m| self.model_dir(m))
+            .flat_map(|w| {
+                let models = w.as_model().into_iter().flat_map(|m| m.models.iter());
+                let mounted = w.as_container().and_then(|c| c.model.as_ref());
+                models
+                    .map(|m| self.model_dir(m))
+                    .chain(mounted.map(|m| self.version_dir(&m.model_id, m.version)))
+            })
             .collect();
         let Ok(models) = std::fs::read_dir(&self.models_dir) else {
             return;
