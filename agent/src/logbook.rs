@@ -17,7 +17,22 @@ use tracing_subscriber::layer::Context;
 /// Lines kept per deployment.
 const LINES_PER_DEPLOYMENT: usize = 500;
 /// Deployments kept; the one written to longest ago goes first.
-const DEPLOYMENTS: usize = 256;
+const DEPLOYMENTS: usize = 64;
+/// Longer lines are cut (a failure message can carry a container's last lines): with the
+/// bounds above, the book holds at most 500 × 64 × 4 KiB.
+pub const MAX_LINE_BYTES: usize = 4096;
+
+/// `text` cut to at most [`MAX_LINE_BYTES`], at a character boundary.
+pub fn clipped(text: &str) -> &str {
+    if text.len() <= MAX_LINE_BYTES {
+        return text;
+    }
+    let mut end = MAX_LINE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 /// One line, as `deploy logs` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +109,7 @@ impl<S: Subscriber> Layer<S> for LogBookLayer {
             fields.message,
             fields.rest
         );
+        let text = clipped(&text).to_owned();
         record(
             &deployment,
             LogLine {

@@ -85,8 +85,12 @@ impl DeviceLogs {
             self.lock().remove(&request_id);
             return Err("the hub is not connected to the broker".into());
         }
+        // Removed however this ends, a caller that gives up (a cancelled call) included.
+        let _forget = Forget {
+            logs: self,
+            request_id: &request_id,
+        };
         let result = tokio::time::timeout(deadline, answered).await;
-        self.lock().remove(&request_id);
         match result {
             Ok(Ok(answer)) => answer,
             Ok(Err(_)) => Err("the request was dropped".into()),
@@ -118,6 +122,18 @@ impl DeviceLogs {
         &self,
     ) -> std::sync::MutexGuard<'_, HashMap<String, (String, oneshot::Sender<LogAnswer>)>> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Forgets a request when dropped.
+struct Forget<'a> {
+    logs: &'a DeviceLogs,
+    request_id: &'a str,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.logs.lock().remove(self.request_id);
     }
 }
 

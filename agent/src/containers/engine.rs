@@ -20,9 +20,11 @@ use bollard::query_parameters::{
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-/// How long one call to the engine may take before it counts as unreachable (loading a large
-/// image takes longer: that call has its own bound).
+/// How long one call to the engine may take before it counts as unreachable.
 const CALL_TIMEOUT_SECONDS: u64 = 120;
+/// Loading or pulling an image of gigabytes on slow storage or a slow link takes longer than
+/// any other call: those two have this bound instead.
+const IMAGE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// A connection to the host's Docker engine.
 #[derive(Debug, Clone)]
@@ -140,17 +142,23 @@ impl Engine {
         let file = tokio::fs::File::open(tarball)
             .await
             .map_err(|err| format!("cannot read the image archive: {err}"))?;
-        let chunks = tokio_util_stream(file);
+        let chunks = file_chunks(file);
         let options = ImportImageOptionsBuilder::new().quiet(true).build();
-        let mut progress = self.docker.import_image_stream(options, chunks, None);
-        while let Some(item) = progress.next().await {
-            let info =
-                item.map_err(|err| format!("the engine refused the image: {}", message(err)))?;
-            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                return Err(format!("the engine refused the image: {detail}"));
+        let docker = self.docker.clone().with_timeout(IMAGE_TIMEOUT);
+        let load = async {
+            let mut progress = docker.import_image_stream(options, chunks, None);
+            while let Some(item) = progress.next().await {
+                let info =
+                    item.map_err(|err| format!("the engine refused the image: {}", message(err)))?;
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    return Err(format!("the engine refused the image: {detail}"));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        tokio::time::timeout(IMAGE_TIMEOUT, load)
+            .await
+            .map_err(|_| format!("loading took longer than {} s", IMAGE_TIMEOUT.as_secs()))?
     }
 
     /// Pulls `reference` from its registry.
@@ -158,14 +166,20 @@ impl Engine {
         let options = CreateImageOptionsBuilder::new()
             .from_image(reference)
             .build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
-        while let Some(item) = progress.next().await {
-            let info = item.map_err(message)?;
-            if let Some(detail) = info.error_detail.and_then(|d| d.message) {
-                return Err(detail);
+        let docker = self.docker.clone().with_timeout(IMAGE_TIMEOUT);
+        let pull = async {
+            let mut progress = docker.create_image(Some(options), None, None);
+            while let Some(item) = progress.next().await {
+                let info = item.map_err(message)?;
+                if let Some(detail) = info.error_detail.and_then(|d| d.message) {
+                    return Err(detail);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        };
+        tokio::time::timeout(IMAGE_TIMEOUT, pull)
+            .await
+            .map_err(|_| format!("the pull took longer than {} s", IMAGE_TIMEOUT.as_secs()))?
     }
 
     /// Creates (does not start) a container; returns its id.
@@ -173,6 +187,11 @@ impl Engine {
         let (name, maximum_retry_count) = match spec.restart {
             edgeship_domain::RestartPolicy::No => (RestartPolicyNameEnum::NO, None),
             edgeship_domain::RestartPolicy::Always => (RestartPolicyNameEnum::ALWAYS, None),
+            // Docker reads a count of 0 as "no limit"; the hub never sends one, and no
+            // restarts is what it would mean.
+            edgeship_domain::RestartPolicy::OnFailure { max_restarts: 0 } => {
+                (RestartPolicyNameEnum::NO, None)
+            }
             edgeship_domain::RestartPolicy::OnFailure { max_restarts } => (
                 RestartPolicyNameEnum::ON_FAILURE,
                 Some(i64::from(max_restarts)),
@@ -314,7 +333,7 @@ impl Engine {
                     lines.push(crate::logbook::LogLine {
                         at_ms,
                         source: source.into(),
-                        text: text.to_owned(),
+                        text: crate::logbook::clipped(text).to_owned(),
                     });
                 }
             }
@@ -404,7 +423,7 @@ impl Engine {
 }
 
 /// A file as a stream of chunks, for request bodies of any size.
-fn tokio_util_stream(
+fn file_chunks(
     file: tokio::fs::File,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     use tokio::io::AsyncReadExt;

@@ -17,10 +17,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use edgeship_domain::ContainerWorkload;
 use sha2::{Digest, Sha256};
 
 use crate::cache::BlobCache;
+use crate::serve::proxy::Upstream;
 use crate::stage::StageError;
 use engine::{Engine, NewContainer};
 use monitor::{Probe, Verdict, Watch, with_log_lines};
@@ -29,6 +32,9 @@ use monitor::{Probe, Verdict, Watch, with_log_lines};
 pub const DEVICE_LABEL: &str = "dev.edgeship.device";
 pub const DEPLOYMENT_LABEL: &str = "dev.edgeship.deployment";
 pub const WORKLOAD_LABEL: &str = "dev.edgeship.workload";
+/// Set when the agent loaded the container's image itself (from an artifact): the image then
+/// goes with the last container that uses it. An image that was on the host before stays.
+pub const LOADED_IMAGE_LABEL: &str = "dev.edgeship.loaded-image";
 
 /// Where a mounted model appears inside the container: Azure ML's layout, so scoring images
 /// written for Azure ML find it where they look.
@@ -56,8 +62,9 @@ pub struct RunningContainer {
     pub name: String,
     /// The digest of the workload it was made for ([`workload_key`]).
     pub key: String,
-    /// Where its port is reached.
-    pub addr: SocketAddr,
+    /// Where its port is reached, as the endpoint's proxy (and the watch, which moves it when
+    /// the engine restarts the container elsewhere) sees it.
+    pub upstream: Arc<Upstream>,
     /// The image's id, and whether the agent loaded it from an artifact (and so removes it).
     pub image_id: String,
     pub loaded_image: bool,
@@ -98,19 +105,19 @@ impl Containers {
         format!("edgeship.{}.{deployment}.{key}", self.device_id)
     }
 
-    /// Makes the workload's image present and returns its id: loaded from the artifact's
-    /// verified file when the engine lacks it, else pulled; an image whose id is not the one
-    /// the hub recorded is refused.
+    /// Makes the workload's image present and returns its id, and whether this call loaded it:
+    /// loaded from the artifact's verified file when the engine lacks it, else pulled; an
+    /// image whose id is not the one the hub recorded is refused.
     async fn image(
         &self,
         deployment: &str,
         spec: &ContainerWorkload,
         cache: &BlobCache,
-    ) -> Result<String, StageError> {
+    ) -> Result<(String, bool), StageError> {
         let failed = |why: String| StageError::Failed(why);
         let wanted = image_ref(spec);
         if let Some(id) = self.engine.image_id(wanted).await.map_err(failed)? {
-            return self.check_id(spec, id);
+            return Ok((self.check_id(spec, id)?, false));
         }
         match spec.image_files.first() {
             Some(file) => {
@@ -134,7 +141,7 @@ impl Containers {
             }
         }
         match self.engine.image_id(wanted).await.map_err(failed)? {
-            Some(id) => self.check_id(spec, id),
+            Some(id) => Ok((self.check_id(spec, id)?, !spec.image_files.is_empty())),
             None => Err(failed(format!(
                 "the image archive of {} does not hold image {wanted}",
                 spec.image_artifact
@@ -173,34 +180,42 @@ impl Containers {
         let state = self.engine.inspect(&listed.id).await.ok()??;
         let image_id = self.engine.image_id(image_ref(spec)).await.ok()??;
         tracing::info!(%deployment, container = %listed.name, "running container adopted");
+        let upstream = Upstream::new(
+            spec.describe(),
+            SocketAddr::new(state.ip?, spec.container_port),
+        );
         Some(RunningContainer {
             deployment: deployment.to_owned(),
-            addr: SocketAddr::new(state.ip?, spec.container_port),
             watch: Watch::start(
                 self.engine.clone(),
                 listed.id.clone(),
                 deployment.to_owned(),
                 spec.clone(),
+                Arc::clone(&upstream),
             ),
+            upstream,
+            loaded_image: listed.labels.contains_key(LOADED_IMAGE_LABEL),
             id: listed.id,
             name: listed.name,
             key,
             image_id,
-            loaded_image: !spec.image_files.is_empty(),
         })
     }
 
     /// Starts a container for `spec` of `deployment` and waits until its health probe passes.
     /// On any failure the new container is removed, and the error says why, with the
-    /// container's last log lines when it ran.
+    /// container's last log lines when it ran. `loaded_before`: ids of the images this agent
+    /// loaded for containers that run now (a new container of such an image owns it too).
     pub async fn start(
         &self,
         deployment: &str,
         spec: &ContainerWorkload,
         model_dir: Option<&Path>,
         cache: &BlobCache,
+        loaded_before: &[&str],
     ) -> Result<RunningContainer, StageError> {
-        let image_id = self.image(deployment, spec, cache).await?;
+        let (image_id, loaded_now) = self.image(deployment, spec, cache).await?;
+        let loaded_image = loaded_now || loaded_before.contains(&image_id.as_str());
         let key = workload_key(spec);
         let name = self.name(deployment, &key);
         // A container of that name is a leftover of an earlier try (adoption takes running
@@ -219,22 +234,36 @@ impl Containers {
             image: image_id.clone(),
             command: spec.command.clone(),
             env,
-            labels: HashMap::from([
-                (DEVICE_LABEL.to_owned(), self.device_id.clone()),
-                (DEPLOYMENT_LABEL.to_owned(), deployment.to_owned()),
-                (WORKLOAD_LABEL.to_owned(), key.clone()),
-            ]),
+            labels: HashMap::from_iter(
+                [
+                    (DEVICE_LABEL, self.device_id.as_str()),
+                    (DEPLOYMENT_LABEL, deployment),
+                    (WORKLOAD_LABEL, key.as_str()),
+                ]
+                .into_iter()
+                .chain(loaded_image.then_some((LOADED_IMAGE_LABEL, "true")))
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            ),
             binds,
             nano_cpus: i64::from(spec.cpu_millis) * 1_000_000,
             memory_bytes: i64::try_from(spec.memory_bytes).unwrap_or(i64::MAX),
             restart: spec.restart,
         };
-        let id = self.engine.create(&new).await.map_err(|why| {
-            StageError::Failed(format!("the engine refused the container: {why}"))
-        })?;
+        let id = match self.engine.create(&new).await {
+            Ok(id) => id,
+            Err(why) => {
+                if loaded_image {
+                    self.remove_image_if_unused(deployment, &image_id).await;
+                }
+                return Err(StageError::Failed(format!(
+                    "the engine refused the container: {why}"
+                )));
+            }
+        };
         match self.until_healthy(&id, spec).await {
             Ok(addr) => {
                 tracing::info!(%deployment, container = %name, %addr, "container started and healthy");
+                let upstream = Upstream::new(spec.describe(), addr);
                 Ok(RunningContainer {
                     deployment: deployment.to_owned(),
                     watch: Watch::start(
@@ -242,13 +271,14 @@ impl Containers {
                         id.clone(),
                         deployment.to_owned(),
                         spec.clone(),
+                        Arc::clone(&upstream),
                     ),
+                    upstream,
                     id,
                     name,
                     key,
-                    addr,
                     image_id,
-                    loaded_image: !spec.image_files.is_empty(),
+                    loaded_image,
                 })
             }
             Err(why) => {
@@ -258,7 +288,7 @@ impl Containers {
                     .await
                     .unwrap_or_default();
                 let _ = self.engine.remove(&id).await;
-                if !spec.image_files.is_empty() {
+                if loaded_image {
                     self.remove_image_if_unused(deployment, &image_id).await;
                 }
                 Err(StageError::Failed(with_log_lines(why, &lines)))

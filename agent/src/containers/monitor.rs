@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Inspected};
+use crate::serve::proxy::Upstream;
 
 /// How often a serving container is looked at.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -175,23 +176,40 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn start(engine: Engine, id: String, deployment: String, spec: ContainerWorkload) -> Self {
+    /// Watches container `id`; moves `upstream` when the engine restarts the container on
+    /// another address.
+    pub fn start(
+        engine: Engine,
+        id: String,
+        deployment: String,
+        spec: ContainerWorkload,
+        upstream: Arc<Upstream>,
+    ) -> Self {
         let verdict = Arc::new(Mutex::new(Verdict::Fine));
         let shared = Arc::clone(&verdict);
         let task = tokio::spawn(async move {
             let probe = Probe::default();
             let mut ticker = tokio::time::interval(WATCH_INTERVAL);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            let mut restarts = 0;
+            // Restarts before the watch began (an adopted container's) are not news.
+            let mut restarts: Option<i64> = None;
             let mut restarted: Option<(tokio::time::Instant, String)> = None;
             loop {
                 ticker.tick().await;
                 let state = engine.inspect(&id).await;
-                if let Ok(Some(seen)) = &state
-                    && seen.restart_count > restarts
-                {
-                    restarts = seen.restart_count;
-                    restarted = Some((tokio::time::Instant::now(), describe_stop(seen, &spec)));
+                if let Ok(Some(seen)) = &state {
+                    if restarts.is_some_and(|before| seen.restart_count > before) {
+                        restarted = Some((tokio::time::Instant::now(), describe_stop(seen, &spec)));
+                    }
+                    restarts = Some(seen.restart_count);
+                    let moved = seen
+                        .ip
+                        .map(|ip| SocketAddr::new(ip, spec.container_port))
+                        .filter(|addr| *addr != upstream.addr());
+                    if let Some(addr) = moved {
+                        tracing::info!(%deployment, container = %id, %addr, "container moved; the endpoint follows");
+                        upstream.move_to(addr);
+                    }
                 }
                 let mut now = judge(&engine, &probe, &id, state, spec.probe_port(), &spec).await;
                 if now == Verdict::Fine

@@ -3,23 +3,33 @@
 
 use super::Agent;
 use crate::link::LogRequest;
-use crate::logbook::LogLine;
+use crate::logbook::{LogLine, clipped};
 
 /// The most bytes of text one log answer carries (the oldest lines go first): it must fit in
 /// one MQTT packet with room to spare.
 const MAX_LOG_BYTES: usize = 256 * 1024;
-/// Longer lines are cut to this many bytes.
-const MAX_LINE_BYTES: usize = 4096;
 
 impl Agent {
     /// Answers a log request in the background: the agent's own lines about the deployment,
     /// and its container's output when it has one, merged by time.
     pub(super) fn answer_logs(&self, request: LogRequest) {
+        let sender = self.sender.clone();
+        // A few answers at a time: each may hold a container's 2,000 lines while it is put
+        // together, and a flood of requests must not grow the agent.
+        let Ok(permit) = std::sync::Arc::clone(&self.log_answers).try_acquire_owned() else {
+            tokio::spawn(async move {
+                let busy = "the device is answering other log requests; ask again".to_owned();
+                sender
+                    .send_logs(&request.request_id, Vec::new(), Some(busy))
+                    .await;
+            });
+            return;
+        };
         let known = self.statuses.contains_key(&request.deployment);
         #[cfg(feature = "containers")]
         let container = self.stage.container_of(&request.deployment);
-        let sender = self.sender.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             #[allow(unused_mut)]
             let mut lines =
                 crate::logbook::recent(&request.deployment, request.tail, request.since_ms);
@@ -52,13 +62,8 @@ fn bounded(mut lines: Vec<LogLine>, tail: usize) -> Vec<LogLine> {
     let mut kept = Vec::new();
     let mut bytes = 0;
     for mut line in lines.into_iter().rev().take(tail) {
-        if line.text.len() > MAX_LINE_BYTES {
-            let mut end = MAX_LINE_BYTES;
-            while !line.text.is_char_boundary(end) {
-                end -= 1;
-            }
-            line.text.truncate(end);
-        }
+        let clipped_len = clipped(&line.text).len();
+        line.text.truncate(clipped_len);
         bytes += line.text.len();
         if bytes > MAX_LOG_BYTES {
             break;
@@ -72,6 +77,7 @@ fn bounded(mut lines: Vec<LogLine>, tail: usize) -> Vec<LogLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::logbook::MAX_LINE_BYTES;
 
     fn line(at_ms: i64, text: &str) -> LogLine {
         LogLine {

@@ -106,6 +106,7 @@ impl RunningAgent {
             accepted: None,
             view: view_tx,
             birth,
+            log_answers: std::sync::Arc::new(tokio::sync::Semaphore::new(LOG_ANSWERS_AT_ONCE)),
         };
         agent.restore().await;
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -187,7 +188,12 @@ struct Agent {
     accepted: Option<DesiredState>,
     view: watch::Sender<AgentView>,
     birth: Birth,
+    /// Log answers being put together at once (see `logs.rs`).
+    log_answers: std::sync::Arc<tokio::sync::Semaphore>,
 }
+
+/// Log answers the agent puts together at once; more requests are told to ask again.
+const LOG_ANSWERS_AT_ONCE: usize = 2;
 
 impl Agent {
     async fn run(

@@ -159,6 +159,12 @@ impl Call {
     pub fn scorer(&self) -> &Arc<dyn Scorer> {
         self.backend.scorer()
     }
+
+    /// The version's backend, for work that outlives the call (a proxied body still
+    /// streaming: see `proxy`).
+    pub fn backend(&self) -> Arc<Backend> {
+        Arc::clone(&self.backend)
+    }
 }
 
 /// State shared by an endpoint's adapters.

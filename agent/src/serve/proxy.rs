@@ -5,11 +5,12 @@
 //! Design: a container is one more version behind the endpoint's routing table, an
 //! [`Upstream`] in a [`super::Backend`], so counting, windows, health gates and the atomic
 //! switch are the same code as for models: a blue/green switch is one routing-table store, a
-//! request in flight finishes on the container it was routed to (its `Call` holds the
-//! backend), and the agent stops the old container once nothing holds its backend.
+//! request in flight finishes on the container it was routed to (the response body holds the
+//! backend until its last byte is sent), and the agent stops the old container once nothing
+//! holds its backend.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -19,6 +20,7 @@ use axum::http::{HeaderName, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use edgeship_domain::TensorSpec;
 use edgeship_runtime::{RuntimeError, Tensor};
+use futures::StreamExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -29,10 +31,11 @@ use super::{ROUTING_KEY_HEADER, Scorer, Shared};
 const IDLE_CONNECTIONS: usize = 64;
 
 /// Headers that describe one hop, not the request (RFC 9110 §7.6.1): never forwarded.
-const HOP_BY_HOP: [HeaderName; 6] = [
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHORIZATION,
     header::TE,
     header::TRAILER,
     header::UPGRADE,
@@ -44,7 +47,8 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 pub struct Upstream {
     /// What the container runs (`scorer-image:2, diabetes:1`), as responses name it.
     name: String,
-    addr: SocketAddr,
+    /// Moves when the engine restarts the container on another address.
+    addr: RwLock<SocketAddr>,
     client: Client<HttpConnector, Body>,
 }
 
@@ -57,11 +61,20 @@ impl Upstream {
             .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Arc::new(Self { name, addr, client })
+        Arc::new(Self {
+            name,
+            addr: RwLock::new(addr),
+            client,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        *self.addr.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Sends the next requests to `addr` (the container's new address).
+    pub fn move_to(&self, addr: SocketAddr) {
+        *self.addr.write().unwrap_or_else(PoisonError::into_inner) = addr;
     }
 
     /// Sends `request` to the container and returns its answer, or a 502 naming why it gave
@@ -75,7 +88,7 @@ impl Upstream {
             .to_owned();
         parts.uri = match Uri::builder()
             .scheme("http")
-            .authority(self.addr.to_string())
+            .authority(self.addr().to_string())
             .path_and_query(path)
             .build()
         {
@@ -143,15 +156,28 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new().fallback(forward)
 }
 
-async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+async fn forward(State(shared): State<Arc<Shared>>, mut request: Request) -> Response {
     let key = request
         .headers()
         .get(ROUTING_KEY_HEADER)
         .map(|v| v.as_bytes().to_vec());
+    // The endpoint's key or token was for the agent, which checked it; the container never
+    // sees it.
+    if shared.auth().is_required() {
+        request.headers_mut().remove(header::AUTHORIZATION);
+    }
     let call = shared.begin_with_key(key.as_deref());
+    let held = call.backend();
     let response = match call.scorer().upstream() {
         Some(upstream) => upstream.forward(request).await,
         None => bad_gateway("the endpoint has no container behind it"),
     };
-    shared.finish(call, response)
+    let (parts, body) = shared.finish(call, response).into_parts();
+    // The container answered with its headers; its body may still be streaming. The body
+    // holds the backend, so a blue/green switch waits for it before stopping the container.
+    let body = body.into_data_stream().map(move |chunk| {
+        let _still_sending = &held;
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(body))
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use edgeship_domain::{ContainerWorkload, MountedModel, Workload};
 
 use super::{Stage, StageError};
+use crate::containers::monitor::Verdict;
 use crate::containers::{RunningContainer, workload_key};
-use crate::serve::proxy::Upstream;
 use crate::serve::router::window_length;
 use crate::serve::{Backend, Routes};
 
@@ -36,7 +36,13 @@ impl Stage {
         let same = self
             .endpoints
             .get(deployment)
-            .filter(|served| served.container.as_ref().is_some_and(|c| c.key == key))
+            // A container the engine gave up on is replaced, even for the same spec.
+            .filter(|served| {
+                served
+                    .container
+                    .as_ref()
+                    .is_some_and(|c| c.key == key && !matches!(c.verdict(), Verdict::Failed(_)))
+            })
             .and_then(|served| served.endpoint.routes().backends().first().cloned());
         if let Some(backend) = same {
             backend.resize_window(window);
@@ -52,12 +58,25 @@ impl Stage {
         let green = match containers.adopt(deployment, spec).await {
             Some(adopted) => adopted,
             None => {
+                let loaded_before: Vec<&str> = self
+                    .endpoints
+                    .values()
+                    .filter_map(|served| served.container.as_ref())
+                    .filter(|c| c.loaded_image)
+                    .map(|c| c.image_id.as_str())
+                    .collect();
                 containers
-                    .start(deployment, spec, model_dir.as_deref(), &self.cache)
+                    .start(
+                        deployment,
+                        spec,
+                        model_dir.as_deref(),
+                        &self.cache,
+                        &loaded_before,
+                    )
                     .await?
             }
         };
-        let backend = Backend::new(Upstream::new(workload.describe(), green.addr), window);
+        let backend = Backend::new(green.upstream.clone(), window);
         let blue_backends = self
             .endpoints
             .get(deployment)

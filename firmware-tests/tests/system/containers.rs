@@ -202,6 +202,13 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
     apply(&url, dir.path(), "v1", &manifest(""));
     wait_serving(&url, "scorer", "scorer-image:1").await;
     let key = primary_key(&url, "scorer").await;
+    // The birth named the engine and its version.
+    let shown = edgeship(&url, &["device", "show", &device, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown).expect("device JSON");
+    let engine = shown["capabilities"]["container_engine"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(engine.starts_with("docker "), "{shown}");
 
     // Scored through the agent's proxy, with the endpoint's auth in front.
     let answer = score_with(addr, Some(&key)).await.expect("answers");

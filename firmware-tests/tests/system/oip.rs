@@ -94,6 +94,12 @@ async fn tritonclient_scores_the_fixtures_over_rest_and_grpc() {
         .await
         .expect("deploy");
         wait_serving(&hub.url, name, &format!("{name}:1")).await;
+        // A model workload's log is the agent's own lines about it, fetched over MQTT.
+        let logs = testkit::edgeship(&hub.url, &["deploy", "logs", name]);
+        assert!(
+            logs.contains(&format!("[agent] INFO workload switched model={name}:1")),
+            "{logs}"
+        );
         http = format!("127.0.0.1:{port}");
         grpc = format!("127.0.0.1:{grpc_port}");
         let expected = fixture(&format!("{name}/expected.json"));

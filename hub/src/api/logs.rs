@@ -15,6 +15,8 @@ use crate::fleet::FleetError;
 const DEVICE_DEADLINE: Duration = Duration::from_secs(5);
 /// Lines per device when the request names no number, and the most it may name.
 const DEFAULT_TAIL: u32 = 100;
+/// The most text one answer carries.
+const MAX_RESPONSE_BYTES: usize = 3 << 20;
 const MAX_TAIL: u32 = 2000;
 
 impl FleetService {
@@ -75,6 +77,26 @@ impl FleetService {
         }
         // Stable: each device's own order stays where times are equal.
         response.lines.sort_by_key(|l| l.at_ms);
+        // The newest lines that fit one response a default client takes (4 MiB), with room.
+        let mut bytes = 0;
+        let keep_from = response
+            .lines
+            .iter()
+            .rposition(|l| {
+                bytes += l.text.len() + l.device.len() + 32;
+                bytes > MAX_RESPONSE_BYTES
+            })
+            .map_or(0, |at| at + 1);
+        if keep_from > 0 {
+            response.lines.drain(..keep_from);
+            response.errors.push(pb::DeviceLogError {
+                device: String::new(),
+                error: format!(
+                    "{keep_from} older lines left out to keep the answer under {} MiB; ask with a smaller --tail or one --device",
+                    MAX_RESPONSE_BYTES >> 20
+                ),
+            });
+        }
         Ok(response)
     }
 }

@@ -196,9 +196,14 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
             follow,
             output,
         } => {
-            let device = device.map(|d| names::device_id(&d)).transpose()?;
-            let name = names::deployment_id(&name)?;
-            super::deploy_logs::run(&mut client, &name, device, tail, follow, output).await?;
+            let query = super::deploy_logs::LogsQuery {
+                deployment: names::deployment_id(&name)?,
+                device: device.map(|d| names::device_id(&d)).transpose()?,
+                tail,
+                follow,
+                output,
+            };
+            super::deploy_logs::run(&mut client, query).await?;
         }
         DeployCommand::Keys {
             name,

@@ -16,19 +16,45 @@ const MAX_TAIL: u32 = 2000;
 /// How often `--follow` asks for new lines.
 const FOLLOW_EVERY: Duration = Duration::from_secs(1);
 
-pub async fn run(
+/// What `deploy logs` asks for and how it prints it.
+#[derive(Debug, Clone)]
+pub struct LogsQuery {
+    pub deployment: String,
+    /// One device; `None`: every online device of the deployment.
+    pub device: Option<String>,
+    pub tail: u32,
+    pub follow: bool,
+    pub output: OutputFormat,
+}
+
+pub async fn run(client: &mut DeploymentsClient<Channel>, query: LogsQuery) -> anyhow::Result<()> {
+    let follow = query.follow;
+    let printing = print_lines(client, query);
+    if !follow {
+        return printing.await;
+    }
+    // One listener for the whole run: Ctrl-C ends following quietly, whenever it comes.
+    tokio::select! {
+        printed = printing => printed,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
+async fn print_lines(
     client: &mut DeploymentsClient<Channel>,
-    deployment: &str,
-    device: Option<String>,
-    tail: u32,
-    follow: bool,
-    output: OutputFormat,
+    query: LogsQuery,
 ) -> anyhow::Result<()> {
+    let LogsQuery {
+        deployment,
+        device,
+        mut tail,
+        follow,
+        output,
+    } = query;
     let mut since_ms = 0;
-    // Lines at the last printed millisecond, so a line the next answer repeats (it asks from
-    // that millisecond on) is not printed twice.
+    // Lines of the last printed millisecond: the next answer repeats them (it asks from that
+    // millisecond on), and each is skipped once there; identical lines of one answer all print.
     let mut printed_at_last: Vec<(String, String)> = Vec::new();
-    let mut tail = tail;
     loop {
         let asked = client
             .get_deployment_logs(pb::GetDeploymentLogsRequest {
@@ -44,24 +70,34 @@ pub async fn run(
             // pause, not the end.
             Err(status) if follow && tail == MAX_TAIL => {
                 eprintln!("warning: {}", rpc_error(status));
-                if interrupted_while_waiting().await {
-                    return Ok(());
-                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
                 continue;
             }
             Err(status) => return Err(rpc_error(status)),
         };
         for error in &answer.errors {
-            eprintln!("warning: device {}: {}", error.device, error.error);
+            match error.device.as_str() {
+                "" => eprintln!("warning: {}", error.error),
+                device => eprintln!("warning: device {device}: {}", error.error),
+            }
         }
         let several = device.is_none()
             && answer
                 .lines
                 .iter()
                 .any(|l| answer.lines.first().is_some_and(|f| f.device != l.device));
+        let mut repeated = std::mem::take(&mut printed_at_last);
+        let asked_from = since_ms;
         for line in &answer.lines {
             let key = (line.device.clone(), line.text.clone());
-            if line.at_ms < since_ms || (line.at_ms == since_ms && printed_at_last.contains(&key)) {
+            if line.at_ms < asked_from {
+                continue;
+            }
+            if line.at_ms == asked_from
+                && let Some(at) = repeated.iter().position(|k| *k == key)
+            {
+                repeated.swap_remove(at);
+                printed_at_last.push(key);
                 continue;
             }
             if line.at_ms > since_ms {
@@ -100,16 +136,6 @@ pub async fn run(
         }
         // `--tail` bounds the first answer only: after it, every line written since counts.
         tail = MAX_TAIL;
-        if interrupted_while_waiting().await {
-            return Ok(());
-        }
-    }
-}
-
-/// Waits until the next ask; `true` when Ctrl-C came first (following ends quietly).
-async fn interrupted_while_waiting() -> bool {
-    tokio::select! {
-        _ = tokio::time::sleep(FOLLOW_EVERY) => false,
-        _ = tokio::signal::ctrl_c() => true,
+        tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }

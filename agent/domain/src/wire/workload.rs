@@ -320,12 +320,12 @@ impl TryFrom<pb::ContainerWorkload> for ContainerWorkload {
                 "the container workload's image artifact comes without its image id".into(),
             ));
         }
-        let restart = match container.restart_policy.as_str() {
-            "" | "on_failure" => RestartPolicy::OnFailure {
-                max_restarts: container.max_restarts,
-            },
+        let restart = match (container.restart_policy.as_str(), container.max_restarts) {
+            // An empty policy is the default; a count of 0 would mean "no limit" to Docker.
+            ("" | "on_failure", 0) => RestartPolicy::default(),
+            ("" | "on_failure", max_restarts) => RestartPolicy::OnFailure { max_restarts },
             // A policy a newer hub knows and this agent does not.
-            name => RestartPolicy::parse(name, None).map_err(WireError::Unsupported)?,
+            (name, _) => RestartPolicy::parse(name, None).map_err(WireError::Unsupported)?,
         };
         let model = match container.model {
             Some(model) => {

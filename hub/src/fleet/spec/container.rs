@@ -214,11 +214,10 @@ impl ContainerManifest {
         };
         let health = self.health.clone().unwrap_or_default();
         let health_path = health.path.unwrap_or_else(|| "/".to_owned());
+        // Visible ASCII only: the agent's probe puts the path in a request line as it is.
         if !health_path.starts_with('/')
             || health_path.len() > 1024
-            || health_path
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
+            || !health_path.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(err(
                 "container.health.path",
@@ -240,6 +239,13 @@ impl ContainerManifest {
             };
             err(field, e)
         })?;
+        // Docker reads a retry count of 0 as "no limit": the opposite of what it says.
+        if restart == (RestartPolicy::OnFailure { max_restarts: 0 }) {
+            return Err(err(
+                "container.max_restarts",
+                "must be at least 1 (for no restarts, use restart: no)",
+            ));
+        }
         let model = match &self.model {
             Some(text) => Some(ModelRef::parse(text).map_err(|e| err("container.model", e))?),
             None => None,
@@ -322,6 +328,12 @@ impl ResourcesManifest {
                 parse_memory(text).map_err(|e| err("container.resources.memory", e))?
             }
         };
+        if memory_bytes > i64::MAX as u64 {
+            return Err(err(
+                "container.resources.memory",
+                format!("{memory_bytes} bytes is more than any engine takes"),
+            ));
+        }
         if memory_bytes > 0 && memory_bytes < MIN_MEMORY_BYTES {
             return Err(err(
                 "container.resources.memory",

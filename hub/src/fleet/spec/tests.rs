@@ -470,6 +470,16 @@ fn each_container_mistake_names_the_field_and_the_reason() {
             "container.max_restarts: max_restarts applies to on_failure only",
         ),
         (
+            "no restarts as a count",
+            manifest("{image: web:1, ports: [80], max_restarts: 0}", ""),
+            "container.max_restarts: must be at least 1 (for no restarts, use restart: no)",
+        ),
+        (
+            "a health path the probe cannot send",
+            manifest("{image: web:1, ports: [80], health: {path: /santé}}", ""),
+            "container.health.path: \"/santé\" is not an HTTP path",
+        ),
+        (
             "bad model",
             manifest("{image: web:1, ports: [80], model: \"B C\"}", ""),
             "container.model:",
