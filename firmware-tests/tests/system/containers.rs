@@ -24,6 +24,8 @@ use crate::engine::{
 use crate::support::{diabetes_rows, wait_serving};
 
 const LIMIT: Duration = Duration::from_secs(120);
+/// The browser origin the scoring endpoint allows.
+const ORIGIN: &str = "https://app.example";
 
 /// The device's view of a deployment: state, error, what serves.
 async fn device_view(hub: &str, deployment: &str) -> Option<pb::DeviceWorkload> {
@@ -196,7 +198,7 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let manifest = |extra: &str| {
         format!(
-            "name: scorer\ncontainer:\n  image_artifact: scorer-image:1\n  ports: [5001]\n  health: {{path: /}}\n  resources: {{cpus: 0.5, memory: 128Mi}}\n{extra}endpoint: {{port: {port}, auth: key}}\ntarget: {{devices: [{device}]}}\n"
+            "name: scorer\ncontainer:\n  image_artifact: scorer-image:1\n  ports: [5001]\n  health: {{path: /}}\n  resources: {{cpus: 0.5, memory: 128Mi}}\n{extra}endpoint: {{port: {port}, auth: key, cors_origins: [\"{ORIGIN}\"]}}\ntarget: {{devices: [{device}]}}\n"
         )
     };
     apply(&url, dir.path(), "v1", &manifest(""));
@@ -217,6 +219,46 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
     assert_eq!(answer.header("x-edgeship-model"), Some("scorer-image:1"));
     let refused = score_with(addr, None).await.expect("answers");
     assert_eq!(refused.status, 401, "{}", refused.body);
+    // CORS from the endpoint, in front of a container that knows nothing of it: the preflight
+    // is answered by the agent, and answers name the allowed origin.
+    let preflight = testkit::http(
+        addr,
+        "OPTIONS",
+        "/score",
+        &[
+            ("origin", ORIGIN),
+            ("access-control-request-method", "POST"),
+            (
+                "access-control-request-headers",
+                "authorization,content-type",
+            ),
+        ],
+        b"",
+    )
+    .await
+    .expect("preflight");
+    assert_eq!(preflight.status, 200, "{}", preflight.body);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some(ORIGIN)
+    );
+    let bearer = format!("Bearer {key}");
+    let body = diabetes_rows().to_string();
+    let cross = testkit::http(
+        addr,
+        "POST",
+        "/score",
+        &[
+            ("origin", ORIGIN),
+            ("authorization", &bearer),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .expect("cross-origin score");
+    assert_eq!(cross.status, 200, "{}", cross.body);
+    assert_eq!(cross.header("access-control-allow-origin"), Some(ORIGIN));
     let containers = labelled_containers(&device, Some("scorer"));
     assert_eq!(containers.len(), 1, "{containers:?}");
     // `deploy logs`: the agent's own lines about the deployment and the container's output,
