@@ -5,7 +5,12 @@
 //! `SKIP:` line and passes, except under `EDGESHIP_CI=1`, where a missing component fails the
 //! test, so nothing real goes untested in CI.
 
+pub mod http;
+pub mod images;
 pub mod sim;
+
+pub use http::{HttpResponse, http, score};
+pub use images::{MUSL, static_agent};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -250,96 +255,6 @@ impl Mosquitto {
     pub fn stop(mut self) {
         self.process.terminate(Duration::from_secs(3));
     }
-}
-
-/// One HTTP/1.1 exchange per connection: enough to drive scoring endpoints.
-#[derive(Debug)]
-pub struct HttpResponse {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    /// The body as text (lossy where it is not UTF-8).
-    pub body: String,
-    /// The body's bytes as sent (binary protocols).
-    pub bytes: Vec<u8>,
-}
-
-impl HttpResponse {
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|err| panic!("body is not JSON ({err}): {}", self.body))
-    }
-
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-pub async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> std::io::Result<HttpResponse> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let timed_out = || std::io::Error::from(std::io::ErrorKind::TimedOut);
-    let mut stream =
-        tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| timed_out())??;
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).await?;
-    // A server may answer and close before reading a body it refuses (413): read anyway.
-    let _ = stream.write_all(body).await;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .map_err(|_| timed_out())??;
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(raw.len(), |at| at + 4);
-    let bytes = raw.split_off(split);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let head = text.trim_end();
-    let body = String::from_utf8_lossy(&bytes).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad response: {head}")))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Ok(HttpResponse {
-        status,
-        headers,
-        body,
-        bytes,
-    })
-}
-
-pub async fn score(addr: SocketAddr, body: &serde_json::Value) -> std::io::Result<HttpResponse> {
-    http(
-        addr,
-        "POST",
-        "/score",
-        &[("content-type", "application/json")],
-        body.to_string().as_bytes(),
-    )
-    .await
 }
 
 /// The repository's committed ONNX fixtures.
@@ -601,36 +516,4 @@ pub async fn online_devices(hub: &str, selector: &str) -> usize {
         }
         page_token = page.next_page_token;
     }
-}
-
-/// The musl target the static agent (for `edgeship package` images) is built for.
-pub const MUSL: &str = "x86_64-unknown-linux-musl";
-
-/// Builds the minimal agent for musl (statically linked) with the `image` profile, in a
-/// target folder of its own, so that this cargo does not wait on the lock of the one running
-/// the tests.
-pub fn static_agent() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target_dir = root.join("target").join("musl");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(&root)
-        .args([
-            "build",
-            "--profile",
-            "image",
-            "--target",
-            MUSL,
-            "-p",
-            "edgeship-agent",
-            "--no-default-features",
-            "--features",
-            "tract",
-            "--target-dir",
-        ])
-        .arg(&target_dir)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building the static agent failed");
-    target_dir.join(MUSL).join("image").join("edgeship-agent")
 }
