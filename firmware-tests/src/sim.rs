@@ -265,7 +265,11 @@ async fn run(
         };
         match message {
             Inbound::Connected => {
-                for kind in [DeviceTopic::Desired, DeviceTopic::BlobResponse] {
+                for kind in [
+                    DeviceTopic::Desired,
+                    DeviceTopic::BlobResponse,
+                    DeviceTopic::LogRequest,
+                ] {
                     let _ = client
                         .subscribe(topics::device(&id, kind), QoS::AtLeastOnce)
                         .await;
@@ -319,6 +323,29 @@ async fn run(
                         &behaviour,
                     )
                     .await;
+                }
+                Some((_, DeviceTopic::LogRequest)) => {
+                    let Ok(request) = pb::LogRequest::decode(payload.as_ref()) else {
+                        continue;
+                    };
+                    // One line naming the device and the deployment, as an agent's log would.
+                    let answer = pb::LogResponse {
+                        request_id: request.request_id,
+                        lines: vec![pb::LogLine {
+                            at_ms: crate::now_ms(),
+                            source: "agent".into(),
+                            text: format!("{id} runs {}", request.deployment),
+                        }],
+                        error: String::new(),
+                    };
+                    let _ = client
+                        .publish(
+                            topics::device(&id, DeviceTopic::LogResponse),
+                            QoS::AtLeastOnce,
+                            false,
+                            answer.encode_to_vec(),
+                        )
+                        .await;
                 }
                 _ if topics::parse_blob_broadcast(&topic).is_some()
                     || matches!(topics::parse(&topic), Some((_, DeviceTopic::BlobResponse))) =>

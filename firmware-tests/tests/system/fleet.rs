@@ -143,6 +143,41 @@ async fn a_thousand_devices_on_one_hub_all_fetch_the_model_and_become_healthy() 
         per_device < DEVICES * model_chunks,
         "{per_device} chunks sent to single devices: the broadcast served nobody"
     );
+    // `deploy logs` across the fleet: the hub asks a bounded number of devices, a few at a
+    // time, and says so; one named device answers alone.
+    let logs = deployments
+        .get_deployment_logs(pb::GetDeploymentLogsRequest {
+            name: "deployments/fleet".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("fleet logs")
+        .into_inner();
+    assert_eq!(logs.lines.len(), 100, "{:?}", logs.errors);
+    assert!(
+        logs.lines
+            .iter()
+            .all(|l| l.text == format!("{} runs fleet", l.device)),
+        "every line from the device that wrote it"
+    );
+    assert!(
+        logs.errors[0]
+            .error
+            .contains("1000 online devices; these are the first 100"),
+        "{:?}",
+        logs.errors
+    );
+    let one = deployments
+        .get_deployment_logs(pb::GetDeploymentLogsRequest {
+            name: "deployments/fleet".into(),
+            device: "sim-0999".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("one device's logs")
+        .into_inner();
+    assert_eq!(one.lines.len(), 1);
+    assert_eq!(one.lines[0].text, "sim-0999 runs fleet");
     drop(devices);
     hub.stop().await.expect("stop");
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use edgeship_proto::v1 as pb;
-use futures::future::join_all;
+use futures::{StreamExt, stream};
 use tonic::Status;
 
 use super::FleetService;
@@ -15,6 +15,9 @@ use crate::fleet::FleetError;
 const DEVICE_DEADLINE: Duration = Duration::from_secs(5);
 /// Lines per device when the request names no number, and the most it may name.
 const DEFAULT_TAIL: u32 = 100;
+/// Devices asked for one answer, and how many at once.
+const MAX_DEVICES: usize = 100;
+const DEVICES_AT_ONCE: usize = 16;
 /// The most text one answer carries.
 const MAX_RESPONSE_BYTES: usize = 3 << 20;
 const MAX_TAIL: u32 = 2000;
@@ -56,13 +59,37 @@ impl FleetService {
             0 => DEFAULT_TAIL,
             n => n.min(MAX_TAIL),
         };
-        let answers = join_all(devices.iter().map(|device| {
-            self.logs
-                .fetch(device, &deployment, tail, request.since_ms, DEVICE_DEADLINE)
-        }))
-        .await;
         let mut response = pb::GetDeploymentLogsResponse::default();
-        for (device, answer) in devices.into_iter().zip(answers) {
+        let mut devices = devices;
+        if devices.len() > MAX_DEVICES {
+            response.errors.push(pb::DeviceLogError {
+                device: String::new(),
+                error: format!(
+                    "the deployment runs on {} online devices; these are the first {MAX_DEVICES} (name one with --device)",
+                    devices.len()
+                ),
+            });
+            devices.truncate(MAX_DEVICES);
+        }
+        // A few devices at a time: each answer holds up to 256 KiB until it is merged.
+        let answers: Vec<_> = stream::iter(devices)
+            .map(|device| async {
+                let answer = self
+                    .logs
+                    .fetch(
+                        &device,
+                        &deployment,
+                        tail,
+                        request.since_ms,
+                        DEVICE_DEADLINE,
+                    )
+                    .await;
+                (device, answer)
+            })
+            .buffered(DEVICES_AT_ONCE)
+            .collect()
+            .await;
+        for (device, answer) in answers {
             match answer {
                 Ok(lines) => response
                     .lines
