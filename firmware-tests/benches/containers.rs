@@ -19,7 +19,7 @@ use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use testkit::{HubProcess, TempDir, edgeship, fixture, free_port, start_agent_with};
+use testkit::{HubProcess, TempDir, edgeship, free_port, start_agent_with};
 
 /// Every wait is bounded: a stuck deployment fails the benchmark instead of hanging it.
 const LIMIT: Duration = Duration::from_secs(180);
@@ -162,33 +162,8 @@ async fn run() -> anyhow::Result<()> {
     let device = format!("bench-ctr-{}", std::process::id());
     let tag = format!("edgeship-bench/scorer:{}", std::process::id());
     let archive = dir.path().join("scorer.tar");
-    let diabetes = fixture("diabetes");
-    edgeship(
-        &url,
-        &[
-            "model",
-            "register",
-            "-n",
-            "diabetes",
-            "-p",
-            &diabetes.to_string_lossy(),
-            "--sample-input",
-            &diabetes.join("sample_input.json").to_string_lossy(),
-        ],
-    );
-    edgeship(
-        &url,
-        &[
-            "package",
-            "diabetes:1",
-            "--agent",
-            &agent_binary.to_string_lossy(),
-            "--tag",
-            &tag,
-            "--output",
-            &archive.to_string_lossy(),
-        ],
-    );
+    testkit::register_diabetes_cli(&url);
+    testkit::package_archive(&url, "diabetes:1", &agent_binary, &tag, &archive);
     let image_bytes = std::fs::metadata(&archive)?.len();
     edgeship(
         &url,

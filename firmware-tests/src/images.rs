@@ -35,3 +35,40 @@ pub fn static_agent() -> PathBuf {
     assert!(status.success(), "building the static agent failed");
     target_dir.join(MUSL).join("image").join("edgeship-agent")
 }
+
+/// Registers the committed `diabetes` fixture with its sample input, through the CLI, as the
+/// next version of model `diabetes`.
+pub fn register_diabetes_cli(hub: &str) -> String {
+    let diabetes = crate::fixture("diabetes");
+    crate::edgeship(
+        hub,
+        &[
+            "model",
+            "register",
+            "-n",
+            "diabetes",
+            "-p",
+            &diabetes.to_string_lossy(),
+            "--sample-input",
+            &diabetes.join("sample_input.json").to_string_lossy(),
+        ],
+    )
+}
+
+/// `edgeship package MODEL --agent AGENT --tag TAG --output ARCHIVE`: the model and the static
+/// agent as an image archive.
+pub fn package_archive(hub: &str, model: &str, agent: &Path, tag: &str, archive: &Path) -> String {
+    crate::edgeship(
+        hub,
+        &[
+            "package",
+            model,
+            "--agent",
+            &agent.to_string_lossy(),
+            "--tag",
+            tag,
+            "--output",
+            &archive.to_string_lossy(),
+        ],
+    )
+}

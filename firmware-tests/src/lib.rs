@@ -10,7 +10,7 @@ pub mod images;
 pub mod sim;
 
 pub use http::{HttpResponse, http, score};
-pub use images::{MUSL, static_agent};
+pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};

@@ -15,7 +15,10 @@ use std::time::Duration;
 use edgeship_hub::client;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use testkit::{HubProcess, TempDir, edgeship, eventually, fixture, free_port, start_agent_with};
+use testkit::{
+    HubProcess, TempDir, edgeship, eventually, free_port, package_archive, register_diabetes_cli,
+    start_agent_with,
+};
 
 use crate::engine::{
     EngineCleanup, busybox_image, docker, labelled_containers, skip, static_agent_or_skip,
@@ -109,18 +112,6 @@ fn scoring_loop(
     })
 }
 
-fn register_blocking(hub: &str, args: Vec<String>) -> tokio::task::JoinHandle<String> {
-    let hub = hub.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        edgeship(&hub, &args)
-    })
-}
-
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|s| (*s).to_owned()).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted() {
     let Some(agent_binary) = static_agent_or_skip("container_workload_lifecycle").await else {
@@ -139,48 +130,22 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
         device: device.clone(),
         images: vec![tag.clone()],
     };
-    let diabetes = fixture("diabetes").to_string_lossy().into_owned();
-    let sample = fixture("diabetes/sample_input.json")
-        .to_string_lossy()
-        .into_owned();
-    let archive = dir.path().join("scorer.tar").to_string_lossy().into_owned();
-    let register_diabetes = strings(&[
-        "model",
-        "register",
-        "-n",
-        "diabetes",
-        "-p",
-        &diabetes,
-        "--sample-input",
-        &sample,
-    ]);
-    register_blocking(&url, register_diabetes.clone())
-        .await
-        .expect("register");
-    let agent_arg = agent_binary.to_string_lossy().into_owned();
-    register_blocking(
-        &url,
-        strings(&[
-            "package",
-            "diabetes:1",
-            "--agent",
-            &agent_arg,
-            "--tag",
-            &tag,
-            "--output",
-            &archive,
-        ]),
-    )
-    .await
-    .expect("package");
+    let archive = dir.path().join("scorer.tar");
+    register_diabetes_cli(&url);
+    package_archive(&url, "diabetes:1", &agent_binary, &tag, &archive);
     // The engine has no copy: the agent must load the artifact it downloads.
     let _ = try_docker(&["rmi", &tag]);
-    register_blocking(
+    edgeship(
         &url,
-        strings(&["model", "register", "-n", "scorer-image", "-p", &archive]),
-    )
-    .await
-    .expect("register the image");
+        &[
+            "model",
+            "register",
+            "-n",
+            "scorer-image",
+            "-p",
+            &archive.to_string_lossy(),
+        ],
+    );
 
     let agent_dir = dir.path().join("agent");
     let agent_log = dir.path().join("agent.log");
@@ -292,9 +257,7 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
 
     // Blue/green under a scoring loop: the new container mounts diabetes:2 read-only and
     // serves it from the folder its environment names.
-    register_blocking(&url, register_diabetes)
-        .await
-        .expect("register v2");
+    register_diabetes_cli(&url);
     let followed = dir.path().join("followed.log");
     let mut follow = std::process::Command::new(testkit::binary("edgeship"))
         .args(["deploy", "logs", "scorer", "--follow", "--tail", "1"])
@@ -417,19 +380,17 @@ async fn container_failures_are_reported_and_leave_nothing_behind() {
     };
     let archive = dir.path().join("busybox.tar");
     busybox_image(&busybox, dir.path(), &tag, &archive);
-    register_blocking(
+    edgeship(
         &url,
-        strings(&[
+        &[
             "model",
             "register",
             "-n",
             "busybox",
             "-p",
             &archive.to_string_lossy(),
-        ]),
-    )
-    .await
-    .expect("register the image");
+        ],
+    );
     let mut agent = start_agent_with(
         &device,
         &hub.mqtt_url,

@@ -47,7 +47,6 @@ async fn a_packaged_model_runs_in_the_docker_engine_and_answers_as_scikit_learn(
         &dir.path().join("hub.log"),
     );
     let url = hub.url.clone();
-    let diabetes = fixture("diabetes");
     let unique = format!("edgeship-test/diabetes:{}", std::process::id());
     let archive = dir.path().join("image.tar");
     let context = dir.path().join("context");
@@ -60,44 +59,19 @@ async fn a_packaged_model_runs_in_the_docker_engine_and_answers_as_scikit_learn(
             unique.clone(),
         );
         tokio::task::spawn_blocking(move || {
-            edgeship(
-                &url,
-                &[
-                    "model",
-                    "register",
-                    "-n",
-                    "diabetes",
-                    "-p",
-                    &diabetes.to_string_lossy(),
-                    "--sample-input",
-                    &diabetes.join("sample_input.json").to_string_lossy(),
-                ],
-            );
-            let agent = agent.to_string_lossy();
+            testkit::register_diabetes_cli(&url);
             edgeship(
                 &url,
                 &[
                     "package",
                     "diabetes:1",
                     "--agent",
-                    &agent,
+                    &agent.to_string_lossy(),
                     "--dockerfile",
                     &context.to_string_lossy(),
                 ],
             );
-            edgeship(
-                &url,
-                &[
-                    "package",
-                    "diabetes:latest",
-                    "--agent",
-                    &agent,
-                    "--tag",
-                    &unique,
-                    "--output",
-                    &archive.to_string_lossy(),
-                ],
-            )
+            testkit::package_archive(&url, "diabetes:latest", &agent, &unique, &archive)
         })
         .await
         .expect("cli task")
