@@ -21,6 +21,12 @@ fmt:
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
+    cd edge-modules && cargo fmt --all -- --check
+    cd edge-modules && cargo clippy --release --target wasm32-wasip2 --target-dir ../target/wasm -- -D warnings
+
+# Build the entry modules (WebAssembly components) into target/wasm/wasm32-wasip2/release/.
+modules:
+    cd edge-modules && cargo build --release --target wasm32-wasip2 --target-dir ../target/wasm
 
 # Exactly what CI runs.
 ci:

@@ -16,6 +16,7 @@ pub fn features() -> BTreeSet<String> {
     let built_in = [
         cfg!(feature = "grpc").then_some(Requirement::GrpcEndpoint),
         cfg!(feature = "tokens").then_some(Requirement::Auth(AuthMode::Token)),
+        cfg!(feature = "wasm").then_some(Requirement::EntryModule),
     ];
     Requirement::BASELINE
         .iter()

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod images;
+pub mod modules;
 pub mod sim;
 
 pub use http::{HttpResponse, http, score};

@@ -23,5 +23,5 @@ pub use signature::{
 pub use workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
-    RestartPolicy, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+    RestartPolicy, RuntimeKind, RuntimeOptions, SandboxSpec, Workload, WorkloadKind,
 };

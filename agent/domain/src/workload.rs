@@ -255,12 +255,59 @@ pub struct RuntimeOptions {
     pub opencl_precision: Precision,
 }
 
+/// A WASM entry module in front of a model workload's models (Azure ML's entry script).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryModule {
     pub module_id: String,
     pub version: u32,
     pub files: Vec<BlobRef>,
+    /// The `.wasm` file among `files`.
     pub entry_file: String,
+    /// The manifest's `sandbox:` bounds.
+    #[serde(default)]
+    pub sandbox: SandboxSpec,
+}
+
+impl EntryModule {
+    /// `module_id:version`.
+    pub fn module_ref(&self) -> String {
+        format!("{}:{}", self.module_id, self.version)
+    }
+}
+
+/// The bounds of an entry module's instances; 0 in a field takes its default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Longest one request may run in the module, models included (default 1000).
+    pub deadline_ms: u32,
+    /// Largest memory one instance may grow to, in MiB (default 64).
+    pub memory_mb: u32,
+    /// Instances kept ready, each serving one request at a time (default: one per core).
+    pub instances: u32,
+}
+
+impl SandboxSpec {
+    pub const DEFAULT_DEADLINE_MS: u32 = 1000;
+    pub const DEFAULT_MEMORY_MB: u32 = 64;
+    /// Bounds a manifest may set: a deadline of a minute, 4 GiB (a 32-bit memory's most),
+    /// 64 instances.
+    pub const MAX_DEADLINE_MS: u32 = 60_000;
+    pub const MAX_MEMORY_MB: u32 = 4096;
+    pub const MAX_INSTANCES: u32 = 64;
+
+    pub fn deadline_ms(&self) -> u32 {
+        match self.deadline_ms {
+            0 => Self::DEFAULT_DEADLINE_MS,
+            n => n,
+        }
+    }
+
+    pub fn memory_mb(&self) -> u32 {
+        match self.memory_mb {
+            0 => Self::DEFAULT_MEMORY_MB,
+            n => n,
+        }
+    }
 }
 
 /// A container the agent runs on its host's engine and fronts with the deployment's endpoint.

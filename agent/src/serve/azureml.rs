@@ -73,6 +73,15 @@ async fn score(State(shared): State<Arc<Shared>>, request: Request) -> Response 
         .headers()
         .get(ROUTING_KEY_HEADER)
         .map(HeaderValue::as_bytes);
+    #[cfg(feature = "wasm")]
+    {
+        let routes = shared.routes();
+        if let Some(pool) = routes.entry().cloned() {
+            let key = key.map(<[u8]>::to_vec);
+            return super::entry::score(&shared, routes, pool, model.as_deref(), key, request)
+                .await;
+        }
+    }
     let Some(call) = shared.begin_model(model.as_deref(), key) else {
         return not_served(&shared, model.as_deref());
     };

@@ -18,6 +18,8 @@ pub mod auth;
 pub mod azureml;
 pub mod batch;
 pub mod cors;
+#[cfg(feature = "wasm")]
+pub mod entry;
 pub mod inference;
 pub mod json;
 pub mod metrics;

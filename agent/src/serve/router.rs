@@ -140,6 +140,10 @@ pub struct Routes {
     weights: Vec<u32>,
     /// One per model, in the order models first appear.
     groups: Vec<Group>,
+    /// The entry module `/score` requests go through, when the workload has one; it is
+    /// swapped with the versions it was initialized against.
+    #[cfg(feature = "wasm")]
+    entry: Option<Arc<edgeship_wasm::EntryPool>>,
 }
 
 /// The versions of one model behind the endpoint, laid end to end by weight.
@@ -207,7 +211,7 @@ impl Group {
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The model id of a `model:version` reference.
-fn model_id(model_ref: &str) -> &str {
+pub(crate) fn model_id(model_ref: &str) -> &str {
     model_ref.rsplit_once(':').map_or(model_ref, |(id, _)| id)
 }
 
@@ -237,6 +241,8 @@ impl Routes {
             backends,
             weights,
             groups,
+            #[cfg(feature = "wasm")]
+            entry: None,
         })
     }
 
@@ -247,6 +253,8 @@ impl Routes {
             backends: vec![backend],
             weights: vec![0],
             groups: vec![Group::new(id, vec![0], &[0])],
+            #[cfg(feature = "wasm")]
+            entry: None,
         }
     }
 
@@ -256,13 +264,34 @@ impl Routes {
         if weights.len() != self.backends.len() {
             return None;
         }
-        Self::new(
+        #[allow(unused_mut)]
+        let mut table = Self::new(
             weights
                 .iter()
                 .copied()
                 .zip(self.backends.iter().cloned())
                 .collect(),
-        )
+        )?;
+        #[cfg(feature = "wasm")]
+        {
+            table.entry = self.entry.clone();
+        }
+        Some(table)
+    }
+
+    /// The same table with `/score` going through `entry`.
+    #[cfg(feature = "wasm")]
+    pub fn with_entry(self, entry: Arc<edgeship_wasm::EntryPool>) -> Self {
+        Self {
+            entry: Some(entry),
+            ..self
+        }
+    }
+
+    /// The entry module in front of the models, if the workload has one.
+    #[cfg(feature = "wasm")]
+    pub fn entry(&self) -> Option<&Arc<edgeship_wasm::EntryPool>> {
+        self.entry.as_ref()
     }
 
     pub fn backends(&self) -> &[Arc<Backend>] {

@@ -46,6 +46,8 @@ impl From<RuntimeError> for StageError {
 
 #[cfg(feature = "containers")]
 mod container;
+#[cfg(feature = "wasm")]
+mod entry;
 
 /// A deployment's endpoint and the workload it serves; the endpoint's routing table holds
 /// one loaded version per model of `workload.models`, in the same order, or the container.
@@ -91,9 +93,10 @@ fn batch_policy(options: &RuntimeOptions) -> Option<BatchPolicy> {
 }
 
 /// Whether models loaded under `a` serve as they would under `b`: the runtime and its
-/// settings are the same.
+/// settings are the same. (The entry module is not a model setting: a new module version
+/// gets a new pool over the models already loaded.)
 fn loads_alike(a: &ModelWorkload, b: &ModelWorkload) -> bool {
-    a.runtime == b.runtime && a.options == b.options && a.entry_module == b.entry_module
+    a.runtime == b.runtime && a.options == b.options
 }
 
 /// The same model, files and signature, whatever share of the traffic each is given.
@@ -207,6 +210,20 @@ impl Stage {
         }
         let routes = Routes::new(entries)
             .ok_or_else(|| StageError::Failed("the workload has no model".into()))?;
+        let routes = match &model.entry_module {
+            None => routes,
+            #[cfg(feature = "wasm")]
+            Some(module) => {
+                let pool = self.entry_pool(workload, model, module, &routes).await?;
+                routes.with_entry(pool)
+            }
+            #[cfg(not(feature = "wasm"))]
+            Some(_) => {
+                return Err(StageError::Unschedulable(
+                    "this agent is built without entry modules".into(),
+                ));
+            }
+        };
         self.switch(workload, routes).await
     }
 
@@ -412,7 +429,11 @@ impl Stage {
 
     /// Deletes staged model folders that no workload in `live` uses.
     pub fn collect_garbage<'a>(&self, live: impl Iterator<Item = &'a Workload>) {
+        let live: Vec<&Workload> = live.collect();
+        #[cfg(feature = "wasm")]
+        self.collect_compiled(live.iter().copied());
         let keep: BTreeSet<PathBuf> = live
+            .iter()
             .flat_map(|w| {
                 let models = w.as_model().into_iter().flat_map(|m| m.models.iter());
                 let mounted = w.as_container().and_then(|c| c.model.as_ref());

@@ -34,7 +34,12 @@ const WAIT: Duration = Duration::from_secs(30);
 /// Puts the diabetes model into `cache` the way a download does (chunks checked one by one,
 /// then the whole file), and returns the file as a desired state names it.
 fn seed_diabetes(cache: &BlobCache) -> BlobRef {
-    let bytes = std::fs::read(fixture("diabetes").join("model.onnx")).expect("fixture");
+    seed(cache, &fixture("diabetes").join("model.onnx"), "model.onnx")
+}
+
+/// Puts the file at `source` into `cache` as a download would, named `path` in its workload.
+pub(crate) fn seed(cache: &BlobCache, source: &std::path::Path, path: &str) -> BlobRef {
+    let bytes = std::fs::read(source).expect("fixture");
     let sha256 = hex::encode(Sha256::digest(&bytes));
     let mut blob = cache.begin(&sha256, bytes.len() as u64).expect("begin");
     for (n, chunk) in bytes.chunks(CHUNK_SIZE as usize).enumerate() {
@@ -44,7 +49,7 @@ fn seed_diabetes(cache: &BlobCache) -> BlobRef {
     }
     blob.finish().expect("verified");
     BlobRef {
-        path: "model.onnx".into(),
+        path: path.into(),
         sha256,
         size_bytes: bytes.len() as u64,
     }
@@ -52,12 +57,22 @@ fn seed_diabetes(cache: &BlobCache) -> BlobRef {
 
 /// `diabetes:VERSION` with the fixture's file, signature and sample input.
 fn diabetes(version: u32, weight: u32, file: &BlobRef) -> DeployedModel {
-    let onnx = fixture("diabetes").join("model.onnx");
+    fixture_model("diabetes", version, weight, file)
+}
+
+/// `NAME:VERSION` of the fixture `NAME`, with its file, signature and sample input.
+pub(crate) fn fixture_model(
+    name: &str,
+    version: u32,
+    weight: u32,
+    file: &BlobRef,
+) -> DeployedModel {
+    let onnx = fixture(name).join("model.onnx");
     let signature = edgeship_runtime::onnx::inspect("model.onnx", &onnx).expect("signature");
-    let sample = std::fs::read_to_string(fixture("diabetes").join("sample_input.json"))
-        .expect("sample input");
+    let sample =
+        std::fs::read_to_string(fixture(name).join("sample_input.json")).expect("sample input");
     DeployedModel {
-        model_id: "diabetes".into(),
+        model_id: name.into(),
         version,
         files: vec![file.clone()],
         entry_file: "model.onnx".into(),

@@ -8,7 +8,7 @@ use crate::signature::TensorSpec;
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
-    RestartPolicy, RuntimeKind, RuntimeOptions, Workload, WorkloadKind,
+    RestartPolicy, RuntimeKind, RuntimeOptions, SandboxSpec, Workload, WorkloadKind,
 };
 
 impl From<&BlobRef> for pb::BlobRef {
@@ -221,6 +221,9 @@ impl From<&ModelWorkload> for pb::ModelWorkload {
                 version: m.version,
                 files: m.files.iter().map(pb::BlobRef::from).collect(),
                 entry_file: m.entry_file.clone(),
+                deadline_ms: m.sandbox.deadline_ms,
+                memory_mb: m.sandbox.memory_mb,
+                instances: m.sandbox.instances,
             }),
         }
     }
@@ -250,6 +253,11 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
                     module_id: module.module_id,
                     version: module.version,
                     entry_file: module.entry_file,
+                    sandbox: SandboxSpec {
+                        deadline_ms: module.deadline_ms,
+                        memory_mb: module.memory_mb,
+                        instances: module.instances,
+                    },
                 })
             }
         };
