@@ -15,6 +15,7 @@ pub mod driver;
 pub mod fetch;
 pub mod link;
 pub mod logbook;
+pub mod profile;
 pub mod reconcile;
 pub mod serve;
 pub mod stage;

@@ -40,6 +40,8 @@ pub struct LinkEvents {
     pub connected: watch::Receiver<u64>,
     /// Requests for a deployment's log lines (`edgeship deploy logs`).
     pub log_requests: mpsc::Receiver<LogRequest>,
+    /// Requests to load a deployment's endpoint (`edgeship model profile`).
+    pub profile_requests: mpsc::Receiver<ProfileRequest>,
 }
 
 /// The hub asking for a deployment's recent log lines.
@@ -49,6 +51,54 @@ pub struct LogRequest {
     pub deployment: String,
     pub tail: usize,
     pub since_ms: i64,
+}
+
+/// The hub asking for a deployment's endpoint to be loaded at rising concurrency; bounds
+/// checked here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRequest {
+    pub request_id: String,
+    pub deployment: String,
+    pub path: String,
+    pub content_type: String,
+    pub body: bytes::Bytes,
+    pub concurrency: Vec<u32>,
+    pub seconds_per_level: u32,
+}
+
+/// The bounds of a profile: levels, connections per level, seconds per level.
+pub const MAX_PROFILE_LEVELS: usize = 8;
+pub const MAX_PROFILE_CONNECTIONS: u32 = 64;
+pub const MAX_PROFILE_SECONDS: u32 = 30;
+
+impl ProfileRequest {
+    /// Why the hub's request cannot be run as it is, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        if self.concurrency.is_empty() || self.concurrency.len() > MAX_PROFILE_LEVELS {
+            return Err(format!("a profile has 1 to {MAX_PROFILE_LEVELS} levels"));
+        }
+        if self
+            .concurrency
+            .iter()
+            .any(|&c| c == 0 || c > MAX_PROFILE_CONNECTIONS)
+        {
+            return Err(format!(
+                "each level has 1 to {MAX_PROFILE_CONNECTIONS} connections"
+            ));
+        }
+        if !(1..=MAX_PROFILE_SECONDS).contains(&self.seconds_per_level) {
+            return Err(format!(
+                "each level runs 1 to {MAX_PROFILE_SECONDS} seconds"
+            ));
+        }
+        if !self.path.starts_with('/') || self.path.contains(|c: char| c.is_whitespace()) {
+            return Err(format!("{:?} is not a request path", self.path));
+        }
+        if self.content_type.contains(['\r', '\n']) {
+            return Err("the content type spans lines".into());
+        }
+        Ok(())
+    }
 }
 
 /// Log requests waiting for the driver; more are dropped (the caller times out and asks
@@ -141,6 +191,50 @@ impl LinkSender {
             .await
         {
             tracing::debug!(error = %err, "log response dropped");
+        }
+    }
+
+    /// Answers a profile request with its figures, or why there are none.
+    pub async fn send_profile(
+        &self,
+        request_id: &str,
+        report: Result<crate::profile::Profile, String>,
+    ) {
+        let response = match report {
+            Ok(profile) => pb::ProfileResponse {
+                request_id: request_id.to_owned(),
+                levels: profile
+                    .levels
+                    .into_iter()
+                    .map(|l| pb::ProfileLevel {
+                        concurrency: l.concurrency,
+                        requests: l.requests,
+                        errors: l.errors,
+                        seconds: l.seconds,
+                        p50_ms: l.p50_ms,
+                        p99_ms: l.p99_ms,
+                        cpu_cores: l.cpu_cores,
+                        peak_rss_bytes: l.peak_rss_bytes,
+                    })
+                    .collect(),
+                load_bytes: profile.load_bytes,
+                start_rss_bytes: profile.start_rss_bytes,
+                cpu_count: profile.cpu_count,
+                error: String::new(),
+            },
+            Err(why) => pb::ProfileResponse {
+                request_id: request_id.to_owned(),
+                error: why,
+                ..Default::default()
+            },
+        };
+        let topic = topics::device(&self.device_id, DeviceTopic::ProfileResponse);
+        if let Err(err) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, response.encode_to_vec())
+            .await
+        {
+            tracing::debug!(error = %err, "profile response dropped");
         }
     }
 
@@ -241,6 +335,8 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
     let (reports_tx, reports_rx) = watch::channel(None);
     let (stopping_tx, stopping_rx) = watch::channel(false);
     let (log_tx, log_rx) = mpsc::channel(LOG_REQUEST_QUEUE);
+    // One profile runs at a time; one more may wait its turn.
+    let (profile_tx, profile_rx) = mpsc::channel(2);
     let sender = LinkSender {
         client: client.clone(),
         device_id: device_id.clone(),
@@ -252,6 +348,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
         generation: generation_tx,
         chunks: chunk_tx,
         log_requests: log_tx,
+        profile_requests: profile_tx,
     };
     let poller = tokio::spawn(poll(
         eventloop,
@@ -271,6 +368,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
             chunks: chunk_rx,
             connected: connected_rx,
             log_requests: log_rx,
+            profile_requests: profile_rx,
         },
         stopping: stopping_tx,
         tasks: vec![poller, reporter],
@@ -284,6 +382,7 @@ struct Inbound {
     generation: watch::Sender<u64>,
     chunks: mpsc::Sender<Chunk>,
     log_requests: mpsc::Sender<LogRequest>,
+    profile_requests: mpsc::Sender<ProfileRequest>,
 }
 
 impl Inbound {
@@ -334,6 +433,26 @@ impl Inbound {
                     }
                     Ok(_) => tracing::warn!("log request without an id ignored"),
                     Err(err) => tracing::warn!(error = %err, "malformed log request ignored"),
+                }
+            }
+            Some((id, DeviceTopic::ProfileRequest)) if id == self.device_id => {
+                let request = match pb::ProfileRequest::decode(payload) {
+                    Ok(request) if !request.request_id.is_empty() => ProfileRequest {
+                        request_id: request.request_id,
+                        deployment: request.deployment,
+                        path: request.path,
+                        content_type: request.content_type,
+                        body: request.body,
+                        concurrency: request.concurrency,
+                        seconds_per_level: request.seconds_per_level,
+                    },
+                    Ok(_) => return tracing::warn!("profile request without an id ignored"),
+                    Err(err) => {
+                        return tracing::warn!(error = %err, "malformed profile request ignored");
+                    }
+                };
+                if self.profile_requests.try_send(request).is_err() {
+                    tracing::warn!("profile request dropped: profiles are queued already");
                 }
             }
             _ => tracing::debug!(%topic, "message on an unexpected topic ignored"),
@@ -397,6 +516,7 @@ async fn poll(
                         DeviceTopic::Desired,
                         DeviceTopic::BlobResponse,
                         DeviceTopic::LogRequest,
+                        DeviceTopic::ProfileRequest,
                     ] {
                         let _ = client
                             .subscribe(topics::device(&device_id, kind), QoS::AtLeastOnce)

@@ -180,7 +180,11 @@ impl Inbound {
                 };
                 self.logs.answer(device_id, &response.request_id, answer);
             }
-            DeviceTopic::Desired | DeviceTopic::BlobResponse | DeviceTopic::LogRequest => {}
+            DeviceTopic::Desired
+            | DeviceTopic::BlobResponse
+            | DeviceTopic::LogRequest
+            | DeviceTopic::ProfileRequest
+            | DeviceTopic::ProfileResponse => {}
         }
     }
 

@@ -77,6 +77,10 @@ pub mod topics {
         LogRequest,
         /// device → hub `LogResponse`.
         LogResponse,
+        /// hub → device `ProfileRequest` (`edgeship model profile`).
+        ProfileRequest,
+        /// device → hub `ProfileResponse`.
+        ProfileResponse,
     }
 
     impl DeviceTopic {
@@ -89,10 +93,12 @@ pub mod topics {
                 DeviceTopic::BlobResponse => "blobs/resp",
                 DeviceTopic::LogRequest => "logs/req",
                 DeviceTopic::LogResponse => "logs/resp",
+                DeviceTopic::ProfileRequest => "profile/req",
+                DeviceTopic::ProfileResponse => "profile/resp",
             }
         }
 
-        const ALL: [DeviceTopic; 7] = [
+        const ALL: [DeviceTopic; 9] = [
             DeviceTopic::Desired,
             DeviceTopic::Reported,
             DeviceTopic::Birth,
@@ -100,6 +106,8 @@ pub mod topics {
             DeviceTopic::BlobResponse,
             DeviceTopic::LogRequest,
             DeviceTopic::LogResponse,
+            DeviceTopic::ProfileRequest,
+            DeviceTopic::ProfileResponse,
         ];
     }
 

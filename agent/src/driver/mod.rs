@@ -19,6 +19,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 mod logs;
+mod profile;
 mod status;
 
 use anyhow::Context;
@@ -107,6 +108,7 @@ impl RunningAgent {
             view: view_tx,
             birth,
             log_answers: std::sync::Arc::new(tokio::sync::Semaphore::new(LOG_ANSWERS_AT_ONCE)),
+            profiling: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         };
         agent.restore().await;
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -190,6 +192,8 @@ struct Agent {
     birth: Birth,
     /// Log answers being put together at once (see `logs.rs`).
     log_answers: std::sync::Arc<tokio::sync::Semaphore>,
+    /// One profile at a time (see `profile.rs`).
+    profiling: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 /// Log answers the agent puts together at once; more requests are told to ask again.
@@ -260,6 +264,7 @@ impl Agent {
                     current = self.accepted.clone();
                 }
                 Some(request) = link.events.log_requests.recv() => self.answer_logs(request),
+                Some(request) = link.events.profile_requests.recv() => self.run_profile(request),
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
                 _ = health.tick() => self.check_health(),
@@ -559,7 +564,7 @@ impl Agent {
             tracing::warn!(%deployment, %why, "cannot retune in place; applying in full");
             return self.apply(workload).await;
         }
-        tracing::info!(%deployment, traffic = %traffic(&workload), "weights and health gate changed in place; nothing reloaded");
+        tracing::info!(%deployment, traffic = %status::traffic(&workload), "weights and health gate changed in place; nothing reloaded");
         let status = self.statuses.entry(deployment.clone()).or_insert_with(|| {
             WorkloadStatus::new(&deployment, &workload.describe(), workload.endpoint.port)
         });
@@ -575,19 +580,6 @@ impl Agent {
         self.publish_view();
         Ok(())
     }
-}
-
-/// `m:1 90%, m:2 10%`: a workload's traffic split, for logs.
-fn traffic(workload: &Workload) -> String {
-    let Some(model) = workload.as_model() else {
-        return workload.describe();
-    };
-    model
-        .models
-        .iter()
-        .map(|m| format!("{} {}%", m.model_ref(), m.weight))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 async fn sleep_until_some(at: Option<Instant>) {

@@ -221,6 +221,19 @@ impl WorkloadFailure {
     }
 }
 
+/// `m:1 90%, m:2 10%`: a workload's traffic split, for logs.
+pub(super) fn traffic(workload: &Workload) -> String {
+    let Some(model) = workload.as_model() else {
+        return workload.describe();
+    };
+    model
+        .models
+        .iter()
+        .map(|m| format!("{} {}%", m.model_ref(), m.weight))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};

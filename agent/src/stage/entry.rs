@@ -125,7 +125,7 @@ impl Stage {
         tracing::info!(
             deployment = %workload.deployment,
             module = %module_ref,
-            compiled = if cached { "from the cache" } else { "now" },
+            from_cache = cached,
             "entry module ready in {:.1} ms",
             seconds * 1000.0
         );

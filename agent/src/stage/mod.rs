@@ -55,6 +55,8 @@ mod entry;
 struct Served {
     endpoint: Endpoint,
     workload: Workload,
+    /// How much the agent's resident memory grew while this workload was loaded.
+    load_bytes: u64,
     /// The container behind the endpoint's proxy, for a container workload.
     #[cfg(feature = "containers")]
     container: Option<crate::containers::RunningContainer>,
@@ -190,6 +192,7 @@ impl Stage {
                 ));
             }
         };
+        let rss_before = crate::profile::rss_bytes();
         let window = window_length(workload.health.as_ref());
         let mut entries = Vec::with_capacity(model.models.len());
         for deployed in &model.models {
@@ -224,7 +227,11 @@ impl Stage {
                 ));
             }
         };
-        self.switch(workload, routes).await
+        self.switch(workload, routes).await?;
+        if let Some(served) = self.endpoints.get_mut(&workload.deployment) {
+            served.load_bytes = crate::profile::rss_bytes().saturating_sub(rss_before);
+        }
+        Ok(())
     }
 
     /// Changes the weights and health gate of what serves `workload.deployment`, loading and
@@ -373,6 +380,7 @@ impl Stage {
         let served = Served {
             endpoint,
             workload: workload.clone(),
+            load_bytes: 0,
             #[cfg(feature = "containers")]
             container: None,
         };
@@ -404,6 +412,11 @@ impl Stage {
 
     pub fn is_serving(&self, deployment: &str) -> bool {
         self.endpoints.contains_key(deployment)
+    }
+
+    /// How much the agent's resident memory grew when `deployment`'s workload was loaded.
+    pub fn load_bytes(&self, deployment: &str) -> Option<u64> {
+        self.endpoints.get(deployment).map(|s| s.load_bytes)
     }
 
     pub fn addr(&self, deployment: &str) -> Option<SocketAddr> {

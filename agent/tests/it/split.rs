@@ -84,7 +84,7 @@ pub(crate) fn fixture_model(
 }
 
 /// Deployment `web` on `port`, serving `(version, weight)` of the diabetes model.
-fn web(
+pub(crate) fn web(
     port: u16,
     file: &BlobRef,
     split: &[(u32, u32)],
