@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use edgeship_proto::v1::model_registry_server::ModelRegistryServer;
+use edgeship_proto::v1::module_registry_server::ModuleRegistryServer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{FleetService, ModelRegistryService};
+use crate::api::{FleetService, ModelRegistryService, ModuleRegistryService};
 use crate::blob_server::{BlobServer, Entitlements};
 use crate::device_logs::DeviceLogs;
 use crate::fleet::Fleet;
@@ -86,16 +87,21 @@ impl RunningHub {
     pub async fn start(config: HubConfig) -> anyhow::Result<Self> {
         let data_dir = config.data_dir.clone();
         let limits = config.limits;
-        let registry = tokio::task::spawn_blocking(move || Registry::open(&data_dir, limits))
-            .await?
-            .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
-        let registry = Arc::new(registry);
+        let (registry, modules) = tokio::task::spawn_blocking(move || {
+            let registry = Registry::open(&data_dir, limits)?;
+            let modules = registry.modules()?;
+            Ok::<_, crate::registry::Error>((registry, modules))
+        })
+        .await?
+        .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
+        let (registry, modules) = (Arc::new(registry), Arc::new(modules));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let entitlements = Arc::new(Entitlements::default());
         let fleet = Arc::new(
             Fleet::open(
                 registry.db(),
                 Arc::clone(&registry),
+                Arc::clone(&modules),
                 outbox,
                 Arc::clone(&entitlements),
             )
@@ -140,7 +146,8 @@ impl RunningHub {
         }
         let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
-        let task = tokio::spawn(serve(registry, fleet, logs, listener, async move {
+        let registries = (registry, modules);
+        let task = tokio::spawn(serve(registries, fleet, logs, listener, async move {
             // A dropped sender also means stop.
             let _ = shutdown_signal.await;
         }));
@@ -193,7 +200,7 @@ impl Drop for RunningHub {
 }
 
 async fn serve(
-    registry: Arc<Registry>,
+    (registry, modules): (Arc<Registry>, Arc<Registry>),
     fleet: Arc<Fleet>,
     logs: Arc<DeviceLogs>,
     listener: TcpListener,
@@ -202,6 +209,9 @@ async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ModelRegistryServer<ModelRegistryService>>()
+        .await;
+    health
+        .set_serving::<ModuleRegistryServer<ModuleRegistryService>>()
         .await;
     health
         .set_serving::<DeploymentsServer<FleetService>>()
@@ -237,6 +247,10 @@ async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(ModelRegistryServer::new(ModelRegistryService::new(
             registry,
+            Arc::clone(&fleet),
+        )))
+        .add_service(ModuleRegistryServer::new(ModuleRegistryService::new(
+            modules,
             Arc::clone(&fleet),
         )))
         .add_service(DeploymentsServer::new(FleetService::new(

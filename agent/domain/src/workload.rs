@@ -102,12 +102,18 @@ impl Workload {
     /// container's image artifact (or image) and mounted model.
     pub fn describe(&self) -> String {
         match &self.kind {
-            WorkloadKind::Model(model) => model
-                .models
-                .iter()
-                .map(DeployedModel::model_ref)
-                .collect::<Vec<_>>()
-                .join(", "),
+            WorkloadKind::Model(model) => {
+                let models = model
+                    .models
+                    .iter()
+                    .map(DeployedModel::model_ref)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match &model.entry_module {
+                    Some(module) => format!("{models} + module {}", module.module_ref()),
+                    None => models,
+                }
+            }
             WorkloadKind::Container(container) => container.describe(),
         }
     }

@@ -3,6 +3,7 @@
 
 mod containers;
 mod engine;
+mod entry;
 mod faults;
 mod fleet;
 mod oip;

@@ -7,7 +7,7 @@ use edgeship_domain::RuntimePlacement;
 use edgeship_proto::v1 as pb;
 
 use crate::registry::{
-    Error, KeyMatch, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
+    Error, Kind, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
     TensorSpec, VersionRef, validate,
 };
 
@@ -150,30 +150,109 @@ impl TryFrom<pb::ListModelsRequest> for ListQuery {
     type Error = Error;
 
     fn try_from(request: pb::ListModelsRequest) -> Result<Self, Error> {
-        let page_size = usize::try_from(request.page_size).map_err(|_| {
-            Error::invalid(format!(
-                "page_size must not be negative (got {}); use 0 for the default",
-                request.page_size
-            ))
-        })?;
-        let model_id = non_empty(request.model_id);
-        if let Some(id) = &model_id {
-            validate::model_id(id)?;
+        let mut query = list_query(
+            Kind::Model,
+            request.page_size,
+            request.page_token,
+            request.model_id,
+            request.tags,
+        )?;
+        query.properties = request
+            .properties
+            .iter()
+            .map(|entry| validate::key_match("property", entry))
+            .collect::<Result<_, _>>()?;
+        query.framework = non_empty(request.framework.trim().to_ascii_lowercase());
+        Ok(query)
+    }
+}
+
+impl TryFrom<pb::ListModulesRequest> for ListQuery {
+    type Error = Error;
+
+    fn try_from(request: pb::ListModulesRequest) -> Result<Self, Error> {
+        list_query(
+            Kind::Module,
+            request.page_size,
+            request.page_token,
+            request.module_id,
+            request.tags,
+        )
+    }
+}
+
+/// The page and the filters both list requests have.
+fn list_query(
+    kind: Kind,
+    page_size: i32,
+    page_token: String,
+    id: String,
+    tags: Vec<String>,
+) -> Result<ListQuery, Error> {
+    let page_size = usize::try_from(page_size).map_err(|_| {
+        Error::invalid(format!(
+            "page_size must not be negative (got {page_size}); use 0 for the default"
+        ))
+    })?;
+    let model_id = non_empty(id);
+    if let Some(id) = &model_id {
+        validate::id_of(kind, id)?;
+    }
+    Ok(ListQuery {
+        model_id,
+        tags: tags
+            .iter()
+            .map(|entry| validate::key_match("tag", entry))
+            .collect::<Result<_, _>>()?,
+        page_size,
+        page_token: non_empty(page_token),
+        ..ListQuery::default()
+    })
+}
+
+impl From<&ModelVersion> for pb::Module {
+    fn from(module: &ModelVersion) -> Self {
+        let info = module.module_info();
+        pb::Module {
+            name: Kind::Module.resource_name(&module.model_id, module.version),
+            module_id: module.model_id.clone(),
+            version: module.version,
+            description: module.description.clone(),
+            tags: module.tags.clone().into_iter().collect(),
+            properties: module.properties.clone().into_iter().collect(),
+            files: module.files.iter().map(pb::ModelFile::from).collect(),
+            interface_version: info
+                .as_ref()
+                .map(|i| i.interface.clone())
+                .unwrap_or_default(),
+            imports: info.map(|i| i.imports).unwrap_or_default(),
+            create_time: Some(timestamp(module.create_time_ms)),
+            update_time: Some(timestamp(module.update_time_ms)),
+            total_size_bytes: module.total_size_bytes(),
         }
-        let matches = |kind: &str, entries: Vec<String>| -> Result<Vec<KeyMatch>, Error> {
-            entries
-                .iter()
-                .map(|entry| validate::key_match(kind, entry))
-                .collect()
-        };
-        Ok(ListQuery {
-            model_id,
-            tags: matches("tag", request.tags)?,
-            properties: matches("property", request.properties)?,
-            framework: non_empty(request.framework.trim().to_ascii_lowercase()),
-            page_size,
-            page_token: non_empty(request.page_token),
-        })
+    }
+}
+
+impl From<pb::ModuleMetadata> for NewModel {
+    fn from(meta: pb::ModuleMetadata) -> Self {
+        NewModel {
+            model_id: meta.module_id,
+            description: meta.description,
+            tags: meta.tags.into_iter().collect(),
+            properties: meta.properties.into_iter().collect(),
+            ..NewModel::default()
+        }
+    }
+}
+
+impl From<NewModel> for pb::ModuleMetadata {
+    fn from(module: NewModel) -> Self {
+        pb::ModuleMetadata {
+            module_id: module.model_id,
+            description: module.description,
+            tags: module.tags.into_iter().collect(),
+            properties: module.properties.into_iter().collect(),
+        }
     }
 }
 

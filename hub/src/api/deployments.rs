@@ -76,6 +76,11 @@ impl FleetService {
             rollout: rollout
                 .map(|r| self.rollout_view(deployment, &r))
                 .transpose()?,
+            entry_module: entry_module_of(deployment),
+            resolved_entry_module_version: deployment
+                .current()
+                .and_then(|r| r.entry_module.as_ref())
+                .map_or(0, |m| m.version),
         })
     }
 
@@ -92,6 +97,16 @@ impl FleetService {
     fn deployment_id(&self, name: &str) -> Result<String, Status> {
         Ok(resource_id(name, "deployments")?.to_owned())
     }
+}
+
+/// `records:latest`, as the manifest names it; empty without an entry module.
+fn entry_module_of(deployment: &Deployment) -> String {
+    deployment
+        .spec
+        .entry_module
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
 }
 
 fn keys_message(keys: EndpointKeys) -> pb::DeploymentKeys {
@@ -217,6 +232,9 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         traffic: vec![],
         batching: None,
         container: None,
+        // Output only on the wire: entry modules are set through manifests.
+        entry_module: None,
+        sandbox: None,
     })
 }
 
@@ -267,6 +285,7 @@ impl Deployments for FleetService {
                         name: format!("deployments/{}", applied.deployment.id),
                         deployment_id: applied.deployment.id.clone(),
                         model: applied.deployment.model_ref(),
+                        entry_module: entry_module_of(&applied.deployment),
                         manifest_json: serde_json::to_string(
                             &applied.deployment.spec.to_manifest(),
                         )

@@ -4,9 +4,13 @@ pub mod convert;
 mod deployments;
 mod fleet;
 mod logs;
+mod modules;
 mod registry;
+pub(crate) mod streams;
+mod transfer;
 
 pub use fleet::FleetService;
+pub use modules::ModuleRegistryService;
 pub use registry::ModelRegistryService;
 
 use tonic::Status;

@@ -16,6 +16,7 @@ mod deploy_logs;
 mod dev;
 pub mod logs;
 mod model;
+mod module;
 mod names;
 mod output;
 mod package;
@@ -60,6 +61,14 @@ pub enum Command {
         hub: HubAddress,
         #[command(subcommand)]
         command: ModelCommand,
+    },
+    /// Register, inspect, download and delete entry modules: WebAssembly components that a
+    /// manifest puts in front of its models (`entry_module: NAME:VERSION`).
+    Module {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: ModuleCommand,
     },
     /// Deploy models to devices and follow their state.
     Deploy {
@@ -422,6 +431,61 @@ pub enum ModelCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ModuleCommand {
+    /// Register a WebAssembly component (.wasm) as the next version of an entry module; the
+    /// hub compiles it and checks its exports, and refuses anything else with the reason.
+    Register {
+        /// Module name; versions are numbered per name from 1.
+        #[arg(short, long)]
+        name: String,
+        /// The component, FILE.wasm.
+        #[arg(short, long, value_name = "FILE.wasm")]
+        path: PathBuf,
+        /// Tag as key=value (repeatable).
+        #[arg(long = "tag", value_name = "KEY=VALUE")]
+        tags: Vec<String>,
+        #[arg(short, long, default_value = "")]
+        description: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List module versions: every module's, or those of NAME (or modules/NAME).
+    List {
+        #[arg(value_name = "NAME")]
+        name: Option<String>,
+        /// Tag filter, KEY=VALUE or KEY (repeatable; all must match).
+        #[arg(long = "tag", value_name = "KEY[=VALUE]")]
+        tags: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show one version: NAME (latest), NAME:VERSION, or modules/NAME/versions/VERSION.
+    Show {
+        #[arg(value_name = "NAME[:VERSION]")]
+        module: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Download a version's .wasm file (named as for `show`); its sha256 is verified.
+    Download {
+        #[arg(value_name = "NAME[:VERSION]")]
+        module: String,
+        /// Where to write the file.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        file: PathBuf,
+        /// Replace the file if it exists.
+        #[arg(long)]
+        overwrite: bool,
+    },
+    /// Delete one version (NAME:VERSION, modules/NAME/versions/VERSION) or every version of a
+    /// module (NAME, modules/NAME); refused while a deployment runs it.
+    Delete {
+        #[arg(value_name = "NAME[:VERSION]")]
+        module: String,
+    },
+}
+
 /// Parses repeated `--tag`/`--label` style `key=value` arguments.
 fn key_values(
     kind: &str,
@@ -439,6 +503,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub(args) => run_hub(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Model { hub, command } => model::run(&hub.hub, command).await,
+        Command::Module { hub, command } => module::run(&hub.hub, command).await,
         Command::Deploy { hub, command } => deploy::run_deploy(&hub.hub, command).await,
         Command::Device { hub, command } => deploy::run_device(&hub.hub, command).await,
         Command::Package { hub, args } => package::run(&hub.hub, args).await,

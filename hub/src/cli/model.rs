@@ -8,15 +8,11 @@ use edgeship_proto::v1 as pb;
 use super::view::ModelView;
 use super::{ModelCommand, OutputFormat, key_values, names, output};
 use crate::client::{connect, download, register, rpc_error};
-use crate::registry::{DeleteTarget, NewModel};
+use crate::registry::{Kind, NewModel};
 
 /// A version as `-o json` prints it, or as its details table.
 fn print_model(model: pb::Model, format: OutputFormat) {
-    let model = ModelView::from(model);
-    match format {
-        OutputFormat::Json => output::print_json(&model),
-        OutputFormat::Table => print!("{}", output::model_details(&model)),
-    }
+    output::emit(format, &ModelView::from(model), output::model_details);
 }
 
 pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
@@ -88,10 +84,7 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
                 }
                 request.page_token = page.next_page_token;
             }
-            match output {
-                OutputFormat::Json => output::print_json(&models),
-                OutputFormat::Table => print!("{}", output::model_table(&models)),
-            }
+            output::emit(output, &models[..], output::model_table);
         }
         ModelCommand::Show { model, output } => {
             let request = pb::GetModelRequest {
@@ -141,29 +134,15 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             print_model(updated.into_inner(), output);
         }
         ModelCommand::Delete { model } => {
-            let name = match names::model_target(&model)? {
-                DeleteTarget::Version(reference) => reference.resource_name(),
-                DeleteTarget::AllVersions(id) => format!("models/{id}"),
-            };
+            let name = names::target_name(Kind::Model, &names::model_target(&model)?);
             let deleted = client
                 .delete_model(pb::DeleteModelRequest { name })
                 .await
                 .map_err(rpc_error)?
                 .into_inner();
-            let versions: Vec<String> = deleted
-                .deleted_versions
-                .iter()
-                .map(u32::to_string)
-                .collect();
             println!(
-                "deleted {} {} {}",
-                deleted.model_id,
-                if versions.len() == 1 {
-                    "version"
-                } else {
-                    "versions"
-                },
-                versions.join(", ")
+                "{}",
+                output::deleted(&deleted.model_id, &deleted.deleted_versions)
             );
         }
     }

@@ -2,29 +2,51 @@
 //! the resource names the API and `-o json` return (`models/diabetes/versions/2`,
 //! `deployments/web`, `devices/edge-2`), so a name read from output can be pasted back.
 //!
-//! A `/` tells the two apart: no model, deployment or device name may contain one.
+//! A `/` tells the two apart: no model, module, deployment or device name may contain one.
+//! Entry modules are named as models are, in their own collection (`records:2`,
+//! `modules/records/versions/2`).
 
 use anyhow::bail;
 use edgeship_domain::names;
 
-use crate::registry::{DeleteTarget, VersionRef, VersionSelector, validate};
+use crate::registry::{DeleteTarget, Kind, VersionRef, VersionSelector, validate};
 
 /// A model, or one version of it: `NAME` and `models/NAME` (every version), `NAME:VERSION`
 /// and `models/NAME/versions/VERSION` (one version, or `latest`).
 pub fn model_target(text: &str) -> anyhow::Result<DeleteTarget> {
+    target(Kind::Model, text)
+}
+
+/// [`model_target`] of a model or a module.
+pub fn target(kind: Kind, text: &str) -> anyhow::Result<DeleteTarget> {
     if text.contains('/') {
-        return Ok(validate::delete_target(text)?);
+        return Ok(validate::delete_target_in(kind, text)?);
     }
     if text.contains(':') {
-        return Ok(DeleteTarget::Version(validate::short_ref(text)?));
+        return Ok(DeleteTarget::Version(validate::short_ref_in(kind, text)?));
     }
-    validate::model_id(text)?;
+    validate::id_of(kind, text)?;
     Ok(DeleteTarget::AllVersions(text.to_owned()))
+}
+
+/// The resource name of a target: `models/x` or `models/x/versions/3` (`modules/...`).
+pub fn target_name(kind: Kind, target: &DeleteTarget) -> String {
+    match target {
+        DeleteTarget::Version(reference) => {
+            kind.resource_name(&reference.model_id, reference.version)
+        }
+        DeleteTarget::AllVersions(id) => format!("{}/{id}", kind.collection()),
+    }
 }
 
 /// One version; a model named without a version means its latest.
 pub fn model_version(text: &str) -> anyhow::Result<VersionRef> {
-    Ok(match model_target(text)? {
+    version(Kind::Model, text)
+}
+
+/// [`model_version`] of a model or a module.
+pub fn version(kind: Kind, text: &str) -> anyhow::Result<VersionRef> {
+    Ok(match target(kind, text)? {
         DeleteTarget::Version(reference) => reference,
         DeleteTarget::AllVersions(model_id) => VersionRef {
             model_id,
@@ -46,11 +68,18 @@ pub fn explicit_version(text: &str) -> anyhow::Result<VersionRef> {
 
 /// A model as a whole: `NAME` or `models/NAME`.
 pub fn model_id(text: &str) -> anyhow::Result<String> {
-    match model_target(text)? {
-        DeleteTarget::AllVersions(model_id) => Ok(model_id),
+    id(Kind::Model, text)
+}
+
+/// [`model_id`] of a model or a module.
+pub fn id(kind: Kind, text: &str) -> anyhow::Result<String> {
+    match target(kind, text)? {
+        DeleteTarget::AllVersions(id) => Ok(id),
         DeleteTarget::Version(reference) => bail!(
-            "{text:?} names a version; give the model alone, as {} or models/{}",
+            "{text:?} names a version; give the {} alone, as {} or {}/{}",
+            kind.noun(),
             reference.model_id,
+            kind.collection(),
             reference.model_id
         ),
     }

@@ -5,16 +5,25 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use super::view::{DeploymentView, DeviceView, ModelView, TargetView};
-use crate::registry::image;
+use super::OutputFormat;
+use super::view::{DeploymentView, DeviceView, ModelFileView, ModelView, ModuleView, TargetView};
+use crate::registry::{image, module};
 
 /// Pretty JSON on stdout.
-pub fn print_json(value: &impl Serialize) {
+pub fn print_json<T: Serialize + ?Sized>(value: &T) {
     // The views hold only strings, numbers, maps and lists: serializing them cannot fail.
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
     );
+}
+
+/// `value` as `-o json` prints it, or as its table.
+pub fn emit<T: Serialize + ?Sized>(format: OutputFormat, value: &T, table: impl Fn(&T) -> String) {
+    match format {
+        OutputFormat::Json => print_json(value),
+        OutputFormat::Table => print!("{}", table(value)),
+    }
 }
 
 /// Bytes in binary units, the way `ls -h` users read them.
@@ -97,6 +106,17 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `deleted diabetes version 2`, `deleted diabetes versions 1, 2`.
+pub fn deleted(id: &str, versions: &[u32]) -> String {
+    let numbers: Vec<String> = versions.iter().map(u32::to_string).collect();
+    let noun = if numbers.len() == 1 {
+        "version"
+    } else {
+        "versions"
+    };
+    format!("deleted {id} {noun} {}", numbers.join(", "))
+}
+
 /// `1 file` / `4 files`.
 pub fn files_count(count: usize) -> String {
     format!("{count} {}", if count == 1 { "file" } else { "files" })
@@ -158,13 +178,7 @@ pub fn model_details(model: &ModelView) -> String {
     field("sample out", sample(&model.sample_output));
     let _ = writeln!(out, "files:");
     for file in &model.files {
-        let _ = writeln!(
-            out,
-            "  {}  {}  sha256:{}",
-            file.path,
-            size(file.size_bytes),
-            file.sha256
-        );
+        file_line(&mut out, file);
         if let Some(onnx) = &file.onnx {
             for input in &onnx.inputs {
                 let _ = writeln!(out, "    input   {input}");
@@ -187,6 +201,67 @@ pub fn model_details(model: &ModelView) -> String {
                 );
             }
         }
+    }
+    out
+}
+
+/// `  model.onnx  284 B  sha256:…`, under `files:`.
+fn file_line(out: &mut String, file: &ModelFileView) {
+    let _ = writeln!(
+        out,
+        "  {}  {}  sha256:{}",
+        file.path,
+        size(file.size_bytes),
+        file.sha256
+    );
+}
+
+/// Aligned columns: NAME VERSION INTERFACE SIZE CREATED TAGS.
+pub fn module_table(modules: &[ModuleView]) -> String {
+    let rows: Vec<Vec<String>> = modules
+        .iter()
+        .map(|m| {
+            vec![
+                m.module_id.clone(),
+                m.version.to_string(),
+                m.interface.clone(),
+                size(m.total_size_bytes),
+                m.create_time.clone(),
+                pairs(&m.tags),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "VERSION", "INTERFACE", "SIZE", "CREATED", "TAGS"],
+        &rows,
+    )
+}
+
+/// Everything about one module version, with what registration learned of its component
+/// (the properties the hub recorded have lines of their own).
+pub fn module_details(module: &ModuleView) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| field(&mut out, 13, name, value);
+    field(
+        "module",
+        &format!("{}:{}", module.module_id, module.version),
+    );
+    field("resource", &module.name);
+    field("description", &module.description);
+    field("interface", &module.interface);
+    field("imports", &module.imports.join(", "));
+    field("created", &module.create_time);
+    field("updated", &module.update_time);
+    field("tags", &pairs(&module.tags));
+    let own = module
+        .properties
+        .iter()
+        .filter(|(key, _)| !module::RESERVED_PROPERTIES.contains(&key.as_str()));
+    field("properties", &pairs(own));
+    field("size", &size(module.total_size_bytes));
+    let _ = writeln!(out, "files:");
+    for file in &module.files {
+        file_line(&mut out, file);
     }
     out
 }
@@ -266,6 +341,13 @@ pub fn deployment_details(d: &DeploymentView) -> String {
             Some(version) => format!("resolves to version {version}"),
         };
         field("model", format!("{} ({resolved})", d.model));
+        if let Some(entry) = &d.entry_module {
+            let resolved = match d.resolved_entry_module_version {
+                None => "module missing".to_owned(),
+                Some(version) => format!("resolves to version {version}"),
+            };
+            field("module", format!("{entry} ({resolved})"));
+        }
         field("runtime", d.runtime.clone());
     }
     field(

@@ -39,6 +39,28 @@ pub struct ModelView {
     pub update_time: String,
 }
 
+/// One entry-module version (`module register|show`, and each entry of `module list`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ModuleView {
+    /// `modules/{module_id}/versions/{version}`.
+    pub name: String,
+    pub module_id: String,
+    pub version: u32,
+    pub description: String,
+    /// The entry interface version it was built against (`1.0.0`).
+    pub interface: String,
+    /// Every interface it imports, WASI's and the host's.
+    pub imports: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+    /// With those the hub recorded (`module.interface`, `module.sha256`, ...).
+    pub properties: BTreeMap<String, String>,
+    pub total_size_bytes: u64,
+    /// Its component (`onnx` is always `null`).
+    pub files: Vec<ModelFileView>,
+    pub create_time: String,
+    pub update_time: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelFileView {
     pub path: String,
@@ -91,6 +113,11 @@ pub struct DeploymentView {
     /// The version `model` resolves to now; `null` when that model no longer exists (or a
     /// container pins none).
     pub resolved_version: Option<u32>,
+    /// The entry module in front of the models, `module_id:version` or `module_id:latest`;
+    /// `null` without one.
+    pub entry_module: Option<String>,
+    /// The module version the newest revision runs; `null` without an entry module.
+    pub resolved_entry_module_version: Option<u32>,
     /// `tract`, `opencl`, or `container` for a container workload.
     pub runtime: String,
     pub endpoint: EndpointView,
@@ -239,6 +266,26 @@ impl From<pb::Model> for ModelView {
     }
 }
 
+impl From<pb::Module> for ModuleView {
+    fn from(module: pb::Module) -> Self {
+        let files: Vec<ModelFileView> = module.files.into_iter().map(ModelFileView::from).collect();
+        ModuleView {
+            name: format!("modules/{}/versions/{}", module.module_id, module.version),
+            module_id: module.module_id,
+            version: module.version,
+            description: module.description,
+            interface: module.interface_version,
+            imports: module.imports,
+            tags: sorted(module.tags),
+            properties: sorted(module.properties),
+            total_size_bytes: files.iter().map(|f| f.size_bytes).sum(),
+            files,
+            create_time: rfc3339(millis(module.create_time)),
+            update_time: rfc3339(millis(module.update_time)),
+        }
+    }
+}
+
 impl From<pb::ModelFile> for ModelFileView {
     fn from(file: pb::ModelFile) -> Self {
         ModelFileView {
@@ -352,6 +399,9 @@ impl From<pb::Deployment> for DeploymentView {
             model: deployment.model,
             resolved_version: (deployment.resolved_version != 0)
                 .then_some(deployment.resolved_version),
+            entry_module: non_empty(deployment.entry_module),
+            resolved_entry_module_version: (deployment.resolved_entry_module_version != 0)
+                .then_some(deployment.resolved_entry_module_version),
             runtime: deployment.runtime,
             endpoint: EndpointView::from(deployment.endpoint.unwrap_or_default()),
             target: TargetView {

@@ -6,7 +6,7 @@ use edgeship_domain::{AuthMode, names};
 use super::keys::EndpointKeys;
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
 use super::rollout::{Phase, Rollout};
-use super::spec::{DeploymentSpec, Manifest, PinRole, TrafficWeight};
+use super::spec::{DeploymentSpec, Manifest, ModulePin, PinRole, TrafficWeight};
 use super::tokens::TokenSigner;
 use super::{Fleet, FleetError, decode, desired, encode, placements};
 use crate::now_ms;
@@ -37,8 +37,8 @@ pub struct Applied {
 }
 
 impl Fleet {
-    /// Creates or updates a deployment from a manifest: validates it, pins the model
-    /// versions it names, and starts a rollout when what devices run changes.
+    /// Creates or updates a deployment from a manifest: validates it, pins the model (and
+    /// entry module) versions it names, and starts a rollout when what devices run changes.
     pub fn apply(&self, manifest: &Manifest, options: ApplyOptions) -> Result<Applied, FleetError> {
         let spec = manifest
             .validate()
@@ -46,6 +46,7 @@ impl Fleet {
         // The versions must exist now, each fit for its role (an ONNX file the runtime can
         // load, an image archive).
         let pins = self.pin(&spec)?;
+        let module = self.pin_module(&spec)?;
         let _guard = self.guard();
         let existing = self.find_deployment(&spec.name)?;
         if options.create_only && existing.is_some() {
@@ -63,6 +64,7 @@ impl Fleet {
             endpoint: spec.endpoint.clone(),
             options: spec.options.clone(),
             container: spec.container.clone(),
+            entry_module: module,
             create_time_ms: now,
         };
         let (mut deployment, created, mut changes) = match existing {
@@ -138,6 +140,24 @@ impl Fleet {
                 spec.describe_models(),
                 candidate.describe(),
                 current.describe()
+            ));
+        }
+        if let Some(current) = deployment.current()
+            && new_revision
+            && !created
+            && current.entry_module != candidate.entry_module
+            && !changes
+                .iter()
+                .any(|c| c.starts_with("entry_module") || c.starts_with("sandbox"))
+        {
+            let pin = |pin: Option<&ModulePin>| pin.map_or("none".to_owned(), ToString::to_string);
+            changes.push(format!(
+                "entry module {} now resolves to {} (was {})",
+                spec.entry_module
+                    .as_ref()
+                    .map_or("none".to_owned(), ToString::to_string),
+                pin(candidate.entry_module.as_ref()),
+                pin(current.entry_module.as_ref())
             ));
         }
         if options.dry_run {
@@ -231,6 +251,23 @@ impl Fleet {
             });
         }
         Ok(pins)
+    }
+
+    /// The module version `spec`'s entry module resolves to now, with its sandbox bounds. A
+    /// module or version that does not exist is refused with the registry's reason.
+    fn pin_module(&self, spec: &DeploymentSpec) -> Result<Option<ModulePin>, FleetError> {
+        let Some(entry) = &spec.entry_module else {
+            return Ok(None);
+        };
+        let module = self.modules.get(&VersionRef {
+            model_id: entry.module_id.clone(),
+            version: entry.version,
+        })?;
+        Ok(Some(ModulePin {
+            module_id: module.model_id,
+            version: module.version,
+            sandbox: entry.sandbox,
+        }))
     }
 
     /// Today's rule for equal priorities: a deployment cannot take a port another one of the
@@ -355,6 +392,47 @@ impl Fleet {
         model_id: &str,
         version: Option<u32>,
     ) -> Result<Vec<String>, FleetError> {
+        self.users(
+            |revision| {
+                revision
+                    .models
+                    .iter()
+                    .any(|m| m.model_id == model_id && version.is_none_or(|v| m.version == v))
+            },
+            |spec| version.is_none() && spec.all_models().any(|m| m.model_id == model_id),
+        )
+    }
+
+    /// Which deployments use an entry module (all versions when `version` is `None`).
+    pub fn deployments_using_module(
+        &self,
+        module_id: &str,
+        version: Option<u32>,
+    ) -> Result<Vec<String>, FleetError> {
+        let named = |id: &str| id == module_id;
+        self.users(
+            |revision| {
+                revision
+                    .entry_module
+                    .as_ref()
+                    .is_some_and(|m| named(&m.module_id) && version.is_none_or(|v| m.version == v))
+            },
+            |spec| {
+                version.is_none()
+                    && spec
+                        .entry_module
+                        .as_ref()
+                        .is_some_and(|m| named(&m.module_id))
+            },
+        )
+    }
+
+    /// Deployments whose running revisions, or whose spec, use something.
+    fn users(
+        &self,
+        revision_uses: impl Fn(&Revision) -> bool,
+        spec_uses: impl Fn(&DeploymentSpec) -> bool,
+    ) -> Result<Vec<String>, FleetError> {
         let mut users = Vec::new();
         for deployment in self.all_deployments()? {
             // What devices run: the newest revision, and the one before it while any device
@@ -369,10 +447,8 @@ impl Fleet {
                 .current()
                 .into_iter()
                 .chain(running_from)
-                .flat_map(|r| &r.models)
-                .any(|m| m.model_id == model_id && version.is_none_or(|v| m.version == v))
-                || (version.is_none()
-                    && deployment.spec.all_models().any(|m| m.model_id == model_id));
+                .any(&revision_uses)
+                || spec_uses(&deployment.spec);
             if uses {
                 users.push(deployment.id);
             }
@@ -388,116 +464,4 @@ pub(super) fn validate_label(key: &str, value: &str) -> Result<(), FleetError> {
 
 fn decode_deployment(bytes: &[u8]) -> Result<Deployment, FleetError> {
     decode(bytes, "deployment")
-}
-
-impl Fleet {
-    /// Rewrites deployment records from before rollouts existed in today's shape, pinning
-    /// the version each one runs now. Run once at start, before anything reads them.
-    pub(super) fn upgrade_deployments(&self) -> Result<(), FleetError> {
-        for entry in self.deployments.iter() {
-            let (key, bytes) = entry?;
-            if serde_json::from_slice::<Deployment>(&bytes).is_ok() {
-                continue;
-            }
-            let Ok(old) = serde_json::from_slice::<legacy::Deployment>(&bytes) else {
-                continue; // Reported as damaged where it is read.
-            };
-            let version = self
-                .registry
-                .get(&old.version_ref())
-                .map_or(1, |m| m.version);
-            let deployment = old.upgrade(version);
-            tracing::info!(deployment = %deployment.id, version, "deployment record upgraded");
-            self.deployments.insert(key, encode(&deployment))?;
-        }
-        Ok(())
-    }
-}
-
-/// The record before revisions and rollouts: a deployment ran its resolved version
-/// everywhere at once.
-mod legacy {
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use edgeship_domain::{Endpoint, RuntimeKind};
-    use serde::Deserialize;
-
-    use crate::fleet::model::Revision;
-    use crate::fleet::selector::from_equalities;
-    use crate::fleet::spec::{DeploymentSpec, ModelRef, RolloutPolicy, Target, TrafficWeight};
-    use crate::registry::VersionSelector;
-
-    #[derive(Deserialize)]
-    struct OldTarget {
-        device_ids: BTreeSet<String>,
-        label_selector: BTreeMap<String, String>,
-    }
-
-    #[derive(Deserialize)]
-    pub(super) struct Deployment {
-        id: String,
-        model_id: String,
-        version: Option<u32>,
-        runtime: RuntimeKind,
-        endpoint: Endpoint,
-        target: OldTarget,
-        create_time_ms: i64,
-    }
-
-    impl Deployment {
-        pub(super) fn version_ref(&self) -> crate::registry::VersionRef {
-            crate::registry::VersionRef {
-                model_id: self.model_id.clone(),
-                version: self
-                    .version
-                    .map_or(VersionSelector::Latest, VersionSelector::Exact),
-            }
-        }
-
-        /// As if it had been applied with today's defaults; its one revision pins `version`.
-        pub(super) fn upgrade(self, version: u32) -> crate::fleet::Deployment {
-            let spec = DeploymentSpec {
-                name: self.id.clone(),
-                model: Some(ModelRef {
-                    model_id: self.model_id.clone(),
-                    version: self
-                        .version
-                        .map_or(VersionSelector::Latest, VersionSelector::Exact),
-                }),
-                runtime: self.runtime,
-                endpoint: self.endpoint.clone(),
-                target: Target {
-                    devices: self.target.device_ids,
-                    selector: from_equalities(&self.target.label_selector),
-                },
-                priority: 0,
-                rollout: RolloutPolicy::default(),
-                traffic: vec![],
-                options: Default::default(),
-                extra_models: vec![],
-                container: None,
-            };
-            crate::fleet::Deployment {
-                id: self.id,
-                spec,
-                create_time_ms: self.create_time_ms,
-                update_time_ms: self.create_time_ms,
-                revisions: vec![Revision {
-                    number: 1,
-                    models: vec![TrafficWeight {
-                        model_id: self.model_id,
-                        version,
-                        weight: 0,
-                    }],
-                    runtime: self.runtime,
-                    endpoint: self.endpoint,
-                    options: Default::default(),
-                    container: None,
-                    create_time_ms: self.create_time_ms,
-                }],
-                keys: None,
-                token_signer: None,
-            }
-        }
-    }
 }

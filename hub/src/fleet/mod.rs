@@ -8,6 +8,7 @@
 //! desired state is published, so a hub restart never reissues an older generation. This
 //! module knows nothing of gRPC or protobuf: the API and the link convert at their edges.
 
+mod continuous;
 pub mod deployments;
 pub mod desired;
 pub mod devices;
@@ -18,6 +19,7 @@ pub mod rollouts;
 pub mod selector;
 pub mod spec;
 pub mod tokens;
+mod upgrade;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -66,6 +68,8 @@ pub struct Fleet {
     /// Rollout records and history notes, `{deployment}/{revision:020}[.{seq}]`.
     rollouts: sled::Tree,
     registry: Arc<Registry>,
+    /// Entry modules, registered beside the models (`Registry::modules`).
+    modules: Arc<Registry>,
     outbox: mpsc::UnboundedSender<DesiredState>,
     entitlements: Arc<Entitlements>,
     /// Serializes read-modify-write of device records and generations.
@@ -88,6 +92,7 @@ impl Fleet {
     pub fn open(
         db: sled::Db,
         registry: Arc<Registry>,
+        modules: Arc<Registry>,
         outbox: mpsc::UnboundedSender<DesiredState>,
         entitlements: Arc<Entitlements>,
     ) -> Result<Self, FleetError> {
@@ -98,6 +103,7 @@ impl Fleet {
             rollouts: db.open_tree("rollouts")?,
             db,
             registry,
+            modules,
             outbox,
             entitlements,
             lock: Mutex::new(()),
@@ -124,26 +130,23 @@ impl Fleet {
         self.reconcile_locked(None)
     }
 
-    /// The registry's record of every model version a kept revision pins.
+    /// The registry's record of every model and module version a kept revision pins.
     fn resolve_pins(&self, deployments: &[Deployment]) -> desired::Resolved {
-        let mut resolved = desired::Resolved::new();
-        for model in deployments
-            .iter()
-            .flat_map(|d| &d.revisions)
-            .flat_map(|r| &r.models)
-        {
-            let key = (model.model_id.clone(), model.version);
-            if resolved.contains_key(&key) {
-                continue;
+        let mut resolved = desired::Resolved::default();
+        let revisions = deployments.iter().flat_map(|d| &d.revisions);
+        for revision in revisions {
+            let models = revision.models.iter().map(|m| (&m.model_id, m.version));
+            for (id, version) in models {
+                lookup(&self.registry, &mut resolved.models, id, version);
             }
-            let found = self
-                .registry
-                .get(&VersionRef {
-                    model_id: model.model_id.clone(),
-                    version: registry::VersionSelector::Exact(model.version),
-                })
-                .ok();
-            resolved.insert(key, found);
+            if let Some(module) = &revision.entry_module {
+                lookup(
+                    &self.modules,
+                    &mut resolved.modules,
+                    &module.module_id,
+                    module.version,
+                );
+            }
         }
         resolved
     }
@@ -230,7 +233,28 @@ impl Fleet {
     }
 }
 
-/// The blob digests a desired state lets its device fetch.
+/// Looks a pinned version up once per reconcile (`None`: it is gone).
+fn lookup(
+    registry: &Registry,
+    found: &mut std::collections::HashMap<(String, u32), Option<registry::ModelVersion>>,
+    id: &str,
+    version: u32,
+) {
+    let key = (id.to_owned(), version);
+    if found.contains_key(&key) {
+        return;
+    }
+    let record = registry
+        .get(&VersionRef {
+            model_id: id.to_owned(),
+            version: registry::VersionSelector::Exact(version),
+        })
+        .ok();
+    found.insert(key, record);
+}
+
+/// The blob digests a desired state lets its device fetch: model files, an entry module's
+/// `.wasm` and a container's image, through `DesiredState::blobs`.
 fn digests_of(desired: &DesiredState) -> HashSet<String> {
     desired.blobs().map(|b| b.sha256.clone()).collect()
 }

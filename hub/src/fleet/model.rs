@@ -7,14 +7,15 @@ pub use edgeship_domain::ServiceState;
 use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, RuntimeOptions, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{ContainerSpec, DeploymentSpec, TrafficWeight};
+use super::spec::{ContainerSpec, DeploymentSpec, ModulePin, TrafficWeight};
 use crate::registry::VersionSelector;
 
 pub use super::spec::Target;
 
 /// What devices run for one revision of a deployment: the model versions it pinned (with
-/// their weights in a traffic split), the runtime and the endpoint, or a container. Changing
-/// any of them makes a new revision, which devices reach through a rollout.
+/// their weights in a traffic split), its entry module, the runtime and the endpoint, or a
+/// container. Changing any of them makes a new revision, which devices reach through a
+/// rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Revision {
     pub number: u64,
@@ -29,6 +30,10 @@ pub struct Revision {
     /// A container workload instead of models (stored before containers existed: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSpec>,
+    /// The entry module version in front of the models, with its sandbox (stored before entry
+    /// modules existed: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_module: Option<ModulePin>,
     pub create_time_ms: i64,
 }
 
@@ -40,6 +45,7 @@ impl Revision {
             && self.endpoint == other.endpoint
             && self.options == other.options
             && self.container == other.container
+            && self.entry_module == other.entry_module
     }
 
     /// A container revision's pins: its image artifact and its mounted model.
@@ -53,25 +59,34 @@ impl Revision {
         (artifact, model)
     }
 
-    /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`; a container as
-    /// [`model_list`](Self::model_list) gives it.
+    /// `diabetes:3`, or `diabetes:3 (90%), diabetes:4 (10%)`, then the entry module
+    /// (`diabetes:3 + module records:2`); a container as [`model_list`](Self::model_list)
+    /// gives it.
     pub fn describe(&self) -> String {
         if self.container.is_some() {
             return self.model_list();
         }
-        self.models
+        let models = self
+            .models
             .iter()
             .map(|m| match m.weight {
                 0 => format!("{}:{}", m.model_id, m.version),
                 w => format!("{}:{} ({w}%)", m.model_id, m.version),
             })
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        match &self.entry_module {
+            Some(module) => format!("{models} + module {module}"),
+            None => models,
+        }
     }
 
     /// What agents report as `desired_model` for this revision, which rollouts compare: the
     /// model versions, `a:1, a:2`; for a container what `ContainerWorkload::describe` gives,
-    /// the artifact's `NAME:VERSION` (or the image reference), then the mounted model's.
+    /// the artifact's `NAME:VERSION` (or the image reference), then the mounted model's. It
+    /// must equal `Workload::describe` of the workload the revision becomes, entry module
+    /// included (`a:1 + module m:2`), so that a revision that changes only the module is told
+    /// apart by what devices report.
     pub fn model_list(&self) -> String {
         let pinned = |m: &TrafficWeight| format!("{}:{}", m.model_id, m.version);
         if let Some(container) = &self.container {
@@ -82,11 +97,16 @@ impl Revision {
                 None => image,
             };
         }
-        self.models
+        let models = self
+            .models
             .iter()
             .map(pinned)
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", ");
+        match &self.entry_module {
+            Some(module) => format!("{models} + module {module}"),
+            None => models,
+        }
     }
 }
 
@@ -120,6 +140,14 @@ impl Deployment {
 
     pub fn model_ref(&self) -> String {
         self.spec.describe_models()
+    }
+
+    /// Whether new registrations of module `module_id` reach this deployment.
+    pub fn follows_latest_module(&self, module_id: &str) -> bool {
+        self.spec
+            .entry_module
+            .as_ref()
+            .is_some_and(|m| m.module_id == module_id && m.version == VersionSelector::Latest)
     }
 
     /// Whether new registrations of `model_id` reach this deployment (continuous deployment).

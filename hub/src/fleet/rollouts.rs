@@ -1,7 +1,7 @@
 //! Rollouts as the fleet stores and drives them: one record per deployment revision (its
 //! progress while it runs, its history after), the periodic step that feeds the pure
 //! [`rollout::step`] with what devices report, operator actions (pause, resume, abort,
-//! rollback) and continuous deployment of newly registered versions.
+//! rollback); continuous deployment of newly registered versions is in `continuous.rs`.
 //!
 //! Records live in the `rollouts` tree under `{deployment}/{revision:020}`, so a prefix scan
 //! is a deployment's history in order; they outlive the deployment (its deletion is the last
@@ -16,7 +16,6 @@ use edgeship_domain::ServiceState;
 use super::desired::{self, Placement};
 use super::model::{Deployment, Device, Revision};
 use super::rollout::{self, Observed, Phase, Rollout};
-use super::spec::{PinRole, TrafficWeight};
 use super::{Fleet, FleetError, decode, encode};
 use crate::now_ms;
 use crate::registry::{VersionRef, VersionSelector};
@@ -366,16 +365,25 @@ impl Fleet {
                         "deployment {id} has no earlier revision to roll back to"
                     ))
                 })?;
-                // Its model versions may have been deleted since it last ran.
-                for model in &back_to.models {
-                    let exists = self.registry.get(&VersionRef {
-                        model_id: model.model_id.clone(),
-                        version: VersionSelector::Exact(model.version),
+                // Its model and module versions may have been deleted since it last ran.
+                let models = back_to
+                    .models
+                    .iter()
+                    .map(|m| (&self.registry, &m.model_id, m.version));
+                let module = back_to
+                    .entry_module
+                    .iter()
+                    .map(|m| (&self.modules, &m.module_id, m.version));
+                for (registry, id, version) in models.chain(module) {
+                    let exists = registry.get(&VersionRef {
+                        model_id: id.clone(),
+                        version: VersionSelector::Exact(version),
                     });
                     if exists.is_err() {
                         return Err(FleetError::FailedPrecondition(format!(
-                            "cannot roll back to revision {}: model {}:{} it runs was deleted; apply a manifest with the version to run instead",
-                            back_to.number, model.model_id, model.version
+                            "cannot roll back to revision {}: {} {id}:{version} it runs was deleted; apply a manifest with the version to run instead",
+                            back_to.number,
+                            registry.kind().noun()
                         )));
                     }
                 }
@@ -392,70 +400,6 @@ impl Fleet {
         tracing::info!(deployment = %id, revision = rollout.revision, phase = rollout.phase.name(), "rollout changed by an operator");
         self.reconcile_locked(None)?;
         Ok(rollout)
-    }
-
-    /// Continuous deployment: every deployment following `model_id:latest` rolls the newly
-    /// registered version out with its own strategy and gates.
-    pub fn on_model_registered(&self, model_id: &str) -> Result<(), FleetError> {
-        let _guard = self.guard();
-        let now = now_ms();
-        let mut started = false;
-        for mut deployment in self.all_deployments()? {
-            if !deployment.follows_latest_of(model_id) {
-                continue;
-            }
-            let Ok(latest) = self.registry.get(&VersionRef {
-                model_id: model_id.to_owned(),
-                version: VersionSelector::Latest,
-            }) else {
-                continue;
-            };
-            let Some(current) = deployment.current().cloned() else {
-                continue;
-            };
-            if current
-                .models
-                .iter()
-                .any(|m| m.model_id == model_id && m.version == latest.version)
-            {
-                continue;
-            }
-            let role = deployment
-                .spec
-                .pinned()
-                .find(|(m, _)| m.model_id == model_id)
-                .map_or(PinRole::Model, |(_, role)| role);
-            if let Err(reason) = desired::usable_as(&latest, role) {
-                tracing::warn!(deployment = %deployment.id, version = latest.version, %reason, "new version not rolled out");
-                continue;
-            }
-            // The new version replaces the model's pin; the endpoint's other models stay.
-            let models = current
-                .models
-                .iter()
-                .map(|m| TrafficWeight {
-                    version: if m.model_id == model_id {
-                        latest.version
-                    } else {
-                        m.version
-                    },
-                    ..m.clone()
-                })
-                .collect();
-            let revision = Revision { models, ..current };
-            let cause = format!(
-                "continuous deployment ({model_id}:{} registered)",
-                latest.version
-            );
-            self.start_rollout(&mut deployment, revision, &cause, vec![], now)?;
-            started = true;
-        }
-        if started {
-            self.db.flush()?;
-            self.advance_locked(now)?;
-            self.reconcile_locked(None)?;
-        }
-        Ok(())
     }
 }
 

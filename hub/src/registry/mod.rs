@@ -1,14 +1,17 @@
-//! The model registry: validated metadata in sled, file bytes in the content-addressed
-//! [`BlobStore`](crate::blobs::BlobStore).
+//! The model registry, and the entry-module registry beside it: validated metadata in sled,
+//! file bytes in the content-addressed [`BlobStore`](crate::blobs::BlobStore) both share.
 
 pub mod image;
 pub mod model;
+pub mod module;
+mod page;
 mod store;
 mod upload;
 pub mod validate;
 
 pub use model::*;
-pub use store::{DEFAULT_PAGE_SIZE, Limits, MAX_PAGE_SIZE, Registry};
+pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+pub use store::{Limits, Registry};
 pub use upload::{StagedModel, Upload};
 
 /// Everything the registry can refuse or fail at. The gRPC adapter maps each variant to one

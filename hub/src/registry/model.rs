@@ -7,7 +7,47 @@ use serde::{Deserialize, Serialize};
 
 pub use edgeship_domain::{Dim, ElementType, OnnxSignature, TensorSpec};
 
-/// One registered version of a model, as the registry stores and returns it.
+/// Which registry a record belongs to. Models and entry modules are registered and versioned
+/// alike, each in a namespace of its own (a module may share a model's name); both keep their
+/// files in the one blob store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Model,
+    Module,
+}
+
+impl Kind {
+    /// `model` or `module`, for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Kind::Model => "model",
+            Kind::Module => "module",
+        }
+    }
+
+    /// The AIP-122 collection: `models` or `modules`.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Model => "models",
+            Kind::Module => "modules",
+        }
+    }
+
+    pub fn name_kind(self) -> edgeship_domain::names::NameKind {
+        match self {
+            Kind::Model => edgeship_domain::names::NameKind::Model,
+            Kind::Module => edgeship_domain::names::NameKind::Module,
+        }
+    }
+
+    /// `{collection}/{id}/versions/{version}`.
+    pub fn resource_name(self, id: &str, version: impl fmt::Display) -> String {
+        format!("{}/{id}/versions/{version}", self.collection())
+    }
+}
+
+/// One registered version of a model (or of an entry module: the same record in the module
+/// registry's trees), as the registry stores and returns it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelVersion {
     pub model_id: String,

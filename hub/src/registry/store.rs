@@ -1,5 +1,9 @@
 //! The registry's durable state: sled trees for version records, per-name version counters
-//! and blob reference counts, plus the blob store for file bytes.
+//! and blob reference counts, plus the blob store for file bytes. Models and entry modules
+//! are two [`Registry`]s over one [`Shared`] store: each has its own version and counter
+//! trees (`versions`/`counters`, `module_versions`/`module_counters`), and both count their
+//! references to blobs in the one `blob_refs` tree under the one write lock, so a blob a model
+//! and a module both hold stays until neither does.
 //!
 //! Architecture invariant: a write is acknowledged only after `sled::Db::flush`, and the
 //! version record and its blob reference counts change in one sled transaction, so a crash at
@@ -9,16 +13,15 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use sha2::{Digest, Sha256};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::upload::{StagedModel, Upload};
+use super::upload::{StagedFile, StagedModel, Upload};
 use super::{
-    DeleteTarget, Error, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
-    VersionRef, VersionSelector, validate,
+    DeleteTarget, Error, Kind, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
+    VersionRef, VersionSelector, module, page, validate,
 };
 use crate::blobs::BlobStore;
 use crate::now_ms;
@@ -39,20 +42,25 @@ impl Default for Limits {
     }
 }
 
-pub const DEFAULT_PAGE_SIZE: usize = 50;
-pub const MAX_PAGE_SIZE: usize = 1000;
-
+/// What the model and module registries share.
 #[derive(Debug)]
-pub struct Registry {
+struct Shared {
     db: sled::Db,
-    versions: sled::Tree,
-    counters: sled::Tree,
     blob_refs: sled::Tree,
     blobs: BlobStore,
-    limits: Limits,
-    /// Serializes writes so that moving blobs in or out of the store and the reference-count
-    /// transaction happen as one step relative to other writers.
+    /// Serializes writes of both registries, so that moving blobs in or out of the store and
+    /// the reference-count transaction happen as one step relative to other writers.
     write_lock: Mutex<()>,
+}
+
+/// The registry of models, or (from [`Registry::modules`]) of entry modules.
+#[derive(Debug)]
+pub struct Registry {
+    kind: Kind,
+    shared: Arc<Shared>,
+    versions: sled::Tree,
+    counters: sled::Tree,
+    limits: Limits,
 }
 
 fn version_key(model_id: &str, version: u32) -> Vec<u8> {
@@ -102,7 +110,7 @@ fn from_tx(err: TransactionError<Error>) -> Error {
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl Registry {
-    /// Opens (or creates) the registry under `data_dir` and clears crash debris.
+    /// Opens (or creates) the model registry under `data_dir` and clears crash debris.
     pub fn open(data_dir: &Path, limits: Limits) -> Result<Self, Error> {
         std::fs::create_dir_all(data_dir).map_err(Error::io(format!(
             "creating data dir {}",
@@ -117,37 +125,66 @@ impl Registry {
             .open()?;
         let blobs =
             BlobStore::open(data_dir.join("blobs")).map_err(Error::io("opening the blob store"))?;
-        let registry = Self {
-            versions: db.open_tree("versions")?,
-            counters: db.open_tree("counters")?,
+        let shared = Arc::new(Shared {
             blob_refs: db.open_tree("blob_refs")?,
             db,
             blobs,
-            limits,
             write_lock: Mutex::new(()),
-        };
+        });
+        let registry = Self::over(Kind::Model, shared, limits)?;
         registry.recover()?;
         Ok(registry)
     }
 
+    /// The registry of entry modules, over the same database and blob store: one `.wasm` file
+    /// of at most [`module::MAX_MODULE_BYTES`] per version.
+    pub fn modules(&self) -> Result<Self, Error> {
+        Self::over(Kind::Module, Arc::clone(&self.shared), module::limits())
+    }
+
+    fn over(kind: Kind, shared: Arc<Shared>, limits: Limits) -> Result<Self, Error> {
+        // The model trees keep their original names, so existing data dirs read unchanged.
+        let (versions, counters) = match kind {
+            Kind::Model => ("versions", "counters"),
+            Kind::Module => ("module_versions", "module_counters"),
+        };
+        Ok(Self {
+            kind,
+            versions: shared.db.open_tree(versions)?,
+            counters: shared.db.open_tree(counters)?,
+            shared,
+            limits,
+        })
+    }
+
+    /// Models or modules.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// Removes blobs no version of either registry references (a crash between moving a file
+    /// in and committing), and reports referenced blobs that are missing.
     fn recover(&self) -> Result<(), Error> {
-        self.blobs
+        let Shared {
+            blobs, blob_refs, ..
+        } = &*self.shared;
+        blobs
             .clear_staging()
             .map_err(Error::io("clearing the staging folder"))?;
         let mut orphans = 0;
-        for digest in self.blobs.digests().map_err(Error::io("listing blobs"))? {
-            if !self.blob_refs.contains_key(digest.as_bytes())? {
-                self.blobs
+        for digest in blobs.digests().map_err(Error::io("listing blobs"))? {
+            if !blob_refs.contains_key(digest.as_bytes())? {
+                blobs
                     .remove(&digest)
                     .map_err(Error::io("removing an orphaned blob"))?;
                 orphans += 1;
             }
         }
         let mut missing = 0;
-        for entry in self.blob_refs.iter() {
+        for entry in blob_refs.iter() {
             let (digest, _) = entry?;
             let digest = String::from_utf8_lossy(&digest);
-            if !self.blobs.contains(&digest) {
+            if !blobs.contains(&digest) {
                 tracing::error!(%digest, "a referenced blob is missing from the blob store");
                 missing += 1;
             }
@@ -163,55 +200,38 @@ impl Registry {
 
     /// The database, shared with the fleet store (one sled instance per data dir).
     pub fn db(&self) -> sled::Db {
-        self.db.clone()
+        self.shared.db.clone()
     }
 
     /// Starts a registration; files are staged until [`Registry::commit`].
     pub async fn begin_upload(&self, model: NewModel) -> Result<Upload, Error> {
-        Upload::begin(model, self.blobs.staging_dir(), self.limits).await
+        Upload::begin(
+            self.kind,
+            model,
+            self.shared.blobs.staging_dir(),
+            self.limits,
+        )
+        .await
     }
 
-    /// Where the bytes of a blob are, for streaming downloads.
+    /// Where the bytes of a blob are, for streaming downloads (models' and modules' alike).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.blobs.path(digest)
+        self.shared.blobs.path(digest)
     }
 
     /// Validates the staged files and registers them as the next version. Blocking: ONNX
-    /// parsing and the durable flush both take time, so async callers use `spawn_blocking`.
+    /// parsing, module compilation and the durable flush all take time, so async callers use
+    /// `spawn_blocking`.
     pub fn commit(&self, staged: StagedModel) -> Result<ModelVersion, Error> {
         let StagedModel {
             mut model,
             files,
             dir,
         } = staged;
-        let mut model_files = Vec::with_capacity(files.len());
-        // An image artifact is recognized (and its archive checked) before anything else.
-        super::image::classify(&mut model, &files)?;
-        let has_onnx_file = files.iter().any(|f| validate::is_onnx_path(&f.path));
-        if model.framework.is_empty() {
-            model.framework = if has_onnx_file { "onnx" } else { "custom" }.to_owned();
-        }
-        let is_onnx = model.framework == "onnx";
-        if is_onnx && !has_onnx_file {
-            let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-            return Err(Error::invalid(format!(
-                "framework is onnx but no file has the .onnx extension (files: {}); give the ONNX file a name ending in .onnx",
-                names.join(", ")
-            )));
-        }
-        for file in &files {
-            let onnx = if is_onnx && validate::is_onnx_path(&file.path) {
-                Some(edgeship_runtime::onnx::inspect(&file.path, &file.location)?)
-            } else {
-                None
-            };
-            model_files.push(ModelFile {
-                path: file.path.clone(),
-                size_bytes: file.size_bytes,
-                sha256: file.sha256.clone(),
-                onnx,
-            });
-        }
+        let model_files = match self.kind {
+            Kind::Model => model_files(&mut model, &files)?,
+            Kind::Module => module::classify(&mut model, &files)?,
+        };
         let now = now_ms();
         let mut record = ModelVersion {
             model_id: model.model_id,
@@ -228,14 +248,16 @@ impl Registry {
             update_time_ms: now,
         };
 
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write_guard();
         for file in &files {
-            self.blobs
+            self.shared
+                .blobs
                 .adopt(&file.location, &file.sha256)
                 .map_err(Error::io(format!("storing {}", file.path)))?;
         }
         let digests: Vec<&str> = distinct(record.files.iter().map(|f| f.sha256.as_str()));
-        let result = (&self.versions, &self.counters, &self.blob_refs).transaction(
+        let kind = self.kind;
+        let result = (&self.versions, &self.counters, &self.shared.blob_refs).transaction(
             |(versions, counters, refs)| {
                 let last = counters
                     .get(record.model_id.as_bytes())?
@@ -244,7 +266,8 @@ impl Registry {
                     .unwrap_or(0);
                 let Some(version) = last.checked_add(1) else {
                     return abort(Error::FailedPrecondition(format!(
-                        "model {} has used up its version numbers",
+                        "{} {} has used up its version numbers",
+                        kind.noun(),
                         record.model_id
                     )));
                 };
@@ -260,10 +283,10 @@ impl Registry {
         );
         match result.map_err(from_tx) {
             Ok(version) => {
-                self.db.flush()?;
+                self.shared.db.flush()?;
                 record.version = version;
                 drop(dir);
-                tracing::info!(model = %record.model_id, version, files = record.files.len(), "model registered");
+                tracing::info!(kind = kind.noun(), name = %record.model_id, version, files = record.files.len(), "version registered");
                 Ok(record)
             }
             Err(err) => {
@@ -274,10 +297,17 @@ impl Registry {
         }
     }
 
+    fn write_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .write_lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     fn remove_unreferenced(&self, digests: &[&str]) {
         for digest in digests {
-            if let Ok(false) = self.blob_refs.contains_key(digest.as_bytes())
-                && let Err(err) = self.blobs.remove(digest)
+            if let Ok(false) = self.shared.blob_refs.contains_key(digest.as_bytes())
+                && let Err(err) = self.shared.blobs.remove(digest)
             {
                 tracing::warn!(%digest, error = %err, "could not remove an unreferenced blob");
             }
@@ -307,12 +337,13 @@ impl Registry {
             .scan_prefix(model_prefix(&reference.model_id))
             .next()
             .is_some();
+        let noun = self.kind.noun();
         match reference.version {
             VersionSelector::Exact(version) if exists => Error::NotFound(format!(
-                "model {} has no version {version}",
+                "{noun} {} has no version {version}",
                 reference.model_id
             )),
-            _ => Error::NotFound(format!("model {} does not exist", reference.model_id)),
+            _ => Error::NotFound(format!("{noun} {} does not exist", reference.model_id)),
         }
     }
 
@@ -324,14 +355,11 @@ impl Registry {
     }
 
     pub fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        let page_size = match query.page_size {
-            0 => DEFAULT_PAGE_SIZE,
-            n => n.min(MAX_PAGE_SIZE),
-        };
-        let fingerprint = query_fingerprint(query);
+        let page_size = page::size(query);
+        let fingerprint = page::fingerprint(self.kind, query);
         let after = match &query.page_token {
             None => None,
-            Some(token) => Some(decode_page_token(token, &fingerprint)?),
+            Some(token) => Some(page::decode_token(token, &fingerprint)?),
         };
         let prefix = query
             .model_id
@@ -355,7 +383,7 @@ impl Registry {
                 continue;
             }
             if models.len() == page_size {
-                next_page_token = Some(encode_page_token(&fingerprint, &last_key));
+                next_page_token = Some(page::encode_token(&fingerprint, &last_key));
                 break;
             }
             last_key = key.to_vec();
@@ -373,7 +401,7 @@ impl Registry {
         update: &ModelUpdate,
     ) -> Result<ModelVersion, Error> {
         validate::update(update)?;
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write_guard();
         let Some((key, value)) = self.resolve(reference)? else {
             return Err(self.not_found(reference));
         };
@@ -402,14 +430,15 @@ impl Registry {
         }
         model.update_time_ms = now_ms();
         self.versions.insert(key, encode(&model))?;
-        self.db.flush()?;
+        self.shared.db.flush()?;
         Ok(model)
     }
 
     /// Deletes one version or all versions of a model; returns the deleted version numbers.
     /// Blob files no other version uses are removed once the change is durable.
     pub fn delete(&self, target: &DeleteTarget) -> Result<(String, Vec<u32>), Error> {
-        let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _guard = self.write_guard();
+        let noun = self.kind.noun();
         let (model_id, entries) = match target {
             DeleteTarget::Version(reference) => match self.resolve(reference)? {
                 Some(entry) => (reference.model_id.clone(), vec![entry]),
@@ -422,7 +451,7 @@ impl Registry {
                     .map(|entry| entry.map(|(k, v)| (k.to_vec(), v)))
                     .collect::<Result<Vec<_>, _>>()?;
                 if entries.is_empty() {
-                    return Err(Error::NotFound(format!("model {model_id} does not exist")));
+                    return Err(Error::NotFound(format!("{noun} {model_id} does not exist")));
                 }
                 (model_id.clone(), entries)
             }
@@ -438,7 +467,7 @@ impl Registry {
             versions.push(model.version);
             keys.push(key.clone());
         }
-        let freed = (&self.versions, &self.blob_refs)
+        let freed = (&self.versions, &self.shared.blob_refs)
             .transaction(|(tx_versions, refs)| {
                 for key in &keys {
                     tx_versions.remove(key.as_slice())?;
@@ -452,16 +481,48 @@ impl Registry {
                 Ok(freed)
             })
             .map_err(from_tx)?;
-        self.db.flush()?;
+        self.shared.db.flush()?;
         for digest in &freed {
-            if let Err(err) = self.blobs.remove(digest) {
+            if let Err(err) = self.shared.blobs.remove(digest) {
                 // Harmless: the next start-up removes unreferenced blobs.
                 tracing::warn!(%digest, error = %err, "could not remove a freed blob");
             }
         }
-        tracing::info!(model = %model_id, ?versions, blobs_freed = freed.len(), "model deleted");
+        tracing::info!(kind = noun, name = %model_id, ?versions, blobs_freed = freed.len(), "versions deleted");
         Ok((model_id, versions))
     }
+}
+
+/// A model's files as the registry records them: an image artifact is recognized (and its
+/// archive checked) first; the framework defaults from the files; each ONNX file of an ONNX
+/// model is inspected for its signature.
+fn model_files(model: &mut NewModel, files: &[StagedFile]) -> Result<Vec<ModelFile>, Error> {
+    super::image::classify(model, files)?;
+    let has_onnx_file = files.iter().any(|f| validate::is_onnx_path(&f.path));
+    if model.framework.is_empty() {
+        model.framework = if has_onnx_file { "onnx" } else { "custom" }.to_owned();
+    }
+    let is_onnx = model.framework == "onnx";
+    if is_onnx && !has_onnx_file {
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        return Err(Error::invalid(format!(
+            "framework is onnx but no file has the .onnx extension (files: {}); give the ONNX file a name ending in .onnx",
+            names.join(", ")
+        )));
+    }
+    let mut model_files = Vec::with_capacity(files.len());
+    for file in files {
+        let onnx = if is_onnx && validate::is_onnx_path(&file.path) {
+            Some(edgeship_runtime::onnx::inspect(&file.path, &file.location)?)
+        } else {
+            None
+        };
+        model_files.push(ModelFile {
+            onnx,
+            ..file.record()
+        });
+    }
+    Ok(model_files)
 }
 
 fn distinct<'a>(digests: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
@@ -501,46 +562,4 @@ fn apply_changes(
     for (key, value) in add {
         map.insert(key.clone(), value.clone());
     }
-}
-
-/// Page tokens bind to the filter they were issued for (AIP-158: a token used with other
-/// filter values is an error rather than a silently wrong page).
-fn query_fingerprint(query: &ListQuery) -> String {
-    let mut hasher = Sha256::new();
-    let mut add = |part: &str| {
-        hasher.update(part.as_bytes());
-        hasher.update([0xff]);
-    };
-    add(query.model_id.as_deref().unwrap_or(""));
-    add(query.framework.as_deref().unwrap_or(""));
-    // Order-insensitive: the same conditions in another order are the same filter.
-    let mut conditions: Vec<String> = query.tags.iter().map(|t| format!("t{t}")).collect();
-    conditions.extend(query.properties.iter().map(|p| format!("p{p}")));
-    conditions.sort();
-    for condition in &conditions {
-        add(condition);
-    }
-    hex::encode(&hasher.finalize()[..8])
-}
-
-fn encode_page_token(fingerprint: &str, last_key: &[u8]) -> String {
-    format!("v1.{fingerprint}.{}", hex::encode(last_key))
-}
-
-fn decode_page_token(token: &str, fingerprint: &str) -> Result<Vec<u8>, Error> {
-    let invalid =
-        || Error::invalid("invalid page_token: use the next_page_token of a previous response");
-    let mut parts = token.splitn(3, '.');
-    let (Some("v1"), Some(token_fingerprint), Some(key)) =
-        (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid());
-    };
-    let key = hex::decode(key).map_err(|_| invalid())?;
-    if token_fingerprint != fingerprint {
-        return Err(Error::invalid(
-            "page_token was issued for a different filter; repeat the same filter or start without a token",
-        ));
-    }
-    Ok(key)
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use super::{Error, Limits, NewModel, validate};
+use super::{Error, Kind, Limits, ModelFile, NewModel, validate};
 
 /// A staged file, complete and fsynced.
 #[derive(Debug)]
@@ -17,6 +17,18 @@ pub struct StagedFile {
     pub size_bytes: u64,
     pub sha256: String,
     pub location: PathBuf,
+}
+
+impl StagedFile {
+    /// The file as a version records it (no ONNX signature yet).
+    pub fn record(&self) -> ModelFile {
+        ModelFile {
+            path: self.path.clone(),
+            size_bytes: self.size_bytes,
+            sha256: self.sha256.clone(),
+            onnx: None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -59,6 +71,7 @@ pub struct StagedModel {
 
 #[derive(Debug)]
 pub struct Upload {
+    kind: Kind,
     model: NewModel,
     dir: StagingDir,
     limits: Limits,
@@ -71,11 +84,12 @@ static UPLOAD_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Upload {
     pub(super) async fn begin(
+        kind: Kind,
         mut model: NewModel,
         staging_root: PathBuf,
         limits: Limits,
     ) -> Result<Self, Error> {
-        validate::new_model(&mut model)?;
+        validate::new_version(kind, &mut model)?;
         let unique = format!(
             "upload-{}-{}",
             std::process::id(),
@@ -86,6 +100,7 @@ impl Upload {
             .await
             .map_err(Error::io("creating a staging folder"))?;
         Ok(Self {
+            kind,
             model,
             dir: StagingDir(dir),
             limits,
@@ -109,10 +124,15 @@ impl Upload {
         self.finish_current().await?;
         validate::file_path(&path)?;
         if self.files.len() >= self.limits.max_files {
-            return Err(Error::invalid(format!(
-                "a model may have at most {} files",
-                self.limits.max_files
-            )));
+            return Err(match self.kind {
+                Kind::Model => Error::invalid(format!(
+                    "a model may have at most {} files",
+                    self.limits.max_files
+                )),
+                Kind::Module => Error::invalid(format!(
+                    "a module is one .wasm file; {path:?} is a second one"
+                )),
+            });
         }
         if self.files.iter().any(|f| f.path == path) {
             return Err(Error::invalid(format!("file path {path:?} is given twice")));
@@ -131,14 +151,14 @@ impl Upload {
         if let Some(parent) = location.parent() {
             tokio::fs::create_dir_all(parent)
                 .await
-                .map_err(|err| clash_or_io(&path, err))?;
+                .map_err(|err| clash_or_io(self.kind, &path, err))?;
         }
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&location)
             .await
-            .map_err(|err| clash_or_io(&path, err))?;
+            .map_err(|err| clash_or_io(self.kind, &path, err))?;
         self.current = Some(FileInProgress {
             path,
             declared_size,
@@ -177,7 +197,10 @@ impl Upload {
     pub async fn finish(mut self, file_count: u32) -> Result<StagedModel, Error> {
         self.finish_current().await?;
         if self.files.is_empty() {
-            return Err(Error::invalid("a model needs at least one file"));
+            return Err(Error::invalid(format!(
+                "a {} needs at least one file",
+                self.kind.noun()
+            )));
         }
         if self.files.len() != file_count as usize {
             return Err(Error::invalid(format!(
@@ -228,24 +251,37 @@ impl Upload {
 
     fn too_large(&self) -> Error {
         Error::invalid(format!(
-            "model exceeds the hub's size limit of {} bytes",
-            self.limits.max_model_bytes
+            "{} exceeds the hub's size limit of {} bytes{}",
+            self.kind.noun(),
+            self.limits.max_model_bytes,
+            mebibytes(self.limits.max_model_bytes)
         ))
     }
 }
 
 /// A file whose path runs through another file (`a` then `a/b`) fails with a file system
 /// error; say what is actually wrong.
-fn clash_or_io(path: &str, err: std::io::Error) -> Error {
+fn clash_or_io(kind: Kind, path: &str, err: std::io::Error) -> Error {
     match err.kind() {
         std::io::ErrorKind::AlreadyExists
         | std::io::ErrorKind::NotADirectory
         | std::io::ErrorKind::IsADirectory => Error::invalid(format!(
-            "file path {path:?} clashes with another file of the model (a path used both as a file and as a folder)"
+            "file path {path:?} clashes with another file of the {} (a path used both as a file and as a folder)",
+            kind.noun()
         )),
         _ => Error::Io {
             context: format!("staging {path}"),
             source: err,
         },
+    }
+}
+
+/// ` (64 MiB)` for a whole number of MiB: a limit as people set it.
+fn mebibytes(bytes: u64) -> String {
+    const MIB: u64 = 1024 * 1024;
+    match bytes {
+        0 => String::new(),
+        n if n % MIB == 0 => format!(" ({} MiB)", n / MIB),
+        _ => String::new(),
     }
 }

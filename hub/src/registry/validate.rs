@@ -6,8 +6,10 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::model::{DeleteTarget, KeyMatch, ModelUpdate, NewModel, VersionRef, VersionSelector};
-use super::{Error, image};
+use super::model::{
+    DeleteTarget, KeyMatch, Kind, ModelUpdate, NewModel, VersionRef, VersionSelector,
+};
+use super::{Error, image, module};
 
 pub use edgeship_domain::names::{MAX_KEY_LEN, MAX_VALUE_LEN};
 pub const MAX_TAGS: usize = 64;
@@ -62,7 +64,12 @@ fn json_document(field: &str, text: &str) -> Result<(), Error> {
 
 /// Checks the metadata of a registration and normalizes the framework to lower case.
 pub fn new_model(model: &mut NewModel) -> Result<(), Error> {
-    model_id(&model.model_id)?;
+    new_version(Kind::Model, model)
+}
+
+/// [`new_model`] for a registration in the registry of `kind`.
+pub fn new_version(kind: Kind, model: &mut NewModel) -> Result<(), Error> {
+    id_of(kind, &model.model_id)?;
     if model.description.len() > MAX_DESCRIPTION_LEN {
         return Err(Error::invalid(format!(
             "description is {} bytes; the limit is {MAX_DESCRIPTION_LEN}",
@@ -89,7 +96,7 @@ pub fn new_model(model: &mut NewModel) -> Result<(), Error> {
     )?;
     key_values("tag", &model.tags, MAX_TAGS)?;
     key_values("property", &model.properties, MAX_PROPERTIES)?;
-    not_reserved(model.properties.keys())?;
+    not_reserved(kind, model.properties.keys())?;
     if let Some(sample) = &model.sample_input {
         json_document("sample input", sample)?;
     }
@@ -157,15 +164,17 @@ pub fn file_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Result<(), Er
     Ok(())
 }
 
-/// The properties the hub records itself (an image artifact's id and reference) stay as
-/// registration found them: desired states hand them to devices.
-fn not_reserved<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), Error> {
-    match keys
-        .into_iter()
-        .find(|k| image::RESERVED_PROPERTIES.contains(&k.as_str()))
-    {
+/// The properties the hub records itself (an image artifact's id and reference, a module's
+/// interface and imports) stay as registration found them: desired states hand them to
+/// devices, and `show` reports them as facts about the file.
+fn not_reserved<'a>(kind: Kind, keys: impl IntoIterator<Item = &'a String>) -> Result<(), Error> {
+    let (reserved, source): (&[&str], &str) = match kind {
+        Kind::Model => (&image::RESERVED_PROPERTIES, "an image artifact's archive"),
+        Kind::Module => (&module::RESERVED_PROPERTIES, "the module's component"),
+    };
+    match keys.into_iter().find(|k| reserved.contains(&k.as_str())) {
         Some(key) => Err(Error::invalid(format!(
-            "property {key:?} is reserved: the hub records it from an image artifact's archive"
+            "property {key:?} is reserved: the hub records it from {source}"
         ))),
         None => Ok(()),
     }
@@ -175,6 +184,7 @@ pub fn update(update: &ModelUpdate) -> Result<(), Error> {
     key_values("tag", &update.add_tags, MAX_TAGS)?;
     key_values("property", &update.add_properties, MAX_PROPERTIES)?;
     not_reserved(
+        Kind::Model,
         update
             .add_properties
             .keys()
@@ -208,14 +218,15 @@ pub fn update(update: &ModelUpdate) -> Result<(), Error> {
     Ok(())
 }
 
-fn version_selector(model: &str, text: &str) -> Result<VersionSelector, Error> {
+fn version_selector(kind: Kind, id: &str, text: &str) -> Result<VersionSelector, Error> {
     if text == "latest" {
         return Ok(VersionSelector::Latest);
     }
     match text.parse::<u32>() {
         Ok(version) if version > 0 && !text.starts_with('+') => Ok(VersionSelector::Exact(version)),
         _ => Err(Error::invalid(format!(
-            "invalid version {text:?} of model {model:?}: use a positive integer or 'latest'"
+            "invalid version {text:?} of {} {id:?}: use a positive integer or 'latest'",
+            kind.noun()
         ))),
     }
 }
@@ -225,44 +236,67 @@ pub fn is_onnx_path(path: &str) -> bool {
     path.len() > 5 && path[path.len() - 5..].eq_ignore_ascii_case(".onnx")
 }
 
+/// A model's or module's name, by the one rule both follow (messages name which it is).
+pub fn id_of(kind: Kind, id: &str) -> Result<(), Error> {
+    edgeship_domain::names::id(kind.name_kind(), id).map_err(|err| Error::invalid(err.0))
+}
+
 /// Parses `models/{id}/versions/{version|latest}`.
 pub fn version_name(name: &str) -> Result<VersionRef, Error> {
-    let parts: Vec<&str> = name.split('/').collect();
-    match parts.as_slice() {
-        ["models", id, "versions", version] => {
-            model_id(id)?;
+    version_name_in(Kind::Model, name)
+}
+
+/// Parses `{collection}/{id}/versions/{version|latest}` of `kind` (`modules/...`).
+pub fn version_name_in(kind: Kind, name: &str) -> Result<VersionRef, Error> {
+    let collection = kind.collection();
+    match name.split('/').collect::<Vec<_>>().as_slice() {
+        [c, id, "versions", version] if *c == collection => {
+            id_of(kind, id)?;
             Ok(VersionRef {
                 model_id: (*id).to_owned(),
-                version: version_selector(id, version)?,
+                version: version_selector(kind, id, version)?,
             })
         }
         _ => Err(Error::invalid(format!(
-            "invalid resource name {name:?}: expected models/{{name}}/versions/{{version}}"
+            "invalid resource name {name:?}: expected {collection}/{{name}}/versions/{{version}}"
         ))),
     }
 }
 
 /// Parses `models/{id}` (every version) or `models/{id}/versions/{version}`.
 pub fn delete_target(name: &str) -> Result<DeleteTarget, Error> {
+    delete_target_in(Kind::Model, name)
+}
+
+/// [`delete_target`] in the collection of `kind`.
+pub fn delete_target_in(kind: Kind, name: &str) -> Result<DeleteTarget, Error> {
+    let collection = kind.collection();
     match name.split('/').collect::<Vec<_>>().as_slice() {
-        ["models", id] => {
-            model_id(id)?;
+        [c, id] if *c == collection => {
+            id_of(kind, id)?;
             Ok(DeleteTarget::AllVersions((*id).to_owned()))
         }
-        ["models", _, "versions", _] => version_name(name).map(DeleteTarget::Version),
+        [c, _, "versions", _] if *c == collection => {
+            version_name_in(kind, name).map(DeleteTarget::Version)
+        }
         _ => Err(Error::invalid(format!(
-            "invalid resource name {name:?}: expected models/{{name}} or models/{{name}}/versions/{{version}}"
+            "invalid resource name {name:?}: expected {collection}/{{name}} or {collection}/{{name}}/versions/{{version}}"
         ))),
     }
 }
 
 /// Parses the CLI's short form `NAME[:VERSION]`; without a version it means `latest`.
 pub fn short_ref(text: &str) -> Result<VersionRef, Error> {
+    short_ref_in(Kind::Model, text)
+}
+
+/// [`short_ref`] of a model or a module.
+pub fn short_ref_in(kind: Kind, text: &str) -> Result<VersionRef, Error> {
     let (id, version) = match text.split_once(':') {
-        Some((id, version)) => (id, version_selector(id, version)?),
+        Some((id, version)) => (id, version_selector(kind, id, version)?),
         None => (text, VersionSelector::Latest),
     };
-    model_id(id)?;
+    id_of(kind, id)?;
     Ok(VersionRef {
         model_id: id.to_owned(),
         version,

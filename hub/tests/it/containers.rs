@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use edgeship_agent::RunningAgent;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
-use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tonic::Code;
@@ -101,18 +100,6 @@ async fn register_image(
         Some(tag.to_owned())
     );
     format!("sha256:{digest}")
-}
-
-async fn apply(url: &str, manifest: &str) -> Result<pb::ApplyDeploymentResponse, tonic::Status> {
-    DeploymentsClient::connect(url.to_owned())
-        .await
-        .expect("connect")
-        .apply_deployment(pb::ApplyDeploymentRequest {
-            manifest: manifest.to_owned(),
-            dry_run: false,
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]

@@ -257,6 +257,22 @@ pub fn tract_only_agent_config(
 
 pub use testkit::now_ms;
 
+/// Applies a manifest, as `edgeship deploy apply -f` does.
+pub async fn apply(
+    url: &str,
+    manifest: &str,
+) -> Result<pb::ApplyDeploymentResponse, tonic::Status> {
+    edgeship_proto::v1::deployments_client::DeploymentsClient::connect(url.to_owned())
+        .await
+        .expect("connect")
+        .apply_deployment(pb::ApplyDeploymentRequest {
+            manifest: manifest.to_owned(),
+            dry_run: false,
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
 /// Waits (30 s at most) until the hub has heard from `device` after `since_ms`.
 pub async fn wait_heard_from(url: &str, device: &str, since_ms: i64) {
     testkit::wait_heard_from(url, device, since_ms, Duration::from_secs(30)).await;

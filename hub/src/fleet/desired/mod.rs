@@ -7,21 +7,22 @@
 //! revision the deployment's rollout gives it (none yet: not there yet); when two meet on one
 //! port the higher priority keeps it, and at equal priority the older; a deployment whose
 //! pinned version is gone or unfit for its role (a model without a runnable ONNX file, an
-//! image artifact that is no image), or which needs something the device's agent does not
-//! offer (read from its birth), is `Unschedulable` there with the reason and is not sent, so
-//! nothing is downloaded for it.
+//! image artifact that is no image, an entry module without its component), or which needs
+//! something the device's agent does not offer (read from its birth, entry modules included),
+//! is `Unschedulable` there with the reason and is not sent, so nothing is downloaded for it.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
 use edgeship_domain::{
-    AuthMode, DeployedModel, DesiredState, HealthThresholds, ModelWorkload, Workload, WorkloadKind,
+    AuthMode, DeployedModel, DesiredState, EntryModule, HealthThresholds, ModelWorkload, Workload,
+    WorkloadKind,
 };
 
 use super::keys::EndpointKeys;
 use super::model::{Deployment, Device, Revision};
 use super::rollout::Rollout;
-use super::spec::PinRole;
+use super::spec::{ModulePin, PinRole};
 use crate::registry::{ModelFile, ModelVersion, OnnxSignature, image};
 
 mod container;
@@ -52,8 +53,16 @@ impl<'a> Placement<'a> {
     }
 }
 
-/// The registry's record of every pinned model version (`None`: the version is gone).
-pub type Resolved = HashMap<(String, u32), Option<ModelVersion>>;
+/// The registry's record of each pinned version by name and number (`None`: it is gone).
+pub type Pinned = HashMap<(String, u32), Option<ModelVersion>>;
+
+/// The registry's records of every pinned model and entry-module version: two namespaces, as
+/// a module may share a model's name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Resolved {
+    pub models: Pinned,
+    pub modules: Pinned,
+}
 
 /// Computes `device`'s workloads from every deployment. `previous` is what the device was last
 /// asked to run: a deployment that can no longer run there keeps its previous workload, so
@@ -138,6 +147,7 @@ fn pinned<'a>(
     pin: &super::spec::TrafficWeight,
 ) -> Result<&'a ModelVersion, String> {
     resolved
+        .models
         .get(&(pin.model_id.clone(), pin.version))
         .and_then(Option::as_ref)
         .ok_or_else(|| format!("model {}:{} does not exist", pin.model_id, pin.version))
@@ -203,11 +213,35 @@ fn model_workload(revision: &Revision, resolved: &Resolved) -> Result<ModelWorkl
             weight: pin.weight,
         });
     }
+    let entry_module = match &revision.entry_module {
+        Some(pin) => Some(entry_module(pin, resolved)?),
+        None => None,
+    };
     Ok(ModelWorkload {
         runtime: revision.runtime,
         models,
         options: revision.options.clone(),
-        entry_module: None,
+        entry_module,
+    })
+}
+
+/// The entry module a revision pins, as a device fetches and runs it: its files (the
+/// component), the one it instantiates, and the sandbox bounds.
+fn entry_module(pin: &ModulePin, resolved: &Resolved) -> Result<EntryModule, String> {
+    let module = resolved
+        .modules
+        .get(&(pin.module_id.clone(), pin.version))
+        .and_then(Option::as_ref)
+        .ok_or_else(|| format!("module {pin} does not exist"))?;
+    let wasm = module
+        .wasm_file()
+        .ok_or_else(|| format!("module {pin} has no .wasm file"))?;
+    Ok(EntryModule {
+        module_id: module.model_id.clone(),
+        version: module.version,
+        files: module.files.iter().map(ModelFile::blob_ref).collect(),
+        entry_file: wasm.path.clone(),
+        sandbox: pin.sandbox,
     })
 }
 
@@ -261,5 +295,7 @@ pub fn entry_file(model: &ModelVersion) -> Result<(&ModelFile, &OnnxSignature), 
         })
 }
 
+#[cfg(test)]
+mod entry_tests;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,7 @@ use crate::registry::VersionSelector;
 use edgeship_domain::{Dim, ElementType, Endpoint, RuntimeKind, TensorSpec};
 use std::collections::BTreeSet;
 
-fn model(id: &str, version: u32) -> ModelVersion {
+pub(super) fn model(id: &str, version: u32) -> ModelVersion {
     let spec = TensorSpec {
         name: "x".into(),
         element_type: ElementType::F32,
@@ -44,7 +44,7 @@ fn model(id: &str, version: u32) -> ModelVersion {
 }
 
 /// A deployment of `m` whose one revision pins `m:1`.
-fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
+pub(super) fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
     let spec = DeploymentSpec {
         name: id.into(),
         model: Some(ModelRef {
@@ -60,6 +60,7 @@ fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
         options: Default::default(),
         extra_models: vec![],
         container: None,
+        entry_module: None,
     };
     Deployment {
         id: id.into(),
@@ -74,6 +75,7 @@ fn deployment(id: &str, port: u16, created: i64, target: Target) -> Deployment {
             endpoint: Endpoint::azureml(port),
             options: Default::default(),
             container: None,
+            entry_module: None,
             create_time_ms: created,
         }],
         spec,
@@ -98,7 +100,7 @@ fn prioritized(mut deployment: Deployment, priority: i32) -> Deployment {
     deployment
 }
 
-fn by_id(id: &str) -> Target {
+pub(super) fn by_id(id: &str) -> Target {
     Target {
         devices: BTreeSet::from([id.to_owned()]),
         selector: None,
@@ -112,7 +114,7 @@ fn by_label(key: &str, value: &str) -> Target {
     }
 }
 
-fn device(id: &str, labels: &[(&str, &str)]) -> Device {
+pub(super) fn device(id: &str, labels: &[(&str, &str)]) -> Device {
     Device {
         id: id.into(),
         reported_labels: labels
@@ -127,14 +129,17 @@ fn device(id: &str, labels: &[(&str, &str)]) -> Device {
 }
 
 /// The registry's answer for `m:version` of each pair.
-fn resolved(pairs: &[(u32, Option<ModelVersion>)]) -> Resolved {
-    pairs
-        .iter()
-        .map(|(v, m)| (("m".to_owned(), *v), m.clone()))
-        .collect()
+pub(super) fn resolved(pairs: &[(u32, Option<ModelVersion>)]) -> Resolved {
+    Resolved {
+        models: pairs
+            .iter()
+            .map(|(v, m)| (("m".to_owned(), *v), m.clone()))
+            .collect(),
+        ..Resolved::default()
+    }
 }
 
-fn placed(deployments: &[Deployment]) -> Vec<Placement<'_>> {
+pub(super) fn placed(deployments: &[Deployment]) -> Vec<Placement<'_>> {
     deployments
         .iter()
         .map(|deployment| Placement {
@@ -155,7 +160,7 @@ type Case = (
 );
 
 /// `deployment=model:version` for each workload, `deployment!reason` for the others.
-fn summary(desired: &DeviceDesired) -> Vec<String> {
+pub(super) fn summary(desired: &DeviceDesired) -> Vec<String> {
     desired
         .workloads
         .iter()
@@ -391,10 +396,13 @@ fn container_deployment(section: &str, pins: &[(&str, u32)]) -> Deployment {
 }
 
 fn registry_of(models: &[ModelVersion]) -> Resolved {
-    models
-        .iter()
-        .map(|m| ((m.model_id.clone(), m.version), Some(m.clone())))
-        .collect()
+    Resolved {
+        models: models
+            .iter()
+            .map(|m| ((m.model_id.clone(), m.version), Some(m.clone())))
+            .collect(),
+        ..Resolved::default()
+    }
 }
 
 /// A device whose agent runs containers (`--containers docker`).
@@ -465,7 +473,7 @@ fn a_container_revision_carries_its_image_artifact_and_mounted_model() {
 fn an_image_the_engine_pulls_has_no_artifact_and_the_manifest_reference_wins() {
     let pulled = container_deployment("{image: \"web:2\", ports: [80]}", &[]);
     let pulled_workload =
-        workload(&pulled, &pulled.revisions[0], &Resolved::new()).expect("runnable");
+        workload(&pulled, &pulled.revisions[0], &Resolved::default()).expect("runnable");
     let container = pulled_workload
         .as_container()
         .expect("a container workload");
@@ -524,7 +532,9 @@ fn where_a_container_cannot_run_it_is_unschedulable_with_the_reason() {
     );
     // An artifact that is no image (an ONNX model named by mistake).
     let mut not_an_image = registry.clone();
-    not_an_image.insert(("scorer-image".into(), 1), Some(model("scorer-image", 1)));
+    not_an_image
+        .models
+        .insert(("scorer-image".into(), 1), Some(model("scorer-image", 1)));
     assert_eq!(
         on(&docker_device(), &artifact_and_model, &not_an_image),
         [
@@ -535,12 +545,12 @@ fn where_a_container_cannot_run_it_is_unschedulable_with_the_reason() {
     let mut no_onnx = registry.clone();
     let mut weights = model("m", 1);
     weights.files[0].onnx = None;
-    no_onnx.insert(("m".into(), 1), Some(weights));
+    no_onnx.models.insert(("m".into(), 1), Some(weights));
     assert_eq!(
         on(&docker_device(), &artifact_and_model, &no_onnx),
         ["scorer=scorer-image:1, m:1"]
     );
-    no_onnx.insert(("m".into(), 1), None);
+    no_onnx.models.insert(("m".into(), 1), None);
     assert_eq!(
         on(&docker_device(), &artifact_and_model, &no_onnx),
         ["scorer!model m:1 does not exist"]

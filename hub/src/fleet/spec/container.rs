@@ -364,6 +364,7 @@ impl Manifest {
                 "a container workload runs one image; give the model it mounts as container.model",
             );
         }
+        self.no_entry_module()?;
         if !self.traffic.is_empty() {
             return refuse(
                 "traffic",
@@ -422,6 +423,7 @@ impl Manifest {
             options: RuntimeOptions::default(),
             extra_models: Vec::new(),
             container: Some(container),
+            entry_module: None,
         })
     }
 }

@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     AbortPolicy, BatchingManifest, ContainerManifest, DEFAULT_DEVICE_TIMEOUT_SECONDS,
-    DeploymentSpec, ExponentialRate, HealthGate, ModelRef, OnFailure, RolloutPolicy, SpecError,
-    Strategy, Target, WaveSize, err,
+    DeploymentSpec, ExponentialRate, HealthGate, ModelRef, OnFailure, RolloutPolicy,
+    SandboxManifest, SpecError, Strategy, Target, WaveSize, err,
 };
 use crate::fleet::selector::Selector;
 use crate::registry::VersionSelector;
@@ -24,6 +24,13 @@ pub struct Manifest {
     /// Several models on one endpoint, routed by name (instead of `model`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// A registered WASM entry module in front of the models, `NAME:VERSION` or
+    /// `NAME:latest` (`spec/entry.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_module: Option<String>,
+    /// Bounds of the entry module's instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxManifest>,
     /// A container workload instead of models (`spec/container.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerManifest>,
@@ -159,6 +166,7 @@ impl Manifest {
         }
         let traffic = self.traffic()?;
         let (model, extra_models) = self.models(&traffic)?;
+        let entry_module = self.entry_module()?;
         let model = match (model, &self.model, traffic.first()) {
             (Some(first), _, _) => first,
             (None, Some(text), _) => ModelRef::parse(text).map_err(|e| err("model", e))?,
@@ -231,6 +239,7 @@ impl Manifest {
             },
             extra_models,
             container: None,
+            entry_module,
         })
     }
 }
@@ -474,10 +483,17 @@ impl DeploymentSpec {
         } else {
             (None, self.all_models().map(ToString::to_string).collect())
         };
+        let (entry_module, sandbox) = self
+            .entry_module
+            .as_ref()
+            .map(super::EntryModuleSpec::to_manifest)
+            .unzip();
         let mut manifest = Manifest {
             name: self.name.clone(),
             model,
             models,
+            entry_module,
+            sandbox: sandbox.flatten(),
             runtime: Some(self.runtime.name().to_owned()),
             opencl_device: (!self.options.opencl_device.is_empty())
                 .then(|| self.options.opencl_device.clone()),

@@ -6,12 +6,14 @@
 //! The manifest types mirror the file; the spec types are what the rollout engine reads
 //! (defaults filled in, strings parsed). `DeploymentSpec::to_manifest` goes back, for
 //! `deploy show` and for the change list `deploy apply` prints (`changes.rs`). A deployment
-//! runs models (`models.rs`) or one container (`container.rs`).
+//! runs models (`models.rs`), optionally behind an entry module (`entry.rs`), or one
+//! container (`container.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use edgeship_domain::{Endpoint, RuntimeKind, RuntimeOptions, names};
+use edgeship_domain::names::{self, NameKind};
+use edgeship_domain::{Endpoint, RuntimeKind, RuntimeOptions};
 use serde::{Deserialize, Serialize};
 
 use super::selector::Selector;
@@ -20,10 +22,12 @@ use crate::registry::VersionSelector;
 mod changes;
 mod container;
 mod endpoint;
+mod entry;
 mod manifest;
 mod models;
 
 pub use container::*;
+pub use entry::*;
 pub use manifest::*;
 pub use models::*;
 
@@ -52,24 +56,30 @@ pub struct ModelRef {
 impl ModelRef {
     /// Parses `NAME:VERSION`, `NAME:latest` or `NAME` (the latest version).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (model_id, version) = match text.rsplit_once(':') {
-            Some((id, "latest")) => (id, VersionSelector::Latest),
-            Some((id, v)) => match v.parse::<u32>() {
-                Ok(n) if n > 0 => (id, VersionSelector::Exact(n)),
-                _ => {
-                    return Err(format!(
-                        "{text:?}: the version must be a number from 1 or `latest`"
-                    ));
-                }
-            },
-            None => (text, VersionSelector::Latest),
-        };
-        names::model_id(model_id).map_err(|e| e.0)?;
-        Ok(Self {
-            model_id: model_id.to_owned(),
-            version,
-        })
+        let (model_id, version) = parse_versioned(NameKind::Model, text)?;
+        Ok(Self { model_id, version })
     }
+}
+
+/// `NAME:VERSION`, `NAME:latest` or `NAME` (the latest) of a model or module.
+pub(crate) fn parse_versioned(
+    kind: NameKind,
+    text: &str,
+) -> Result<(String, VersionSelector), String> {
+    let (id, version) = match text.rsplit_once(':') {
+        Some((id, "latest")) => (id, VersionSelector::Latest),
+        Some((id, v)) => match v.parse::<u32>() {
+            Ok(n) if n > 0 => (id, VersionSelector::Exact(n)),
+            _ => {
+                return Err(format!(
+                    "{text:?}: the version must be a number from 1 or `latest`"
+                ));
+            }
+        },
+        None => (text, VersionSelector::Latest),
+    };
+    names::id(kind, id).map_err(|e| e.0)?;
+    Ok((id.to_owned(), version))
 }
 
 impl fmt::Display for ModelRef {
@@ -228,6 +238,9 @@ pub struct DeploymentSpec {
     /// A container workload instead of models (then `model` is `None`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerSpec>,
+    /// The WASM entry module in front of the models (stored before entry modules: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_module: Option<EntryModuleSpec>,
 }
 
 /// What a registered version is to the deployment that pins it; each role asks something

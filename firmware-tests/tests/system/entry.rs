@@ -1,0 +1,243 @@
+//! Entry modules through real processes: modules registered with `edgeship module register`
+//! (and refused there when they are not entry modules), deployed beside a model by a manifest
+//! to a real agent, answering through `/score`; a new module version rolling out like a new
+//! model version; a version whose `init` panics failing while the one before keeps serving;
+//! the module's output in `deploy logs`; and a restarted agent loading the compiled module
+//! from its cache. Skipped with a `SKIP:` line without the wasm32-wasip2 target (a failure
+//! under `EDGESHIP_CI=1`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use testkit::images::register_diabetes_cli;
+use testkit::modules::entry_modules;
+use testkit::{
+    HubProcess, TempDir, binary, edgeship, eventually, expected, free_port, start_agent,
+};
+
+/// `edgeship ARGS` that must fail: its stderr.
+fn refused(hub: &str, args: &[&str]) -> String {
+    let output = Command::new(binary("edgeship"))
+        .args(args)
+        .env("EDGESHIP_HUB", hub)
+        .output()
+        .expect("edgeship runs");
+    assert!(!output.status.success(), "edgeship {args:?} succeeded");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn register_module(hub: &str, name: &str, file: &Path) -> String {
+    edgeship(
+        hub,
+        &[
+            "module",
+            "register",
+            "-n",
+            name,
+            "-p",
+            &file.to_string_lossy(),
+        ],
+    )
+}
+
+async fn post(port: u16, body: &[u8]) -> testkit::HttpResponse {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    testkit::http(
+        addr,
+        "POST",
+        "/score",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+    .expect("answers")
+}
+
+/// The deployment's one device, as `deploy show -o json` has it.
+async fn device_of(hub: &str, deployment: &str) -> serde_json::Value {
+    let (hub, deployment) = (hub.to_owned(), deployment.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let shown = edgeship(&hub, &["deploy", "show", &deployment, "-o", "json"]);
+        let json: serde_json::Value = serde_json::from_str(&shown).expect("json");
+        json["devices"][0].clone()
+    })
+    .await
+    .expect("cli task")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entry_modules_are_registered_deployed_rolled_and_cached_on_a_real_agent() {
+    let Some(modules) = entry_modules("system::entry") else {
+        return;
+    };
+    let dir = TempDir::new("entry-modules");
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        Err(free_port()),
+        &dir.path().join("hub.log"),
+    );
+    let agent_log = dir.path().join("agent.log");
+    let agent = start_agent(
+        "edge-wasm",
+        &hub.mqtt_url,
+        &dir.path().join("agent"),
+        &agent_log,
+    );
+    let url = hub.url.clone();
+    register_diabetes_cli(&url);
+
+    // Registration checks what it is given; nothing refused is stored.
+    let refused_module = |name: &str, file: &Path| {
+        let file = file.to_string_lossy();
+        refused(&url, &["module", "register", "-n", name, "-p", &file])
+    };
+    let why = refused_module("wrong", &modules.join("wrong_exports.wasm"));
+    assert!(why.contains("edgeship:entry"), "{why}");
+    let onnx = testkit::fixture("diabetes").join("model.onnx");
+    let why = refused_module("onnx", &onnx);
+    assert!(why.contains("not a .wasm file"), "{why}");
+    let disguised = dir.path().join("model.wasm");
+    std::fs::copy(&onnx, &disguised).expect("copy");
+    let why = refused_module("onnx", &disguised);
+    assert!(why.contains("not a WebAssembly file"), "{why}");
+    register_module(&url, "records", &modules.join("records.wasm"));
+    let listed = edgeship(&url, &["module", "list"]);
+    assert!(listed.contains("records"), "{listed}");
+    assert!(
+        !listed.contains("wrong") && !listed.contains("onnx"),
+        "{listed}"
+    );
+
+    // records:latest beside the model, on a real agent.
+    let port = free_port();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: web\nmodel: diabetes:1\nentry_module: records:latest\n\
+             sandbox: {{deadline_ms: 500, memory_mb: 32, instances: 1}}\n\
+             endpoint: {{port: {port}}}\ntarget: {{devices: [edge-wasm]}}\n"
+        ),
+    )
+    .expect("manifest");
+    edgeship(
+        &url,
+        &[
+            "deploy",
+            "apply",
+            "-f",
+            &manifest.to_string_lossy(),
+            "--wait",
+        ],
+    );
+    let rows = expected("diabetes")["inputs"].clone();
+    let columns = [
+        "age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6",
+    ];
+    let records: Vec<serde_json::Value> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .zip(row.as_array().expect("row"))
+                .map(|(c, v)| ((*c).to_owned(), v.clone()))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    let body = serde_json::json!({ "data": records }).to_string();
+    let answer = post(port, body.as_bytes()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let got: Vec<f64> = serde_json::from_str(&answer.body).expect("predictions");
+    let want: Vec<f64> =
+        serde_json::from_value(expected("diabetes")["predictions"].clone()).expect("predictions");
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g - w).abs() < 1e-3 * w.abs().max(1.0),
+            "{got:?} vs {want:?}"
+        );
+    }
+    assert_eq!(got.len(), want.len());
+
+    // A module in use is not deleted.
+    let why = refused(&url, &["module", "delete", "records:1"]);
+    assert!(why.contains("web"), "{why}");
+
+    // A new version of the module rolls out like a new model version (latest follows it).
+    register_module(&url, "records", &modules.join("hostile.wasm"));
+    eventually(Duration::from_secs(60), "records:2 serves", || async move {
+        let answer = post(port, b"hello").await;
+        (answer.status == 200 && answer.body == "ok").then_some(())
+    })
+    .await;
+    // Its output is the deployment's log.
+    let logs = edgeship(&url, &["deploy", "logs", "web", "--tail", "50"]);
+    assert!(logs.contains("hostile module asked for"), "{logs}");
+    // A deadline past: 500 with the reason, and the endpoint answers the next request.
+    let answer = post(port, b"loop").await;
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    assert!(
+        answer.body.contains("deadline of 500 ms"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(post(port, b"hello").await.body, "ok");
+
+    // A version whose init panics fails on the device; the one before keeps serving.
+    register_module(&url, "records", &modules.join("init_panics.wasm"));
+    let device = eventually(Duration::from_secs(60), "records:3 fails", || {
+        let url = url.clone();
+        async move {
+            let device = device_of(&url, "web").await;
+            let error = device["error"].as_str().unwrap_or_default().to_owned();
+            error
+                .contains("init cannot find its labels")
+                .then_some(device)
+        }
+    })
+    .await;
+    assert_eq!(device["state"], "Failed", "{device}");
+    assert_eq!(
+        post(port, b"hello").await.body,
+        "ok",
+        "records:2 still serves"
+    );
+
+    // A restarted agent loads the compiled module from its cache.
+    drop(agent);
+    let _agent = start_agent(
+        "edge-wasm",
+        &hub.mqtt_url,
+        &dir.path().join("agent"),
+        &agent_log,
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the restarted agent serves",
+        || async move {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let answer = testkit::http(addr, "POST", "/score", &[], b"hello")
+                .await
+                .ok()?;
+            (answer.status == 200).then_some(())
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(&agent_log).expect("agent log");
+    let restarted = log.rsplit("agent starting").next().unwrap_or_default();
+    let ready: Vec<&str> = restarted
+        .lines()
+        .filter(|l| l.contains("entry module ready"))
+        .collect();
+    assert!(
+        !ready.is_empty(),
+        "no module loaded after the restart: {restarted}"
+    );
+    assert!(
+        ready.iter().all(|l| l.contains("from_cache=true")),
+        "the restarted agent compiled a module again: {ready:?}"
+    );
+}

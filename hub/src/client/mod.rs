@@ -1,0 +1,157 @@
+//! Client side of the hub's API: connecting, streaming uploads and verified downloads of
+//! models and entry modules (`files.rs`), deploying and waiting for health. Shared by the CLI,
+//! `edgeship dev`, benchmarks and tests.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use edgeship_proto::v1 as pb;
+use edgeship_proto::v1::deployments_client::DeploymentsClient;
+use edgeship_proto::v1::model_registry_client::ModelRegistryClient;
+use edgeship_proto::v1::module_registry_client::ModuleRegistryClient;
+use tonic::transport::Channel;
+
+mod files;
+
+pub use files::{download, download_module, register, register_module};
+
+pub type RegistryClient = ModelRegistryClient<Channel>;
+pub type ModuleClient = ModuleRegistryClient<Channel>;
+
+/// Connects to the hub's gRPC API; shared by every client of every service.
+pub async fn channel(hub: &str) -> anyhow::Result<Channel> {
+    let endpoint = Channel::from_shared(hub.to_owned())
+        .with_context(|| format!("invalid hub URL {hub:?}"))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::server::WINDOW_BYTES)
+        .initial_connection_window_size(2 * crate::server::WINDOW_BYTES);
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the hub at {hub}"))?;
+    Ok(channel)
+}
+
+pub async fn connect(hub: &str) -> anyhow::Result<RegistryClient> {
+    Ok(ModelRegistryClient::new(channel(hub).await?))
+}
+
+/// A client of the entry-module registry.
+pub async fn connect_modules(hub: &str) -> anyhow::Result<ModuleClient> {
+    Ok(ModuleRegistryClient::new(channel(hub).await?))
+}
+
+/// Turns a gRPC status into a one-line error: the hub's message, prefixed with the code.
+pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    let code = match status.code() {
+        tonic::Code::InvalidArgument => "invalid argument",
+        tonic::Code::NotFound => "not found",
+        tonic::Code::AlreadyExists => "already exists",
+        tonic::Code::FailedPrecondition => "failed precondition",
+        tonic::Code::Unavailable => "hub unavailable",
+        tonic::Code::DataLoss => "data loss",
+        tonic::Code::Aborted => "aborted",
+        _ => "hub error",
+    };
+    anyhow::anyhow!("{code}: {}", status.message())
+}
+
+/// Creates a deployment of `model` (`name:version` or `name:latest`) to the named devices,
+/// with an endpoint on `port` and no auth: the common case of `edgeship deploy create`.
+pub async fn deploy_to_devices(
+    hub: &str,
+    name: &str,
+    model: &str,
+    port: u16,
+    devices: &[&str],
+) -> Result<pb::Deployment, tonic::Status> {
+    let endpoint = pb::Endpoint {
+        port: u32::from(port),
+        ..Default::default()
+    };
+    deploy_endpoint_to_devices(hub, name, model, endpoint, devices).await
+}
+
+/// Creates deployment `name` of `model` with `endpoint` on `devices`.
+pub async fn deploy_endpoint_to_devices(
+    hub: &str,
+    name: &str,
+    model: &str,
+    endpoint: pb::Endpoint,
+    devices: &[&str],
+) -> Result<pb::Deployment, tonic::Status> {
+    let channel = channel(hub)
+        .await
+        .map_err(|err| tonic::Status::unavailable(format!("{err:#}")))?;
+    DeploymentsClient::new(channel)
+        .create_deployment(pb::CreateDeploymentRequest {
+            deployment: Some(pb::Deployment {
+                deployment_id: name.into(),
+                model: model.into(),
+                runtime: "tract".into(),
+                endpoint: Some(endpoint),
+                target: Some(pb::Target {
+                    device_ids: devices.iter().map(|d| (*d).to_owned()).collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Polls a deployment until it is Healthy; fails on Failed/Unschedulable or at the deadline.
+pub async fn wait_healthy(
+    client: &mut DeploymentsClient<Channel>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<pb::Deployment> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let deployment = client
+            .get_deployment(pb::GetDeploymentRequest {
+                name: format!("deployments/{name}"),
+            })
+            .await
+            .map_err(rpc_error)?
+            .into_inner();
+        match deployment.state() {
+            pb::ServiceState::Healthy => return Ok(deployment),
+            pb::ServiceState::Failed | pb::ServiceState::Unschedulable => {
+                let why: Vec<String> = deployment
+                    .devices
+                    .iter()
+                    .filter(|d| !d.error.is_empty())
+                    .map(|d| format!("{}: {}", d.device_id, d.error))
+                    .collect();
+                bail!(
+                    "deployment {name} is {}: {}",
+                    state_name(deployment.state()),
+                    why.join("; ")
+                );
+            }
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "deployment {name} is still {} after {} s",
+                state_name(deployment.state()),
+                timeout.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Azure ML spelling of a service state.
+pub fn state_name(state: pb::ServiceState) -> &'static str {
+    match state {
+        pb::ServiceState::Healthy => "Healthy",
+        pb::ServiceState::Transitioning | pb::ServiceState::Unspecified => "Transitioning",
+        pb::ServiceState::Unhealthy => "Unhealthy",
+        pb::ServiceState::Unschedulable => "Unschedulable",
+        pb::ServiceState::Failed => "Failed",
+    }
+}
