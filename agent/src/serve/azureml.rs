@@ -254,6 +254,14 @@ async fn swagger(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         },
     };
     let mut doc = swagger_document(shared.deployment(), scorer.as_ref());
+    // Behind an entry module the body is the module's to define, as an Azure ML entry script
+    // without schema decorators: the document says so instead of describing the model.
+    #[cfg(feature = "wasm")]
+    if let Some(pool) = shared.routes().entry() {
+        let what = |side: &str| json!({"description": format!("the {side} of entry module {}", pool.module_ref())});
+        doc["definitions"]["ServiceInput"] = what("request body");
+        doc["definitions"]["ServiceOutput"] = what("answer");
+    }
     if shared.auth().is_required() {
         add_bearer_scheme(&mut doc);
     }

@@ -172,6 +172,15 @@ async fn the_records_module_feeds_the_diabetes_model_and_names_a_missing_column(
         "{}",
         answer.body
     );
+    let swagger = testkit::http(addr, "GET", "/swagger.json", &[], b"")
+        .await
+        .expect("swagger")
+        .json();
+    let described = swagger["definitions"]["ServiceInput"]["description"].as_str();
+    assert_eq!(
+        described,
+        Some("the request body of entry module records:1")
+    );
     let answer = post(addr, "/score", "application/json", b"{not json").await;
     assert_eq!(answer.status, 400);
     assert!(

@@ -3,7 +3,6 @@
 //! it, and gives it back. An instance that trapped (deadline, memory cap, panic) may be in
 //! any state, so it is dropped and a fresh one takes its place; the endpoint keeps serving.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -56,14 +55,12 @@ pub struct EntryPool {
     init_infer: Arc<dyn Infer>,
     idle: Mutex<Vec<Instance>>,
     turns: Arc<Semaphore>,
-    replaced: AtomicU64,
 }
 
 impl std::fmt::Debug for EntryPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EntryPool")
             .field("settings", &self.settings)
-            .field("replaced", &self.replaced)
             .finish_non_exhaustive()
     }
 }
@@ -87,7 +84,6 @@ impl EntryPool {
             init_infer,
             idle: Mutex::new(Vec::with_capacity(instances)),
             turns: Arc::new(Semaphore::new(instances)),
-            replaced: AtomicU64::new(0),
         };
         for _ in 0..instances {
             let instance = pool.instantiate()?;
@@ -96,13 +92,9 @@ impl EntryPool {
         Ok(pool)
     }
 
+    /// `name:version` of the module.
     pub fn module_ref(&self) -> &str {
         &self.settings.module_ref
-    }
-
-    /// Instances replaced after a trap since the pool started.
-    pub fn replaced(&self) -> u64 {
-        self.replaced.load(Ordering::Relaxed)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Instance>> {
@@ -236,7 +228,6 @@ impl Lease {
             Err(err) => {
                 let why = pool.reason("run", &instance.store, &err, deadline);
                 drop(instance);
-                pool.replaced.fetch_add(1, Ordering::Relaxed);
                 match pool.instantiate() {
                     Ok(fresh) => self.instance = Some(fresh),
                     Err(again) => tracing::warn!(
