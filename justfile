@@ -42,6 +42,8 @@ bench:
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
     cargo bench -p edgeship-runtime --features opencl --bench cnn
     python3 scripts/bench/scoring.py
+    just modules
+    python3 scripts/bench/entry_modules.py
 
 # SGEMM GFLOP/s by size: edgeship's OpenCL kernel (tuned per device) on every OpenCL device
 # beside tract on the CPU (apt-get install -y pocl-opencl-icd for a CPU device). On a machine

@@ -1,6 +1,8 @@
-//! The hub's MQTT client: subscribes to every device's birth, reported and blob-request
-//! topics, hands births and reports to the [`Fleet`] and blob requests to the
-//! [`BlobServer`], and publishes desired states and blob chunks. This is the only module of the
+//! The hub's MQTT client: subscribes to every device's birth, reported, blob-request, log and
+//! profile answer topics, hands births and reports to the [`Fleet`], blob requests to the
+//! [`BlobServer`] and answers to whoever waits for them
+//! ([`DeviceRequests`](crate::device_requests::DeviceRequests)), and publishes desired
+//! states, blob chunks, and log and profile requests. This is the only module of the
 //! hub that touches device-protocol protobuf types; it converts them to domain values here.
 //!
 //! Design (found at 300 devices: a poller that waited on a full worker queue while the worker
@@ -27,9 +29,11 @@ use tokio::task::JoinHandle;
 
 use crate::blob_server::{BlobServer, ChunkReply, ChunkRequest};
 use crate::broadcast::Broadcasts;
-use crate::device_logs::{DeviceLogs, LogAsk, LogLine};
+use crate::device_logs::{DeviceLogs, LogAsk, LogLine, LogQuery};
+use crate::device_requests::{Asked, Exchange};
 use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
+use crate::profiles::{DeviceProfile, DeviceProfiles, Level, ProfileAsk, ProfileQuery};
 
 /// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
 const BLOB_QUEUE: usize = 16 * 1024;
@@ -44,6 +48,15 @@ pub struct LinkConfig {
     pub port: u16,
     pub client_id: String,
     pub max_packet_bytes: usize,
+}
+
+/// The requests the hub puts to devices: where answers go, and the outboxes of requests.
+#[derive(Debug)]
+pub struct Requests {
+    pub logs: Arc<DeviceLogs>,
+    pub log_asks: mpsc::UnboundedReceiver<LogAsk>,
+    pub profiles: Arc<DeviceProfiles>,
+    pub profile_asks: mpsc::UnboundedReceiver<ProfileAsk>,
 }
 
 /// Handles of the link's tasks; aborted on drop.
@@ -90,6 +103,7 @@ struct Inbound {
     blob_requests: mpsc::Sender<(String, ChunkRequest)>,
     dropped_requests: AtomicU64,
     logs: Arc<DeviceLogs>,
+    profiles: Arc<DeviceProfiles>,
 }
 
 impl Inbound {
@@ -180,11 +194,18 @@ impl Inbound {
                 };
                 self.logs.answer(device_id, &response.request_id, answer);
             }
+            DeviceTopic::ProfileResponse => {
+                let Some(response) = decode::<pb::ProfileResponse>(device_id, kind, payload) else {
+                    return;
+                };
+                let request_id = response.request_id.clone();
+                self.profiles
+                    .answer(device_id, &request_id, profile_answer(response));
+            }
             DeviceTopic::Desired
             | DeviceTopic::BlobResponse
             | DeviceTopic::LogRequest
-            | DeviceTopic::ProfileRequest
-            | DeviceTopic::ProfileResponse => {}
+            | DeviceTopic::ProfileRequest => {}
         }
     }
 
@@ -198,8 +219,7 @@ pub fn start(
     fleet: Arc<Fleet>,
     blobs: Arc<BlobServer>,
     outbox: mpsc::UnboundedReceiver<DesiredState>,
-    logs: Arc<DeviceLogs>,
-    log_asks: mpsc::UnboundedReceiver<LogAsk>,
+    requests: Requests,
 ) -> Link {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
@@ -215,7 +235,8 @@ pub fn start(
         broadcasts: Broadcasts::new(Arc::clone(&blobs), client.clone()),
         blob_requests: blob_tx,
         dropped_requests: AtomicU64::new(0),
-        logs,
+        logs: requests.logs,
+        profiles: requests.profiles,
     });
     let broker = format!("{}:{}", config.host, config.port);
     Link {
@@ -230,7 +251,18 @@ pub fn start(
             tokio::spawn(apply_news(Arc::clone(&fleet), inbound)),
             tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
             tokio::spawn(publish_desired(client.clone(), outbox)),
-            tokio::spawn(publish_log_requests(client, log_asks)),
+            tokio::spawn(publish_requests(
+                client.clone(),
+                requests.log_asks,
+                DeviceTopic::LogRequest,
+                log_request,
+            )),
+            tokio::spawn(publish_requests(
+                client,
+                requests.profile_asks,
+                DeviceTopic::ProfileRequest,
+                profile_request,
+            )),
         ],
     }
 }
@@ -273,6 +305,7 @@ async fn subscribe_and_republish(client: AsyncClient, fleet: Arc<Fleet>) {
         DeviceTopic::Reported,
         DeviceTopic::BlobRequest,
         DeviceTopic::LogResponse,
+        DeviceTopic::ProfileResponse,
     ] {
         if let Err(err) = client
             .subscribe(topics::all_devices(kind), QoS::AtLeastOnce)
@@ -315,24 +348,85 @@ async fn apply_news(fleet: Arc<Fleet>, inbound: Arc<Inbound>) {
     }
 }
 
-/// Publishes log requests to their devices (not retained: an offline device misses them, and
-/// its caller times out).
-async fn publish_log_requests(client: AsyncClient, mut asks: mpsc::UnboundedReceiver<LogAsk>) {
-    while let Some(ask) = asks.recv().await {
-        let request = pb::LogRequest {
-            request_id: ask.request_id,
-            deployment: ask.deployment,
-            tail: ask.tail,
-            since_ms: ask.since_ms,
-        };
-        let topic = topics::device(&ask.device_id, DeviceTopic::LogRequest);
+/// Publishes requests of one kind to their devices (not retained: an offline device misses
+/// them, and its caller times out).
+async fn publish_requests<Q, M>(
+    client: AsyncClient,
+    mut asks: mpsc::UnboundedReceiver<Asked<Q>>,
+    kind: DeviceTopic,
+    message: fn(String, Q) -> M,
+) where
+    Q: Exchange,
+    M: Message,
+{
+    while let Some(asked) = asks.recv().await {
+        let topic = topics::device(&asked.device_id, kind);
+        let payload = message(asked.request_id, asked.query).encode_to_vec();
         if let Err(err) = client
-            .publish(topic, QoS::AtLeastOnce, false, request.encode_to_vec())
+            .publish(topic, QoS::AtLeastOnce, false, payload)
             .await
         {
-            tracing::warn!(error = %err, "publishing a log request failed");
+            tracing::warn!(error = %err, topic = kind.suffix(), "publishing a request failed");
         }
     }
+}
+
+fn log_request(request_id: String, query: LogQuery) -> pb::LogRequest {
+    pb::LogRequest {
+        request_id,
+        deployment: query.deployment,
+        tail: query.tail,
+        since_ms: query.since_ms,
+    }
+}
+
+fn profile_request(request_id: String, query: ProfileQuery) -> pb::ProfileRequest {
+    pb::ProfileRequest {
+        request_id,
+        deployment: query.deployment,
+        path: query.path,
+        content_type: query.content_type,
+        body: query.body,
+        concurrency: query.concurrency,
+        seconds_per_level: query.seconds_per_level,
+    }
+}
+
+/// A device's profile, or why it has none. Figures that are not finite or negative are a
+/// broken answer: the caller hears so at once rather than getting a recommendation from them.
+fn profile_answer(response: pb::ProfileResponse) -> Result<DeviceProfile, String> {
+    if !response.error.is_empty() {
+        return Err(response.error);
+    }
+    let sane = |x: f64| x.is_finite() && x >= 0.0;
+    let levels: Vec<Level> = response
+        .levels
+        .into_iter()
+        .map(|l| Level {
+            concurrency: l.concurrency,
+            requests: l.requests,
+            errors: l.errors,
+            seconds: l.seconds,
+            p50_ms: l.p50_ms,
+            p99_ms: l.p99_ms,
+            cpu_cores: l.cpu_cores,
+            peak_rss_bytes: l.peak_rss_bytes,
+        })
+        .collect();
+    let broken = levels.iter().any(|l| {
+        ![l.seconds, l.p50_ms, l.p99_ms, l.cpu_cores]
+            .into_iter()
+            .all(sane)
+    });
+    if broken {
+        return Err("the device's figures are not valid numbers".into());
+    }
+    Ok(DeviceProfile {
+        levels,
+        load_bytes: response.load_bytes,
+        start_rss_bytes: response.start_rss_bytes,
+        cpu_count: response.cpu_count,
+    })
 }
 
 async fn serve_blobs(

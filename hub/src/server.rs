@@ -15,14 +15,16 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{FleetService, ModelRegistryService, ModuleRegistryService};
+use crate::api::{FleetService, ModelRegistryService, ModuleRegistryService, ProfilesService};
 use crate::blob_server::{BlobServer, Entitlements};
 use crate::device_logs::DeviceLogs;
 use crate::fleet::Fleet;
 use crate::link;
+use crate::profiles::{DeviceProfiles, Profiler};
 use crate::registry::{Limits, Registry};
 use edgeship_proto::v1::deployments_server::DeploymentsServer;
 use edgeship_proto::v1::fleet_server::FleetServer;
+use edgeship_proto::v1::profiles_server::ProfilesServer;
 
 /// Where the hub's MQTT traffic goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +82,8 @@ pub struct RunningHub {
     link: Option<link::Link>,
     /// Steps running rollouts; ends with the hub.
     rollouts: JoinHandle<()>,
+    /// Runs profiles; told to end them when the hub stops.
+    profiler: Arc<Profiler>,
 }
 
 impl RunningHub {
@@ -108,8 +112,23 @@ impl RunningHub {
             .context("opening the fleet store")?,
         );
         let blobs = Arc::new(BlobServer::new(entitlements, Arc::clone(&registry)));
+        {
+            // Profiles a previous run left (it stopped mid-profile) end before new ones begin.
+            let fleet = Arc::clone(&fleet);
+            tokio::task::spawn_blocking(move || fleet.end_leftover_profiles())
+                .await?
+                .context("ending interrupted profiles")?;
+        }
         let (logs, log_asks) = DeviceLogs::new();
         let logs = Arc::new(logs);
+        let (profiles, profile_asks) = DeviceProfiles::new();
+        let profiles = Arc::new(profiles);
+        let profiler = Arc::new(Profiler::new(
+            Arc::clone(&registry),
+            Arc::clone(&modules),
+            Arc::clone(&fleet),
+            Arc::clone(&profiles),
+        ));
         // Bind the API before starting anything that cannot be stopped (the broker).
         let listener = TcpListener::bind(config.listen)
             .await
@@ -135,8 +154,12 @@ impl RunningHub {
             Arc::clone(&fleet),
             blobs,
             outbox_rx,
-            Arc::clone(&logs),
-            log_asks,
+            link::Requests {
+                logs: Arc::clone(&logs),
+                log_asks,
+                profiles,
+                profile_asks,
+            },
         );
         {
             let fleet = Arc::clone(&fleet);
@@ -147,7 +170,8 @@ impl RunningHub {
         let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
         let registries = (registry, modules);
-        let task = tokio::spawn(serve(registries, fleet, logs, listener, async move {
+        let services = (fleet, logs, Arc::clone(&profiler));
+        let task = tokio::spawn(serve(registries, services, listener, async move {
             // A dropped sender also means stop.
             let _ = shutdown_signal.await;
         }));
@@ -160,6 +184,7 @@ impl RunningHub {
             task,
             link: Some(link),
             rollouts,
+            profiler,
         })
     }
 
@@ -175,6 +200,9 @@ impl RunningHub {
 
     /// Stops accepting calls, lets calls in flight finish, and closes the registry.
     pub async fn stop(mut self) -> anyhow::Result<()> {
+        // Profiles in flight would hold the shutdown for minutes: they end now, each deleting
+        // its deployment, and their calls finish with UNAVAILABLE.
+        self.profiler.close();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -196,13 +224,13 @@ impl Drop for RunningHub {
     fn drop(&mut self) {
         self.task.abort();
         self.rollouts.abort();
+        self.profiler.abort_all();
     }
 }
 
 async fn serve(
     (registry, modules): (Arc<Registry>, Arc<Registry>),
-    fleet: Arc<Fleet>,
-    logs: Arc<DeviceLogs>,
+    (fleet, logs, profiler): (Arc<Fleet>, Arc<DeviceLogs>, Arc<Profiler>),
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -217,6 +245,9 @@ async fn serve(
         .set_serving::<DeploymentsServer<FleetService>>()
         .await;
     health.set_serving::<FleetServer<FleetService>>().await;
+    health
+        .set_serving::<ProfilesServer<ProfilesService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
@@ -258,6 +289,7 @@ async fn serve(
             Arc::clone(&logs),
         )))
         .add_service(FleetServer::new(FleetService::new(fleet, logs)))
+        .add_service(ProfilesServer::new(ProfilesService::new(profiler)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")

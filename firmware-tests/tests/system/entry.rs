@@ -241,3 +241,108 @@ async fn entry_modules_are_registered_deployed_rolled_and_cached_on_a_real_agent
         "the restarted agent compiled a module again: {ready:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_and_top_k_examples_answer_through_manifests_on_a_real_agent() {
+    let Some(modules) = entry_modules("system::entry_examples") else {
+        return;
+    };
+    let dir = TempDir::new("entry-examples");
+    let hub = HubProcess::start(
+        &dir.path().join("hub"),
+        Err(free_port()),
+        &dir.path().join("hub.log"),
+    );
+    let _agent = start_agent(
+        "edge-img",
+        &hub.mqtt_url,
+        &dir.path().join("agent"),
+        &dir.path().join("agent.log"),
+    );
+    let url = hub.url.clone();
+    let digits = testkit::fixture("digits");
+    edgeship(
+        &url,
+        &[
+            "model",
+            "register",
+            "-n",
+            "digits",
+            "-p",
+            &digits.to_string_lossy(),
+            "--sample-input",
+            &digits.join("sample_input.json").to_string_lossy(),
+        ],
+    );
+    register_module(&url, "image-label", &modules.join("image_label.wasm"));
+    register_module(&url, "top-k", &modules.join("top_k.wasm"));
+    let mut ports = Vec::new();
+    for module in ["image-label", "top-k"] {
+        let port = free_port();
+        let manifest = dir.path().join(format!("{module}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name: {module}\nmodel: digits:1\nentry_module: {module}:1\n\
+                 endpoint: {{port: {port}}}\ntarget: {{devices: [edge-img]}}\n"
+            ),
+        )
+        .expect("manifest");
+        edgeship(
+            &url,
+            &[
+                "deploy",
+                "apply",
+                "-f",
+                &manifest.to_string_lossy(),
+                "--wait",
+            ],
+        );
+        ports.push(port);
+    }
+    let expected_digits = expected("digits");
+    let rows = expected_digits["inputs"].as_array().expect("rows").clone();
+    let labels = expected_digits["labels"]
+        .as_array()
+        .expect("labels")
+        .clone();
+    let addr = |port: u16| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+
+    // Real PNG bytes, made here: the fixture's rows drawn 32×32, dark ink on white.
+    for (row, label) in rows.iter().zip(&labels).take(5) {
+        let ink: Vec<f64> = serde_json::from_value(row.clone()).expect("pixels");
+        let png = testkit::modules::digit_png(&ink, 4);
+        let answer = testkit::http(
+            addr(ports[0]),
+            "POST",
+            "/score",
+            &[("content-type", "application/octet-stream")],
+            &png,
+        )
+        .await
+        .expect("answers");
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(&answer.json()["label"], label, "{}", answer.body);
+    }
+
+    let names = [
+        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
+    ];
+    let body = serde_json::json!({ "data": rows[..5] }).to_string();
+    let answer = testkit::http(
+        addr(ports[1]),
+        "POST",
+        "/score?k=3",
+        &[("content-type", "application/json")],
+        body.as_bytes(),
+    )
+    .await
+    .expect("answers");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let ranked = answer.json();
+    for (i, label) in labels.iter().take(5).enumerate() {
+        let index = label.as_u64().expect("label") as usize;
+        assert_eq!(ranked[i].as_array().map(Vec::len), Some(3), "{ranked}");
+        assert_eq!(ranked[i][0]["label"], names[index], "{ranked}");
+    }
+}

@@ -276,7 +276,7 @@ impl Deployments for FleetService {
             .blocking(move |fleet| {
                 let options = ApplyOptions {
                     dry_run: request.dry_run,
-                    create_only: false,
+                    ..ApplyOptions::default()
                 };
                 let applied = fleet.apply(&manifest, options)?;
                 // A dry run's deployment is not stored: show what it would be, without devices.

@@ -5,12 +5,14 @@ mod deployments;
 mod fleet;
 mod logs;
 mod modules;
+mod profiles;
 mod registry;
 pub(crate) mod streams;
 mod transfer;
 
 pub use fleet::FleetService;
 pub use modules::ModuleRegistryService;
+pub use profiles::ProfilesService;
 pub use registry::ModelRegistryService;
 
 use tonic::Status;

@@ -20,6 +20,7 @@ mod module;
 mod names;
 mod output;
 mod package;
+mod profile;
 mod rollout;
 mod view;
 
@@ -55,7 +56,7 @@ pub enum Command {
     Hub(HubArgs),
     /// One process with everything: hub, embedded broker, a local agent and a sample model.
     Dev(dev::DevArgs),
-    /// Register, inspect, download, update and delete models.
+    /// Register, inspect, download, update, profile and delete models.
     Model {
         #[command(flatten)]
         hub: HubAddress,
@@ -429,6 +430,9 @@ pub enum ModelCommand {
         #[arg(value_name = "NAME[:VERSION]")]
         model: String,
     },
+    /// Measure a version on one device at rising concurrency (latency, throughput, cores,
+    /// memory) and store the recommended CPU and memory on it, per device class.
+    Profile(profile::ProfileArgs),
 }
 
 #[derive(Debug, Subcommand)]

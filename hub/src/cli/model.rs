@@ -145,6 +145,7 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
                 output::deleted(&deleted.model_id, &deleted.deleted_versions)
             );
         }
+        ModelCommand::Profile(args) => super::profile::run(hub, args).await?,
     }
     Ok(())
 }

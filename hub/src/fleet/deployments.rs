@@ -5,6 +5,7 @@ use edgeship_domain::{AuthMode, names};
 
 use super::keys::EndpointKeys;
 use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
+use super::profiles::PROFILE_PREFIX;
 use super::rollout::{Phase, Rollout};
 use super::spec::{DeploymentSpec, Manifest, ModulePin, PinRole, TrafficWeight};
 use super::tokens::TokenSigner;
@@ -23,6 +24,8 @@ pub struct ApplyOptions {
     pub dry_run: bool,
     /// Fail if the deployment exists (`deploy create`).
     pub create_only: bool,
+    /// A profile makes it: the name may start with the reserved `profile-`.
+    pub profile: bool,
 }
 
 /// What an apply did (or, dry, would do).
@@ -53,6 +56,11 @@ impl Fleet {
             return Err(FleetError::AlreadyExists(format!(
                 "deployment {} already exists (use `deploy apply` to change it)",
                 spec.name
+            )));
+        }
+        if existing.is_none() && !options.profile && spec.name.starts_with(PROFILE_PREFIX) {
+            return Err(FleetError::InvalidArgument(format!(
+                "name: deployment names starting with {PROFILE_PREFIX:?} are reserved for `edgeship model profile`"
             )));
         }
         self.check_port(&spec)?;
@@ -365,14 +373,41 @@ impl Fleet {
         &self,
         deployment: &Deployment,
     ) -> Result<Vec<DeviceWorkload>, FleetError> {
+        let devices = self.all_devices()?;
+        let targeted = devices
+            .iter()
+            .filter(|d| deployment.spec.target.matches(&d.id, &d.labels()));
+        self.workloads_on(deployment, targeted)
+    }
+
+    /// [`deployment_devices`](Self::deployment_devices) for one device, reading only its
+    /// record (a profile asks every 200 ms; a fleet's records are too many for that).
+    /// `None` when the deployment does not target it.
+    pub fn deployment_device(
+        &self,
+        deployment: &Deployment,
+        device_id: &str,
+    ) -> Result<Option<DeviceWorkload>, FleetError> {
+        let Some(device) = self.device(device_id)? else {
+            return Ok(None);
+        };
+        if !deployment.spec.target.matches(&device.id, &device.labels()) {
+            return Ok(None);
+        }
+        Ok(self.workloads_on(deployment, [&device])?.pop())
+    }
+
+    fn workloads_on<'a>(
+        &self,
+        deployment: &Deployment,
+        devices: impl IntoIterator<Item = &'a super::Device>,
+    ) -> Result<Vec<DeviceWorkload>, FleetError> {
         let deployments = self.all_deployments()?;
         let rollouts = self.current_rollouts(&deployments)?;
         let placements = placements(&deployments, &rollouts);
         let resolved = self.resolve_pins(&deployments);
-        Ok(self
-            .all_devices()?
-            .iter()
-            .filter(|d| deployment.spec.target.matches(&d.id, &d.labels()))
+        Ok(devices
+            .into_iter()
             .map(|d| {
                 let mut workload = device_workload(d, &deployment.id);
                 let previous = self.stored_desired(&d.id);

@@ -14,6 +14,7 @@ pub mod desired;
 pub mod devices;
 pub mod keys;
 pub mod model;
+pub mod profiles;
 pub mod rollout;
 pub mod rollouts;
 pub mod selector;
@@ -67,6 +68,8 @@ pub struct Fleet {
     desired: sled::Tree,
     /// Rollout records and history notes, `{deployment}/{revision:020}[.{seq}]`.
     rollouts: sled::Tree,
+    /// Deployments that profiles made and have not deleted yet (`profiles.rs`).
+    profiles: sled::Tree,
     registry: Arc<Registry>,
     /// Entry modules, registered beside the models (`Registry::modules`).
     modules: Arc<Registry>,
@@ -101,6 +104,7 @@ impl Fleet {
             devices: db.open_tree("devices")?,
             desired: db.open_tree("desired")?,
             rollouts: db.open_tree("rollouts")?,
+            profiles: db.open_tree("profiles")?,
             db,
             registry,
             modules,

@@ -19,6 +19,13 @@ const CONVERGE: Duration = Duration::from_secs(60);
 pub use edgeship_hub::client::deploy_to_devices as deploy;
 
 pub async fn deployment_state(url: &str, name: &str) -> pb::Deployment {
+    try_deployment_state(url, name)
+        .await
+        .expect("get deployment")
+}
+
+/// The deployment, or the hub's refusal (`NOT_FOUND` once it is deleted).
+pub async fn try_deployment_state(url: &str, name: &str) -> Result<pb::Deployment, tonic::Status> {
     let mut client = DeploymentsClient::connect(url.to_owned())
         .await
         .expect("connect");
@@ -27,8 +34,7 @@ pub async fn deployment_state(url: &str, name: &str) -> pb::Deployment {
             name: format!("deployments/{name}"),
         })
         .await
-        .expect("get deployment")
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 /// Polls the hub until the deployment's aggregate state is `state`.

@@ -7,6 +7,7 @@ mod containers;
 mod e2e;
 mod modules;
 mod processes;
+mod profiles;
 mod protocol;
 mod registry;
 mod scoring;

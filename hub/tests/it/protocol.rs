@@ -29,7 +29,7 @@ async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
 }
 
 /// A raw MQTT client that also hands over what arrives on `topic`.
-async fn raw_listener(
+pub async fn raw_listener(
     mqtt_url: &str,
     id: &str,
     topic: &str,
@@ -105,7 +105,7 @@ fn wire_workload(
 }
 
 /// Publishes `payload` on a device's topic, as that device (or the hub) would.
-async fn send(client: &AsyncClient, device: &str, kind: DeviceTopic, payload: Vec<u8>) {
+pub async fn send(client: &AsyncClient, device: &str, kind: DeviceTopic, payload: Vec<u8>) {
     client
         .publish(
             topics::device(device, kind),

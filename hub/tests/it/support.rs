@@ -207,6 +207,15 @@ pub fn commit(file_count: u32) -> pb::register_model_request::Payload {
     pb::register_model_request::Payload::Commit(pb::Commit { file_count })
 }
 
+/// One version by resource name (`models/diabetes/versions/1`), as the API returns it.
+pub async fn get_model(client: &mut RegistryClient, name: &str) -> pb::Model {
+    client
+        .get_model(pb::GetModelRequest { name: name.into() })
+        .await
+        .expect("get model")
+        .into_inner()
+}
+
 pub async fn list(client: &mut RegistryClient, request: pb::ListModelsRequest) -> Vec<String> {
     client
         .list_models(request)
