@@ -16,9 +16,9 @@ use edgeship_runtime::{RuntimeError, Tensor};
 use edgeship_wasm::{EntryPool, Infer};
 use serde_json::json;
 
-use super::inference::running;
 use super::router::model_id;
-use super::{Call, Routes, Scorer, Shared};
+use super::{Call, Routes, Scorer, Shared, run_inference};
+use edgeship_wasm::InferFuture;
 
 /// Request headers a module never sees: the caller's credentials are the endpoint's business.
 const WITHHELD: [&str; 3] = ["authorization", "cookie", "x-api-key"];
@@ -70,18 +70,9 @@ pub async fn score(
         routes,
         key,
     });
-    let lease = pool.lease().await;
-    // Always off the async workers, however quick the module: WASI's blocking calls (a file
-    // opened, a line printed) enter a runtime of their own, which a worker thread cannot.
-    let result = match running().acquire().await {
-        Ok(_turn) => tokio::task::spawn_blocking(move || {
-            let mut lease = lease;
-            lease.run(&input, models)
-        })
-        .await
-        .unwrap_or_else(|err| Err(format!("the module's task failed: {err}"))),
-        Err(err) => Err(format!("no turn to run: {err}")),
-    };
+    // The module runs on this task (it yields at every epoch tick); the models it calls run
+    // where `run_inference` puts them, as for any request.
+    let result = pool.lease().await.run(&input, models).await;
     let response = match result {
         Ok(answer) => http_response(answer),
         Err(why) => {
@@ -161,10 +152,10 @@ fn http_response(answer: edgeship_wasm::Response) -> Response {
     response
 }
 
-/// Runs a scorer on this thread; a panic in the runtime fails the call, not the agent.
-fn run_now(scorer: &dyn Scorer, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.infer(inputs)))
-        .unwrap_or_else(|_| Err(RuntimeError::Run("the runtime panicked".into())))
+/// Runs a scorer as any request's inference runs (inline, on the blocking pool, or batched).
+async fn run(scorer: &Arc<dyn Scorer>, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
+    run_inference(scorer, inputs)
+        .await
         .map_err(|err| match err {
             RuntimeError::BadInput(why) => format!("the model refused the input: {why}"),
             other => other.to_string(),
@@ -180,15 +171,17 @@ struct RoutedModels {
 }
 
 impl Infer for RoutedModels {
-    fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-        if model.is_empty() || model == model_id(self.routed.model_ref()) {
-            return run_now(self.routed.as_ref(), inputs);
-        }
-        let backend = self
-            .routes
-            .pick_model(Some(model), self.key.as_deref())
-            .ok_or_else(|| format!("no model {model:?} behind this endpoint"))?;
-        run_now(backend.scorer().as_ref(), inputs)
+    fn infer<'a>(&'a self, model: &'a str, inputs: Vec<Tensor>) -> InferFuture<'a> {
+        Box::pin(async move {
+            if model.is_empty() || model == model_id(self.routed.model_ref()) {
+                return run(&self.routed, inputs).await;
+            }
+            let backend = self
+                .routes
+                .pick_model(Some(model), self.key.as_deref())
+                .ok_or_else(|| format!("no model {model:?} behind this endpoint"))?;
+            run(backend.scorer(), inputs).await
+        })
     }
 }
 
@@ -197,12 +190,14 @@ impl Infer for RoutedModels {
 pub struct FirstVersions(pub Vec<Arc<dyn Scorer>>);
 
 impl Infer for FirstVersions {
-    fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String> {
-        let scorer = self
-            .0
-            .iter()
-            .find(|s| model.is_empty() || model_id(s.model_ref()) == model)
-            .ok_or_else(|| format!("no model {model:?} in this deployment"))?;
-        run_now(scorer.as_ref(), inputs)
+    fn infer<'a>(&'a self, model: &'a str, inputs: Vec<Tensor>) -> InferFuture<'a> {
+        Box::pin(async move {
+            let scorer = self
+                .0
+                .iter()
+                .find(|s| model.is_empty() || model_id(s.model_ref()) == model)
+                .ok_or_else(|| format!("no model {model:?} in this deployment"))?;
+            run(scorer, inputs).await
+        })
     }
 }

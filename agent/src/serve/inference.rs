@@ -22,7 +22,7 @@ const INLINE_BELOW_MICROS: u64 = 200;
 /// per core. More would not finish sooner, only share the cores, and each would hold its
 /// activations meanwhile (a resnet50 holds over 100 MB), so memory would grow with load and
 /// every request would slow down: requests beyond it wait, in order, without a thread.
-pub(super) fn running() -> &'static Semaphore {
+fn running() -> &'static Semaphore {
     static RUNNING: OnceLock<Semaphore> = OnceLock::new();
     RUNNING
         .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)))

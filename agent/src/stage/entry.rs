@@ -108,20 +108,20 @@ impl Stage {
             }),
         };
         let module_ref = module.module_ref();
-        let (pool, cached, seconds) = tokio::task::spawn_blocking(move || {
-            let started = Instant::now();
-            let (component, cached) = compiled.load(engine, &wasm, &digest)?;
-            let pool = EntryPool::start(
-                engine,
-                &component,
-                settings,
-                Arc::new(FirstVersions(firsts)),
-            )?;
-            Ok::<_, String>((pool, cached, started.elapsed().as_secs_f64()))
-        })
-        .await
-        .map_err(|err| StageError::Failed(format!("loading the entry module failed: {err}")))?
-        .map_err(StageError::Failed)?;
+        let started = Instant::now();
+        // Compiling takes a core for seconds: off the async workers.
+        let (component, cached) =
+            tokio::task::spawn_blocking(move || compiled.load(engine, &wasm, &digest))
+                .await
+                .map_err(|err| {
+                    StageError::Failed(format!("loading the entry module failed: {err}"))
+                })?
+                .map_err(StageError::Failed)?;
+        let firsts = Arc::new(FirstVersions(firsts));
+        let pool = EntryPool::start(engine, &component, settings, firsts)
+            .await
+            .map_err(StageError::Failed)?;
+        let seconds = started.elapsed().as_secs_f64();
         tracing::info!(
             deployment = %workload.deployment,
             module = %module_ref,

@@ -15,7 +15,7 @@ use crate::sandbox::Sandbox;
 pub const INTERFACE_VERSION: &str = "1.0.0";
 
 /// How often the epoch advances: the granularity of deadlines.
-pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(5);
+const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// The engine, the linker every instance is made with, and the cache key of what it compiles.
 pub struct ModuleEngine {
@@ -71,7 +71,7 @@ impl ModuleEngine {
         let engine =
             Engine::new(&config).map_err(|err| format!("cannot set up WebAssembly: {err:#}"))?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|err| format!("cannot offer WASI to modules: {err:#}"))?;
         Entry::add_to_linker::<_, HasSelf<_>>(&mut linker, |sandbox| sandbox)
             .map_err(|err| format!("cannot offer the entry interface: {err:#}"))?;

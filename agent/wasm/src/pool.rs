@@ -3,17 +3,19 @@
 //! it, and gives it back. An instance that trapped (deadline, memory cap, panic) may be in
 //! any state, so it is dropped and a fresh one takes its place; the endpoint keeps serving.
 
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use wasmtime::Store;
-use wasmtime::Trap;
 use wasmtime::component::Component;
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::bindings::edgeship::entry::types::{ModelInfo, Request, Response};
 use crate::bindings::{Entry, EntryPre};
-use crate::engine::{EPOCH_TICK, ModuleEngine};
+use crate::engine::ModuleEngine;
 use crate::sandbox::{Infer, LogSink, Mount, Sandbox, SandboxLimits, last_words};
 
 /// `init` may read files and run the models once; it gets this long, whatever the request
@@ -55,6 +57,8 @@ pub struct EntryPool {
     init_infer: Arc<dyn Infer>,
     idle: Mutex<Vec<Instance>>,
     turns: Arc<Semaphore>,
+    /// How long the last request took inside the module, models included, in µs.
+    recent_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for EntryPool {
@@ -66,10 +70,10 @@ impl std::fmt::Debug for EntryPool {
 }
 
 impl EntryPool {
-    /// Checks `component`, then makes and initializes every instance. Blocking: `init` runs
-    /// here, and may run the models. An `init` that fails, traps or is refused fails the
-    /// whole pool, with the module's reason.
-    pub fn start(
+    /// Checks `component`, then makes and initializes every instance (`init` may run the
+    /// models). An `init` that fails, traps or is refused fails the whole pool, with the
+    /// module's reason.
+    pub async fn start(
         engine: &ModuleEngine,
         component: &Component,
         settings: PoolSettings,
@@ -84,12 +88,19 @@ impl EntryPool {
             init_infer,
             idle: Mutex::new(Vec::with_capacity(instances)),
             turns: Arc::new(Semaphore::new(instances)),
+            recent_micros: AtomicU64::new(0),
         };
         for _ in 0..instances {
-            let instance = pool.instantiate()?;
+            let instance = pool.instantiate().await?;
             pool.lock().push(instance);
         }
         Ok(pool)
+    }
+
+    /// How long the last request took inside the module (models included), in µs; 0 before
+    /// the first.
+    pub fn recent_micros(&self) -> u64 {
+        self.recent_micros.load(Ordering::Relaxed)
     }
 
     /// `name:version` of the module.
@@ -102,7 +113,7 @@ impl EntryPool {
     }
 
     /// A new instance, initialized.
-    fn instantiate(&self) -> Result<Instance, String> {
+    async fn instantiate(&self) -> Result<Instance, String> {
         let engine = self.pre.engine();
         let sandbox = Sandbox::new(
             &self.settings.limits,
@@ -112,14 +123,23 @@ impl EntryPool {
         )?;
         let mut store = Store::new(engine, sandbox);
         store.limiter(|sandbox| &mut sandbox.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(INIT_DEADLINE));
-        store.data_mut().infer = Some(Arc::clone(&self.init_infer));
+        // At every epoch tick the module yields to the other tasks of its thread, until its
+        // deadline: then the call traps (`Trap::Interrupt`).
+        store.epoch_deadline_callback(|store| {
+            let sandbox = store.data();
+            if sandbox.call_started.elapsed() < sandbox.call_deadline {
+                Ok(UpdateDeadline::Yield(1))
+            } else {
+                Err(Trap::Interrupt.into())
+            }
+        });
+        begin_call(&mut store, INIT_DEADLINE, Arc::clone(&self.init_infer));
         let entry = self
             .pre
-            .instantiate(&mut store)
+            .instantiate_async(&mut store)
+            .await
             .map_err(|err| self.reason("instantiating it", &store, &err, INIT_DEADLINE))?;
-        match entry.call_init(&mut store) {
+        match entry.call_init(&mut store).await {
             Ok(Ok(())) => {}
             Ok(Err(why)) => {
                 return Err(format!("{}: init failed: {why}", self.settings.module_ref));
@@ -174,21 +194,28 @@ impl EntryPool {
         Lease {
             pool: Arc::clone(self),
             instance,
+            calling: false,
             _permit: permit,
         }
     }
 }
 
-/// Epoch ticks that cover `deadline`, with one more for the tick already under way.
-fn ticks(deadline: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_micros().max(1);
-    (deadline.as_micros().div_ceil(tick) as u64).saturating_add(1)
+/// Starts the clock of one call and lends it the models.
+fn begin_call(store: &mut Store<Sandbox>, deadline: Duration, infer: Arc<dyn Infer>) {
+    let sandbox = store.data_mut();
+    sandbox.call_started = Instant::now();
+    sandbox.call_deadline = deadline;
+    sandbox.infer = Some(infer);
+    // The next tick checks the deadline (and yields).
+    store.set_epoch_deadline(1);
 }
 
 /// One instance, leased for one request; given back when dropped.
 pub struct Lease {
     pool: Arc<EntryPool>,
     instance: Option<Instance>,
+    /// Set while a call is under way.
+    calling: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -201,25 +228,43 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Runs `run` for `request`, with `infer` for the models. Blocking (CPU-bound, and the
-    /// models run inside). `Err` when the module trapped, with why; its instance is replaced.
-    pub fn run(&mut self, request: &Request, infer: Arc<dyn Infer>) -> Result<Response, String> {
+    /// Runs `run` for `request`, with `infer` for the models, on this task (the module
+    /// yields at every epoch tick). `Err` when the module trapped, with why; its instance is
+    /// replaced.
+    pub async fn run(
+        &mut self,
+        request: &Request,
+        infer: Arc<dyn Infer>,
+    ) -> Result<Response, String> {
         let pool = Arc::clone(&self.pool);
         // An instance lost to a trap whose replacement failed is made again here.
         let mut instance = match self.instance.take() {
             Some(instance) => instance,
-            None => pool.instantiate()?,
+            None => pool.instantiate().await?,
         };
         let deadline = pool.settings.limits.deadline;
-        instance.store.set_epoch_deadline(ticks(deadline));
-        instance.store.data_mut().infer = Some(infer);
+        begin_call(&mut instance.store, deadline, infer);
+        // Dropped mid-call (the caller went away), the instance is not given back: it may be
+        // in any state.
+        self.calling = true;
         // A panic in the host (a runtime called through `infer`) unwinds through the module's
         // frames: the instance is dropped as after a trap, and the request fails.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            instance.entry.call_run(&mut instance.store, request)
-        }))
-        .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
+        let result = AssertUnwindSafe(instance.entry.call_run(&mut instance.store, request))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
+        self.calling = false;
         instance.store.data_mut().infer = None;
+        pool.recent_micros.store(
+            instance
+                .store
+                .data()
+                .call_started
+                .elapsed()
+                .as_micros()
+                .max(1) as u64,
+            Ordering::Relaxed,
+        );
         match result {
             Ok(response) => {
                 self.instance = Some(instance);
@@ -228,7 +273,7 @@ impl Lease {
             Err(err) => {
                 let why = pool.reason("run", &instance.store, &err, deadline);
                 drop(instance);
-                match pool.instantiate() {
+                match pool.instantiate().await {
                     Ok(fresh) => self.instance = Some(fresh),
                     Err(again) => tracing::warn!(
                         module = %pool.settings.module_ref,
@@ -243,7 +288,9 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(instance) = self.instance.take() {
+        if let Some(instance) = self.instance.take()
+            && !self.calling
+        {
             self.pool.lock().push(instance);
         }
     }

@@ -18,10 +18,14 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::edgeship::entry::{host, types};
 use crate::tensor::{from_wit, to_wit};
 
+/// What [`Infer::infer`] returns.
+pub type InferFuture<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Vec<Tensor>, String>> + Send + 'a>>;
+
 /// Runs the deployment's models for one call into a module. `model` is a model's name, or
 /// empty for the one the request was routed to.
 pub trait Infer: Send + Sync {
-    fn infer(&self, model: &str, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, String>;
+    fn infer<'a>(&'a self, model: &'a str, inputs: Vec<Tensor>) -> InferFuture<'a>;
 }
 
 /// Receives what instances print, a line at a time: `("stdout" | "stderr", line)`.
@@ -69,6 +73,9 @@ pub struct Sandbox {
     models: Arc<[types::ModelInfo]>,
     /// Set for the duration of each call.
     pub(crate) infer: Option<Arc<dyn Infer>>,
+    /// When the call under way began, and how long it may run.
+    pub(crate) call_started: std::time::Instant,
+    pub(crate) call_deadline: Duration,
     /// The last lines the module wrote to stderr: a panic's message, for the trap's reason.
     pub(crate) last_stderr: Arc<Mutex<VecDeque<String>>>,
 }
@@ -119,6 +126,8 @@ impl Sandbox {
                 .build(),
             models,
             infer: None,
+            call_started: std::time::Instant::now(),
+            call_deadline: Duration::ZERO,
             last_stderr,
         })
     }
@@ -144,11 +153,11 @@ impl WasiView for Sandbox {
 impl types::Host for Sandbox {}
 
 impl host::Host for Sandbox {
-    fn models(&mut self) -> Vec<types::ModelInfo> {
+    async fn models(&mut self) -> Vec<types::ModelInfo> {
         self.models.to_vec()
     }
 
-    fn infer(
+    async fn infer(
         &mut self,
         model: String,
         inputs: Vec<types::Tensor>,
@@ -172,7 +181,7 @@ impl host::Host for Sandbox {
             .into_iter()
             .map(from_wit)
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = infer.infer(&model, tensors)?;
+        let outputs = infer.infer(&model, tensors).await?;
         Ok(outputs
             .iter()
             .enumerate()

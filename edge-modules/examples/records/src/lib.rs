@@ -17,8 +17,40 @@ struct Records {
     element_type: ElementType,
 }
 
+/// One record as the model's columns: parsed straight into numbers, the common case.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    age: f64,
+    sex: f64,
+    bmi: f64,
+    bp: f64,
+    s1: f64,
+    s2: f64,
+    s3: f64,
+    s4: f64,
+    s5: f64,
+    s6: f64,
+}
+
+impl Record {
+    fn values(&self) -> [f64; 10] {
+        [
+            self.age, self.sex, self.bmi, self.bp, self.s1, self.s2, self.s3, self.s4, self.s5,
+            self.s6,
+        ]
+    }
+}
+
 #[derive(Deserialize)]
 struct Body {
+    data: Vec<Record>,
+}
+
+/// The same body read loosely, to say which record and column are wrong when the strict
+/// reading fails.
+#[derive(Deserialize)]
+struct LooseBody {
     data: Vec<Map<String, Value>>,
 }
 
@@ -47,22 +79,11 @@ impl EntryModule for Records {
     }
 
     fn run(&mut self, request: &Request) -> Result<Response, Error> {
-        let body: Body = request.json()?;
-        let mut values = Vec::with_capacity(body.data.len() * COLUMNS.len());
-        for (i, record) in body.data.iter().enumerate() {
-            if let Some(unknown) = record.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
-                return Err(Error::bad_request(format!(
-                    "record {i} has a column {unknown:?} the model does not take; its columns are {}",
-                    COLUMNS.join(", ")
-                )));
-            }
-            for column in COLUMNS {
-                let value = record.get(column).and_then(Value::as_f64).ok_or_else(|| {
-                    Error::bad_request(format!("record {i} has no number for {column:?}"))
-                })?;
-                values.push(value);
-            }
-        }
+        let body: Body = match serde_json::from_slice(&request.body) {
+            Ok(body) => body,
+            Err(strict) => return Err(explain(&request.body, strict)),
+        };
+        let values: Vec<f64> = body.data.iter().flat_map(Record::values).collect();
         let shape = [body.data.len() as u64, COLUMNS.len() as u64];
         let input = match self.element_type {
             ElementType::F64 => Tensor::from_f64("data", &shape, &values),
@@ -78,6 +99,29 @@ impl EntryModule for Records {
             .to_f64()?;
         Ok(Response::json(&predictions))
     }
+}
+
+/// Why a body that is not a list of records of the model's columns was refused: the first
+/// record and column at fault, or what the JSON reader said.
+fn explain(body: &[u8], strict: serde_json::Error) -> Error {
+    let Ok(loose) = serde_json::from_slice::<LooseBody>(body) else {
+        return Error::bad_request(format!("the body is not the JSON expected: {strict}"));
+    };
+    for (i, record) in loose.data.iter().enumerate() {
+        if let Some(unknown) = record.keys().find(|k| !COLUMNS.contains(&k.as_str())) {
+            return Error::bad_request(format!(
+                "record {i} has a column {unknown:?} the model does not take; its columns are {}",
+                COLUMNS.join(", ")
+            ));
+        }
+        if let Some(column) = COLUMNS
+            .iter()
+            .find(|c| record.get(**c).and_then(Value::as_f64).is_none())
+        {
+            return Error::bad_request(format!("record {i} has no number for {column:?}"));
+        }
+    }
+    Error::bad_request(format!("the body is not the JSON expected: {strict}"))
 }
 
 edgeship_module::entry_module!(Records);
