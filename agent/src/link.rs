@@ -10,7 +10,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edgeship_domain::{Birth, DesiredState, ReportedState};
+use edgeship_domain::{Birth, DesiredState, DeviceProfile, ReportedState};
 use edgeship_proto::topics::{self, DeviceTopic};
 use edgeship_proto::v1 as pb;
 use prost::Message;
@@ -195,39 +195,11 @@ impl LinkSender {
     }
 
     /// Answers a profile request with its figures, or why there are none.
-    pub async fn send_profile(
-        &self,
-        request_id: &str,
-        report: Result<crate::profile::Profile, String>,
-    ) {
-        let response = match report {
-            Ok(profile) => pb::ProfileResponse {
-                request_id: request_id.to_owned(),
-                levels: profile
-                    .levels
-                    .into_iter()
-                    .map(|l| pb::ProfileLevel {
-                        concurrency: l.concurrency,
-                        requests: l.requests,
-                        errors: l.errors,
-                        seconds: l.seconds,
-                        p50_ms: l.p50_ms,
-                        p99_ms: l.p99_ms,
-                        cpu_cores: l.cpu_cores,
-                        peak_rss_bytes: l.peak_rss_bytes,
-                    })
-                    .collect(),
-                load_bytes: profile.load_bytes,
-                start_rss_bytes: profile.start_rss_bytes,
-                cpu_count: profile.cpu_count,
-                error: String::new(),
-            },
-            Err(why) => pb::ProfileResponse {
-                request_id: request_id.to_owned(),
-                error: why,
-                ..Default::default()
-            },
-        };
+    pub async fn send_profile(&self, request_id: &str, answer: Result<DeviceProfile, String>) {
+        let response = edgeship_domain::wire::profile_response(
+            request_id,
+            answer.as_ref().map_err(String::as_str),
+        );
         let topic = topics::device(&self.device_id, DeviceTopic::ProfileResponse);
         if let Err(err) = self
             .client

@@ -15,29 +15,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use edgeship_domain::{DeviceProfile, ProfileLevel};
+
 use crate::link::ProfileRequest;
-
-/// What one level measured.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Level {
-    pub concurrency: u32,
-    pub requests: u64,
-    pub errors: u64,
-    pub seconds: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub cpu_cores: f64,
-    pub peak_rss_bytes: u64,
-}
-
-/// A whole profile's figures.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Profile {
-    pub levels: Vec<Level>,
-    pub load_bytes: u64,
-    pub start_rss_bytes: u64,
-    pub cpu_count: u32,
-}
 
 /// The agent's resident memory, from `/proc/self/status` (0 where there is none).
 pub fn rss_bytes() -> u64 {
@@ -49,11 +29,21 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-/// The CPU time the agent process has used, user and system, from `/proc/self/stat`.
+/// The CPU time the agent process has used, user and system.
 fn cpu_time() -> Duration {
+    cpu_time_of("/proc/self/stat")
+}
+
+/// The CPU time the calling thread has used, user and system.
+fn thread_cpu_time() -> Duration {
+    cpu_time_of("/proc/thread-self/stat")
+}
+
+/// User and system time from a `/proc` `stat` file.
+fn cpu_time_of(stat: &str) -> Duration {
     // USER_HZ: /proc reports times in ticks of 1/100 s on every Linux architecture.
     const TICKS_PER_SECOND: u64 = 100;
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = std::fs::read_to_string(stat).unwrap_or_default();
     // Fields after the command (which may hold spaces), from field 3 on: utime is 14, stime 15.
     let after_command = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_command.split_whitespace().collect();
@@ -72,7 +62,7 @@ pub async fn run(
     addr: SocketAddr,
     request: &ProfileRequest,
     load_bytes: u64,
-) -> Result<Profile, String> {
+) -> Result<DeviceProfile, String> {
     let wire = Arc::new(wire_request(request));
     let start_rss_bytes = rss_bytes();
     let mut levels = Vec::with_capacity(request.concurrency.len());
@@ -80,7 +70,7 @@ pub async fn run(
         let length = Duration::from_secs(u64::from(request.seconds_per_level));
         levels.push(level(addr, &wire, connections, length).await?);
     }
-    Ok(Profile {
+    Ok(DeviceProfile {
         levels,
         load_bytes,
         start_rss_bytes,
@@ -107,7 +97,7 @@ async fn level(
     wire: &Arc<Vec<u8>>,
     connections: u32,
     length: Duration,
-) -> Result<Level, String> {
+) -> Result<ProfileLevel, String> {
     let peak = Arc::new(AtomicU64::new(rss_bytes()));
     let sampler = {
         let peak = Arc::clone(&peak);
@@ -120,25 +110,42 @@ async fn level(
     };
     let cpu_before = cpu_time();
     let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + length;
-    let callers: Vec<_> = (0..connections)
-        .map(|_| tokio::spawn(caller(addr, Arc::clone(wire), deadline)))
-        .collect();
+    // The callers run on a thread of their own, whose CPU time is then taken out of the
+    // process's: what remains is what serving the requests cost the device.
+    let wire = Arc::clone(wire);
+    let (outcome, callers_cpu) = tokio::task::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|err| format!("cannot start the profile's callers: {err}"))?;
+        let cpu_before = thread_cpu_time();
+        let outcome = runtime.block_on(async {
+            let deadline = tokio::time::Instant::now() + length;
+            let callers: Vec<_> = (0..connections)
+                .map(|_| tokio::spawn(caller(addr, Arc::clone(&wire), deadline)))
+                .collect();
+            futures::future::join_all(callers).await
+        });
+        Ok::<_, String>((outcome, thread_cpu_time().saturating_sub(cpu_before)))
+    })
+    .await
+    .map_err(|err| format!("the profile's callers failed: {err}"))??;
     let mut latencies = Vec::new();
     let mut errors = 0;
-    for caller in callers {
-        let (mine, failed) = caller
-            .await
-            .map_err(|err| format!("a profile caller failed: {err}"))?;
+    for caller in outcome {
+        let (mine, failed) = caller.map_err(|err| format!("a profile caller failed: {err}"))?;
         latencies.extend(mine);
         errors += failed;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_time().saturating_sub(cpu_before).as_secs_f64();
+    let cpu = cpu_time()
+        .saturating_sub(cpu_before)
+        .saturating_sub(callers_cpu)
+        .as_secs_f64();
     sampler.abort();
     if latencies.is_empty() {
         return Err(format!(
-            "no request was answered at {connections} connections in {seconds:.1} s ({errors} failed)"
+            "no request succeeded at {connections} connections in {seconds:.1} s ({errors} failed: check that the input is a request the endpoint accepts)"
         ));
     }
     latencies.sort_unstable();
@@ -146,7 +153,7 @@ async fn level(
         let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[i] as f64 / 1000.0
     };
-    Ok(Level {
+    Ok(ProfileLevel {
         concurrency: connections,
         requests: latencies.len() as u64,
         errors,
@@ -159,7 +166,7 @@ async fn level(
 }
 
 /// One caller until `deadline`: the answered requests' latencies in µs, and the failures
-/// (a 5xx or a broken connection, after which it connects again).
+/// (any status but 2xx, or a broken connection, after which it connects again).
 async fn caller(
     addr: SocketAddr,
     wire: Arc<Vec<u8>>,
@@ -191,7 +198,10 @@ async fn caller(
         )
         .await;
         match answered {
-            Ok(Ok(status)) if status < 500 => latencies.push(sent.elapsed().as_micros() as u64),
+            // Only a success counts: a refused request (4xx) measures the refusal, not the model.
+            Ok(Ok(status)) if (200..300).contains(&status) => {
+                latencies.push(sent.elapsed().as_micros() as u64)
+            }
             Ok(Ok(_)) => errors += 1,
             _ => {
                 errors += 1;

@@ -33,7 +33,7 @@ use crate::device_logs::{DeviceLogs, LogAsk, LogLine, LogQuery};
 use crate::device_requests::{Asked, Exchange};
 use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
-use crate::profiles::{DeviceProfile, DeviceProfiles, Level, ProfileAsk, ProfileQuery};
+use crate::profiles::{DeviceProfiles, ProfileAsk, ProfileQuery};
 
 /// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
 const BLOB_QUEUE: usize = 16 * 1024;
@@ -199,8 +199,10 @@ impl Inbound {
                     return;
                 };
                 let request_id = response.request_id.clone();
-                self.profiles
-                    .answer(device_id, &request_id, profile_answer(response));
+                // Broken figures end the caller's wait at once, with why.
+                let answer = edgeship_domain::wire::profile_answer(response)
+                    .unwrap_or_else(|err| Err(err.to_string()));
+                self.profiles.answer(device_id, &request_id, answer);
             }
             DeviceTopic::Desired
             | DeviceTopic::BlobResponse
@@ -390,43 +392,6 @@ fn profile_request(request_id: String, query: ProfileQuery) -> pb::ProfileReques
         concurrency: query.concurrency,
         seconds_per_level: query.seconds_per_level,
     }
-}
-
-/// A device's profile, or why it has none. Figures that are not finite or negative are a
-/// broken answer: the caller hears so at once rather than getting a recommendation from them.
-fn profile_answer(response: pb::ProfileResponse) -> Result<DeviceProfile, String> {
-    if !response.error.is_empty() {
-        return Err(response.error);
-    }
-    let sane = |x: f64| x.is_finite() && x >= 0.0;
-    let levels: Vec<Level> = response
-        .levels
-        .into_iter()
-        .map(|l| Level {
-            concurrency: l.concurrency,
-            requests: l.requests,
-            errors: l.errors,
-            seconds: l.seconds,
-            p50_ms: l.p50_ms,
-            p99_ms: l.p99_ms,
-            cpu_cores: l.cpu_cores,
-            peak_rss_bytes: l.peak_rss_bytes,
-        })
-        .collect();
-    let broken = levels.iter().any(|l| {
-        ![l.seconds, l.p50_ms, l.p99_ms, l.cpu_cores]
-            .into_iter()
-            .all(sane)
-    });
-    if broken {
-        return Err("the device's figures are not valid numbers".into());
-    }
-    Ok(DeviceProfile {
-        levels,
-        load_bytes: response.load_bytes,
-        start_rss_bytes: response.start_rss_bytes,
-        cpu_count: response.cpu_count,
-    })
 }
 
 async fn serve_blobs(

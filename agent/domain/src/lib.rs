@@ -8,12 +8,14 @@ pub mod capabilities;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod names;
+pub mod profile;
 pub mod report;
 pub mod signature;
 pub mod wire;
 pub mod workload;
 
 pub use capabilities::{Capabilities, OpenClDevice, Requirement};
+pub use profile::{DeviceProfile, ProfileLevel};
 pub use report::{
     Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
 };

@@ -72,16 +72,7 @@ fn profile_message(outcome: Outcome) -> pb::ModelProfile {
         levels: profile
             .levels
             .into_iter()
-            .map(|l| pb::ProfileLevel {
-                concurrency: l.concurrency,
-                requests: l.requests,
-                errors: l.errors,
-                seconds: l.seconds,
-                p50_ms: l.p50_ms,
-                p99_ms: l.p99_ms,
-                cpu_cores: l.cpu_cores,
-                peak_rss_bytes: l.peak_rss_bytes,
-            })
+            .map(|l| pb::ProfileLevel::from(&l))
             .collect(),
         load_bytes: profile.load_bytes,
         recommended_cpu: recommendation.cpu,

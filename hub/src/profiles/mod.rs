@@ -66,30 +66,8 @@ pub type ProfileAsk = Asked<ProfileQuery>;
 /// Profile requests waiting for their answers; shared by the profiler and the link.
 pub type DeviceProfiles = DeviceRequests<ProfileQuery>;
 
-/// One level's figures, as the device measured them.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Level {
-    pub concurrency: u32,
-    /// Answered requests; failures (5xx, broken connections) are `errors`.
-    pub requests: u64,
-    pub errors: u64,
-    pub seconds: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    /// The agent's CPU time over the level's wall time.
-    pub cpu_cores: f64,
-    pub peak_rss_bytes: u64,
-}
-
-/// A device's answer to a profile request.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct DeviceProfile {
-    pub levels: Vec<Level>,
-    /// How much the agent's memory grew when the deployment loaded.
-    pub load_bytes: u64,
-    pub start_rss_bytes: u64,
-    pub cpu_count: u32,
-}
+/// One level's figures, as the device measured them, and a device's whole answer.
+pub use edgeship_domain::{DeviceProfile, ProfileLevel as Level};
 
 /// Why a profile did not run, or did not finish; `api/profiles.rs` picks the gRPC codes.
 #[derive(Debug, thiserror::Error)]

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{DeviceProfile, Level};
+use super::DeviceProfile;
 
 /// The least a recommendation asks for: a tenth of a core, 16 MiB.
 pub const MIN_CPU: f64 = 0.1;
@@ -25,18 +25,11 @@ pub struct Recommendation {
     pub memory_bytes: u64,
 }
 
-/// Answered requests per second of a level; 0 for a level that took no time. A device's
-/// figures are not trusted to be finite: what is not counts as 0.
-pub fn requests_per_second(level: &Level) -> f64 {
-    let rps = level.requests as f64 / level.seconds;
-    if rps.is_finite() { rps } else { 0.0 }
-}
-
 /// The recommendation for `profile`; `None` when it has no levels.
 pub fn recommend(profile: &DeviceProfile) -> Option<Recommendation> {
     // The first of equals: fewer connections for the same throughput.
     let (level, best) = profile.levels.iter().enumerate().reduce(|best, next| {
-        if requests_per_second(next.1) > requests_per_second(best.1) {
+        if next.1.requests_per_second() > best.1.requests_per_second() {
             next
         } else {
             best
@@ -104,7 +97,7 @@ pub fn properties(
     let values = [
         format!("{:.1}", recommendation.cpu),
         (recommendation.memory_bytes / MIB).to_string(),
-        format!("{:.1}", requests_per_second(&best)),
+        format!("{:.1}", best.requests_per_second()),
         best.concurrency.to_string(),
         milliseconds(best.p50_ms),
         milliseconds(best.p99_ms),
@@ -121,6 +114,7 @@ fn milliseconds(ms: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profiles::Level;
 
     fn level(concurrency: u32, requests: u64, cpu_cores: f64, peak_mib: u64) -> Level {
         Level {

@@ -3,9 +3,11 @@
 //! Only the hub's and the agent's MQTT links call these.
 
 mod placement;
+mod profile;
 mod report;
 mod workload;
 
+pub use profile::{profile_answer, profile_response};
 pub use report::{service_state, wire_state};
 
 use edgeship_proto::v1 as pb;
