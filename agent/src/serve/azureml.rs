@@ -27,7 +27,7 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/swagger.json", get(swagger))
 }
 
-fn message(status: StatusCode, text: impl Into<String>) -> Response {
+pub(super) fn message(status: StatusCode, text: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "message": text.into() }))).into_response()
 }
 
@@ -56,7 +56,7 @@ fn requested_model(request: &Request) -> Option<String> {
     })
 }
 
-fn not_served(shared: &Shared, model: Option<&str>) -> Response {
+pub(super) fn not_served(shared: &Shared, model: Option<&str>) -> Response {
     message(
         StatusCode::NOT_FOUND,
         format!(

@@ -13,12 +13,11 @@ use axum::extract::Request;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edgeship_runtime::{RuntimeError, Tensor};
-use edgeship_wasm::{EntryPool, Infer};
-use serde_json::json;
+use edgeship_wasm::{EntryPool, Infer, InferFuture};
 
+use super::azureml::{message, not_served};
 use super::router::model_id;
 use super::{Call, Routes, Scorer, Shared, run_inference};
-use edgeship_wasm::InferFuture;
 
 /// Request headers a module never sees: the caller's credentials are the endpoint's business.
 const WITHHELD: [&str; 3] = ["authorization", "cookie", "x-api-key"];
@@ -34,10 +33,6 @@ const RESERVED: [&str; 6] = [
     super::MODEL_HEADER,
 ];
 
-fn message(status: StatusCode, text: impl Into<String>) -> Response {
-    (status, axum::Json(json!({ "message": text.into() }))).into_response()
-}
-
 /// Answers one `/score` request through `pool`, routed on `routes` by `model` and `key`.
 pub async fn score(
     shared: &Shared,
@@ -48,14 +43,7 @@ pub async fn score(
     request: Request,
 ) -> Response {
     let Some(backend) = routes.pick_model(model, key.as_deref()).cloned() else {
-        return message(
-            StatusCode::NOT_FOUND,
-            format!(
-                "model {:?} is not served here; this endpoint serves {}",
-                model.unwrap_or_default(),
-                shared.model_names()
-            ),
-        );
+        return not_served(shared, model);
     };
     let call = Call {
         backend,

@@ -4,7 +4,6 @@
 //! any state, so it is dropped and a fresh one takes its place; the endpoint keeps serving.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,8 +56,6 @@ pub struct EntryPool {
     init_infer: Arc<dyn Infer>,
     idle: Mutex<Vec<Instance>>,
     turns: Arc<Semaphore>,
-    /// How long the last request took inside the module, models included, in µs.
-    recent_micros: AtomicU64,
 }
 
 impl std::fmt::Debug for EntryPool {
@@ -88,19 +85,12 @@ impl EntryPool {
             init_infer,
             idle: Mutex::new(Vec::with_capacity(instances)),
             turns: Arc::new(Semaphore::new(instances)),
-            recent_micros: AtomicU64::new(0),
         };
         for _ in 0..instances {
             let instance = pool.instantiate().await?;
             pool.lock().push(instance);
         }
         Ok(pool)
-    }
-
-    /// How long the last request took inside the module (models included), in µs; 0 before
-    /// the first.
-    pub fn recent_micros(&self) -> u64 {
-        self.recent_micros.load(Ordering::Relaxed)
     }
 
     /// `name:version` of the module.
@@ -194,7 +184,6 @@ impl EntryPool {
         Lease {
             pool: Arc::clone(self),
             instance,
-            calling: false,
             _permit: permit,
         }
     }
@@ -214,8 +203,6 @@ fn begin_call(store: &mut Store<Sandbox>, deadline: Duration, infer: Arc<dyn Inf
 pub struct Lease {
     pool: Arc<EntryPool>,
     instance: Option<Instance>,
-    /// Set while a call is under way.
-    calling: bool,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -243,28 +230,17 @@ impl Lease {
             None => pool.instantiate().await?,
         };
         let deadline = pool.settings.limits.deadline;
+        // Held here, not in the lease, while the call runs: dropped mid-call (the caller went
+        // away), it goes with the call, since it may be in any state, and the next lease makes
+        // a fresh one.
         begin_call(&mut instance.store, deadline, infer);
-        // Dropped mid-call (the caller went away), the instance is not given back: it may be
-        // in any state.
-        self.calling = true;
         // A panic in the host (a runtime called through `infer`) unwinds through the module's
         // frames: the instance is dropped as after a trap, and the request fails.
         let result = AssertUnwindSafe(instance.entry.call_run(&mut instance.store, request))
             .catch_unwind()
             .await
             .unwrap_or_else(|_| Err(wasmtime::Error::msg("the host panicked during the call")));
-        self.calling = false;
         instance.store.data_mut().infer = None;
-        pool.recent_micros.store(
-            instance
-                .store
-                .data()
-                .call_started
-                .elapsed()
-                .as_micros()
-                .max(1) as u64,
-            Ordering::Relaxed,
-        );
         match result {
             Ok(response) => {
                 self.instance = Some(instance);
@@ -288,9 +264,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(instance) = self.instance.take()
-            && !self.calling
-        {
+        if let Some(instance) = self.instance.take() {
             self.pool.lock().push(instance);
         }
     }
