@@ -13,6 +13,7 @@ use edgeship_agent::stage::Stage;
 use edgeship_domain::{
     EntryModule, ModelWorkload, RuntimeKind, RuntimeOptions, SandboxSpec, Workload, WorkloadKind,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
 use testkit::modules::{digit_png, entry_modules};
 use testkit::{HttpResponse, expected, fixture, free_port};
@@ -150,6 +151,17 @@ async fn the_records_module_feeds_the_diabetes_model_and_names_a_missing_column(
             (g - w).abs() < 1e-3 * w.abs().max(1.0),
             "{got:?} vs {want:?}"
         );
+    }
+    // Many callers at once share the instances (one per core): each gets its own answer.
+    let answers = futures::stream::iter(0..200)
+        .map(|_| post(addr, "/score", "application/json", body.as_bytes()))
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    for answer in answers {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let again: Vec<f64> = serde_json::from_str(&answer.body).expect("predictions");
+        assert_eq!(again, got);
     }
 
     let mut short = diabetes_records();
