@@ -2,11 +2,11 @@
 //! modules built) the round trip, its own namespace beside models, blobs shared with models,
 //! deployments naming a module, and continuous deployment of a new module version.
 //!
-//! A valid component comes from the edge-modules build (`cargo build --release --target
-//! wasm32-wasip2` in edge-modules/, target dir `target/wasm`); without it the tests that need
-//! one say so on one line and return, and the refusals still run.
+//! Valid components are the edge-modules build, which this test build runs
+//! (`testkit::modules`); without the wasm32-wasip2 target the tests that need one print a
+//! `SKIP:` line and return (a failure under `EDGESHIP_CI=1`), and the refusals still run.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use edgeship_hub::client::{self, ModuleClient};
 use edgeship_hub::registry::NewModel;
@@ -17,19 +17,10 @@ use tonic::Code;
 use crate::cli::edgeship;
 use crate::support::*;
 
-/// A component built from edge-modules, if the wasm build has run.
+/// A component built from edge-modules by this test build (`testkit::modules`): `None` after a
+/// `SKIP:` line where the wasm32-wasip2 target is missing, a failure under `EDGESHIP_CI=1`.
 fn built_module(name: &str) -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/wasm/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    if path.is_file() {
-        return Some(path);
-    }
-    eprintln!(
-        "skipped: {} is not built (cargo build --release --target wasm32-wasip2 in edge-modules/)",
-        path.display()
-    );
-    None
+    testkit::modules::entry_modules("hub::modules").map(|dir| dir.join(format!("{name}.wasm")))
 }
 
 fn new_module(name: &str) -> NewModel {
