@@ -92,3 +92,28 @@ pub fn digit_png(ink: &[f64], scale: u32) -> Vec<u8> {
     writer.finish().expect("PNG end");
     out
 }
+
+/// The diabetes data set's columns, in the model's order.
+pub const DIABETES_COLUMNS: [&str; 10] = [
+    "age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6",
+];
+
+/// The diabetes fixture's rows as the records Power BI sends (`{"data": [{"age": …}, …]}`):
+/// the records example module's input.
+pub fn diabetes_records() -> serde_json::Value {
+    let rows = crate::expected("diabetes")["inputs"].clone();
+    let records: Vec<serde_json::Value> = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .map(|row| {
+            DIABETES_COLUMNS
+                .iter()
+                .zip(row.as_array().expect("row"))
+                .map(|(c, v)| ((*c).to_owned(), v.clone()))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .collect();
+    serde_json::json!({ "data": records })
+}

@@ -14,16 +14,11 @@ use edgeship_domain::{
     EntryModule, ModelWorkload, RuntimeKind, RuntimeOptions, SandboxSpec, Workload, WorkloadKind,
 };
 use futures::StreamExt;
-use serde_json::{Value, json};
-use testkit::modules::{digit_png, entry_modules};
+use serde_json::json;
+use testkit::modules::{diabetes_records, digit_png, entry_modules};
 use testkit::{HttpResponse, expected, fixture, free_port};
 
 use crate::split::{fixture_model, seed};
-
-/// The diabetes data set's columns, in the model's order.
-const COLUMNS: [&str; 10] = [
-    "age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6",
-];
 
 /// A stage in a temporary data folder, with the fixtures' and the modules' files in its cache.
 struct Bench {
@@ -103,27 +98,6 @@ async fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> 
     testkit::http(addr, "POST", path, &[("content-type", content_type)], body)
         .await
         .expect("answers")
-}
-
-/// The fixture's rows as the records Power BI sends.
-fn diabetes_records() -> Value {
-    let rows = expected("diabetes")["inputs"].clone();
-    let records: Vec<Value> = rows
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|row| {
-            let values = row.as_array().expect("row");
-            Value::Object(
-                COLUMNS
-                    .iter()
-                    .zip(values)
-                    .map(|(c, v)| ((*c).to_owned(), v.clone()))
-                    .collect(),
-            )
-        })
-        .collect();
-    json!({ "data": records })
 }
 
 #[tokio::test]

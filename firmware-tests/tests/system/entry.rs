@@ -11,10 +11,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use testkit::images::register_diabetes_cli;
-use testkit::modules::entry_modules;
-use testkit::{
-    HubProcess, TempDir, binary, edgeship, eventually, expected, free_port, start_agent,
-};
+use testkit::modules::{diabetes_records, entry_modules};
+
+use crate::support::hub_and_agent;
+use testkit::{TempDir, binary, edgeship, eventually, expected, free_port, start_agent};
 
 /// `edgeship ARGS` that must fail: its stderr.
 fn refused(hub: &str, args: &[&str]) -> String {
@@ -72,18 +72,8 @@ async fn entry_modules_are_registered_deployed_rolled_and_cached_on_a_real_agent
         return;
     };
     let dir = TempDir::new("entry-modules");
-    let hub = HubProcess::start(
-        &dir.path().join("hub"),
-        Err(free_port()),
-        &dir.path().join("hub.log"),
-    );
+    let (hub, agent) = hub_and_agent(&dir, "edge-wasm");
     let agent_log = dir.path().join("agent.log");
-    let agent = start_agent(
-        "edge-wasm",
-        &hub.mqtt_url,
-        &dir.path().join("agent"),
-        &agent_log,
-    );
     let url = hub.url.clone();
     register_diabetes_cli(&url);
 
@@ -131,24 +121,7 @@ async fn entry_modules_are_registered_deployed_rolled_and_cached_on_a_real_agent
             "--wait",
         ],
     );
-    let rows = expected("diabetes")["inputs"].clone();
-    let columns = [
-        "age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6",
-    ];
-    let records: Vec<serde_json::Value> = rows
-        .as_array()
-        .expect("rows")
-        .iter()
-        .map(|row| {
-            columns
-                .iter()
-                .zip(row.as_array().expect("row"))
-                .map(|(c, v)| ((*c).to_owned(), v.clone()))
-                .collect::<serde_json::Map<_, _>>()
-                .into()
-        })
-        .collect();
-    let body = serde_json::json!({ "data": records }).to_string();
+    let body = diabetes_records().to_string();
     let answer = post(port, body.as_bytes()).await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let got: Vec<f64> = serde_json::from_str(&answer.body).expect("predictions");
@@ -248,17 +221,7 @@ async fn the_image_and_top_k_examples_answer_through_manifests_on_a_real_agent()
         return;
     };
     let dir = TempDir::new("entry-examples");
-    let hub = HubProcess::start(
-        &dir.path().join("hub"),
-        Err(free_port()),
-        &dir.path().join("hub.log"),
-    );
-    let _agent = start_agent(
-        "edge-img",
-        &hub.mqtt_url,
-        &dir.path().join("agent"),
-        &dir.path().join("agent.log"),
-    );
+    let (hub, _agent) = hub_and_agent(&dir, "edge-img");
     let url = hub.url.clone();
     let digits = testkit::fixture("digits");
     edgeship(

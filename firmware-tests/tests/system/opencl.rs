@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use testkit::{HubProcess, Process, TempDir, binary, edgeship, eventually, free_port, start_agent};
+use testkit::{TempDir, binary, edgeship, eventually, free_port};
+
+use crate::support::hub_and_agent;
 
 /// Whether an ICD loader and at least one registered platform are installed, read from the
 /// file system so that this process never loads OpenCL itself.
@@ -43,24 +45,6 @@ fn opencl_installed(test: &str) -> bool {
     false
 }
 
-/// A hub process with its embedded broker and an agent process `edge-cl`. The agent finds the
-/// loader under its versioned name (`libOpenCL.so.1`), as on devices without development
-/// packages.
-fn hub_and_agent(dir: &TempDir) -> (HubProcess, Process) {
-    let hub = HubProcess::start(
-        &dir.path().join("hub"),
-        Err(free_port()),
-        &dir.path().join("hub.log"),
-    );
-    let agent = start_agent(
-        "edge-cl",
-        &hub.mqtt_url,
-        &dir.path().join("agent"),
-        &dir.path().join("agent.log"),
-    );
-    (hub, agent)
-}
-
 fn device_show(hub: &str, args: &[&str]) -> Option<String> {
     let output = Command::new(binary("edgeship"))
         .args(["device", "show", "edge-cl"])
@@ -81,7 +65,7 @@ async fn an_agent_announces_its_opencl_devices_and_device_show_lists_them() {
         return;
     }
     let dir = TempDir::new("opencl-birth");
-    let (hub, _agent) = hub_and_agent(&dir);
+    let (hub, _agent) = hub_and_agent(&dir, "edge-cl");
     let url = hub.url.clone();
     let devices = eventually(
         Duration::from_secs(30),
@@ -150,7 +134,7 @@ async fn an_opencl_deployment_answers_as_tract_does_and_a_missing_device_is_unsc
         return;
     }
     let dir = TempDir::new("opencl-serve");
-    let (hub, _agent) = hub_and_agent(&dir);
+    let (hub, _agent) = hub_and_agent(&dir, "edge-cl");
     let url = hub.url.clone();
     let digits = testkit::fixture("digits");
     let folder = digits.to_string_lossy().into_owned();

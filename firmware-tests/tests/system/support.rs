@@ -77,3 +77,23 @@ pub fn log_contains(path: &Path, text: &str) -> bool {
 }
 
 pub use testkit::{now_ms, wait_heard_from};
+
+/// A hub process with its embedded broker and an agent process `device` joined to it, their
+/// data and logs (`hub.log`, `agent.log`) in `dir`.
+pub fn hub_and_agent(
+    dir: &testkit::TempDir,
+    device: &str,
+) -> (testkit::HubProcess, testkit::Process) {
+    let hub = testkit::HubProcess::start(
+        &dir.path().join("hub"),
+        Err(testkit::free_port()),
+        &dir.path().join("hub.log"),
+    );
+    let agent = testkit::start_agent(
+        device,
+        &hub.mqtt_url,
+        &dir.path().join("agent"),
+        &dir.path().join("agent.log"),
+    );
+    (hub, agent)
+}
