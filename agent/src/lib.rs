@@ -13,6 +13,7 @@ pub mod containers;
 pub mod device;
 pub mod driver;
 pub mod fetch;
+pub mod jobs;
 pub mod link;
 pub mod logbook;
 pub mod profile;

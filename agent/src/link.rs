@@ -42,7 +42,23 @@ pub struct LinkEvents {
     pub log_requests: mpsc::Receiver<LogRequest>,
     /// Requests to load a deployment's endpoint (`edgeship model profile`).
     pub profile_requests: mpsc::Receiver<ProfileRequest>,
+    /// The hub's answers about jobs' outputs being uploaded.
+    pub upload_acks: mpsc::Receiver<UploadAck>,
 }
+
+/// The hub's answer to a piece of a job's output: how much of it the hub holds, or why it
+/// refuses the upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadAck {
+    pub job_id: String,
+    pub sha256: String,
+    pub received_bytes: u64,
+    pub error: String,
+}
+
+/// Upload answers waiting for the jobs' uploaders; more are dropped (an uploader that hears
+/// nothing asks again).
+const UPLOAD_ACK_QUEUE: usize = 64;
 
 /// The hub asking for a deployment's recent log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,6 +226,33 @@ impl LinkSender {
         }
     }
 
+    /// Sends a piece of a job's output (an empty one asks how much the hub holds). Waits
+    /// while the client's queue is full: uploads are paced by the link.
+    pub async fn send_upload(
+        &self,
+        job_id: &str,
+        sha256: &str,
+        size_bytes: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) {
+        let chunk = pb::UploadChunk {
+            job_id: job_id.to_owned(),
+            sha256: sha256.to_owned(),
+            size_bytes,
+            offset,
+            data: data.into(),
+        };
+        let topic = topics::device(&self.device_id, DeviceTopic::UploadRequest);
+        if let Err(err) = self
+            .client
+            .publish(topic, QoS::AtLeastOnce, false, chunk.encode_to_vec())
+            .await
+        {
+            tracing::debug!(error = %err, "upload piece dropped");
+        }
+    }
+
     /// Queues a report; never waits. A report not yet sent is replaced by this one.
     pub fn report(&self, report: ReportedState) {
         self.reports.send_replace(Some(report));
@@ -309,6 +352,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
     let (log_tx, log_rx) = mpsc::channel(LOG_REQUEST_QUEUE);
     // One profile runs at a time; one more may wait its turn.
     let (profile_tx, profile_rx) = mpsc::channel(2);
+    let (upload_tx, upload_rx) = mpsc::channel(UPLOAD_ACK_QUEUE);
     let sender = LinkSender {
         client: client.clone(),
         device_id: device_id.clone(),
@@ -321,6 +365,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
         chunks: chunk_tx,
         log_requests: log_tx,
         profile_requests: profile_tx,
+        upload_acks: upload_tx,
     };
     let poller = tokio::spawn(poll(
         eventloop,
@@ -341,6 +386,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
             connected: connected_rx,
             log_requests: log_rx,
             profile_requests: profile_rx,
+            upload_acks: upload_rx,
         },
         stopping: stopping_tx,
         tasks: vec![poller, reporter],
@@ -355,6 +401,7 @@ struct Inbound {
     chunks: mpsc::Sender<Chunk>,
     log_requests: mpsc::Sender<LogRequest>,
     profile_requests: mpsc::Sender<ProfileRequest>,
+    upload_acks: mpsc::Sender<UploadAck>,
 }
 
 impl Inbound {
@@ -427,6 +474,20 @@ impl Inbound {
                     tracing::warn!("profile request dropped: profiles are queued already");
                 }
             }
+            Some((id, DeviceTopic::UploadResponse)) if id == self.device_id => {
+                match pb::UploadAck::decode(payload) {
+                    Ok(ack) if !ack.job_id.is_empty() => {
+                        let _ = self.upload_acks.try_send(UploadAck {
+                            job_id: ack.job_id,
+                            sha256: ack.sha256,
+                            received_bytes: ack.received_bytes,
+                            error: ack.error,
+                        });
+                    }
+                    Ok(_) => tracing::warn!("upload answer without a job ignored"),
+                    Err(err) => tracing::warn!(error = %err, "malformed upload answer ignored"),
+                }
+            }
             _ => tracing::debug!(%topic, "message on an unexpected topic ignored"),
         }
     }
@@ -489,6 +550,7 @@ async fn poll(
                         DeviceTopic::BlobResponse,
                         DeviceTopic::LogRequest,
                         DeviceTopic::ProfileRequest,
+                        DeviceTopic::UploadResponse,
                     ] {
                         let _ = client
                             .subscribe(topics::device(&device_id, kind), QoS::AtLeastOnce)

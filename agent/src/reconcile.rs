@@ -230,6 +230,8 @@ mod tests {
             workloads,
             rejected: vec![],
             issued_at_ms: 0,
+            jobs: vec![],
+            rejected_jobs: vec![],
         }
     }
 

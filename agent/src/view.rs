@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use edgeship_domain::{EndpointMetrics, ServiceState};
+use edgeship_domain::{EndpointMetrics, JobStatus, ServiceState};
 
 /// A workload as observers (tests, `edgeship dev`) see it.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,10 +24,16 @@ pub struct AgentView {
     /// Model versions loaded since the agent started: a change of weights or health gate, or
     /// a split that keeps a loaded version, leaves it as it was.
     pub models_loaded: u64,
+    /// Batch jobs of the desired state, with their progress.
+    pub jobs: Vec<JobStatus>,
 }
 
 impl AgentView {
     pub fn workload(&self, deployment: &str) -> Option<&WorkloadView> {
         self.workloads.iter().find(|w| w.deployment == deployment)
+    }
+
+    pub fn job(&self, job_id: &str) -> Option<&JobStatus> {
+        self.jobs.iter().find(|j| j.job_id == job_id)
     }
 }

@@ -574,6 +574,7 @@ async fn report(
         applied_generation: applied,
         workloads,
         reported_at_ms: 0,
+        jobs: vec![],
     };
     let _ = client
         .publish(

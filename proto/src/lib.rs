@@ -81,6 +81,10 @@ pub mod topics {
         ProfileRequest,
         /// device → hub `ProfileResponse`.
         ProfileResponse,
+        /// device → hub `UploadChunk` (a job's output).
+        UploadRequest,
+        /// hub → device `UploadAck`.
+        UploadResponse,
     }
 
     impl DeviceTopic {
@@ -95,10 +99,12 @@ pub mod topics {
                 DeviceTopic::LogResponse => "logs/resp",
                 DeviceTopic::ProfileRequest => "profile/req",
                 DeviceTopic::ProfileResponse => "profile/resp",
+                DeviceTopic::UploadRequest => "uploads/req",
+                DeviceTopic::UploadResponse => "uploads/resp",
             }
         }
 
-        const ALL: [DeviceTopic; 9] = [
+        const ALL: [DeviceTopic; 11] = [
             DeviceTopic::Desired,
             DeviceTopic::Reported,
             DeviceTopic::Birth,
@@ -108,6 +114,8 @@ pub mod topics {
             DeviceTopic::LogResponse,
             DeviceTopic::ProfileRequest,
             DeviceTopic::ProfileResponse,
+            DeviceTopic::UploadRequest,
+            DeviceTopic::UploadResponse,
         ];
     }
 

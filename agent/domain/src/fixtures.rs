@@ -49,3 +49,24 @@ pub fn tract_agent() -> Capabilities {
         ..Capabilities::default()
     }
 }
+
+/// Job `job_id` running model `m:1` (as [`model_workload`]) over a JSON-lines input whose
+/// blob is `digest(input_blob)`, 100 records a mini-batch.
+pub fn batch_job(job_id: &str, input_blob: u32) -> crate::job::BatchJob {
+    let WorkloadKind::Model(workload) = model_workload("job", 1, 1).kind else {
+        unreachable!("model_workload makes a model workload")
+    };
+    crate::job::BatchJob {
+        job_id: job_id.into(),
+        runtime: RuntimeKind::Tract,
+        model: workload.models[0].clone(),
+        input: BlobRef {
+            path: "input".into(),
+            sha256: digest(input_blob),
+            size_bytes: 100,
+        },
+        input_format: crate::job::InputFormat::JsonLines,
+        mini_batch: crate::job::DEFAULT_MINI_BATCH,
+        options: RuntimeOptions::default(),
+    }
+}

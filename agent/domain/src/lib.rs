@@ -7,6 +7,7 @@
 pub mod capabilities;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
+pub mod job;
 pub mod names;
 pub mod profile;
 pub mod report;
@@ -15,6 +16,7 @@ pub mod wire;
 pub mod workload;
 
 pub use capabilities::{Capabilities, OpenClDevice, Requirement};
+pub use job::{BatchJob, InputFormat, JobPhase, JobStatus, RejectedJob};
 pub use profile::{DeviceProfile, ProfileLevel};
 pub use report::{
     Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,

@@ -23,6 +23,7 @@ pub enum NameKind {
     Model,
     Module,
     Deployment,
+    Job,
 }
 
 impl fmt::Display for NameKind {
@@ -31,11 +32,12 @@ impl fmt::Display for NameKind {
             NameKind::Model => "model",
             NameKind::Module => "module",
             NameKind::Deployment => "deployment",
+            NameKind::Job => "job",
         })
     }
 }
 
-/// Model, module and deployment names: 1–255 ASCII letters, digits, `-`, `_` and `.`,
+/// Model, module, deployment and job names: 1–255 ASCII letters, digits, `-`, `_` and `.`,
 /// starting with a letter or digit.
 pub fn id(kind: NameKind, id: &str) -> Result<(), InvalidName> {
     if id.is_empty() {

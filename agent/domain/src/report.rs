@@ -6,6 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::capabilities::Capabilities;
+use crate::job::JobStatus;
 
 /// Service states, as Azure ML names them; ordered from best to worst, so the worst over a
 /// deployment's devices is its state.
@@ -48,6 +49,9 @@ pub struct ReportedState {
     pub applied_generation: u64,
     pub workloads: Vec<WorkloadStatus>,
     pub reported_at_ms: i64,
+    /// Every job of the desired state the device has taken up.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobStatus>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

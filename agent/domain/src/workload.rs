@@ -9,6 +9,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::job::{BatchJob, RejectedJob};
 use crate::signature::TensorSpec;
 
 /// Everything one device should run: the whole truth, not a diff.
@@ -24,6 +25,12 @@ pub struct DesiredState {
     pub rejected: Vec<RejectedWorkload>,
     /// Milliseconds since the Unix epoch, when the hub computed it.
     pub issued_at_ms: i64,
+    /// Batch inference jobs to run (`edgeship job run`), until the hub has their output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<BatchJob>,
+    /// Jobs of the message that this side could not take; each is reported `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_jobs: Vec<RejectedJob>,
 }
 
 /// A workload of a desired state that could not be decoded into a [`Workload`].
@@ -37,9 +44,13 @@ pub struct RejectedWorkload {
 }
 
 impl DesiredState {
-    /// Every blob the state names (models and entry modules), for entitlement and cache GC.
+    /// Every blob the state names (models, entry modules, images, jobs' models and inputs),
+    /// for entitlement and cache GC.
     pub fn blobs(&self) -> impl Iterator<Item = &BlobRef> {
-        self.workloads.iter().flat_map(Workload::blobs)
+        self.workloads
+            .iter()
+            .flat_map(Workload::blobs)
+            .chain(self.jobs.iter().flat_map(BatchJob::blobs))
     }
 }
 

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+mod jobs;
 mod logs;
 mod profile;
 mod status;
@@ -88,7 +89,14 @@ impl RunningAgent {
             stage = stage.with_containers(containers);
         }
         let birth = birth(&config, engine.as_deref());
-        let link = link::start(&config, &birth);
+        let mut link = link::start(&config, &birth);
+        let upload_acks = std::mem::replace(&mut link.events.upload_acks, mpsc::channel(1).1);
+        let jobs = crate::jobs::Jobs::new(
+            config.data_dir.join("jobs"),
+            cache.clone(),
+            link.sender.clone(),
+            upload_acks,
+        );
         let (view_tx, view) = watch::channel(AgentView::default());
         let mut agent = Agent {
             stage,
@@ -109,6 +117,7 @@ impl RunningAgent {
             birth,
             log_answers: std::sync::Arc::new(tokio::sync::Semaphore::new(LOG_ANSWERS_AT_ONCE)),
             profiling: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
+            jobs,
         };
         agent.restore().await;
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -194,6 +203,8 @@ struct Agent {
     log_answers: std::sync::Arc<tokio::sync::Semaphore>,
     /// One profile at a time (see `profile.rs`).
     profiling: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Batch jobs running in the background (see `jobs.rs`).
+    jobs: crate::jobs::Jobs,
 }
 
 /// Log answers the agent puts together at once; more requests are told to ask again.
@@ -219,6 +230,7 @@ impl Agent {
             .filter(|d| d.generation > self.state.applied_generation || restore_failed);
         let mut chunks = std::mem::replace(&mut link.events.chunks, mpsc::channel(1).1);
         let mut ticker = tokio::time::interval(REPORT_INTERVAL);
+        let jobs_changed = self.jobs.changed();
         let mut health = tokio::time::interval(HEALTH_INTERVAL);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -268,6 +280,7 @@ impl Agent {
                 _ = link.events.connected.changed() => self.report(),
                 _ = ticker.tick() => self.report(),
                 _ = health.tick() => self.check_health(),
+                _ = jobs_changed.notified() => self.report(),
                 // Answers to requests of a download that has ended: let them go (which
                 // acknowledges them) rather than keep them queued.
                 Some(stale) = chunks.recv() => drop(stale),
@@ -280,6 +293,7 @@ impl Agent {
         link.stop_reconnecting();
         self.sender.goodbye(&self.birth, GOODBYE_TIMEOUT).await;
         link.close(GOODBYE_TIMEOUT).await;
+        self.jobs.stop_all();
         self.stage.stop_all().await;
         Ok(())
     }
@@ -319,6 +333,7 @@ impl Agent {
         // Containers of this device that no restored workload adopted are left from a crash.
         #[cfg(feature = "containers")]
         self.stage.remove_stray_containers().await;
+        self.restore_jobs();
         self.publish_view();
     }
 
@@ -411,6 +426,12 @@ impl Agent {
                     stopped.insert(deployment);
                 }
             }
+        }
+        match self.converge_jobs(desired, chunks).await {
+            Ok(()) => {}
+            Err(StepError::Superseded) => return Pass::Superseded,
+            Err(StepError::Transient) => transient = true,
+            Err(StepError::Lasting) => {}
         }
         self.settle(desired);
         let pass = if transient {

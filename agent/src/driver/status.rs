@@ -116,6 +116,7 @@ impl Agent {
             applied_generation: self.state.applied_generation,
             workloads,
             models_loaded: self.stage.loads(),
+            jobs: self.jobs.statuses(),
         });
     }
 
@@ -175,6 +176,7 @@ impl Agent {
             applied_generation: self.state.applied_generation,
             workloads: self.statuses.values().cloned().collect(),
             reported_at_ms: now_ms(),
+            jobs: self.jobs.statuses(),
         });
     }
 }

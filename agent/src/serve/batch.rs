@@ -471,7 +471,10 @@ impl Worker {
 }
 
 /// Splits each output along its first axis into one part per request, in order.
-fn split_outputs(outputs: Vec<Tensor>, rows: &[usize]) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
+pub(crate) fn split_outputs(
+    outputs: Vec<Tensor>,
+    rows: &[usize],
+) -> Result<Vec<Vec<Tensor>>, RuntimeError> {
     let total: usize = rows.iter().sum();
     let mut parts: Vec<Vec<Tensor>> = rows.iter().map(|_| Vec::new()).collect();
     for mut output in outputs {

@@ -259,6 +259,8 @@ impl Hub {
             workloads: vec![workload.clone()],
             rejected: vec![],
             issued_at_ms: 0,
+            jobs: vec![],
+            rejected_jobs: vec![],
         };
         let payload = pb::DesiredState::from(&desired).encode_to_vec();
         self.client

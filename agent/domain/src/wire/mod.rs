@@ -2,6 +2,7 @@
 //! domain validates and says precisely what is wrong or unsupported; domain → wire cannot fail.
 //! Only the hub's and the agent's MQTT links call these.
 
+mod job;
 mod placement;
 mod profile;
 mod report;

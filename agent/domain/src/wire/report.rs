@@ -6,6 +6,7 @@ use edgeship_proto::v1 as pb;
 
 use super::WireError;
 use crate::capabilities::{Capabilities, OpenClDevice};
+use crate::job::JobStatus;
 use crate::names;
 use crate::report::{
     Birth, EndpointMetrics, ReportedState, ServiceState, VersionMetrics, WorkloadStatus,
@@ -231,6 +232,7 @@ impl From<&ReportedState> for pb::ReportedState {
                 .map(pb::WorkloadStatus::from)
                 .collect(),
             reported_at_ms: report.reported_at_ms,
+            jobs: report.jobs.iter().map(pb::JobStatus::from).collect(),
         }
     }
 }
@@ -249,6 +251,11 @@ impl TryFrom<pb::ReportedState> for ReportedState {
                 .map(WorkloadStatus::from)
                 .collect(),
             reported_at_ms: report.reported_at_ms,
+            jobs: report
+                .jobs
+                .into_iter()
+                .map(JobStatus::try_from)
+                .collect::<Result<_, _>>()?,
         })
     }
 }

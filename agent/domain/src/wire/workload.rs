@@ -3,6 +3,7 @@
 use edgeship_proto::v1 as pb;
 
 use super::WireError;
+use crate::job::{BatchJob, RejectedJob};
 use crate::names;
 use crate::signature::TensorSpec;
 use crate::workload::{
@@ -48,7 +49,7 @@ fn blobs(files: Vec<pb::BlobRef>, entry_file: &str, what: &str) -> Result<Vec<Bl
     Ok(files)
 }
 
-fn runtime_kind(code: i32) -> Result<RuntimeKind, WireError> {
+pub(super) fn runtime_kind(code: i32) -> Result<RuntimeKind, WireError> {
     match pb::Runtime::try_from(code) {
         Ok(pb::Runtime::Tract) => Ok(RuntimeKind::Tract),
         Ok(pb::Runtime::Opencl) => Ok(RuntimeKind::Opencl),
@@ -62,7 +63,7 @@ fn runtime_kind(code: i32) -> Result<RuntimeKind, WireError> {
     }
 }
 
-fn wire_runtime(runtime: RuntimeKind) -> pb::Runtime {
+pub(super) fn wire_runtime(runtime: RuntimeKind) -> pb::Runtime {
     match runtime {
         RuntimeKind::Tract => pb::Runtime::Tract,
         RuntimeKind::Opencl => pb::Runtime::Opencl,
@@ -205,17 +206,7 @@ impl From<&ModelWorkload> for pb::ModelWorkload {
         pb::ModelWorkload {
             runtime: wire_runtime(model.runtime).into(),
             models: model.models.iter().map(pb::DeployedModel::from).collect(),
-            options: Some(pb::RuntimeOptions {
-                threads: model.options.threads,
-                max_batch_size: model.options.max_batch_size,
-                max_queue_delay_ms: model.options.max_queue_delay_ms,
-                max_queue_size: model.options.max_queue_size,
-                opencl_device: model.options.opencl_device.clone(),
-                opencl_precision: match model.options.opencl_precision {
-                    Precision::Fp32 => String::new(),
-                    other => other.name().to_owned(),
-                },
-            }),
+            options: Some(wire_options(&model.options)),
             entry_module: model.entry_module.as_ref().map(|m| pb::EntryModule {
                 module_id: m.module_id.clone(),
                 version: m.version,
@@ -242,7 +233,6 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
             .into_iter()
             .map(DeployedModel::try_from)
             .collect::<Result<Vec<_>, _>>()?;
-        let options = model.options.unwrap_or_default();
         let entry_module = match model.entry_module {
             None => None,
             Some(module) => {
@@ -264,21 +254,39 @@ impl TryFrom<pb::ModelWorkload> for ModelWorkload {
         Ok(ModelWorkload {
             runtime,
             models,
-            options: RuntimeOptions {
-                threads: options.threads,
-                max_batch_size: options.max_batch_size,
-                max_queue_delay_ms: options.max_queue_delay_ms,
-                max_queue_size: options.max_queue_size,
-                opencl_device: options.opencl_device,
-                opencl_precision: match options.opencl_precision.as_str() {
-                    "" => Precision::Fp32,
-                    // A precision a newer hub knows and this agent does not.
-                    name => Precision::parse(name).map_err(WireError::Unsupported)?,
-                },
-            },
+            options: runtime_options(model.options.unwrap_or_default())?,
             entry_module,
         })
     }
+}
+
+pub(super) fn wire_options(options: &RuntimeOptions) -> pb::RuntimeOptions {
+    pb::RuntimeOptions {
+        threads: options.threads,
+        max_batch_size: options.max_batch_size,
+        max_queue_delay_ms: options.max_queue_delay_ms,
+        max_queue_size: options.max_queue_size,
+        opencl_device: options.opencl_device.clone(),
+        opencl_precision: match options.opencl_precision {
+            Precision::Fp32 => String::new(),
+            other => other.name().to_owned(),
+        },
+    }
+}
+
+pub(super) fn runtime_options(options: pb::RuntimeOptions) -> Result<RuntimeOptions, WireError> {
+    Ok(RuntimeOptions {
+        threads: options.threads,
+        max_batch_size: options.max_batch_size,
+        max_queue_delay_ms: options.max_queue_delay_ms,
+        max_queue_size: options.max_queue_size,
+        opencl_device: options.opencl_device,
+        opencl_precision: match options.opencl_precision.as_str() {
+            "" => Precision::Fp32,
+            // A precision a newer hub knows and this agent does not.
+            name => Precision::parse(name).map_err(WireError::Unsupported)?,
+        },
+    })
 }
 
 impl From<&ContainerWorkload> for pb::ContainerWorkload {
@@ -463,6 +471,7 @@ impl From<&DesiredState> for pb::DesiredState {
             workloads: desired.workloads.iter().map(pb::Workload::from).collect(),
             signature: Default::default(),
             issued_at_ms: desired.issued_at_ms,
+            jobs: desired.jobs.iter().map(pb::BatchJob::from).collect(),
         }
     }
 }
@@ -493,12 +502,26 @@ impl TryFrom<pb::DesiredState> for DesiredState {
                 }),
             }
         }
+        let mut jobs = Vec::new();
+        let mut rejected_jobs = Vec::new();
+        for job in desired.jobs {
+            let job_id = job.job_id.clone();
+            match BatchJob::try_from(job) {
+                Ok(job) => jobs.push(job),
+                Err(err) => rejected_jobs.push(RejectedJob {
+                    job_id,
+                    reason: err.to_string(),
+                }),
+            }
+        }
         Ok(DesiredState {
             device_id: desired.device_id,
             generation: desired.generation,
             workloads,
             rejected,
             issued_at_ms: desired.issued_at_ms,
+            jobs,
+            rejected_jobs,
         })
     }
 }
