@@ -293,7 +293,7 @@ impl Agent {
         link.stop_reconnecting();
         self.sender.goodbye(&self.birth, GOODBYE_TIMEOUT).await;
         link.close(GOODBYE_TIMEOUT).await;
-        self.jobs.stop_all();
+        self.jobs.stop_all().await;
         self.stage.stop_all().await;
         Ok(())
     }

@@ -32,6 +32,8 @@ use crate::link::{LinkSender, UploadAck};
 use score::{JobFiles, Progress, Stopped};
 use upload::Uploaded;
 
+/// Longest wait for a scoring thread to finish its mini-batch when the agent stops.
+const STOP_WAIT: Duration = Duration::from_secs(10);
 /// Least time between two progress reports of one job.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
@@ -202,12 +204,14 @@ impl Jobs {
         self.changed.notify_one();
     }
 
-    /// Stops every job (the agent is stopping); their files stay for the next start.
-    pub fn stop_all(&mut self) {
+    /// Stops every job (the agent is stopping) and waits, a few seconds at most, for a
+    /// mini-batch being scored to end; the jobs' files stay for the next start.
+    pub async fn stop_all(&mut self) {
         for (_, running) in self.running.drain() {
             running.cancelled.store(true, Ordering::Relaxed);
             running.task.abort();
         }
+        let _ = tokio::time::timeout(STOP_WAIT, self.scoring.acquire()).await;
     }
 
     fn start(&mut self, job: BatchJob) {
@@ -375,7 +379,7 @@ impl JobContext {
         self.update(|s| s.phase = JobPhase::Preparing);
         self.prepare_folder().map_err(failed)?;
         let model = self.load().await?;
-        let _turn = Arc::clone(&self.scoring)
+        let turn = Arc::clone(&self.scoring)
             .acquire_owned()
             .await
             .map_err(|_| Stopped::Cancelled)?;
@@ -390,6 +394,9 @@ impl JobContext {
         let changed = Arc::clone(&self.changed);
         let started = Instant::now();
         let progress = tokio::task::spawn_blocking(move || {
+            // The turn is the thread's, not the task's: an aborted task leaves it held until
+            // the mini-batch in hand is saved (`stop_all` waits for it).
+            let _turn = turn;
             let mut last = Instant::now() - REPORT_EVERY;
             let mut report = |p: &Progress| {
                 if let Some(status) = lock(&statuses).get_mut(&job.job_id) {
