@@ -39,6 +39,7 @@ bench:
     cargo bench -p edgeship-firmware-tests --bench transfer
     cargo bench -p edgeship-firmware-tests --bench fleet
     cargo bench -p edgeship-firmware-tests --bench containers
+    cargo bench -p edgeship-firmware-tests --bench jobs
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
     cargo bench -p edgeship-runtime --features opencl --bench cnn
     python3 scripts/bench/scoring.py

@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "edgeship/v1/device.proto",
     "edgeship/v1/fleet.proto",
     "edgeship/v1/profile.proto",
+    "edgeship/v1/job.proto",
 ];
 /// The Open Inference Protocol's gRPC service, served by agents' scoring endpoints.
 const INFERENCE_PROTOS: &[&str] = &["inference/grpc_service.proto"];

@@ -54,6 +54,8 @@ pub struct UploadAck {
     pub sha256: String,
     pub received_bytes: u64,
     pub error: String,
+    /// With `error`: the hub will take the output if it is sent again (later).
+    pub retry: bool,
 }
 
 /// Upload answers waiting for the jobs' uploaders; more are dropped (an uploader that hears
@@ -482,6 +484,7 @@ impl Inbound {
                             sha256: ack.sha256,
                             received_bytes: ack.received_bytes,
                             error: ack.error,
+                            retry: ack.retry,
                         });
                     }
                     Ok(_) => tracing::warn!("upload answer without a job ignored"),

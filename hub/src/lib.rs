@@ -10,6 +10,7 @@ pub mod client;
 pub mod device_logs;
 pub mod device_requests;
 pub mod fleet;
+pub mod jobs;
 pub mod link;
 pub mod profiles;
 pub mod registry;

@@ -1,8 +1,8 @@
-//! The hub's MQTT client: subscribes to every device's birth, reported, blob-request, log and
-//! profile answer topics, hands births and reports to the [`Fleet`], blob requests to the
-//! [`BlobServer`] and answers to whoever waits for them
+//! The hub's MQTT client: subscribes to every device's birth, reported, blob-request, upload,
+//! log and profile answer topics, hands births and reports to the [`Fleet`], blob requests to
+//! the [`BlobServer`], job output chunks to [`Jobs`] and answers to whoever waits for them
 //! ([`DeviceRequests`](crate::device_requests::DeviceRequests)), and publishes desired
-//! states, blob chunks, and log and profile requests. This is the only module of the
+//! states, blob chunks, upload acknowledgements, and log and profile requests. This is the only module of the
 //! hub that touches device-protocol protobuf types; it converts them to domain values here.
 //!
 //! Design (found at 300 devices: a poller that waited on a full worker queue while the worker
@@ -11,7 +11,10 @@
 //! non-blocking with an explicit overflow rule. Births and reports are coalesced per device
 //! (only the newest matters) and applied in batches, one flush each. Blob requests go to a
 //! bounded queue; when it is full a request is dropped and counted, and the device asks again
-//! after its stall timeout. Only the worker tasks wait on the client.
+//! after its stall timeout. Upload chunks go to a bounded queue of their own, handled one at
+//! a time in arrival order (a job's chunks must be appended in order); when it is full a
+//! chunk is dropped and the device sends it again when its acknowledgement does not come.
+//! Only the worker tasks wait on the client.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,12 +36,16 @@ use crate::device_logs::{DeviceLogs, LogAsk, LogLine, LogQuery};
 use crate::device_requests::{Asked, Exchange};
 use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
+use crate::jobs::{Jobs, UploadAck, UploadChunk};
 use crate::profiles::{DeviceProfiles, ProfileAsk, ProfileQuery};
 
 /// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
 const BLOB_QUEUE: usize = 16 * 1024;
 /// Chunks read from disk concurrently; replies still go out in request order.
 const BLOB_READS_IN_FLIGHT: usize = 8;
+/// Upload chunks waiting to be written (at most 256 KiB each: 64 MiB); beyond this they are
+/// dropped (devices send them again).
+const UPLOAD_QUEUE: usize = 256;
 /// Client request queue: publishes and subscribes waiting for the poll loop.
 const CLIENT_QUEUE: usize = 1024;
 
@@ -102,6 +109,8 @@ struct Inbound {
     broadcasts: Arc<Broadcasts>,
     blob_requests: mpsc::Sender<(String, ChunkRequest)>,
     dropped_requests: AtomicU64,
+    uploads: mpsc::Sender<(String, UploadChunk)>,
+    dropped_uploads: AtomicU64,
     logs: Arc<DeviceLogs>,
     profiles: Arc<DeviceProfiles>,
 }
@@ -204,10 +213,36 @@ impl Inbound {
                     .unwrap_or_else(|err| Err(err.to_string()));
                 self.profiles.answer(device_id, &request_id, answer);
             }
+            DeviceTopic::UploadRequest => {
+                let Some(chunk) = decode::<pb::UploadChunk>(device_id, kind, payload) else {
+                    return;
+                };
+                let chunk = UploadChunk {
+                    job_id: chunk.job_id,
+                    sha256: chunk.sha256,
+                    size_bytes: chunk.size_bytes,
+                    offset: chunk.offset,
+                    data: chunk.data,
+                };
+                if self
+                    .uploads
+                    .try_send((device_id.to_owned(), chunk))
+                    .is_err()
+                {
+                    let dropped = self.dropped_uploads.fetch_add(1, Ordering::Relaxed) + 1;
+                    if dropped.is_power_of_two() {
+                        tracing::warn!(
+                            dropped,
+                            "upload queue full; chunks dropped (devices send them again)"
+                        );
+                    }
+                }
+            }
             DeviceTopic::Desired
             | DeviceTopic::BlobResponse
             | DeviceTopic::LogRequest
-            | DeviceTopic::ProfileRequest => {}
+            | DeviceTopic::ProfileRequest
+            | DeviceTopic::UploadResponse => {}
         }
     }
 
@@ -220,6 +255,7 @@ pub fn start(
     config: LinkConfig,
     fleet: Arc<Fleet>,
     blobs: Arc<BlobServer>,
+    jobs: Arc<Jobs>,
     outbox: mpsc::UnboundedReceiver<DesiredState>,
     requests: Requests,
 ) -> Link {
@@ -231,12 +267,15 @@ pub fn start(
         .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
     let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
     let (blob_tx, blob_rx) = mpsc::channel(BLOB_QUEUE);
+    let (upload_tx, upload_rx) = mpsc::channel(UPLOAD_QUEUE);
     let inbound = Arc::new(Inbound {
         pending: Mutex::new(Pending::default()),
         news: Notify::new(),
         broadcasts: Broadcasts::new(Arc::clone(&blobs), client.clone()),
         blob_requests: blob_tx,
         dropped_requests: AtomicU64::new(0),
+        uploads: upload_tx,
+        dropped_uploads: AtomicU64::new(0),
         logs: requests.logs,
         profiles: requests.profiles,
     });
@@ -252,6 +291,7 @@ pub fn start(
             )),
             tokio::spawn(apply_news(Arc::clone(&fleet), inbound)),
             tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
+            tokio::spawn(receive_uploads(client.clone(), jobs, upload_rx)),
             tokio::spawn(publish_desired(client.clone(), outbox)),
             tokio::spawn(publish_requests(
                 client.clone(),
@@ -306,6 +346,7 @@ async fn subscribe_and_republish(client: AsyncClient, fleet: Arc<Fleet>) {
         DeviceTopic::Birth,
         DeviceTopic::Reported,
         DeviceTopic::BlobRequest,
+        DeviceTopic::UploadRequest,
         DeviceTopic::LogResponse,
         DeviceTopic::ProfileResponse,
     ] {
@@ -425,6 +466,50 @@ async fn serve_blobs(
         {
             tracing::warn!(error = %err, "publishing a blob chunk failed");
         }
+    }
+}
+
+/// Writes upload chunks one at a time, in arrival order, and answers each on the device's
+/// `uploads/resp`.
+async fn receive_uploads(
+    client: AsyncClient,
+    jobs: Arc<Jobs>,
+    mut chunks: mpsc::Receiver<(String, UploadChunk)>,
+) {
+    while let Some((device_id, chunk)) = chunks.recv().await {
+        let worker = Arc::clone(&jobs);
+        let device = device_id.clone();
+        let ack = match tokio::task::spawn_blocking(move || worker.receive_chunk(&device, &chunk))
+            .await
+        {
+            Ok(ack) => ack,
+            Err(err) => {
+                tracing::error!(device = %device_id, error = %err, "receiving an upload chunk panicked");
+                continue;
+            }
+        };
+        let topic = topics::device(&device_id, DeviceTopic::UploadResponse);
+        if let Err(err) = client
+            .publish(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                ack_message(ack).encode_to_vec(),
+            )
+            .await
+        {
+            tracing::warn!(error = %err, "publishing an upload acknowledgement failed");
+        }
+    }
+}
+
+fn ack_message(ack: UploadAck) -> pb::UploadAck {
+    pb::UploadAck {
+        job_id: ack.job_id,
+        sha256: ack.sha256,
+        received_bytes: ack.received_bytes,
+        error: ack.error,
+        retry: ack.retry,
     }
 }
 

@@ -1,4 +1,4 @@
-//! Starts the hub: the registry and fleet over sled, the MQTT side (embedded broker or an
+//! Starts the hub: the registry, fleet and jobs over sled, the MQTT side (embedded broker or an
 //! external one, plus the hub's MQTT link), and the gRPC server with health and reflection.
 //! Used by `edgeship hub`, by `edgeship dev`, and in-process by tests.
 
@@ -15,15 +15,19 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::api::{FleetService, ModelRegistryService, ModuleRegistryService, ProfilesService};
+use crate::api::{
+    FleetService, JobsService, ModelRegistryService, ModuleRegistryService, ProfilesService,
+};
 use crate::blob_server::{BlobServer, Entitlements};
 use crate::device_logs::DeviceLogs;
 use crate::fleet::Fleet;
+use crate::jobs::Jobs;
 use crate::link;
 use crate::profiles::{DeviceProfiles, Profiler};
 use crate::registry::{Limits, Registry};
 use edgeship_proto::v1::deployments_server::DeploymentsServer;
 use edgeship_proto::v1::fleet_server::FleetServer;
+use edgeship_proto::v1::jobs_server::JobsServer;
 use edgeship_proto::v1::profiles_server::ProfilesServer;
 
 /// Where the hub's MQTT traffic goes.
@@ -111,6 +115,14 @@ impl RunningHub {
             )
             .context("opening the fleet store")?,
         );
+        let jobs = {
+            let (fleet, data_dir) = (Arc::clone(&fleet), config.data_dir.clone());
+            let max_input = limits.max_model_bytes;
+            let jobs = tokio::task::spawn_blocking(move || Jobs::open(fleet, &data_dir, max_input))
+                .await?
+                .context("opening the job store")?;
+            Arc::new(jobs)
+        };
         let blobs = Arc::new(BlobServer::new(entitlements, Arc::clone(&registry)));
         {
             // Profiles a previous run left (it stopped mid-profile) end before new ones begin.
@@ -153,6 +165,7 @@ impl RunningHub {
             },
             Arc::clone(&fleet),
             blobs,
+            Arc::clone(&jobs),
             outbox_rx,
             link::Requests {
                 logs: Arc::clone(&logs),
@@ -170,7 +183,7 @@ impl RunningHub {
         let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
         let registries = (registry, modules);
-        let services = (fleet, logs, Arc::clone(&profiler));
+        let services = (fleet, logs, Arc::clone(&profiler), jobs);
         let task = tokio::spawn(serve(registries, services, listener, async move {
             // A dropped sender also means stop.
             let _ = shutdown_signal.await;
@@ -230,7 +243,7 @@ impl Drop for RunningHub {
 
 async fn serve(
     (registry, modules): (Arc<Registry>, Arc<Registry>),
-    (fleet, logs, profiler): (Arc<Fleet>, Arc<DeviceLogs>, Arc<Profiler>),
+    (fleet, logs, profiler, jobs): (Arc<Fleet>, Arc<DeviceLogs>, Arc<Profiler>, Arc<Jobs>),
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -248,6 +261,7 @@ async fn serve(
     health
         .set_serving::<ProfilesServer<ProfilesService>>()
         .await;
+    health.set_serving::<JobsServer<JobsService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
@@ -290,6 +304,7 @@ async fn serve(
         )))
         .add_service(FleetServer::new(FleetService::new(fleet, logs)))
         .add_service(ProfilesServer::new(ProfilesService::new(profiler)))
+        .add_service(JobsServer::new(JobsService::new(jobs)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")

@@ -140,7 +140,7 @@ impl JsonLines {
                 break;
             }
             self.position.byte += read as u64;
-            if self.line.trim().is_empty() {
+            if !is_record(self.line.as_bytes()) {
                 continue;
             }
             let index = self.position.record;
@@ -149,6 +149,13 @@ impl JsonLines {
         }
         Ok(records)
     }
+}
+
+/// Whether a line holds a record: anything but spaces, tabs and line ends (the hub counts
+/// records the same way).
+fn is_record(line: &[u8]) -> bool {
+    line.iter()
+        .any(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
 }
 
 /// Non-empty lines: the records a JSON-lines input holds (what the hub counted too).
@@ -163,7 +170,7 @@ fn count_records(reader: &mut BufReader<File>) -> Result<u64, String> {
         if read == 0 {
             return Ok(count);
         }
-        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+        if is_record(&line) {
             count += 1;
         }
     }

@@ -3,9 +3,9 @@
 //! says it holds, so neither side's restart sends the output again from the start.
 //!
 //! Design: the hub answers every piece (and an empty probe) with the length it holds in a
-//! row. That length is the only truth: the sender keeps at most `WINDOW` pieces beyond it,
-//! and when acknowledgements stop coming (a lost piece, a restarted hub) it rewinds to that
-//! length and probes again.
+//! row. That length is the only truth: the sender starts with a probe, keeps at most `WINDOW`
+//! pieces beyond the length, and when acknowledgements stop coming (a lost piece, a restarted
+//! hub) it probes again and goes on from the answer.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -23,6 +23,9 @@ pub const PIECE_BYTES: u64 = 256 * 1024;
 const WINDOW: u64 = 8;
 /// How long the sender waits for an acknowledgement before rewinding and probing.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest pause after the hub could not take the output.
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// How an upload ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -44,15 +47,18 @@ pub async fn upload(
 ) -> Result<Uploaded, String> {
     let file = File::open(output).map_err(|e| format!("opening the output: {e}"))?;
     let size = blob.size_bytes;
-    // Whatever the hub holds, as it last said; and how far pieces have been sent.
+    // What the hub holds, as it last said; how far pieces have been sent; and whether the
+    // sender waits for the answer to a probe before sending anything.
     let mut held = 0u64;
     let mut sent = 0u64;
+    let mut probing = true;
     let mut silent_rounds = 0u32;
+    let mut refusals = 0u32;
     sender
         .send_upload(job_id, &blob.sha256, size, 0, Vec::new())
         .await;
     loop {
-        while sent < size && sent < held + WINDOW * PIECE_BYTES {
+        while !probing && sent < size && sent < held + WINDOW * PIECE_BYTES {
             let length = PIECE_BYTES.min(size - sent);
             let mut data = vec![0; length as usize];
             file.read_exact_at(&mut data, sent)
@@ -66,12 +72,12 @@ pub async fn upload(
             Ok(Some(ack)) => ack,
             Ok(None) => return Err("the agent is stopping".into()),
             Err(_) => {
-                // Nothing heard: rewind to what the hub holds and ask where it stands.
+                // Nothing heard: ask where the hub stands before sending more.
                 silent_rounds += 1;
                 if silent_rounds % 12 == 1 {
                     tracing::info!(job = %job_id, held, size, "no answer from the hub about the output; asking again");
                 }
-                sent = held;
+                probing = true;
                 sender
                     .send_upload(job_id, &blob.sha256, size, held, Vec::new())
                     .await;
@@ -83,23 +89,33 @@ pub async fn upload(
         }
         silent_rounds = 0;
         if !ack.error.is_empty() {
-            if ack.received_bytes == 0 && ack.error.contains("digest") {
-                // The hub's copy did not verify and it dropped it: send everything again.
-                tracing::warn!(job = %job_id, error = %ack.error, "the hub's copy of the output did not verify; sending it again");
-                held = 0;
-                sent = 0;
-                continue;
+            if !ack.retry {
+                return Ok(Uploaded::Refused(ack.error));
             }
-            return Ok(Uploaded::Refused(ack.error));
+            // The hub dropped its copy (it did not verify) or could not store it: after a
+            // pause, ask again and go on from whatever it holds.
+            refusals += 1;
+            let pause = RETRY_FIRST
+                .saturating_mul(1 << refusals.min(5))
+                .min(RETRY_MAX);
+            tracing::warn!(job = %job_id, error = %ack.error, retry_in = ?pause, "the hub could not take the output; sending again");
+            tokio::time::sleep(pause).await;
+            while acks.try_recv().is_ok() {}
+            (held, sent, probing) = (0, 0, true);
+            sender
+                .send_upload(job_id, &blob.sha256, size, 0, Vec::new())
+                .await;
+            continue;
         }
         if ack.received_bytes >= size {
             return Ok(Uploaded::Done);
         }
-        if ack.received_bytes < held {
-            // The hub holds less than it said before (it restarted from its partial copy):
-            // resend from there.
+        if probing || ack.received_bytes < held {
+            // A probe's answer, or the hub holds less than it said (it restarted from its
+            // partial copy): send from there.
             sent = ack.received_bytes;
         }
+        probing = false;
         held = ack.received_bytes;
         sent = sent.max(held);
     }

@@ -70,7 +70,7 @@ async fn hub(broker_port: u16, device: &str) -> (AsyncClient, Arc<Mutex<Received
                             job_id: piece.job_id,
                             sha256: piece.sha256,
                             received_bytes: state.bytes.len() as u64,
-                            error: String::new(),
+                            ..Default::default()
                         }
                     };
                     let replier = replier.clone();
@@ -232,7 +232,7 @@ async fn a_job_stopped_part_way_resumes_and_uploads_every_record_exactly_once() 
     assert_eq!(status.record_errors, broken.len() as u64);
     let output_ref = status.output.clone().expect("output");
 
-    let received = received.lock().expect("lock");
+    let received = std::mem::take(&mut *received.lock().expect("lock"));
     assert!(received.verified);
     assert_eq!(received.bytes.len() as u64, output_ref.size_bytes);
     let lines: Vec<Value> = std::str::from_utf8(&received.bytes)
@@ -289,7 +289,6 @@ async fn a_job_stopped_part_way_resumes_and_uploads_every_record_exactly_once() 
     }
     let errors = lines.iter().filter(|l| l.get("error").is_some()).count();
     assert_eq!(errors, broken.len());
-    drop(received);
 
     // The hub lists the job no more: its files go.
     publish(&client, device, 2, vec![]).await;

@@ -6,6 +6,7 @@ mod engine;
 mod entry;
 mod faults;
 mod fleet;
+mod jobs;
 mod oip;
 mod opencl;
 mod package;

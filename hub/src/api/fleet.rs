@@ -56,6 +56,7 @@ impl From<FleetError> for Status {
                 Status::internal(message)
             }
             FleetError::Registry(err) => Status::from(err),
+            FleetError::Job(err) => Status::from(err),
         }
     }
 }

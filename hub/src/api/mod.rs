@@ -1,8 +1,9 @@
-//! gRPC adapter: the only place (with the CLI client) where protobuf types meet the registry.
+//! gRPC adapters: the only place (with the CLI client) where protobuf types meet the registry.
 
 pub mod convert;
 mod deployments;
 mod fleet;
+mod jobs;
 mod logs;
 mod modules;
 mod profiles;
@@ -11,6 +12,7 @@ pub(crate) mod streams;
 mod transfer;
 
 pub use fleet::FleetService;
+pub use jobs::JobsService;
 pub use modules::ModuleRegistryService;
 pub use profiles::ProfilesService;
 pub use registry::ModelRegistryService;

@@ -91,6 +91,18 @@ impl ModelRegistry for ModelRegistryService {
         let name = request.into_inner().name;
         let (model_id, deleted_versions) =
             transfer::delete(&self.registry, &self.fleet, &name).await?;
+        // Live jobs on a deleted version end Failed, and their devices drop them.
+        let fleet = Arc::clone(&self.fleet);
+        let id = model_id.clone();
+        match tokio::task::spawn_blocking(move || fleet.on_model_deleted(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::error!(model = %model_id, error = %err, "failing the jobs of a deleted model failed");
+            }
+            Err(err) => {
+                tracing::error!(model = %model_id, error = %err, "failing the jobs of a deleted model panicked");
+            }
+        }
         Ok(Response::new(pb::DeleteModelResponse {
             model_id,
             deleted_versions,

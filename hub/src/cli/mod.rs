@@ -14,6 +14,7 @@ macro_rules! announce {
 mod deploy;
 mod deploy_logs;
 mod dev;
+mod job;
 pub mod logs;
 mod model;
 mod module;
@@ -84,6 +85,13 @@ pub enum Command {
         hub: HubAddress,
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Batch inference: run a model over every record of a file on one device.
+    Job {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: job::JobCommand,
     },
     /// Package a registered model as a container image with no base image: a static agent
     /// serving it (`/score`, v2 and `/metrics` on port 5001) and its files.
@@ -510,6 +518,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Module { hub, command } => module::run(&hub.hub, command).await,
         Command::Deploy { hub, command } => deploy::run_deploy(&hub.hub, command).await,
         Command::Device { hub, command } => deploy::run_device(&hub.hub, command).await,
+        Command::Job { hub, command } => job::run(&hub.hub, command).await,
         Command::Package { hub, args } => package::run(&hub.hub, args).await,
     }
 }

@@ -1,5 +1,6 @@
 //! Client side of the hub's API: connecting, streaming uploads and verified downloads of
-//! models and entry modules (`files.rs`), deploying and waiting for health. Shared by the CLI,
+//! models and entry modules (`files.rs`), batch jobs' inputs and outputs (`jobs.rs`),
+//! deploying and waiting for health. Shared by the CLI,
 //! `edgeship dev`, benchmarks and tests.
 
 use std::time::{Duration, Instant};
@@ -12,8 +13,10 @@ use edgeship_proto::v1::module_registry_client::ModuleRegistryClient;
 use tonic::transport::Channel;
 
 mod files;
+mod jobs;
 
 pub use files::{download, download_module, register, register_module};
+pub use jobs::{JobsClient, connect_jobs, create_job, download_job_output};
 
 pub type RegistryClient = ModelRegistryClient<Channel>;
 pub type ModuleClient = ModuleRegistryClient<Channel>;

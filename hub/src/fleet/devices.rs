@@ -85,15 +85,19 @@ impl Fleet {
         let _guard = self.guard();
         // Reports first: a device's Last Will (a birth with online=false) that arrived with
         // its last report must leave it offline.
+        let mut recompute = Vec::new();
         for report in news.reports {
+            // A job that failed on its device leaves the device's desired state.
+            if self.apply_job_reports(&report.device_id, &report.jobs)? {
+                recompute.push(report.device_id.clone());
+            }
             self.record_report(report)?;
         }
-        let mut recompute = Vec::new();
         for birth in news.births {
             let id = birth.device_id.clone();
             match self.record_birth(birth) {
-                Ok(true) => recompute.push(id),
-                Ok(false) => {}
+                Ok(true) if !recompute.contains(&id) => recompute.push(id),
+                Ok(_) => {}
                 Err(FleetError::InvalidArgument(why)) => {
                     tracing::warn!(device = %id, error = %why, "device birth rejected");
                 }

@@ -4,7 +4,7 @@
 //! the result to the MQTT link (through the outbox) for publication.
 //!
 //! Architecture invariant: a device's desired generation only moves forward, and it moves
-//! exactly when the workloads it is asked to run change; it is stored (and flushed) before the
+//! exactly when the workloads or batch jobs it is asked to run change; it is stored (and flushed) before the
 //! desired state is published, so a hub restart never reissues an older generation. This
 //! module knows nothing of gRPC or protobuf: the API and the link convert at their edges.
 
@@ -12,6 +12,7 @@ mod continuous;
 pub mod deployments;
 pub mod desired;
 pub mod devices;
+mod jobs;
 pub mod keys;
 pub mod model;
 pub mod profiles;
@@ -29,11 +30,13 @@ use edgeship_domain::DesiredState;
 use tokio::sync::mpsc;
 
 pub use deployments::{Applied, ApplyOptions};
+pub use jobs::JOB_INPUT_PATH;
 pub use model::*;
 pub use rollouts::RolloutAction;
 use rollouts::placements;
 
 use crate::blob_server::Entitlements;
+use crate::jobs::{JobError, JobStore};
 use crate::now_ms;
 use crate::registry::{self, Registry, VersionRef};
 
@@ -58,6 +61,9 @@ pub enum FleetError {
     /// A registry error keeps its own class (not found, invalid, storage, data loss).
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    /// A job store error keeps its own class.
+    #[error(transparent)]
+    Job(#[from] JobError),
 }
 
 #[derive(Debug)]
@@ -73,6 +79,8 @@ pub struct Fleet {
     registry: Arc<Registry>,
     /// Entry modules, registered beside the models (`Registry::modules`).
     modules: Arc<Registry>,
+    /// Batch jobs; the live ones are part of their devices' desired states.
+    jobs: Arc<JobStore>,
     outbox: mpsc::UnboundedSender<DesiredState>,
     entitlements: Arc<Entitlements>,
     /// Serializes read-modify-write of device records and generations.
@@ -105,6 +113,7 @@ impl Fleet {
             desired: db.open_tree("desired")?,
             rollouts: db.open_tree("rollouts")?,
             profiles: db.open_tree("profiles")?,
+            jobs: Arc::new(JobStore::open(db.clone(), Arc::clone(&registry))?),
             db,
             registry,
             modules,
@@ -171,7 +180,8 @@ impl Fleet {
             for (deployment, reason) in &computed.unschedulable {
                 tracing::debug!(device = %device.id, %deployment, %reason, "deployment unschedulable on device");
             }
-            if previous.is_some_and(|p| p.workloads == computed.workloads) {
+            let jobs = self.desired_jobs(&device.id)?;
+            if previous.is_some_and(|p| p.workloads == computed.workloads && p.jobs == jobs) {
                 continue;
             }
             device.desired_generation += 1;
@@ -181,6 +191,8 @@ impl Fleet {
                 workloads: computed.workloads,
                 rejected: vec![],
                 issued_at_ms: now_ms(),
+                jobs,
+                rejected_jobs: vec![],
             };
             self.desired
                 .insert(device.id.as_bytes(), encode(&desired))?;
@@ -194,7 +206,7 @@ impl Fleet {
         // Durable before published: a restart must never hand out an older generation.
         self.db.flush()?;
         for desired in changed {
-            tracing::info!(device = %desired.device_id, generation = desired.generation, workloads = desired.workloads.len(), "desired state changed");
+            tracing::info!(device = %desired.device_id, generation = desired.generation, workloads = desired.workloads.len(), jobs = desired.jobs.len(), "desired state changed");
             let _ = self.outbox.send(desired);
         }
         Ok(())
@@ -258,7 +270,7 @@ fn lookup(
 }
 
 /// The blob digests a desired state lets its device fetch: model files, an entry module's
-/// `.wasm` and a container's image, through `DesiredState::blobs`.
+/// `.wasm`, a container's image and jobs' models and inputs, through `DesiredState::blobs`.
 fn digests_of(desired: &DesiredState) -> HashSet<String> {
     desired.blobs().map(|b| b.sha256.clone()).collect()
 }

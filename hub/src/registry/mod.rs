@@ -1,6 +1,7 @@
 //! The model registry, and the entry-module registry beside it: validated metadata in sled,
 //! file bytes in the content-addressed [`BlobStore`](crate::blobs::BlobStore) both share.
 
+mod holds;
 pub mod image;
 pub mod model;
 pub mod module;
@@ -9,6 +10,7 @@ mod store;
 mod upload;
 pub mod validate;
 
+pub use holds::{BlobHolds, StagedBlob};
 pub use model::*;
 pub use page::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 pub use store::{Limits, Registry};

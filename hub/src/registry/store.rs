@@ -3,7 +3,8 @@
 //! are two [`Registry`]s over one [`Shared`] store: each has its own version and counter
 //! trees (`versions`/`counters`, `module_versions`/`module_counters`), and both count their
 //! references to blobs in the one `blob_refs` tree under the one write lock, so a blob a model
-//! and a module both hold stays until neither does.
+//! and a module both hold stays until neither does. Batch jobs count theirs there too
+//! (`holds.rs`).
 //!
 //! Architecture invariant: a write is acknowledged only after `sled::Db::flush`, and the
 //! version record and its blob reference counts change in one sled transaction, so a crash at
@@ -44,20 +45,20 @@ impl Default for Limits {
 
 /// What the model and module registries share.
 #[derive(Debug)]
-struct Shared {
-    db: sled::Db,
-    blob_refs: sled::Tree,
-    blobs: BlobStore,
+pub(super) struct Shared {
+    pub(super) db: sled::Db,
+    pub(super) blob_refs: sled::Tree,
+    pub(super) blobs: BlobStore,
     /// Serializes writes of both registries, so that moving blobs in or out of the store and
     /// the reference-count transaction happen as one step relative to other writers.
-    write_lock: Mutex<()>,
+    pub(super) write_lock: Mutex<()>,
 }
 
 /// The registry of models, or (from [`Registry::modules`]) of entry modules.
 #[derive(Debug)]
 pub struct Registry {
     kind: Kind,
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     versions: sled::Tree,
     counters: sled::Tree,
     limits: Limits,
@@ -98,7 +99,7 @@ fn abort<T>(err: Error) -> Result<T, ConflictableTransactionError<Error>> {
     Err(ConflictableTransactionError::Abort(err))
 }
 
-fn from_tx(err: TransactionError<Error>) -> Error {
+pub(super) fn from_tx(err: TransactionError<Error>) -> Error {
     match err {
         TransactionError::Abort(err) => err,
         TransactionError::Storage(err) => Error::Storage(err),
@@ -214,6 +215,12 @@ impl Registry {
         .await
     }
 
+    /// Folder for files on their way into the blob store (same file system: moving one in is
+    /// a rename). Emptied when the hub starts.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.shared.blobs.staging_dir()
+    }
+
     /// Where the bytes of a blob are, for streaming downloads (models' and modules' alike).
     pub fn blob_path(&self, digest: &str) -> PathBuf {
         self.shared.blobs.path(digest)
@@ -297,7 +304,7 @@ impl Registry {
         }
     }
 
-    fn write_guard(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(super) fn write_guard(&self) -> std::sync::MutexGuard<'_, ()> {
         self.shared
             .write_lock
             .lock()
@@ -531,7 +538,7 @@ fn distinct<'a>(digests: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
 }
 
 /// Adds `delta` to a blob's reference count, removing the entry at zero; returns the new count.
-fn adjust_ref(
+pub(super) fn adjust_ref(
     refs: &TransactionalTree,
     digest: &str,
     delta: i64,

@@ -37,7 +37,7 @@ fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
 
 fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let path = dir.path().join(name);
-    let mut file = std::fs::File::create(&path).expect("create");
+    let mut file = File::create(&path).expect("create");
     file.write_all(bytes).expect("write");
     path
 }

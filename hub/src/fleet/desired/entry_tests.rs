@@ -74,6 +74,8 @@ fn a_revision_with_an_entry_module_sends_its_component_and_sandbox() {
         workloads: vec![workload.clone()],
         rejected: vec![],
         issued_at_ms: 0,
+        jobs: vec![],
+        rejected_jobs: vec![],
     };
     assert!(
         desired.blobs().any(|b| *b == wasm),

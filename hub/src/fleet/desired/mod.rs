@@ -200,18 +200,7 @@ pub fn workload(
 fn model_workload(revision: &Revision, resolved: &Resolved) -> Result<ModelWorkload, String> {
     let mut models = Vec::with_capacity(revision.models.len());
     for pin in &revision.models {
-        let model = pinned(resolved, pin)?;
-        let (entry, signature) = entry_file(model)?;
-        models.push(DeployedModel {
-            model_id: model.model_id.clone(),
-            version: model.version,
-            files: model.files.iter().map(ModelFile::blob_ref).collect(),
-            entry_file: entry.path.clone(),
-            inputs: signature.inputs.clone(),
-            outputs: signature.outputs.clone(),
-            sample_input: model.sample_input.clone(),
-            weight: pin.weight,
-        });
+        models.push(deployed_model(pinned(resolved, pin)?, pin.weight)?);
     }
     let entry_module = match &revision.entry_module {
         Some(pin) => Some(entry_module(pin, resolved)?),
@@ -222,6 +211,22 @@ fn model_workload(revision: &Revision, resolved: &Resolved) -> Result<ModelWorkl
         models,
         options: revision.options.clone(),
         entry_module,
+    })
+}
+
+/// A registered version as a device runs it (in a workload or a batch job): its files, the
+/// ONNX entry file and its signature.
+pub fn deployed_model(model: &ModelVersion, weight: u32) -> Result<DeployedModel, String> {
+    let (entry, signature) = entry_file(model)?;
+    Ok(DeployedModel {
+        model_id: model.model_id.clone(),
+        version: model.version,
+        files: model.files.iter().map(ModelFile::blob_ref).collect(),
+        entry_file: entry.path.clone(),
+        inputs: signature.inputs.clone(),
+        outputs: signature.outputs.clone(),
+        sample_input: model.sample_input.clone(),
+        weight,
     })
 }
 

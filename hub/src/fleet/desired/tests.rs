@@ -318,6 +318,8 @@ fn a_deployment_that_can_no_longer_run_keeps_its_previous_workload() {
         workloads: serving.workloads.clone(),
         rejected: vec![],
         issued_at_ms: 0,
+        jobs: vec![],
+        rejected_jobs: vec![],
     };
     let mut no_onnx = model("m", 2);
     no_onnx.files[0].onnx = None;
