@@ -16,10 +16,10 @@ use edgeship_domain::RuntimeKind;
 use edgeship_proto::v1 as pb;
 use edgeship_runtime::{ModelBundle, Runnable, Tensor, TensorData};
 use serde_json::Value;
+use testkit::jobs::{DIABETES_FEATURES, diabetes_npy, record_of};
 use testkit::{HubProcess, TempDir, edgeship, expected, fixture, free_port, start_agent};
 
 const RECORDS: usize = 100_000;
-const FEATURES: usize = 10;
 const MINI_BATCH: usize = 100;
 
 fn main() -> anyhow::Result<()> {
@@ -37,38 +37,14 @@ fn rounds() -> usize {
         .unwrap_or(3)
 }
 
-/// Record `i`: a fixture row, scaled so that records differ.
-fn record(rows: &[Value], i: usize) -> Vec<f32> {
-    let scale = 1.0 + (i % 101) as f64 / 50.0;
-    rows[i % rows.len()]
-        .as_array()
-        .expect("row")
-        .iter()
-        .map(|v| (v.as_f64().expect("number") * scale) as f32)
-        .collect()
-}
-
 fn write_inputs(dir: &Path, rows: &[Value]) -> (std::path::PathBuf, std::path::PathBuf) {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({RECORDS}, {FEATURES}), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
-    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    npy.extend_from_slice(header.as_bytes());
     let mut jsonl = String::new();
     for i in 0..RECORDS {
-        let row = record(rows, i);
-        for value in &row {
-            npy.extend_from_slice(&value.to_le_bytes());
-        }
-        jsonl.push_str(&serde_json::to_string(&row).expect("JSON"));
+        jsonl.push_str(&serde_json::to_string(&record_of(rows, i)).expect("JSON"));
         jsonl.push('\n');
     }
     let (npy_path, jsonl_path) = (dir.join("records.npy"), dir.join("records.jsonl"));
-    std::fs::write(&npy_path, npy).expect("npy");
+    std::fs::write(&npy_path, diabetes_npy(RECORDS)).expect("npy");
     std::fs::write(&jsonl_path, jsonl).expect("jsonl");
     (npy_path, jsonl_path)
 }
@@ -94,9 +70,9 @@ fn tract_seconds(model: &dyn Runnable, rows: &[Value]) -> f64 {
         .step_by(MINI_BATCH)
         .map(|start| {
             let end = (start + MINI_BATCH).min(RECORDS);
-            let data: Vec<f32> = (start..end).flat_map(|i| record(rows, i)).collect();
+            let data: Vec<f32> = (start..end).flat_map(|i| record_of(rows, i)).collect();
             Tensor {
-                shape: vec![end - start, FEATURES],
+                shape: vec![end - start, DIABETES_FEATURES],
                 data: TensorData::F32(data),
             }
         })

@@ -7,6 +7,7 @@
 
 pub mod http;
 pub mod images;
+pub mod jobs;
 pub mod modules;
 pub mod sim;
 

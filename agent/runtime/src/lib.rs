@@ -10,6 +10,7 @@
 #[cfg(feature = "tract")]
 pub mod onnx;
 // The OpenCL API is C: its calls are the crate's only unsafe code, each with its reason.
+pub mod npy;
 #[cfg(feature = "opencl")]
 #[allow(unsafe_code)]
 pub mod opencl;

@@ -10,6 +10,7 @@ use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use edgeship_domain::{Dim, ElementType, InputFormat, TensorSpec};
+use edgeship_runtime::npy;
 use edgeship_runtime::tensor::{Tensor, TensorData};
 use serde_json::Value;
 
@@ -237,12 +238,18 @@ impl Npy {
             .map_err(|e| format!("reading the input: {e}"))?
             .len();
         let mut file = BufReader::with_capacity(1 << 16, file);
-        let header = NpyHeader::read(&mut file)?;
+        let mut head = Vec::new();
+        (&mut file)
+            .take((npy::MAX_HEADER_BYTES + 12) as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| format!("reading the input: {e}"))?;
+        let header =
+            npy::parse(&head).map_err(|why| format!("the .npy input is unusable: {why}"))?;
         let (&count, row_shape) = header
             .shape
             .split_first()
             .ok_or("the .npy array is a scalar: its first axis must enumerate the records")?;
-        let row_shape = row_shape.to_vec();
+        let row_shape: Vec<usize> = row_shape.iter().map(|&d| d as usize).collect();
         crate::serve::json::check_shape(&row, &row_shape).map_err(|e| {
             format!("each record of the .npy array ({row_shape:?}) does not fit: {e}")
         })?;
@@ -252,16 +259,18 @@ impl Npy {
                 header.element_type, row.name, row.element_type
             ));
         }
-        let element = header.element_type.byte_size().unwrap_or(1) as u64;
-        let row_bytes = row_shape.iter().product::<usize>() as u64 * element;
-        let data_start = header.data_start;
-        if data_start + row_bytes * count as u64 > length {
+        let row_bytes = row_shape.iter().product::<usize>() as u64 * header.item_size;
+        let data_start = header.data_offset;
+        let needed = row_bytes
+            .checked_mul(count)
+            .and_then(|data| data.checked_add(data_start));
+        if needed.is_none_or(|needed| needed > length) {
             return Err(format!(
                 "the .npy file is truncated: its header promises {count} records of {row_bytes} bytes, and it holds {} bytes of data",
                 length.saturating_sub(data_start)
             ));
         }
-        let next = from.record.min(count as u64);
+        let next = from.record.min(count);
         file.seek(SeekFrom::Start(data_start + next * row_bytes))
             .map_err(|e| format!("reading the input: {e}"))?;
         Ok(Npy {
@@ -271,7 +280,7 @@ impl Npy {
             stored: header.element_type,
             row_bytes,
             data_start,
-            count: count as u64,
+            count,
             next,
         })
     }
@@ -297,133 +306,6 @@ impl Npy {
         }
         Ok(records)
     }
-}
-
-/// What a `.npy` header says.
-#[derive(Debug, PartialEq)]
-pub struct NpyHeader {
-    pub element_type: ElementType,
-    pub shape: Vec<usize>,
-    /// Where the array's data begins.
-    pub data_start: u64,
-}
-
-const NPY_MAGIC: &[u8] = b"\x93NUMPY";
-
-impl NpyHeader {
-    /// Reads format versions 1 to 3: little-endian or single-byte types, C order.
-    pub fn read(reader: &mut impl Read) -> Result<NpyHeader, String> {
-        let not_npy = || "the input is not a .npy file (its magic string is missing)".to_owned();
-        let mut preamble = [0; 8];
-        reader.read_exact(&mut preamble).map_err(|_| not_npy())?;
-        if &preamble[..6] != NPY_MAGIC {
-            return Err(not_npy());
-        }
-        let (length, data_start) = match preamble[6] {
-            1 => {
-                let mut len = [0; 2];
-                reader.read_exact(&mut len).map_err(|_| not_npy())?;
-                (u64::from(u16::from_le_bytes(len)), 10)
-            }
-            2 | 3 => {
-                let mut len = [0; 4];
-                reader.read_exact(&mut len).map_err(|_| not_npy())?;
-                (u64::from(u32::from_le_bytes(len)), 12)
-            }
-            major => {
-                return Err(format!(
-                    ".npy format version {major} is not supported (1 to 3 are)"
-                ));
-            }
-        };
-        if length > 1 << 20 {
-            return Err(format!(
-                "the .npy header claims {length} bytes; headers are short"
-            ));
-        }
-        let mut text = vec![0; length as usize];
-        reader
-            .read_exact(&mut text)
-            .map_err(|_| "the .npy header is truncated".to_owned())?;
-        let text = String::from_utf8(text).map_err(|_| "the .npy header is not text".to_owned())?;
-        let descr = dict_value(&text, "descr")?;
-        let descr = descr.trim_matches(|c| c == '\'' || c == '"');
-        if dict_value(&text, "fortran_order")?.trim() != "False" {
-            return Err(
-                "the .npy array is in Fortran order; save it in C order (np.ascontiguousarray)"
-                    .into(),
-            );
-        }
-        let shape = dict_value(&text, "shape")?;
-        let shape = shape
-            .trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')')
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.trim_end_matches('L').parse::<usize>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| format!("the .npy shape {shape:?} is not a tuple of sizes"))?;
-        Ok(NpyHeader {
-            element_type: npy_type(descr)?,
-            shape,
-            data_start: data_start + length,
-        })
-    }
-}
-
-/// The text of `key`'s value in the header's Python dict literal.
-fn dict_value<'a>(text: &'a str, key: &str) -> Result<&'a str, String> {
-    let missing = || format!("the .npy header has no {key:?}");
-    let start = text
-        .find(&format!("'{key}'"))
-        .or_else(|| text.find(&format!("\"{key}\"")))
-        .ok_or_else(missing)?;
-    let rest = &text[start + key.len() + 2..];
-    let rest = rest
-        .trim_start()
-        .strip_prefix(':')
-        .ok_or_else(missing)?
-        .trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')').map(|i| i + 1)
-    } else {
-        rest.find([',', '}'])
-    }
-    .ok_or_else(missing)?;
-    Ok(&rest[..end])
-}
-
-fn npy_type(descr: &str) -> Result<ElementType, String> {
-    let (order, code) = descr.split_at(descr.len().min(1));
-    if order == ">" && !matches!(code, "i1" | "u1" | "b1") {
-        return Err(format!(
-            "the .npy array is big-endian ({descr}); save it little-endian (arr.astype('<{code}'))"
-        ));
-    }
-    if !matches!(order, "<" | "|" | "=" | ">") {
-        return Err(format!("the .npy type {descr:?} is not understood"));
-    }
-    Ok(match code {
-        "b1" => ElementType::Bool,
-        "u1" => ElementType::U8,
-        "u2" => ElementType::U16,
-        "u4" => ElementType::U32,
-        "u8" => ElementType::U64,
-        "i1" => ElementType::I8,
-        "i2" => ElementType::I16,
-        "i4" => ElementType::I32,
-        "i8" => ElementType::I64,
-        "f2" => ElementType::F16,
-        "f4" => ElementType::F32,
-        "f8" => ElementType::F64,
-        other => {
-            return Err(format!(
-                "the .npy element type {other:?} ({descr}) is not supported"
-            ));
-        }
-    })
 }
 
 /// The numeric types a record can be cast to (NumPy's default float64 into a float32 model,

@@ -4,8 +4,9 @@
 //!
 //! Design: the output is JSON lines, one per record in input order, `{"record": i, "output":
 //! …}` or `{"record": i, "error": "…"}` (a record's error is not the job's). After a
-//! mini-batch its lines are written out, then `progress.json` is replaced (write, rename): it
-//! names the output's length at that point and where the input's next record starts. On
+//! mini-batch its lines are written out, then `progress.json` is overwritten in one small
+//! write: it names the output's length at that point and where the input's next record
+//! starts. On
 //! resume the output is cut back to that length, so lines written after the last save (a
 //! kill mid-mini-batch) are dropped and scored again. The output is synced at least once a
 //! second and before the progress that counts it, so a power cut cannot leave progress
@@ -13,6 +14,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use edgeship_domain::BatchJob;
 use edgeship_runtime::{Runnable, Tensor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::input::{Position, Record, Source};
 use crate::serve::batch::{has_batch_axis, split_outputs};
@@ -68,17 +70,31 @@ impl JobFiles {
     pub fn load_progress(&self) -> Progress {
         fs::read(self.progress())
             .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .and_then(|bytes| serde_json::from_slice(bytes.trim_ascii()).ok())
             .unwrap_or_default()
     }
 
-    fn save_progress(&self, progress: &Progress) -> Result<(), String> {
-        let temp = self.dir.join("progress.json.tmp");
-        let bytes = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
-        fs::write(&temp, bytes)
-            .and_then(|()| fs::rename(&temp, self.progress()))
-            .map_err(|e| format!("saving the job's progress: {e}"))
+    fn open_progress(&self) -> Result<File, String> {
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.progress())
+            .map_err(|e| format!("opening the job's progress: {e}"))
     }
+}
+
+/// A saved progress record's size: one write well inside a disk sector, so a save is whole
+/// or not at all, and no rename (which costs a flush of the file's blocks on ext4, and took
+/// half of a small model's scoring time).
+const PROGRESS_BYTES: usize = 256;
+
+fn save_progress(file: &File, progress: &Progress) -> Result<(), String> {
+    let mut bytes = serde_json::to_vec(progress).map_err(|e| e.to_string())?;
+    bytes.resize(PROGRESS_BYTES - 1, b' ');
+    bytes.push(b'\n');
+    file.write_all_at(&bytes, 0)
+        .map_err(|e| format!("saving the job's progress: {e}"))
 }
 
 /// Scores every record from the last saved progress on; `report` hears the progress after
@@ -113,6 +129,7 @@ pub fn score(
         .map_err(|e| failed(format!("trimming the output: {e}")))?;
     let mut source =
         Source::open(input, job.input_format, model.inputs(), progress.next).map_err(failed)?;
+    let progress_file = files.open_progress().map_err(failed)?;
     progress.records_total = source.total();
     report(&progress);
     let mut writer = BufWriter::with_capacity(1 << 16, &output);
@@ -135,18 +152,16 @@ pub fn score(
         let mut written = 0u64;
         for (index, outcome) in score_records(model, records, batchable) {
             let line = match outcome {
-                Ok(output) => json!({"record": index, "output": output}),
+                Ok(output) => format!("{{\"record\":{index},\"output\":{output}}}\n"),
                 Err(error) => {
                     progress.record_errors += 1;
-                    json!({"record": index, "error": error})
+                    format!("{{\"record\":{index},\"error\":{}}}\n", Value::from(error))
                 }
             };
-            let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
-            bytes.push(b'\n');
             writer
-                .write_all(&bytes)
+                .write_all(line.as_bytes())
                 .map_err(|e| failed(format!("writing the output: {e}")))?;
-            written += bytes.len() as u64;
+            written += line.len() as u64;
         }
         writer
             .flush()
@@ -157,11 +172,11 @@ pub fn score(
         }
         progress.output_len += written;
         progress.next = source.position();
-        files.save_progress(&progress).map_err(failed)?;
+        save_progress(&progress_file, &progress).map_err(failed)?;
         report(&progress);
     }
     sync(&output)?;
-    files.save_progress(&progress).map_err(failed)?;
+    save_progress(&progress_file, &progress).map_err(failed)?;
     Ok(progress)
 }
 

@@ -10,42 +10,12 @@ use edgeship_proto::v1 as pb;
 use edgeship_runtime::{ModelBundle, Tensor, TensorData};
 use serde_json::Value;
 use testkit::images::register_diabetes_cli;
+use testkit::jobs::{DIABETES_FEATURES, diabetes_npy, record_of};
 use testkit::{TempDir, edgeship, eventually, expected, fixture, start_agent};
 
 use crate::support::{hub_and_agent, now_ms, wait_heard_from};
 
 const RECORDS: usize = 100_000;
-const FEATURES: usize = 10;
-
-/// Record `i`: a fixture row, scaled so that records differ.
-fn record(rows: &[Value], i: usize) -> Vec<f32> {
-    let scale = 1.0 + (i % 101) as f64 / 50.0;
-    rows[i % rows.len()]
-        .as_array()
-        .expect("row")
-        .iter()
-        .map(|v| (v.as_f64().expect("number") * scale) as f32)
-        .collect()
-}
-
-/// `RECORDS` rows of float32 as NumPy saves them (`np.save`, format 1.0).
-fn npy(rows: &[Value]) -> Vec<u8> {
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({RECORDS}, {FEATURES}), }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    for i in 0..RECORDS {
-        for value in record(rows, i) {
-            bytes.extend_from_slice(&value.to_le_bytes());
-        }
-    }
-    bytes
-}
 
 async fn job(hub: &str, name: &str) -> pb::Job {
     let mut client = edgeship_hub::client::connect_jobs(hub)
@@ -71,7 +41,7 @@ async fn a_job_over_100000_records_killed_half_way_writes_every_record_exactly_o
         .expect("rows")
         .clone();
     let input = dir.path().join("records.npy");
-    std::fs::write(&input, npy(&rows)).expect("input");
+    std::fs::write(&input, diabetes_npy(RECORDS)).expect("input");
     let output = dir.path().join("scores.jsonl");
     edgeship(
         &hub.url,
@@ -182,8 +152,8 @@ async fn a_job_over_100000_records_killed_half_way_writes_every_record_exactly_o
     for i in (0..RECORDS).step_by(97) {
         let alone = model
             .run(vec![Tensor {
-                shape: vec![1, FEATURES],
-                data: TensorData::F32(record(&rows, i)),
+                shape: vec![1, DIABETES_FEATURES],
+                data: TensorData::F32(record_of(&rows, i)),
             }])
             .expect("runs");
         let TensorData::F32(want) = &alone[0].data else {

@@ -12,7 +12,7 @@ use std::path::Path;
 use edgeship_domain::{Dim, InputFormat, TensorSpec};
 
 use super::JobError;
-use super::npy;
+use edgeship_runtime::npy;
 
 /// What the checks found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,6 @@
 //! nothing of gRPC or protobuf.
 
 mod input;
-mod npy;
 mod service;
 mod store;
 mod uploads;

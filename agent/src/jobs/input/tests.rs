@@ -3,6 +3,8 @@ use std::io::Write;
 use edgeship_domain::{Dim, ElementType, InputFormat, TensorSpec};
 use edgeship_runtime::TensorData;
 
+use testkit::jobs::npy;
+
 use super::*;
 
 fn spec(name: &str, element_type: ElementType, shape: Vec<Dim>) -> TensorSpec {
@@ -19,20 +21,6 @@ fn features() -> Vec<TensorSpec> {
         ElementType::F32,
         vec![Dim::Symbol("N".into()), Dim::Fixed(3)],
     )]
-}
-
-fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-    // Padded so the data starts on a 64-byte boundary, as NumPy writes it.
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(data);
-    bytes
 }
 
 fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
@@ -120,7 +108,7 @@ fn broken_npy_files_fail_with_what_is_wrong() {
         Source::open(&path, InputFormat::Npy, &features(), Position::default())
             .expect_err("refused")
     };
-    assert!(open(b"PK\x03\x04 a zip").contains("not a .npy file"));
+    assert!(open(b"PK\x03\x04 a zip").contains("magic"));
     let rows = open(&npy("<f4", "(2, 4)", &[0; 32]));
     assert!(rows.contains("dimension 0 must be 3, got 4"), "{rows}");
     let truncated = open(&npy("<f4", "(100, 3)", &[0; 24]));

@@ -1,7 +1,8 @@
 //! The header of a NumPy `.npy` file (format versions 1–3): magic, version, and the Python
-//! dict literal that gives the element type, the order and the shape. Only what a job's
+//! dict literal that gives the element type, the order and the shape. Only what a batch job's
 //! input may be is accepted: little-endian or single-byte numbers and booleans, C order.
-//! Errors are messages for the user, naming what is wrong.
+//! Errors are messages for the user, naming what is wrong. The hub checks a job's input with
+//! it, and the agent reads the records with it.
 
 use edgeship_domain::ElementType;
 
