@@ -18,19 +18,9 @@ fn npy(shape: &[usize]) -> Vec<u8> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
-    while (10 + header.len() + 1) % 64 != 0 {
-        header.push(' ');
-    }
-    header.push('\n');
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
     let count: usize = shape.iter().product();
-    for i in 0..count {
-        bytes.extend_from_slice(&(i as f32).to_le_bytes());
-    }
-    bytes
+    let data: Vec<u8> = (0..count).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    testkit::jobs::npy("<f4", &shape_text, &data)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
