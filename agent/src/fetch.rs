@@ -139,13 +139,21 @@ impl Fetcher {
             let _ = tokio::time::timeout(FETCH_STALL, connected.wait_for(|n| *n > 0)).await;
             // Bounded: a flood of chunks that do not fit cannot hold the download here.
             let listen_until = Instant::now() + FETCH_STALL;
+            let (mut queued, mut taken) = (0u32, 0u32);
             while Instant::now() < listen_until
                 && let Ok(Some(chunk)) = tokio::time::timeout(RESUME_GRACE, chunks.recv()).await
             {
-                if chunk.sha256 == digest && chunk.error.is_empty() {
-                    let _ = partial.append_checked(chunk.offset, &chunk.data, chunk.check());
+                queued += 1;
+                if chunk.sha256 == digest
+                    && chunk.error.is_empty()
+                    && partial
+                        .append_checked(chunk.offset, &chunk.data, chunk.check())
+                        .unwrap_or(false)
+                {
+                    taken += 1;
                 }
             }
+            tracing::info!(%digest, queued, taken, offset = partial.offset(), "chunks queued from before the restart taken; asking for the rest");
         }
         // A download from the start joins the blob's broadcast: it asks for the first chunk
         // saying it listens, then takes what the broadcast brings, and asks for chunks
