@@ -129,10 +129,16 @@ impl Batcher {
             );
         }
         let slots = probe(runnable.as_ref(), sample, policy.max_batch_size)?;
-        if slots.len() < 2 {
-            return Err(
-                "the runtime's results for a request depend on its place in a batch: no two places give a request's own results".into(),
-            );
+        // Only a model whose every place gives a row its own results is batched. Where some
+        // place does not, the others were once used alone, with padding; but on CPUs without
+        // AVX-512 a row's last bits there also depended on its neighbours' values (digits:
+        // places the probe found exact answered differently beside other requests), which no
+        // probe of a few rows can rule out.
+        if slots.len() < policy.max_batch_size {
+            return Err(format!(
+                "the runtime's results for a request depend on its place in a batch (only places {slots:?} of {} give a request its own results)",
+                policy.max_batch_size
+            ));
         }
         let (queue, taken) = flume::bounded::<Job>(policy.max_queue_size.max(1));
         let stats = Arc::new(BatchStats::default());
@@ -231,7 +237,12 @@ pub fn probe(
     if one_row.iter().any(|t| t.shape.first() != Some(&1)) {
         return Err("the sample request has no row to probe batching with".into());
     }
-    let variants: Vec<Vec<Tensor>> = (0..max_batch_size).map(|k| vary(&one_row, k)).collect();
+    // Several sets of rows: whether a vectorised loop's remainder (scalar code, another
+    // rounding) touches a row depends on its place, but whether that changes the last bit
+    // depends on the values too, so one set can make a place look exact by luck.
+    let variants: Vec<Vec<Tensor>> = (0..max_batch_size * PROBE_SETS)
+        .map(|k| vary(&one_row, k))
+        .collect();
     let alone: Vec<Vec<Vec<u8>>> = variants
         .iter()
         .map(|inputs| {
@@ -242,17 +253,17 @@ pub fn probe(
         })
         .collect::<Result<_, String>>()?;
     let mut exact = vec![true; max_batch_size];
-    let sizes = [max_batch_size, max_batch_size / 2 + 1, 2];
-    for (round, &size) in sizes.iter().enumerate() {
-        for reversed in [false, true] {
-            // Which variant sits at each place: every place sees two different rows.
+    for (round, &size) in probe_sizes(max_batch_size).iter().enumerate() {
+        for (set, reversed) in (0..PROBE_SETS).flat_map(|set| [(set, false), (set, true)]) {
+            // Which variant sits at each place: every place sees several different rows.
             let order: Vec<usize> = (0..size)
                 .map(|p| {
-                    if reversed {
+                    let within = if reversed {
                         size - 1 - p
                     } else {
                         (p + round) % size
-                    }
+                    };
+                    set * max_batch_size + within
                 })
                 .collect();
             let columns = (0..one_row.len())
@@ -277,6 +288,19 @@ pub fn probe(
         return Ok(Vec::new());
     }
     Ok((0..max_batch_size).filter(|&p| exact[p]).collect())
+}
+
+/// Sets of varied rows the probe runs at every place of every size.
+const PROBE_SETS: usize = 16;
+
+/// The batch lengths the probe tries, and the only ones a batch of one-row requests at exact
+/// places is run at.
+fn probe_sizes(max_batch_size: usize) -> [usize; 3] {
+    [
+        max_batch_size,
+        max_batch_size / 2 + 1,
+        2.min(max_batch_size),
+    ]
 }
 
 /// The `k`-th probe row: floating-point inputs scaled and shifted by `k` so no two rows are
@@ -372,11 +396,9 @@ impl Worker {
             None => self.queue.recv().ok()?,
         };
         let capacity = self.slots.len();
-        let packs_rows = self.packs_rows();
-        // Where some places differ, a request of several rows runs alone: its rows take the
-        // places they take alone, so its results are its own. Where every place gives a row
-        // its own results, it shares a batch as long as the batch has room.
-        if first.rows != 1 && !(packs_rows && first.rows < capacity) {
+        // Every place gives a row its own results: requests share a batch, their rows side by
+        // side, as long as it has room.
+        if first.rows >= capacity {
             return Some(vec![first]);
         }
         let deadline = first.queued + self.policy.max_queue_delay;
@@ -391,7 +413,7 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            let fits = (next.rows == 1 || packs_rows) && rows + next.rows <= capacity;
+            let fits = rows + next.rows <= capacity;
             if !fits || !compatible(&batch[0], &next) {
                 *held = Some(next);
                 break;
@@ -400,12 +422,6 @@ impl Worker {
             batch.push(next);
         }
         Some(batch)
-    }
-
-    /// Whether every place of a batch gives a row its own results, so requests' rows can sit
-    /// side by side whatever their number.
-    fn packs_rows(&self) -> bool {
-        self.slots.len() == self.policy.max_batch_size
     }
 
     /// Runs one batch and answers each request with its rows.
@@ -421,37 +437,19 @@ impl Worker {
             let _ = job.reply.send(self.call(job.inputs));
             return;
         }
-        // The batch as consecutive parts: which request each part carries, its rows, and
-        // which part answers each request.
-        let (owner, part_rows, part_of): (Vec<usize>, Vec<usize>, Vec<usize>) = if self.packs_rows()
-        {
-            // Every place is exact: the requests side by side, all their rows.
-            let all: Vec<usize> = (0..batch.len()).collect();
-            let rows = batch.iter().map(|job| job.rows).collect();
-            (all.clone(), rows, all)
-        } else {
-            // One-row requests at the exact places; padding repeats the first.
-            let places = &self.slots[..batch.len()];
-            let length = places[places.len() - 1] + 1;
-            let mut owner = vec![0; length];
-            for (job, &place) in places.iter().enumerate() {
-                owner[place] = job;
-            }
-            (owner, vec![1; length], places.to_vec())
-        };
+        // The requests side by side, all their rows.
+        let rows: Vec<usize> = batch.iter().map(|job| job.rows).collect();
         let columns = (0..batch[0].inputs.len())
-            .map(|i| {
-                Tensor::concat_rows(owner.iter().map(|&j| batch[j].inputs[i].clone()).collect())
-            })
+            .map(|i| Tensor::concat_rows(batch.iter().map(|job| job.inputs[i].clone()).collect()))
             .collect::<Option<Vec<Tensor>>>();
         let parts = columns
             .ok_or_else(|| RuntimeError::Run("the batch's inputs could not be stacked".into()))
             .and_then(|inputs| self.call(inputs))
-            .and_then(|outputs| split_outputs(outputs, &part_rows));
+            .and_then(|outputs| split_outputs(outputs, &rows));
         match parts {
-            Ok(mut parts) => {
-                for (job, &part) in batch.into_iter().zip(&part_of) {
-                    let _ = job.reply.send(Ok(std::mem::take(&mut parts[part])));
+            Ok(parts) => {
+                for (job, part) in batch.into_iter().zip(parts) {
+                    let _ = job.reply.send(Ok(part));
                 }
             }
             Err(err) => {

@@ -227,34 +227,27 @@ impl Runnable for Placed {
     }
 }
 
-#[tokio::test]
-async fn requests_take_only_the_places_that_give_their_own_results() {
-    let placed = Arc::new(Placed {
-        inner: RowWise::new(),
-        uneven: vec![1, 5],
-    });
-    let batcher =
-        Batcher::start(placed.clone(), "m:1", policy(8, 50, 64), &sample()).expect("batchable");
-    assert_eq!(batcher.slots(), [0, 2, 3, 4, 6, 7]);
-    let batcher = Arc::new(batcher);
-    let tasks: Vec<_> = (0..12)
-        .map(|i| {
-            let b = Arc::clone(&batcher);
-            let values = [i as f32, 0.5];
-            tokio::spawn(async move { (values, b.infer(vec![rows(&values, 2)]).await) })
-        })
-        .collect();
-    for task in tasks {
-        let (values, got) = task.await.expect("task");
-        let alone = placed.run(vec![rows(&values, 2)]).expect("alone");
-        assert_eq!(got.expect("scored"), alone, "bit for bit");
+#[test]
+fn a_model_whose_results_depend_on_their_place_is_not_batched() {
+    for uneven in [vec![1, 5], (1..8).collect()] {
+        let placed = Arc::new(Placed {
+            inner: RowWise::new(),
+            uneven,
+        });
+        let err = Batcher::start(placed, "m:1", policy(8, 50, 64), &sample()).expect_err("refused");
+        assert!(err.contains("depend on its place"), "{err}");
     }
-    let all_uneven = Arc::new(Placed {
-        inner: RowWise::new(),
-        uneven: (1..8).collect(),
-    });
-    let err = Batcher::start(all_uneven, "m:1", policy(8, 1, 64), &sample()).expect_err("no");
-    assert!(err.contains("depend on its place"), "{err}");
+    let err = Batcher::start(
+        Arc::new(Placed {
+            inner: RowWise::new(),
+            uneven: vec![1, 5],
+        }),
+        "m:1",
+        policy(8, 50, 64),
+        &sample(),
+    )
+    .expect_err("refused");
+    assert!(err.contains("only places [0, 2, 3, 4, 6, 7] of 8"), "{err}");
 }
 
 #[test]
@@ -317,17 +310,24 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
         ("digits", 3),
     ] {
         let (runnable, samples) = fixture_model(name);
-        let batcher = Arc::new(
-            Batcher::start(
-                Arc::clone(&runnable),
-                name,
-                policy(16, 20, 512),
-                &[rows(&samples[0], samples[0].len())],
-            )
-            .expect("the fixtures batch on their first axis"),
+        let started = Batcher::start(
+            Arc::clone(&runnable),
+            name,
+            policy(16, 20, 512),
+            &[rows(&samples[0], samples[0].len())],
         );
-        let packs_rows = batcher.slots().len() == 16;
-        println!("{name}: places {:?}", batcher.slots());
+        // Whether a model's rows keep their own results in every place depends on the CPU's
+        // kernels (digits does on AVX-512, not on AVX2): a refusal must say why, and the
+        // model then runs requests one by one.
+        let batcher = match started {
+            Ok(batcher) => Arc::new(batcher),
+            Err(why) => {
+                assert!(why.contains("depend on its place"), "{name}: {why}");
+                assert_ne!(name, "diabetes", "a linear model batches everywhere: {why}");
+                println!("{name}: not batched on this CPU: {why}");
+                continue;
+            }
+        };
         let mut tasks = Vec::new();
         for i in 0..96 {
             // Varied so no two neighbours in a batch are alike.
@@ -360,14 +360,11 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
                 );
             }
         }
-        // Requests of several rows share batches only where every place gives a row its own
-        // answer; elsewhere they run alone, and may keep the one-row requests apart.
-        if most_rows == 1 || packs_rows {
-            let stats = batcher.stats();
-            assert!(
-                stats.batches.load(Ordering::Relaxed) < 96,
-                "{name}, up to {most_rows} rows: 96 concurrent requests were never batched"
-            );
-        }
+        // Requests of one and of several rows share batches, their rows side by side.
+        let stats = batcher.stats();
+        assert!(
+            stats.batches.load(Ordering::Relaxed) < 96,
+            "{name}, up to {most_rows} rows: 96 concurrent requests were never batched"
+        );
     }
 }
