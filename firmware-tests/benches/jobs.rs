@@ -85,17 +85,6 @@ fn tract_seconds(model: &dyn Runnable, rows: &[Value]) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-async fn get_job(hub: &str, name: &str) -> pb::Job {
-    let mut client = edgeship_hub::client::connect_jobs(hub)
-        .await
-        .expect("connect");
-    client
-        .get_job(pb::GetJobRequest { name: name.into() })
-        .await
-        .expect("get job")
-        .into_inner()
-}
-
 /// Runs one job end to end; returns (scoring seconds as the hub saw them, end-to-end seconds).
 async fn job_seconds(
     hub: &HubProcess,
@@ -128,7 +117,7 @@ async fn job_seconds(
     let mut scored_at = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
-        let job = get_job(&hub.url, name).await;
+        let job = testkit::jobs::job(&hub.url, name).await;
         let state = job.state();
         if running_at.is_none() && state == pb::job::State::Running {
             running_at = Some(Instant::now());

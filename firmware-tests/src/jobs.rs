@@ -49,3 +49,16 @@ pub fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
     bytes.extend_from_slice(data);
     bytes
 }
+
+/// The hub's record of job `name` (gRPC `GetJob`).
+pub async fn job(hub: &str, name: &str) -> edgeship_proto::v1::Job {
+    use edgeship_proto::v1 as pb;
+    let mut client = pb::jobs_client::JobsClient::connect(hub.to_owned())
+        .await
+        .expect("connect to the hub");
+    client
+        .get_job(pb::GetJobRequest { name: name.into() })
+        .await
+        .expect("get job")
+        .into_inner()
+}

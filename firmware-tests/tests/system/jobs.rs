@@ -17,17 +17,6 @@ use crate::support::{hub_and_agent, now_ms, wait_heard_from};
 
 const RECORDS: usize = 100_000;
 
-async fn job(hub: &str, name: &str) -> pb::Job {
-    let mut client = edgeship_hub::client::connect_jobs(hub)
-        .await
-        .expect("connect");
-    client
-        .get_job(pb::GetJobRequest { name: name.into() })
-        .await
-        .expect("get job")
-        .into_inner()
-}
-
 #[tokio::test]
 async fn a_job_over_100000_records_killed_half_way_writes_every_record_exactly_once() {
     let dir = TempDir::new("batch-job");
@@ -67,7 +56,7 @@ async fn a_job_over_100000_records_killed_half_way_writes_every_record_exactly_o
     let at_kill = eventually(Duration::from_secs(300), "the job half-way", || {
         let hub = hub.url.clone();
         async move {
-            let job = job(&hub, "score-all").await;
+            let job = testkit::jobs::job(&hub, "score-all").await;
             (job.records_done >= RECORDS as u64 / 2).then_some(job)
         }
     })
@@ -99,7 +88,7 @@ async fn a_job_over_100000_records_killed_half_way_writes_every_record_exactly_o
     let done = eventually(Duration::from_secs(300), "the job succeeding", || {
         let hub = hub.url.clone();
         async move {
-            let job = job(&hub, "score-all").await;
+            let job = testkit::jobs::job(&hub, "score-all").await;
             assert_ne!(job.state(), pb::job::State::Failed, "{job:?}");
             (job.state() == pb::job::State::Succeeded).then_some(job)
         }

@@ -97,7 +97,8 @@ fn collect_files(root: &Path) -> anyhow::Result<Vec<LocalFile>> {
     Ok(files)
 }
 
-fn progress_bar(total: u64, verb: &str) -> ProgressBar {
+/// A byte-count bar on a terminal (hidden otherwise), for uploads and downloads.
+pub(super) fn progress_bar(total: u64, verb: &str) -> ProgressBar {
     if !std::io::stderr().is_terminal() {
         return ProgressBar::hidden();
     }

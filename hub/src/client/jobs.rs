@@ -2,19 +2,18 @@
 //! chunks, as registrations stream files), and downloading its output into a temporary file
 //! beside the target, verified (size and sha256) and only then renamed into place.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::jobs_client::JobsClient as GrpcJobsClient;
-use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use super::files::progress_bar;
 use super::{channel, rpc_error};
 
 pub type JobsClient = GrpcJobsClient<Channel>;
@@ -32,21 +31,6 @@ pub async fn connect_jobs(hub: &str) -> anyhow::Result<JobsClient> {
 #[error("the hub closed the upload")]
 struct HubClosedUpload;
 
-fn byte_bar(total: u64, verb: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    let style = ProgressStyle::with_template(
-        "{msg:12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    bar.set_style(style);
-    bar.set_message(verb.to_owned());
-    bar
-}
-
 /// Creates a job from `header` (its size is filled in here) with the file at `input`.
 pub async fn create_job(
     client: &mut JobsClient,
@@ -63,7 +47,7 @@ pub async fn create_job(
         .with_context(|| format!("reading {}", input.display()))?
         .len();
     header.input_size_bytes = size;
-    let bar = byte_bar(size, "uploading");
+    let bar = progress_bar(size, "uploading");
     let (sender, receiver) = mpsc::channel::<pb::CreateJobRequest>(4);
     let producer_bar = bar.clone();
     let path = input.to_owned();
@@ -134,7 +118,7 @@ pub async fn download_job_output(
         let mut file = tokio::fs::File::create(&partial)
             .await
             .with_context(|| format!("creating {}", partial.display()))?;
-        let bar = byte_bar(output.size_bytes, "downloading");
+        let bar = progress_bar(output.size_bytes, "downloading");
         let mut hasher = Sha256::new();
         let mut written = 0u64;
         while let Some(message) = stream.message().await.map_err(rpc_error)? {
