@@ -29,14 +29,6 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run())
 }
 
-fn rounds() -> usize {
-    std::env::var("EDGESHIP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(3)
-}
-
 fn write_inputs(dir: &Path, rows: &[Value]) -> (std::path::PathBuf, std::path::PathBuf) {
     let mut jsonl = String::new();
     for i in 0..RECORDS {
@@ -185,7 +177,7 @@ async fn run() -> anyhow::Result<()> {
         ("JSON lines", Vec::new(), Vec::new()),
     ];
     // Side by side, round by round: tract alone, then a job over each format.
-    for round in 0..rounds() {
+    for round in 0..testkit::bench_rounds() {
         tract.push(tract_seconds(model.as_ref(), &rows));
         for (format, input) in [(0, &npy), (1, &jsonl)] {
             let name = format!("bench-{round}-{format}");

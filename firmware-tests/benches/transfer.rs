@@ -119,15 +119,6 @@ async fn chunk_spy(mqtt_url: &str, device: &str) -> Arc<Mutex<HashMap<(String, u
     counts
 }
 
-/// Rounds of every transfer figure; the table shows the median and the worst.
-fn rounds() -> usize {
-    std::env::var("EDGESHIP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(3)
-}
-
 /// "median (worst)" of `values`, where a larger value is worse.
 fn median_worst(values: &[f64]) -> (f64, f64) {
     let mut sorted = values.to_vec();
@@ -184,7 +175,7 @@ async fn resent_after_kill(hub: &HubProcess, dir: &Path, round: usize) -> (u32, 
 
 async fn run() -> anyhow::Result<()> {
     let dir = TempDir::new("bench");
-    let rounds = rounds();
+    let rounds = testkit::bench_rounds();
     let mut rows: Vec<(String, String)> = Vec::new();
 
     // Throughput: embedded broker and Mosquitto, alternating in the same run.

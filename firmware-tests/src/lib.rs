@@ -169,6 +169,16 @@ pub struct Mosquitto {
     _dir: TempDir,
 }
 
+/// Rounds of each benchmark figure (`EDGESHIP_BENCH_ROUNDS`, default 3): tables show the
+/// median and the worst.
+pub fn bench_rounds() -> usize {
+    std::env::var("EDGESHIP_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(3)
+}
+
 /// A temporary folder removed on drop (kept small: std only).
 #[derive(Debug)]
 pub struct TempDir(pub PathBuf);

@@ -19,7 +19,7 @@ impl Agent {
     ) -> Result<(), StepError> {
         let mut transient = false;
         for job in &desired.jobs {
-            if self.jobs_running(&job.job_id) {
+            if self.jobs.is_running(&job.job_id) {
                 continue;
             }
             for blob in job.blobs() {
@@ -62,10 +62,6 @@ impl Agent {
         } else {
             Ok(())
         }
-    }
-
-    fn jobs_running(&self, job_id: &str) -> bool {
-        self.jobs.is_running(job_id)
     }
 
     /// Takes up the jobs of the last accepted desired state after a restart, before any

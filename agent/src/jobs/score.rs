@@ -9,8 +9,9 @@
 //! starts. On
 //! resume the output is cut back to that length, so lines written after the last save (a
 //! kill mid-mini-batch) are dropped and scored again. The output is synced at least once a
-//! second and before the progress that counts it, so a power cut cannot leave progress
-//! ahead of the lines on disk either; if it ever is, the job starts over rather than skip.
+//! second (and at the end); a power cut that leaves the saved progress ahead of the lines on
+//! disk is seen at resume (the output is shorter than the progress says) and the job starts
+//! over rather than skip records.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Write};
