@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "edgeship/v1/fleet.proto",
     "edgeship/v1/profile.proto",
     "edgeship/v1/job.proto",
+    "edgeship/v1/access.proto",
 ];
 /// The Open Inference Protocol's gRPC service, served by agents' scoring endpoints.
 const INFERENCE_PROTOS: &[&str] = &["inference/grpc_service.proto"];

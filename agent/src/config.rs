@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use edgeship_domain::RuntimeKind;
+use edgeship_domain::trust::PublicKey;
 use serde::Deserialize;
 
 /// Everything the agent needs, validated.
@@ -26,6 +27,23 @@ pub struct AgentConfig {
     pub runtimes: Option<Vec<RuntimeKind>>,
     /// The container engine the agent drives for container workloads; `None`: it runs none.
     pub containers: Option<ContainerEngine>,
+    /// What the agent trusts desired states from.
+    pub trust: Trust,
+}
+
+/// How the agent checks desired states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    /// The hub's director key: every desired state must carry its signature. `None` only
+    /// with `insecure`: unsigned states are then taken.
+    pub director_key: Option<PublicKey>,
+    /// Explicitly asked for (`--insecure`): runs without a director key, over plaintext MQTT.
+    pub insecure: bool,
+}
+
+/// Where enrollment leaves the director's public key, inside the agent's data folder.
+pub fn enrolled_director_key(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity").join("director.pub")
 }
 
 /// A container engine and where to reach it.
@@ -67,6 +85,11 @@ pub struct RawConfig {
     pub containers: Option<String>,
     /// Where the Docker engine listens (default: `DOCKER_HOST`, else its usual socket).
     pub docker_socket: Option<String>,
+    /// The hub's director key (`ed25519:…`), or a file holding it; default: the one
+    /// enrollment stored in the data folder.
+    pub director_key: Option<String>,
+    /// Runs without a director key (unsigned desired states taken) over plaintext MQTT.
+    pub insecure: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +148,8 @@ impl RawConfig {
         }
         self.containers = overrides.containers.or(self.containers);
         self.docker_socket = overrides.docker_socket.or(self.docker_socket);
+        self.director_key = overrides.director_key.or(self.director_key);
+        self.insecure = overrides.insecure.or(self.insecure);
         self
     }
 
@@ -177,7 +202,13 @@ impl RawConfig {
                 "containers: this agent is built without container workloads (the `containers` feature)".into(),
             ));
         }
+        let trust = trust(
+            self.director_key.as_deref(),
+            self.insecure.unwrap_or(false),
+            &data_dir,
+        )?;
         Ok(AgentConfig {
+            trust,
             containers,
             device_id,
             broker,
@@ -189,6 +220,47 @@ impl RawConfig {
             runtimes,
         })
     }
+}
+
+/// The director key from the configuration (the key itself or a file holding it), else the
+/// enrolled one; without either, only an explicitly insecure agent runs.
+fn trust(configured: Option<&str>, insecure: bool, data_dir: &Path) -> Result<Trust, ConfigError> {
+    let read_file = |path: &Path| -> Result<PublicKey, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        text.parse().map_err(|err| {
+            ConfigError::Invalid(format!("director key in {}: {err}", path.display()))
+        })
+    };
+    let director_key = match configured {
+        Some(text) if text.trim_start().starts_with("ed25519:") => Some(
+            text.parse()
+                .map_err(|err| ConfigError::Invalid(format!("director_key: {err}")))?,
+        ),
+        Some(path) => Some(read_file(Path::new(path))?),
+        None => {
+            let enrolled = enrolled_director_key(data_dir);
+            if enrolled.exists() {
+                Some(read_file(&enrolled)?)
+            } else {
+                None
+            }
+        }
+    };
+    if director_key.is_none() && !insecure {
+        return Err(ConfigError::Invalid(
+            "no director key to check desired states with: enroll this device (edgeship-agent enroll), \
+             give the hub's key (--director-key FILE, the hub's <data>/keys/director.pub), \
+             or run with --insecure to take unsigned states"
+                .into(),
+        ));
+    }
+    Ok(Trust {
+        director_key,
+        insecure,
+    })
 }
 
 /// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`).
@@ -210,6 +282,7 @@ mod tests {
         let flags = RawConfig {
             device_id: Some("from-flag".into()),
             labels: BTreeMap::from([("gpu".into(), "none".into())]),
+            insecure: Some(true),
             ..RawConfig::default()
         };
         let config = file.merge(flags).validate().expect("valid");
@@ -224,6 +297,7 @@ mod tests {
         let base = || RawConfig {
             device_id: Some("d1".into()),
             data_dir: Some("/tmp/x".into()),
+            insecure: Some(true),
             ..RawConfig::default()
         };
         assert!(
@@ -275,7 +349,53 @@ mod tests {
             })
             .contains("containers is not")
         );
+        assert!(
+            err(RawConfig {
+                insecure: None,
+                ..base()
+            })
+            .contains("no director key")
+        );
+        assert!(
+            err(RawConfig {
+                director_key: Some("ed25519:short".into()),
+                ..base()
+            })
+            .contains("director_key:")
+        );
+        assert!(
+            err(RawConfig {
+                director_key: Some("/nonexistent/director.pub".into()),
+                ..base()
+            })
+            .contains("/nonexistent/director.pub")
+        );
         let unknown = toml::from_str::<RawConfig>("devise_id = \"x\"").expect_err("unknown field");
         assert!(unknown.to_string().contains("devise_id"), "{unknown}");
+    }
+
+    #[test]
+    fn the_director_key_comes_from_text_a_file_or_enrollment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = edgeship_domain::trust::SigningKey::generate()
+            .expect("key")
+            .public();
+        let raw = |director_key: Option<String>| RawConfig {
+            device_id: Some("d1".into()),
+            data_dir: Some(dir.path().to_owned()),
+            director_key,
+            ..RawConfig::default()
+        };
+        let trust = |raw: RawConfig| raw.validate().expect("valid").trust;
+        assert_eq!(trust(raw(Some(key.to_string()))).director_key, Some(key));
+        let file = dir.path().join("hub.pub");
+        std::fs::write(&file, format!("{key}\n")).expect("write");
+        let from_file = trust(raw(Some(file.display().to_string())));
+        assert_eq!(from_file.director_key, Some(key));
+        assert!(!from_file.insecure);
+        let enrolled = enrolled_director_key(dir.path());
+        std::fs::create_dir_all(enrolled.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&enrolled, key.to_string()).expect("write");
+        assert_eq!(trust(raw(None)).director_key, Some(key));
     }
 }

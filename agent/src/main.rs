@@ -60,6 +60,15 @@ enum Command {
         /// DOCKER_HOST, else /var/run/docker.sock).
         #[arg(long, value_name = "SOCKET")]
         docker_socket: Option<String>,
+        /// The hub's director key (`ed25519:…`, or a file holding it, such as the hub's
+        /// <data>/keys/director.pub) that every desired state must be signed with; default:
+        /// the key enrollment stored in the data folder.
+        #[arg(long, env = "EDGESHIP_DIRECTOR_KEY", value_name = "KEY|FILE")]
+        director_key: Option<String>,
+        /// Run without a director key, taking unsigned desired states, over plaintext MQTT
+        /// (development and closed networks only).
+        #[arg(long)]
+        insecure: bool,
     },
     /// Serve one model folder, with no hub and no broker: Azure ML `/score`, the Open
     /// Inference Protocol (REST, and gRPC with --grpc-port) and `/metrics`, as a deployment
@@ -132,6 +141,13 @@ data_dir = "/var/lib/edgeship-agent"
 # Where the engine listens (default: DOCKER_HOST, else /var/run/docker.sock).
 # docker_socket = "/var/run/docker.sock"
 
+# The hub's director key, which every desired state must be signed with: the key itself
+# (ed25519:...) or a file holding it (the hub's <data>/keys/director.pub). Default: the key
+# `edgeship-agent enroll` stored in data_dir.
+# director_key = "/etc/edgeship/director.pub"
+# Without a director key, take unsigned desired states over plaintext MQTT (development only).
+# insecure = false
+
 # Labels that deployments can select this device by.
 [labels]
 # site = "north"
@@ -174,6 +190,8 @@ fn main() -> ExitCode {
         runtimes,
         containers,
         docker_socket,
+        director_key,
+        insecure,
     } = cli.command
     else {
         return match cli.command {
@@ -237,6 +255,9 @@ fn main() -> ExitCode {
             runtimes,
             containers,
             docker_socket,
+            director_key,
+            // Only an explicit flag changes the file's choice.
+            insecure: insecure.then_some(true),
             ..RawConfig::default()
         };
         Ok(file.merge(flags).validate()?)

@@ -10,6 +10,7 @@ pub mod images;
 pub mod jobs;
 pub mod modules;
 pub mod sim;
+pub mod trust;
 
 pub use http::{HttpResponse, http, score};
 pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
@@ -301,9 +302,8 @@ pub fn assert_diabetes_predictions(response: &HttpResponse) {
 
 /// Runs the `edgeship` CLI against `hub`, asserts it succeeded, and returns its stdout.
 pub fn edgeship(hub: &str, args: &[&str]) -> String {
-    let output = Command::new(binary("edgeship"))
+    let output = edgeship_command(hub)
         .args(args)
-        .env("EDGESHIP_HUB", hub)
         .output()
         .expect("run edgeship");
     assert!(
@@ -313,6 +313,15 @@ pub fn edgeship(hub: &str, args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// An `edgeship` client command for `hub`.
+pub fn edgeship_command(hub: &str) -> Command {
+    let mut command = Command::new(binary("edgeship"));
+    command.env("EDGESHIP_HUB", hub);
+    command
+}
+
+type Registry<T> = std::sync::Mutex<std::collections::HashMap<String, T>>;
 
 /// Path of a workspace binary (`edgeship`, `edgeship-agent`), built by `cargo test
 /// --workspace` before any test runs.
@@ -332,7 +341,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A hub process (`edgeship hub`) on ephemeral ports.
+/// A hub process (`edgeship hub --no-auth`) on ephemeral ports.
 #[derive(Debug)]
 pub struct HubProcess {
     pub process: Process,
@@ -346,7 +355,9 @@ impl HubProcess {
     pub fn start(data_dir: &Path, mqtt: Result<&str, u16>, log: &Path) -> HubProcess {
         let mut command = Command::new(binary("edgeship"));
         command
-            .args(["hub", "--listen", "127.0.0.1:0", "--data-dir"])
+            // API tokens are tested on their own (hub/tests/it/processes.rs); these tests
+            // call the API with plain clients.
+            .args(["hub", "--no-auth", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -361,11 +372,37 @@ impl HubProcess {
             Ok(url) => url.to_owned(),
             Err(port) => format!("mqtt://127.0.0.1:{port}"),
         };
+        trust_hub(&mqtt_url, data_dir);
         HubProcess {
             process,
             url,
             mqtt_url,
         }
+    }
+}
+
+/// Director key files of the hubs started by this test process, by broker URL.
+fn hub_keys() -> &'static Registry<PathBuf> {
+    static KEYS: std::sync::OnceLock<Registry<PathBuf>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(Default::default)
+}
+
+/// Agents started on `mqtt_url` from now on check desired states with the director key of
+/// the hub whose data folder is `data_dir` (its `keys/director.pub`).
+pub fn trust_hub(mqtt_url: &str, data_dir: &Path) {
+    hub_keys().lock().unwrap_or_else(|e| e.into_inner()).insert(
+        mqtt_url.to_owned(),
+        data_dir.join("keys").join("director.pub"),
+    );
+}
+
+/// The `edgeship-agent run` flags for an agent on `broker`: the director key of the hub
+/// started on that broker (every desired state is then checked), else `--insecure`.
+pub fn agent_trust_args(broker: &str) -> Vec<String> {
+    let keys = hub_keys().lock().unwrap_or_else(|e| e.into_inner());
+    match keys.get(broker) {
+        Some(file) => vec!["--director-key".into(), file.display().to_string()],
+        None => vec!["--insecure".into()],
     }
 }
 
@@ -396,6 +433,7 @@ pub fn start_agent_with(
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(agent_trust_args(broker))
             .args(more)
             .env("RUST_LOG", "info,edgeship_agent=debug")
             .stdout(Stdio::null())

@@ -286,7 +286,7 @@ async fn run(
             }
             Inbound::Message(topic, payload) => match topics::parse(&topic) {
                 Some((_, DeviceTopic::Desired)) => {
-                    let Ok(new) = pb::DesiredState::decode(payload.as_ref()) else {
+                    let Some(new) = crate::trust::open_desired(payload.as_ref()) else {
                         continue;
                     };
                     let applied = state.borrow().applied_generation;

@@ -1,5 +1,6 @@
 //! edgeship hub: the control plane library behind the `edgeship` binary.
 
+pub mod access;
 pub mod api;
 pub mod blob_server;
 pub mod blobs;
@@ -15,6 +16,7 @@ pub mod link;
 pub mod profiles;
 pub mod registry;
 pub mod server;
+pub mod trust;
 
 pub use server::{HubConfig, Mqtt, RunningHub};
 

@@ -2,8 +2,9 @@
 //! log and profile answer topics, hands births and reports to the [`Fleet`], blob requests to
 //! the [`BlobServer`], job output chunks to [`Jobs`] and answers to whoever waits for them
 //! ([`DeviceRequests`](crate::device_requests::DeviceRequests)), and publishes desired
-//! states, blob chunks, upload acknowledgements, and log and profile requests. This is the only module of the
-//! hub that touches device-protocol protobuf types; it converts them to domain values here.
+//! states (signed by the [`Director`]), blob chunks, upload acknowledgements, and log and
+//! profile requests. This is the only module of the hub that touches device-protocol protobuf
+//! types; it converts them to domain values here.
 //!
 //! Design (found at 300 devices: a poller that waited on a full worker queue while the worker
 //! waited on the client's queue, which only the poller drains, stopped the link for good):
@@ -38,6 +39,7 @@ use crate::fleet::Fleet;
 use crate::fleet::devices::DeviceNews;
 use crate::jobs::{Jobs, UploadAck, UploadChunk};
 use crate::profiles::{DeviceProfiles, ProfileAsk, ProfileQuery};
+use crate::trust::Director;
 
 /// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
 const BLOB_QUEUE: usize = 16 * 1024;
@@ -257,6 +259,7 @@ pub fn start(
     blobs: Arc<BlobServer>,
     jobs: Arc<Jobs>,
     outbox: mpsc::UnboundedReceiver<DesiredState>,
+    director: Arc<Director>,
     requests: Requests,
 ) -> Link {
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
@@ -292,7 +295,8 @@ pub fn start(
             tokio::spawn(apply_news(Arc::clone(&fleet), inbound)),
             tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
             tokio::spawn(receive_uploads(client.clone(), jobs, upload_rx)),
-            tokio::spawn(publish_desired(client.clone(), outbox)),
+            tokio::spawn(refresh_signatures(Arc::clone(&fleet), director.validity())),
+            tokio::spawn(publish_desired(client.clone(), director, outbox)),
             tokio::spawn(publish_requests(
                 client.clone(),
                 requests.log_asks,
@@ -526,12 +530,46 @@ fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
     }
 }
 
-async fn publish_desired(client: AsyncClient, mut outbox: mpsc::UnboundedReceiver<DesiredState>) {
+async fn publish_desired(
+    client: AsyncClient,
+    director: Arc<Director>,
+    mut outbox: mpsc::UnboundedReceiver<DesiredState>,
+) {
     while let Some(desired) = outbox.recv().await {
         let topic = topics::device(&desired.device_id, DeviceTopic::Desired);
-        let payload = pb::DesiredState::from(&desired).encode_to_vec();
+        let payload = signed_state(&director, &desired, crate::now_ms());
         if let Err(err) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
             tracing::warn!(error = %err, "mqtt publish failed");
+        }
+    }
+}
+
+/// A desired state as its device receives it: encoded, given an expiry, and signed.
+pub fn signed_state(director: &Director, desired: &DesiredState, now_ms: i64) -> Vec<u8> {
+    let mut state = pb::DesiredState::from(desired);
+    state.expires_at_ms = director.expiry_from(now_ms);
+    let state = state.encode_to_vec();
+    let signed = director.sign(&state);
+    pb::SignedDesiredState {
+        state: state.into(),
+        signature: signed.signature.into(),
+        key_id: signed.key_id,
+    }
+    .encode_to_vec()
+}
+
+/// Signs every desired state again each quarter of the validity, so that a device always
+/// holds a retained state well inside its expiry, however long its workloads stay unchanged.
+async fn refresh_signatures(fleet: Arc<Fleet>, validity: Duration) {
+    let period = (validity / 4).max(Duration::from_millis(250));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        let fleet = Arc::clone(&fleet);
+        match tokio::task::spawn_blocking(move || fleet.republish_all()).await {
+            Ok(Ok(count)) => tracing::debug!(count, "desired states signed again"),
+            Ok(Err(err)) => tracing::error!(error = %err, "signing desired states again failed"),
+            Err(err) => tracing::error!(error = %err, "signing desired states again panicked"),
         }
     }
 }

@@ -5,8 +5,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
+use edgeship_domain::trust::PublicKey;
 use edgeship_proto::v1::model_registry_server::ModelRegistryServer;
 use edgeship_proto::v1::module_registry_server::ModuleRegistryServer;
 use tokio::net::TcpListener;
@@ -15,6 +17,9 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::access::Tokens;
+use crate::access::guard::AccessLayer;
+use crate::api::AccessService;
 use crate::api::{
     FleetService, JobsService, ModelRegistryService, ModuleRegistryService, ProfilesService,
 };
@@ -25,6 +30,7 @@ use crate::jobs::Jobs;
 use crate::link;
 use crate::profiles::{DeviceProfiles, Profiler};
 use crate::registry::{Limits, Registry};
+use edgeship_proto::v1::access_server::AccessServer;
 use edgeship_proto::v1::deployments_server::DeploymentsServer;
 use edgeship_proto::v1::fleet_server::FleetServer;
 use edgeship_proto::v1::jobs_server::JobsServer;
@@ -48,6 +54,11 @@ pub struct HubConfig {
     pub mqtt: Mqtt,
     /// Largest MQTT packet; blob chunks stay well below it.
     pub max_packet_bytes: usize,
+    /// How long a signed desired state holds (see [`crate::trust::Director`]).
+    pub state_validity: Duration,
+    /// Every API call but health checks needs a token with the right role
+    /// ([`crate::access`]); off for tests and `edgeship dev` on loopback.
+    pub api_auth: bool,
 }
 
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -66,6 +77,8 @@ impl HubConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             },
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
+            state_validity: crate::trust::DEFAULT_STATE_VALIDITY,
+            api_auth: false,
         }
     }
 }
@@ -88,6 +101,7 @@ pub struct RunningHub {
     rollouts: JoinHandle<()>,
     /// Runs profiles; told to end them when the hub stops.
     profiler: Arc<Profiler>,
+    director_key: PublicKey,
 }
 
 impl RunningHub {
@@ -103,6 +117,32 @@ impl RunningHub {
         .await?
         .with_context(|| format!("opening the registry in {}", config.data_dir.display()))?;
         let (registry, modules) = (Arc::new(registry), Arc::new(modules));
+        let director = {
+            let (data_dir, validity) = (config.data_dir.clone(), config.state_validity);
+            let director = tokio::task::spawn_blocking(move || {
+                crate::trust::Director::open(&data_dir, validity)
+            })
+            .await?
+            .context("opening the director key")?;
+            Arc::new(director)
+        };
+        // Before the API listens: a client that sees the port open finds the admin token.
+        let tokens = Arc::new(Tokens::open(&registry.db()).context("opening the API tokens")?);
+        if config.api_auth {
+            let tokens = Arc::clone(&tokens);
+            let data_dir = config.data_dir.clone();
+            let created = tokio::task::spawn_blocking(move || tokens.bootstrap(&data_dir))
+                .await?
+                .context("creating the first admin token")?;
+            if let Some(file) = created {
+                tracing::info!(file = %file.display(), "no API token existed: an admin token was written");
+            }
+        } else {
+            tracing::warn!(
+                "API authentication is off: anyone who reaches the API may change everything"
+            );
+        }
+        let access = AccessLayer::new(config.api_auth.then(|| Arc::clone(&tokens)));
         let (outbox, outbox_rx) = tokio::sync::mpsc::unbounded_channel();
         let entitlements = Arc::new(Entitlements::default());
         let fleet = Arc::new(
@@ -167,6 +207,7 @@ impl RunningHub {
             blobs,
             Arc::clone(&jobs),
             outbox_rx,
+            Arc::clone(&director),
             link::Requests {
                 logs: Arc::clone(&logs),
                 log_asks,
@@ -180,11 +221,13 @@ impl RunningHub {
                 .await?
                 .context("computing desired states")?;
         }
+        let director_key = director.public_key();
         let rollouts = crate::fleet::rollouts::drive(Arc::clone(&fleet));
         let (shutdown, shutdown_signal) = oneshot::channel();
         let registries = (registry, modules);
         let services = (fleet, logs, Arc::clone(&profiler), jobs);
-        let task = tokio::spawn(serve(registries, services, listener, async move {
+        let access = (access, tokens);
+        let task = tokio::spawn(serve(registries, services, access, listener, async move {
             // A dropped sender also means stop.
             let _ = shutdown_signal.await;
         }));
@@ -198,7 +241,13 @@ impl RunningHub {
             link: Some(link),
             rollouts,
             profiler,
+            director_key,
         })
+    }
+
+    /// The public key that devices check desired states with.
+    pub fn director_key(&self) -> PublicKey {
+        self.director_key
     }
 
     /// The broker devices connect to, as `mqtt://host:port`.
@@ -244,6 +293,7 @@ impl Drop for RunningHub {
 async fn serve(
     (registry, modules): (Arc<Registry>, Arc<Registry>),
     (fleet, logs, profiler, jobs): (Arc<Fleet>, Arc<DeviceLogs>, Arc<Profiler>, Arc<Jobs>),
+    (access, tokens): (AccessLayer, Arc<Tokens>),
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -262,6 +312,7 @@ async fn serve(
         .set_serving::<ProfilesServer<ProfilesService>>()
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
+    health.set_serving::<AccessServer<AccessService>>().await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
@@ -287,6 +338,7 @@ async fn serve(
         // each one on round trips for window updates.
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))
+        .layer(access)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -305,6 +357,7 @@ async fn serve(
         .add_service(FleetServer::new(FleetService::new(fleet, logs)))
         .add_service(ProfilesServer::new(ProfilesService::new(profiler)))
         .add_service(JobsServer::new(JobsService::new(jobs)))
+        .add_service(AccessServer::new(AccessService::new(tokens)))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")

@@ -48,7 +48,7 @@ def main():
         hub_port, mqtt_port = scoring.free_port(), scoring.free_port()
         env = dict(os.environ, RUST_LOG="warn")
         hub = scoring.start(
-            [os.path.join(scoring.RELEASE, "edgeship"), "hub", "--listen", f"127.0.0.1:{hub_port}",
+            [os.path.join(scoring.RELEASE, "edgeship"), "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
              "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"], f"{work}/hub.log", env=env)
         processes.append(hub)
         scoring.wait_port(hub_port, process=hub, log=f"{work}/hub.log")
@@ -64,7 +64,8 @@ def main():
             device = f"ab-{index}"
             processes.append(scoring.start(
                 [path, "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--device-id", device,
-                 "--data-dir", f"{work}/agent-{index}", "--serve-host", "127.0.0.1"],
+                 "--data-dir", f"{work}/agent-{index}", "--serve-host", "127.0.0.1",
+                 "--director-key", f"{work}/hub/keys/director.pub"],
                 f"{work}/agent-{index}.log", env=env))
             port = scoring.free_port()
             manifest = f"{work}/{device}.yaml"

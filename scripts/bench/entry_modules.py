@@ -54,7 +54,8 @@ def bodies(work):
 
 def start_agent(work, mqtt_port):
     return start([os.path.join(RELEASE, "edgeship-agent"), "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
-                  "--device-id", "bench", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1"],
+                  "--device-id", "bench", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1",
+                  "--director-key", f"{work}/hub/keys/director.pub"],
                  f"{work}/agent.log", env=dict(os.environ, RUST_LOG="info"))
 
 
@@ -79,7 +80,7 @@ def main():
     processes = []
     try:
         hub_port, mqtt_port = free_port(), free_port()
-        processes.append(start([os.path.join(RELEASE, "edgeship"), "hub", "--listen", f"127.0.0.1:{hub_port}",
+        processes.append(start([os.path.join(RELEASE, "edgeship"), "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
                                 "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"],
                                f"{work}/hub.log", env=dict(os.environ, RUST_LOG="warn")))
         wait_port(hub_port, process=processes[0], log=f"{work}/hub.log")

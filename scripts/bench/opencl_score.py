@@ -84,13 +84,14 @@ def main():
     hub_port, mqtt_port, port = scoring.free_port(), scoring.free_port(), scoring.free_port()
     env = dict(os.environ, RUST_LOG="info")
     processes = [scoring.start(
-        [f"{scoring.RELEASE}/edgeship", "hub", "--listen", f"127.0.0.1:{hub_port}",
+        [f"{scoring.RELEASE}/edgeship", "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
          "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"], f"{work}/hub.log", env=env)]
     try:
         scoring.wait_port(hub_port, process=processes[0], log=f"{work}/hub.log")
         processes.append(scoring.start(
             [f"{scoring.RELEASE}/edgeship-agent", "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
-             "--device-id", "gpu-host", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1"],
+             "--device-id", "gpu-host", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1",
+             "--director-key", f"{work}/hub/keys/director.pub"],
             f"{work}/agent.log", env=env))
         hub = f"http://127.0.0.1:{hub_port}"
         scoring.edgeship_cli("model", "register", "--hub", hub, "-n", "resnet50", "-p", folder)

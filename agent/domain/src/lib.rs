@@ -12,6 +12,7 @@ pub mod names;
 pub mod profile;
 pub mod report;
 pub mod signature;
+pub mod trust;
 pub mod wire;
 pub mod workload;
 

@@ -24,6 +24,8 @@ pub enum NameKind {
     Module,
     Deployment,
     Job,
+    /// An API token's name.
+    Token,
 }
 
 impl fmt::Display for NameKind {
@@ -33,6 +35,7 @@ impl fmt::Display for NameKind {
             NameKind::Module => "module",
             NameKind::Deployment => "deployment",
             NameKind::Job => "job",
+            NameKind::Token => "token",
         })
     }
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 mod requests;
+pub mod verify;
 
 use crate::acks::{AckToken, Acks};
 use crate::config::AgentConfig;
@@ -252,7 +253,9 @@ pub fn jitter(base: Duration) -> Duration {
     base.mul_f64(0.5 + fraction / 2.0)
 }
 
-pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
+/// `newest_generation`: the newest generation the agent took before; older desired states
+/// are refused from the start.
+pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> Link {
     let device_id = config.device_id.clone();
     let mut options = MqttOptions::new(
         format!("edgeship-agent-{device_id}"),
@@ -295,6 +298,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
     };
     let inbound = Inbound {
         device_id: device_id.clone(),
+        gate: verify::StateGate::new(&device_id, &config.trust, newest_generation),
         desired: desired_tx,
         generation: generation_tx,
         chunks: chunk_tx,
@@ -331,6 +335,7 @@ pub fn start(config: &AgentConfig, birth: &Birth) -> Link {
 /// Where incoming messages go; every hand-off is non-blocking.
 struct Inbound {
     device_id: String,
+    gate: verify::StateGate,
     desired: watch::Sender<Option<DesiredState>>,
     generation: watch::Sender<u64>,
     chunks: mpsc::Sender<Chunk>,
@@ -342,21 +347,17 @@ struct Inbound {
 impl Inbound {
     /// Hands a message on; `ack` acknowledges it when dropped (at once, except for a chunk,
     /// which goes with it to the download).
-    fn deliver(&self, topic: &str, payload: &[u8], ack: Option<AckToken>) {
+    fn deliver(&mut self, topic: &str, payload: &[u8], ack: Option<AckToken>) {
         if let Some(digest) = topics::parse_blob_broadcast(topic) {
             self.chunk(payload, ack, Some(digest));
             return;
         }
         match topics::parse(topic) {
             Some((id, DeviceTopic::Desired)) if id == self.device_id => {
-                let desired = match pb::DesiredState::decode(payload) {
-                    Ok(desired) if desired.device_id == self.device_id => desired,
-                    Ok(desired) => {
-                        tracing::warn!(claimed = %desired.device_id, "desired state for another device ignored");
-                        return;
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, bytes = payload.len(), "malformed desired state ignored");
+                let desired = match self.gate.open(payload, crate::now_ms()) {
+                    Ok(desired) => desired,
+                    Err(refusal) => {
+                        tracing::warn!(%refusal, bytes = payload.len(), "desired state refused");
                         return;
                     }
                 };
@@ -461,7 +462,7 @@ async fn poll(
     client: AsyncClient,
     broker: String,
     birth: pb::Birth,
-    inbound: Inbound,
+    mut inbound: Inbound,
     connected: watch::Sender<u64>,
     stopping: watch::Receiver<bool>,
 ) {

@@ -24,7 +24,20 @@ fn the_generated_config_is_a_valid_config() {
     assert!(output.status.success());
     let text = String::from_utf8(output.stdout).expect("utf-8");
     let raw: RawConfig = toml::from_str(&text).expect("the example parses");
-    let config = raw.validate().expect("the example validates");
+    // A device with the example as is still needs the hub's key, from enrollment or here.
+    let refused = raw.validate().expect_err("no director key");
+    assert!(
+        refused.to_string().contains("enroll this device"),
+        "{refused}"
+    );
+    let raw: RawConfig = toml::from_str(&text).expect("the example parses");
+    let key = edgeship_domain::trust::SigningKey::generate().expect("key");
+    let config = RawConfig {
+        director_key: Some(key.public().to_string()),
+        ..raw
+    }
+    .validate()
+    .expect("the example validates");
     assert_eq!(config.device_id, "edge-001");
     assert_eq!(config.broker.to_string(), "mqtt://127.0.0.1:1883");
 }
@@ -36,8 +49,12 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_code_2() {
     std::fs::write(&unknown, "device_id = \"d\"\nbrokr = \"mqtt://x\"\n").expect("write");
     let unknown = unknown.display().to_string();
     let data = dir.path().join("data").display().to_string();
-    let cases: [(Vec<&str>, &str); 5] = [
+    let cases: [(Vec<&str>, &str); 6] = [
         (vec!["run", "--data-dir", &data], "a device id is required"),
+        (
+            vec!["run", "--device-id", "d", "--data-dir", &data],
+            "no director key to check desired states with",
+        ),
         (
             vec!["run", "--device-id", "a/b", "--data-dir", &data],
             "invalid device id \"a/b\"",

@@ -25,7 +25,7 @@ use testkit::{Mosquitto, expected, fixture};
 use crate::split::{fixture_model, seed};
 
 const WAIT: Duration = Duration::from_secs(60);
-const RECORDS: usize = 10_000;
+const RECORDS: usize = 100_000;
 
 /// A stand-in for the hub's upload receiver: keeps the bytes in a row, answers every piece
 /// with their length, and checks the digest at the end.
@@ -104,7 +104,7 @@ async fn publish(client: &AsyncClient, device: &str, generation: u64, jobs: Vec<
             topics::device(device, DeviceTopic::Desired),
             QoS::AtLeastOnce,
             true,
-            pb::DesiredState::from(&desired).encode_to_vec(),
+            testkit::trust::signed_desired(testkit::trust::test_director(), &desired),
         )
         .await
         .expect("publish");
@@ -148,6 +148,7 @@ fn config(device: &str, broker: &Mosquitto, dir: &std::path::Path) -> AgentConfi
         broker: Some(broker.url()),
         data_dir: Some(dir.to_owned()),
         serve_host: Some(IpAddr::from([127, 0, 0, 1])),
+        director_key: Some(testkit::trust::test_director().public().to_string()),
         ..RawConfig::default()
     }
     .validate()

@@ -262,7 +262,7 @@ impl Hub {
             jobs: vec![],
             rejected_jobs: vec![],
         };
-        let payload = pb::DesiredState::from(&desired).encode_to_vec();
+        let payload = testkit::trust::signed_desired(testkit::trust::test_director(), &desired);
         self.client
             .publish(
                 topics::device(device, DeviceTopic::Desired),
@@ -326,6 +326,7 @@ async fn an_agent_serves_a_split_takes_new_weights_without_loading_and_reports_i
         broker: Some(broker.url()),
         data_dir: Some(dir.path().to_owned()),
         serve_host: Some(IpAddr::from([127, 0, 0, 1])),
+        director_key: Some(testkit::trust::test_director().public().to_string()),
         ..RawConfig::default()
     }
     .validate()

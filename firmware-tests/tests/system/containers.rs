@@ -259,9 +259,8 @@ async fn a_container_workload_is_proxied_switched_blue_green_adopted_and_deleted
     // serves it from the folder its environment names.
     register_diabetes_cli(&url);
     let followed = dir.path().join("followed.log");
-    let mut follow = std::process::Command::new(testkit::binary("edgeship"))
+    let mut follow = testkit::edgeship_command(&url)
         .args(["deploy", "logs", "scorer", "--follow", "--tail", "1"])
-        .env("EDGESHIP_HUB", &url)
         .stdout(std::fs::File::create(&followed).expect("log file"))
         .stderr(std::fs::File::create(dir.path().join("follow.err")).expect("log file"))
         .spawn()

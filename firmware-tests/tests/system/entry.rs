@@ -7,20 +7,18 @@
 //! under `EDGESHIP_CI=1`).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use testkit::images::register_diabetes_cli;
 use testkit::modules::{diabetes_records, entry_modules};
 
 use crate::support::hub_and_agent;
-use testkit::{TempDir, binary, edgeship, eventually, expected, free_port, start_agent};
+use testkit::{TempDir, edgeship, eventually, expected, free_port, start_agent};
 
 /// `edgeship ARGS` that must fail: its stderr.
 fn refused(hub: &str, args: &[&str]) -> String {
-    let output = Command::new(binary("edgeship"))
+    let output = testkit::edgeship_command(hub)
         .args(args)
-        .env("EDGESHIP_HUB", hub)
         .output()
         .expect("edgeship runs");
     assert!(!output.status.success(), "edgeship {args:?} succeeded");

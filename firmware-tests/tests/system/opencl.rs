@@ -7,10 +7,9 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use testkit::{TempDir, binary, edgeship, eventually, free_port};
+use testkit::{TempDir, edgeship, eventually, free_port};
 
 use crate::support::hub_and_agent;
 
@@ -46,10 +45,9 @@ fn opencl_installed(test: &str) -> bool {
 }
 
 fn device_show(hub: &str, args: &[&str]) -> Option<String> {
-    let output = Command::new(binary("edgeship"))
+    let output = testkit::edgeship_command(hub)
         .args(["device", "show", "edge-cl"])
         .args(args)
-        .env("EDGESHIP_HUB", hub)
         .output()
         .ok()?;
     output

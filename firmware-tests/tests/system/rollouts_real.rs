@@ -82,6 +82,7 @@ fn real_agent(dir: &std::path::Path, id: &str, host: &str, broker: &str) -> test
                 "--data-dir",
             ])
             .arg(dir.join(id))
+            .args(testkit::agent_trust_args(broker))
             .env("RUST_LOG", "info")
             .stdout(std::process::Stdio::null())
             .stderr(

@@ -1,5 +1,6 @@
 //! gRPC adapters: the only place (with the CLI client) where protobuf types meet the registry.
 
+pub mod access;
 pub mod convert;
 mod deployments;
 mod fleet;
@@ -11,6 +12,7 @@ mod registry;
 pub(crate) mod streams;
 mod transfer;
 
+pub use access::AccessService;
 pub use fleet::FleetService;
 pub use jobs::JobsService;
 pub use modules::ModuleRegistryService;

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use crate::client::HubChannel;
 use anyhow::bail;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::fleet_client::FleetClient;
-use tonic::transport::Channel;
 
 use super::output::{self, pairs, print_json, rfc3339};
 use super::view::{DeploymentView, DeviceView};
@@ -27,7 +27,7 @@ fn print_deployment(deployment: pb::Deployment, format: OutputFormat) {
 /// a deployment created by naming them. A typo in `--device` looks exactly like this, and a
 /// deployment to such a device would wait for it forever.
 async fn never_connected(
-    fleet: &mut FleetClient<Channel>,
+    fleet: &mut FleetClient<HubChannel>,
     devices: &[String],
 ) -> anyhow::Result<Vec<String>> {
     let mut never = Vec::new();

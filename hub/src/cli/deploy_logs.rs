@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use crate::client::HubChannel;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use tonic::transport::Channel;
 
 use super::OutputFormat;
 use super::output::rfc3339;
@@ -27,7 +27,10 @@ pub struct LogsQuery {
     pub output: OutputFormat,
 }
 
-pub async fn run(client: &mut DeploymentsClient<Channel>, query: LogsQuery) -> anyhow::Result<()> {
+pub async fn run(
+    client: &mut DeploymentsClient<HubChannel>,
+    query: LogsQuery,
+) -> anyhow::Result<()> {
     let follow = query.follow;
     let printing = print_lines(client, query);
     if !follow {
@@ -41,7 +44,7 @@ pub async fn run(client: &mut DeploymentsClient<Channel>, query: LogsQuery) -> a
 }
 
 async fn print_lines(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     query: LogsQuery,
 ) -> anyhow::Result<()> {
     let LogsQuery {

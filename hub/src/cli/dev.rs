@@ -65,12 +65,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "broker:      {}   (agents join with --broker)",
         hub.mqtt_url()
     );
+    announce!(
+        "director:    {}   (agents join with --director-key)",
+        crate::trust::director_public_key_file(&data_dir.join("hub")).display()
+    );
 
     let agent_config = RawConfig {
         device_id: Some("local".into()),
         broker: Some(hub.mqtt_url()),
         data_dir: Some(data_dir.join("agent-local")),
         serve_host: Some(args.listen.ip()),
+        director_key: Some(hub.director_key().to_string()),
         ..RawConfig::default()
     }
     .validate()?;

@@ -23,6 +23,7 @@ mod output;
 mod package;
 mod profile;
 mod rollout;
+mod token;
 mod view;
 
 use std::net::SocketAddr;
@@ -92,6 +93,13 @@ pub enum Command {
         hub: HubAddress,
         #[command(subcommand)]
         command: job::JobCommand,
+    },
+    /// Create, list and delete the API tokens client commands send (EDGESHIP_TOKEN).
+    Token {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Package a registered model as a container image with no base image: a static agent
     /// serving it (`/score`, v2 and `/metrics` on port 5001) and its files.
@@ -332,6 +340,15 @@ pub struct HubArgs {
     /// Largest MQTT packet, in bytes (the broker's limit; model chunks stay below it).
     #[arg(long, default_value_t = crate::server::DEFAULT_MAX_PACKET_BYTES)]
     pub max_packet_bytes: usize,
+    /// How long a signed desired state holds, in seconds; the hub signs live states again
+    /// every quarter of it, and a device refuses a state past its expiry.
+    #[arg(long, default_value_t = crate::trust::DEFAULT_STATE_VALIDITY.as_secs(), value_parser = clap::value_parser!(u64).range(4..))]
+    pub state_validity_secs: u64,
+    /// Serve API calls without tokens: anyone who reaches the API may change everything
+    /// (development only). By default every call but health checks needs a token; the first
+    /// start writes an admin token to <data-dir>/keys/admin.token.
+    #[arg(long)]
+    pub no_auth: bool,
 }
 
 #[derive(Debug, Args)]
@@ -520,6 +537,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device { hub, command } => deploy::run_device(&hub.hub, command).await,
         Command::Job { hub, command } => job::run(&hub.hub, command).await,
         Command::Package { hub, args } => package::run(&hub.hub, args).await,
+        Command::Token { hub, command } => token::run(&hub.hub, command).await,
     }
 }
 
@@ -548,6 +566,8 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         },
         mqtt,
         max_packet_bytes: args.max_packet_bytes,
+        state_validity: std::time::Duration::from_secs(args.state_validity_secs),
+        api_auth: !args.no_auth,
     };
     let mut hub = RunningHub::start(config).await?;
     // Scripts and tests read these lines to learn the addresses (port 0 picks one).

@@ -6,12 +6,12 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::client::HubChannel;
 use anyhow::Context;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use futures::StreamExt;
 use serde::Serialize;
-use tonic::transport::Channel;
 
 use super::output::{print_json, rfc3339, table};
 use super::view::DeploymentView;
@@ -194,7 +194,7 @@ impl RolloutView {
 
 /// Follows the rollout until it ends; returns how it ended.
 pub(super) async fn follow(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     name: &str,
 ) -> anyhow::Result<RolloutView> {
     let mut stream = client
@@ -242,7 +242,7 @@ fn read_manifest(path: &Path) -> anyhow::Result<String> {
 }
 
 pub async fn apply(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     file: &Path,
     dry_run: bool,
     wait: Option<Duration>,
@@ -310,7 +310,7 @@ pub async fn apply(
 }
 
 pub async fn status(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     name: &str,
     watch: bool,
     output: OutputFormat,
@@ -375,7 +375,7 @@ pub async fn status(
 }
 
 pub async fn control(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     name: &str,
     action: pb::RolloutAction,
     output: OutputFormat,
@@ -398,7 +398,7 @@ pub async fn control(
 }
 
 pub async fn history(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     name: &str,
     output: OutputFormat,
 ) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::client::HubChannel;
 use anyhow::{Context, bail};
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::jobs_client::JobsClient as GrpcJobsClient;
@@ -11,12 +12,11 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 
 use super::files::progress_bar;
 use super::{channel, rpc_error};
 
-pub type JobsClient = GrpcJobsClient<Channel>;
+pub type JobsClient = GrpcJobsClient<HubChannel>;
 
 /// Input bytes per message, as for model files.
 const CHUNK_BYTES: usize = 1024 * 1024;

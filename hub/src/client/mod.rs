@@ -10,6 +10,9 @@ use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::model_registry_client::ModelRegistryClient;
 use edgeship_proto::v1::module_registry_client::ModuleRegistryClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 mod files;
@@ -18,11 +21,72 @@ mod jobs;
 pub use files::{download, download_module, register, register_module};
 pub use jobs::{JobsClient, connect_jobs, create_job, download_job_output};
 
-pub type RegistryClient = ModelRegistryClient<Channel>;
-pub type ModuleClient = ModuleRegistryClient<Channel>;
+pub type RegistryClient = ModelRegistryClient<HubChannel>;
+pub type ModuleClient = ModuleRegistryClient<HubChannel>;
 
-/// Connects to the hub's gRPC API; shared by every client of every service.
-pub async fn channel(hub: &str) -> anyhow::Result<Channel> {
+/// A connection to the hub that sends the caller's API token with every call.
+pub type HubChannel = InterceptedService<Channel, Credentials>;
+
+/// Where client commands find their API token.
+pub const TOKEN_ENV: &str = "EDGESHIP_TOKEN";
+
+/// The `authorization` metadata every call carries; its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct Credentials {
+    bearer: Option<MetadataValue<Ascii>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = if self.bearer.is_some() {
+            "Bearer <redacted>"
+        } else {
+            "none"
+        };
+        f.debug_struct("Credentials")
+            .field("bearer", &shown)
+            .finish()
+    }
+}
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(bearer) = &self.bearer {
+            request
+                .metadata_mut()
+                .insert("authorization", bearer.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// Connects to the hub's gRPC API with the token in `EDGESHIP_TOKEN`, if set; shared by
+/// every client of every service.
+pub async fn channel(hub: &str) -> anyhow::Result<HubChannel> {
+    let token = std::env::var(TOKEN_ENV)
+        .ok()
+        .filter(|t| !t.trim().is_empty());
+    channel_as(hub, token.as_deref()).await
+}
+
+/// Connects to the hub's gRPC API, calling with `token`.
+pub async fn channel_as(hub: &str, token: Option<&str>) -> anyhow::Result<HubChannel> {
+    let bearer = token
+        .map(|token| {
+            MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                .map_err(|_| anyhow::anyhow!("{TOKEN_ENV} holds characters a token never has"))
+        })
+        .transpose()?;
+    Ok(InterceptedService::new(
+        connect_channel(hub).await?,
+        Credentials { bearer },
+    ))
+}
+
+async fn connect_channel(hub: &str) -> anyhow::Result<Channel> {
     let endpoint = Channel::from_shared(hub.to_owned())
         .with_context(|| format!("invalid hub URL {hub:?}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -55,6 +119,8 @@ pub fn rpc_error(status: tonic::Status) -> anyhow::Error {
         tonic::Code::Unavailable => "hub unavailable",
         tonic::Code::DataLoss => "data loss",
         tonic::Code::Aborted => "aborted",
+        tonic::Code::Unauthenticated => "unauthenticated",
+        tonic::Code::PermissionDenied => "permission denied",
         _ => "hub error",
     };
     anyhow::anyhow!("{code}: {}", status.message())
@@ -107,7 +173,7 @@ pub async fn deploy_endpoint_to_devices(
 
 /// Polls a deployment until it is Healthy; fails on Failed/Unschedulable or at the deadline.
 pub async fn wait_healthy(
-    client: &mut DeploymentsClient<Channel>,
+    client: &mut DeploymentsClient<HubChannel>,
     name: &str,
     timeout: Duration,
 ) -> anyhow::Result<pb::Deployment> {

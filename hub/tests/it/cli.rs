@@ -222,10 +222,9 @@ async fn the_cli_deploys_lists_labels_and_deletes_with_a_real_agent() {
     let mut client = hub.client().await;
     register_diabetes(&mut client, "diabetes").await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent =
-        edgeship_agent::RunningAgent::start(agent_config("edge-cli", &hub.mqtt_url(), dir.path()))
-            .await
-            .expect("agent");
+    let agent = edgeship_agent::RunningAgent::start(agent_config("edge-cli", &hub, dir.path()))
+        .await
+        .expect("agent");
     // `deploy create --wait` refuses a device that has never connected: let it connect first.
     let fleet = FleetClient::new(client::channel(&url).await.expect("channel"));
     testkit::eventually(Duration::from_secs(30), "edge-cli connects", || {

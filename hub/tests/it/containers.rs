@@ -323,7 +323,7 @@ async fn a_container_deployment_pins_its_image_and_model_and_protects_them() {
 async fn a_device_whose_agent_runs_no_containers_is_unschedulable_with_the_reason() {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-1", &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-1", &hub, dir.path()))
         .await
         .expect("agent");
     let since = now_ms() - 1000;

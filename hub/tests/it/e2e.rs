@@ -88,7 +88,7 @@ pub async fn serving_web(device: &str, model: &str) -> ServingWeb {
     register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
     // Tract alone: tests use this device as one that lacks the OpenCL runtime.
-    let agent = RunningAgent::start(tract_only_agent_config(device, &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(tract_only_agent_config(device, &hub, dir.path()))
         .await
         .expect("agent");
     deploy(&hub.url(), "web", model, free_port(), &[device])
@@ -153,7 +153,7 @@ async fn core_path(hub: TestHub) {
     let mut client = hub.client().await;
     register_diabetes_with_sample(&mut client).await;
     let agent_dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-1", &hub.mqtt_url(), agent_dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-1", &hub, agent_dir.path()))
         .await
         .expect("agent starts");
     let port = free_port();

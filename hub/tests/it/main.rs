@@ -12,4 +12,5 @@ mod profiles;
 mod protocol;
 mod registry;
 mod scoring;
+mod signed_states;
 mod support;

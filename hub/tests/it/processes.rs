@@ -1,5 +1,5 @@
-//! The `edgeship` binary as a long-running process: the hub serving the CLI and stopping on
-//! SIGTERM, a hub whose stdout is closed, and `edgeship dev` serving a real prediction.
+//! The `edgeship` binary as a long-running process: the hub serving the CLI (with API tokens
+//! and roles) and stopping on SIGTERM, a hub whose stdout is closed, and `edgeship dev` serving a real prediction.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -11,8 +11,10 @@ use crate::cli::{BIN, edgeship};
 use crate::support::*;
 
 #[test]
-fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
+fn the_hub_process_serves_the_cli_with_api_tokens_and_stops_cleanly_on_sigterm() {
     let data = tempfile::tempdir().expect("temp");
+    let log_dir = tempfile::tempdir().expect("temp");
+    let log = log_dir.path().join("hub.log");
     let mut hub = Command::new(BIN)
         .args([
             "hub",
@@ -23,8 +25,9 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
             "--data-dir",
         ])
         .arg(data.path())
+        .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
         .spawn()
         .expect("start hub");
     // Keep reading stdout for the hub's whole life, as a supervisor would.
@@ -40,16 +43,99 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
 
+    // API tokens: the first start wrote an admin token that only the hub's user can read.
+    let admin_file = data.path().join("keys/admin.token");
+    let admin = std::fs::read_to_string(&admin_file).expect("admin token written");
+    let admin = admin.trim();
+    assert_eq!(file_mode(&admin_file), 0o600);
+    assert_eq!(file_mode(&data.path().join("keys/director.key")), 0o600);
+    let as_token = |token: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("EDGESHIP_HUB", &url)
+            .env("EDGESHIP_TOKEN", token)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run edgeship")
+    };
+    let refused = |out: std::process::Output, what: &str| {
+        assert!(!out.status.success(), "{what}: succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
     let model = fixture("diabetes/model.onnx").display().to_string();
-    let out = edgeship(&url, &["model", "register", "-n", "diabetes", "-p", &model]);
+    let register = ["model", "register", "-n", "diabetes", "-p", &model];
+    let stderr = refused(edgeship(&url, &register), "no token");
+    assert!(
+        stderr.contains("unauthenticated") && stderr.contains("EDGESHIP_TOKEN"),
+        "{stderr}"
+    );
+    let stderr = refused(as_token("est_forged", &register), "an unknown token");
+    assert!(stderr.contains("unknown or deleted API token"), "{stderr}");
+    let out = as_token(admin, &["token", "create", "watcher", "--role", "reader"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = edgeship(&url, &["model", "list", "-o", "json"]);
+    let reader = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .trim()
+        .to_owned();
+    let stderr = refused(as_token(&reader, &register), "a reader registering");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains("needs the deployer role"),
+        "{stderr}"
+    );
+    let deploy = [
+        "deploy",
+        "create",
+        "web",
+        "-m",
+        "diabetes:1",
+        "--device",
+        "edge-1",
+        "--port",
+        "5001",
+    ];
+    let stderr = refused(as_token(&reader, &deploy), "a reader deploying");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    let stderr = refused(
+        as_token(&reader, &["token", "list"]),
+        "a reader listing tokens",
+    );
+    assert!(stderr.contains("needs the admin role"), "{stderr}");
+    let out = as_token(admin, &register);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_token(&reader, &["model", "list", "-o", "json"]);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(listed[0]["name"], "models/diabetes/versions/1");
+    let out = as_token(admin, &["token", "list", "-o", "json"]);
+    let tokens = String::from_utf8(out.stdout).expect("utf-8");
+    assert!(
+        tokens.contains("\"watcher\"") && tokens.contains("\"reader\""),
+        "{tokens}"
+    );
+    assert!(
+        !tokens.contains(&reader) && !tokens.contains(admin),
+        "{tokens}"
+    );
+    let out = as_token(admin, &["token", "delete", "watcher"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = refused(as_token(&reader, &["model", "list"]), "a deleted token");
+    assert!(stderr.contains("unknown or deleted API token"), "{stderr}");
+    let stderr = refused(
+        as_token(admin, &["token", "delete", "admin"]),
+        "the last admin",
+    );
+    assert!(stderr.contains("last admin token"), "{stderr}");
 
     let status = Command::new("kill")
         .args(["-TERM", &hub.id().to_string()])
@@ -69,6 +155,22 @@ fn the_hub_process_serves_the_cli_and_stops_cleanly_on_sigterm() {
     };
     assert!(exit.success(), "hub exited with {exit}");
     let _ = drain.join();
+    // Nothing the hub logged holds a token.
+    let log = std::fs::read_to_string(&log).expect("hub log");
+    assert!(log.contains("an admin token was written"), "{log}");
+    assert!(
+        !log.contains(admin) && !log.contains(&reader),
+        "a token in the log"
+    );
+}
+
+fn file_mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
 }
 
 #[test]
@@ -99,9 +201,11 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
         listen.parse().expect("addr"),
         Duration::from_secs(30)
     ));
+    let token = std::fs::read_to_string(data.path().join("keys/admin.token")).expect("token");
     for _ in 0..2 {
         let listed = Command::new(BIN)
             .args(["model", "list", "--hub", &hub_url])
+            .env("EDGESHIP_TOKEN", token.trim())
             .output()
             .expect("run the CLI");
         assert!(listed.status.success(), "{listed:?}");

@@ -18,8 +18,18 @@ use crate::e2e::{
 };
 use crate::support::*;
 
+/// `state` signed as `hub` signs desired states (valid for an hour): what the hub itself
+/// could publish, to test how agents take states the hub never computed.
+pub fn as_hub(hub: &TestHub, state: &pb::DesiredState) -> Vec<u8> {
+    let state = pb::DesiredState {
+        expires_at_ms: now_ms() + 3_600_000,
+        ..state.clone()
+    };
+    testkit::trust::sign_state(&hub.director_signing_key(), &state)
+}
+
 /// A raw MQTT client, as a misbehaving or malicious device would use.
-async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
+pub async fn raw_client(mqtt_url: &str, id: &str) -> AsyncClient {
     let (host, port) = edgeship_hub::server::parse_mqtt_url(mqtt_url).expect("url");
     let mut options = MqttOptions::new(id, host, port);
     options.set_max_packet_size(1 << 20, 1 << 20);
@@ -64,7 +74,7 @@ pub async fn raw_listener(
 
 /// A model workload for `model` on `port`, as a hub would send it (with the signature of the
 /// model's ONNX file).
-fn wire_workload(
+pub fn wire_workload(
     deployment: &str,
     port: u16,
     runtime: pb::Runtime,
@@ -156,7 +166,7 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         &attacker,
         "edge-m",
         DeviceTopic::Desired,
-        foreign.encode_to_vec(),
+        as_hub(&hub, &foreign),
     )
     .await;
     send(
@@ -216,7 +226,7 @@ async fn malformed_payloads_on_device_topics_are_ignored_by_hub_and_agent() {
         &attacker,
         "edge-m",
         DeviceTopic::Desired,
-        replay.encode_to_vec(),
+        as_hub(&hub, &replay),
     )
     .await;
     wait_heard_from(&hub.url(), "edge-m", before).await;
@@ -259,7 +269,7 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         &attacker,
         "edge-g",
         DeviceTopic::Desired,
-        stale.encode_to_vec(),
+        as_hub(&hub, &stale),
     )
     .await;
     wait_heard_from(&hub.url(), "edge-g", before).await;
@@ -300,7 +310,7 @@ async fn an_older_generation_is_ignored_and_a_missing_runtime_is_unschedulable()
         &attacker,
         "edge-g",
         DeviceTopic::Desired,
-        newer.encode_to_vec(),
+        as_hub(&hub, &newer),
     )
     .await;
     let view = agent
@@ -448,7 +458,7 @@ async fn a_download_the_hub_refuses_is_retried_until_it_is_allowed() {
         &attacker,
         "edge-r",
         DeviceTopic::Desired,
-        ahead.encode_to_vec(),
+        as_hub(&hub, &ahead),
     )
     .await;
     let view = agent
@@ -501,13 +511,9 @@ async fn the_hub_keeps_a_workload_off_a_device_that_lacks_its_runtime() {
     let mut registry = hub.client().await;
     register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(tract_only_agent_config(
-        "edge-c",
-        &hub.mqtt_url(),
-        dir.path(),
-    ))
-    .await
-    .expect("agent");
+    let agent = RunningAgent::start(tract_only_agent_config("edge-c", &hub, dir.path()))
+        .await
+        .expect("agent");
     // The hub knows the device's capabilities once its birth has arrived.
     wait_heard_from(&hub.url(), "edge-c", 0).await;
     let mut deployments = DeploymentsClient::connect(hub.url())
@@ -568,7 +574,7 @@ async fn asking_again_for_what_serves_after_a_failed_switch_makes_the_device_hea
             .await
             .expect("the retained desired state")
             .expect("payload");
-        if let Ok(state) = pb::DesiredState::decode(payload.as_ref())
+        if let Some(state) = testkit::trust::open_desired(payload.as_ref())
             && state.generation == applied
         {
             break state;
@@ -585,7 +591,7 @@ async fn asking_again_for_what_serves_after_a_failed_switch_makes_the_device_hea
         &attacker,
         "edge-s",
         DeviceTopic::Desired,
-        broken.encode_to_vec(),
+        as_hub(&hub, &broken),
     )
     .await;
     agent
@@ -603,7 +609,7 @@ async fn asking_again_for_what_serves_after_a_failed_switch_makes_the_device_hea
         &attacker,
         "edge-s",
         DeviceTopic::Desired,
-        again.encode_to_vec(),
+        as_hub(&hub, &again),
     )
     .await;
     let view = agent

@@ -167,7 +167,7 @@ async fn a_version_that_fails_its_self_test_is_failed_and_the_old_one_keeps_serv
 
     // After a restart the device still says version 2 failed (not a misleading Healthy).
     agent.stop().await.expect("stop");
-    let agent = RunningAgent::start(agent_config("edge-t", &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-t", &hub, dir.path()))
         .await
         .expect("agent restarts");
     let view = agent
@@ -195,7 +195,7 @@ async fn endpoint_keys_are_checked_on_the_device_and_rotate_without_a_restart() 
     let mut registry = hub.client().await;
     crate::e2e::register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-key", &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-key", &hub, dir.path()))
         .await
         .expect("agent");
     let endpoint = pb::Endpoint {
@@ -314,7 +314,7 @@ async fn a_batching_deployment_coalesces_concurrent_requests_into_the_same_answe
     let mut registry = hub.client().await;
     crate::e2e::register_diabetes_with_sample(&mut registry).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-batch", &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-batch", &hub, dir.path()))
         .await
         .expect("agent");
     let manifest = format!(
@@ -388,7 +388,7 @@ async fn several_models_behind_one_endpoint_are_routed_by_name() {
     };
     register(&mut registry, digits, &fixture("digits/model.onnx")).await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-multi", &hub.mqtt_url(), dir.path()))
+    let agent = RunningAgent::start(agent_config("edge-multi", &hub, dir.path()))
         .await
         .expect("agent");
     let manifest = format!(

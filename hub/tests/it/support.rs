@@ -26,6 +26,7 @@ pub struct TestHub {
     pub data: tempfile::TempDir,
     pub limits: Limits,
     pub mqtt: Option<edgeship_hub::Mqtt>,
+    pub state_validity: Duration,
 }
 
 impl TestHub {
@@ -47,17 +48,40 @@ impl TestHub {
         .await
     }
 
+    /// A hub whose desired states hold for `validity` (signed again every quarter of it).
+    pub async fn with_state_validity(validity: Duration) -> Self {
+        Self::with_all(Limits::default(), None, validity).await
+    }
+
     async fn with(limits: Limits, mqtt: Option<edgeship_hub::Mqtt>) -> Self {
+        Self::with_all(limits, mqtt, edgeship_hub::trust::DEFAULT_STATE_VALIDITY).await
+    }
+
+    async fn with_all(
+        limits: Limits,
+        mqtt: Option<edgeship_hub::Mqtt>,
+        state_validity: Duration,
+    ) -> Self {
         init_logs();
         let data = tempfile::tempdir().expect("temp dir");
-        let hub = RunningHub::start(config(data.path(), limits, mqtt.clone()))
-            .await
-            .expect("hub starts");
-        Self {
-            hub: Some(hub),
+        let mut hub = Self {
+            hub: None,
             data,
             limits,
             mqtt,
+            state_validity,
+        };
+        hub.hub = Some(RunningHub::start(hub.config()).await.expect("hub starts"));
+        hub
+    }
+
+    fn config(&self) -> HubConfig {
+        let local = HubConfig::local(self.data.path().to_owned());
+        HubConfig {
+            limits: self.limits,
+            mqtt: self.mqtt.clone().unwrap_or(local.mqtt.clone()),
+            state_validity: self.state_validity,
+            ..local
         }
     }
 
@@ -69,6 +93,19 @@ impl TestHub {
         self.hub.as_ref().expect("hub running").mqtt_url()
     }
 
+    /// The key devices check this hub's desired states with.
+    pub fn director_key(&self) -> edgeship_domain::trust::PublicKey {
+        self.hub.as_ref().expect("hub running").director_key()
+    }
+
+    /// The hub's director key pair, to sign states as this hub would (attack tests).
+    pub fn director_signing_key(&self) -> edgeship_domain::trust::SigningKey {
+        let pkcs8 =
+            std::fs::read(edgeship_hub::trust::keys_dir(self.data.path()).join("director.key"))
+                .expect("director key");
+        edgeship_domain::trust::SigningKey::from_pkcs8(&pkcs8).expect("a key")
+    }
+
     pub async fn client(&self) -> RegistryClient {
         client::connect(&self.url()).await.expect("connect")
     }
@@ -77,7 +114,7 @@ impl TestHub {
     pub async fn restart(&mut self) {
         let hub = self.hub.take().expect("hub running");
         hub.stop().await.expect("hub stops cleanly");
-        let hub = RunningHub::start(config(self.data.path(), self.limits, self.mqtt.clone()))
+        let hub = RunningHub::start(self.config())
             .await
             .expect("hub restarts on the same data dir");
         self.hub = Some(hub);
@@ -106,15 +143,6 @@ impl TestHub {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("staging still holds {:?}", self.staging_entries());
-    }
-}
-
-fn config(data_dir: &Path, limits: Limits, mqtt: Option<edgeship_hub::Mqtt>) -> HubConfig {
-    let local = HubConfig::local(data_dir.to_owned());
-    HubConfig {
-        limits,
-        mqtt: mqtt.unwrap_or(local.mqtt.clone()),
-        ..local
     }
 }
 
@@ -234,17 +262,19 @@ pub async fn list_all(client: &mut RegistryClient) -> Vec<String> {
 
 pub use testkit::{assert_diabetes_predictions, expected, free_port, http, score};
 
+/// An agent of `hub` that checks its desired states with the hub's director key.
 pub fn agent_config(
     device_id: &str,
-    mqtt_url: &str,
+    hub: &TestHub,
     data_dir: &Path,
 ) -> edgeship_agent::AgentConfig {
     edgeship_agent::config::RawConfig {
         device_id: Some(device_id.to_owned()),
-        broker: Some(mqtt_url.to_owned()),
+        broker: Some(hub.mqtt_url()),
         data_dir: Some(data_dir.to_owned()),
         serve_host: Some([127, 0, 0, 1].into()),
         keep_alive_secs: Some(5),
+        director_key: Some(hub.director_key().to_string()),
         ..Default::default()
     }
     .validate()
@@ -255,12 +285,12 @@ pub fn agent_config(
 /// a device that lacks a runtime).
 pub fn tract_only_agent_config(
     device_id: &str,
-    mqtt_url: &str,
+    hub: &TestHub,
     data_dir: &Path,
 ) -> edgeship_agent::AgentConfig {
     edgeship_agent::AgentConfig {
         runtimes: Some(vec![edgeship_domain::RuntimeKind::Tract]),
-        ..agent_config(device_id, mqtt_url, data_dir)
+        ..agent_config(device_id, hub, data_dir)
     }
 }
 

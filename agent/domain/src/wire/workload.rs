@@ -469,9 +469,10 @@ impl From<&DesiredState> for pb::DesiredState {
             device_id: desired.device_id.clone(),
             generation: desired.generation,
             workloads: desired.workloads.iter().map(pb::Workload::from).collect(),
-            signature: Default::default(),
             issued_at_ms: desired.issued_at_ms,
             jobs: desired.jobs.iter().map(pb::BatchJob::from).collect(),
+            // The hub's link sets it when it signs.
+            expires_at_ms: 0,
         }
     }
 }

@@ -62,7 +62,7 @@ impl FakeDevice {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => match topics::parse(&p.topic) {
                         Some((d, DeviceTopic::Desired)) if d == device => {
-                            if let Ok(m) = pb::DesiredState::decode(p.payload) {
+                            if let Some(m) = testkit::trust::open_desired(&p.payload) {
                                 let _ = desired_tx.send(m);
                             }
                         }

@@ -1,0 +1,212 @@
+//! Ed25519 keys and signatures, as hub and devices use them: the director key signs desired
+//! states, model-signing keys sign model versions. Every signature covers a purpose prefix
+//! ahead of the message, so a signature made for one purpose never verifies for another.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+
+/// What a signature vouches for. The prefix is part of the signed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A device's desired state (the director role).
+    DesiredState,
+    /// A model version's files (the image role).
+    Model,
+}
+
+impl Purpose {
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            Purpose::DesiredState => b"edgeship/v1 desired state\0",
+            Purpose::Model => b"edgeship/v1 model\0",
+        }
+    }
+}
+
+/// Length of an Ed25519 signature.
+pub const SIGNATURE_LEN: usize = 64;
+const PUBLIC_KEY_LEN: usize = 32;
+/// How public keys are written: `ed25519:` and the 32 bytes in base64.
+const TEXT_PREFIX: &str = "ed25519:";
+
+/// An Ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PublicKey([u8; PUBLIC_KEY_LEN]);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustError {
+    #[error("a public key is written `ed25519:` and 32 bytes in base64; got {0:?}")]
+    KeyText(String),
+    #[error("the signature does not verify with key {0}")]
+    BadSignature(String),
+    #[error("a signature is {SIGNATURE_LEN} bytes; got {0}")]
+    SignatureLength(usize),
+    #[error("not an Ed25519 private key (PKCS#8): {0}")]
+    PrivateKey(String),
+}
+
+impl PublicKey {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(PublicKey)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; PUBLIC_KEY_LEN] {
+        &self.0
+    }
+
+    /// A short name for the key: the first 8 bytes of its sha256, in hex. Messages carry it
+    /// so that a receiver holding several keys knows which one to try.
+    pub fn key_id(&self) -> String {
+        use sha2::Digest as _;
+        hex::encode(&sha2::Sha256::digest(self.0)[..8])
+    }
+
+    /// Checks `signature` over `message` for `purpose`.
+    pub fn verify(
+        &self,
+        purpose: Purpose,
+        message: &[u8],
+        signature: &[u8],
+    ) -> Result<(), TrustError> {
+        if signature.len() != SIGNATURE_LEN {
+            return Err(TrustError::SignatureLength(signature.len()));
+        }
+        UnparsedPublicKey::new(&ED25519, self.0)
+            .verify(&signed_bytes(purpose, message), signature)
+            .map_err(|_| TrustError::BadSignature(self.key_id()))
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TEXT_PREFIX}{}", STANDARD.encode(self.0))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({})", self.key_id())
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = TrustError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        text.strip_prefix(TEXT_PREFIX)
+            .and_then(|b64| STANDARD.decode(b64).ok())
+            .and_then(|bytes| PublicKey::from_bytes(&bytes))
+            .ok_or_else(|| TrustError::KeyText(text.chars().take(64).collect()))
+    }
+}
+
+/// An Ed25519 key pair. Its `Debug` shows the public half only.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    pkcs8: Vec<u8>,
+}
+
+impl SigningKey {
+    /// A new key from the operating system's randomness.
+    pub fn generate() -> Result<Self, TrustError> {
+        let document = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new())
+            .map_err(|_| TrustError::PrivateKey("no randomness available".into()))?;
+        Self::from_pkcs8(document.as_ref())
+    }
+
+    pub fn from_pkcs8(pkcs8: &[u8]) -> Result<Self, TrustError> {
+        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(pkcs8)
+            .map_err(|err| TrustError::PrivateKey(err.to_string()))?;
+        Ok(SigningKey {
+            pair,
+            pkcs8: pkcs8.to_vec(),
+        })
+    }
+
+    /// The private key as PKCS#8 (for a file only its owner may read).
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
+    }
+
+    pub fn public(&self) -> PublicKey {
+        let mut bytes = [0; PUBLIC_KEY_LEN];
+        bytes.copy_from_slice(self.pair.public_key().as_ref());
+        PublicKey(bytes)
+    }
+
+    pub fn sign(&self, purpose: Purpose, message: &[u8]) -> Vec<u8> {
+        self.pair
+            .sign(&signed_bytes(purpose, message))
+            .as_ref()
+            .to_vec()
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKey({})", self.public().key_id())
+    }
+}
+
+fn signed_bytes(purpose: Purpose, message: &[u8]) -> Vec<u8> {
+    let prefix = purpose.prefix();
+    let mut bytes = Vec::with_capacity(prefix.len() + message.len());
+    bytes.extend_from_slice(prefix);
+    bytes.extend_from_slice(message);
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_for_its_key_message_and_purpose_only() {
+        let key = SigningKey::generate().expect("key");
+        let other = SigningKey::generate().expect("key");
+        let signature = key.sign(Purpose::DesiredState, b"state");
+        let public = key.public();
+        assert_eq!(
+            public.verify(Purpose::DesiredState, b"state", &signature),
+            Ok(())
+        );
+        assert!(
+            public
+                .verify(Purpose::DesiredState, b"statf", &signature)
+                .is_err()
+        );
+        assert!(public.verify(Purpose::Model, b"state", &signature).is_err());
+        assert!(
+            other
+                .public()
+                .verify(Purpose::DesiredState, b"state", &signature)
+                .is_err()
+        );
+        assert_eq!(
+            public.verify(Purpose::DesiredState, b"state", &signature[..10]),
+            Err(TrustError::SignatureLength(10))
+        );
+    }
+
+    #[test]
+    fn keys_round_trip_through_text_and_pkcs8() {
+        let key = SigningKey::generate().expect("key");
+        let text = key.public().to_string();
+        assert!(text.starts_with("ed25519:"), "{text}");
+        assert_eq!(text.parse::<PublicKey>(), Ok(key.public()));
+        let again = SigningKey::from_pkcs8(key.pkcs8()).expect("pkcs8");
+        assert_eq!(again.public(), key.public());
+        assert_eq!(key.public().key_id().len(), 16);
+        for bad in ["", "ed25519:", "ed25519:!!", "rsa:AAAA", "ed25519:AAAA"] {
+            assert!(bad.parse::<PublicKey>().is_err(), "{bad}");
+        }
+        assert!(SigningKey::from_pkcs8(b"not a key").is_err());
+        // The private half never shows in debug output.
+        assert!(!format!("{key:?}").contains(&STANDARD.encode(key.pkcs8())));
+    }
+}
