@@ -31,7 +31,7 @@ pub struct AgentConfig {
     pub trust: Trust,
 }
 
-/// How the agent checks desired states.
+/// How the agent checks desired states, and what it proves itself with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
     /// The hub's director key: every desired state must carry its signature. `None` only
@@ -39,11 +39,76 @@ pub struct Trust {
     pub director_key: Option<PublicKey>,
     /// Explicitly asked for (`--insecure`): runs without a director key, over plaintext MQTT.
     pub insecure: bool,
+    /// The identity enrollment left (`<data>/identity/`), for MQTT over TLS.
+    pub identity: Option<TlsIdentity>,
 }
 
-/// Where enrollment leaves the director's public key, inside the agent's data folder.
+/// A device's certificate and key, and the CA it trusts brokers by (all PEM).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsIdentity(<certificate, key and CA>)")
+    }
+}
+
+impl TlsIdentity {
+    /// A TLS client configuration that trusts the hub's CA and presents this identity.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            let cert = cert.map_err(|err| format!("identity/ca.crt: {err}"))?;
+            roots
+                .add(cert)
+                .map_err(|err| format!("identity/ca.crt: {err}"))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| format!("identity/device.crt: {err}"))?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .map_err(|err| format!("identity/device.key: {err}"))?;
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| err.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|err| format!("the device's identity: {err}"))
+    }
+
+    /// The identity in `dir`, if enrollment completed there (`device.crt` is written last).
+    pub fn load(dir: &Path) -> Result<Option<Self>, ConfigError> {
+        if !dir.join("device.crt").exists() {
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path, source })
+        };
+        Ok(Some(TlsIdentity {
+            ca_pem: read("ca.crt")?,
+            cert_pem: read("device.crt")?,
+            key_pem: read("device.key")?,
+        }))
+    }
+}
+
+/// Where enrollment leaves the device's identity, inside the agent's data folder.
+pub fn identity_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity")
+}
+
+/// Where enrollment leaves the director's public key.
 pub fn enrolled_director_key(data_dir: &Path) -> PathBuf {
-    data_dir.join("identity").join("director.pub")
+    identity_dir(data_dir).join("director.pub")
 }
 
 /// A container engine and where to reach it.
@@ -54,17 +119,7 @@ pub enum ContainerEngine {
     Docker { socket: Option<String> },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerAddress {
-    pub host: String,
-    pub port: u16,
-}
-
-impl std::fmt::Display for BrokerAddress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
-    }
-}
+pub type BrokerAddress = edgeship_proto::BrokerUrl;
 
 /// The file format, every field optional (flags or defaults fill the rest).
 #[derive(Debug, Default, Deserialize)]
@@ -154,15 +209,33 @@ impl RawConfig {
     }
 
     pub fn validate(self) -> Result<AgentConfig, ConfigError> {
-        let device_id = self
-            .device_id
-            .ok_or_else(|| ConfigError::Invalid("a device id is required (--device-id)".into()))?;
-        edgeship_domain::names::device_id(&device_id).map_err(|e| ConfigError::Invalid(e.0))?;
-        let broker = parse_broker_url(self.broker.as_deref().unwrap_or(DEFAULT_BROKER))
-            .map_err(ConfigError::Invalid)?;
         let data_dir = self
             .data_dir
             .ok_or_else(|| ConfigError::Invalid("a data dir is required (--data-dir)".into()))?;
+        // An enrolled device's id and broker come from its enrollment unless given.
+        let enrolled = Enrollment::load(&data_dir)?;
+        let device_id = self
+            .device_id
+            .or_else(|| enrolled.as_ref().map(|e| e.device_id.clone()))
+            .ok_or_else(|| {
+                ConfigError::Invalid(
+                    "a device id is required (--device-id, or enroll the device first)".into(),
+                )
+            })?;
+        edgeship_domain::names::device_id(&device_id).map_err(|e| ConfigError::Invalid(e.0))?;
+        if let Some(enrolled) = &enrolled
+            && enrolled.device_id != device_id
+        {
+            return Err(ConfigError::Invalid(format!(
+                "this data folder holds the identity of device {:?}, not {device_id:?}",
+                enrolled.device_id
+            )));
+        }
+        let broker_url = self
+            .broker
+            .or_else(|| enrolled.as_ref().map(|e| e.broker.clone()))
+            .unwrap_or_else(|| DEFAULT_BROKER.to_owned());
+        let broker = parse_broker_url(&broker_url).map_err(ConfigError::Invalid)?;
         for (key, value) in &self.labels {
             edgeship_domain::names::label(key, value).map_err(|e| ConfigError::Invalid(e.0))?;
         }
@@ -206,6 +279,7 @@ impl RawConfig {
             self.director_key.as_deref(),
             self.insecure.unwrap_or(false),
             &data_dir,
+            &broker,
         )?;
         Ok(AgentConfig {
             trust,
@@ -224,7 +298,12 @@ impl RawConfig {
 
 /// The director key from the configuration (the key itself or a file holding it), else the
 /// enrolled one; without either, only an explicitly insecure agent runs.
-fn trust(configured: Option<&str>, insecure: bool, data_dir: &Path) -> Result<Trust, ConfigError> {
+fn trust(
+    configured: Option<&str>,
+    insecure: bool,
+    data_dir: &Path,
+    broker: &BrokerAddress,
+) -> Result<Trust, ConfigError> {
     let read_file = |path: &Path| -> Result<PublicKey, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -257,16 +336,57 @@ fn trust(configured: Option<&str>, insecure: bool, data_dir: &Path) -> Result<Tr
                 .into(),
         ));
     }
+    let identity = TlsIdentity::load(&identity_dir(data_dir))?;
+    if let Some(identity) = &identity {
+        identity.client_config().map_err(ConfigError::Invalid)?;
+    }
+    if broker.tls && identity.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "the broker {broker} speaks TLS: this device needs its identity first (edgeship-agent enroll)"
+        )));
+    }
+    if !broker.tls && !insecure {
+        return Err(ConfigError::Invalid(format!(
+            "plaintext MQTT to {broker}: give the mqtts:// broker (enrollment records it), or run with --insecure"
+        )));
+    }
     Ok(Trust {
         director_key,
         insecure,
+        identity,
     })
 }
 
-/// Parses `mqtt://host:port` (or `tcp://`, or a bare `host:port`).
+/// What enrollment recorded besides keys and certificates (`identity/enrollment.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct Enrollment {
+    pub device_id: String,
+    /// The broker the hub named (`mqtts://host:port`).
+    pub broker: String,
+}
+
+impl Enrollment {
+    pub const FILE: &str = "enrollment.toml";
+
+    /// The enrollment recorded in `data_dir`, if the device enrolled.
+    pub fn load(data_dir: &Path) -> Result<Option<Self>, ConfigError> {
+        let path = identity_dir(data_dir).join(Self::FILE);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text)
+                .map(Some)
+                .map_err(|err| ConfigError::Parse {
+                    path,
+                    message: err.message().to_owned(),
+                }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+}
+
+/// Parses `mqtts://host:port`, `mqtt://host:port` (or `tcp://`, or a bare `host:port`).
 pub fn parse_broker_url(url: &str) -> Result<BrokerAddress, String> {
-    let (host, port) = edgeship_proto::parse_broker_url(url)?;
-    Ok(BrokerAddress { host, port })
+    edgeship_proto::parse_broker(url)
 }
 
 #[cfg(test)]
@@ -309,7 +429,7 @@ mod tests {
         );
         assert!(
             err(RawConfig {
-                broker: Some("mqtts://h:1".into()),
+                broker: Some("ws://h:1".into()),
                 ..base()
             })
             .contains("unsupported broker URL")
@@ -384,6 +504,7 @@ mod tests {
             device_id: Some("d1".into()),
             data_dir: Some(dir.path().to_owned()),
             director_key,
+            insecure: Some(true),
             ..RawConfig::default()
         };
         let trust = |raw: RawConfig| raw.validate().expect("valid").trust;
@@ -392,7 +513,6 @@ mod tests {
         std::fs::write(&file, format!("{key}\n")).expect("write");
         let from_file = trust(raw(Some(file.display().to_string())));
         assert_eq!(from_file.director_key, Some(key));
-        assert!(!from_file.insecure);
         let enrolled = enrolled_director_key(dir.path());
         std::fs::create_dir_all(enrolled.parent().expect("parent")).expect("mkdir");
         std::fs::write(&enrolled, key.to_string()).expect("write");

@@ -12,6 +12,8 @@ pub mod config;
 pub mod containers;
 pub mod device;
 pub mod driver;
+#[cfg(feature = "enroll")]
+pub mod enroll;
 pub mod fetch;
 pub mod jobs;
 pub mod link;

@@ -104,6 +104,23 @@ enum Command {
         #[arg(long, env = "EDGESHIP_SERVE_KEY", hide_env_values = true)]
         key: Option<String>,
     },
+    /// Enroll this device with a hub: make its key pair here (the private key never leaves
+    /// <data-dir>/identity/), trade the one-time bootstrap token from `edgeship device
+    /// enroll` for a certificate, and keep the hub's CA, director key and broker. `run` with
+    /// the same data folder then needs no other flag.
+    #[cfg(feature = "enroll")]
+    Enroll {
+        /// The hub's API, https://host:port.
+        #[arg(long, env = "EDGESHIP_HUB")]
+        hub: String,
+        /// The bootstrap token (prefer the environment variable: a flag shows in the
+        /// process list).
+        #[arg(long, env = "EDGESHIP_BOOTSTRAP_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The agent's data folder, as `run` will use it.
+        #[arg(long, env = "EDGESHIP_AGENT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
     /// Print a commented example config file.
     GenerateConfig,
     /// Print this machine's OpenCL devices as JSON (the agent lists them in a child process,
@@ -196,6 +213,21 @@ fn main() -> ExitCode {
     else {
         return match cli.command {
             Command::OpenclDevices => print_opencl_devices(),
+            #[cfg(feature = "enroll")]
+            Command::Enroll {
+                hub,
+                token,
+                data_dir,
+            } => block_on(async move {
+                let enrolled = edgeship_agent::enroll::enroll(&hub, &token, &data_dir).await?;
+                println!(
+                    "enrolled as device {} (broker {}); start it with: edgeship-agent run --data-dir {}",
+                    enrolled.device_id,
+                    enrolled.broker,
+                    data_dir.display()
+                );
+                Ok(())
+            }),
             Command::Serve {
                 model,
                 port,

@@ -341,7 +341,7 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A hub process (`edgeship hub --no-auth`) on ephemeral ports.
+/// A hub process (`edgeship hub --no-auth --insecure`) on ephemeral ports.
 #[derive(Debug)]
 pub struct HubProcess {
     pub process: Process,
@@ -355,9 +355,16 @@ impl HubProcess {
     pub fn start(data_dir: &Path, mqtt: Result<&str, u16>, log: &Path) -> HubProcess {
         let mut command = Command::new(binary("edgeship"));
         command
-            // API tokens are tested on their own (hub/tests/it/processes.rs); these tests
-            // call the API with plain clients.
-            .args(["hub", "--no-auth", "--listen", "127.0.0.1:0", "--data-dir"])
+            // API tokens and TLS are tested on their own (tests/system/security.rs); these
+            // tests call the API with plain clients.
+            .args([
+                "hub",
+                "--no-auth",
+                "--insecure",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -396,14 +403,15 @@ pub fn trust_hub(mqtt_url: &str, data_dir: &Path) {
     );
 }
 
-/// The `edgeship-agent run` flags for an agent on `broker`: the director key of the hub
-/// started on that broker (every desired state is then checked), else `--insecure`.
+/// The `edgeship-agent run` flags for an agent on `broker`: plain MQTT (`--insecure`) and the
+/// director key of the hub started on that broker, so that every desired state is checked.
 pub fn agent_trust_args(broker: &str) -> Vec<String> {
     let keys = hub_keys().lock().unwrap_or_else(|e| e.into_inner());
-    match keys.get(broker) {
-        Some(file) => vec!["--director-key".into(), file.display().to_string()],
-        None => vec!["--insecure".into()],
+    let mut args = vec!["--insecure".to_owned()];
+    if let Some(file) = keys.get(broker) {
+        args.extend(["--director-key".to_owned(), file.display().to_string()]);
     }
+    args
 }
 
 /// An agent process (`edgeship-agent run`), logging to `log`.

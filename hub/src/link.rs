@@ -40,6 +40,7 @@ use crate::fleet::devices::DeviceNews;
 use crate::jobs::{Jobs, UploadAck, UploadChunk};
 use crate::profiles::{DeviceProfiles, ProfileAsk, ProfileQuery};
 use crate::trust::Director;
+use crate::trust::enrollment::Enrollments;
 
 /// Blob requests waiting to be served; beyond this they are dropped (devices re-request).
 const BLOB_QUEUE: usize = 16 * 1024;
@@ -57,6 +58,15 @@ pub struct LinkConfig {
     pub port: u16,
     pub client_id: String,
     pub max_packet_bytes: usize,
+    /// TLS to an external `mqtts://` broker, with the hub's client certificate.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// What the link signs desired states with, and whom it no longer hears or sends to.
+#[derive(Debug)]
+pub struct LinkTrust {
+    pub director: Arc<Director>,
+    pub enrollments: Arc<Enrollments>,
 }
 
 /// The requests the hub puts to devices: where answers go, and the outboxes of requests.
@@ -115,6 +125,8 @@ struct Inbound {
     dropped_uploads: AtomicU64,
     logs: Arc<DeviceLogs>,
     profiles: Arc<DeviceProfiles>,
+    /// Revoked devices are not heard.
+    enrollments: Arc<Enrollments>,
 }
 
 impl Inbound {
@@ -123,6 +135,10 @@ impl Inbound {
             tracing::debug!(%topic, "message on an unknown topic ignored");
             return;
         };
+        if self.enrollments.is_revoked(device_id) {
+            tracing::debug!(device = %device_id, topic = kind.suffix(), "message from a revoked device ignored");
+            return;
+        }
         match kind {
             DeviceTopic::Birth => {
                 let Some(birth) = decode::<pb::Birth>(device_id, kind, payload) else {
@@ -259,15 +275,24 @@ pub fn start(
     blobs: Arc<BlobServer>,
     jobs: Arc<Jobs>,
     outbox: mpsc::UnboundedReceiver<DesiredState>,
-    director: Arc<Director>,
+    trust: LinkTrust,
     requests: Requests,
 ) -> Link {
+    let LinkTrust {
+        director,
+        enrollments,
+    } = trust;
     let mut options = MqttOptions::new(&config.client_id, &config.host, config.port);
     options
         .set_keep_alive(Duration::from_secs(15))
         // A persistent session: reports sent while the hub was away are queued by the broker.
         .set_clean_session(false)
         .set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
+    if let Some(tls) = config.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(tls),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(options, CLIENT_QUEUE);
     let (blob_tx, blob_rx) = mpsc::channel(BLOB_QUEUE);
     let (upload_tx, upload_rx) = mpsc::channel(UPLOAD_QUEUE);
@@ -281,6 +306,7 @@ pub fn start(
         dropped_uploads: AtomicU64::new(0),
         logs: requests.logs,
         profiles: requests.profiles,
+        enrollments: Arc::clone(&enrollments),
     });
     let broker = format!("{}:{}", config.host, config.port);
     Link {
@@ -296,7 +322,12 @@ pub fn start(
             tokio::spawn(serve_blobs(client.clone(), blobs, blob_rx)),
             tokio::spawn(receive_uploads(client.clone(), jobs, upload_rx)),
             tokio::spawn(refresh_signatures(Arc::clone(&fleet), director.validity())),
-            tokio::spawn(publish_desired(client.clone(), director, outbox)),
+            tokio::spawn(publish_desired(
+                client.clone(),
+                director,
+                Arc::clone(&enrollments),
+                outbox,
+            )),
             tokio::spawn(publish_requests(
                 client.clone(),
                 requests.log_asks,
@@ -533,11 +564,18 @@ fn chunk_message(reply: ChunkReply) -> pb::BlobChunk {
 async fn publish_desired(
     client: AsyncClient,
     director: Arc<Director>,
+    enrollments: Arc<Enrollments>,
     mut outbox: mpsc::UnboundedReceiver<DesiredState>,
 ) {
     while let Some(desired) = outbox.recv().await {
         let topic = topics::device(&desired.device_id, DeviceTopic::Desired);
-        let payload = signed_state(&director, &desired, crate::now_ms());
+        // A revoked device gets nothing more; an empty retained message clears what the
+        // broker kept for it.
+        let payload = if enrollments.is_revoked(&desired.device_id) {
+            Vec::new()
+        } else {
+            signed_state(&director, &desired, crate::now_ms())
+        };
         if let Err(err) = client.publish(topic, QoS::AtLeastOnce, true, payload).await {
             tracing::warn!(error = %err, "mqtt publish failed");
         }

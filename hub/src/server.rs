@@ -19,7 +19,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::access::Tokens;
 use crate::access::guard::AccessLayer;
-use crate::api::AccessService;
+use crate::api::{AccessService, EnrollmentService};
 use crate::api::{
     FleetService, JobsService, ModelRegistryService, ModuleRegistryService, ProfilesService,
 };
@@ -30,8 +30,10 @@ use crate::jobs::Jobs;
 use crate::link;
 use crate::profiles::{DeviceProfiles, Profiler};
 use crate::registry::{Limits, Registry};
+use crate::trust::enrollment::Enrollments;
 use edgeship_proto::v1::access_server::AccessServer;
 use edgeship_proto::v1::deployments_server::DeploymentsServer;
+use edgeship_proto::v1::enrollment_server::EnrollmentServer;
 use edgeship_proto::v1::fleet_server::FleetServer;
 use edgeship_proto::v1::jobs_server::JobsServer;
 use edgeship_proto::v1::profiles_server::ProfilesServer;
@@ -41,8 +43,9 @@ use edgeship_proto::v1::profiles_server::ProfilesServer;
 pub enum Mqtt {
     /// Run a broker in this process, listening here (port 0 picks one).
     Embedded { listen: SocketAddr },
-    /// Use an external broker (Mosquitto, EMQX, ...).
-    External { host: String, port: u16 },
+    /// Use an external broker (Mosquitto, EMQX, ...); `tls`: `mqtts://`, where the hub
+    /// presents its own client certificate.
+    External { host: String, port: u16, tls: bool },
 }
 
 /// Validated hub settings.
@@ -59,6 +62,11 @@ pub struct HubConfig {
     /// Every API call but health checks needs a token with the right role
     /// ([`crate::access`]); off for tests and `edgeship dev` on loopback.
     pub api_auth: bool,
+    /// The API speaks TLS with a certificate from the hub's CA; off for tests and `dev`.
+    pub tls: bool,
+    /// Names (DNS or IP) the hub's certificates carry besides loopback's and the listen
+    /// address: how devices and clients on the network reach it.
+    pub hostnames: Vec<String>,
 }
 
 pub const DEFAULT_MAX_PACKET_BYTES: usize = 1024 * 1024;
@@ -79,6 +87,8 @@ impl HubConfig {
             max_packet_bytes: DEFAULT_MAX_PACKET_BYTES,
             state_validity: crate::trust::DEFAULT_STATE_VALIDITY,
             api_auth: false,
+            tls: false,
+            hostnames: Vec::new(),
         }
     }
 }
@@ -92,8 +102,8 @@ pub fn parse_mqtt_url(url: &str) -> anyhow::Result<(String, u16)> {
 #[derive(Debug)]
 pub struct RunningHub {
     addr: SocketAddr,
-    mqtt_host: String,
-    mqtt_port: u16,
+    /// The broker URL devices use.
+    mqtt_url: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<anyhow::Result<()>>,
     link: Option<link::Link>,
@@ -102,6 +112,8 @@ pub struct RunningHub {
     /// Runs profiles; told to end them when the hub stops.
     profiler: Arc<Profiler>,
     director_key: PublicKey,
+    scheme: &'static str,
+    ca_fingerprint: String,
 }
 
 impl RunningHub {
@@ -126,6 +138,35 @@ impl RunningHub {
             .context("opening the director key")?;
             Arc::new(director)
         };
+        let authority = {
+            let data_dir = config.data_dir.clone();
+            let authority =
+                tokio::task::spawn_blocking(move || crate::trust::pki::Authority::open(&data_dir))
+                    .await?
+                    .context("opening the hub's certificate authority")?;
+            Arc::new(authority)
+        };
+        let enrollments = Arc::new(
+            Enrollments::open(&registry.db(), Arc::clone(&authority))
+                .context("opening the device identities")?,
+        );
+        let server_identity = if config.tls {
+            let mut names = certificate_names(config.listen, &config.hostnames);
+            if let Mqtt::Embedded { listen } = &config.mqtt
+                && !listen.ip().is_unspecified()
+            {
+                names.push(listen.ip().to_string());
+            }
+            Some(authority.server_identity(&names)?)
+        } else {
+            None
+        };
+        let tls = server_identity.as_ref().map(|identity| {
+            tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+                &identity.cert_pem,
+                &identity.key_pem,
+            ))
+        });
         // Before the API listens: a client that sees the port open finds the admin token.
         let tokens = Arc::new(Tokens::open(&registry.db()).context("opening the API tokens")?);
         if config.api_auth {
@@ -163,7 +204,10 @@ impl RunningHub {
                 .context("opening the job store")?;
             Arc::new(jobs)
         };
-        let blobs = Arc::new(BlobServer::new(entitlements, Arc::clone(&registry)));
+        let blobs = Arc::new(BlobServer::new(
+            Arc::clone(&entitlements),
+            Arc::clone(&registry),
+        ));
         {
             // Profiles a previous run left (it stopped mid-profile) end before new ones begin.
             let fleet = Arc::clone(&fleet);
@@ -186,28 +230,35 @@ impl RunningHub {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
-        let (mqtt_host, mqtt_port) = match &config.mqtt {
-            Mqtt::Embedded { listen } => {
-                let (listen, max) = (*listen, config.max_packet_bytes);
-                let bound =
-                    tokio::task::spawn_blocking(move || crate::broker::start_embedded(listen, max))
-                        .await??;
-                (bound.ip().to_string(), bound.port())
-            }
-            Mqtt::External { host, port } => (host.clone(), *port),
-        };
+        let wiring = crate::broker::wire(
+            &config.mqtt,
+            config.max_packet_bytes,
+            server_identity
+                .as_ref()
+                .map(|server| crate::broker::TlsSetup {
+                    authority: &authority,
+                    server,
+                    enrollments: Arc::clone(&enrollments),
+                    entitlements: Arc::clone(&entitlements),
+                }),
+        )
+        .await?;
         let link = link::start(
             link::LinkConfig {
-                host: mqtt_host.clone(),
-                port: mqtt_port,
+                host: wiring.link_host.clone(),
+                port: wiring.link_port,
                 client_id: "edgeship-hub".into(),
                 max_packet_bytes: config.max_packet_bytes,
+                tls: wiring.link_tls.clone(),
             },
             Arc::clone(&fleet),
             blobs,
             Arc::clone(&jobs),
             outbox_rx,
-            Arc::clone(&director),
+            link::LinkTrust {
+                director: Arc::clone(&director),
+                enrollments: Arc::clone(&enrollments),
+            },
             link::Requests {
                 logs: Arc::clone(&logs),
                 log_asks,
@@ -226,23 +277,50 @@ impl RunningHub {
         let (shutdown, shutdown_signal) = oneshot::channel();
         let registries = (registry, modules);
         let services = (fleet, logs, Arc::clone(&profiler), jobs);
-        let access = (access, tokens);
-        let task = tokio::spawn(serve(registries, services, access, listener, async move {
-            // A dropped sender also means stop.
-            let _ = shutdown_signal.await;
-        }));
-        tracing::info!(%addr, mqtt = %format!("{mqtt_host}:{mqtt_port}"), data_dir = %config.data_dir.display(), "hub listening");
+        let security = Security {
+            access,
+            access_service: AccessService::new(
+                tokens,
+                Arc::clone(&enrollments),
+                Arc::clone(&services.0),
+            ),
+            enrollment: EnrollmentService::new(
+                enrollments,
+                director_key.to_string(),
+                wiring.device_url.clone(),
+            ),
+            tls,
+        };
+        let ca_fingerprint = authority.fingerprint();
+        let scheme = if config.tls { "https" } else { "http" };
+        let task = tokio::spawn(serve(
+            registries,
+            services,
+            security,
+            listener,
+            async move {
+                // A dropped sender also means stop.
+                let _ = shutdown_signal.await;
+            },
+        ));
+        tracing::info!(%addr, mqtt = %wiring.device_url, data_dir = %config.data_dir.display(), "hub listening");
         Ok(Self {
             addr,
-            mqtt_host,
-            mqtt_port,
+            mqtt_url: wiring.device_url,
             shutdown: Some(shutdown),
             task,
             link: Some(link),
             rollouts,
             profiler,
             director_key,
+            scheme,
+            ca_fingerprint,
         })
+    }
+
+    /// The sha256 of the hub's CA certificate, which TLS clients pin.
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.ca_fingerprint
     }
 
     /// The public key that devices check desired states with.
@@ -250,14 +328,14 @@ impl RunningHub {
         self.director_key
     }
 
-    /// The broker devices connect to, as `mqtt://host:port`.
+    /// The broker devices connect to, as `mqtt://host:port` (`mqtts://` with TLS).
     pub fn mqtt_url(&self) -> String {
-        format!("mqtt://{}:{}", self.mqtt_host, self.mqtt_port)
+        self.mqtt_url.clone()
     }
 
     /// The URL clients (and `--hub`) use to reach this hub.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Stops accepting calls, lets calls in flight finish, and closes the registry.
@@ -293,7 +371,7 @@ impl Drop for RunningHub {
 async fn serve(
     (registry, modules): (Arc<Registry>, Arc<Registry>),
     (fleet, logs, profiler, jobs): (Arc<Fleet>, Arc<DeviceLogs>, Arc<Profiler>, Arc<Jobs>),
-    (access, tokens): (AccessLayer, Arc<Tokens>),
+    security: Security,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -313,6 +391,9 @@ async fn serve(
         .await;
     health.set_serving::<JobsServer<JobsService>>().await;
     health.set_serving::<AccessServer<AccessService>>().await;
+    health
+        .set_serving::<EnrollmentServer<EnrollmentService>>()
+        .await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(edgeship_proto::FILE_DESCRIPTOR_SET)
@@ -333,12 +414,18 @@ async fn serve(
         }
         stream
     });
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = security.tls {
+        builder = builder
+            .tls_config(tls)
+            .context("the API's TLS configuration")?;
+    }
+    builder
         // Model files stream in 1 MiB messages: HTTP/2's default 64 KiB window would stall
         // each one on round trips for window updates.
         .initial_stream_window_size(Some(WINDOW_BYTES))
         .initial_connection_window_size(Some(2 * WINDOW_BYTES))
-        .layer(access)
+        .layer(security.access)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -357,8 +444,33 @@ async fn serve(
         .add_service(FleetServer::new(FleetService::new(fleet, logs)))
         .add_service(ProfilesServer::new(ProfilesService::new(profiler)))
         .add_service(JobsServer::new(JobsService::new(jobs)))
-        .add_service(AccessServer::new(AccessService::new(tokens)))
+        .add_service(AccessServer::new(security.access_service))
+        .add_service(EnrollmentServer::new(security.enrollment))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .context("serving gRPC")
+}
+
+/// What guards the API: the token check, the services that manage tokens and identities,
+/// and TLS.
+struct Security {
+    access: AccessLayer,
+    access_service: AccessService,
+    enrollment: EnrollmentService,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+/// The names the hub's server certificate carries: loopback's, the listen address when it is
+/// a specific one, and the operator's `--hostname`s.
+pub fn certificate_names(listen: SocketAddr, hostnames: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = hostnames.to_vec();
+    for name in ["localhost", "127.0.0.1", "::1"] {
+        names.push(name.to_owned());
+    }
+    if !listen.ip().is_unspecified() {
+        names.push(listen.ip().to_string());
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|name| seen.insert(name.clone()));
+    names
 }

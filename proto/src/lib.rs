@@ -11,6 +11,9 @@
 )]
 
 /// Version 1 of the hub API (`package edgeship.v1`).
+#[cfg(feature = "grpc")]
+pub mod tls;
+
 pub mod v1 {
     include!(concat!(env!("OUT_DIR"), "/edgeship.v1.rs"));
 }
@@ -25,19 +28,45 @@ pub mod inference {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/edgeship_descriptor.bin"));
 
-/// Parses a broker address as hub and agents accept it: `mqtt://host:port`, `tcp://host:port`
-/// or `host:port` (port 1883 when omitted). TLS URLs are refused rather than silently sent in
-/// the clear.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .unwrap_or(url);
+/// A broker address: where, and whether over TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Parses a broker address as hub and agents accept it: `mqtts://host:port` (TLS, port 8883
+/// when omitted), `mqtt://host:port`, `tcp://host:port` or `host:port` (port 1883).
+pub fn parse_broker(url: &str) -> Result<BrokerUrl, String> {
+    let (rest, tls) = if let Some(rest) = url.strip_prefix("mqtts://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("ssl://") {
+        (rest, true)
+    } else {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .unwrap_or(url);
+        (rest, false)
+    };
     if rest.contains("://") {
         return Err(format!(
-            "unsupported broker URL {url:?}: use mqtt://host:port (TLS is not supported yet)"
+            "unsupported broker URL {url:?}: use mqtts://host:port (TLS) or mqtt://host:port"
         ));
     }
+    let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) => {
             let port = port
@@ -45,13 +74,28 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
                 .map_err(|_| format!("invalid port in broker URL {url:?}"))?;
             (host, port)
         }
-        None => (rest, 1883),
+        None => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
         return Err(format!("broker URL {url:?} has no host"));
     }
-    Ok((host.to_owned(), port))
+    Ok(BrokerUrl {
+        host: host.to_owned(),
+        port,
+        tls,
+    })
+}
+
+/// [`parse_broker`] for a plaintext broker: host and port.
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
+    let broker = parse_broker(url)?;
+    if broker.tls {
+        return Err(format!(
+            "{url:?} is a TLS broker; this caller speaks plain MQTT"
+        ));
+    }
+    Ok((broker.host, broker.port))
 }
 
 /// MQTT topic names of the device protocol (see `device.proto`). Every device topic lives

@@ -65,7 +65,7 @@ def main():
             processes.append(scoring.start(
                 [path, "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}", "--device-id", device,
                  "--data-dir", f"{work}/agent-{index}", "--serve-host", "127.0.0.1",
-                 "--director-key", f"{work}/hub/keys/director.pub"],
+                 "--insecure", "--director-key", f"{work}/hub/keys/director.pub"],
                 f"{work}/agent-{index}.log", env=env))
             port = scoring.free_port()
             manifest = f"{work}/{device}.yaml"

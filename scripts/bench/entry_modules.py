@@ -55,7 +55,7 @@ def bodies(work):
 def start_agent(work, mqtt_port):
     return start([os.path.join(RELEASE, "edgeship-agent"), "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
                   "--device-id", "bench", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1",
-                  "--director-key", f"{work}/hub/keys/director.pub"],
+                  "--insecure", "--director-key", f"{work}/hub/keys/director.pub"],
                  f"{work}/agent.log", env=dict(os.environ, RUST_LOG="info"))
 
 

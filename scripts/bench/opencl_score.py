@@ -91,7 +91,7 @@ def main():
         processes.append(scoring.start(
             [f"{scoring.RELEASE}/edgeship-agent", "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
              "--device-id", "gpu-host", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1",
-             "--director-key", f"{work}/hub/keys/director.pub"],
+             "--insecure", "--director-key", f"{work}/hub/keys/director.pub"],
             f"{work}/agent.log", env=env))
         hub = f"http://127.0.0.1:{hub_port}"
         scoring.edgeship_cli("model", "register", "--hub", hub, "-n", "resnet50", "-p", folder)

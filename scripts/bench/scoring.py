@@ -193,7 +193,7 @@ def start_edgeship(work, dirs):
     processes.append(start(
         [os.path.join(RELEASE, "edgeship-agent"), "run", "--broker", f"mqtt://127.0.0.1:{mqtt_port}",
          "--device-id", "bench", "--data-dir", f"{work}/agent", "--serve-host", "127.0.0.1",
-         "--director-key", f"{work}/hub/keys/director.pub"],
+         "--insecure", "--director-key", f"{work}/hub/keys/director.pub"],
         f"{work}/agent.log", env=env))
     hub_url = f"http://127.0.0.1:{hub_port}"
     served = {}

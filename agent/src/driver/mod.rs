@@ -90,7 +90,7 @@ impl RunningAgent {
             stage = stage.with_containers(containers);
         }
         let birth = birth(&config, engine.as_deref());
-        let mut link = link::start(&config, &birth, state.accepted_generation);
+        let mut link = link::start(&config, &birth, state.accepted_generation)?;
         let upload_acks = std::mem::replace(&mut link.events.upload_acks, mpsc::channel(1).1);
         let jobs = crate::jobs::Jobs::new(
             config.data_dir.join("jobs"),

@@ -255,7 +255,7 @@ pub fn jitter(base: Duration) -> Duration {
 
 /// `newest_generation`: the newest generation the agent took before; older desired states
 /// are refused from the start.
-pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> Link {
+pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> anyhow::Result<Link> {
     let device_id = config.device_id.clone();
     let mut options = MqttOptions::new(
         format!("edgeship-agent-{device_id}"),
@@ -280,6 +280,15 @@ pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> Lin
             QoS::AtLeastOnce,
             true,
         ));
+    if config.broker.tls {
+        let identity = config.trust.identity.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("the broker speaks TLS and this device has no identity")
+        })?;
+        let tls = identity.client_config().map_err(anyhow::Error::msg)?;
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+    }
     let (client, eventloop) = AsyncClient::new(options, 64);
     let (desired_tx, desired_rx) = watch::channel(None);
     let (generation_tx, generation_rx) = watch::channel(0u64);
@@ -316,7 +325,7 @@ pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> Lin
         stopping_rx,
     ));
     let reporter = tokio::spawn(publish_reports(client, device_id, reports_rx));
-    Link {
+    Ok(Link {
         sender,
         events: LinkEvents {
             desired: desired_rx,
@@ -329,7 +338,7 @@ pub fn start(config: &AgentConfig, birth: &Birth, newest_generation: u64) -> Lin
         },
         stopping: stopping_tx,
         tasks: vec![poller, reporter],
-    }
+    })
 }
 
 /// Where incoming messages go; every hand-off is non-blocking.

@@ -130,6 +130,7 @@ mod tests {
         let trust = Trust {
             director_key: Some(key.public()),
             insecure: false,
+            identity: None,
         };
         StateGate::new("edge-1", &trust, newest)
     }
@@ -190,6 +191,7 @@ mod tests {
         let trust = Trust {
             director_key: None,
             insecure: true,
+            identity: None,
         };
         let mut gate = StateGate::new("edge-1", &trust, 3);
         let unsigned = |device: &str, generation| {

@@ -34,6 +34,8 @@ fn the_generated_config_is_a_valid_config() {
     let key = edgeship_domain::trust::SigningKey::generate().expect("key");
     let config = RawConfig {
         director_key: Some(key.public().to_string()),
+        // The example's broker is plain MQTT on loopback.
+        insecure: Some(true),
         ..raw
     }
     .validate()
@@ -67,7 +69,7 @@ fn bad_configuration_is_refused_with_a_clear_message_and_exit_code_2() {
                 "--data-dir",
                 &data,
                 "--broker",
-                "mqtts://h:1",
+                "ws://h:1",
             ],
             "unsupported broker URL",
         ),
@@ -131,7 +133,7 @@ fn the_config_files_broker_is_used_when_no_flag_names_one() {
     let config = dir.path().join("agent.toml");
     std::fs::write(
         &config,
-        "device_id = \"d\"\nbroker = \"mqtts://from-file:8883\"\n",
+        "device_id = \"d\"\nbroker = \"ws://from-file:8883\"\n",
     )
     .expect("write");
     let data = dir.path().join("data").display().to_string();
@@ -139,5 +141,5 @@ fn the_config_files_broker_is_used_when_no_flag_names_one() {
     let output = agent(&["run", "--config", &config, "--data-dir", &data]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("mqtts://from-file:8883"), "{stderr}");
+    assert!(stderr.contains("ws://from-file:8883"), "{stderr}");
 }

@@ -149,6 +149,7 @@ fn config(device: &str, broker: &Mosquitto, dir: &std::path::Path) -> AgentConfi
         data_dir: Some(dir.to_owned()),
         serve_host: Some(IpAddr::from([127, 0, 0, 1])),
         director_key: Some(testkit::trust::test_director().public().to_string()),
+        insecure: Some(true),
         ..RawConfig::default()
     }
     .validate()

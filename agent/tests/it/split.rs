@@ -327,6 +327,7 @@ async fn an_agent_serves_a_split_takes_new_weights_without_loading_and_reports_i
         data_dir: Some(dir.path().to_owned()),
         serve_host: Some(IpAddr::from([127, 0, 0, 1])),
         director_key: Some(testkit::trust::test_director().public().to_string()),
+        insecure: Some(true),
         ..RawConfig::default()
     }
     .validate()

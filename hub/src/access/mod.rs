@@ -175,7 +175,8 @@ pub fn required_role(path: &str) -> Option<Role> {
         .and_then(|p| p.split_once('/'))
         .unwrap_or(("", ""));
     match service {
-        "grpc.health.v1.Health" => None,
+        // The bootstrap token in the request is the credential.
+        "grpc.health.v1.Health" | "edgeship.v1.Enrollment" => None,
         "grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection" => {
             Some(Role::Reader)
         }
@@ -263,6 +264,8 @@ mod tests {
     fn every_method_needs_the_role_its_effect_calls_for() {
         let cases = [
             ("/grpc.health.v1.Health/Check", None),
+            ("/edgeship.v1.Enrollment/Enroll", None),
+            ("/edgeship.v1.Access/RevokeDevice", Some(Role::Admin)),
             ("/edgeship.v1.ModelRegistry/ListModels", Some(Role::Reader)),
             (
                 "/edgeship.v1.ModelRegistry/DownloadModel",

@@ -1,4 +1,5 @@
-//! `edgeship.v1.Access` service implementation: API tokens.
+//! `edgeship.v1.Access` (API tokens, device enrollment tokens and revocation) and
+//! `edgeship.v1.Enrollment` (a device trading its bootstrap token for a certificate).
 
 use std::sync::Arc;
 
@@ -7,15 +8,23 @@ use edgeship_proto::v1::access_server::Access;
 use tonic::{Request, Response, Status};
 
 use crate::access::{AccessError, Role, TokenRecord, Tokens};
+use crate::fleet::Fleet;
+use crate::trust::enrollment::{DEFAULT_TOKEN_TTL, EnrollError, Enrollments};
 
 #[derive(Debug, Clone)]
 pub struct AccessService {
     tokens: Arc<Tokens>,
+    enrollments: Arc<Enrollments>,
+    fleet: Arc<Fleet>,
 }
 
 impl AccessService {
-    pub fn new(tokens: Arc<Tokens>) -> Self {
-        AccessService { tokens }
+    pub fn new(tokens: Arc<Tokens>, enrollments: Arc<Enrollments>, fleet: Arc<Fleet>) -> Self {
+        AccessService {
+            tokens,
+            enrollments,
+            fleet,
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -28,6 +37,38 @@ impl AccessService {
             .map_err(|err| Status::internal(format!("token task failed: {err}")))?
             .map_err(Status::from)
     }
+}
+
+impl From<EnrollError> for Status {
+    fn from(err: EnrollError) -> Self {
+        let message = err.to_string();
+        match err {
+            EnrollError::InvalidName(_)
+            | EnrollError::MalformedToken
+            | EnrollError::Certificate(crate::trust::pki::PkiError::BadRequest(_)) => {
+                Status::invalid_argument(message)
+            }
+            EnrollError::UnknownToken | EnrollError::Expired(_) => {
+                Status::permission_denied(message)
+            }
+            EnrollError::Certificate(_) | EnrollError::Storage(_) => {
+                tracing::error!(error = %message, "enrollment failure");
+                Status::internal(message)
+            }
+        }
+    }
+}
+
+/// Runs blocking enrollment work off the async workers.
+async fn enrollment_task<T: Send + 'static>(
+    enrollments: &Arc<Enrollments>,
+    work: impl FnOnce(&Enrollments) -> Result<T, EnrollError> + Send + 'static,
+) -> Result<T, Status> {
+    let enrollments = Arc::clone(enrollments);
+    tokio::task::spawn_blocking(move || work(&enrollments))
+        .await
+        .map_err(|err| Status::internal(format!("enrollment task failed: {err}")))?
+        .map_err(Status::from)
 }
 
 impl From<AccessError> for Status {
@@ -108,5 +149,83 @@ impl Access for AccessService {
         let name = request.into_inner().name;
         self.blocking(move |tokens| tokens.delete(&name)).await?;
         Ok(Response::new(pb::DeleteTokenResponse {}))
+    }
+
+    async fn create_enrollment(
+        &self,
+        request: Request<pb::CreateEnrollmentRequest>,
+    ) -> Result<Response<pb::CreatedEnrollment>, Status> {
+        let request = request.into_inner();
+        let ttl = match request.ttl_seconds {
+            0 => DEFAULT_TOKEN_TTL,
+            seconds => std::time::Duration::from_secs(seconds),
+        };
+        let device = request.device_id.clone();
+        let (token, expires_at_ms) = enrollment_task(&self.enrollments, move |enrollments| {
+            enrollments.create_token(&request.device_id, ttl)
+        })
+        .await?;
+        tracing::info!(%device, "bootstrap token created");
+        Ok(Response::new(pb::CreatedEnrollment {
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    async fn revoke_device(
+        &self,
+        request: Request<pb::RevokeDeviceRequest>,
+    ) -> Result<Response<pb::RevokeDeviceResponse>, Status> {
+        let device = request.into_inner().device_id;
+        let revoked = device.clone();
+        let was_enrolled = enrollment_task(&self.enrollments, move |e| e.revoke(&revoked)).await?;
+        tracing::warn!(%device, "device revoked");
+        // The link clears a revoked device's retained desired state as it republishes.
+        let fleet = Arc::clone(&self.fleet);
+        tokio::task::spawn_blocking(move || fleet.republish_all())
+            .await
+            .map_err(|err| Status::internal(format!("republishing failed: {err}")))?
+            .map_err(Status::from)?;
+        Ok(Response::new(pb::RevokeDeviceResponse { was_enrolled }))
+    }
+}
+
+/// `edgeship.v1.Enrollment`: what a device calls with its bootstrap token.
+#[derive(Debug, Clone)]
+pub struct EnrollmentService {
+    enrollments: Arc<Enrollments>,
+    director_key: String,
+    mqtt_url: String,
+}
+
+impl EnrollmentService {
+    pub fn new(enrollments: Arc<Enrollments>, director_key: String, mqtt_url: String) -> Self {
+        EnrollmentService {
+            enrollments,
+            director_key,
+            mqtt_url,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let request = request.into_inner();
+        let enrolled = enrollment_task(&self.enrollments, move |enrollments| {
+            enrollments.enroll(&request.token, &request.csr_pem)
+        })
+        .await?;
+        tracing::info!(device = %enrolled.identity.device_id, serial = %enrolled.identity.serial, "device enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            device_id: enrolled.identity.device_id,
+            certificate_pem: enrolled.cert_pem,
+            ca_pem: self.enrollments.authority().ca_pem().to_owned(),
+            director_key: self.director_key.clone(),
+            mqtt_url: self.mqtt_url.clone(),
+        }))
     }
 }

@@ -12,7 +12,7 @@ mod registry;
 pub(crate) mod streams;
 mod transfer;
 
-pub use access::AccessService;
+pub use access::{AccessService, EnrollmentService};
 pub use fleet::FleetService;
 pub use jobs::JobsService;
 pub use modules::ModuleRegistryService;

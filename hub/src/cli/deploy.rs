@@ -300,7 +300,8 @@ pub async fn run_deploy(hub: &str, command: DeployCommand) -> anyhow::Result<()>
 }
 
 pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()> {
-    let mut client = FleetClient::new(channel(hub).await?);
+    let channel = channel(hub).await?;
+    let mut client = FleetClient::new(channel.clone());
     match command {
         DeviceCommand::List { selector, output } => {
             let mut request = pb::ListDevicesRequest {
@@ -361,6 +362,10 @@ pub async fn run_device(hub: &str, command: DeviceCommand) -> anyhow::Result<()>
                 .into_inner();
             println!("{}: {}", updated.device_id, pairs(&updated.labels));
         }
+        DeviceCommand::Enroll { device, ttl_secs } => {
+            super::identity::enroll(channel, hub, &device, ttl_secs).await?;
+        }
+        DeviceCommand::Revoke { device } => super::identity::revoke(channel, &device).await?,
     }
     Ok(())
 }

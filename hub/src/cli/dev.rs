@@ -76,6 +76,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         data_dir: Some(data_dir.join("agent-local")),
         serve_host: Some(args.listen.ip()),
         director_key: Some(hub.director_key().to_string()),
+        // Loopback, in one process: plain MQTT; desired states are still signed and checked.
+        insecure: Some(true),
         ..RawConfig::default()
     }
     .validate()?;

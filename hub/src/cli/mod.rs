@@ -14,6 +14,7 @@ macro_rules! announce {
 mod deploy;
 mod deploy_logs;
 mod dev;
+mod identity;
 mod job;
 pub mod logs;
 mod model;
@@ -315,6 +316,21 @@ pub enum DeviceCommand {
         #[arg(long, value_name = "KEY")]
         remove: Vec<String>,
     },
+    /// Print a one-time bootstrap token for a device id, and the command that enrolls the
+    /// device with it (`edgeship-agent enroll`). Needs the admin role.
+    Enroll {
+        #[arg(value_name = "ID")]
+        device: String,
+        /// How long the token holds, in seconds (default: a day).
+        #[arg(long, default_value_t = crate::trust::enrollment::DEFAULT_TOKEN_TTL.as_secs())]
+        ttl_secs: u64,
+    },
+    /// Cut a device off: the hub's broker refuses its certificate, the hub ignores it and
+    /// sends it nothing more. Needs the admin role.
+    Revoke {
+        #[arg(value_name = "ID")]
+        device: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +365,16 @@ pub struct HubArgs {
     /// start writes an admin token to <data-dir>/keys/admin.token.
     #[arg(long)]
     pub no_auth: bool,
+    /// Serve the API over plaintext HTTP/2 instead of TLS (development and closed networks
+    /// only). By default the API speaks TLS with a certificate from the hub's own CA
+    /// (<data-dir>/keys/ca.crt); clients trust it by EDGESHIP_HUB_CA or the fingerprint the
+    /// hub prints.
+    #[arg(long)]
+    pub insecure: bool,
+    /// A name devices and clients reach the hub by (repeatable): the hub's certificates
+    /// carry it besides localhost and the listen address.
+    #[arg(long = "hostname", value_name = "NAME")]
+    pub hostnames: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -544,8 +570,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     let mqtt = match &args.mqtt_url {
         Some(url) => {
-            let (host, port) = crate::server::parse_mqtt_url(url)?;
-            Mqtt::External { host, port }
+            let broker = edgeship_proto::parse_broker(url).map_err(anyhow::Error::msg)?;
+            Mqtt::External {
+                host: broker.host,
+                port: broker.port,
+                tls: broker.tls,
+            }
         }
         None => Mqtt::Embedded {
             listen: args.mqtt_listen,
@@ -568,11 +598,14 @@ async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         max_packet_bytes: args.max_packet_bytes,
         state_validity: std::time::Duration::from_secs(args.state_validity_secs),
         api_auth: !args.no_auth,
+        tls: !args.insecure,
+        hostnames: args.hostnames,
     };
     let mut hub = RunningHub::start(config).await?;
     // Scripts and tests read these lines to learn the addresses (port 0 picks one).
     announce!("edgeship hub listening on {}", hub.url());
     announce!("edgeship mqtt broker at {}", hub.mqtt_url());
+    announce!("edgeship hub CA sha256:{}", hub.ca_fingerprint());
     tokio::select! {
         result = shutdown_signal() => result?,
         result = hub.wait() => return result,

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use edgeship_proto::tls::HubTrust;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 use edgeship_proto::v1::model_registry_client::ModelRegistryClient;
@@ -86,14 +87,46 @@ pub async fn channel_as(hub: &str, token: Option<&str>) -> anyhow::Result<HubCha
     ))
 }
 
+/// Where client commands find what they trust a TLS hub by: a CA file, or the CA's sha256.
+pub const CA_ENV: &str = "EDGESHIP_HUB_CA";
+pub const FINGERPRINT_ENV: &str = "EDGESHIP_HUB_FINGERPRINT";
+
+/// What the caller trusts an `https://` hub by, from the environment.
+pub fn hub_trust_from_env() -> anyhow::Result<HubTrust> {
+    if let Some(file) = std::env::var_os(CA_ENV).filter(|f| !f.is_empty()) {
+        let pem = std::fs::read_to_string(&file).with_context(|| {
+            format!("reading {CA_ENV}={}", std::path::Path::new(&file).display())
+        })?;
+        return Ok(HubTrust::CaPem(pem));
+    }
+    if let Ok(fingerprint) = std::env::var(FINGERPRINT_ENV)
+        && !fingerprint.trim().is_empty()
+    {
+        return Ok(HubTrust::Fingerprint(fingerprint));
+    }
+    bail!(
+        "the hub speaks TLS: set {CA_ENV} to its CA certificate (the hub's <data>/keys/ca.crt) \
+         or {FINGERPRINT_ENV} to the sha256 the hub printed when it started"
+    )
+}
+
 async fn connect_channel(hub: &str) -> anyhow::Result<Channel> {
-    let endpoint = Channel::from_shared(hub.to_owned())
-        .with_context(|| format!("invalid hub URL {hub:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .initial_stream_window_size(crate::server::WINDOW_BYTES)
-        .initial_connection_window_size(2 * crate::server::WINDOW_BYTES);
-    let channel = endpoint
+    let configure = |endpoint: tonic::transport::Endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::server::WINDOW_BYTES)
+            .initial_connection_window_size(2 * crate::server::WINDOW_BYTES)
+    };
+    if hub.starts_with("https://") {
+        let trust = hub_trust_from_env()?;
+        return edgeship_proto::tls::connect(hub, configure, &trust)
+            .await
+            .map_err(|err| anyhow::anyhow!("cannot reach the hub at {hub}: {err}"));
+    }
+    let endpoint =
+        Channel::from_shared(hub.to_owned()).with_context(|| format!("invalid hub URL {hub:?}"))?;
+    let channel = configure(endpoint)
         .connect()
         .await
         .with_context(|| format!("cannot reach the hub at {hub}"))?;

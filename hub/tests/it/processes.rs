@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use edgeship_hub::client;
 
-use crate::cli::{BIN, edgeship};
+use crate::cli::BIN;
 use crate::support::*;
 
 #[test]
@@ -36,6 +36,8 @@ fn the_hub_process_serves_the_cli_with_api_tokens_and_stops_cleanly_on_sigterm()
         .next()
         .expect("a first line")
         .expect("read the listening line");
+    let _mqtt_line = lines.next().expect("the broker line").expect("read");
+    let fingerprint_line = lines.next().expect("the CA line").expect("read");
     let drain = std::thread::spawn(move || lines.count());
     let url = line
         .trim()
@@ -49,10 +51,14 @@ fn the_hub_process_serves_the_cli_with_api_tokens_and_stops_cleanly_on_sigterm()
     let admin = admin.trim();
     assert_eq!(file_mode(&admin_file), 0o600);
     assert_eq!(file_mode(&data.path().join("keys/director.key")), 0o600);
+    // The API speaks TLS; clients trust the hub's CA file.
+    assert!(url.starts_with("https://"), "{url}");
+    let ca = data.path().join("keys/ca.crt");
     let as_token = |token: &str, args: &[&str]| {
         Command::new(BIN)
             .args(args)
             .env("EDGESHIP_HUB", &url)
+            .env("EDGESHIP_HUB_CA", &ca)
             .env("EDGESHIP_TOKEN", token)
             .env_remove("RUST_LOG")
             .output()
@@ -64,11 +70,52 @@ fn the_hub_process_serves_the_cli_with_api_tokens_and_stops_cleanly_on_sigterm()
     };
     let model = fixture("diabetes/model.onnx").display().to_string();
     let register = ["model", "register", "-n", "diabetes", "-p", &model];
-    let stderr = refused(edgeship(&url, &register), "no token");
+    let stderr = refused(as_token("", &register), "no token");
     assert!(
         stderr.contains("unauthenticated") && stderr.contains("EDGESHIP_TOKEN"),
         "{stderr}"
     );
+    // A plaintext client, and a client that trusts nothing, are refused.
+    let plain = url.replace("https://", "http://");
+    let out = Command::new(BIN)
+        .args(["model", "list", "--hub", &plain])
+        .env("EDGESHIP_TOKEN", admin)
+        .output()
+        .expect("run edgeship");
+    assert!(!out.status.success(), "a plaintext call was answered");
+    let out = Command::new(BIN)
+        .args(["model", "list", "--hub", &url])
+        .env("EDGESHIP_TOKEN", admin)
+        .env_remove("EDGESHIP_HUB_CA")
+        .env_remove("EDGESHIP_HUB_FINGERPRINT")
+        .output()
+        .expect("run edgeship");
+    let stderr = refused(out, "no CA");
+    assert!(stderr.contains("EDGESHIP_HUB_CA"), "{stderr}");
+    // The fingerprint the hub printed pins it as well as the CA file.
+    let fingerprint = fingerprint_line
+        .trim_start_matches("edgeship hub CA sha256:")
+        .to_owned();
+    let out = Command::new(BIN)
+        .args(["model", "list", "--hub", &url])
+        .env("EDGESHIP_TOKEN", admin)
+        .env("EDGESHIP_HUB_FINGERPRINT", &fingerprint)
+        .output()
+        .expect("run edgeship");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let wrong = "0".repeat(64);
+    let out = Command::new(BIN)
+        .args(["model", "list", "--hub", &url])
+        .env("EDGESHIP_TOKEN", admin)
+        .env("EDGESHIP_HUB_FINGERPRINT", &wrong)
+        .output()
+        .expect("run edgeship");
+    let stderr = refused(out, "a wrong fingerprint");
+    assert!(stderr.contains("pinned CA"), "{stderr}");
     let stderr = refused(as_token("est_forged", &register), "an unknown token");
     assert!(stderr.contains("unknown or deleted API token"), "{stderr}");
     let out = as_token(admin, &["token", "create", "watcher", "--role", "reader"]);
@@ -182,6 +229,7 @@ fn a_hub_whose_stdout_is_closed_keeps_running() {
         Command::new(BIN)
             .args([
                 "hub",
+                "--insecure",
                 "--listen",
                 &listen,
                 "--mqtt-listen",

@@ -43,7 +43,11 @@ impl TestHub {
         let (host, port) = edgeship_hub::server::parse_mqtt_url(url).expect("broker url");
         Self::with(
             Limits::default(),
-            Some(edgeship_hub::Mqtt::External { host, port }),
+            Some(edgeship_hub::Mqtt::External {
+                host,
+                port,
+                tls: false,
+            }),
         )
         .await
     }
@@ -275,6 +279,8 @@ pub fn agent_config(
         serve_host: Some([127, 0, 0, 1].into()),
         keep_alive_secs: Some(5),
         director_key: Some(hub.director_key().to_string()),
+        // Plain MQTT on loopback; desired states are still checked with the director key.
+        insecure: Some(true),
         ..Default::default()
     }
     .validate()

@@ -1,16 +1,141 @@
-//! The embedded MQTT broker (rumqttd): what makes one hub process a complete system.
+//! The embedded MQTT broker (rumqttd): what makes one hub process a complete system; with
+//! TLS it listens on loopback only, behind the [`gate`]. [`wire`] decides where the hub's own
+//! link connects and which URL devices are given.
 //!
 //! Design: rumqttd runs on its own OS threads and has no stop API, so an embedded broker lives
 //! as long as the process. Production fleets point the hub at an external broker instead
 //! (`--mqtt-url`; Mosquitto is the reference).
 
+pub mod gate;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use edgeship_proto::topics::{self, DeviceTopic};
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, SegmentConfig, ServerSettings};
+
+use crate::Mqtt;
+use crate::blob_server::Entitlements;
+use crate::trust::enrollment::Enrollments;
+use crate::trust::pki::{Authority, HUB_CLIENT_NAME, Identity};
+
+/// Where the hub's link meets the broker, and what devices are told.
+#[derive(Debug)]
+pub struct Wiring {
+    pub link_host: String,
+    pub link_port: u16,
+    /// TLS for the link (an external `mqtts://` broker): the hub's client certificate.
+    pub link_tls: Option<Arc<rustls::ClientConfig>>,
+    /// The broker URL devices use (`mqtts://` behind the gate or at an external broker).
+    pub device_url: String,
+}
+
+/// What TLS on the MQTT side needs from the hub.
+#[derive(Debug)]
+pub struct TlsSetup<'a> {
+    pub authority: &'a Authority,
+    pub server: &'a Identity,
+    pub enrollments: Arc<Enrollments>,
+    pub entitlements: Arc<Entitlements>,
+}
+
+/// Starts the embedded broker (behind the gate with TLS) or prepares the connection to an
+/// external one.
+pub async fn wire(
+    mqtt: &Mqtt,
+    max_packet_bytes: usize,
+    tls: Option<TlsSetup<'_>>,
+) -> anyhow::Result<Wiring> {
+    let embedded = |listen: SocketAddr| async move {
+        tokio::task::spawn_blocking(move || start_embedded(listen, max_packet_bytes)).await?
+    };
+    match (mqtt, tls) {
+        (Mqtt::Embedded { listen }, None) => {
+            let bound = embedded(*listen).await?;
+            Ok(Wiring {
+                link_host: bound.ip().to_string(),
+                link_port: bound.port(),
+                link_tls: None,
+                device_url: format!("mqtt://{bound}"),
+            })
+        }
+        (Mqtt::Embedded { listen }, Some(tls)) => {
+            // The gate takes the public address; the broker hides on loopback.
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("the MQTT address {listen} is not free"))?;
+            let public = listener.local_addr()?;
+            let internal = embedded(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let gate = gate::Gate::new(
+                tls.server,
+                tls.authority.ca_pem(),
+                internal,
+                tls.enrollments,
+                tls.entitlements,
+                max_packet_bytes,
+            )?;
+            tokio::spawn(Arc::new(gate).serve(listener));
+            tracing::info!(%public, "MQTT over TLS for devices");
+            Ok(Wiring {
+                link_host: internal.ip().to_string(),
+                link_port: internal.port(),
+                link_tls: None,
+                device_url: format!("mqtts://{public}"),
+            })
+        }
+        (
+            Mqtt::External {
+                host,
+                port,
+                tls: false,
+            },
+            _,
+        ) => Ok(Wiring {
+            link_host: host.clone(),
+            link_port: *port,
+            link_tls: None,
+            device_url: format!("mqtt://{host}:{port}"),
+        }),
+        (
+            Mqtt::External {
+                host,
+                port,
+                tls: true,
+            },
+            tls,
+        ) => {
+            let tls = tls.context("an mqtts:// broker needs the hub's TLS (drop --insecure)")?;
+            let identity = tls.authority.client_identity(HUB_CLIENT_NAME)?;
+            let config = client_tls(tls.authority.ca_pem(), &identity)?;
+            Ok(Wiring {
+                link_host: host.clone(),
+                link_port: *port,
+                link_tls: Some(Arc::new(config)),
+                device_url: format!("mqtts://{host}:{port}"),
+            })
+        }
+    }
+}
+
+/// A TLS client configuration that trusts `ca_pem` and presents `identity`.
+pub fn client_tls(ca_pem: &str, identity: &Identity) -> anyhow::Result<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let roots = edgeship_proto::tls::roots(ca_pem).map_err(anyhow::Error::msg)?;
+    let chain = CertificateDer::pem_slice_iter(identity.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+    Ok(
+        rustls::ClientConfig::builder_with_provider(edgeship_proto::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)?,
+    )
+}
 
 /// Starts a broker on `listen` (port 0 picks a free port) and waits until it accepts
 /// connections. Returns the address it listens on.

@@ -1,5 +1,6 @@
 //! The hub's keys on disk (`<data>/keys/`, readable by its owner alone) and the director:
-//! the key that signs every desired state, and how long a signature holds.
+//! the key that signs every desired state, and how long a signature holds. `pki`: the
+//! certificate authority; `enrollment`: bootstrap tokens, device identities, revocation.
 
 use std::fs;
 use std::io::Write as _;
@@ -9,6 +10,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use edgeship_domain::trust::{PublicKey, Purpose, SigningKey};
+
+pub mod enrollment;
+pub mod pki;
 
 /// How long a signed desired state holds by default. A device that hears nothing newer for
 /// that long refuses the state it last received (it keeps serving what it applied); the hub
@@ -37,13 +41,7 @@ pub fn load_or_create_key(dir: &Path, name: &str) -> anyhow::Result<SigningKey> 
     let private = dir.join(format!("{name}.key"));
     let key = match fs::read(&private) {
         Ok(pkcs8) => {
-            let mode = fs::metadata(&private)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                anyhow::bail!(
-                    "{} is readable by others (mode {mode:o}); make it 0600 (chmod 600)",
-                    private.display()
-                );
-            }
+            check_private(&private)?;
             SigningKey::from_pkcs8(&pkcs8)
                 .with_context(|| format!("reading {}", private.display()))?
         }
@@ -60,6 +58,18 @@ pub fn load_or_create_key(dir: &Path, name: &str) -> anyhow::Result<SigningKey> 
         fs::write(&public, text).with_context(|| format!("writing {}", public.display()))?;
     }
     Ok(key)
+}
+
+/// Refuses a secret file that others may read.
+pub fn check_private(path: &Path) -> anyhow::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} is readable by others (mode {mode:o}); make it 0600 (chmod 600)",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes a secret: created with mode 0600 (never readable by others, not even for a moment),

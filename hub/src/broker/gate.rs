@@ -1,0 +1,284 @@
+//! The TLS gate in front of the embedded broker. rumqttd has no per-client ACLs and no
+//! revocation, so it listens on loopback only and every device connects here instead: mutual
+//! TLS with a certificate from the hub's CA (its common name is the device id), then each
+//! packet the device sends is read with rumqttc's MQTT parser and checked before it is
+//! passed on. A device may connect only under its own client id, publish only to its own
+//! upward topics, and subscribe only to its own downward topics and to the broadcast topics
+//! of blobs its desired state entitles it to. A violation, or a revocation, closes the
+//! connection. What the broker sends down passes through untouched.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use edgeship_proto::topics::{self, DeviceTopic};
+use rumqttc::mqttbytes::{self, PacketType};
+use rumqttc::{Connect, Publish, Subscribe};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::blob_server::Entitlements;
+use crate::trust::enrollment::Enrollments;
+use crate::trust::pki::{self, Identity};
+
+/// What the gate needs to decide.
+pub struct Gate {
+    acceptor: tokio_rustls::TlsAcceptor,
+    /// The broker itself, on loopback.
+    broker: SocketAddr,
+    enrollments: Arc<Enrollments>,
+    entitlements: Arc<Entitlements>,
+    max_packet_bytes: usize,
+}
+
+impl std::fmt::Debug for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gate")
+            .field("broker", &self.broker)
+            .finish()
+    }
+}
+
+impl Gate {
+    pub fn new(
+        server: &Identity,
+        ca_pem: &str,
+        broker: SocketAddr,
+        enrollments: Arc<Enrollments>,
+        entitlements: Arc<Entitlements>,
+        max_packet_bytes: usize,
+    ) -> anyhow::Result<Self> {
+        let provider = edgeship_proto::tls::provider();
+        let roots = edgeship_proto::tls::roots(ca_pem).map_err(anyhow::Error::msg)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::clone(&provider),
+        )
+        .build()?;
+        let chain = CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes())?;
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)?;
+        Ok(Gate {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            broker,
+            enrollments,
+            entitlements,
+            max_packet_bytes,
+        })
+    }
+
+    /// Accepts devices on `listener` for as long as the process runs.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(error = %err, "the broker gate could not accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let gate = Arc::clone(&self);
+            tokio::spawn(async move {
+                if let Err(reason) = gate.connection(stream).await {
+                    tracing::warn!(%peer, %reason, "broker connection closed by the gate");
+                }
+            });
+        }
+    }
+
+    async fn connection(&self, stream: TcpStream) -> Result<(), String> {
+        let _ = stream.set_nodelay(true);
+        let tls = self
+            .acceptor
+            .accept(stream)
+            .await
+            .map_err(|err| format!("TLS handshake failed: {err}"))?;
+        let device = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|cert| pki::common_name(cert))
+            .ok_or("the client certificate names no device")?;
+        if self.enrollments.is_revoked(&device) {
+            return Err(format!("device {device} is revoked"));
+        }
+        let broker = TcpStream::connect(self.broker)
+            .await
+            .map_err(|err| format!("the broker is unreachable: {err}"))?;
+        let _ = broker.set_nodelay(true);
+        let (client_read, client_write) = tokio::io::split(tls);
+        let (broker_read, broker_write) = broker.into_split();
+        let up = self.upward(&device, client_read, broker_write);
+        let down = self.downward(&device, broker_read, client_write);
+        // Whichever side ends (or breaks a rule) ends the connection.
+        tokio::select! {
+            result = up => result,
+            result = down => result,
+        }
+    }
+
+    /// Device → broker: whole packets, each checked.
+    async fn upward(
+        &self,
+        device: &str,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+    ) -> Result<(), String> {
+        let mut buffer = BytesMut::with_capacity(64 * 1024);
+        let mut connected = false;
+        loop {
+            let header = match mqttbytes::check(buffer.iter(), self.max_packet_bytes) {
+                Ok(header) => header,
+                Err(mqttbytes::Error::InsufficientBytes(_)) => {
+                    if from
+                        .read_buf(&mut buffer)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        == 0
+                    {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(err) => return Err(format!("{device} sent a malformed packet: {err}")),
+            };
+            let frame = buffer.split_to(header.frame_length()).freeze();
+            if self.enrollments.is_revoked(device) {
+                return Err(format!("device {device} is revoked"));
+            }
+            let kind = header
+                .packet_type()
+                .map_err(|err| format!("{device} sent a malformed packet: {err}"))?;
+            if !connected && kind != PacketType::Connect {
+                return Err(format!("{device} sent {kind:?} before CONNECT"));
+            }
+            self.check(device, kind, header, frame.clone())?;
+            connected = true;
+            to.write_all(&frame).await.map_err(|e| e.to_string())?;
+        }
+    }
+
+    /// Broker → device: passed through, while the device stays trusted.
+    async fn downward(
+        &self,
+        device: &str,
+        mut from: impl AsyncRead + Unpin,
+        mut to: impl AsyncWrite + Unpin,
+    ) -> Result<(), String> {
+        let mut buffer = vec![0u8; 64 * 1024];
+        loop {
+            let read = from.read(&mut buffer).await.map_err(|e| e.to_string())?;
+            if read == 0 {
+                return Ok(());
+            }
+            if self.enrollments.is_revoked(device) {
+                return Err(format!("device {device} is revoked"));
+            }
+            to.write_all(&buffer[..read])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+
+    /// The ACL: what device `device` may send.
+    fn check(
+        &self,
+        device: &str,
+        kind: PacketType,
+        header: mqttbytes::FixedHeader,
+        frame: Bytes,
+    ) -> Result<(), String> {
+        let malformed =
+            |err: mqttbytes::Error| format!("{device} sent a malformed {kind:?}: {err}");
+        match kind {
+            PacketType::Connect => {
+                let connect = Connect::read(header, frame).map_err(malformed)?;
+                let expected = format!("edgeship-agent-{device}");
+                if connect.client_id != expected {
+                    return Err(format!(
+                        "{device} connected as client {:?}; it may only be {expected:?}",
+                        connect.client_id
+                    ));
+                }
+                if let Some(will) = &connect.last_will
+                    && !may_publish(device, &will.topic)
+                {
+                    return Err(format!("{device} set a last will on {:?}", will.topic));
+                }
+            }
+            PacketType::Publish => {
+                let publish = Publish::read(header, frame).map_err(malformed)?;
+                if !may_publish(device, &publish.topic) {
+                    return Err(format!("{device} published to {:?}", publish.topic));
+                }
+            }
+            PacketType::Subscribe => {
+                let subscribe = Subscribe::read(header, frame).map_err(malformed)?;
+                for filter in &subscribe.filters {
+                    if !self.may_subscribe(device, &filter.path) {
+                        return Err(format!("{device} subscribed to {:?}", filter.path));
+                    }
+                }
+            }
+            // Acknowledgements, unsubscribes, pings and disconnects concern only the
+            // device's own session.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn may_subscribe(&self, device: &str, filter: &str) -> bool {
+        if let Some(digest) = topics::parse_blob_broadcast(filter) {
+            return self.entitlements.allows(device, digest);
+        }
+        matches!(
+            topics::parse(filter),
+            Some((id, DeviceTopic::Desired
+                | DeviceTopic::BlobResponse
+                | DeviceTopic::UploadResponse
+                | DeviceTopic::LogRequest
+                | DeviceTopic::ProfileRequest)) if id == device
+        )
+    }
+}
+
+/// A device publishes only on its own upward topics.
+fn may_publish(device: &str, topic: &str) -> bool {
+    matches!(
+        topics::parse(topic),
+        Some((id, DeviceTopic::Birth
+            | DeviceTopic::Reported
+            | DeviceTopic::BlobRequest
+            | DeviceTopic::UploadRequest
+            | DeviceTopic::LogResponse
+            | DeviceTopic::ProfileResponse)) if id == device
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_publishes_only_upward_on_its_own_topics() {
+        let own = |kind| topics::device("edge-a", kind);
+        assert!(may_publish("edge-a", &own(DeviceTopic::Reported)));
+        assert!(may_publish("edge-a", &own(DeviceTopic::BlobRequest)));
+        assert!(!may_publish("edge-a", &own(DeviceTopic::Desired)));
+        assert!(!may_publish("edge-a", &own(DeviceTopic::BlobResponse)));
+        assert!(!may_publish(
+            "edge-a",
+            &topics::device("edge-b", DeviceTopic::Reported)
+        ));
+        assert!(!may_publish("edge-a", "edgeship/v1/devices/+/reported"));
+        assert!(!may_publish("edge-a", "anything/else"));
+    }
+}
