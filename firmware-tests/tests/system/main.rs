@@ -13,5 +13,6 @@ mod package;
 mod proxy;
 mod rollouts;
 mod rollouts_real;
+mod security;
 mod standalone;
 mod support;

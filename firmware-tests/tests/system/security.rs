@@ -1,0 +1,402 @@
+//! A hub as it runs by default (TLS API, API tokens, MQTT behind the TLS gate) with real
+//! processes: devices enroll with one-time bootstrap tokens, serve over mutual TLS, cannot
+//! touch each other's topics, and a revoked device is cut off.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use edgeship_hub::trust::pki::Identity;
+use edgeship_proto::topics::{self, DeviceTopic};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use testkit::{Process, TempDir, binary, eventually, free_port};
+
+use crate::support::{diabetes_rows, log_contains};
+
+/// A TLS hub process and what its clients need.
+struct SecureHub {
+    _process: Process,
+    url: String,
+    mqtt_url: String,
+    data: PathBuf,
+    token: String,
+}
+
+impl SecureHub {
+    fn start(dir: &Path) -> SecureHub {
+        let data = dir.join("hub");
+        let mut process = Process::spawn(
+            "edgeship hub",
+            Command::new(binary("edgeship"))
+                .args(["hub", "--listen", "127.0.0.1:0", "--mqtt-listen"])
+                .arg(format!("127.0.0.1:{}", free_port()))
+                .arg("--data-dir")
+                .arg(&data)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::piped())
+                .stderr(log_file(&dir.join("hub.log"))),
+        );
+        let lines = process.read_lines_starting(
+            &["edgeship hub listening on ", "edgeship mqtt broker at "],
+            Duration::from_secs(30),
+        );
+        let token = std::fs::read_to_string(data.join("keys/admin.token")).expect("admin token");
+        SecureHub {
+            _process: process,
+            url: lines[0].clone(),
+            mqtt_url: lines[1].clone(),
+            token: token.trim().to_owned(),
+            data,
+        }
+    }
+
+    /// `edgeship ARGS` as an admin who trusts the hub's CA file.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary("edgeship"))
+            .args(args)
+            .env("EDGESHIP_HUB", &self.url)
+            .env("EDGESHIP_HUB_CA", self.data.join("keys/ca.crt"))
+            .env("EDGESHIP_TOKEN", &self.token)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run edgeship")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "edgeship {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    fn bootstrap_token(&self, device: &str, ttl_secs: u64) -> String {
+        self.ok(&[
+            "device",
+            "enroll",
+            device,
+            "--ttl-secs",
+            &ttl_secs.to_string(),
+        ])
+    }
+}
+
+fn log_file(path: &Path) -> Stdio {
+    std::fs::File::create(path)
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null())
+}
+
+/// `edgeship-agent enroll` into `data`.
+fn enroll(hub: &SecureHub, token: &str, data: &Path) -> Output {
+    Command::new(binary("edgeship-agent"))
+        .args(["enroll", "--hub", &hub.url, "--data-dir"])
+        .arg(data)
+        .env("EDGESHIP_BOOTSTRAP_TOKEN", token)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run edgeship-agent enroll")
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// An MQTT client over TLS with an enrolled device's own certificate, as a device (or an
+/// attacker holding its key) would connect; it reports what the connection saw.
+async fn device_client(
+    hub: &SecureHub,
+    identity_dir: &Path,
+    client_id: &str,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+) {
+    let read = |name: &str| std::fs::read_to_string(identity_dir.join(name)).expect(name);
+    let identity = Identity {
+        cert_pem: read("device.crt"),
+        key_pem: read("device.key"),
+    };
+    let tls = edgeship_hub::broker::client_tls(&read("ca.crt"), &identity).expect("tls");
+    let broker = edgeship_proto::parse_broker(&hub.mqtt_url).expect("broker url");
+    let mut options = MqttOptions::new(client_id, broker.host, broker.port);
+    options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(tls),
+    )));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(packet)) => {
+                    let _ = tx.send(Ok(packet));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let _ = tx.send(Err(err.to_string()));
+                    return;
+                }
+            }
+        }
+    });
+    (client, rx)
+}
+
+/// Waits for the connection to be acknowledged, then for it to be closed (an error), within
+/// 20 s; panics if it stays open or is refused before the acknowledgement when `connects`.
+async fn closed_after(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+    what: &str,
+) {
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Err(_) => return true,
+                Ok(Packet::SubAck(_)) => return false,
+                Ok(_) => {}
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "{what}: the broker kept the connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_cut_off() {
+    let dir = TempDir::new("security");
+    let hub = SecureHub::start(dir.path());
+    assert!(hub.url.starts_with("https://"), "{}", hub.url);
+    assert!(hub.mqtt_url.starts_with("mqtts://"), "{}", hub.mqtt_url);
+
+    // Enrollment: the device's key stays on the device, private.
+    let token_a = hub.bootstrap_token("edge-a", 600);
+    assert!(token_a.starts_with("esb1."), "{token_a}");
+    let data_a = dir.path().join("edge-a");
+    let out = enroll(&hub, &token_a, &data_a);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let identity_a = data_a.join("identity");
+    assert_eq!(mode(&identity_a.join("device.key")), 0o600);
+    assert_eq!(mode(&identity_a), 0o700);
+    for file in ["device.crt", "ca.crt", "director.pub", "enrollment.toml"] {
+        assert!(identity_a.join(file).is_file(), "{file}");
+    }
+    // A token works once, and not after it expires.
+    let out = enroll(&hub, &token_a, &dir.path().join("reused"));
+    assert!(!out.status.success(), "a used token enrolled again");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown bootstrap token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let short = hub.bootstrap_token("edge-late", 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let out = enroll(&hub, &short, &dir.path().join("late"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expired"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data_b = dir.path().join("edge-b");
+    let out = enroll(&hub, &hub.bootstrap_token("edge-b", 600), &data_b);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The enrolled agent needs nothing but its data folder: id, broker, keys and the
+    // director key come from enrollment.
+    let agent_log = dir.path().join("edge-a.log");
+    let _agent = Process::spawn(
+        "edgeship-agent",
+        Command::new(binary("edgeship-agent"))
+            .args(["run", "--serve-host", "127.0.0.1", "--data-dir"])
+            .arg(&data_a)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&agent_log)),
+    );
+    let model = testkit::fixture("diabetes");
+    let sample = testkit::fixture("diabetes/sample_input.json");
+    hub.ok(&[
+        "model",
+        "register",
+        "-n",
+        "diabetes",
+        "-p",
+        &model.display().to_string(),
+        "--sample-input",
+        &sample.display().to_string(),
+    ]);
+    // Deploying with --wait needs the device to have connected once.
+    eventually(Duration::from_secs(30), "edge-a connects", || {
+        let known = hub.cli(&["device", "show", "edge-a"]).status.success();
+        async move { known.then_some(()) }
+    })
+    .await;
+    let port = free_port();
+    hub.ok(&[
+        "deploy",
+        "create",
+        "web",
+        "-m",
+        "diabetes:1",
+        "--device",
+        "edge-a",
+        "--port",
+        &port.to_string(),
+        "--wait",
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    testkit::assert_diabetes_predictions(
+        &testkit::score(addr, &diabetes_rows())
+            .await
+            .expect("edge-a serves"),
+    );
+
+    // Device B, with its own valid certificate, cannot act as A or touch A's topics.
+    let identity_b = data_b.join("identity");
+    let a_desired = topics::device("edge-a", DeviceTopic::Desired);
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    client
+        .subscribe(&a_desired, QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    closed_after(&mut events, "B subscribing to A's desired state").await;
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    client
+        .subscribe("edgeship/v1/devices/+/desired", QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    closed_after(&mut events, "B subscribing to every desired state").await;
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    client
+        .publish(
+            topics::device("edge-a", DeviceTopic::Reported),
+            QoS::AtLeastOnce,
+            false,
+            b"forged".to_vec(),
+        )
+        .await
+        .expect("queue");
+    closed_after(&mut events, "B publishing A's report").await;
+    let (_client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-a").await;
+    closed_after(&mut events, "B connecting under A's client id").await;
+    // B's own topics are open to it.
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    client
+        .subscribe(
+            topics::device("edge-b", DeviceTopic::Desired),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .expect("queue");
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::SubAck(_)) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(acked, "B could not subscribe to its own desired state");
+    drop(client);
+
+    // Each connection was closed by the gate, for what it tried.
+    let hub_log = dir.path().join("hub.log");
+    for reason in [
+        ["edge-b subscribed to", "edgeship/v1/devices/edge-a/desired"],
+        ["edge-b subscribed to", "edgeship/v1/devices/+/desired"],
+        ["edge-b published to", "edgeship/v1/devices/edge-a/reported"],
+        ["edge-b connected as client", "edgeship-agent-edge-a"],
+    ] {
+        eventually(Duration::from_secs(10), &reason.join(" "), || {
+            let text = std::fs::read_to_string(&hub_log).unwrap_or_default();
+            let seen = text.lines().any(|line| {
+                line.contains("closed by the gate") && reason.iter().all(|part| line.contains(part))
+            });
+            async move { seen.then_some(()) }
+        })
+        .await;
+    }
+
+    // A plaintext MQTT client is refused by the TLS listener.
+    let broker = edgeship_proto::parse_broker(&hub.mqtt_url).expect("broker url");
+    let mut options = MqttOptions::new("edgeship-agent-edge-b", broker.host, broker.port);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (_plain, mut plain_events) = AsyncClient::new(options, 4);
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match plain_events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(refused, "a plaintext client was accepted");
+
+    // Revocation cuts A off at once: its connection is closed, its certificate refused, and
+    // the hub sends it nothing more, while it keeps serving what it had (offline-safe).
+    assert!(
+        hub.ok(&["device", "revoke", "edge-a"])
+            .contains("revoked device edge-a")
+    );
+    let (_client, mut events) = device_client(&hub, &identity_a, "edgeship-agent-edge-a").await;
+    closed_after(&mut events, "a revoked device connecting").await;
+    eventually(Duration::from_secs(30), "the gate refuses edge-a", || {
+        let seen = log_contains(&hub_log, "device edge-a is revoked");
+        async move { seen.then_some(()) }
+    })
+    .await;
+    testkit::assert_diabetes_predictions(
+        &testkit::score(addr, &diabetes_rows())
+            .await
+            .expect("edge-a still serves its last good state"),
+    );
+    // Re-enrolling takes an admin's new token; the revoked device's pending ones are void.
+    let out = enroll(&hub, &token_a, &dir.path().join("again"));
+    assert!(!out.status.success());
+
+    // No secret reached a log.
+    let key_a = std::fs::read_to_string(identity_a.join("device.key")).expect("key");
+    let key_body: String = key_a.lines().nth(1).unwrap_or_default().to_owned();
+    for log in [&hub_log, &agent_log] {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            !text.contains(&key_body),
+            "a device key in {}",
+            log.display()
+        );
+        assert!(
+            !text.contains(&hub.token),
+            "the admin token in {}",
+            log.display()
+        );
+        assert!(
+            !text.contains(&token_a),
+            "a bootstrap token in {}",
+            log.display()
+        );
+    }
+}
