@@ -120,6 +120,14 @@ impl RunningHub {
     /// Opens the data dir, binds the listen address and starts serving.
     pub async fn start(config: HubConfig) -> anyhow::Result<Self> {
         let data_dir = config.data_dir.clone();
+        // The folder holds keys, endpoint secrets and the registry: its owner's alone.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::create_dir_all(&data_dir)
+                .with_context(|| format!("creating {}", data_dir.display()))?;
+            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", data_dir.display()))?;
+        }
         let limits = config.limits;
         let (registry, modules) = tokio::task::spawn_blocking(move || {
             let registry = Registry::open(&data_dir, limits)?;
@@ -240,6 +248,7 @@ impl RunningHub {
                     server,
                     enrollments: Arc::clone(&enrollments),
                     entitlements: Arc::clone(&entitlements),
+                    hostname: config.hostnames.first().map(String::as_str),
                 }),
         )
         .await?;

@@ -25,13 +25,21 @@ struct SecureHub {
 }
 
 impl SecureHub {
+    /// A hub with its embedded broker behind the TLS gate.
     fn start(dir: &Path) -> SecureHub {
+        Self::start_with(
+            dir,
+            &["--mqtt-listen", &format!("127.0.0.1:{}", free_port())],
+        )
+    }
+
+    fn start_with(dir: &Path, mqtt: &[&str]) -> SecureHub {
         let data = dir.join("hub");
         let mut process = Process::spawn(
             "edgeship hub",
             Command::new(binary("edgeship"))
-                .args(["hub", "--listen", "127.0.0.1:0", "--mqtt-listen"])
-                .arg(format!("127.0.0.1:{}", free_port()))
+                .args(["hub", "--listen", "127.0.0.1:0"])
+                .args(mqtt)
                 .arg("--data-dir")
                 .arg(&data)
                 .env("RUST_LOG", "info")
@@ -356,11 +364,26 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
     .unwrap_or(false);
     assert!(refused, "a plaintext client was accepted");
 
-    // Revocation cuts A off at once: its connection is closed, its certificate refused, and
-    // the hub sends it nothing more, while it keeps serving what it had (offline-safe).
+    // Revocation cuts A off: its open connection is closed, its certificate refused, its
+    // pending bootstrap tokens void, while it keeps serving what it had (offline-safe).
+    let pending_a = hub.bootstrap_token("edge-a", 600);
     assert!(
         hub.ok(&["device", "revoke", "edge-a"])
             .contains("revoked device edge-a")
+    );
+    eventually(
+        Duration::from_secs(30),
+        "edge-a's connection is cut",
+        || {
+            let cut = log_contains(&agent_log, "broker unreachable");
+            async move { cut.then_some(()) }
+        },
+    )
+    .await;
+    let out = enroll(&hub, &pending_a, &dir.path().join("pending"));
+    assert!(
+        !out.status.success(),
+        "a revoked device's pending token enrolled it"
     );
     let (_client, mut events) = device_client(&hub, &identity_a, "edgeship-agent-edge-a").await;
     closed_after(&mut events, "a revoked device connecting").await;
@@ -374,9 +397,46 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
             .await
             .expect("edge-a still serves its last good state"),
     );
-    // Re-enrolling takes an admin's new token; the revoked device's pending ones are void.
-    let out = enroll(&hub, &token_a, &dir.path().join("again"));
-    assert!(!out.status.success());
+    // An admin may enroll the id again: the new certificate is admitted, the old one (as if
+    // stolen) stays refused.
+    let renewed = dir.path().join("edge-a-again");
+    let out = enroll(&hub, &hub.bootstrap_token("edge-a", 600), &renewed);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (client, mut events) =
+        device_client(&hub, &renewed.join("identity"), "edgeship-agent-edge-a").await;
+    client
+        .subscribe(a_desired.clone(), QoS::AtLeastOnce)
+        .await
+        .expect("queue");
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::SubAck(_)) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(acked, "the re-enrolled device was refused");
+    drop(client);
+    let (_client, mut events) = device_client(&hub, &identity_a, "edgeship-agent-edge-a").await;
+    closed_after(&mut events, "the superseded certificate").await;
+    eventually(
+        Duration::from_secs(10),
+        "the old certificate refused",
+        || {
+            let seen = log_contains(&hub_log, "is not its current one");
+            async move { seen.then_some(()) }
+        },
+    )
+    .await;
 
     // No secret reached a log.
     let key_a = std::fs::read_to_string(identity_a.join("device.key")).expect("key");
@@ -399,4 +459,224 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
             log.display()
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_configured_by_the_hub_confines_each_device_and_refuses_a_revoked_one() {
+    let test = "mosquitto_configured_by_the_hub_confines_each_device_and_refuses_a_revoked_one";
+    let Some(mosquitto) = testkit::require_program("mosquitto", test) else {
+        return;
+    };
+    let dir = TempDir::new("mosquitto-tls");
+    let port = free_port();
+    let hub = SecureHub::start_with(
+        dir.path(),
+        &["--mqtt-url", &format!("mqtts://127.0.0.1:{port}")],
+    );
+    assert_eq!(hub.mqtt_url, format!("mqtts://127.0.0.1:{port}"));
+    let config = dir.path().join("mosquitto");
+    let write_config = || {
+        let out = hub.ok(&[
+            "broker",
+            "mosquitto-config",
+            "--output",
+            &config.display().to_string(),
+            "--port",
+            &port.to_string(),
+        ]);
+        assert!(out.contains("mosquitto -c"), "{out}");
+        assert_eq!(mode(&config.join("server.key")), 0o600);
+        // This test runs as root; Mosquitto would drop to its own user and not read the key.
+        let mut conf = std::fs::read_to_string(config.join("mosquitto.conf")).expect("conf");
+        conf.push_str(&format!(
+            "user root\nlog_dest file {}\nlog_type all\n",
+            config.join("mosquitto.log").display()
+        ));
+        std::fs::write(config.join("mosquitto.conf"), conf).expect("conf");
+    };
+    let start_broker = || {
+        let process = Process::spawn(
+            "mosquitto",
+            Command::new(&mosquitto)
+                .arg("-c")
+                .arg(config.join("mosquitto.conf"))
+                .stdout(Stdio::null())
+                .stderr(log_file(&dir.path().join("mosquitto.stderr"))),
+        );
+        assert!(
+            testkit::wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(10)),
+            "mosquitto did not listen"
+        );
+        process
+    };
+    write_config();
+    let mut broker = start_broker();
+
+    let data_a = dir.path().join("edge-a");
+    let data_b = dir.path().join("edge-b");
+    for (device, data) in [("edge-a", &data_a), ("edge-b", &data_b)] {
+        let out = enroll(&hub, &hub.bootstrap_token(device, 600), data);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let agent_log = dir.path().join("edge-a.log");
+    let _agent = Process::spawn(
+        "edgeship-agent",
+        Command::new(binary("edgeship-agent"))
+            .args(["run", "--serve-host", "127.0.0.1", "--data-dir"])
+            .arg(&data_a)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(&agent_log)),
+    );
+    eventually(Duration::from_secs(30), "edge-a connects", || {
+        let known = hub.cli(&["device", "show", "edge-a"]).status.success();
+        async move { known.then_some(()) }
+    })
+    .await;
+    let model = testkit::fixture("diabetes");
+    hub.ok(&[
+        "model",
+        "register",
+        "-n",
+        "diabetes",
+        "-p",
+        &model.display().to_string(),
+    ]);
+    let serve_port = free_port();
+    hub.ok(&[
+        "deploy",
+        "create",
+        "web",
+        "-m",
+        "diabetes:1",
+        "--device",
+        "edge-a",
+        "--port",
+        &serve_port.to_string(),
+        "--wait",
+    ]);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], serve_port));
+    testkit::assert_diabetes_predictions(
+        &testkit::score(addr, &diabetes_rows())
+            .await
+            .expect("edge-a serves through Mosquitto"),
+    );
+
+    // Mosquitto grants subscriptions and filters what it delivers by the ACL: B, asking for
+    // every desired state and for A's by name, receives its own (the hub has one for it)
+    // and never A's, which is retained on the broker.
+    hub.ok(&[
+        "deploy",
+        "create",
+        "web-b",
+        "-m",
+        "diabetes:1",
+        "--device",
+        "edge-b",
+        "--port",
+        &free_port().to_string(),
+    ]);
+    let identity_b = data_b.join("identity");
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    let b_desired = topics::device("edge-b", DeviceTopic::Desired);
+    for filter in [
+        "edgeship/v1/devices/+/desired".to_owned(),
+        topics::device("edge-a", DeviceTopic::Desired),
+    ] {
+        client
+            .subscribe(&filter, QoS::AtLeastOnce)
+            .await
+            .expect("queue");
+    }
+    let mut delivered = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::Publish(publish)) => delivered.push(publish.topic),
+                Err(err) => panic!("the broker closed B's connection: {err}"),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        delivered.contains(&b_desired),
+        "B did not get its own desired state: {delivered:?}"
+    );
+    assert!(
+        delivered.iter().all(|topic| *topic == b_desired),
+        "B received another device's messages: {delivered:?}"
+    );
+    client
+        .publish(
+            topics::device("edge-a", DeviceTopic::Reported),
+            QoS::AtLeastOnce,
+            false,
+            b"forged".to_vec(),
+        )
+        .await
+        .expect("queue");
+    let mosquitto_log = config.join("mosquitto.log");
+    eventually(
+        Duration::from_secs(20),
+        "Mosquitto denies B's publish",
+        || {
+            let text = std::fs::read_to_string(&mosquitto_log).unwrap_or_default();
+            let denied = text.lines().any(|line| {
+                line.contains("Denied PUBLISH from edgeship-agent-edge-b")
+                    && line.contains("edgeship/v1/devices/edge-a/reported")
+            });
+            async move { denied.then_some(()) }
+        },
+    )
+    .await;
+    drop(client);
+
+    // Revoked: after the configuration is written again (with the revocation list) and
+    // Mosquitto restarts, A's certificate no longer gets a connection.
+    hub.ok(&["device", "revoke", "edge-a"]);
+    broker.terminate(Duration::from_secs(5));
+    write_config();
+    let _broker = start_broker();
+    let (_client, mut events) =
+        device_client(&hub, &data_a.join("identity"), "edgeship-agent-edge-a").await;
+    let refused = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::ConnAck(_)) => return false,
+                Err(_) => return true,
+                Ok(_) => {}
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    assert!(refused, "Mosquitto accepted a revoked certificate");
+    // B is still welcome.
+    let (client, mut events) = device_client(&hub, &identity_b, "edgeship-agent-edge-b").await;
+    client
+        .subscribe(
+            topics::device("edge-b", DeviceTopic::Desired),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .expect("queue");
+    let acked = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::SubAck(_)) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    assert!(acked, "B was refused after A's revocation");
 }

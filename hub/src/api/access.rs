@@ -8,6 +8,7 @@ use edgeship_proto::v1::access_server::Access;
 use tonic::{Request, Response, Status};
 
 use crate::access::{AccessError, Role, TokenRecord, Tokens};
+use crate::broker::mosquitto;
 use crate::fleet::Fleet;
 use crate::trust::enrollment::{DEFAULT_TOKEN_TTL, EnrollError, Enrollments};
 
@@ -187,6 +188,51 @@ impl Access for AccessService {
             .map_err(|err| Status::internal(format!("republishing failed: {err}")))?
             .map_err(Status::from)?;
         Ok(Response::new(pb::RevokeDeviceResponse { was_enrolled }))
+    }
+
+    async fn get_broker_config(
+        &self,
+        request: Request<pb::GetBrokerConfigRequest>,
+    ) -> Result<Response<pb::BrokerConfig>, Status> {
+        let request = request.into_inner();
+        if request.directory.is_empty() || request.directory.contains('\n') {
+            return Err(Status::invalid_argument(
+                "directory must name the folder the files will live in",
+            ));
+        }
+        let port = u16::try_from(request.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Status::invalid_argument("port must be 1-65535"))?;
+        let mut names = request.hostnames;
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        let enrollments = Arc::clone(&self.enrollments);
+        let files = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<pb::BrokerFile>> {
+            let authority = enrollments.authority();
+            let server = authority.server_identity(&names)?;
+            let crl = authority.revocation_list(&enrollments.revoked_serials()?)?;
+            let file = |name: &str, content: String, private: bool| pb::BrokerFile {
+                name: name.to_owned(),
+                content: content.into_bytes().into(),
+                private,
+            };
+            Ok(vec![
+                file(
+                    "mosquitto.conf",
+                    mosquitto::mosquitto_conf(&request.directory, port),
+                    false,
+                ),
+                file("acl", mosquitto::acl(), false),
+                file("ca.crt", authority.ca_pem().to_owned(), false),
+                file("server.crt", server.cert_pem, false),
+                file("server.key", server.key_pem, true),
+                file("crl.pem", crl, false),
+            ])
+        })
+        .await
+        .map_err(|err| Status::internal(err.to_string()))?
+        .map_err(|err| Status::invalid_argument(format!("{err:#}")))?;
+        Ok(Response::new(pb::BrokerConfig { files }))
     }
 }
 

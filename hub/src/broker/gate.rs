@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use edgeship_proto::topics::{self, DeviceTopic};
+use edgeship_proto::topics;
 use rumqttc::mqttbytes::{self, PacketType};
 use rumqttc::{Connect, Publish, Subscribe};
 use rustls::pki_types::pem::PemObject as _;
@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::{DEVICE_READS, DEVICE_WRITES};
 use crate::blob_server::Entitlements;
 use crate::trust::enrollment::Enrollments;
 use crate::trust::pki::{self, Identity};
@@ -100,15 +101,20 @@ impl Gate {
             .accept(stream)
             .await
             .map_err(|err| format!("TLS handshake failed: {err}"))?;
-        let device = tls
+        let (device, serial) = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(|cert| pki::common_name(cert))
+            .and_then(|cert| pki::name_and_serial(cert))
             .ok_or("the client certificate names no device")?;
         if self.enrollments.is_revoked(&device) {
             return Err(format!("device {device} is revoked"));
+        }
+        if !self.enrollments.admits(&device, &serial) {
+            return Err(format!(
+                "certificate {serial} of {device} is not its current one (enrolled again since)"
+            ));
         }
         let broker = TcpStream::connect(self.broker)
             .await
@@ -239,33 +245,19 @@ impl Gate {
         if let Some(digest) = topics::parse_blob_broadcast(filter) {
             return self.entitlements.allows(device, digest);
         }
-        matches!(
-            topics::parse(filter),
-            Some((id, DeviceTopic::Desired
-                | DeviceTopic::BlobResponse
-                | DeviceTopic::UploadResponse
-                | DeviceTopic::LogRequest
-                | DeviceTopic::ProfileRequest)) if id == device
-        )
+        matches!(topics::parse(filter), Some((id, kind)) if id == device && DEVICE_READS.contains(&kind))
     }
 }
 
 /// A device publishes only on its own upward topics.
 fn may_publish(device: &str, topic: &str) -> bool {
-    matches!(
-        topics::parse(topic),
-        Some((id, DeviceTopic::Birth
-            | DeviceTopic::Reported
-            | DeviceTopic::BlobRequest
-            | DeviceTopic::UploadRequest
-            | DeviceTopic::LogResponse
-            | DeviceTopic::ProfileResponse)) if id == device
-    )
+    matches!(topics::parse(topic), Some((id, kind)) if id == device && DEVICE_WRITES.contains(&kind))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeship_proto::topics::DeviceTopic;
 
     #[test]
     fn a_device_publishes_only_upward_on_its_own_topics() {

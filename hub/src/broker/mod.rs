@@ -7,6 +7,7 @@
 //! (`--mqtt-url`; Mosquitto is the reference).
 
 pub mod gate;
+pub mod mosquitto;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -22,6 +23,25 @@ use crate::Mqtt;
 use crate::blob_server::Entitlements;
 use crate::trust::enrollment::Enrollments;
 use crate::trust::pki::{Authority, HUB_CLIENT_NAME, Identity};
+
+/// The topics of its own that a device subscribes to (hub → device); the gate and the
+/// Mosquitto ACL allow these and nothing else downward.
+pub const DEVICE_READS: [DeviceTopic; 5] = [
+    DeviceTopic::Desired,
+    DeviceTopic::BlobResponse,
+    DeviceTopic::UploadResponse,
+    DeviceTopic::LogRequest,
+    DeviceTopic::ProfileRequest,
+];
+/// The topics of its own that a device publishes to (device → hub).
+pub const DEVICE_WRITES: [DeviceTopic; 6] = [
+    DeviceTopic::Birth,
+    DeviceTopic::Reported,
+    DeviceTopic::BlobRequest,
+    DeviceTopic::UploadRequest,
+    DeviceTopic::LogResponse,
+    DeviceTopic::ProfileResponse,
+];
 
 /// Where the hub's link meets the broker, and what devices are told.
 #[derive(Debug)]
@@ -41,6 +61,9 @@ pub struct TlsSetup<'a> {
     pub server: &'a Identity,
     pub enrollments: Arc<Enrollments>,
     pub entitlements: Arc<Entitlements>,
+    /// The name devices reach the hub by (its first `--hostname`), for the broker URL they
+    /// are given when the broker listens on every address.
+    pub hostname: Option<&'a str>,
 }
 
 /// Starts the embedded broker (behind the gate with TLS) or prepares the connection to an
@@ -80,11 +103,21 @@ pub async fn wire(
             )?;
             tokio::spawn(Arc::new(gate).serve(listener));
             tracing::info!(%public, "MQTT over TLS for devices");
+            let host = match (public.ip().is_unspecified(), tls.hostname) {
+                (false, _) => public.ip().to_string(),
+                (true, Some(name)) => name.to_owned(),
+                (true, None) => "localhost".to_owned(),
+            };
+            let device_url = edgeship_proto::BrokerUrl {
+                host,
+                port: public.port(),
+                tls: true,
+            };
             Ok(Wiring {
                 link_host: internal.ip().to_string(),
                 link_port: internal.port(),
                 link_tls: None,
-                device_url: format!("mqtts://{public}"),
+                device_url: device_url.to_string(),
             })
         }
         (

@@ -95,6 +95,13 @@ pub enum Command {
         #[command(subcommand)]
         command: job::JobCommand,
     },
+    /// Configure an external broker for edgeship's devices.
+    Broker {
+        #[command(flatten)]
+        hub: HubAddress,
+        #[command(subcommand)]
+        command: BrokerCommand,
+    },
     /// Create, list and delete the API tokens client commands send (EDGESHIP_TOKEN).
     Token {
         #[command(flatten)]
@@ -333,6 +340,25 @@ pub enum DeviceCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BrokerCommand {
+    /// Write a Mosquitto configuration into a folder: a TLS listener that requires client
+    /// certificates from the hub's CA, a server certificate and key, the revocation list,
+    /// and an ACL that confines each device to its own topics. Needs the admin role. Then run
+    /// `mosquitto -c DIR/mosquitto.conf` and start the hub with --mqtt-url mqtts://HOST:PORT.
+    MosquittoConfig {
+        /// The folder to write (created); its absolute path goes into mosquitto.conf.
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+        /// A name devices and the hub reach the broker by (repeatable; localhost is added).
+        #[arg(long = "hostname", value_name = "NAME")]
+        hostnames: Vec<String>,
+        /// The TLS listener's port.
+        #[arg(long, default_value_t = 8883)]
+        port: u16,
+    },
+}
+
 #[derive(Debug, Args)]
 pub struct HubArgs {
     /// Folder for the registry database and model files (created if missing).
@@ -564,6 +590,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job { hub, command } => job::run(&hub.hub, command).await,
         Command::Package { hub, args } => package::run(&hub.hub, args).await,
         Command::Token { hub, command } => token::run(&hub.hub, command).await,
+        Command::Broker { hub, command } => match command {
+            BrokerCommand::MosquittoConfig {
+                output,
+                hostnames,
+                port,
+            } => identity::mosquitto_config(&hub.hub, &output, hostnames, port).await,
+        },
     }
 }
 

@@ -1,10 +1,12 @@
 //! Device enrollment and revocation. An admin asks for a one-time bootstrap token for a device
 //! id; the device sends it once, with a signing request for a key it made itself, and gets a
 //! certificate naming that id. The pending tokens (tree `enrollments`, by the token's sha256)
-//! and the issued identities (tree `device_identities`) live in sled; revoked ids are also
-//! kept in memory, since the broker gate and the link ask on every connection and message.
+//! and the issued identities (tree `device_identities`) live in sled; revoked ids and each
+//! device's current certificate serial are also kept in memory, since the broker gate and
+//! the link ask on every connection and message. A device enrolled again gets a new
+//! certificate, and the old one (perhaps a stolen one) is refused from then on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,6 +38,9 @@ pub struct DeviceIdentity {
     pub enrolled_at_ms: i64,
     pub not_after_ms: i64,
     pub revoked_at_ms: Option<i64>,
+    /// Serials of this device's earlier certificates, superseded by re-enrollment.
+    #[serde(default)]
+    pub superseded: Vec<String>,
 }
 
 /// What a device receives when it enrolls.
@@ -72,6 +77,8 @@ pub struct Enrollments {
     pending: sled::Tree,
     identities: sled::Tree,
     revoked: RwLock<HashSet<String>>,
+    /// Device id → the serial of its one valid certificate.
+    current: RwLock<HashMap<String, String>>,
     authority: Arc<Authority>,
 }
 
@@ -79,18 +86,22 @@ impl Enrollments {
     pub fn open(db: &sled::Db, authority: Arc<Authority>) -> Result<Self, EnrollError> {
         let identities = db.open_tree("device_identities")?;
         let mut revoked = HashSet::new();
+        let mut current = HashMap::new();
         for entry in identities.iter() {
             let (_, value) = entry?;
-            if let Ok(identity) = serde_json::from_slice::<DeviceIdentity>(&value)
-                && identity.revoked_at_ms.is_some()
-            {
-                revoked.insert(identity.device_id);
+            let Ok(identity) = serde_json::from_slice::<DeviceIdentity>(&value) else {
+                continue;
+            };
+            if identity.revoked_at_ms.is_some() {
+                revoked.insert(identity.device_id.clone());
             }
+            current.insert(identity.device_id, identity.serial);
         }
         Ok(Enrollments {
             pending: db.open_tree("enrollments")?,
             identities,
             revoked: RwLock::new(revoked),
+            current: RwLock::new(current),
             authority,
         })
     }
@@ -147,12 +158,20 @@ impl Enrollments {
             return Err(EnrollError::Expired(pending.device_id));
         }
         let issued = self.authority.issue_device(&pending.device_id, csr_pem)?;
+        let mut superseded = Vec::new();
+        if let Some(earlier) = self.identity(&pending.device_id)? {
+            superseded = earlier.superseded;
+            if !earlier.serial.is_empty() {
+                superseded.push(earlier.serial);
+            }
+        }
         let identity = DeviceIdentity {
             device_id: pending.device_id.clone(),
             serial: issued.serial,
             enrolled_at_ms: crate::now_ms(),
             not_after_ms: issued.not_after_ms,
             revoked_at_ms: None,
+            superseded,
         };
         let value = json(&identity)?;
         (&self.pending, &self.identities)
@@ -168,8 +187,12 @@ impl Enrollments {
                 sled::transaction::TransactionError::Storage(err) => err.into(),
             })?;
         self.identities.flush()?;
-        // A device enrolled again by an admin is trusted again.
+        // A device enrolled again by an admin is trusted again, with its new certificate only.
         self.revoked_set().remove(&identity.device_id);
+        self.current
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(identity.device_id.clone(), identity.serial.clone());
         Ok(Enrolled {
             identity,
             cert_pem: issued.cert_pem,
@@ -190,6 +213,7 @@ impl Enrollments {
                     enrolled_at_ms: 0,
                     not_after_ms: 0,
                     revoked_at_ms: None,
+                    superseded: Vec::new(),
                 },
                 false,
             ),
@@ -212,6 +236,18 @@ impl Enrollments {
         Ok(enrolled)
     }
 
+    /// Whether a certificate with `serial` (hex) may act as `device_id`: the device is not
+    /// revoked and this is its newest certificate.
+    pub fn admits(&self, device_id: &str, serial: &str) -> bool {
+        !self.is_revoked(device_id)
+            && self
+                .current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(device_id)
+                .is_some_and(|current| current.eq_ignore_ascii_case(serial))
+    }
+
     pub fn is_revoked(&self, device_id: &str) -> bool {
         self.revoked
             .read()
@@ -232,17 +268,18 @@ impl Enrollments {
             .transpose()
     }
 
-    /// Serials of revoked certificates, for a broker's revocation list.
+    /// Serials of revoked and superseded certificates, for a broker's revocation list.
     pub fn revoked_serials(&self) -> Result<Vec<String>, EnrollError> {
         let mut serials = Vec::new();
         for entry in self.identities.iter() {
             let (_, value) = entry?;
-            if let Ok(identity) = serde_json::from_slice::<DeviceIdentity>(&value)
-                && identity.revoked_at_ms.is_some()
-                && !identity.serial.is_empty()
-            {
+            let Ok(identity) = serde_json::from_slice::<DeviceIdentity>(&value) else {
+                continue;
+            };
+            if identity.revoked_at_ms.is_some() && !identity.serial.is_empty() {
                 serials.push(identity.serial);
             }
+            serials.extend(identity.superseded);
         }
         Ok(serials)
     }
@@ -347,9 +384,25 @@ mod tests {
             enrollments.revoked_serials().expect("serials"),
             std::slice::from_ref(&enrolled.identity.serial)
         );
+        assert!(!enrollments.admits("edge-1", &enrolled.identity.serial));
+        // Enrolled again by an admin: only the new certificate is admitted, the old one is
+        // on the revocation list.
+        let (again, _) = enrollments
+            .create_token("edge-1", Duration::from_secs(60))
+            .expect("token");
+        let renewed = enrollments.enroll(&again, &csr()).expect("enrolled");
+        assert!(enrollments.admits("edge-1", &renewed.identity.serial));
+        assert!(!enrollments.admits("edge-1", &enrolled.identity.serial));
+        assert!(!enrollments.admits("edge-9", &renewed.identity.serial));
+        assert_eq!(
+            enrollments.revoked_serials().expect("serials"),
+            std::slice::from_ref(&enrolled.identity.serial)
+        );
+        enrollments.revoke("edge-1").expect("revoke");
         drop(enrollments);
         let reopened = Enrollments::open(&db, authority).expect("open");
         assert!(reopened.is_revoked("edge-1"));
         assert!(!reopened.is_revoked("edge-3"));
+        assert!(!reopened.admits("edge-1", &renewed.identity.serial));
     }
 }

@@ -181,6 +181,36 @@ impl Authority {
     }
 }
 
+impl Authority {
+    /// A certificate revocation list of `serials` (hex), signed by the CA, valid for a week:
+    /// what an external broker refuses revoked devices by.
+    pub fn revocation_list(&self, serials: &[String]) -> anyhow::Result<String> {
+        let now = time::OffsetDateTime::now_utc();
+        let revoked_certs = serials
+            .iter()
+            .map(|serial| {
+                let bytes = hex::decode(serial)
+                    .with_context(|| format!("a stored serial is not hex: {serial}"))?;
+                Ok(rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(7),
+            crl_number: serial(),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+}
+
 fn name(common_name: &str) -> DistinguishedName {
     let mut name = DistinguishedName::new();
     name.push(DnType::CommonName, common_name);
@@ -216,14 +246,16 @@ pub fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
     Ok(der.to_vec())
 }
 
-/// The common name of a DER certificate's subject.
-pub fn common_name(der: &[u8]) -> Option<String> {
+/// The common name of a DER certificate's subject, and its serial in hex.
+pub fn name_and_serial(der: &[u8]) -> Option<(String, String)> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    cert.subject()
+    let name = cert
+        .subject()
         .iter_common_name()
         .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
+        .and_then(|cn| cn.as_str().ok())?
+        .to_owned();
+    Some((name, hex::encode(cert.raw_serial())))
 }
 
 #[cfg(test)]
@@ -248,7 +280,9 @@ mod tests {
             .expect("pem");
         let issued = ca.issue_device("edge-7", &csr).expect("issued");
         let der = pem_der(&issued.cert_pem).expect("der");
-        assert_eq!(common_name(&der).as_deref(), Some("edge-7"));
+        let (name, serial) = name_and_serial(&der).expect("parsed");
+        assert_eq!(name, "edge-7");
+        assert_eq!(serial, issued.serial);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).expect("parse");
         assert!(!cert.is_ca());
         assert_eq!(hex::encode(cert.raw_serial()), issued.serial);
