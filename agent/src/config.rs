@@ -41,6 +41,9 @@ pub struct Trust {
     pub insecure: bool,
     /// The identity enrollment left (`<data>/identity/`), for MQTT over TLS.
     pub identity: Option<TlsIdentity>,
+    /// The device's own signature policy: one of these keys must have signed every model
+    /// it runs (deployments may require more); empty: only what deployments require.
+    pub model_signers: Vec<PublicKey>,
 }
 
 /// A device's certificate and key, and the CA it trusts brokers by (all PEM).
@@ -145,6 +148,9 @@ pub struct RawConfig {
     pub director_key: Option<String>,
     /// Runs without a director key (unsigned desired states taken) over plaintext MQTT.
     pub insecure: Option<bool>,
+    /// Model-signing keys (`ed25519:…`) of which one must have signed every model.
+    #[serde(default)]
+    pub model_signers: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +211,9 @@ impl RawConfig {
         self.docker_socket = overrides.docker_socket.or(self.docker_socket);
         self.director_key = overrides.director_key.or(self.director_key);
         self.insecure = overrides.insecure.or(self.insecure);
+        if !overrides.model_signers.is_empty() {
+            self.model_signers = overrides.model_signers;
+        }
         self
     }
 
@@ -275,12 +284,20 @@ impl RawConfig {
                 "containers: this agent is built without container workloads (the `containers` feature)".into(),
             ));
         }
-        let trust = trust(
+        let mut trust = trust(
             self.director_key.as_deref(),
             self.insecure.unwrap_or(false),
             &data_dir,
             &broker,
         )?;
+        trust.model_signers = self
+            .model_signers
+            .iter()
+            .map(|key| {
+                key.parse()
+                    .map_err(|err| ConfigError::Invalid(format!("model_signers: {err}")))
+            })
+            .collect::<Result<_, _>>()?;
         Ok(AgentConfig {
             trust,
             containers,
@@ -354,6 +371,7 @@ fn trust(
         director_key,
         insecure,
         identity,
+        model_signers: Vec::new(),
     })
 }
 

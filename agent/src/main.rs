@@ -69,6 +69,10 @@ enum Command {
         /// (development and closed networks only).
         #[arg(long)]
         insecure: bool,
+        /// A model-signing key (`ed25519:…`, repeatable): this device runs only models one of
+        /// these keys signed (`edgeship model sign`), whatever deployments ask.
+        #[arg(long = "model-signer", value_name = "KEY")]
+        model_signers: Vec<String>,
     },
     /// Serve one model folder, with no hub and no broker: Azure ML `/score`, the Open
     /// Inference Protocol (REST, and gRPC with --grpc-port) and `/metrics`, as a deployment
@@ -165,6 +169,9 @@ data_dir = "/var/lib/edgeship-agent"
 # Without a director key, take unsigned desired states over plaintext MQTT (development only).
 # insecure = false
 
+# Run only models signed by one of these keys (`edgeship model keygen` prints one).
+# model_signers = ["ed25519:..."]
+
 # Labels that deployments can select this device by.
 [labels]
 # site = "north"
@@ -209,6 +216,7 @@ fn main() -> ExitCode {
         docker_socket,
         director_key,
         insecure,
+        model_signers,
     } = cli.command
     else {
         return match cli.command {
@@ -290,6 +298,7 @@ fn main() -> ExitCode {
             director_key,
             // Only an explicit flag changes the file's choice.
             insecure: insecure.then_some(true),
+            model_signers,
             ..RawConfig::default()
         };
         Ok(file.merge(flags).validate()?)

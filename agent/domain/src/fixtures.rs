@@ -33,6 +33,8 @@ pub fn model_workload(deployment: &str, version: u32, blob: u32) -> Workload {
                 outputs: vec![],
                 sample_input: None,
                 weight: 0,
+                signatures: vec![],
+                required_signers: vec![],
             }],
             options: RuntimeOptions::default(),
             entry_module: None,

@@ -1,5 +1,5 @@
 //! Ed25519 keys and signatures, as hub and devices use them: the director key signs desired
-//! states, model-signing keys sign model versions. Every signature covers a purpose prefix
+//! states, model-signing keys (kept offline) sign model versions' files. Every signature covers a purpose prefix
 //! ahead of the message, so a signature made for one purpose never verifies for another.
 
 use std::fmt;
@@ -153,6 +153,74 @@ impl fmt::Debug for SigningKey {
     }
 }
 
+/// A signature over a model version (the image role): who signed, and the signature over
+/// [`model_statement`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ModelSignature {
+    pub key: PublicKey,
+    #[serde(with = "base64_bytes")]
+    pub signature: Vec<u8>,
+}
+
+mod base64_bytes {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+
+    pub fn serialize<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        STANDARD.decode(text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl serde::Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a model signature covers: the model's name and version and every file's path,
+/// size and sha256, in path order, so the same files always give the same bytes.
+pub fn model_statement<'a>(
+    model_id: &str,
+    version: u32,
+    files: impl IntoIterator<Item = (&'a str, &'a str, u64)>,
+) -> Vec<u8> {
+    let mut files: Vec<_> = files.into_iter().collect();
+    files.sort_unstable();
+    let mut statement = format!("model {model_id}\nversion {version}\n");
+    for (path, sha256, size) in files {
+        statement.push_str(&format!("file {sha256} {size} {path}\n"));
+    }
+    statement.into_bytes()
+}
+
+/// The first of `required` that signed `statement` among `signatures`; `None` when none did.
+pub fn signed_by_any<'a>(
+    statement: &[u8],
+    signatures: &[ModelSignature],
+    required: &'a [PublicKey],
+) -> Option<&'a PublicKey> {
+    required.iter().find(|key| {
+        signatures.iter().any(|signed| {
+            signed.key == **key
+                && key
+                    .verify(Purpose::Model, statement, &signed.signature)
+                    .is_ok()
+        })
+    })
+}
+
 fn signed_bytes(purpose: Purpose, message: &[u8]) -> Vec<u8> {
     let prefix = purpose.prefix();
     let mut bytes = Vec::with_capacity(prefix.len() + message.len());
@@ -191,6 +259,49 @@ mod tests {
             public.verify(Purpose::DesiredState, b"state", &signature[..10]),
             Err(TrustError::SignatureLength(10))
         );
+    }
+
+    #[test]
+    fn a_model_signature_covers_exactly_its_files() {
+        let signer = SigningKey::generate().expect("key");
+        let files = [("model.onnx", "aa", 10), ("labels.txt", "bb", 2)];
+        let statement = model_statement("digits", 3, files);
+        // The order files are listed in does not matter; anything else does.
+        let reordered = model_statement("digits", 3, [files[1], files[0]]);
+        assert_eq!(statement, reordered);
+        let signature = ModelSignature {
+            key: signer.public(),
+            signature: signer.sign(Purpose::Model, &statement),
+        };
+        let required = [
+            SigningKey::generate().expect("key").public(),
+            signer.public(),
+        ];
+        assert_eq!(
+            signed_by_any(&statement, std::slice::from_ref(&signature), &required),
+            Some(&signer.public())
+        );
+        for other in [
+            model_statement("digits", 4, files),
+            model_statement("digitz", 3, files),
+            model_statement("digits", 3, [("model.onnx", "ab", 10), files[1]]),
+            model_statement("digits", 3, [files[0]]),
+        ] {
+            assert_eq!(
+                signed_by_any(&other, std::slice::from_ref(&signature), &required),
+                None
+            );
+        }
+        assert_eq!(
+            signed_by_any(&statement, &[signature], &required[..1]),
+            None
+        );
+        // A desired-state signature never passes as a model signature.
+        let wrong_purpose = ModelSignature {
+            key: signer.public(),
+            signature: signer.sign(Purpose::DesiredState, &statement),
+        };
+        assert_eq!(signed_by_any(&statement, &[wrong_purpose], &required), None);
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl RunningAgent {
             config.data_dir.join("models"),
             cache.clone(),
             config.serve_host,
-        );
+        )
+        .with_model_signers(config.trust.model_signers.clone());
         #[allow(unused_mut)]
         let mut engine: Option<String> = None;
         #[cfg(feature = "containers")]
@@ -97,7 +98,8 @@ impl RunningAgent {
             cache.clone(),
             link.sender.clone(),
             upload_acks,
-        );
+        )
+        .with_model_signers(config.trust.model_signers.clone());
         let (view_tx, view) = watch::channel(AgentView::default());
         let mut agent = Agent {
             stage,

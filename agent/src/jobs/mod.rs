@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use edgeship_domain::trust::PublicKey;
 use edgeship_domain::{BatchJob, BlobRef, JobPhase, JobStatus, RejectedJob};
 use edgeship_runtime::{ModelBundle, Runnable};
 use serde::{Deserialize, Serialize};
@@ -67,6 +68,8 @@ pub struct Jobs {
     /// One job scores at a time.
     scoring: Arc<Semaphore>,
     router: JoinHandle<()>,
+    /// The device's signature policy, as for workloads.
+    model_signers: Arc<Vec<PublicKey>>,
 }
 
 impl Drop for Jobs {
@@ -119,7 +122,14 @@ impl Jobs {
             routes,
             scoring: Arc::new(Semaphore::new(1)),
             router,
+            model_signers: Arc::default(),
         }
+    }
+
+    /// Requires every job's model to be signed by one of `signers`.
+    pub fn with_model_signers(mut self, signers: Vec<PublicKey>) -> Self {
+        self.model_signers = Arc::new(signers);
+        self
     }
 
     /// Notified when a job's status changed enough to report.
@@ -225,6 +235,7 @@ impl Jobs {
             job: job.clone(),
             files,
             cache: self.cache.clone(),
+            model_signers: Arc::clone(&self.model_signers),
             sender: self.sender.clone(),
             statuses: Arc::clone(&self.statuses),
             changed: Arc::clone(&self.changed),
@@ -295,6 +306,7 @@ struct JobContext {
     job: BatchJob,
     files: JobFiles,
     cache: BlobCache,
+    model_signers: Arc<Vec<PublicKey>>,
     sender: LinkSender,
     statuses: Statuses,
     changed: Arc<Notify>,
@@ -458,6 +470,10 @@ impl JobContext {
 
     async fn load(&self) -> Result<Arc<dyn Runnable>, Stopped> {
         let failed = |why: String| Stopped::Failed(why);
+        self.job
+            .model
+            .check_signed(&self.model_signers)
+            .map_err(failed)?;
         let runtime =
             edgeship_runtime::by_kind(self.job.runtime).map_err(|e| failed(e.to_string()))?;
         let folder = self.files.dir.join("model");

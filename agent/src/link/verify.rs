@@ -131,6 +131,7 @@ mod tests {
             director_key: Some(key.public()),
             insecure: false,
             identity: None,
+            model_signers: Vec::new(),
         };
         StateGate::new("edge-1", &trust, newest)
     }
@@ -192,6 +193,7 @@ mod tests {
             director_key: None,
             insecure: true,
             identity: None,
+            model_signers: Vec::new(),
         };
         let mut gate = StateGate::new("edge-1", &trust, 3);
         let unsigned = |device: &str, generation| {

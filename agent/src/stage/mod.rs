@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgeship_domain::trust::PublicKey;
 use edgeship_domain::{
     BlobRef, DeployedModel, ModelWorkload, RuntimeOptions, TensorSpec, Workload, WorkloadKind,
 };
@@ -124,6 +125,8 @@ pub struct Stage {
     /// The host's container engine, when the agent runs container workloads.
     #[cfg(feature = "containers")]
     containers: Option<crate::containers::Containers>,
+    /// The device's own signature policy: keys of which one must have signed every model.
+    model_signers: Vec<PublicKey>,
 }
 
 impl Stage {
@@ -136,7 +139,14 @@ impl Stage {
             loads: 0,
             #[cfg(feature = "containers")]
             containers: None,
+            model_signers: Vec::new(),
         }
+    }
+
+    /// Requires every model to be signed by one of `signers` (besides what deployments ask).
+    pub fn with_model_signers(mut self, signers: Vec<PublicKey>) -> Self {
+        self.model_signers = signers;
+        self
     }
 
     /// Runs container workloads on `containers` too.
@@ -192,6 +202,12 @@ impl Stage {
                 ));
             }
         };
+        // Before anything is staged: an unsigned version never reaches a runtime.
+        for deployed in &model.models {
+            deployed
+                .check_signed(&self.model_signers)
+                .map_err(StageError::Failed)?;
+        }
         let rss_before = crate::profile::rss_bytes();
         let window = window_length(workload.health.as_ref());
         let mut entries = Vec::with_capacity(model.models.len());

@@ -80,6 +80,8 @@ pub(crate) fn fixture_model(
         outputs: signature.outputs,
         sample_input: Some(sample),
         weight,
+        signatures: vec![],
+        required_signers: vec![],
     }
 }
 

@@ -250,6 +250,27 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
         "--sample-input",
         &sample.display().to_string(),
     ]);
+    // A model-signing key made offline signs the version here; the deployment requires it.
+    let key_file = dir.path().join("signer.key");
+    let signer = hub.ok(&[
+        "model",
+        "keygen",
+        "--output",
+        &key_file.display().to_string(),
+    ]);
+    assert!(signer.starts_with("ed25519:"), "{signer}");
+    assert_eq!(mode(&key_file), 0o600);
+    let signed = hub.ok(&[
+        "model",
+        "sign",
+        "diabetes:1",
+        "--key",
+        &key_file.display().to_string(),
+    ]);
+    assert!(signed.contains("signed diabetes:1"), "{signed}");
+    let shown = hub.ok(&["model", "show", "diabetes:1"]);
+    assert!(shown.contains(&signer), "{shown}");
+
     // Deploying with --wait needs the device to have connected once.
     eventually(Duration::from_secs(30), "edge-a connects", || {
         let known = hub.cli(&["device", "show", "edge-a"]).status.success();
@@ -257,16 +278,20 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
     })
     .await;
     let port = free_port();
+    let manifest = dir.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "name: web\nmodel: diabetes:1\nendpoint: {{port: {port}}}\n\
+             target: {{devices: [edge-a]}}\nmodel_signers: [\"{signer}\"]\n"
+        ),
+    )
+    .expect("manifest");
     hub.ok(&[
         "deploy",
-        "create",
-        "web",
-        "-m",
-        "diabetes:1",
-        "--device",
-        "edge-a",
-        "--port",
-        &port.to_string(),
+        "apply",
+        "-f",
+        &manifest.display().to_string(),
         "--wait",
     ]);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -8,8 +8,9 @@ use edgeship_proto::v1 as pb;
 
 use crate::registry::{
     Error, Kind, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, OnnxSignature,
-    TensorSpec, VersionRef, validate,
+    TensorSpec, VersionRef, VersionSignature, validate,
 };
+use edgeship_domain::trust::ModelSignature;
 
 pub(crate) fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -44,6 +45,15 @@ impl From<&ModelVersion> for pb::Model {
             create_time: Some(timestamp(model.create_time_ms)),
             update_time: Some(timestamp(model.update_time_ms)),
             total_size_bytes: model.total_size_bytes(),
+            signatures: model
+                .signatures
+                .iter()
+                .map(|s| pb::ModelSignature {
+                    public_key: s.signed.key.to_string(),
+                    signature: s.signed.signature.clone().into(),
+                    sign_time: Some(timestamp(s.sign_time_ms)),
+                })
+                .collect(),
         }
     }
 }
@@ -112,6 +122,19 @@ impl TryFrom<pb::Model> for ModelVersion {
             sample_output: non_empty(model.sample_output),
             create_time_ms: millis(model.create_time),
             update_time_ms: millis(model.update_time),
+            signatures: model
+                .signatures
+                .into_iter()
+                .filter_map(|s| {
+                    Some(VersionSignature {
+                        signed: ModelSignature {
+                            key: s.public_key.parse().ok()?,
+                            signature: s.signature.to_vec(),
+                        },
+                        sign_time_ms: millis(s.sign_time),
+                    })
+                })
+                .collect(),
         })
     }
 }

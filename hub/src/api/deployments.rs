@@ -232,6 +232,8 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
         traffic: vec![],
         batching: None,
         container: None,
+        // Set through manifests.
+        model_signers: vec![],
         // Output only on the wire: entry modules are set through manifests.
         entry_module: None,
         sandbox: None,

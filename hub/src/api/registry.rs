@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::transfer;
 use crate::fleet::Fleet;
 use crate::registry::{Kind, ListQuery, Registry};
+use edgeship_domain::trust::{ModelSignature, TrustError};
 
 #[derive(Debug, Clone)]
 pub struct ModelRegistryService {
@@ -81,6 +82,34 @@ impl ModelRegistry for ModelRegistryService {
             registry.update(&reference, &update)
         })
         .await?;
+        Ok(Response::new(pb::Model::from(&model)))
+    }
+
+    async fn sign_model(
+        &self,
+        request: Request<pb::SignModelRequest>,
+    ) -> Result<Response<pb::Model>, Status> {
+        let request = request.into_inner();
+        let reference =
+            crate::registry::validate::version_name(&request.name).map_err(Status::from)?;
+        let key = request
+            .public_key
+            .parse()
+            .map_err(|e: TrustError| Status::invalid_argument(format!("public_key: {e}")))?;
+        let signed = ModelSignature {
+            key,
+            signature: request.signature.to_vec(),
+        };
+        let model = transfer::blocking(&self.registry, move |registry| {
+            registry.add_signature(&reference, signed)
+        })
+        .await?;
+        tracing::info!(model = %format!("{}:{}", model.model_id, model.version), key = %key.key_id(), "model signed");
+        // Deployments that require this signer may now roll out.
+        let fleet = Arc::clone(&self.fleet);
+        if let Err(err) = tokio::task::spawn_blocking(move || fleet.reconcile_all()).await {
+            tracing::error!(error = %err, "reconciling after a signature failed");
+        }
         Ok(Response::new(pb::Model::from(&model)))
     }
 

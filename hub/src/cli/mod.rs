@@ -510,6 +510,22 @@ pub enum ModelCommand {
     /// Measure a version on one device at rising concurrency (latency, throughput, cores,
     /// memory) and store the recommended CPU and memory on it, per device class.
     Profile(profile::ProfileArgs),
+    /// Make a model-signing key pair: the private key goes to FILE (mode 0600; keep it
+    /// offline), the public key (`ed25519:…`, for manifests' `model_signers`) to stdout.
+    Keygen {
+        #[arg(long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Sign a version's files with a model-signing key, here, and add the signature at the
+    /// hub (which keeps it only if it verifies over the files it holds).
+    Sign {
+        /// NAME:VERSION (or models/NAME/versions/VERSION).
+        #[arg(value_name = "MODEL")]
+        model: String,
+        /// The private key file `model keygen` wrote.
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,7 +8,8 @@ use edgeship_proto::v1 as pb;
 use super::view::ModelView;
 use super::{ModelCommand, OutputFormat, key_values, names, output};
 use crate::client::{connect, download, register, rpc_error};
-use crate::registry::{Kind, NewModel};
+use crate::registry::{Kind, ModelVersion, NewModel};
+use edgeship_domain::trust::{Purpose, SigningKey};
 
 /// A version as `-o json` prints it, or as its details table.
 fn print_model(model: pb::Model, format: OutputFormat) {
@@ -16,6 +17,10 @@ fn print_model(model: pb::Model, format: OutputFormat) {
 }
 
 pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
+    // Offline: a signing key is made without the hub.
+    if let ModelCommand::Keygen { output } = &command {
+        return keygen(output);
+    }
     let mut client = connect(hub).await?;
     match command {
         ModelCommand::Register {
@@ -146,7 +151,56 @@ pub async fn run(hub: &str, command: ModelCommand) -> anyhow::Result<()> {
             );
         }
         ModelCommand::Profile(args) => super::profile::run(hub, args).await?,
+        ModelCommand::Keygen { .. } => unreachable!("handled before connecting"),
+        ModelCommand::Sign { model, key } => {
+            let name = names::explicit_version(&model)?.resource_name();
+            let pkcs8 = std::fs::read(&key)
+                .with_context(|| format!("reading the signing key {}", key.display()))?;
+            let signer = SigningKey::from_pkcs8(&pkcs8)
+                .with_context(|| format!("{} is not a model-signing key", key.display()))?;
+            let found = client
+                .get_model(pb::GetModelRequest { name: name.clone() })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let version = ModelVersion::try_from(found)?;
+            // Signed here, over the files as the hub lists them: the key never leaves.
+            let signature = signer.sign(Purpose::Model, &version.statement());
+            let signed = client
+                .sign_model(pb::SignModelRequest {
+                    name: version.resource_name(),
+                    public_key: signer.public().to_string(),
+                    signature: signature.into(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            println!(
+                "signed {}:{} with {} ({} signature(s) now)",
+                signed.model_id,
+                signed.version,
+                signer.public(),
+                signed.signatures.len()
+            );
+        }
     }
+    Ok(())
+}
+
+/// `model keygen`: a new model-signing key, written where only its owner can read it.
+pub fn keygen(output: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let key = SigningKey::generate()?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(output)
+        .with_context(|| format!("creating {} (it must not exist yet)", output.display()))?;
+    file.write_all(key.pkcs8())?;
+    file.sync_all()?;
+    println!("{}", key.public());
     Ok(())
 }
 

@@ -156,6 +156,9 @@ pub fn model_details(model: &ModelView) -> String {
     let sample = |s: &Option<serde_json::Value>| if s.is_some() { "yes" } else { "no" };
     field("sample in", sample(&model.sample_input));
     field("sample out", sample(&model.sample_output));
+    for key in &model.signed_by {
+        field("signed by", key);
+    }
     let _ = writeln!(out, "files:");
     for file in &model.files {
         file_line(&mut out, file);

@@ -37,6 +37,9 @@ pub struct ModelView {
     pub sample_output: Option<serde_json::Value>,
     pub create_time: String,
     pub update_time: String,
+    /// Model-signing keys (`ed25519:…`) whose signatures over the files the hub holds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signed_by: Vec<String>,
 }
 
 /// One entry-module version (`module register|show`, and each entry of `module list`).
@@ -262,6 +265,7 @@ impl From<pb::Model> for ModelView {
             sample_output: sample(model.sample_output),
             create_time: rfc3339(millis(model.create_time)),
             update_time: rfc3339(millis(model.update_time)),
+            signed_by: model.signatures.into_iter().map(|s| s.public_key).collect(),
         }
     }
 }

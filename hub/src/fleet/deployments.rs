@@ -73,6 +73,7 @@ impl Fleet {
             options: spec.options.clone(),
             container: spec.container.clone(),
             entry_module: module,
+            model_signers: spec.model_signers.clone(),
             create_time_ms: now,
         };
         let (mut deployment, created, mut changes) = match existing {

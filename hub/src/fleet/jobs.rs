@@ -82,19 +82,21 @@ impl Fleet {
             }
             Err(err) => return Err(err.into()),
         };
-        Ok(desired::deployed_model(&model, 0).map(|model| BatchJob {
-            job_id: job.name.clone(),
-            runtime: job.runtime,
-            model,
-            input: BlobRef {
-                path: JOB_INPUT_PATH.to_owned(),
-                sha256: job.input.sha256.clone(),
-                size_bytes: job.input.size_bytes,
-            },
-            input_format: job.input_format,
-            mini_batch: job.mini_batch,
-            options: RuntimeOptions::default(),
-        }))
+        Ok(
+            desired::deployed_model(&model, 0, &[]).map(|model| BatchJob {
+                job_id: job.name.clone(),
+                runtime: job.runtime,
+                model,
+                input: BlobRef {
+                    path: JOB_INPUT_PATH.to_owned(),
+                    sha256: job.input.sha256.clone(),
+                    size_bytes: job.input.size_bytes,
+                },
+                input_format: job.input_format,
+                mini_batch: job.mini_batch,
+                options: RuntimeOptions::default(),
+            }),
+        )
     }
 
     /// Applies what `device` reports about its jobs; says whether one of them ended (failed).

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 pub use edgeship_domain::ServiceState;
+use edgeship_domain::trust::PublicKey;
 use edgeship_domain::{Capabilities, Endpoint, RuntimeKind, RuntimeOptions, WorkloadStatus};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,10 @@ pub struct Revision {
     /// modules existed: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_module: Option<ModulePin>,
+    /// Keys of which one must have signed each model version (the manifest's
+    /// `model_signers`; stored before model signatures existed: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_signers: Vec<PublicKey>,
     pub create_time_ms: i64,
 }
 
@@ -46,6 +51,7 @@ impl Revision {
             && self.options == other.options
             && self.container == other.container
             && self.entry_module == other.entry_module
+            && self.model_signers == other.model_signers
     }
 
     /// A container revision's pins: its image artifact and its mounted model.

@@ -90,6 +90,7 @@ mod legacy {
                 options: Default::default(),
                 extra_models: vec![],
                 container: None,
+                model_signers: vec![],
                 entry_module: None,
             };
             crate::fleet::Deployment {
@@ -109,6 +110,7 @@ mod legacy {
                     options: Default::default(),
                     container: None,
                     entry_module: None,
+                    model_signers: Vec::new(),
                     create_time_ms: self.create_time_ms,
                 }],
                 keys: None,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use edgeship_domain::trust::ModelSignature;
 use serde::{Deserialize, Serialize};
 
 pub use edgeship_domain::{Dim, ElementType, OnnxSignature, TensorSpec};
@@ -66,9 +67,31 @@ pub struct ModelVersion {
     /// Milliseconds since the Unix epoch.
     pub create_time_ms: i64,
     pub update_time_ms: i64,
+    /// Signatures over the files by model-signing keys, each verified when it was added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signatures: Vec<VersionSignature>,
+}
+
+/// A model signature as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionSignature {
+    #[serde(flatten)]
+    pub signed: ModelSignature,
+    pub sign_time_ms: i64,
 }
 
 impl ModelVersion {
+    /// What a model signature over this version covers.
+    pub fn statement(&self) -> Vec<u8> {
+        edgeship_domain::trust::model_statement(
+            &self.model_id,
+            self.version,
+            self.files
+                .iter()
+                .map(|f| (f.path.as_str(), f.sha256.as_str(), f.size_bytes)),
+        )
+    }
+
     /// AIP-122 resource name, `models/{model_id}/versions/{version}`.
     pub fn resource_name(&self) -> String {
         format!("models/{}/versions/{}", self.model_id, self.version)

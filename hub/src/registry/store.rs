@@ -16,9 +16,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use edgeship_domain::trust::{ModelSignature, Purpose};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
+use super::VersionSignature;
 use super::upload::{StagedFile, StagedModel, Upload};
 use super::{
     DeleteTarget, Error, Kind, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
@@ -253,6 +255,7 @@ impl Registry {
             sample_output: model.sample_output,
             create_time_ms: now,
             update_time_ms: now,
+            signatures: Vec::new(),
         };
 
         let _guard = self.write_guard();
@@ -435,6 +438,38 @@ impl Registry {
         if let Some(description) = &update.description {
             model.description.clone_from(description);
         }
+        model.update_time_ms = now_ms();
+        self.versions.insert(key, encode(&model))?;
+        self.shared.db.flush()?;
+        Ok(model)
+    }
+
+    /// Adds a signature over a version's files, if it verifies; one by the same key replaces
+    /// the earlier one.
+    pub fn add_signature(
+        &self,
+        reference: &VersionRef,
+        signed: ModelSignature,
+    ) -> Result<ModelVersion, Error> {
+        let _guard = self.write_guard();
+        let Some((key, value)) = self.resolve(reference)? else {
+            return Err(self.not_found(reference));
+        };
+        let mut model = decode(&value)?;
+        signed
+            .key
+            .verify(Purpose::Model, &model.statement(), &signed.signature)
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the signature by {} does not verify over the files of {}:{}: it was made for other bytes, another version, or with another key",
+                    signed.key, model.model_id, model.version
+                ))
+            })?;
+        model.signatures.retain(|s| s.signed.key != signed.key);
+        model.signatures.push(VersionSignature {
+            signed,
+            sign_time_ms: now_ms(),
+        });
         model.update_time_ms = now_ms();
         self.versions.insert(key, encode(&model))?;
         self.shared.db.flush()?;

@@ -6,6 +6,7 @@ mod cli;
 mod containers;
 mod e2e;
 mod jobs;
+mod model_signatures;
 mod modules;
 mod processes;
 mod profiles;

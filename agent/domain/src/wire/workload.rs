@@ -6,6 +6,7 @@ use super::WireError;
 use crate::job::{BatchJob, RejectedJob};
 use crate::names;
 use crate::signature::TensorSpec;
+use crate::trust::{ModelSignature, PublicKey};
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
@@ -172,6 +173,20 @@ impl From<&DeployedModel> for pb::DeployedModel {
             outputs: model.outputs.iter().map(pb::TensorSpec::from).collect(),
             sample_input: model.sample_input.clone().unwrap_or_default(),
             weight: model.weight,
+            signatures: model
+                .signatures
+                .iter()
+                .map(|s| pb::ModelSignature {
+                    public_key: s.key.to_string(),
+                    signature: s.signature.clone().into(),
+                    sign_time: None,
+                })
+                .collect(),
+            required_signers: model
+                .required_signers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         }
     }
 }
@@ -188,7 +203,29 @@ impl TryFrom<pb::DeployedModel> for DeployedModel {
             )));
         }
         let what = format!("model {}:{}", model.model_id, model.version);
+        let signatures = model
+            .signatures
+            .into_iter()
+            .map(|s| {
+                Ok(ModelSignature {
+                    key: s.public_key.parse().map_err(|err| {
+                        WireError::Invalid(format!("{what}: a signature's key: {err}"))
+                    })?,
+                    signature: s.signature.to_vec(),
+                })
+            })
+            .collect::<Result<Vec<_>, WireError>>()?;
+        let required_signers = model
+            .required_signers
+            .iter()
+            .map(|key| {
+                key.parse()
+                    .map_err(|err| WireError::Invalid(format!("{what}: a required signer: {err}")))
+            })
+            .collect::<Result<Vec<PublicKey>, WireError>>()?;
         Ok(DeployedModel {
+            signatures,
+            required_signers,
             files: blobs(model.files, &model.entry_file, &what)?,
             model_id: model.model_id,
             version: model.version,

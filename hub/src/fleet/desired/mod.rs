@@ -14,6 +14,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 
+use edgeship_domain::trust::PublicKey;
 use edgeship_domain::{
     AuthMode, DeployedModel, DesiredState, EntryModule, HealthThresholds, ModelWorkload, Workload,
     WorkloadKind,
@@ -200,7 +201,11 @@ pub fn workload(
 fn model_workload(revision: &Revision, resolved: &Resolved) -> Result<ModelWorkload, String> {
     let mut models = Vec::with_capacity(revision.models.len());
     for pin in &revision.models {
-        models.push(deployed_model(pinned(resolved, pin)?, pin.weight)?);
+        models.push(deployed_model(
+            pinned(resolved, pin)?,
+            pin.weight,
+            &revision.model_signers,
+        )?);
     }
     let entry_module = match &revision.entry_module {
         Some(pin) => Some(entry_module(pin, resolved)?),
@@ -216,9 +221,15 @@ fn model_workload(revision: &Revision, resolved: &Resolved) -> Result<ModelWorkl
 
 /// A registered version as a device runs it (in a workload or a batch job): its files, the
 /// ONNX entry file and its signature.
-pub fn deployed_model(model: &ModelVersion, weight: u32) -> Result<DeployedModel, String> {
+pub fn deployed_model(
+    model: &ModelVersion,
+    weight: u32,
+    required_signers: &[PublicKey],
+) -> Result<DeployedModel, String> {
     let (entry, signature) = entry_file(model)?;
     Ok(DeployedModel {
+        signatures: model.signatures.iter().map(|s| s.signed.clone()).collect(),
+        required_signers: required_signers.to_vec(),
         model_id: model.model_id.clone(),
         version: model.version,
         files: model.files.iter().map(ModelFile::blob_ref).collect(),

@@ -40,6 +40,7 @@ pub(super) fn model(id: &str, version: u32) -> ModelVersion {
         sample_output: None,
         create_time_ms: 0,
         update_time_ms: 0,
+        signatures: vec![],
     }
 }
 
@@ -61,6 +62,7 @@ pub(super) fn deployment(id: &str, port: u16, created: i64, target: Target) -> D
         extra_models: vec![],
         container: None,
         entry_module: None,
+        model_signers: vec![],
     };
     Deployment {
         id: id.into(),
@@ -76,6 +78,7 @@ pub(super) fn deployment(id: &str, port: u16, created: i64, target: Target) -> D
             options: Default::default(),
             container: None,
             entry_module: None,
+            model_signers: vec![],
             create_time_ms: created,
         }],
         spec,

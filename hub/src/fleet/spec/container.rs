@@ -423,6 +423,7 @@ impl Manifest {
             options: RuntimeOptions::default(),
             extra_models: Vec::new(),
             container: Some(container),
+            model_signers: self.model_signers()?,
             entry_module: None,
         })
     }

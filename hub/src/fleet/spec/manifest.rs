@@ -14,6 +14,7 @@ use super::{
 };
 use crate::fleet::selector::Selector;
 use crate::registry::VersionSelector;
+use edgeship_domain::trust::{PublicKey, TrustError};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -58,6 +59,10 @@ pub struct Manifest {
     /// Dynamic batching of each model's concurrent requests on the devices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batching: Option<BatchingManifest>,
+    /// Model-signing public keys (`ed25519:…`): devices run a model version only if one of
+    /// them signed its files (`edgeship model sign`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_signers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -240,7 +245,20 @@ impl Manifest {
             extra_models,
             container: None,
             entry_module,
+            model_signers: self.model_signers()?,
         })
+    }
+
+    /// The `model_signers` keys, parsed.
+    pub(super) fn model_signers(&self) -> Result<Vec<PublicKey>, SpecError> {
+        self.model_signers
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                key.parse()
+                    .map_err(|e: TrustError| err(&format!("model_signers[{i}]"), e.to_string()))
+            })
+            .collect()
     }
 }
 
@@ -499,6 +517,7 @@ impl DeploymentSpec {
                 .then(|| self.options.opencl_device.clone()),
             opencl_precision: (self.options.opencl_precision != Precision::Fp32)
                 .then(|| self.options.opencl_precision.name().to_owned()),
+            model_signers: self.model_signers.iter().map(ToString::to_string).collect(),
             endpoint: EndpointManifest {
                 port: u32::from(self.endpoint.port),
                 auth: Some(self.endpoint.auth.name().to_owned()),

@@ -241,6 +241,10 @@ pub struct DeploymentSpec {
     /// The WASM entry module in front of the models (stored before entry modules: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entry_module: Option<EntryModuleSpec>,
+    /// Keys of which one must have signed each model version served (stored before model
+    /// signatures existed: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_signers: Vec<edgeship_domain::trust::PublicKey>,
 }
 
 /// What a registered version is to the deployment that pins it; each role asks something
