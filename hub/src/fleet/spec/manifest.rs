@@ -256,7 +256,7 @@ impl Manifest {
             .enumerate()
             .map(|(i, key)| {
                 key.parse()
-                    .map_err(|e: TrustError| err(&format!("model_signers[{i}]"), e.to_string()))
+                    .map_err(|e: TrustError| err(format!("model_signers[{i}]"), e.to_string()))
             })
             .collect()
     }
