@@ -207,4 +207,37 @@ mod tests {
         assert!(gate.open(&unsigned("edge-2", 4), NOW).is_err());
         assert!(gate.open(&unsigned("edge-1", 2), NOW).is_err());
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any bytes at all are refused, without a panic.
+        #[test]
+        fn any_bytes_are_refused_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let hub = SigningKey::generate().expect("key");
+            proptest::prop_assert!(gate(&hub, 0).open(&bytes, NOW).is_err());
+        }
+
+        /// A signed state damaged anywhere is refused, or is (after decoding) exactly the
+        /// state the hub signed.
+        #[test]
+        fn a_damaged_signed_state_is_refused_or_is_what_was_signed(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..4),
+            cut in proptest::option::of(0.0f64..1.0),
+        ) {
+            let hub = SigningKey::generate().expect("key");
+            let original = state("edge-1", 6, NOW + 1);
+            let mut bytes = signed(&hub, original.clone());
+            for (position, value) in edits {
+                let at = position % bytes.len();
+                bytes[at] = value;
+            }
+            if let Some(fraction) = cut {
+                bytes.truncate((bytes.len() as f64 * fraction) as usize);
+            }
+            if let Ok(taken) = gate(&hub, 5).open(&bytes, NOW) {
+                proptest::prop_assert_eq!(taken.encode_to_vec(), original);
+            }
+        }
+    }
 }

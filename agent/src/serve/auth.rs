@@ -249,6 +249,26 @@ mod tests {
         Auth::from_spec("web", &spec)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Any `Authorization` header is refused by a key endpoint and a token endpoint alike,
+        /// without a panic, unless it is the key.
+        #[test]
+        fn any_authorization_header_is_refused_cleanly(header in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            proptest::prop_assert!(keyed(&["primary-key"]).check(Some(&header)).is_err());
+            #[cfg(feature = "tokens")]
+            proptest::prop_assert!(token_auth("web").1.check(Some(&header)).is_err());
+        }
+
+        #[test]
+        fn bearer_texts_near_a_token_are_refused_cleanly(text in "Bearer [A-Za-z0-9_.=-]{0,200}") {
+            proptest::prop_assert!(keyed(&["primary-key"]).check(Some(text.as_bytes())).is_err());
+            #[cfg(feature = "tokens")]
+            proptest::prop_assert!(token_auth("web").1.check(Some(text.as_bytes())).is_err());
+        }
+    }
+
     #[test]
     fn either_key_passes_and_anything_else_is_refused() {
         let auth = keyed(&["primary-key", "secondary-key"]);

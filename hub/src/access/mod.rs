@@ -301,4 +301,17 @@ mod tests {
             assert_eq!(required_role(path), role, "{path}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// No text but a token the hub made has a role; routes of any shape get one or none.
+        #[test]
+        fn any_text_is_no_token_and_any_path_gets_a_role(text in "\\PC{0,120}", path in "\\PC{0,80}") {
+            let (_dir, tokens) = tokens();
+            tokens.create("ci", Role::Reader).expect("create");
+            proptest::prop_assert_eq!(tokens.role_of(&text), None);
+            let _ = required_role(&path);
+        }
+    }
 }

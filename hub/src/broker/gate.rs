@@ -141,33 +141,29 @@ impl Gate {
         let mut buffer = BytesMut::with_capacity(64 * 1024);
         let mut connected = false;
         loop {
-            let header = match mqttbytes::check(buffer.iter(), self.max_packet_bytes) {
-                Ok(header) => header,
-                Err(mqttbytes::Error::InsufficientBytes(_)) => {
-                    if from
-                        .read_buf(&mut buffer)
-                        .await
-                        .map_err(|e| e.to_string())?
-                        == 0
-                    {
-                        return Ok(());
-                    }
-                    continue;
+            let checked = next_packet(
+                device,
+                &buffer,
+                connected,
+                self.max_packet_bytes,
+                &self.entitlements,
+            )?;
+            let Some(length) = checked else {
+                if from
+                    .read_buf(&mut buffer)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    == 0
+                {
+                    return Ok(());
                 }
-                Err(err) => return Err(format!("{device} sent a malformed packet: {err}")),
+                continue;
             };
-            let frame = buffer.split_to(header.frame_length()).freeze();
             if self.enrollments.is_revoked(device) {
                 return Err(format!("device {device} is revoked"));
             }
-            let kind = header
-                .packet_type()
-                .map_err(|err| format!("{device} sent a malformed packet: {err}"))?;
-            if !connected && kind != PacketType::Connect {
-                return Err(format!("{device} sent {kind:?} before CONNECT"));
-            }
-            self.check(device, kind, header, frame.clone())?;
             connected = true;
+            let frame = buffer.split_to(length);
             to.write_all(&frame).await.map_err(|e| e.to_string())?;
         }
     }
@@ -193,60 +189,85 @@ impl Gate {
                 .map_err(|e| e.to_string())?;
         }
     }
+}
 
-    /// The ACL: what device `device` may send.
-    fn check(
-        &self,
-        device: &str,
-        kind: PacketType,
-        header: mqttbytes::FixedHeader,
-        frame: Bytes,
-    ) -> Result<(), String> {
-        let malformed =
-            |err: mqttbytes::Error| format!("{device} sent a malformed {kind:?}: {err}");
-        match kind {
-            PacketType::Connect => {
-                let connect = Connect::read(header, frame).map_err(malformed)?;
-                let expected = format!("edgeship-agent-{device}");
-                if connect.client_id != expected {
-                    return Err(format!(
-                        "{device} connected as client {:?}; it may only be {expected:?}",
-                        connect.client_id
-                    ));
-                }
-                if let Some(will) = &connect.last_will
-                    && !may_publish(device, &will.topic)
-                {
-                    return Err(format!("{device} set a last will on {:?}", will.topic));
-                }
+/// The ACL: what device `device` may send, one whole packet (`frame`) at a time.
+fn check(
+    device: &str,
+    kind: PacketType,
+    header: mqttbytes::FixedHeader,
+    frame: Bytes,
+    entitlements: &Entitlements,
+) -> Result<(), String> {
+    let malformed = |err: mqttbytes::Error| format!("{device} sent a malformed {kind:?}: {err}");
+    match kind {
+        PacketType::Connect => {
+            let connect = Connect::read(header, frame).map_err(malformed)?;
+            let expected = format!("edgeship-agent-{device}");
+            if connect.client_id != expected {
+                return Err(format!(
+                    "{device} connected as client {:?}; it may only be {expected:?}",
+                    connect.client_id
+                ));
             }
-            PacketType::Publish => {
-                let publish = Publish::read(header, frame).map_err(malformed)?;
-                if !may_publish(device, &publish.topic) {
-                    return Err(format!("{device} published to {:?}", publish.topic));
-                }
+            if let Some(will) = &connect.last_will
+                && !may_publish(device, &will.topic)
+            {
+                return Err(format!("{device} set a last will on {:?}", will.topic));
             }
-            PacketType::Subscribe => {
-                let subscribe = Subscribe::read(header, frame).map_err(malformed)?;
-                for filter in &subscribe.filters {
-                    if !self.may_subscribe(device, &filter.path) {
-                        return Err(format!("{device} subscribed to {:?}", filter.path));
-                    }
-                }
-            }
-            // Acknowledgements, unsubscribes, pings and disconnects concern only the
-            // device's own session.
-            _ => {}
         }
-        Ok(())
+        PacketType::Publish => {
+            let publish = Publish::read(header, frame).map_err(malformed)?;
+            if !may_publish(device, &publish.topic) {
+                return Err(format!("{device} published to {:?}", publish.topic));
+            }
+        }
+        PacketType::Subscribe => {
+            let subscribe = Subscribe::read(header, frame).map_err(malformed)?;
+            for filter in &subscribe.filters {
+                if !may_subscribe(device, &filter.path, entitlements) {
+                    return Err(format!("{device} subscribed to {:?}", filter.path));
+                }
+            }
+        }
+        // Acknowledgements, unsubscribes, pings and disconnects concern only the device's own
+        // session.
+        _ => {}
     }
+    Ok(())
+}
 
-    fn may_subscribe(&self, device: &str, filter: &str) -> bool {
-        if let Some(digest) = topics::parse_blob_broadcast(filter) {
-            return self.entitlements.allows(device, digest);
-        }
-        matches!(topics::parse(filter), Some((id, kind)) if id == device && DEVICE_READS.contains(&kind))
+/// The first whole packet in `buffer`, checked: `Ok(None)` until it has arrived whole,
+/// `Ok(Some(length))` when its `length` bytes may pass.
+fn next_packet(
+    device: &str,
+    buffer: &BytesMut,
+    connected: bool,
+    max_packet_bytes: usize,
+    entitlements: &Entitlements,
+) -> Result<Option<usize>, String> {
+    let header = match mqttbytes::check(buffer.iter(), max_packet_bytes) {
+        Ok(header) => header,
+        Err(mqttbytes::Error::InsufficientBytes(_)) => return Ok(None),
+        Err(err) => return Err(format!("{device} sent a malformed packet: {err}")),
+    };
+    let kind = header
+        .packet_type()
+        .map_err(|err| format!("{device} sent a malformed packet: {err}"))?;
+    if !connected && kind != PacketType::Connect {
+        return Err(format!("{device} sent {kind:?} before CONNECT"));
     }
+    let length = header.frame_length();
+    let frame = Bytes::copy_from_slice(&buffer[..length]);
+    check(device, kind, header, frame, entitlements)?;
+    Ok(Some(length))
+}
+
+fn may_subscribe(device: &str, filter: &str, entitlements: &Entitlements) -> bool {
+    if let Some(digest) = topics::parse_blob_broadcast(filter) {
+        return entitlements.allows(device, digest);
+    }
+    matches!(topics::parse(filter), Some((id, kind)) if id == device && DEVICE_READS.contains(&kind))
 }
 
 /// A device publishes only on its own upward topics.
@@ -272,5 +293,112 @@ mod tests {
         ));
         assert!(!may_publish("edge-a", "edgeship/v1/devices/+/reported"));
         assert!(!may_publish("edge-a", "anything/else"));
+    }
+
+    fn packets(device: &str, bytes: &[u8], entitlements: &Entitlements) -> Result<usize, String> {
+        let mut buffer = BytesMut::from(bytes);
+        let mut passed = 0;
+        let mut connected = false;
+        while let Some(length) = next_packet(device, &buffer, connected, 1 << 20, entitlements)? {
+            let _ = buffer.split_to(length);
+            connected = true;
+            passed += 1;
+        }
+        Ok(passed)
+    }
+
+    fn encoded(packets: &[rumqttc::Packet]) -> Vec<u8> {
+        let mut buffer = BytesMut::new();
+        for packet in packets {
+            let written = match packet.clone() {
+                rumqttc::Packet::Connect(p) => p.write(&mut buffer),
+                // QoS 1 needs a packet id.
+                rumqttc::Packet::Publish(mut p) => {
+                    p.pkid = 1;
+                    p.write(&mut buffer)
+                }
+                rumqttc::Packet::Subscribe(mut p) => {
+                    p.pkid = 1;
+                    p.write(&mut buffer)
+                }
+                _ => unreachable!("only these are built here"),
+            };
+            written.expect("encodes");
+        }
+        buffer.to_vec()
+    }
+
+    #[test]
+    fn the_gate_passes_a_device_s_own_traffic_and_stops_at_the_first_foreign_packet() {
+        let entitlements = Entitlements::default();
+        let digest = "ab".repeat(32);
+        entitlements.set("edge-a", std::collections::HashSet::from([digest.clone()]));
+        let connect = |id: &str| rumqttc::Packet::Connect(Connect::new(id));
+        let publish = |topic: String| {
+            rumqttc::Packet::Publish(Publish::new(topic, rumqttc::QoS::AtLeastOnce, vec![1]))
+        };
+        let subscribe = |filter: String| {
+            rumqttc::Packet::Subscribe(Subscribe::new(filter, rumqttc::QoS::AtLeastOnce))
+        };
+        let own = |kind| topics::device("edge-a", kind);
+        let good = encoded(&[
+            connect("edgeship-agent-edge-a"),
+            subscribe(own(DeviceTopic::Desired)),
+            subscribe(topics::blob_broadcast(&digest)),
+            publish(own(DeviceTopic::Reported)),
+        ]);
+        assert_eq!(packets("edge-a", &good, &entitlements), Ok(4));
+        let refused = |packet| {
+            let bytes = encoded(&[connect("edgeship-agent-edge-a"), packet]);
+            packets("edge-a", &bytes, &entitlements).expect_err("refused")
+        };
+        assert!(
+            refused(publish(topics::device("edge-b", DeviceTopic::Reported)))
+                .contains("published to")
+        );
+        assert!(refused(publish(own(DeviceTopic::Desired))).contains("published to"));
+        assert!(
+            refused(subscribe(topics::device("edge-b", DeviceTopic::Desired)))
+                .contains("subscribed to")
+        );
+        assert!(refused(subscribe("edgeship/#".into())).contains("subscribed to"));
+        assert!(
+            refused(subscribe(topics::blob_broadcast(&"cd".repeat(32)))).contains("subscribed to")
+        );
+        let impostor = encoded(&[connect("edgeship-agent-edge-b")]);
+        assert!(packets("edge-a", &impostor, &entitlements).is_err());
+        let first = encoded(&[publish(own(DeviceTopic::Reported))]);
+        assert!(
+            packets("edge-a", &first, &entitlements)
+                .expect_err("no connect")
+                .contains("before CONNECT")
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Whatever a device sends, the gate passes whole packets or stops, never panics.
+        #[test]
+        fn any_bytes_from_a_device_pass_whole_or_stop(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            let _ = packets("edge-a", &bytes, &Entitlements::default());
+        }
+
+        /// Valid traffic damaged anywhere is passed packet by packet or stopped, cleanly.
+        #[test]
+        fn damaged_device_traffic_passes_or_stops_cleanly(
+            edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<u8>()), 1..5),
+        ) {
+            let mut bytes = encoded(&[
+                rumqttc::Packet::Connect(Connect::new("edgeship-agent-edge-a")),
+                rumqttc::Packet::Subscribe(Subscribe::new(topics::device("edge-a", DeviceTopic::Desired), rumqttc::QoS::AtLeastOnce)),
+                rumqttc::Packet::Publish(Publish::new(topics::device("edge-a", DeviceTopic::Reported), rumqttc::QoS::AtLeastOnce, vec![7; 40])),
+            ]);
+            for (position, value) in edits {
+                let at = position % bytes.len();
+                bytes[at] = value;
+            }
+            let _ = packets("edge-a", &bytes, &Entitlements::default());
+        }
     }
 }

@@ -405,4 +405,16 @@ mod tests {
         assert!(!reopened.is_revoked("edge-3"));
         assert!(!reopened.admits("edge-1", &renewed.identity.serial));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+        /// Bootstrap tokens and public keys from anyone parse or fail cleanly.
+        #[test]
+        fn any_token_or_key_text_parses_or_fails_cleanly(text in "\\PC{0,160}") {
+            let _ = parse_token(&text);
+            let _ = token_fingerprint(&text);
+            let _ = text.parse::<edgeship_domain::trust::PublicKey>();
+        }
+    }
 }

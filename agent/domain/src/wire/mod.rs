@@ -5,6 +5,8 @@
 mod job;
 mod placement;
 mod profile;
+#[cfg(test)]
+mod props;
 mod report;
 mod workload;
 
