@@ -75,6 +75,21 @@ pub async fn channel(hub: &str) -> anyhow::Result<HubChannel> {
 
 /// Connects to the hub's gRPC API, calling with `token`.
 pub async fn channel_as(hub: &str, token: Option<&str>) -> anyhow::Result<HubChannel> {
+    let trust = if hub.starts_with("https://") {
+        Some(hub_trust_from_env()?)
+    } else {
+        None
+    };
+    channel_trusting(hub, trust.as_ref(), token).await
+}
+
+/// Connects to the hub's gRPC API, trusting its TLS certificate by `trust` (required for an
+/// `https://` hub), calling with `token`.
+pub async fn channel_trusting(
+    hub: &str,
+    trust: Option<&HubTrust>,
+    token: Option<&str>,
+) -> anyhow::Result<HubChannel> {
     let bearer = token
         .map(|token| {
             MetadataValue::try_from(format!("Bearer {}", token.trim()))
@@ -82,7 +97,7 @@ pub async fn channel_as(hub: &str, token: Option<&str>) -> anyhow::Result<HubCha
         })
         .transpose()?;
     Ok(InterceptedService::new(
-        connect_channel(hub).await?,
+        connect_channel(hub, trust).await?,
         Credentials { bearer },
     ))
 }
@@ -110,7 +125,7 @@ pub fn hub_trust_from_env() -> anyhow::Result<HubTrust> {
     )
 }
 
-async fn connect_channel(hub: &str) -> anyhow::Result<Channel> {
+async fn connect_channel(hub: &str, trust: Option<&HubTrust>) -> anyhow::Result<Channel> {
     let configure = |endpoint: tonic::transport::Endpoint| {
         endpoint
             .connect_timeout(Duration::from_secs(5))
@@ -119,8 +134,8 @@ async fn connect_channel(hub: &str) -> anyhow::Result<Channel> {
             .initial_connection_window_size(2 * crate::server::WINDOW_BYTES)
     };
     if hub.starts_with("https://") {
-        let trust = hub_trust_from_env()?;
-        return edgeship_proto::tls::connect(hub, configure, &trust)
+        let trust = trust.context("an https:// hub needs a CA or fingerprint to trust it by")?;
+        return edgeship_proto::tls::connect(hub, configure, trust)
             .await
             .map_err(|err| anyhow::anyhow!("cannot reach the hub at {hub}: {err}"));
     }
