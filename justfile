@@ -40,6 +40,7 @@ bench:
     cargo bench -p edgeship-firmware-tests --bench fleet
     cargo bench -p edgeship-firmware-tests --bench containers
     cargo bench -p edgeship-firmware-tests --bench jobs
+    cargo bench -p edgeship-firmware-tests --bench security
     cargo bench -p edgeship-runtime --features opencl --bench sgemm
     cargo bench -p edgeship-runtime --features opencl --bench cnn
     python3 scripts/bench/scoring.py
