@@ -122,8 +122,12 @@ impl Gate {
         let _ = broker.set_nodelay(true);
         let (client_read, client_write) = tokio::io::split(tls);
         let (broker_read, broker_write) = broker.into_split();
-        let up = self.upward(&device, client_read, broker_write);
-        let down = self.downward(&device, broker_read, client_write);
+        let peer = Peer {
+            device: &device,
+            serial: &serial,
+        };
+        let up = self.upward(peer, client_read, broker_write);
+        let down = self.downward(peer, broker_read, client_write);
         // Whichever side ends (or breaks a rule) ends the connection.
         tokio::select! {
             result = up => result,
@@ -131,13 +135,26 @@ impl Gate {
         }
     }
 
+    /// Whether the peer's certificate still stands: not revoked, not superseded.
+    fn still_admitted(&self, peer: Peer<'_>) -> Result<(), String> {
+        if self.enrollments.admits(peer.device, peer.serial) {
+            Ok(())
+        } else {
+            Err(format!(
+                "device {} is revoked, or enrolled again with another certificate",
+                peer.device
+            ))
+        }
+    }
+
     /// Device → broker: whole packets, each checked.
     async fn upward(
         &self,
-        device: &str,
+        peer: Peer<'_>,
         mut from: impl AsyncRead + Unpin,
         mut to: impl AsyncWrite + Unpin,
     ) -> Result<(), String> {
+        let device = peer.device;
         let mut buffer = BytesMut::with_capacity(64 * 1024);
         let mut connected = false;
         loop {
@@ -159,9 +176,7 @@ impl Gate {
                 }
                 continue;
             };
-            if self.enrollments.is_revoked(device) {
-                return Err(format!("device {device} is revoked"));
-            }
+            self.still_admitted(peer)?;
             connected = true;
             let frame = buffer.split_to(length);
             to.write_all(&frame).await.map_err(|e| e.to_string())?;
@@ -171,7 +186,7 @@ impl Gate {
     /// Broker → device: passed through, while the device stays trusted.
     async fn downward(
         &self,
-        device: &str,
+        peer: Peer<'_>,
         mut from: impl AsyncRead + Unpin,
         mut to: impl AsyncWrite + Unpin,
     ) -> Result<(), String> {
@@ -181,14 +196,20 @@ impl Gate {
             if read == 0 {
                 return Ok(());
             }
-            if self.enrollments.is_revoked(device) {
-                return Err(format!("device {device} is revoked"));
-            }
+            self.still_admitted(peer)?;
             to.write_all(&buffer[..read])
                 .await
                 .map_err(|e| e.to_string())?;
         }
     }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+struct Peer<'a> {
+    device: &'a str,
+    /// Its certificate's serial, in hex.
+    serial: &'a str,
 }
 
 /// The ACL: what device `device` may send, one whole packet (`frame`) at a time.

@@ -71,7 +71,15 @@ impl Authority {
     pub fn open(data_dir: &Path) -> anyhow::Result<Self> {
         let dir = keys_dir(data_dir);
         let (key_file, cert_file) = (dir.join("ca.key"), dir.join("ca.crt"));
-        if key_file.exists() && cert_file.exists() {
+        if key_file.exists() != cert_file.exists() {
+            // A new CA would strand every enrolled device: refuse rather than replace.
+            anyhow::bail!(
+                "{} and {} go together and only one is there: restore the other from a backup",
+                key_file.display(),
+                cert_file.display()
+            );
+        }
+        if key_file.exists() {
             super::check_private(&key_file)?;
             let key_pem = std::fs::read_to_string(&key_file)
                 .with_context(|| format!("reading {}", key_file.display()))?;
@@ -287,6 +295,10 @@ mod tests {
         assert!(!cert.is_ca());
         assert_eq!(hex::encode(cert.raw_serial()), issued.serial);
         assert!(ca.issue_device("edge-7", "not a csr").is_err());
+        // Half a CA is refused, not replaced.
+        std::fs::remove_file(keys_dir(dir.path()).join("ca.crt")).expect("remove");
+        let err = Authority::open(dir.path()).expect_err("half a CA");
+        assert!(format!("{err:#}").contains("restore the other"), "{err:#}");
         // A request whose signature does not match its key is refused.
         let tampered = csr.replace('A', "B");
         assert!(ca.issue_device("edge-7", &tampered).is_err());
