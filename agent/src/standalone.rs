@@ -160,6 +160,8 @@ pub async fn start(options: &StandaloneOptions) -> anyhow::Result<Standalone> {
             .map(|key| hex::encode(Sha256::digest(key.as_bytes())))
             .collect(),
         token_keys: vec![],
+        tls_hostnames: vec![],
+        tls: None,
     };
     let addr = SocketAddr::new(options.host, options.port);
     let grpc_addr = options.grpc_port.map(|p| SocketAddr::new(options.host, p));

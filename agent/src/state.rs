@@ -79,9 +79,17 @@ impl StateStore {
         self.replace("desired.json", &bytes)
     }
 
+    /// Writes `name` whole, readable by the agent's user alone: a desired state may carry an
+    /// endpoint's private key.
     fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::OpenOptionsExt as _;
         let tmp = self.dir.join(format!("{name}.tmp"));
-        let mut file = fs::File::create(&tmp)?;
+        let _ = fs::remove_file(&tmp);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         fs::rename(&tmp, self.dir.join(name))?;

@@ -201,6 +201,7 @@ impl RunningHub {
                 Arc::clone(&modules),
                 outbox,
                 Arc::clone(&entitlements),
+                Arc::clone(&authority),
             )
             .context("opening the fleet store")?,
         );

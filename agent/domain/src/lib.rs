@@ -28,5 +28,6 @@ pub use signature::{
 pub use workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
-    RestartPolicy, RuntimeKind, RuntimeOptions, SandboxSpec, Workload, WorkloadKind,
+    RestartPolicy, RuntimeKind, RuntimeOptions, SandboxSpec, ServingCertificate, Workload,
+    WorkloadKind,
 };

@@ -590,6 +590,27 @@ pub struct Endpoint {
     /// signing key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub token_keys: Vec<String>,
+    /// Names the endpoint's TLS certificate carries (the manifest's `endpoint.tls.hostnames`);
+    /// empty: plain HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_hostnames: Vec<String>,
+    /// The deployment's certificate and key that devices serve HTTPS (and gRPC over TLS)
+    /// with; the hub fills it in for devices only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ServingCertificate>,
+}
+
+/// A certificate chain and its private key, PEM. `Debug` shows neither.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServingCertificate {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl fmt::Debug for ServingCertificate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServingCertificate(<certificate and key>)")
+    }
 }
 
 impl Endpoint {
@@ -603,6 +624,8 @@ impl Endpoint {
             grpc_port: None,
             key_digests: Vec::new(),
             token_keys: Vec::new(),
+            tls_hostnames: Vec::new(),
+            tls: None,
         }
     }
 
@@ -612,6 +635,7 @@ impl Endpoint {
             && self.grpc_port == other.grpc_port
             && self.protocols == other.protocols
             && self.cors_origins == other.cors_origins
+            && self.tls == other.tls
     }
 
     /// Every TCP port the endpoint listens on.

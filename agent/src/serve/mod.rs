@@ -26,6 +26,7 @@ pub mod metrics;
 #[cfg(feature = "containers")]
 pub mod proxy;
 pub mod router;
+pub mod tls;
 pub mod v2;
 pub mod window;
 
@@ -343,6 +344,14 @@ pub fn observe_routes(
     }
 }
 
+/// Where an endpoint listens, and the certificate it serves HTTPS with, if any.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub grpc_addr: Option<SocketAddr>,
+    pub tls: Option<edgeship_domain::ServingCertificate>,
+}
+
 /// A running scoring endpoint.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -368,6 +377,36 @@ impl Endpoint {
         auth: auth::Auth,
         routes: Routes,
     ) -> std::io::Result<Self> {
+        let listen = Listen {
+            addr,
+            grpc_addr,
+            tls: None,
+        };
+        Self::start_on(listen, deployment, surface, cors_origins, auth, routes).await
+    }
+
+    /// [`Endpoint::start`] on `listen`, with HTTPS (and gRPC over TLS) when it has a
+    /// certificate.
+    pub async fn start_on(
+        listen: Listen,
+        deployment: &str,
+        surface: Surface<'_>,
+        cors_origins: &[String],
+        auth: auth::Auth,
+        routes: Routes,
+    ) -> std::io::Result<Self> {
+        let Listen {
+            addr,
+            grpc_addr,
+            tls,
+        } = listen;
+        let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, why);
+        let rest_tls = match &tls {
+            Some(certificate) => {
+                Some(tls::server_config(certificate, &[b"h2", b"http/1.1"]).map_err(invalid)?)
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         // Both ports are bound before either serves: a taken gRPC port fails the start whole.
@@ -415,7 +454,8 @@ impl Endpoint {
             #[cfg(feature = "grpc")]
             Some(listener) => {
                 let (stop, stopped) = oneshot::channel::<()>();
-                let (grpc_addr, task) = v2::grpc::serve(listener, Arc::clone(&shared), stopped)?;
+                let (grpc_addr, task) =
+                    v2::grpc::serve(listener, Arc::clone(&shared), tls.as_ref(), stopped)?;
                 tracing::info!(%grpc_addr, deployment, "gRPC scoring endpoint listening");
                 Some((grpc_addr, stop, task))
             }
@@ -429,14 +469,26 @@ impl Endpoint {
             }
             None => None,
         };
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = signal.await;
-            });
-            if let Err(err) = serve.await {
-                tracing::error!(%addr, error = %err, "scoring endpoint failed");
+        let shutdown_signal = async move {
+            let _ = signal.await;
+        };
+        let task = match rest_tls {
+            None => tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal);
+                if let Err(err) = serve.await {
+                    tracing::error!(%addr, error = %err, "scoring endpoint failed");
+                }
+            }),
+            Some(config) => {
+                let listener = tls::TlsListener::new(listener, config)?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal);
+                    if let Err(err) = serve.await {
+                        tracing::error!(%addr, error = %err, "scoring endpoint failed");
+                    }
+                })
             }
-        });
+        };
         tracing::info!(%addr, deployment, "scoring endpoint listening");
         let (grpc_addr, grpc) = match grpc {
             Some((grpc_addr, stop, task)) => (Some(grpc_addr), Some((stop, task))),

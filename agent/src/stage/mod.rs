@@ -382,9 +382,19 @@ impl Stage {
             WorkloadKind::Container(_) => Surface::Proxy,
             _ => Surface::Scoring(&workload.endpoint.protocols),
         };
-        let endpoint = Endpoint::start(
+        if !workload.endpoint.tls_hostnames.is_empty() && workload.endpoint.tls.is_none() {
+            // Never a silent downgrade to plain HTTP.
+            return Err(StageError::Failed(
+                "the endpoint asks for TLS, but the desired state carries no certificate".into(),
+            ));
+        }
+        let listen = crate::serve::Listen {
             addr,
             grpc_addr,
+            tls: workload.endpoint.tls.clone(),
+        };
+        let endpoint = Endpoint::start_on(
+            listen,
             &workload.deployment,
             surface,
             &workload.endpoint.cors_origins,

@@ -15,7 +15,9 @@ use tonic::{Request, Response, Status};
 use super::fleet::{FleetService, page_size, paginate, resource_id};
 use crate::fleet::rollout::Rollout;
 use crate::fleet::selector::{Selector, Term, from_equalities};
-use crate::fleet::spec::{EndpointManifest, Manifest, TargetManifest, parse_manifest};
+use crate::fleet::spec::{
+    EndpointManifest, EndpointTlsManifest, Manifest, TargetManifest, parse_manifest,
+};
 use crate::fleet::{self, ApplyOptions, Deployment, FleetError, RolloutAction};
 
 /// How often a watch looks for progress.
@@ -222,6 +224,9 @@ fn manifest_of(wire: pb::Deployment) -> Result<Manifest, Status> {
             protocols,
             cors_origins: endpoint.cors_origins,
             grpc_port: (endpoint.grpc_port != 0).then_some(endpoint.grpc_port),
+            tls: (!endpoint.tls_hostnames.is_empty()).then(|| EndpointTlsManifest {
+                hostnames: endpoint.tls_hostnames.clone(),
+            }),
         },
         target: TargetManifest {
             devices: target.device_ids,

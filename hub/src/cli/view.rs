@@ -513,6 +513,7 @@ mod tests {
             grpc_port: 0,
             key_digests: vec![],
             token_keys: vec![],
+            ..Default::default()
         });
         assert_eq!(view.auth, "key");
         assert_eq!(view.protocols, ["azureml", "v2"]);

@@ -1,10 +1,10 @@
 //! Deployments: validated creation and deletion, lookups, and each deployment's view of its
 //! devices.
 
-use edgeship_domain::{AuthMode, names};
+use edgeship_domain::{AuthMode, ServingCertificate, names};
 
 use super::keys::EndpointKeys;
-use super::model::{Deployment, DeviceWorkload, Revision, device_workload};
+use super::model::{Deployment, DeviceWorkload, EndpointCertificate, Revision, device_workload};
 use super::profiles::PROFILE_PREFIX;
 use super::rollout::{Phase, Rollout};
 use super::spec::{DeploymentSpec, Manifest, ModulePin, PinRole, TrafficWeight};
@@ -100,6 +100,7 @@ impl Fleet {
                     revisions: Vec::new(),
                     keys: None,
                     token_signer: None,
+                    tls_certificate: None,
                 };
                 (deployment, true, vec!["created".to_owned()])
             }
@@ -110,6 +111,27 @@ impl Fleet {
         }
         if spec.endpoint.auth == AuthMode::Token && deployment.token_signer.is_none() {
             deployment.token_signer = Some(TokenSigner::generate()?);
+        }
+        // The serving certificate, issued by the hub's CA for the names the manifest gives,
+        // and issued again only when they change.
+        let hostnames = &spec.endpoint.tls_hostnames;
+        if hostnames.is_empty() {
+            deployment.tls_certificate = None;
+        } else if deployment
+            .tls_certificate
+            .as_ref()
+            .is_none_or(|c| c.hostnames != *hostnames)
+        {
+            let identity = self.authority.server_identity(hostnames).map_err(|err| {
+                FleetError::Internal(format!("issuing the endpoint's certificate: {err:#}"))
+            })?;
+            deployment.tls_certificate = Some(EndpointCertificate {
+                hostnames: hostnames.clone(),
+                certificate: ServingCertificate {
+                    cert_pem: identity.cert_pem,
+                    key_pem: identity.key_pem,
+                },
+            });
         }
         // Applying again what was rolled back or aborted is a retry: a fresh rollout.
         let retry = self

@@ -83,6 +83,8 @@ pub struct Fleet {
     jobs: Arc<JobStore>,
     outbox: mpsc::UnboundedSender<DesiredState>,
     entitlements: Arc<Entitlements>,
+    /// Issues deployments' serving certificates (`endpoint.tls`).
+    authority: Arc<crate::trust::pki::Authority>,
     /// Serializes read-modify-write of device records and generations.
     lock: Mutex<()>,
     /// Wakes the rollout driver when devices report.
@@ -106,6 +108,7 @@ impl Fleet {
         modules: Arc<Registry>,
         outbox: mpsc::UnboundedSender<DesiredState>,
         entitlements: Arc<Entitlements>,
+        authority: Arc<crate::trust::pki::Authority>,
     ) -> Result<Self, FleetError> {
         let fleet = Self {
             deployments: db.open_tree("deployments")?,
@@ -119,6 +122,7 @@ impl Fleet {
             modules,
             outbox,
             entitlements,
+            authority,
             lock: Mutex::new(()),
             nudge: tokio::sync::Notify::new(),
         };

@@ -133,6 +133,25 @@ pub struct Deployment {
     /// half only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_signer: Option<super::tokens::TokenSigner>,
+    /// With `endpoint.tls`: the certificate the hub's CA issued for the deployment's
+    /// hostnames, and its key (devices receive both to serve HTTPS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<EndpointCertificate>,
+}
+
+/// A deployment's serving certificate, for the hostnames it names.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointCertificate {
+    pub hostnames: Vec<String>,
+    pub certificate: edgeship_domain::ServingCertificate,
+}
+
+impl std::fmt::Debug for EndpointCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointCertificate")
+            .field("hostnames", &self.hostnames)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Deployment {

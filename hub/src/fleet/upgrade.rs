@@ -115,6 +115,7 @@ mod legacy {
                 }],
                 keys: None,
                 token_signer: None,
+                tls_certificate: None,
             }
         }
     }

@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod containers;
 mod e2e;
+mod https;
 mod jobs;
 mod model_signatures;
 mod modules;

@@ -7,6 +7,7 @@ use crate::job::{BatchJob, RejectedJob};
 use crate::names;
 use crate::signature::TensorSpec;
 use crate::trust::{ModelSignature, PublicKey};
+use crate::workload::ServingCertificate;
 use crate::workload::{
     AuthMode, BlobRef, ContainerWorkload, DeployedModel, DesiredState, Endpoint, EntryModule,
     HealthThresholds, ModelWorkload, MountedModel, Precision, Protocol, RejectedWorkload,
@@ -131,6 +132,17 @@ impl From<&Endpoint> for pb::Endpoint {
             grpc_port: endpoint.grpc_port.map_or(0, u32::from),
             key_digests: endpoint.key_digests.clone(),
             token_keys: endpoint.token_keys.clone(),
+            tls_hostnames: endpoint.tls_hostnames.clone(),
+            tls_certificate_pem: endpoint
+                .tls
+                .as_ref()
+                .map(|t| t.cert_pem.clone())
+                .unwrap_or_default(),
+            tls_key_pem: endpoint
+                .tls
+                .as_ref()
+                .map(|t| t.key_pem.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -158,6 +170,22 @@ impl TryFrom<pb::Endpoint> for Endpoint {
             },
             key_digests: endpoint.key_digests,
             token_keys: endpoint.token_keys,
+            tls: match (
+                endpoint.tls_certificate_pem.is_empty(),
+                endpoint.tls_key_pem.is_empty(),
+            ) {
+                (true, true) => None,
+                (false, false) => Some(ServingCertificate {
+                    cert_pem: endpoint.tls_certificate_pem,
+                    key_pem: endpoint.tls_key_pem,
+                }),
+                _ => {
+                    return Err(WireError::Invalid(
+                        "the endpoint's TLS certificate and key come together".into(),
+                    ));
+                }
+            },
+            tls_hostnames: endpoint.tls_hostnames,
         })
     }
 }

@@ -55,16 +55,25 @@ impl Inference {
 pub fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
+    tls: Option<&edgeship_domain::ServingCertificate>,
     shutdown: oneshot::Receiver<()>,
 ) -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     let addr = listener.local_addr()?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(certificate) = tls {
+        let identity =
+            tonic::transport::Identity::from_pem(&certificate.cert_pem, &certificate.key_pem);
+        server = server
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(|err| std::io::Error::new(std::io::ErrorKind::InvalidInput, err))?;
+    }
     let limit = shared.max_body_bytes();
     let service = GrpcInferenceServiceServer::new(Inference { shared })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let task = tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = server
             .add_service(service)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = shutdown.await;

@@ -182,6 +182,13 @@ pub fn workload(
             .map(EndpointKeys::digests)
             .unwrap_or_default();
     }
+    if !endpoint.tls_hostnames.is_empty() {
+        // The deployment's certificate and key: only devices of this deployment receive them.
+        endpoint.tls = deployment
+            .tls_certificate
+            .as_ref()
+            .map(|c| c.certificate.clone());
+    }
     if endpoint.auth == AuthMode::Token {
         // The public half only: the signing key never leaves the hub.
         endpoint.token_keys = match &deployment.token_signer {

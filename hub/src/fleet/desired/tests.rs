@@ -86,6 +86,7 @@ pub(super) fn deployment(id: &str, port: u16, created: i64, target: Target) -> D
         update_time_ms: created,
         keys: None,
         token_signer: None,
+        tls_certificate: None,
     }
 }
 

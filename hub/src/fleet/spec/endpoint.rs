@@ -67,6 +67,31 @@ impl EndpointManifest {
                 Some(grpc)
             }
         };
+        let tls_hostnames = match &self.tls {
+            None => Vec::new(),
+            Some(tls) if tls.hostnames.is_empty() => {
+                return Err(err(
+                    "endpoint.tls.hostnames",
+                    "name at least one host clients reach the endpoint by",
+                ));
+            }
+            Some(tls) => {
+                for (i, name) in tls.hostnames.iter().enumerate() {
+                    let valid = !name.is_empty()
+                        && name.len() <= 253
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':'));
+                    if !valid {
+                        return Err(err(
+                            format!("endpoint.tls.hostnames[{i}]"),
+                            format!("{name:?} is not a host name or IP address"),
+                        ));
+                    }
+                }
+                tls.hostnames.clone()
+            }
+        };
         Ok(Endpoint {
             port,
             auth,
@@ -76,6 +101,8 @@ impl EndpointManifest {
             // Filled per device from the deployment's keys (see `desired::workload`).
             key_digests: Vec::new(),
             token_keys: Vec::new(),
+            tls_hostnames,
+            tls: None,
         })
     }
 }

@@ -78,6 +78,16 @@ pub struct EndpointManifest {
     /// The Open Inference Protocol over gRPC on this second port (needs `v2` in `protocols`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_port: Option<u32>,
+    /// HTTPS (and gRPC over TLS) with a certificate the hub's CA issues for the deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EndpointTlsManifest>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointTlsManifest {
+    /// Names clients reach the endpoint by (DNS names or IP addresses), at least one.
+    pub hostnames: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -529,6 +539,9 @@ impl DeploymentSpec {
                     .collect(),
                 cors_origins: self.endpoint.cors_origins.clone(),
                 grpc_port: self.endpoint.grpc_port.map(u32::from),
+                tls: (!self.endpoint.tls_hostnames.is_empty()).then(|| EndpointTlsManifest {
+                    hostnames: self.endpoint.tls_hostnames.clone(),
+                }),
             },
             target: TargetManifest {
                 devices: self.target.devices.iter().cloned().collect(),

@@ -152,6 +152,8 @@ fn each_kind_of_mistake_names_the_field_and_the_reason() {
         ("unknown protocol", "name: web\nmodel: m:1\nendpoint: {port: 1, protocols: [v3]}\ntarget: {devices: [d1]}\n".into(), "endpoint.protocols[0]: unknown protocol \"v3\""),
         ("not a string", "name: [unclosed".into(), "name: invalid type: sequence, expected a string"),
         ("json type mistake", "{\"name\": \"web\", \"endpoint\": {\"port\": \"80\"}}".into(), "endpoint.port: invalid type"),
+        ("tls without names", "name: web\nmodel: m:1\nendpoint: {port: 1, tls: {hostnames: []}}\ntarget: {devices: [d1]}\n".into(), "endpoint.tls.hostnames: name at least one host"),
+        ("bad tls name", "name: web\nmodel: m:1\nendpoint: {port: 1, tls: {hostnames: [ok.example, \"a b\"]}}\ntarget: {devices: [d1]}\n".into(), "endpoint.tls.hostnames[1]: \"a b\" is not a host name"),
         ("bad model signer", with("model_signers: [\"ed25519:AAAA\", \"rsa:x\"]\n"), "model_signers[0]: a public key is written `ed25519:`"),
     ];
     let mut wrong = Vec::new();
