@@ -5,6 +5,7 @@
 //! conversions that the hub's and the agent's MQTT links call, and nowhere else.
 
 pub mod capabilities;
+pub mod endpoint;
 #[cfg(any(test, feature = "fixtures"))]
 pub mod fixtures;
 pub mod job;

@@ -221,6 +221,48 @@ pub fn signed_by_any<'a>(
     })
 }
 
+/// A model version's signature policy, as a device checks it before staging.
+impl crate::workload::DeployedModel {
+    /// Checks both signature policies, each on its own: when the deployment names keys
+    /// (`required_signers`), one of them must have signed this version's files as the
+    /// desired state lists them (so also their sha256, which every downloaded file was checked
+    /// against); when the device names keys (`device_signers`), one of those must have, too.
+    /// The device's policy holds whatever a desired state says, so a hub that was broken into
+    /// cannot lift it. The error names the version and the policy that failed.
+    pub fn check_signed(&self, device_signers: &[PublicKey]) -> Result<(), String> {
+        let statement = self.statement();
+        for (policy, required) in [
+            ("the deployment's", self.required_signers.as_slice()),
+            ("this device's", device_signers),
+        ] {
+            if required.is_empty()
+                || signed_by_any(&statement, &self.signatures, required).is_some()
+            {
+                continue;
+            }
+            let keys: Vec<String> = required.iter().map(PublicKey::key_id).collect();
+            return Err(format!(
+                "model {} is not signed over these files by any key of {policy} policy ({}); {} signature(s) present",
+                self.model_ref(),
+                keys.join(", "),
+                self.signatures.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// The statement a signature over this version covers.
+    pub fn statement(&self) -> Vec<u8> {
+        model_statement(
+            &self.model_id,
+            self.version,
+            self.files
+                .iter()
+                .map(|f| (f.path.as_str(), f.sha256.as_str(), f.size_bytes)),
+        )
+    }
+}
+
 fn signed_bytes(purpose: Purpose, message: &[u8]) -> Vec<u8> {
     let prefix = purpose.prefix();
     let mut bytes = Vec::with_capacity(prefix.len() + message.len());
@@ -319,5 +361,53 @@ mod tests {
         assert!(SigningKey::from_pkcs8(b"not a key").is_err());
         // The private half never shows in debug output.
         assert!(!format!("{key:?}").contains(&STANDARD.encode(key.pkcs8())));
+    }
+}
+
+#[cfg(test)]
+mod signature_policy_tests {
+    use crate::fixtures::model_workload;
+    use crate::trust::{ModelSignature, Purpose, SigningKey};
+    use crate::workload::{DeployedModel, WorkloadKind};
+
+    fn deployed() -> DeployedModel {
+        let WorkloadKind::Model(model) = model_workload("web", 3, 7).kind else {
+            unreachable!("a model workload")
+        };
+        model.models[0].clone()
+    }
+
+    #[test]
+    fn a_device_or_a_deployment_may_require_a_signer() {
+        let signer = SigningKey::generate().expect("key");
+        let other = SigningKey::generate().expect("key");
+        let mut model = deployed();
+        // No policy: nothing required.
+        assert_eq!(model.check_signed(&[]), Ok(()));
+        // The device's policy alone.
+        let refused = model
+            .check_signed(&[signer.public()])
+            .expect_err("unsigned");
+        assert!(refused.contains("m:3 is not signed"), "{refused}");
+        model.signatures.push(ModelSignature {
+            key: signer.public(),
+            signature: signer.sign(Purpose::Model, &model.statement()),
+        });
+        assert_eq!(model.check_signed(&[signer.public()]), Ok(()));
+        // The deployment's policy, with a key that did not sign, fails even where the
+        // device's holds; and a deployment cannot lift the device's policy.
+        model.required_signers = vec![other.public()];
+        let refused = model.check_signed(&[]).expect_err("deployment policy");
+        assert!(refused.contains("the deployment's policy"), "{refused}");
+        assert!(model.check_signed(&[signer.public()]).is_err());
+        model.required_signers = vec![signer.public()];
+        let refused = model
+            .check_signed(&[other.public()])
+            .expect_err("device policy");
+        assert!(refused.contains("this device's policy"), "{refused}");
+        assert_eq!(model.check_signed(&[signer.public()]), Ok(()));
+        // Another file behind the same signature: refused.
+        model.files[0].sha256 = crate::fixtures::digest(99);
+        assert!(model.check_signed(&[signer.public()]).is_err());
     }
 }

@@ -158,8 +158,27 @@ async fn device_client(
     (client, rx)
 }
 
-/// Waits for the connection to be acknowledged, then for it to be closed (an error), within
-/// 20 s; panics if it stays open or is refused before the acknowledgement when `connects`.
+/// Waits up to 20 s for the broker to acknowledge a subscription; false if it closes the
+/// connection first.
+async fn subscription_granted(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
+) -> bool {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(event) = events.recv().await {
+            match event {
+                Ok(Packet::SubAck(_)) => return true,
+                Err(_) => return false,
+                Ok(_) => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Waits up to 20 s for the broker to close the connection (an error before any
+/// subscription is acknowledged); panics, naming `what`, if it keeps the connection open.
 async fn closed_after(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Result<Packet, String>>,
     what: &str,
@@ -338,18 +357,7 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
         )
         .await
         .expect("queue");
-    let acked = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = events.recv().await {
-            match event {
-                Ok(Packet::SubAck(_)) => return true,
-                Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let acked = subscription_granted(&mut events).await;
     assert!(acked, "B could not subscribe to its own desired state");
     drop(client);
 
@@ -437,18 +445,7 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
         .subscribe(a_desired.clone(), QoS::AtLeastOnce)
         .await
         .expect("queue");
-    let acked = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = events.recv().await {
-            match event {
-                Ok(Packet::SubAck(_)) => return true,
-                Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let acked = subscription_granted(&mut events).await;
     assert!(acked, "the re-enrolled device was refused");
     drop(client);
     let (_client, mut events) = device_client(&hub, &identity_a, "edgeship-agent-edge-a").await;
@@ -691,17 +688,6 @@ async fn mosquitto_configured_by_the_hub_confines_each_device_and_refuses_a_revo
         )
         .await
         .expect("queue");
-    let acked = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(event) = events.recv().await {
-            match event {
-                Ok(Packet::SubAck(_)) => return true,
-                Err(_) => return false,
-                Ok(_) => {}
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
+    let acked = subscription_granted(&mut events).await;
     assert!(acked, "B was refused after A's revocation");
 }

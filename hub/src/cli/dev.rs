@@ -13,7 +13,7 @@ use edgeship_agent::config::RawConfig;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
 
-use super::shutdown_signal;
+use super::hub::shutdown_signal;
 use crate::client::{self, rpc_error, wait_healthy};
 use crate::registry::NewModel;
 use crate::server::{HubConfig, Mqtt, RunningHub};

@@ -6,6 +6,7 @@ pub mod image;
 pub mod model;
 pub mod module;
 mod page;
+mod signatures;
 mod store;
 mod upload;
 pub mod validate;

@@ -16,11 +16,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use edgeship_domain::trust::{ModelSignature, Purpose};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
-use super::VersionSignature;
 use super::upload::{StagedFile, StagedModel, Upload};
 use super::{
     DeleteTarget, Error, Kind, ListQuery, ModelFile, ModelUpdate, ModelVersion, NewModel, Page,
@@ -61,7 +59,7 @@ pub(super) struct Shared {
 pub struct Registry {
     kind: Kind,
     pub(super) shared: Arc<Shared>,
-    versions: sled::Tree,
+    pub(super) versions: sled::Tree,
     counters: sled::Tree,
     limits: Limits,
 }
@@ -80,12 +78,12 @@ fn model_prefix(model_id: &str) -> Vec<u8> {
     key
 }
 
-fn decode(bytes: &[u8]) -> Result<ModelVersion, Error> {
+pub(super) fn decode(bytes: &[u8]) -> Result<ModelVersion, Error> {
     serde_json::from_slice(bytes)
         .map_err(|err| Error::DataLoss(format!("a model record cannot be decoded: {err}")))
 }
 
-fn encode(model: &ModelVersion) -> Vec<u8> {
+pub(super) fn encode(model: &ModelVersion) -> Vec<u8> {
     // Serializing plain owned data to a Vec cannot fail.
     serde_json::to_vec(model).unwrap_or_default()
 }
@@ -324,7 +322,10 @@ impl Registry {
         }
     }
 
-    fn resolve(&self, reference: &VersionRef) -> Result<Option<(Vec<u8>, sled::IVec)>, Error> {
+    pub(super) fn resolve(
+        &self,
+        reference: &VersionRef,
+    ) -> Result<Option<(Vec<u8>, sled::IVec)>, Error> {
         let entry = match reference.version {
             VersionSelector::Exact(version) => {
                 let key = version_key(&reference.model_id, version);
@@ -341,7 +342,7 @@ impl Registry {
     }
 
     /// "does not exist" when the model has no version at all, else "has no version N".
-    fn not_found(&self, reference: &VersionRef) -> Error {
+    pub(super) fn not_found(&self, reference: &VersionRef) -> Error {
         let exists = self
             .versions
             .scan_prefix(model_prefix(&reference.model_id))
@@ -438,38 +439,6 @@ impl Registry {
         if let Some(description) = &update.description {
             model.description.clone_from(description);
         }
-        model.update_time_ms = now_ms();
-        self.versions.insert(key, encode(&model))?;
-        self.shared.db.flush()?;
-        Ok(model)
-    }
-
-    /// Adds a signature over a version's files, if it verifies; one by the same key replaces
-    /// the earlier one.
-    pub fn add_signature(
-        &self,
-        reference: &VersionRef,
-        signed: ModelSignature,
-    ) -> Result<ModelVersion, Error> {
-        let _guard = self.write_guard();
-        let Some((key, value)) = self.resolve(reference)? else {
-            return Err(self.not_found(reference));
-        };
-        let mut model = decode(&value)?;
-        signed
-            .key
-            .verify(Purpose::Model, &model.statement(), &signed.signature)
-            .map_err(|_| {
-                Error::invalid(format!(
-                    "the signature by {} does not verify over the files of {}:{}: it was made for other bytes, another version, or with another key",
-                    signed.key, model.model_id, model.version
-                ))
-            })?;
-        model.signatures.retain(|s| s.signed.key != signed.key);
-        model.signatures.push(VersionSignature {
-            signed,
-            sign_time_ms: now_ms(),
-        });
         model.update_time_ms = now_ms();
         self.versions.insert(key, encode(&model))?;
         self.shared.db.flush()?;

@@ -294,4 +294,6 @@ impl DeploymentSpec {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

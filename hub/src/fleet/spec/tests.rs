@@ -3,7 +3,7 @@
 use super::*;
 use edgeship_domain::Protocol;
 
-const FULL: &str = r#"
+pub(super) const FULL: &str = r#"
 name: diabetes
 model: diabetes:latest
 runtime: tract
@@ -25,7 +25,7 @@ traffic:
 batching: {max_batch_size: 8, max_queue_delay_ms: 2}
 "#;
 
-fn validate(text: &str) -> Result<DeploymentSpec, SpecError> {
+pub(super) fn validate(text: &str) -> Result<DeploymentSpec, SpecError> {
     parse_manifest(text)?.validate()
 }
 
@@ -593,34 +593,4 @@ fn records_stored_before_containers_still_decode() {
         serde_json::from_value::<DeploymentSpec>(stored).expect("decodes"),
         spec
     );
-}
-
-proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 384, ..Default::default() })]
-
-    /// Any text, YAML or not, is a manifest or an error naming where it is wrong.
-    #[test]
-    fn any_text_is_a_manifest_or_a_named_error(text in "\\PC{0,300}") {
-        if let Err(err) = validate(&text) {
-            proptest::prop_assert!(!err.to_string().is_empty());
-        }
-    }
-
-    /// The documented manifest with characters replaced anywhere still parses or fails
-    /// cleanly, and what validates also writes back and reads again to the same spec.
-    #[test]
-    fn a_damaged_manifest_fails_cleanly_or_round_trips(
-        edits in proptest::collection::vec((proptest::prelude::any::<usize>(), proptest::prelude::any::<char>()), 1..4),
-    ) {
-        let mut chars: Vec<char> = FULL.chars().collect();
-        for (position, replacement) in edits {
-            let at = position % chars.len();
-            chars[at] = replacement;
-        }
-        let text: String = chars.into_iter().collect();
-        if let Ok(spec) = validate(&text) {
-            let again = spec.to_manifest().validate().expect("a spec's manifest validates");
-            proptest::prop_assert_eq!(again, spec);
-        }
-    }
 }
