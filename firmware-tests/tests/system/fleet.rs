@@ -199,16 +199,23 @@ async fn a_thousand_devices_on_one_hub_all_fetch_the_model_and_become_healthy() 
             logs.errors.len() - 1
         );
     }
-    let one = deployments
-        .get_deployment_logs(pb::GetDeploymentLogsRequest {
-            name: "deployments/fleet".into(),
-            device: "sim-0999".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("one device's logs")
-        .into_inner();
-    assert_eq!(one.lines.len(), 1);
+    // One device asked alone; as above, a loaded machine may make it miss a deadline.
+    let mut one = pb::GetDeploymentLogsResponse::default();
+    for _ in 0..3 {
+        one = deployments
+            .get_deployment_logs(pb::GetDeploymentLogsRequest {
+                name: "deployments/fleet".into(),
+                device: "sim-0999".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("one device's logs")
+            .into_inner();
+        if !one.lines.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(one.lines.len(), 1, "{:?}", one.errors);
     assert_eq!(one.lines[0].text, "sim-0999 runs fleet");
     drop(devices);
     hub.stop().await.expect("stop");
