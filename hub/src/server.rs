@@ -345,7 +345,16 @@ impl RunningHub {
 
     /// The URL clients (and `--hub`) use to reach this hub.
     pub fn url(&self) -> String {
-        format!("{}://{}", self.scheme, self.addr)
+        // Listening on every address: loopback reaches it, and the certificate names it.
+        let mut addr = self.addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        format!("{}://{addr}", self.scheme)
     }
 
     /// Stops accepting calls, lets calls in flight finish, and closes the registry.

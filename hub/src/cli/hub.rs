@@ -74,6 +74,9 @@ pub(super) async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
             args.max_packet_bytes
         );
     }
+    let keys = std::path::absolute(crate::trust::keys_dir(&args.data_dir))
+        .unwrap_or_else(|_| crate::trust::keys_dir(&args.data_dir));
+    let (tls, api_auth) = (!args.insecure, !args.no_auth);
     let config = HubConfig {
         data_dir: args.data_dir,
         listen: args.listen,
@@ -84,8 +87,8 @@ pub(super) async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
         mqtt,
         max_packet_bytes: args.max_packet_bytes,
         state_validity: std::time::Duration::from_secs(args.state_validity_secs),
-        api_auth: !args.no_auth,
-        tls: !args.insecure,
+        api_auth,
+        tls,
         hostnames: args.hostnames,
     };
     let mut hub = RunningHub::start(config).await?;
@@ -93,6 +96,21 @@ pub(super) async fn run_hub(args: HubArgs) -> anyhow::Result<()> {
     announce!("edgeship hub listening on {}", hub.url());
     announce!("edgeship mqtt broker at {}", hub.mqtt_url());
     announce!("edgeship hub CA sha256:{}", hub.ca_fingerprint());
+    // How a client command reaches this hub, for the operator to copy.
+    let mut client = format!("EDGESHIP_HUB={}", hub.url());
+    if tls {
+        client.push_str(&format!(
+            " EDGESHIP_HUB_CA={}",
+            keys.join("ca.crt").display()
+        ));
+    }
+    if api_auth {
+        client.push_str(&format!(
+            " EDGESHIP_TOKEN=$(cat {})",
+            keys.join("admin.token").display()
+        ));
+    }
+    announce!("edgeship clients: {client}");
     tokio::select! {
         result = shutdown_signal() => result?,
         result = hub.wait() => return result,
