@@ -374,14 +374,8 @@ async fn poll(
 /// already runs that generation answers with a report, which the hub is then sure to hear
 /// (this is what makes devices reconverge quickly after a hub restart).
 async fn subscribe_and_republish(client: AsyncClient, fleet: Arc<Fleet>) {
-    for kind in [
-        DeviceTopic::Birth,
-        DeviceTopic::Reported,
-        DeviceTopic::BlobRequest,
-        DeviceTopic::UploadRequest,
-        DeviceTopic::LogResponse,
-        DeviceTopic::ProfileResponse,
-    ] {
+    // What devices publish is what the hub hears (the same list the broker ACLs allow).
+    for kind in crate::broker::DEVICE_WRITES {
         if let Err(err) = client
             .subscribe(topics::all_devices(kind), QoS::AtLeastOnce)
             .await

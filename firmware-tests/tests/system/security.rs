@@ -82,6 +82,19 @@ impl SecureHub {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
+    /// Waits until the hub has heard from `device` (deploying with `--wait` needs that).
+    async fn wait_connected(&self, device: &str) {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{device} connects"),
+            || {
+                let known = self.cli(&["device", "show", device]).status.success();
+                async move { known.then_some(()) }
+            },
+        )
+        .await;
+    }
+
     fn bootstrap_token(&self, device: &str, ttl_secs: u64) -> String {
         self.ok(&[
             "device",
@@ -108,6 +121,30 @@ fn enroll(hub: &SecureHub, token: &str, data: &Path) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run edgeship-agent enroll")
+}
+
+/// [`enroll`], which must succeed.
+fn enrolled(hub: &SecureHub, token: &str, data: &Path) {
+    let out = enroll(hub, token, data);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// An enrolled agent: nothing but its data folder, since the device id, the broker, its keys
+/// and the director key all come from enrollment.
+fn run_enrolled(data: &Path, log: &Path) -> Process {
+    Process::spawn(
+        "edgeship-agent",
+        Command::new(binary("edgeship-agent"))
+            .args(["run", "--serve-host", "127.0.0.1", "--data-dir"])
+            .arg(data)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file(log)),
+    )
 }
 
 fn mode(path: &Path) -> u32 {
@@ -209,12 +246,7 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
     let token_a = hub.bootstrap_token("edge-a", 600);
     assert!(token_a.starts_with("esb1."), "{token_a}");
     let data_a = dir.path().join("edge-a");
-    let out = enroll(&hub, &token_a, &data_a);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&hub, &token_a, &data_a);
     let identity_a = data_a.join("identity");
     assert_eq!(mode(&identity_a.join("device.key")), 0o600);
     assert_eq!(mode(&identity_a), 0o700);
@@ -238,25 +270,12 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
         String::from_utf8_lossy(&out.stderr)
     );
     let data_b = dir.path().join("edge-b");
-    let out = enroll(&hub, &hub.bootstrap_token("edge-b", 600), &data_b);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&hub, &hub.bootstrap_token("edge-b", 600), &data_b);
 
     // The enrolled agent needs nothing but its data folder: id, broker, keys and the
     // director key come from enrollment.
     let agent_log = dir.path().join("edge-a.log");
-    let _agent = Process::spawn(
-        "edgeship-agent",
-        Command::new(binary("edgeship-agent"))
-            .args(["run", "--serve-host", "127.0.0.1", "--data-dir"])
-            .arg(&data_a)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(&agent_log)),
-    );
+    let _agent = run_enrolled(&data_a, &agent_log);
     let model = testkit::fixture("diabetes");
     let sample = testkit::fixture("diabetes/sample_input.json");
     hub.ok(&[
@@ -291,11 +310,7 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
     assert!(shown.contains(&signer), "{shown}");
 
     // Deploying with --wait needs the device to have connected once.
-    eventually(Duration::from_secs(30), "edge-a connects", || {
-        let known = hub.cli(&["device", "show", "edge-a"]).status.success();
-        async move { known.then_some(()) }
-    })
-    .await;
+    hub.wait_connected("edge-a").await;
     let port = free_port();
     let manifest = dir.path().join("web.yaml");
     std::fs::write(
@@ -433,12 +448,7 @@ async fn enrolled_devices_serve_over_mutual_tls_stay_apart_and_a_revoked_one_is_
     // An admin may enroll the id again: the new certificate is admitted, the old one (as if
     // stolen) stays refused.
     let renewed = dir.path().join("edge-a-again");
-    let out = enroll(&hub, &hub.bootstrap_token("edge-a", 600), &renewed);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    enrolled(&hub, &hub.bootstrap_token("edge-a", 600), &renewed);
     let (client, mut events) =
         device_client(&hub, &renewed.join("identity"), "edgeship-agent-edge-a").await;
     client
@@ -537,28 +547,11 @@ async fn mosquitto_configured_by_the_hub_confines_each_device_and_refuses_a_revo
     let data_a = dir.path().join("edge-a");
     let data_b = dir.path().join("edge-b");
     for (device, data) in [("edge-a", &data_a), ("edge-b", &data_b)] {
-        let out = enroll(&hub, &hub.bootstrap_token(device, 600), data);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        enrolled(&hub, &hub.bootstrap_token(device, 600), data);
     }
     let agent_log = dir.path().join("edge-a.log");
-    let _agent = Process::spawn(
-        "edgeship-agent",
-        Command::new(binary("edgeship-agent"))
-            .args(["run", "--serve-host", "127.0.0.1", "--data-dir"])
-            .arg(&data_a)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log_file(&agent_log)),
-    );
-    eventually(Duration::from_secs(30), "edge-a connects", || {
-        let known = hub.cli(&["device", "show", "edge-a"]).status.success();
-        async move { known.then_some(()) }
-    })
-    .await;
+    let _agent = run_enrolled(&data_a, &agent_log);
+    hub.wait_connected("edge-a").await;
     let model = testkit::fixture("diabetes");
     hub.ok(&[
         "model",
