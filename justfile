@@ -90,3 +90,15 @@ dev:
 # Regenerate the ONNX fixtures (needs Python with scikit-learn, skl2onnx, onnx, onnxruntime).
 fixtures:
     python3 scripts/fixtures/make_fixtures.py
+
+# N randomized fault trials with release processes (kill -9 of agent, hub and broker, link
+# faults, a full disk, damaged files), each replayable from its printed seed:
+# `EDGESHIP_TRIAL_SEEDS=SEED just trials`. Mounting the full-disk tmpfs needs root.
+trials N="100":
+    cargo build --release --bins
+    EDGESHIP_TRIALS={{N}} cargo bench -p edgeship-firmware-tests --bench trials
+
+# The 10-minute scoring soak with a version roll every 30 s, then 1,000 deploy/delete cycles.
+soak:
+    cargo build --release --bins
+    cargo bench -p edgeship-firmware-tests --bench soak

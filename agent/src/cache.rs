@@ -10,6 +10,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -47,6 +48,10 @@ pub enum ChunkCheck<'a> {
 #[derive(Debug, Clone)]
 pub struct BlobCache {
     root: PathBuf,
+    /// Digests whose files this process has hashed (downloaded, or checked on first use).
+    /// A file found in `sha256/` at start is trusted only once hashed again: a power cut, a
+    /// failing disk or a stray hand can change bytes after they were verified.
+    checked: Arc<Mutex<HashSet<String>>>,
 }
 
 impl BlobCache {
@@ -55,7 +60,10 @@ impl BlobCache {
         for dir in ["sha256", "partial"] {
             fs::create_dir_all(root.join(dir)).map_err(io_err("creating the blob cache"))?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            checked: Arc::default(),
+        })
     }
 
     pub fn path(&self, digest: &str) -> PathBuf {
@@ -66,13 +74,49 @@ impl BlobCache {
         self.root.join("partial").join(digest)
     }
 
+    /// Whether the cache holds the blob's exact bytes. The first call for a file this process
+    /// did not download hashes it (once; a blocking read of the whole file), and removes it
+    /// when the bytes are not the digest's, so it is fetched again rather than loaded.
     pub fn contains(&self, digest: &str) -> bool {
-        self.path(digest).is_file()
+        let path = self.path(digest);
+        if !path.is_file() {
+            return false;
+        }
+        if self
+            .checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(digest)
+        {
+            return true;
+        }
+        match sha256_of_file(&path) {
+            Ok(actual) if actual == digest => {
+                self.checked
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(digest.to_owned());
+                true
+            }
+            Ok(actual) => {
+                tracing::error!(%digest, %actual, "a cached file no longer holds its bytes; removed, to be fetched again");
+                let _ = fs::remove_file(&path);
+                false
+            }
+            Err(err) => {
+                tracing::error!(%digest, error = %err, "a cached file cannot be read; removed, to be fetched again");
+                let _ = fs::remove_file(&path);
+                false
+            }
+        }
     }
 
     /// Starts or resumes the download of a blob.
     pub fn begin(&self, digest: &str, size: u64) -> Result<PartialBlob, CacheError> {
-        PartialBlob::open(self.partial_path(digest), self.path(digest), digest, size)
+        let mut partial =
+            PartialBlob::open(self.partial_path(digest), self.path(digest), digest, size)?;
+        partial.checked = Some(Arc::clone(&self.checked));
+        Ok(partial)
     }
 
     /// Deletes complete and partial blobs not in `keep`; returns how many were removed.
@@ -85,6 +129,10 @@ impl BlobCache {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if !keep.contains(&name) {
                     fs::remove_file(entry.path()).map_err(io_err("removing a cached blob"))?;
+                    self.checked
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&name);
                     removed += 1;
                 }
             }
@@ -105,6 +153,8 @@ pub struct PartialBlob {
     offset: u64,
     /// Bytes found on disk when the download resumed (for reporting).
     resumed_from: u64,
+    /// The cache's set of hashed digests, which a verified download joins.
+    checked: Option<Arc<Mutex<HashSet<String>>>>,
 }
 
 impl PartialBlob {
@@ -157,6 +207,7 @@ impl PartialBlob {
             hasher,
             offset: keep,
             resumed_from: keep,
+            checked: None,
         })
     }
 
@@ -236,6 +287,12 @@ impl PartialBlob {
             .map_err(io_err("syncing a downloaded blob"))?;
         fs::rename(&self.partial, &self.complete)
             .map_err(io_err("moving a blob into the cache"))?;
+        if let Some(checked) = &self.checked {
+            checked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(self.digest.clone());
+        }
         if let Some(dir) = self.complete.parent() {
             File::open(dir)
                 .and_then(|d| d.sync_all())
@@ -243,6 +300,13 @@ impl PartialBlob {
         }
         Ok(self.complete)
     }
+}
+
+/// The sha256 of a file's bytes, read in pieces (model files can be larger than memory).
+fn sha256_of_file(path: &Path) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Links (or copies) cached blobs into a model folder with the model's layout.
@@ -371,6 +435,36 @@ mod tests {
                 .offset(),
             0
         );
+    }
+
+    #[test]
+    fn a_cached_file_damaged_between_runs_is_removed_on_first_use_not_trusted() {
+        let dir = tempfile::tempdir().expect("temp");
+        let blob = vec![7u8; (CHUNK_SIZE + 10) as usize];
+        let digest = sha(&blob);
+        {
+            let cache = BlobCache::open(dir.path()).expect("cache");
+            let mut partial = cache.begin(&digest, blob.len() as u64).expect("begin");
+            for (i, chunk) in blob.chunks(CHUNK_SIZE as usize).enumerate() {
+                let offset = i as u64 * CHUNK_SIZE;
+                assert!(partial.append(offset, chunk, &sha(chunk)).expect("append"));
+            }
+            partial.finish().expect("verified");
+            assert!(cache.contains(&digest));
+        }
+        // Between runs (a power cut, a failing disk), one byte changes.
+        let path = dir.path().join("sha256").join(&digest);
+        let mut bytes = fs::read(&path).expect("read");
+        bytes[100] ^= 1;
+        fs::write(&path, bytes).expect("write");
+
+        let restarted = BlobCache::open(dir.path()).expect("cache");
+        assert!(!restarted.contains(&digest), "damaged bytes were trusted");
+        assert!(!path.exists(), "the damaged file stays in the cache");
+        // An intact file found at start is checked once, then trusted.
+        fs::write(&path, &blob).expect("write");
+        assert!(restarted.contains(&digest));
+        assert!(restarted.contains(&digest));
     }
 
     #[test]

@@ -67,7 +67,7 @@ pub enum FetchError {
     /// Retrying may help: no progress, the broker gone, the hub refusing (restarting).
     #[error("{0}")]
     Transient(String),
-    /// Retrying will not help: the bytes do not match the digest, or the disk refuses them.
+    /// Retrying will not help: the bytes do not match the digest after several downloads.
     #[error("{0}")]
     Failed(String),
 }
@@ -296,6 +296,9 @@ impl Fetcher {
     }
 }
 
+/// The cache could not take the bytes (a full disk, an I/O error): a condition that can end,
+/// so the download is retried with backoff, the workload `Transitioning` with the reason,
+/// and the partial file kept to resume from.
 fn disk(err: CacheError) -> FetchError {
-    FetchError::Failed(err.to_string())
+    FetchError::Transient(err.to_string())
 }

@@ -85,14 +85,21 @@ impl StateStore {
         use std::os::unix::fs::OpenOptionsExt as _;
         let tmp = self.dir.join(format!("{name}.tmp"));
         let _ = fs::remove_file(&tmp);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, self.dir.join(name))?;
+        let written = (|| {
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            fs::rename(&tmp, self.dir.join(name))
+        })();
+        if written.is_err() {
+            // A full disk, say: the old file stands, and no half-written copy stays behind.
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
         fs::File::open(&self.dir)?.sync_all()
     }
 }

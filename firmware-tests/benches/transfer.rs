@@ -6,18 +6,13 @@
 //! Run with `just bench` (it builds the release binaries first), or:
 //! `cargo build --release --bins && cargo bench -p edgeship-firmware-tests --bench transfer`.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use edgeship_hub::client;
 use edgeship_hub::registry::NewModel;
-use edgeship_proto::topics::{self, DeviceTopic};
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use prost::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use testkit::{HubProcess, Mosquitto, TempDir, free_port, start_agent};
 
 const MODEL_BYTES: usize = 50 * 1024 * 1024;
@@ -91,34 +86,6 @@ async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
 }
 
 /// Counts every chunk the hub sends to one device, by offset.
-async fn chunk_spy(mqtt_url: &str, device: &str) -> Arc<Mutex<HashMap<(String, u64), u32>>> {
-    let (host, port) = edgeship_hub::server::parse_mqtt_url(mqtt_url).expect("url");
-    let mut options = MqttOptions::new("bench-spy", host, port);
-    options.set_max_packet_size(4 << 20, 4 << 20);
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client
-        .subscribe(
-            topics::device(device, DeviceTopic::BlobResponse),
-            QoS::AtMostOnce,
-        )
-        .await
-        .expect("subscribe");
-    let counts = Arc::new(Mutex::new(HashMap::new()));
-    let sink = Arc::clone(&counts);
-    tokio::spawn(async move {
-        while let Ok(event) = eventloop.poll().await {
-            if let Event::Incoming(Packet::Publish(p)) = event
-                && let Ok(chunk) = pb::BlobChunk::decode(p.payload.as_ref())
-            {
-                let mut counts = sink.lock().expect("lock");
-                *counts.entry((chunk.sha256, chunk.offset)).or_insert(0) += 1;
-            }
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    counts
-}
-
 /// "median (worst)" of `values`, where a larger value is worse.
 fn median_worst(values: &[f64]) -> (f64, f64) {
     let mut sorted = values.to_vec();
@@ -142,7 +109,7 @@ async fn resent_after_kill(hub: &HubProcess, dir: &Path, round: usize) -> (u32, 
     let name = format!("resume{round}");
     let folder = testkit::big_model(dir, &name, MODEL_BYTES, 99 + round as u64);
     register(&hub.url, &name, &folder).await;
-    let spy = chunk_spy(&hub.mqtt_url, &name).await;
+    let spy = testkit::spy::chunk_spy(&hub.mqtt_url, &name).await;
     let agent_dir = dir.join(format!("agent-{name}"));
     let log = dir.join(format!("{name}.log"));
     let mut agent = start_agent(&name, &hub.mqtt_url, &agent_dir, &log);
@@ -169,8 +136,7 @@ async fn resent_after_kill(hub: &HubProcess, dir: &Path, round: usize) -> (u32, 
     let _agent = start_agent(&name, &hub.mqtt_url, &agent_dir, &log);
     wait_healthy(&hub.url, &name).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let counts = spy.lock().expect("lock").clone();
-    (counts.values().map(|n| n - 1).sum(), counts.len())
+    testkit::spy::resent(&spy)
 }
 
 async fn run() -> anyhow::Result<()> {

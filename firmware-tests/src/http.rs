@@ -92,3 +92,84 @@ pub async fn score(addr: SocketAddr, body: &serde_json::Value) -> std::io::Resul
     )
     .await
 }
+
+/// An HTTP/1.1 client on one kept-alive connection, for load that does not churn through
+/// sockets (a connection per request would fill the port range with TIME_WAIT within
+/// seconds at a few thousand requests a second).
+#[derive(Debug)]
+pub struct KeepAlive {
+    addr: SocketAddr,
+    stream: Option<tokio::io::BufReader<tokio::net::TcpStream>>,
+}
+
+impl KeepAlive {
+    pub fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, stream: None }
+    }
+
+    /// POSTs `body` as JSON to `path`; the status, headers and body of the answer. Any
+    /// error drops the connection (the next call opens another).
+    pub async fn post_json(&mut self, path: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
+        let answer = tokio::time::timeout(Duration::from_secs(30), self.exchange(path, body))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+        if answer.is_err() {
+            self.stream = None;
+        }
+        answer
+    }
+
+    async fn exchange(&mut self, path: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
+        use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+        if self.stream.is_none() {
+            let stream = tokio::net::TcpStream::connect(self.addr).await?;
+            stream.set_nodelay(true)?;
+            self.stream = Some(tokio::io::BufReader::new(stream));
+        }
+        let stream = self.stream.as_mut().expect("connected above");
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.get_mut().write_all(head.as_bytes()).await?;
+        stream.get_mut().write_all(body).await?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+        let mut headers = Vec::new();
+        loop {
+            line.clear();
+            if stream.read_line(&mut line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let Some((name, value)) = line.trim_end().split_once(':') else {
+                break;
+            };
+            headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+        let length: usize = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok())
+            .ok_or_else(|| std::io::Error::other("an answer without content-length"))?;
+        let mut bytes = vec![0; length];
+        stream.read_exact(&mut bytes).await?;
+        let closes = headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close"));
+        if closes {
+            self.stream = None;
+        }
+        Ok(HttpResponse {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+            bytes,
+        })
+    }
+}

@@ -5,14 +5,17 @@
 //! `SKIP:` line and passes, except under `EDGESHIP_CI=1`, where a missing component fails the
 //! test, so nothing real goes untested in CI.
 
+pub mod faultnet;
 pub mod http;
 pub mod images;
 pub mod jobs;
 pub mod modules;
 pub mod sim;
+pub mod spy;
+pub mod trials;
 pub mod trust;
 
-pub use http::{HttpResponse, http, score};
+pub use http::{HttpResponse, KeepAlive, http, score};
 pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
 
 use std::io::{BufRead, BufReader};
@@ -268,6 +271,11 @@ impl Mosquitto {
     pub fn stop(mut self) {
         self.process.terminate(Duration::from_secs(3));
     }
+
+    /// SIGKILL: a broker crash (persistence is off, so its sessions and retained messages go).
+    pub fn kill_hard(mut self) {
+        self.process.kill_hard();
+    }
 }
 
 /// The repository's committed ONNX fixtures.
@@ -284,20 +292,35 @@ pub fn expected(name: &str) -> serde_json::Value {
 
 /// Asserts a /score response matches scikit-learn's stored predictions for the diabetes rows.
 pub fn assert_diabetes_predictions(response: &HttpResponse) {
-    assert_eq!(response.status, 200, "{}", response.body);
-    let got = response.json();
+    if let Err(why) = diabetes_predictions_match(response) {
+        panic!("{why}");
+    }
+}
+
+/// Whether a /score response carries scikit-learn's stored predictions for the diabetes
+/// rows; the difference when it does not.
+pub fn diabetes_predictions_match(response: &HttpResponse) -> Result<(), String> {
+    if response.status != 200 {
+        return Err(format!("status {}: {}", response.status, response.body));
+    }
+    let got: serde_json::Value =
+        serde_json::from_str(&response.body).map_err(|err| format!("not JSON: {err}"))?;
     let want = expected("diabetes")["predictions"].clone();
     let want = want.as_array().expect("array");
-    let got = got.as_array().expect("array of rows");
-    assert_eq!(got.len(), want.len());
-    for (row, (got, want)) in got.iter().zip(want).enumerate() {
-        let got = got[0].as_f64().expect("number");
-        let want = want.as_f64().expect("number");
-        assert!(
-            (got - want).abs() <= 1e-3 * want.abs().max(1.0),
-            "row {row}: {got} vs {want}"
-        );
+    let got = got.as_array().ok_or("not an array of rows")?;
+    if got.len() != want.len() {
+        return Err(format!("{} rows, expected {}", got.len(), want.len()));
     }
+    for (row, (got, want)) in got.iter().zip(want).enumerate() {
+        let got = got[0]
+            .as_f64()
+            .ok_or(format!("row {row} is not a number"))?;
+        let want = want.as_f64().expect("number");
+        if (got - want).abs() > 1e-3 * want.abs().max(1.0) {
+            return Err(format!("row {row}: {got} vs {want}"));
+        }
+    }
+    Ok(())
 }
 
 /// Runs the `edgeship` CLI against `hub`, asserts it succeeded, and returns its stdout.

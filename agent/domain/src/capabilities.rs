@@ -194,7 +194,7 @@ impl Capabilities {
             )),
             // The one requirement an operator meets by starting the agent differently.
             Some(Requirement::ContainerWorkloads) => Err(
-                "this device's agent does not run container workloads; start it with --containers docker (on a host with Docker)"
+                "this device's agent does not run container workloads; start it with --containers docker on a host whose Docker engine runs (the agent's log says why when the engine was unreachable)"
                     .to_owned(),
             ),
             Some(missing) => Err(format!("this device's agent does not support {missing}")),
@@ -312,7 +312,7 @@ mod tests {
         };
         assert_eq!(
             device.check(&container).expect_err("container"),
-            "this device's agent does not run container workloads; start it with --containers docker (on a host with Docker)"
+            "this device's agent does not run container workloads; start it with --containers docker on a host whose Docker engine runs (the agent's log says why when the engine was unreachable)"
         );
     }
 }

@@ -82,13 +82,20 @@ impl RunningAgent {
         let mut engine: Option<String> = None;
         #[cfg(feature = "containers")]
         if let Some(crate::config::ContainerEngine::Docker { socket }) = &config.containers {
-            let containers =
-                crate::containers::Containers::connect(socket.as_deref(), &config.device_id)
-                    .await
-                    .map_err(|why| anyhow::anyhow!("--containers docker: {why}"))?;
-            tracing::info!(engine = %containers.description(), "running container workloads");
-            engine = Some(containers.description().to_owned());
-            stage = stage.with_containers(containers);
+            // An engine that is down costs the device its container workloads only: models
+            // keep serving, and the hub reports container workloads for this device as
+            // unschedulable (its birth names no engine).
+            match crate::containers::Containers::connect(socket.as_deref(), &config.device_id).await
+            {
+                Ok(containers) => {
+                    tracing::info!(engine = %containers.description(), "running container workloads");
+                    engine = Some(containers.description().to_owned());
+                    stage = stage.with_containers(containers);
+                }
+                Err(why) => tracing::error!(
+                    "container workloads are off: {why}; restart the agent once the engine runs"
+                ),
+            }
         }
         let birth = birth(&config, engine.as_deref());
         let mut link = link::start(&config, &birth, state.accepted_generation)?;

@@ -425,11 +425,24 @@ async fn container_failures_are_reported_and_leave_nothing_behind() {
         free_port(),
         "  image: edgeship-test/no-such-image:1\n  ports: [8080]\n",
     );
+    // One CPU more than the engine's host has: the engine refuses it, on any host.
+    let host_cpus = std::process::Command::new("docker")
+        .args(["info", "--format", "{{.NCPU}}"])
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u32>()
+                .ok()
+        })
+        .expect("docker info names the host's CPUs");
     deploy(
         "greedy",
         free_port(),
         &format!(
-            "  image_artifact: busybox:1\n  command: [/bin/sh, -c, \"{serve} -f\"]\n  ports: [8080]\n  resources: {{cpus: 64}}\n"
+            "  image_artifact: busybox:1\n  command: [/bin/sh, -c, \"{serve} -f\"]\n  ports: [8080]\n  resources: {{cpus: {}}}\n",
+            host_cpus + 1
         ),
     );
     deploy(

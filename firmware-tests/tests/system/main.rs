@@ -16,3 +16,4 @@ mod rollouts_real;
 mod security;
 mod standalone;
 mod support;
+mod trials;

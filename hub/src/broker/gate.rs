@@ -19,6 +19,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::front::Front;
 use super::{DEVICE_READS, DEVICE_WRITES};
 use crate::blob_server::Entitlements;
 use crate::trust::enrollment::Enrollments;
@@ -27,8 +28,8 @@ use crate::trust::pki::{self, Identity};
 /// What the gate needs to decide.
 pub struct Gate {
     acceptor: tokio_rustls::TlsAcceptor,
-    /// The broker itself, on loopback.
-    broker: SocketAddr,
+    /// The way to the broker itself, on loopback.
+    front: Front,
     enrollments: Arc<Enrollments>,
     entitlements: Arc<Entitlements>,
     max_packet_bytes: usize,
@@ -36,9 +37,7 @@ pub struct Gate {
 
 impl std::fmt::Debug for Gate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gate")
-            .field("broker", &self.broker)
-            .finish()
+        f.debug_struct("Gate").field("front", &self.front).finish()
     }
 }
 
@@ -67,7 +66,7 @@ impl Gate {
             .with_single_cert(chain, key)?;
         Ok(Gate {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
-            broker,
+            front: Front::new(broker, max_packet_bytes),
             enrollments,
             entitlements,
             max_packet_bytes,
@@ -116,23 +115,28 @@ impl Gate {
                 "certificate {serial} of {device} is not its current one (enrolled again since)"
             ));
         }
-        let broker = TcpStream::connect(self.broker)
-            .await
-            .map_err(|err| format!("the broker is unreachable: {err}"))?;
-        let _ = broker.set_nodelay(true);
-        let (client_read, client_write) = tokio::io::split(tls);
-        let (broker_read, broker_write) = broker.into_split();
         let peer = Peer {
             device: &device,
             serial: &serial,
         };
-        let up = self.upward(peer, client_read, broker_write);
-        let down = self.downward(peer, broker_read, client_write);
-        // Whichever side ends (or breaks a rule) ends the connection.
-        tokio::select! {
-            result = up => result,
-            result = down => result,
-        }
+        self.front.relay(tls, Some((self, peer))).await
+    }
+
+    /// Checks a device's first packet, its CONNECT.
+    pub(super) fn check_first(
+        &self,
+        peer: Peer<'_>,
+        header: mqttbytes::FixedHeader,
+        frame: Bytes,
+    ) -> Result<(), String> {
+        self.still_admitted(peer)?;
+        check(
+            peer.device,
+            PacketType::Connect,
+            header,
+            frame,
+            &self.entitlements,
+        )
     }
 
     /// Whether the peer's certificate still stands: not revoked, not superseded.
@@ -147,21 +151,21 @@ impl Gate {
         }
     }
 
-    /// Device → broker: whole packets, each checked.
-    async fn upward(
+    /// Device → broker after the CONNECT: whole packets, each checked; `buffer` holds what
+    /// was read after the CONNECT.
+    pub(super) async fn upward(
         &self,
         peer: Peer<'_>,
+        mut buffer: BytesMut,
         mut from: impl AsyncRead + Unpin,
         mut to: impl AsyncWrite + Unpin,
     ) -> Result<(), String> {
         let device = peer.device;
-        let mut buffer = BytesMut::with_capacity(64 * 1024);
-        let mut connected = false;
         loop {
             let checked = next_packet(
                 device,
                 &buffer,
-                connected,
+                true,
                 self.max_packet_bytes,
                 &self.entitlements,
             )?;
@@ -177,14 +181,13 @@ impl Gate {
                 continue;
             };
             self.still_admitted(peer)?;
-            connected = true;
             let frame = buffer.split_to(length);
             to.write_all(&frame).await.map_err(|e| e.to_string())?;
         }
     }
 
     /// Broker → device: passed through, while the device stays trusted.
-    async fn downward(
+    pub(super) async fn downward(
         &self,
         peer: Peer<'_>,
         mut from: impl AsyncRead + Unpin,
@@ -206,7 +209,7 @@ impl Gate {
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
-struct Peer<'a> {
+pub(super) struct Peer<'a> {
     device: &'a str,
     /// Its certificate's serial, in hex.
     serial: &'a str,

@@ -1,11 +1,12 @@
-//! The embedded MQTT broker (rumqttd): what makes one hub process a complete system; with
-//! TLS it listens on loopback only, behind the [`gate`]. [`wire`] decides where the hub's own
-//! link connects and which URL devices are given.
+//! The embedded MQTT broker (rumqttd): what makes one hub process a complete system. It
+//! listens on loopback only, behind the [`front`] (and with TLS, the [`gate`]). [`wire`]
+//! decides where the hub's own link connects and which URL devices are given.
 //!
 //! Design: rumqttd runs on its own OS threads and has no stop API, so an embedded broker lives
 //! as long as the process. Production fleets point the hub at an external broker instead
 //! (`--mqtt-url`; Mosquitto is the reference).
 
+pub mod front;
 pub mod gate;
 pub mod mosquitto;
 
@@ -78,12 +79,19 @@ pub async fn wire(
     };
     match (mqtt, tls) {
         (Mqtt::Embedded { listen }, None) => {
-            let bound = embedded(*listen).await?;
+            // The front takes the public address; the broker hides on loopback.
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("the MQTT address {listen} is not free"))?;
+            let public = listener.local_addr()?;
+            let internal = embedded(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let front = front::Front::new(internal, max_packet_bytes);
+            tokio::spawn(Arc::new(front).serve_plain(listener));
             Ok(Wiring {
-                link_host: bound.ip().to_string(),
-                link_port: bound.port(),
+                link_host: internal.ip().to_string(),
+                link_port: internal.port(),
                 link_tls: None,
-                device_url: format!("mqtt://{bound}"),
+                device_url: format!("mqtt://{public}"),
             })
         }
         (Mqtt::Embedded { listen }, Some(tls)) => {

@@ -321,11 +321,25 @@ async fn a_container_deployment_pins_its_image_and_model_and_protects_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_whose_agent_runs_no_containers_is_unschedulable_with_the_reason() {
+    unschedulable_for_containers(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_whose_docker_engine_is_unreachable_starts_and_is_unschedulable_for_containers() {
+    let engine = edgeship_agent::config::ContainerEngine::Docker {
+        socket: Some("/nonexistent/docker.sock".into()),
+    };
+    unschedulable_for_containers(Some(engine)).await;
+}
+
+async fn unschedulable_for_containers(engine: Option<edgeship_agent::config::ContainerEngine>) {
     let hub = TestHub::start().await;
     let dir = tempfile::tempdir().expect("temp");
-    let agent = RunningAgent::start(agent_config("edge-1", &hub, dir.path()))
-        .await
-        .expect("agent");
+    let config = edgeship_agent::config::AgentConfig {
+        containers: engine,
+        ..agent_config("edge-1", &hub, dir.path())
+    };
+    let agent = RunningAgent::start(config).await.expect("agent");
     let since = now_ms() - 1000;
     wait_heard_from(&hub.url(), "edge-1", since).await;
     apply(

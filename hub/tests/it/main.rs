@@ -2,6 +2,7 @@
 //! blob store in a temporary folder, and the `edgeship` binary against it.
 
 mod bad_input;
+mod broker_front;
 mod cli;
 mod containers;
 mod e2e;

@@ -533,7 +533,7 @@ fn where_a_container_cannot_run_it_is_unschedulable_with_the_reason() {
     assert_eq!(
         on(&device("d1", &[]), &artifact_and_model, &registry),
         [
-            "scorer!this device's agent does not run container workloads; start it with --containers docker (on a host with Docker)"
+            "scorer!this device's agent does not run container workloads; start it with --containers docker on a host whose Docker engine runs (the agent's log says why when the engine was unreachable)"
         ]
     );
     // An artifact that is no image (an ONNX model named by mistake).
