@@ -90,10 +90,12 @@ fn print_trial(o: &Outcome) {
         .map(|(v, n)| format!("{v} {n}"))
         .collect();
     println!(
-        "seed {} {}: {}; converged {} after the fault, {} after the apply; re-sent {} of {} chunks; served {} refused {}; rss hub {} agent {} KiB: {verdict}",
+        "seed {} {}: {}; set up in {}, converged {} after the fault, {} after the apply; re-sent {} of {} chunks; served {} refused {}; rss hub {} agent {} KiB: {verdict}",
         o.seed,
         o.kind.name(),
         o.injected,
+        o.setup
+            .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
         o.convergence
             .map_or("never".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
         o.roll
@@ -146,6 +148,22 @@ fn summary(outcomes: &[Outcome], took: Duration) {
             percentile(&rolls, 0.99),
         );
     }
+    let mut phases: BTreeMap<&str, usize> = BTreeMap::new();
+    for phase in outcomes.iter().flat_map(|o| &o.phases) {
+        *phases.entry(phase).or_default() += 1;
+    }
+    println!("\nagent kills by where they landed in the roll: {phases:?}");
+    let resent: Vec<u32> = outcomes
+        .iter()
+        .filter(|o| o.kind == FaultKind::AgentKill)
+        .map(|o| o.resent_chunks)
+        .collect();
+    println!(
+        "chunks re-sent after agent kills: {} in {} trials, at most {} in one",
+        resent.iter().sum::<u32>(),
+        resent.len(),
+        resent.iter().max().unwrap_or(&0)
+    );
     let wrong: u64 = outcomes.iter().map(|o| o.served.wrong).sum();
     let answered: u64 = outcomes
         .iter()

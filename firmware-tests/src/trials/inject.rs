@@ -22,6 +22,8 @@ pub struct Injected {
     pub agent_was_down: bool,
     /// A label the hub acknowledged just before it was killed.
     pub label: Option<(String, String)>,
+    /// Where each agent kill landed in the roll.
+    pub phases: Vec<&'static str>,
 }
 
 pub async fn inject(
@@ -31,24 +33,25 @@ pub async fn inject(
     model_bytes: u64,
     new_files: &Files,
 ) -> Injected {
-    // A roll on loopback takes tens of milliseconds plus about 10 ms a MiB (download, check,
+    // A roll on loopback takes tens of milliseconds plus a few ms a MiB (download, check,
     // staging, load, self-test, switch, report): most faults strike inside that span, one in
     // four up to three times later (reports, the hub's bookkeeping).
-    let mut span = 50 + (model_bytes >> 20) * 15;
+    let mut span = 30 + (model_bytes >> 20) * 10;
     if rng.below(4) == 0 {
         span *= 3;
     }
     let mut label = None;
     let mut agent_was_down = false;
+    let mut phases = Vec::new();
     let description = match kind {
         FaultKind::AgentKill => {
             agent_was_down = true;
             let mut landed = Vec::new();
             for _ in 0..1 + rng.below(3) {
-                let wait = rng.millis(0, span);
-                tokio::time::sleep(wait).await;
+                let wait = kill_moment(world, rng, span, new_files).await;
                 let phase = phase(world, new_files).await;
                 world.kill_agent();
+                phases.push(phase);
                 let down = rng.millis(0, 1000);
                 tokio::time::sleep(down).await;
                 world.start_agent();
@@ -58,10 +61,10 @@ pub async fn inject(
         }
         FaultKind::CacheDamage => {
             agent_was_down = true;
-            let wait = rng.millis(0, span);
-            tokio::time::sleep(wait).await;
+            let wait = kill_moment(world, rng, span, new_files).await;
             let phase = phase(world, new_files).await;
             world.kill_agent();
+            phases.push(phase);
             let mut damage = vec![damage_a_file(&world.agent_dir(), rng)];
             if rng.below(2) == 0 {
                 damage.push(damage_a_file(&world.agent_dir(), rng));
@@ -101,7 +104,7 @@ pub async fn inject(
             };
             let proxy = world.proxy.as_ref().expect("a proxied trial");
             proxy.set(mode);
-            let hold = rng.millis(1000, 10_000);
+            let hold = rng.millis(500, 6000);
             tokio::time::sleep(hold).await;
             proxy.set(LinkMode::Clear);
             format!("link {name} after +{wait:?} for {hold:?}")
@@ -114,7 +117,7 @@ pub async fn inject(
                 delay,
                 bytes_per_second,
             });
-            let hold = rng.millis(2000, 8000);
+            let hold = rng.millis(1000, 5000);
             tokio::time::sleep(hold).await;
             proxy.set(LinkMode::Clear);
             let cap = match bytes_per_second {
@@ -125,7 +128,7 @@ pub async fn inject(
         }
         FaultKind::Flapping => {
             let proxy = world.proxy.as_ref().expect("a proxied trial");
-            let hold = rng.millis(2000, 8000);
+            let hold = rng.millis(1000, 5000);
             let until = Instant::now() + hold;
             let mut cuts = 0;
             while Instant::now() < until {
@@ -136,7 +139,7 @@ pub async fn inject(
             format!("{cuts} connection cuts over {hold:?}")
         }
         FaultKind::DiskFull => {
-            let hold = rng.millis(1000, 5000);
+            let hold = rng.millis(500, 3000);
             tokio::time::sleep(hold).await;
             let tmpfs = world.tmpfs.as_ref().expect("a tmpfs trial");
             let used = du(&world.agent_dir());
@@ -149,7 +152,39 @@ pub async fn inject(
         healed: Instant::now(),
         agent_was_down,
         label,
+        phases,
     }
+}
+
+/// Waits for an agent kill's moment and returns how long it waited: a random time within
+/// `span`, or, on half the draws, the moment the roll reaches a stage drawn at random (the
+/// new version's download under way, or its files staged and not yet switched to), polled
+/// every millisecond and given up after three spans. A roll on loopback is over in tens of
+/// milliseconds, so random moments alone would seldom land inside it.
+async fn kill_moment(world: &World, rng: &mut Rng, span: u64, new_files: &Files) -> Duration {
+    let started = Instant::now();
+    let target = rng.below(4);
+    if target >= 2 {
+        let wait = rng.millis(0, span);
+        tokio::time::sleep(wait).await;
+        return wait;
+    }
+    let dir = world.agent_dir();
+    let give_up = Duration::from_millis(span * 3);
+    while started.elapsed() < give_up {
+        let reached = if target == 0 {
+            new_files
+                .values()
+                .any(|digest| dir.join("blobs/partial").join(digest).exists())
+        } else {
+            dir.join("models").join(MODEL_ID).join("2").exists()
+        };
+        if reached {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
 }
 
 /// Where the roll to the new version stands on the device, as seen from outside: its

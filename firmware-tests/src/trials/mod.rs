@@ -121,12 +121,16 @@ pub struct Outcome {
     pub convergence: Option<Duration>,
     /// From the apply of the new version to the same report: the roll, fault included.
     pub roll: Option<Duration>,
+    /// Setting up: processes started, both versions registered, version 1 serving.
+    pub setup: Option<Duration>,
     /// Chunks the hub sent more than once, and distinct chunks sent, after the apply.
     pub resent_chunks: u32,
     pub chunks: usize,
     pub served: probe::Served,
     pub hub_rss_kib: u64,
     pub agent_rss_kib: u64,
+    /// Where each agent kill landed in the roll (download, verify, …).
+    pub phases: Vec<&'static str>,
     /// Broken promises; empty when the trial passed.
     pub failures: Vec<String>,
     /// Why the trial could not run here (a component missing), when it did not.
@@ -141,11 +145,13 @@ impl Outcome {
             injected: String::new(),
             convergence: None,
             roll: None,
+            setup: None,
             resent_chunks: 0,
             chunks: 0,
             served: probe::Served::default(),
             hub_rss_kib: 0,
             agent_rss_kib: 0,
+            phases: Vec::new(),
             failures: Vec::new(),
             skipped: None,
         }
@@ -198,6 +204,7 @@ fn panic_text(err: tokio::task::JoinError) -> String {
 
 async fn trial(seed: u64, kind: FaultKind) -> Outcome {
     let mut outcome = Outcome::new(seed, kind);
+    let started = Instant::now();
     let mut rng = Rng::new(seed ^ 0x5eed);
     let model_bytes: u64 = [1, 4, 10][rng.below(3) as usize] << 20;
     let mosquitto = match kind {
@@ -249,10 +256,12 @@ async fn trial(seed: u64, kind: FaultKind) -> Outcome {
     let versions_served = vec![format!("{MODEL_ID}:1"), format!("{MODEL_ID}:2")];
     let probe = probe::Probe::start(world.endpoint(), versions_served, Duration::from_millis(10));
 
+    outcome.setup = Some(started.elapsed());
     apply(&world, 2);
     let applied = Instant::now();
     let injected = inject::inject(kind, &mut world, &mut rng, model_bytes, &versions[1]).await;
     outcome.injected = injected.description.clone();
+    outcome.phases = injected.phases.clone();
     match converge(&world, 2, CONVERGENCE_BOUND).await {
         Ok(()) => {
             outcome.convergence = Some(injected.healed.elapsed());

@@ -5,7 +5,44 @@
 use testkit::trials::{self, FaultKind, Outcome};
 
 /// Seeds that found defects, with what they found; each must pass from now on.
-const REGRESSIONS: &[(u64, &str)] = &[];
+const REGRESSIONS: &[(u64, &str)] = &[
+    (
+        1,
+        "damaged agent files: the new version's weights, truncated in the cache while the agent \
+         was down, were served after the restart (files found at start are now hashed before \
+         their first use)",
+    ),
+    (
+        7,
+        "full disk: the download that hit ENOSPC failed for good and the device never took the \
+         new version once the disk had room, leaving state.json.tmp behind (disk errors are now \
+         retried with backoff; a failed state write removes its temporary file)",
+    ),
+    (
+        111,
+        "damaged agent files: a truncated state.json stopped the agent from starting at all \
+         (it is now set aside as state.json.damaged and the agent starts afresh from the \
+         hub's desired state)",
+    ),
+    (
+        114,
+        "damaged agent files: the same, with a staged file of the old version removed and the \
+         agent killed mid-download",
+    ),
+    (
+        20_261_127_108,
+        "damaged agent files: bytes flipped in state.json and desired.json that still parsed \
+         were taken as they were; the changed sample input failed the self-test and the device \
+         stayed Failed (both files now carry a checksum line, and a mismatch counts as damage)",
+    ),
+    (
+        20_261_127_159,
+        "damaged agent files: with desired.json unreadable after a kill mid-roll, the agent \
+         never got the desired state again (rumqttd does not resend a retained message on a \
+         repeated subscribe of a restored session) and stayed on the old version (the agent now \
+         subscribes to its desired state afresh on every connect)",
+    ),
+];
 
 fn report(outcome: &Outcome) -> Option<String> {
     eprintln!(
