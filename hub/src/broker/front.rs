@@ -83,7 +83,11 @@ impl Front {
         let connect = upward.split_to(length).freeze();
         let client_id = self.check_connect(header, connect.clone(), acl)?;
 
-        let _setup = self.setups.enter(&client_id).await;
+        let Some(_setup) = self.setups.enter(&client_id).await else {
+            return Err(format!(
+                "a newer connection of {client_id:?} took over while this one waited"
+            ));
+        };
         let broker = TcpStream::connect(self.broker)
             .await
             .map_err(|err| format!("the broker is unreachable: {err}"))?;
@@ -182,7 +186,15 @@ async fn read_packet(
 
 /// One connection setup per client id at a time.
 #[derive(Debug, Default)]
-struct Setups(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+struct Setups(Mutex<HashMap<String, SetupLine>>);
+
+/// The connections of one client id waiting to be set up.
+#[derive(Debug, Default)]
+struct SetupLine {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// The number of the newest connection that joined the line.
+    newest: u64,
+}
 
 /// A setup in progress; the next one for the same id waits until this is dropped.
 struct Setup<'a> {
@@ -192,36 +204,91 @@ struct Setup<'a> {
 }
 
 impl Setups {
-    async fn enter(&self, id: &str) -> Setup<'_> {
+    /// Waits for the id's turn. `None` when a newer connection under the same id joined the
+    /// line meanwhile, or the turn did not come within the setup timeout: a client that
+    /// reconnects while an overloaded broker answers slowly has given up on this connection,
+    /// and setting each of them up in turn would only make the line grow.
+    async fn enter(&self, id: &str) -> Option<Setup<'_>> {
         // An empty id gets a fresh one from the broker: nothing to race with.
-        let held = if id.is_empty() {
-            None
-        } else {
-            let lock = {
-                let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
-                Arc::clone(locks.entry(id.to_owned()).or_default())
-            };
-            Some(lock.lock_owned().await)
+        if id.is_empty() {
+            return Some(Setup {
+                setups: self,
+                id: String::new(),
+                held: None,
+            });
+        }
+        let (lock, ticket) = {
+            let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            let line = lines.entry(id.to_owned()).or_default();
+            line.newest += 1;
+            (Arc::clone(&line.lock), line.newest)
         };
-        Setup {
+        let held = tokio::time::timeout(SETUP_TIMEOUT, lock.lock_owned()).await;
+        let setup = Setup {
             setups: self,
             id: id.to_owned(),
-            held,
-        }
+            held: held.ok(),
+        };
+        let newest = {
+            let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            lines.get(id).map(|line| line.newest)
+        };
+        (setup.held.is_some() && newest == Some(ticket)).then_some(setup)
     }
 }
 
 impl Drop for Setup<'_> {
     fn drop(&mut self) {
-        if self.held.take().is_some() {
-            let mut locks = self.setups.0.lock().unwrap_or_else(|e| e.into_inner());
-            // Nobody else waits on this id: forget it, so the map does not grow with ids.
-            if locks
-                .get(&self.id)
-                .is_some_and(|lock| Arc::strong_count(lock) == 1)
-            {
-                locks.remove(&self.id);
-            }
+        self.held.take();
+        if self.id.is_empty() {
+            return;
         }
+        let mut lines = self.setups.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Nobody else waits on this id: forget it, so the map does not grow with ids.
+        if lines
+            .get(&self.id)
+            .is_some_and(|line| Arc::strong_count(&line.lock) == 1)
+        {
+            lines.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn of_connections_waiting_under_one_id_only_the_newest_is_set_up() {
+        let setups = Setups::default();
+        let first = setups.enter("edge-a").await.expect("an empty line");
+        // Two more connections of the same client join the line behind it (polled once).
+        let second = setups.enter("edge-a");
+        let third = setups.enter("edge-a");
+        tokio::pin!(second, third);
+        let still_waiting = Duration::ZERO;
+        assert!(
+            tokio::time::timeout(still_waiting, &mut second)
+                .await
+                .is_err()
+        );
+        assert!(
+            tokio::time::timeout(still_waiting, &mut third)
+                .await
+                .is_err()
+        );
+        drop(first);
+        assert!(second.await.is_none(), "a superseded connection was set up");
+        let third = third.await;
+        assert!(third.is_some(), "the newest connection was refused");
+        drop(third);
+        assert!(
+            setups.0.lock().expect("lock").is_empty(),
+            "the id is remembered"
+        );
+        // Other ids never wait on each other.
+        let a = setups.enter("edge-a").await;
+        let b = setups.enter("edge-b").await;
+        assert!(a.is_some() && b.is_some());
     }
 }
