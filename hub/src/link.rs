@@ -17,7 +17,7 @@
 //! chunk is dropped and the device sends it again when its acknowledgement does not come.
 //! Only the worker tasks wait on the client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -105,6 +105,8 @@ impl Drop for Link {
 struct Pending {
     births: HashMap<String, Birth>,
     reports: HashMap<String, ReportedState>,
+    /// Devices whose birth came live (they just connected), not retained from before.
+    connected: HashSet<String>,
 }
 
 /// Where the poll loop puts what it receives; nothing here waits.
@@ -127,7 +129,8 @@ struct Inbound {
 }
 
 impl Inbound {
-    fn deliver(&self, topic: &str, payload: &[u8]) {
+    /// Takes one message; `retained`: the broker kept it from before this link subscribed.
+    fn deliver(&self, topic: &str, payload: &[u8], retained: bool) {
         let Some((device_id, kind)) = topics::parse(topic) else {
             tracing::debug!(%topic, "message on an unknown topic ignored");
             return;
@@ -147,7 +150,12 @@ impl Inbound {
                 }
                 match Birth::try_from(birth) {
                     Ok(birth) => {
-                        self.lock().births.insert(device_id.to_owned(), birth);
+                        let mut pending = self.lock();
+                        pending.births.insert(device_id.to_owned(), birth);
+                        if !retained {
+                            pending.connected.insert(device_id.to_owned());
+                        }
+                        drop(pending);
                         self.news.notify_one();
                     }
                     Err(err) => {
@@ -357,7 +365,7 @@ async fn poll(
                 tokio::spawn(subscribe_and_republish(client.clone(), Arc::clone(&fleet)));
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
-                inbound.deliver(&publish.topic, &publish.payload);
+                inbound.deliver(&publish.topic, &publish.payload, publish.retain);
             }
             Ok(_) => {}
             Err(err) => {
@@ -404,8 +412,17 @@ async fn apply_news(fleet: Arc<Fleet>, inbound: Arc<Inbound>) {
             births: pending.births.into_values().collect(),
             reports: pending.reports.into_values().collect(),
         };
+        let connected = pending.connected;
         let fleet = Arc::clone(&fleet);
-        match tokio::task::spawn_blocking(move || fleet.on_device_news(news)).await {
+        // A device that just connected gets its desired state again, newest first recorded:
+        // one it took but lost before saving it (a kill, a damaged file) is not sent again
+        // by a broker that restores its session, and nothing else would send it until the
+        // next change.
+        let applied = tokio::task::spawn_blocking(move || {
+            fleet.on_device_news(news)?;
+            fleet.republish(&connected)
+        });
+        match applied.await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "recording device births and reports failed")

@@ -491,12 +491,9 @@ async fn poll(
                 let birth = birth.clone();
                 let device_id = inbound.device_id.clone();
                 tokio::spawn(async move {
-                    // Afresh, so the broker sends the retained desired state again: a broker
-                    // that restores a session (rumqttd) does not resend it on a repeated
-                    // subscribe, and an agent whose saved copy was damaged would otherwise
-                    // wait for the hub's next change.
-                    let desired = topics::device(&device_id, DeviceTopic::Desired);
-                    let _ = client.unsubscribe(&desired).await;
+                    // The birth below also asks the hub for the desired state again: a
+                    // broker that restores the session (rumqttd) does not resend a retained
+                    // message on a repeated subscribe.
                     for kind in [
                         DeviceTopic::Desired,
                         DeviceTopic::BlobResponse,

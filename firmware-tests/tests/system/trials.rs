@@ -39,8 +39,14 @@ const REGRESSIONS: &[(u64, &str)] = &[
         20_261_127_159,
         "damaged agent files: with desired.json unreadable after a kill mid-roll, the agent \
          never got the desired state again (rumqttd does not resend a retained message on a \
-         repeated subscribe of a restored session) and stayed on the old version (the agent now \
-         subscribes to its desired state afresh on every connect)",
+         repeated subscribe of a restored session) and stayed on the old version (the \
+         hub sends a device its desired state again whenever its birth comes live)",
+    ),
+    (
+        20_261_127_107,
+        "damaged agent files: killed just after taking version 2's desired state and before \
+         saving it, the agent restarted on version 1 and never heard of version 2 again (the \
+         same fix)",
     ),
 ];
 

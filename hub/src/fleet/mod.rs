@@ -233,6 +233,20 @@ impl Fleet {
         Ok(count)
     }
 
+    /// Re-publishes the stored desired states of `devices` (they just connected).
+    pub fn republish(&self, devices: &HashSet<String>) -> Result<(), FleetError> {
+        if devices.is_empty() {
+            return Ok(());
+        }
+        let _guard = self.guard();
+        for device in devices {
+            if let Some(desired) = self.stored_desired(device) {
+                let _ = self.outbox.send(desired);
+            }
+        }
+        Ok(())
+    }
+
     /// A device's stored desired state. It is derived data: one that cannot be read (an older
     /// hub's format) is recomputed, under a newer generation, rather than refused.
     fn stored_desired(&self, id: &str) -> Option<DesiredState> {
