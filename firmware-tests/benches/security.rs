@@ -19,7 +19,7 @@ use edgeship_hub::client::{self, HubChannel};
 use edgeship_proto::tls::HubTrust;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use testkit::{HubProcess, Process, TempDir, binary, free_port, start_agent};
+use testkit::{HubProcess, Process, TempDir, binary, free_port, median_worst, start_agent};
 
 const MODEL_BYTES: usize = 50 * 1024 * 1024;
 
@@ -186,21 +186,8 @@ fn enroll(hub: &Hub, device: &str, data: &Path) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// "median (worst)" of `values`, where a larger value is worse.
-fn median_worst(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
-}
-
 fn throughput(seconds: &[f64]) -> String {
-    let (median, worst) = median_worst(seconds);
-    let mbps = |s: f64| MODEL_BYTES as f64 / 1e6 / s;
-    format!(
-        "{median:.2} s, {:.0} MB/s ({worst:.2} s, {:.0} MB/s)",
-        mbps(median),
-        mbps(worst)
-    )
+    testkit::transfer_times(seconds, MODEL_BYTES)
 }
 
 /// Microseconds per call of `work`, over `count` calls.

@@ -13,7 +13,7 @@ use edgeship_hub::client;
 use edgeship_hub::registry::NewModel;
 use edgeship_proto::v1 as pb;
 use edgeship_proto::v1::deployments_client::DeploymentsClient;
-use testkit::{HubProcess, Mosquitto, TempDir, free_port, start_agent};
+use testkit::{HubProcess, Mosquitto, TempDir, free_port, median_worst, start_agent};
 
 const MODEL_BYTES: usize = 50 * 1024 * 1024;
 
@@ -85,22 +85,8 @@ async fn transfer_seconds(hub: &HubProcess, dir: &Path, label: &str) -> f64 {
     started.elapsed().as_secs_f64()
 }
 
-/// Counts every chunk the hub sends to one device, by offset.
-/// "median (worst)" of `values`, where a larger value is worse.
-fn median_worst(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
-}
-
 fn throughput(seconds: &[f64]) -> String {
-    let (median, worst) = median_worst(seconds);
-    let mbps = |s: f64| MODEL_BYTES as f64 / 1e6 / s;
-    format!(
-        "{median:.2} s, {:.0} MB/s ({worst:.2} s, {:.0} MB/s)",
-        mbps(median),
-        mbps(worst)
-    )
+    testkit::transfer_times(seconds, MODEL_BYTES)
 }
 
 /// Kills an agent half-way through a 50 MiB download, restarts it, and returns how many
