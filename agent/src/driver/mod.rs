@@ -229,11 +229,7 @@ impl Agent {
         // A desired state accepted before a crash but not fully applied is resumed now.
         // So is one whose last good workload could not be restored (a port briefly taken, say):
         // one more pass over it applies that workload again.
-        let restore_failed = self
-            .state
-            .workloads
-            .keys()
-            .any(|d| !self.stage.is_serving(d));
+        let restore_failed = !self.serving_all();
         let mut current: Option<DesiredState> = self
             .store
             .load_desired()
@@ -272,9 +268,12 @@ impl Agent {
                         current = None;
                     } else if let Some(desired) = &current
                         && desired.generation <= self.state.applied_generation
+                        && self.serving_all()
                     {
-                        // The hub republished what we have (it restarted): tell it where we
-                        // stand, since it may have lost our last report.
+                        // The hub republished what we have (it restarted, or we reconnected):
+                        // tell it where we stand, since it may have lost our last report. A
+                        // workload that could not be restored (its cached files damaged) is
+                        // not what we have: the pass goes on and fetches it again.
                         current = None;
                         self.report();
                     }
@@ -306,6 +305,14 @@ impl Agent {
         self.jobs.stop_all().await;
         self.stage.stop_all().await;
         Ok(())
+    }
+
+    /// Whether every last good workload is serving (one may have failed to restore).
+    fn serving_all(&self) -> bool {
+        self.state
+            .workloads
+            .keys()
+            .all(|d| self.stage.is_serving(d))
     }
 
     /// Serves the persisted last good workloads before any broker contact.

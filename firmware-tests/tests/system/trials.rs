@@ -48,6 +48,13 @@ const REGRESSIONS: &[(u64, &str)] = &[
          saving it, the agent restarted on version 1 and never heard of version 2 again (the \
          same fix)",
     ),
+    (
+        20_261_127_867,
+        "damaged agent files: the serving version's cached weights truncated and desired.json \
+         cut short; the agent could not restore the workload, and when the hub sent the same \
+         desired state again it only reported, serving nothing (a desired state the agent \
+         already applied is now applied again when a workload of it is not serving)",
+    ),
 ];
 
 fn report(outcome: &Outcome) -> Option<String> {
