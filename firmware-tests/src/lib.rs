@@ -6,6 +6,7 @@
 //! test, so nothing real goes untested in CI.
 
 pub mod faultnet;
+mod figures;
 pub mod http;
 pub mod images;
 pub mod jobs;
@@ -15,6 +16,7 @@ pub mod spy;
 pub mod trials;
 pub mod trust;
 
+pub use figures::{bench_rounds, median_worst, transfer_times};
 pub use http::{HttpResponse, KeepAlive, http, score};
 pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
 
@@ -171,34 +173,6 @@ pub struct Mosquitto {
     pub port: u16,
     process: Process,
     _dir: TempDir,
-}
-
-/// Rounds of each benchmark figure (`EDGESHIP_BENCH_ROUNDS`, default 3): tables show the
-/// median and the worst.
-pub fn bench_rounds() -> usize {
-    std::env::var("EDGESHIP_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(3)
-}
-
-/// "median (worst)" of `values`, where a larger value is worse.
-pub fn median_worst(values: &[f64]) -> (f64, f64) {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
-}
-
-/// Transfer times of `bytes` as "median s, MB/s (worst s, MB/s)".
-pub fn transfer_times(seconds: &[f64], bytes: usize) -> String {
-    let (median, worst) = median_worst(seconds);
-    let mbps = |s: f64| bytes as f64 / 1e6 / s;
-    format!(
-        "{median:.2} s, {:.0} MB/s ({worst:.2} s, {:.0} MB/s)",
-        mbps(median),
-        mbps(worst)
-    )
 }
 
 /// A temporary folder removed on drop (kept small: std only).
