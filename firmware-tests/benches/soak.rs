@@ -8,7 +8,6 @@
 //! `EDGESHIP_SOAK_CYCLES` (1000) size it. Exits 1 when a request failed or a cycle did not
 //! complete.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,13 +23,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let ok = runtime.block_on(run());
-    std::process::exit(i32::from(!ok));
+    testkit::bench_main(run());
 }
 
 /// Memory, descriptors and disk of the agent and the hub at one moment.
@@ -48,21 +41,6 @@ fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
-fn disk(dir: &Path) -> u64 {
-    let mut total = 0;
-    let mut pending = vec![dir.to_owned()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match entry.metadata() {
-                Ok(m) if m.is_dir() => pending.push(entry.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
-
 fn sample(world: &World) -> Sample {
     let (hub_rss_kib, agent_rss_kib) = world.rss_kib();
     let agent = world.agent.as_ref().map_or(0, testkit::Process::pid);
@@ -70,10 +48,10 @@ fn sample(world: &World) -> Sample {
     Sample {
         agent_rss_kib,
         agent_fds: fds(agent),
-        agent_disk: disk(&world.agent_dir()),
+        agent_disk: trials::checks::bytes_under(&world.agent_dir()),
         hub_rss_kib,
         hub_fds: fds(hub),
-        hub_disk: disk(&world.hub_dir()),
+        hub_disk: trials::checks::bytes_under(&world.hub_dir()),
     }
 }
 

@@ -14,13 +14,7 @@ use std::time::{Duration, Instant};
 use testkit::trials::{self, FaultKind, Outcome};
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let failed = runtime.block_on(run());
-    std::process::exit(i32::from(failed));
+    testkit::bench_main(async { !run().await });
 }
 
 fn env_u64(name: &str) -> Option<u64> {

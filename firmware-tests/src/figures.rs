@@ -27,3 +27,15 @@ pub fn transfer_times(seconds: &[f64], bytes: usize) -> String {
         mbps(worst)
     )
 }
+
+/// Runs a benchmark's body on a two-worker runtime and exits with 1 when it reports
+/// failure (`false`), so a recipe stops on a failed run.
+pub fn bench_main(body: impl Future<Output = bool>) -> ! {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ok = runtime.block_on(body);
+    std::process::exit(i32::from(!ok));
+}

@@ -16,7 +16,7 @@ pub mod spy;
 pub mod trials;
 pub mod trust;
 
-pub use figures::{bench_rounds, median_worst, transfer_times};
+pub use figures::{bench_main, bench_rounds, median_worst, transfer_times};
 pub use http::{HttpResponse, KeepAlive, http, score};
 pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
 

@@ -51,6 +51,15 @@ pub(super) fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     found
 }
 
+/// Bytes in the files under `dir`, at any depth.
+pub fn bytes_under(dir: &Path) -> u64 {
+    walk(dir)
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// The device's side: the version it serves is staged byte for byte as registered, every
 /// file in its verified cache matches its name, and no download or temporary file is left.
 pub fn agent_files(agent_dir: &Path, model_id: &str, version: u32, want: &Files) -> Vec<String> {

@@ -142,7 +142,7 @@ pub async fn inject(
             let hold = rng.millis(500, 3000);
             tokio::time::sleep(hold).await;
             let tmpfs = world.tmpfs.as_ref().expect("a tmpfs trial");
-            let used = du(&world.agent_dir());
+            let used = super::checks::bytes_under(&world.agent_dir());
             let _ = tmpfs.resize(model_bytes * 4 + (64 << 20));
             format!("disk full for {hold:?} ({used} bytes in use), then enlarged")
         }
@@ -280,13 +280,4 @@ fn flip_byte(file: &Path, at: u64) -> std::io::Result<()> {
     byte[0] ^= 0x5a;
     handle.seek(SeekFrom::Start(at))?;
     handle.write_all(&byte)
-}
-
-/// Bytes in the files under `dir`.
-fn du(dir: &Path) -> u64 {
-    walk(dir)
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum()
 }

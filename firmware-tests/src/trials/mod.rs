@@ -40,7 +40,7 @@ pub enum FaultKind {
     HubKill,
     /// kill -9 of Mosquitto, which forgets sessions and retained messages, and a restart.
     BrokerRestart,
-    /// The agent's link to the broker blackholed or down for 1–10 s.
+    /// The agent's link to the broker blackholed or down for 0.5–6 s.
     Partition,
     /// Latency of 20–300 ms each way and a bandwidth cap on the agent's link.
     SlowLink,
