@@ -12,7 +12,7 @@ root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 d = tempfile.mkdtemp()
 port = random.randint(20000, 40000); mport = port + 1; sport = port + 2
 env = dict(os.environ, RUST_LOG="warn")
-h = subprocess.Popen([hub, "hub", "--no-auth", "--listen", f"127.0.0.1:{port}", "--mqtt-listen", f"127.0.0.1:{mport}", "--data-dir", f"{d}/hub"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+h = subprocess.Popen([hub, "hub", "--no-auth", "--insecure", "--listen", f"127.0.0.1:{port}", "--mqtt-listen", f"127.0.0.1:{mport}", "--data-dir", f"{d}/hub"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 time.sleep(1.5)
 a = subprocess.Popen([agent, "run", "--broker", f"mqtt://127.0.0.1:{mport}", "--device-id", "bench", "--data-dir", f"{d}/agent", "--insecure", "--director-key", f"{d}/hub/keys/director.pub"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 hub_url = f"http://127.0.0.1:{port}"

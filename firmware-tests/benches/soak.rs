@@ -5,8 +5,9 @@
 //!
 //! `EDGESHIP_SOAK_SECS` (600), `EDGESHIP_SOAK_ROLL_SECS` (30), `EDGESHIP_SOAK_CLIENTS` (4
 //! kept-alive connections, each sending its next request when the last is answered) and
-//! `EDGESHIP_SOAK_CYCLES` (1000) size it. Exits 1 when a request failed or a cycle did not
-//! complete.
+//! `EDGESHIP_SOAK_CYCLES` (1000) size it. `EDGESHIP_SOAK_BROKER=mosquitto` puts the hub on
+//! Mosquitto instead of its embedded broker (to tell the broker's memory from the hub's own).
+//! Exits 1 when a request failed or a cycle did not complete.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -97,7 +98,12 @@ async fn run() -> bool {
     let roll_every = Duration::from_secs(env_u64("EDGESHIP_SOAK_ROLL_SECS", 30));
     let clients = env_u64("EDGESHIP_SOAK_CLIENTS", 4);
     let cycles = env_u64("EDGESHIP_SOAK_CYCLES", 1000);
-    let mut world = World::start("soak", None, false, None)
+    let mosquitto = match std::env::var("EDGESHIP_SOAK_BROKER").as_deref() {
+        Ok("mosquitto") => Some(testkit::find_program("mosquitto").expect("mosquitto installed")),
+        Ok("embedded") | Err(_) => None,
+        Ok(other) => panic!("EDGESHIP_SOAK_BROKER is embedded or mosquitto, not {other:?}"),
+    };
+    let mut world = World::start("soak", mosquitto, false, None)
         .await
         .expect("hub starts");
     world.start_agent();

@@ -11,6 +11,7 @@ pub mod http;
 pub mod images;
 pub mod jobs;
 pub mod modules;
+mod ports;
 pub mod sim;
 pub mod spy;
 pub mod trials;
@@ -19,6 +20,7 @@ pub mod trust;
 pub use figures::{bench_main, bench_rounds, median_worst, transfer_times};
 pub use http::{HttpResponse, KeepAlive, http, score};
 pub use images::{MUSL, package_archive, register_diabetes_cli, static_agent};
+pub use ports::free_port;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -54,14 +56,6 @@ pub fn require_program(name: &str, test: &str) -> Option<PathBuf> {
             None
         }
     }
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Waits until something accepts TCP connections on `addr`.

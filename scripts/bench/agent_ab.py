@@ -48,7 +48,7 @@ def main():
         hub_port, mqtt_port = scoring.free_port(), scoring.free_port()
         env = dict(os.environ, RUST_LOG="warn")
         hub = scoring.start(
-            [os.path.join(scoring.RELEASE, "edgeship"), "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
+            [os.path.join(scoring.RELEASE, "edgeship"), "hub", "--no-auth", "--insecure", "--listen", f"127.0.0.1:{hub_port}",
              "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"], f"{work}/hub.log", env=env)
         processes.append(hub)
         scoring.wait_port(hub_port, process=hub, log=f"{work}/hub.log")

@@ -80,7 +80,7 @@ def main():
     processes = []
     try:
         hub_port, mqtt_port = free_port(), free_port()
-        processes.append(start([os.path.join(RELEASE, "edgeship"), "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
+        processes.append(start([os.path.join(RELEASE, "edgeship"), "hub", "--no-auth", "--insecure", "--listen", f"127.0.0.1:{hub_port}",
                                 "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"],
                                f"{work}/hub.log", env=dict(os.environ, RUST_LOG="warn")))
         wait_port(hub_port, process=processes[0], log=f"{work}/hub.log")

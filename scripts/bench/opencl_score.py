@@ -84,7 +84,7 @@ def main():
     hub_port, mqtt_port, port = scoring.free_port(), scoring.free_port(), scoring.free_port()
     env = dict(os.environ, RUST_LOG="info")
     processes = [scoring.start(
-        [f"{scoring.RELEASE}/edgeship", "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
+        [f"{scoring.RELEASE}/edgeship", "hub", "--no-auth", "--insecure", "--listen", f"127.0.0.1:{hub_port}",
          "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"], f"{work}/hub.log", env=env)]
     try:
         scoring.wait_port(hub_port, process=processes[0], log=f"{work}/hub.log")

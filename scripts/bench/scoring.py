@@ -187,7 +187,7 @@ def start_edgeship(work, dirs):
     hub_port, mqtt_port = free_port(), free_port()
     env = dict(os.environ, RUST_LOG="warn")
     processes = [start(
-        [os.path.join(RELEASE, "edgeship"), "hub", "--no-auth", "--listen", f"127.0.0.1:{hub_port}",
+        [os.path.join(RELEASE, "edgeship"), "hub", "--no-auth", "--insecure", "--listen", f"127.0.0.1:{hub_port}",
          "--mqtt-listen", f"127.0.0.1:{mqtt_port}", "--data-dir", f"{work}/hub"], f"{work}/hub.log", env=env)]
     wait_port(hub_port, process=processes[0], log=f"{work}/hub.log")
     processes.append(start(

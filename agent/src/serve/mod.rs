@@ -22,6 +22,7 @@ pub mod cors;
 pub mod entry;
 pub mod inference;
 pub mod json;
+pub mod lanes;
 pub mod metrics;
 #[cfg(feature = "containers")]
 pub mod proxy;
@@ -473,12 +474,7 @@ impl Endpoint {
             let _ = signal.await;
         };
         let task = match rest_tls {
-            None => tokio::spawn(async move {
-                let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal);
-                if let Err(err) = serve.await {
-                    tracing::error!(%addr, error = %err, "scoring endpoint failed");
-                }
-            }),
+            None => tokio::spawn(lanes::serve(listener, app, shutdown_signal)),
             Some(config) => {
                 let listener = tls::TlsListener::new(listener, config)?;
                 tokio::spawn(async move {

@@ -5,7 +5,8 @@
 //!
 //! Records live in the `rollouts` tree under `{deployment}/{revision:020}`, so a prefix scan
 //! is a deployment's history in order; they outlive the deployment (its deletion is the last
-//! entry), and a hub restarted mid-rollout takes up the stored record where it stood.
+//! entry), and a hub restarted mid-rollout takes up the stored record where it stood. Each
+//! deployment keeps its newest [`HISTORY_KEPT`] records.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,11 @@ use crate::registry::{VersionRef, VersionSelector};
 
 /// Revisions kept per deployment beyond those a rollout still references.
 const KEPT_REVISIONS: usize = 5;
+/// History records (rollouts and notes) kept per deployment, the newest: a deployment applied
+/// and deleted a thousand times grew the hub's disk and memory with every cycle
+/// (docs/reliability.md, soak). Kubernetes keeps 10 revisions of a Deployment by default;
+/// this keeps the last few months of a busy deployment.
+pub const HISTORY_KEPT: usize = 100;
 /// Rollouts are stepped at least this often (timeouts and health holds need the clock) ...
 const STEP_INTERVAL: Duration = Duration::from_secs(1);
 /// ... and at most this often when device news nudges them (each step reads every device
@@ -181,6 +187,7 @@ impl Fleet {
         self.deployments
             .insert(deployment.id.as_bytes(), encode(&*deployment))?;
         self.put_rollout(&rollout)?;
+        self.prune_history(&deployment.id, rollout.revision)?;
         tracing::info!(deployment = %deployment.id, revision = rollout.revision, from = ?from, cause = %rollout.cause, "rollout started");
         Ok(rollout)
     }
@@ -212,6 +219,28 @@ impl Fleet {
             self.db.generate_id()?
         );
         self.rollouts.insert(key.into_bytes(), encode(&note))?;
+        self.prune_history(&deployment.id, revision)
+    }
+
+    /// Drops the oldest of a deployment's history records beyond [`HISTORY_KEPT`], never the
+    /// rollout of its `current` revision (which notes after it may outnumber).
+    fn prune_history(&self, deployment: &str, current: u64) -> Result<(), FleetError> {
+        let keys = self
+            .rollouts
+            .scan_prefix(format!("{deployment}/"))
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
+        let current = key(deployment, current);
+        let mut excess = keys.len().saturating_sub(HISTORY_KEPT);
+        for old in keys {
+            if excess == 0 {
+                break;
+            }
+            if old.as_ref() != current.as_slice() {
+                self.rollouts.remove(old)?;
+                excess -= 1;
+            }
+        }
         Ok(())
     }
 

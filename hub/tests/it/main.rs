@@ -6,6 +6,7 @@ mod broker_front;
 mod cli;
 mod containers;
 mod e2e;
+mod history;
 mod https;
 mod jobs;
 mod model_signatures;
