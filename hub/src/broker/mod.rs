@@ -178,6 +178,17 @@ pub fn client_tls(ca_pem: &str, identity: &Identity) -> anyhow::Result<rustls::C
     )
 }
 
+/// The log rumqttd keeps of each device's own control topics (desired states, log and
+/// profile requests, upload acknowledgements). A device takes only the newest desired state
+/// (and the hub sends it again when the device connects), and requests are small; at the
+/// default 4 × 16 MiB these logs grew the hub by about 6 KiB a deploy/delete cycle for as
+/// long as the soak ran (docs/reliability.md), and by up to 64 MiB per device over a long
+/// life. Two segments of 1 MiB keep at least 1 MiB, hundreds of desired states.
+const CONTROL_SEGMENTS: SegmentConfig = SegmentConfig {
+    max_segment_size: 1024 * 1024,
+    max_segment_count: 2,
+};
+
 /// Starts a broker on `listen` (port 0 picks a free port) and waits until it accepts
 /// connections. Returns the address it listens on.
 pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Result<SocketAddr> {
@@ -220,13 +231,28 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
             // fleet-wide rollout would hold the model once per device. The log drops whole
             // segments, so it keeps at least three of four: 12 MiB, more than an agent's whole
             // fetch window (32 chunks of 256 KiB), which a restarted agent takes up again.
-            custom_segment: Some(HashMap::from([(
-                topics::all_devices(DeviceTopic::BlobResponse),
-                SegmentConfig {
-                    max_segment_size: 4 * 1024 * 1024,
-                    max_segment_count: 4,
-                },
-            )])),
+            custom_segment: Some(HashMap::from([
+                (
+                    topics::all_devices(DeviceTopic::BlobResponse),
+                    SegmentConfig {
+                        max_segment_size: 4 * 1024 * 1024,
+                        max_segment_count: 4,
+                    },
+                ),
+                (topics::all_devices(DeviceTopic::Desired), CONTROL_SEGMENTS),
+                (
+                    topics::all_devices(DeviceTopic::LogRequest),
+                    CONTROL_SEGMENTS,
+                ),
+                (
+                    topics::all_devices(DeviceTopic::ProfileRequest),
+                    CONTROL_SEGMENTS,
+                ),
+                (
+                    topics::all_devices(DeviceTopic::UploadResponse),
+                    CONTROL_SEGMENTS,
+                ),
+            ])),
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("mqtt".to_owned(), server)])),
