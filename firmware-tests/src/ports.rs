@@ -43,6 +43,7 @@ pub fn free_port() -> u16 {
 mod tests {
     use super::*;
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn ports_come_from_below_the_ephemeral_range_bindable_and_never_twice() {
         let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")

@@ -35,23 +35,38 @@ impl Lanes {
         let count = std::thread::available_parallelism().map_or(1, usize::from);
         let mut handles = Vec::with_capacity(count);
         for index in 0..count {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .thread_name(format!("edgeship-lane-{index}"))
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(err) => {
+            // Each runtime is built on its own thread and lives there: a runtime dropped
+            // from async code (this runs in an endpoint's accept task) would panic.
+            let (built, handle) = std::sync::mpsc::channel();
+            let started = std::thread::Builder::new()
+                .name(format!("edgeship-lane-{index}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .thread_name(format!("edgeship-lane-{index}"))
+                        .build();
+                    match runtime {
+                        Ok(runtime) => {
+                            let _ = built.send(Ok(runtime.handle().clone()));
+                            runtime.block_on(std::future::pending::<()>());
+                        }
+                        Err(err) => {
+                            let _ = built.send(Err(err));
+                        }
+                    }
+                });
+            let outcome = match started {
+                Ok(_) => handle
+                    .recv()
+                    .map_err(|_| "the lane's thread ended".to_owned()),
+                Err(err) => Err(err.to_string()),
+            };
+            match outcome {
+                Ok(Ok(handle)) => handles.push(handle),
+                Ok(Err(err)) => {
                     tracing::warn!(error = %err, "cannot build a serving lane's runtime");
                     break;
                 }
-            };
-            let handle = runtime.handle().clone();
-            let started = std::thread::Builder::new()
-                .name(format!("edgeship-lane-{index}"))
-                .spawn(move || runtime.block_on(std::future::pending::<()>()));
-            match started {
-                Ok(_) => handles.push(handle),
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot start a serving lane");
                     break;
