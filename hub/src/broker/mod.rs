@@ -231,28 +231,24 @@ pub fn start_embedded(listen: SocketAddr, max_packet_bytes: usize) -> anyhow::Re
             // fleet-wide rollout would hold the model once per device. The log drops whole
             // segments, so it keeps at least three of four: 12 MiB, more than an agent's whole
             // fetch window (32 chunks of 256 KiB), which a restarted agent takes up again.
-            custom_segment: Some(HashMap::from([
-                (
+            custom_segment: Some(
+                [
+                    DeviceTopic::Desired,
+                    DeviceTopic::LogRequest,
+                    DeviceTopic::ProfileRequest,
+                    DeviceTopic::UploadResponse,
+                ]
+                .map(|kind| (topics::all_devices(kind), CONTROL_SEGMENTS))
+                .into_iter()
+                .chain([(
                     topics::all_devices(DeviceTopic::BlobResponse),
                     SegmentConfig {
                         max_segment_size: 4 * 1024 * 1024,
                         max_segment_count: 4,
                     },
-                ),
-                (topics::all_devices(DeviceTopic::Desired), CONTROL_SEGMENTS),
-                (
-                    topics::all_devices(DeviceTopic::LogRequest),
-                    CONTROL_SEGMENTS,
-                ),
-                (
-                    topics::all_devices(DeviceTopic::ProfileRequest),
-                    CONTROL_SEGMENTS,
-                ),
-                (
-                    topics::all_devices(DeviceTopic::UploadResponse),
-                    CONTROL_SEGMENTS,
-                ),
-            ])),
+                )])
+                .collect(),
+            ),
             ..RouterConfig::default()
         },
         v4: Some(HashMap::from([("mqtt".to_owned(), server)])),

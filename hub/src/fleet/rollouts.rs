@@ -24,7 +24,7 @@ use crate::registry::{VersionRef, VersionSelector};
 /// Revisions kept per deployment beyond those a rollout still references.
 const KEPT_REVISIONS: usize = 5;
 /// History records (rollouts and notes) kept per deployment, the newest: a deployment applied
-/// and deleted a thousand times grew the hub's disk and memory with every cycle
+/// and deleted a thousand times grew the hub's disk with every cycle
 /// (docs/reliability.md, soak). Kubernetes keeps 10 revisions of a Deployment by default;
 /// this keeps the last few months of a busy deployment.
 pub const HISTORY_KEPT: usize = 100;
