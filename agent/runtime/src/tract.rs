@@ -2,7 +2,7 @@
 //! symbolic batch dimension, so one plan serves every batch size.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use edgeship_domain::{Dim, ElementType, RuntimeKind, TensorSpec};
 use tract_onnx::prelude::*;
@@ -21,6 +21,21 @@ struct TractModel {
     plan: Plan,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// Run states kept between runs. Building one allocates a slot per node and each
+    /// operator's state, and dropping one walks every node again; a kept state skips both
+    /// (1.02–1.09× the requests a second on the small fixtures, docs/benchmarks.md). A state
+    /// is reset at the end of every run (values and resolved symbols), so the next run, of
+    /// any batch size, starts clean.
+    idle: Mutex<Vec<TypedSimpleState>>,
+}
+
+/// Idle run states kept per model: one per core covers every run at once (inferences run
+/// one per core); a state beyond it is dropped after its run rather than kept. Looked up
+/// once: `available_parallelism` reads the process's cgroup files on every call, which cost
+/// more than a small model's whole run.
+fn states_kept() -> usize {
+    static KEPT: OnceLock<usize> = OnceLock::new();
+    *KEPT.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
 impl Runtime for TractRuntime {
@@ -48,6 +63,7 @@ impl Runtime for TractRuntime {
             plan,
             inputs: bundle.inputs.clone(),
             outputs: bundle.outputs.clone(),
+            idle: Mutex::new(Vec::new()),
         }))
     }
 
@@ -106,11 +122,25 @@ impl Runnable for TractModel {
     }
 
     fn run(&self, inputs: Vec<EdgeTensor>) -> Result<Vec<EdgeTensor>, RuntimeError> {
+        let run = |err: TractError| RuntimeError::Run(format!("{err:#}"));
         let inputs = to_tract_values(inputs)?;
-        let outputs = self
-            .plan
-            .run(inputs)
-            .map_err(|err| RuntimeError::Run(format!("{err:#}")))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut state = match idle {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(run)?,
+        };
+        // A failed run may leave values behind in its state: such a state is dropped, not
+        // kept. So is one whose run panicked, as it unwinds out of here.
+        let outputs = state.run(inputs).map_err(run)?;
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < states_kept() {
+            idle.push(state);
+        }
+        drop(idle);
         from_tract_values(&outputs, &self.outputs)
     }
 }
@@ -317,6 +347,47 @@ mod tests {
             .expect("run");
         assert_eq!(outputs[0].data, TensorData::I64(vec![0, 1, 2, 3, 4]));
         assert_eq!(outputs[1].shape, [5, 10]);
+    }
+
+    /// Kept run states answer as fresh ones do, bit for bit, whatever batch size the run
+    /// before had; runs on many threads at once each take a state of their own.
+    #[test]
+    fn reused_run_states_answer_as_fresh_ones_across_batch_sizes() {
+        let bundle = ModelBundle {
+            entry: fixture("digits").join("model.onnx"),
+            inputs: vec![features("pixels", 64)],
+            outputs: vec![],
+            device: String::new(),
+            precision: Default::default(),
+        };
+        let model = TractRuntime.prepare(&bundle).expect("prepare");
+        let plan = onnx()
+            .model_for_path(&bundle.entry)
+            .and_then(|m| plan_symbolic(m, &bundle.inputs))
+            .expect("plan");
+        let (_, flat) = rows(&expected("digits")["inputs"]);
+        let batch = |rows: usize| EdgeTensor {
+            shape: vec![rows, 64],
+            data: TensorData::F32(flat[..rows * 64].to_vec()),
+        };
+        for rows in [5, 1, 3, 5, 1] {
+            let fresh = plan
+                .run(to_tract_values(vec![batch(rows)]).expect("values"))
+                .expect("fresh run");
+            let fresh = from_tract_values(&fresh, &[]).expect("outputs");
+            let reused = model.run(vec![batch(rows)]).expect("run");
+            assert_eq!(reused, fresh, "{rows} rows");
+        }
+        let threads: Vec<_> = (0..4 * states_kept())
+            .map(|_| {
+                let model = Arc::clone(&model);
+                let input = batch(2);
+                std::thread::spawn(move || model.run(vec![input]))
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("joins").expect("runs");
+        }
     }
 
     #[test]

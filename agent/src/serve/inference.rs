@@ -1,6 +1,6 @@
 //! Where an inference runs: in the model's batch queue when it batches; else on the async
 //! worker that took the request when the model is cheap, or on tokio's blocking pool, one
-//! inference per core at a time, measured on every run.
+//! inference per core at a time. Every run's time feeds the model's cost estimate.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -12,11 +12,29 @@ use edgeship_runtime::{RuntimeError, Tensor};
 
 use super::Scorer;
 
-/// A model whose last inference took less than this runs on the async worker that took the
-/// request: handing it to the blocking pool and back costs more than such a model's whole
-/// run. Slower models (or one not yet measured) go to the blocking pool, so they never hold
-/// up the workers that accept and parse other requests.
+/// A model whose estimated inference time (see [`fold`]) is below this runs on the async
+/// worker that took the request: handing it to the blocking pool and back costs more than
+/// such a model's whole run. Slower models (or one not yet measured) go to the blocking pool,
+/// so they never hold up the workers that accept and parse other requests.
 const INLINE_BELOW_MICROS: u64 = 200;
+
+/// A model's new cost estimate after a run that took `measured` µs: a faster run replaces
+/// the estimate at once, a slower one moves it an eighth of the way.
+///
+/// Why not the last run's time: a run's wall time includes whatever time its thread was not
+/// on a core, which on a loaded machine can be many times the run itself. Taken as is, one
+/// preempted run sends a cheap model's next request to the blocking pool, and while that
+/// pool's runs are preempted too (each hand-off adds a thread to a busy machine) the model
+/// would stay there. The fastest recent runs are the model's cost; a model that really got
+/// slower is followed within a few runs.
+fn fold(estimate: u64, measured: u64) -> u64 {
+    let measured = measured.max(1);
+    if estimate == 0 || measured <= estimate {
+        measured
+    } else {
+        estimate + (measured - estimate).div_ceil(8)
+    }
+}
 
 /// Inferences that run on the blocking pool at once, over every endpoint of the agent: one
 /// per core. More would not finish sooner, only share the cores, and each would hold its
@@ -40,10 +58,11 @@ pub async fn run_inference(
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scorer.infer(inputs)))
                 .unwrap_or_else(|_| Err(RuntimeError::Run("the runtime panicked".into())));
         if let Some(recent) = scorer.recent_micros() {
-            recent.store(
-                started.elapsed().as_micros().max(1) as u64,
-                Ordering::Relaxed,
-            );
+            let measured = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            // Runs on other threads may fold in between; losing one of their updates is
+            // harmless, the next run folds again.
+            let estimate = recent.load(Ordering::Relaxed);
+            recent.store(fold(estimate, measured), Ordering::Relaxed);
         }
         result
     }
@@ -132,6 +151,24 @@ mod tests {
             (1..=cores).contains(&most),
             "{most} inferences at once on {cores} cores"
         );
+    }
+
+    #[test]
+    fn the_estimate_follows_fast_runs_at_once_and_slow_runs_slowly() {
+        assert_eq!(fold(0, 5_000), 5_000, "the first run sets it");
+        assert_eq!(fold(5_000, 10), 10, "a faster run replaces it");
+        // A preempted run of a cheap model moves it, but one cheap run brings it back.
+        let after_outlier = fold(10, 3_000);
+        assert!(after_outlier < 400, "{after_outlier}");
+        assert_eq!(fold(after_outlier, 12), 12);
+        // A model that became slow for good is followed.
+        let mut estimate = 10;
+        for _ in 0..40 {
+            estimate = fold(estimate, 1_000);
+        }
+        assert!(estimate > 990, "{estimate}");
+        assert_eq!(fold(u64::MAX - 1, u64::MAX), u64::MAX, "no overflow");
+        assert_eq!(fold(7, 0), 1, "a run takes at least a microsecond");
     }
 
     #[tokio::test]

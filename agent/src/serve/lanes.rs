@@ -15,12 +15,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+
+/// How long a client may take to send a request's head: from the connection's start, or
+/// from the previous response on a kept-alive one, to the head's last byte. A connection that
+/// sends no request in that time is closed, so clients that connect and send nothing (or a
+/// byte at a time) cannot hold a device's descriptors and memory for ever. nginx allows 60 s
+/// for a head and 75 s of keep-alive; a device has fewer descriptors to spare.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The lanes' runtimes, round-robin.
 struct Lanes {
@@ -98,6 +105,16 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_with(listener, app, shutdown, HEADER_READ_TIMEOUT).await;
+}
+
+/// [`serve`] with another time limit on request heads.
+async fn serve_with(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
+) {
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
@@ -112,7 +129,9 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         match accepted {
-            Ok((stream, peer)) => hand_over(stream, peer, app.clone(), &closing, &token),
+            Ok((stream, peer)) => {
+                hand_over(stream, peer, app.clone(), header_timeout, &closing, &token)
+            }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
                 // Out of descriptors or memory: accepting at once would fail again.
@@ -132,6 +151,7 @@ fn hand_over(
     stream: TcpStream,
     peer: SocketAddr,
     app: Router,
+    header_timeout: Duration,
     closing: &watch::Sender<()>,
     token: &watch::Receiver<()>,
 ) {
@@ -142,7 +162,7 @@ fn hand_over(
     let token = token.clone();
     let Some(lanes) = lanes() else {
         tokio::spawn(async move {
-            connection(TokioIo::new(stream), app, &mut closing).await;
+            connection(stream, app, header_timeout, &mut closing).await;
             drop(token);
         });
         return;
@@ -158,7 +178,9 @@ fn hand_over(
     };
     lanes.pick().spawn(async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => connection(TokioIo::new(stream), app, &mut closing).await,
+            Ok(stream) => {
+                connection(stream, app, header_timeout, &mut closing).await;
+            }
             Err(err) => tracing::debug!(%peer, error = %err, "a lane cannot take a connection"),
         }
         drop(token);
@@ -166,10 +188,31 @@ fn hand_over(
 }
 
 /// HTTP/1.1 (and HTTP/2 with prior knowledge, where the agent is built with it) on one
-/// connection, until the client closes it or the endpoint stops.
-async fn connection(io: TokioIo<TcpStream>, app: Router, closing: &mut watch::Receiver<()>) {
+/// connection, until the client closes it, sends no request head within `header_timeout`, or
+/// the endpoint stops.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    header_timeout: Duration,
+    closing: &mut watch::Receiver<()>,
+) {
+    // hyper's head timeout starts once it knows the protocol (HTTP/1.1 or HTTP/2), which it
+    // learns from the first bytes: until some come, this wait is the limit.
+    tokio::select! {
+        first = tokio::time::timeout(header_timeout, stream.readable()) => {
+            if !matches!(first, Ok(Ok(()))) {
+                return;
+            }
+        }
+        _ = closing.changed() => return,
+    }
+    let io = TokioIo::new(stream);
     let service = TowerToHyperService::new(app);
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
     let mut served = std::pin::pin!(builder.serve_connection_with_upgrades(io, service));
     let mut stopping = false;
     loop {
@@ -228,13 +271,57 @@ mod tests {
     }
 
     async fn start() -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        start_with(HEADER_READ_TIMEOUT).await
+    }
+
+    async fn start_with(
+        header_timeout: Duration,
+    ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
         let addr = listener.local_addr().expect("bound");
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve(listener, app(), async move {
+        let shutdown = async move {
             let _ = stopped.await;
-        }));
+        };
+        let task = tokio::spawn(serve_with(listener, app(), shutdown, header_timeout));
         (addr, stop, task)
+    }
+
+    /// Clients that send nothing, or stop halfway through a head, are cut off after the
+    /// head timeout; a kept-alive client that keeps sending requests is not, however long
+    /// it stays.
+    #[tokio::test]
+    async fn connections_without_a_whole_request_head_are_closed_in_time() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let timeout = Duration::from_millis(300);
+        let (addr, stop, task) = start_with(timeout).await;
+        let silent = TcpStream::connect(addr).await.expect("connects");
+        let mut halfway = TcpStream::connect(addr).await.expect("connects");
+        halfway
+            .write_all(b"POST /where HTTP/1.1\r\nhost: edge\r\ncontent-le")
+            .await
+            .expect("writes");
+        let mut kept = testkit::KeepAlive::new(addr);
+        let started = std::time::Instant::now();
+        while started.elapsed() < 4 * timeout {
+            let answer = kept.post_json("/where", b"{}").await.expect("answers");
+            assert_eq!(answer.status, 200, "{}", answer.body);
+            tokio::time::sleep(timeout / 3).await;
+        }
+        for (name, mut stream) in [("silent", silent), ("halfway", halfway)] {
+            let mut rest = Vec::new();
+            // Closed long ago: the read ends at once, with the end of the stream or a reset.
+            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("the {name} connection is still open"));
+            if let Ok(n) = read {
+                let text = String::from_utf8_lossy(&rest[..n]);
+                assert!(n == 0 || text.starts_with("HTTP/1.1 "), "{name}: {text}");
+            }
+        }
+        let _ = stop.send(());
+        task.await.expect("stops");
     }
 
     #[tokio::test]

@@ -70,7 +70,7 @@ pub trait Scorer: Send + Sync + std::fmt::Debug {
     fn load_seconds(&self) -> Option<f64> {
         None
     }
-    /// Where [`run_inference`] keeps how long this model's last inference took.
+    /// Where [`run_inference`] keeps its estimate of this model's inference time, µs.
     fn recent_micros(&self) -> Option<&AtomicU64> {
         None
     }
@@ -102,7 +102,7 @@ pub struct ServingModel {
     pub sample_input: Option<serde_json::Value>,
     /// Time to prepare the runtime's plan (the self-test comes after and is not in it).
     pub load_seconds: f64,
-    /// The last inference's duration (see [`run_inference`]).
+    /// The estimated inference time, µs (see [`run_inference`]).
     pub recent_micros: AtomicU64,
     /// Set when the workload asks for batching and the model has a batch dimension.
     pub batcher: Option<batch::Batcher>,
