@@ -23,7 +23,8 @@ struct TractModel {
     outputs: Vec<TensorSpec>,
     /// Run states kept between runs. Building one allocates a slot per node and each
     /// operator's state, and dropping one walks every node again; a kept state skips both
-    /// (1.02–1.09× the requests a second on the small fixtures, docs/benchmarks.md). A state
+    /// (0.94–1.09× the requests a second on the small fixtures, within the noise on some
+    /// rows; docs/benchmarks.md). A state
     /// is reset at the end of every run (values and resolved symbols), so the next run, of
     /// any batch size, starts clean.
     idle: Mutex<Vec<TypedSimpleState>>,
@@ -378,6 +379,13 @@ mod tests {
             let reused = model.run(vec![batch(rows)]).expect("run");
             assert_eq!(reused, fresh, "{rows} rows");
         }
+        let alone = from_tract_values(
+            &plan
+                .run(to_tract_values(vec![batch(2)]).expect("values"))
+                .expect("fresh run"),
+            &[],
+        )
+        .expect("outputs");
         let threads: Vec<_> = (0..4 * states_kept())
             .map(|_| {
                 let model = Arc::clone(&model);
@@ -386,7 +394,8 @@ mod tests {
             })
             .collect();
         for thread in threads {
-            thread.join().expect("joins").expect("runs");
+            let outputs = thread.join().expect("joins").expect("runs");
+            assert_eq!(outputs, alone, "a run beside others answers as one alone");
         }
     }
 
