@@ -110,7 +110,18 @@ impl KeepAlive {
     /// POSTs `body` as JSON to `path`; the status, headers and body of the answer. Any
     /// error drops the connection (the next call opens another).
     pub async fn post_json(&mut self, path: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
-        let answer = tokio::time::timeout(Duration::from_secs(30), self.exchange(path, body))
+        self.post_json_with(path, &[], body).await
+    }
+
+    /// [`KeepAlive::post_json`] with more headers.
+    pub async fn post_json_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
+        let exchange = self.exchange(path, headers, body);
+        let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
         if answer.is_err() {
@@ -119,7 +130,12 @@ impl KeepAlive {
         answer
     }
 
-    async fn exchange(&mut self, path: &str, body: &[u8]) -> std::io::Result<HttpResponse> {
+    async fn exchange(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<HttpResponse> {
         use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
         if self.stream.is_none() {
             let stream = tokio::net::TcpStream::connect(self.addr).await?;
@@ -127,11 +143,15 @@ impl KeepAlive {
             self.stream = Some(tokio::io::BufReader::new(stream));
         }
         let stream = self.stream.as_mut().expect("connected above");
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             self.addr,
             body.len()
         );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         stream.get_mut().write_all(head.as_bytes()).await?;
         stream.get_mut().write_all(body).await?;
         let mut line = String::new();

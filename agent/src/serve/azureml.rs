@@ -16,8 +16,9 @@ use edgeship_domain::{Dim, ElementType, TensorSpec};
 use edgeship_runtime::{RuntimeError, Tensor, TensorData};
 use serde_json::{Value, json};
 
-use super::json::{self, inputs_from_data, outputs_to_json};
-use super::{RETRY_AFTER_SECONDS, ROUTING_KEY_HEADER, Scorer, Shared, run_inference};
+use super::json::{self, inputs_from_data};
+use super::reply::{Reply, header_text};
+use super::{ROUTING_KEY_HEADER, Scorer, Shared, run_inference};
 
 /// The adapter's routes, merged into an endpoint's router.
 pub fn routes() -> Router<Arc<Shared>> {
@@ -41,19 +42,24 @@ pub const MODEL_NAME_HEADER: &str = "x-edgeship-model-name";
 /// The model a request names, by query parameter or header; `None` takes the endpoint's
 /// first model.
 fn requested_model(request: &Request) -> Option<String> {
-    let from_query = request.uri().query().and_then(|query| {
-        query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("model="))
-            .map(str::to_owned)
-    });
-    from_query.or_else(|| {
+    model_named(
+        request.uri().query(),
         request
             .headers()
             .get(MODEL_NAME_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    })
+            .map(HeaderValue::as_bytes),
+    )
+    .map(str::to_owned)
+}
+
+/// The model named by `model=` in `query`, else by the model name header's value.
+pub fn model_named<'a>(query: Option<&'a str>, header: Option<&'a [u8]>) -> Option<&'a str> {
+    let from_query = query.and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("model="))
+    });
+    from_query.or_else(|| header.and_then(header_text))
 }
 
 pub(super) fn not_served(shared: &Shared, model: Option<&str>) -> Response {
@@ -90,39 +96,21 @@ async fn score(State(shared): State<Arc<Shared>>, request: Request) -> Response 
 }
 
 async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request) -> Response {
-    let content_type = request
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim();
-    let raw = mime.eq_ignore_ascii_case("application/octet-stream");
-    if !raw && !mime.eq_ignore_ascii_case("application/json") {
-        let shown = if content_type.is_empty() {
-            "none"
-        } else {
-            content_type
-        };
-        return message(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!(
-                "send the body as application/json, or one raw tensor as application/octet-stream (got content type {shown})"
-            ),
-        );
-    }
-    let shape_header = match request.headers().get(SHAPE_HEADER).map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(text)) => Some(text.to_owned()),
-        Some(Err(_)) => {
-            return message(
-                StatusCode::BAD_REQUEST,
-                format!("{SHAPE_HEADER} must be dimensions like 2,10"),
-            );
-        }
+    let (parts, body) = request.into_parts();
+    let head = ScoreHead {
+        content_type: parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .map(HeaderValue::as_bytes),
+        shape: parts.headers.get(SHAPE_HEADER).map(HeaderValue::as_bytes),
+    };
+    let form = match head.form() {
+        Ok(form) => form,
+        Err(refusal) => return refusal.into_response(),
     };
     let limit = shared.max_body_bytes();
-    let declared = request
-        .headers()
+    let declared = parts
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
@@ -135,36 +123,101 @@ async fn score_inner(shared: &Shared, scorer: &Arc<dyn Scorer>, request: Request
     if declared.is_some_and(|len| len > limit) {
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(request.into_body(), limit).await {
+    let bytes = match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => bytes,
         Err(_) => return too_large(),
     };
-    let inputs = if raw {
-        raw_input(scorer.inputs(), &bytes, shape_header.as_deref())
-    } else {
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(body) => inputs_from_data(scorer.inputs(), &body).map_err(|err| err.0),
-            Err(err) => Err(format!("the body is not valid JSON: {err}")),
+    score_body(shared, scorer, form, &bytes)
+        .await
+        .into_response()
+}
+
+/// What `/score` reads of a request's head besides routing: the raw header values.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreHead<'a> {
+    pub content_type: Option<&'a [u8]>,
+    pub shape: Option<&'a [u8]>,
+}
+
+/// How a `/score` body is to be read.
+#[derive(Debug, Clone, Copy)]
+pub enum BodyForm<'a> {
+    Json,
+    /// One raw little-endian tensor, shaped by the shape header if sent.
+    Raw(Option<&'a str>),
+}
+
+impl<'a> ScoreHead<'a> {
+    /// The body's form by content type, or the refusal (415, or 400 for a shape header that
+    /// is not text); checked before the body is read.
+    pub fn form(&self) -> Result<BodyForm<'a>, Reply> {
+        let content_type = self.content_type.and_then(header_text).unwrap_or("");
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/json") {
+            return Ok(BodyForm::Json);
         }
+        if !mime.eq_ignore_ascii_case("application/octet-stream") {
+            let shown = if content_type.is_empty() {
+                "none"
+            } else {
+                content_type
+            };
+            return Err(refusal(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &format!(
+                    "send the body as application/json, or one raw tensor as application/octet-stream (got content type {shown})"
+                ),
+            ));
+        }
+        match self.shape.map(header_text) {
+            None => Ok(BodyForm::Raw(None)),
+            Some(Some(text)) => Ok(BodyForm::Raw(Some(text))),
+            Some(None) => Err(refusal(
+                StatusCode::BAD_REQUEST,
+                &format!("{SHAPE_HEADER} must be dimensions like 2,10"),
+            )),
+        }
+    }
+}
+
+fn refusal(status: StatusCode, why: &str) -> Reply {
+    Reply::error(status, "message", why)
+}
+
+/// Scores a whole `/score` body of `form` with `scorer`.
+pub async fn score_body(
+    shared: &Shared,
+    scorer: &Arc<dyn Scorer>,
+    form: BodyForm<'_>,
+    bytes: &[u8],
+) -> Reply {
+    let inputs = match form {
+        BodyForm::Raw(shape) => raw_input(scorer.inputs(), bytes, shape),
+        BodyForm::Json => match json::float_input(scorer.inputs(), bytes) {
+            Some(tensor) => Ok(vec![tensor]),
+            None => match serde_json::from_slice::<Value>(bytes) {
+                Ok(body) => inputs_from_data(scorer.inputs(), &body).map_err(|err| err.0),
+                Err(err) => Err(format!("the body is not valid JSON: {err}")),
+            },
+        },
     };
     let inputs = match inputs {
         Ok(inputs) => inputs,
-        Err(why) => return message(StatusCode::BAD_REQUEST, why),
+        Err(why) => return refusal(StatusCode::BAD_REQUEST, &why),
     };
     match run_inference(scorer, inputs).await {
-        Ok(outputs) => axum::Json(outputs_to_json(scorer.outputs(), &outputs)).into_response(),
-        Err(RuntimeError::BadInput(why)) => message(StatusCode::BAD_REQUEST, why),
+        Ok(outputs) => {
+            let mut body = Vec::with_capacity(256);
+            json::write_outputs(scorer.outputs(), &outputs, &mut body);
+            Reply::json(StatusCode::OK, body)
+        }
+        Err(RuntimeError::BadInput(why)) => refusal(StatusCode::BAD_REQUEST, &why),
         Err(RuntimeError::Overloaded(why)) => {
-            let mut response = message(StatusCode::SERVICE_UNAVAILABLE, why);
-            response.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(RETRY_AFTER_SECONDS),
-            );
-            response
+            refusal(StatusCode::SERVICE_UNAVAILABLE, &why).retry_later()
         }
         Err(err) => {
             tracing::warn!(deployment = %shared.deployment(), model = %scorer.model_ref(), error = %err, "scoring failed");
-            message(StatusCode::INTERNAL_SERVER_ERROR, err.to_string())
+            refusal(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string())
         }
     }
 }

@@ -5,6 +5,9 @@ use edgeship_domain::{Dim, ElementType, TensorSpec};
 use edgeship_runtime::{Tensor, TensorData};
 use serde_json::{Map, Value};
 
+mod floats;
+pub use floats::float_input;
+
 /// Nested JSON arrays in the tensor's shape (a scalar for rank 0). Non-finite floats, which
 /// JSON cannot carry, become `null`.
 pub fn tensor_to_json(tensor: &Tensor) -> Value {
@@ -93,6 +96,127 @@ fn nest(flat: &[Value], shape: &[usize]) -> Value {
                     .map(|i| nest(&flat[i * stride..(i + 1) * stride], rest))
                     .collect(),
             )
+        }
+    }
+}
+
+/// Writes `tensor` as JSON text, as [`tensor_to_json`] renders it, without building a `Value`
+/// tree first: every scoring response goes through here.
+pub fn write_tensor(tensor: &Tensor, out: &mut Vec<u8>) {
+    write_nested(&tensor.data, &tensor.shape, 0, out);
+}
+
+/// The values as one flat JSON array, as [`values_to_json`] renders them.
+pub fn write_values(data: &TensorData, out: &mut Vec<u8>) {
+    out.push(b'[');
+    write_row(data, 0, data.len(), out);
+    out.push(b']');
+}
+
+/// Writes outputs as [`outputs_to_json`] renders them: one as nested arrays, several as an
+/// object keyed by name (in the model's order).
+pub fn write_outputs(outputs: &[TensorSpec], tensors: &[Tensor], out: &mut Vec<u8>) {
+    if let [only] = tensors {
+        return write_tensor(only, out);
+    }
+    out.push(b'{');
+    for (index, tensor) in tensors.iter().enumerate() {
+        if index > 0 {
+            out.push(b',');
+        }
+        match outputs.get(index) {
+            Some(spec) => super::reply::write_json_str(&spec.name, out),
+            None => super::reply::write_json_str(&format!("output_{index}"), out),
+        }
+        out.push(b':');
+        write_tensor(tensor, out);
+    }
+    out.push(b'}');
+}
+
+/// The sub-array at `offset` of `shape`; rank 0 is the scalar itself.
+fn write_nested(data: &TensorData, shape: &[usize], offset: usize, out: &mut Vec<u8>) {
+    match shape {
+        [] if offset < data.len() => write_row(data, offset, offset + 1, out),
+        [] => out.extend_from_slice(b"null"),
+        [len] => {
+            out.push(b'[');
+            write_row(
+                data,
+                offset,
+                offset.saturating_add(*len).min(data.len()),
+                out,
+            );
+            out.push(b']');
+        }
+        [len, rest @ ..] => {
+            let stride: usize = rest.iter().product();
+            out.push(b'[');
+            for i in 0..*len {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_nested(data, rest, offset + i * stride, out);
+            }
+            out.push(b']');
+        }
+    }
+}
+
+/// Values `start..end`, comma-separated; a rank-0 tensor's one value bare. Numbers are
+/// written as serde_json writes them (itoa, and zmij for floats; non-finite floats as `null`).
+fn write_row(data: &TensorData, start: usize, end: usize, out: &mut Vec<u8>) {
+    fn ints<T: itoa::Integer + Copy>(v: &[T], out: &mut Vec<u8>) {
+        let mut buffer = itoa::Buffer::new();
+        for (i, x) in v.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(buffer.format(*x).as_bytes());
+        }
+    }
+    fn floats<T: Copy>(v: &[T], wide: impl Fn(T) -> f64, out: &mut Vec<u8>) {
+        let mut buffer = zmij::Buffer::new();
+        for (i, x) in v.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let x = wide(*x);
+            if x.is_finite() {
+                out.extend_from_slice(buffer.format_finite(x).as_bytes());
+            } else {
+                out.extend_from_slice(b"null");
+            }
+        }
+    }
+    let range = start..end.max(start);
+    match data {
+        TensorData::Bool(v) => {
+            for (i, x) in v.get(range).unwrap_or_default().iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(if *x { b"true" } else { b"false" });
+            }
+        }
+        TensorData::U8(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::U16(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::U32(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::U64(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::I8(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::I16(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::I32(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::I64(v) => ints(v.get(range).unwrap_or_default(), out),
+        TensorData::F16(v) => floats(v.get(range).unwrap_or_default(), f64::from, out),
+        TensorData::F32(v) => floats(v.get(range).unwrap_or_default(), f64::from, out),
+        TensorData::F64(v) => floats(v.get(range).unwrap_or_default(), |x| x, out),
+        TensorData::String(v) => {
+            for (i, x) in v.get(range).unwrap_or_default().iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                super::reply::write_json_str(x, out);
+            }
         }
     }
 }
@@ -267,6 +391,77 @@ mod tests {
             err(json!([[1, "x", 3]])).contains("element 1 is the string \"x\", expected a number")
         );
         assert!(err(json!([[1, null, 3]])).contains("element 1 is null"));
+    }
+
+    fn tensors() -> impl proptest::strategy::Strategy<Value = Tensor> {
+        use proptest::prelude::*;
+        let shapes = proptest::collection::vec(0usize..4, 0..4);
+        shapes.prop_flat_map(|shape| {
+            let n: usize = shape.iter().product();
+            let values = prop_oneof![
+                proptest::collection::vec(any::<f32>(), n).prop_map(TensorData::F32),
+                proptest::collection::vec(any::<f64>(), n).prop_map(TensorData::F64),
+                proptest::collection::vec(any::<i64>(), n).prop_map(TensorData::I64),
+                proptest::collection::vec(any::<u8>(), n).prop_map(TensorData::U8),
+                proptest::collection::vec(any::<bool>(), n).prop_map(TensorData::Bool),
+                proptest::collection::vec("[a-z\"\\\n\u{e9}]{0,3}", n).prop_map(TensorData::String),
+                proptest::collection::vec(any::<u16>(), n).prop_map(|v| TensorData::F16(
+                    v.into_iter()
+                        .map(edgeship_runtime::tensor::f16::from_bits)
+                        .collect()
+                )),
+            ];
+            (Just(shape), values).prop_map(|(shape, data)| Tensor { shape, data })
+        })
+    }
+
+    proptest::proptest! {
+        /// The direct writer writes what serde_json writes for the `Value` tree, byte for
+        /// byte (non-finite floats as null included).
+        #[test]
+        fn tensors_are_written_as_serde_json_writes_them(tensor in tensors()) {
+            let mut direct = Vec::new();
+            write_tensor(&tensor, &mut direct);
+            let general = serde_json::to_vec(&tensor_to_json(&tensor)).expect("encodes");
+            proptest::prop_assert_eq!(String::from_utf8(direct).expect("UTF-8"), String::from_utf8(general).expect("UTF-8"));
+            let mut flat = Vec::new();
+            write_values(&tensor.data, &mut flat);
+            let general = serde_json::to_vec(&values_to_json(&tensor.data)).expect("encodes");
+            proptest::prop_assert_eq!(flat, general);
+        }
+    }
+
+    #[test]
+    fn several_outputs_are_an_object_by_name() {
+        let specs = [
+            features(1),
+            TensorSpec {
+                name: "p\"q".into(),
+                ..features(1)
+            },
+        ];
+        let tensors = [
+            Tensor {
+                shape: vec![1],
+                data: TensorData::F32(vec![0.5]),
+            },
+            Tensor {
+                shape: vec![2],
+                data: TensorData::I64(vec![1, -2]),
+            },
+            Tensor {
+                shape: vec![],
+                data: TensorData::Bool(vec![true]),
+            },
+        ];
+        let mut out = Vec::new();
+        write_outputs(&specs, &tensors, &mut out);
+        let written: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(written, outputs_to_json(&specs, &tensors));
+        assert_eq!(
+            written,
+            json!({"data": [0.5], "p\"q": [1, -2], "output_2": true})
+        );
     }
 
     #[test]

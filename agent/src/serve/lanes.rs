@@ -8,19 +8,26 @@
 //! connection handed to a lane stays there: its reads, the routing, a cheap model's inference
 //! and the response all happen on one thread, as in nginx's workers. Lanes are shared by every
 //! endpoint of the agent, started on first use, and live as long as the process.
+//!
+//! A connection starts on the fast path (`fast`) where its endpoint has one: scoring requests
+//! answered without hyper's dispatcher or axum's router. The first request it does not take
+//! moves the connection, with the bytes already read, to hyper and the router.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+
+use super::fast::{self, FastPath, Rewind};
 
 /// How long a client may take to send a request's head: from the connection's start, or
 /// from the previous response on a kept-alive one, to the head's last byte. A connection that
@@ -103,15 +110,17 @@ fn lanes() -> Option<&'static Lanes> {
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    fast: Option<Arc<FastPath>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
-    serve_with(listener, app, shutdown, HEADER_READ_TIMEOUT).await;
+    serve_with(listener, app, fast, shutdown, HEADER_READ_TIMEOUT).await;
 }
 
 /// [`serve`] with another time limit on request heads.
-async fn serve_with(
+pub(super) async fn serve_with(
     listener: TcpListener,
     app: Router,
+    fast: Option<Arc<FastPath>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     header_timeout: Duration,
 ) {
@@ -130,7 +139,12 @@ async fn serve_with(
         };
         match accepted {
             Ok((stream, peer)) => {
-                hand_over(stream, peer, app.clone(), header_timeout, &closing, &token)
+                let serving = Serving {
+                    app: app.clone(),
+                    fast: fast.clone(),
+                    header_timeout,
+                };
+                hand_over(stream, peer, serving, &closing, &token)
             }
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
@@ -146,12 +160,19 @@ async fn serve_with(
     tracker.closed().await;
 }
 
+/// What serves a connection.
+struct Serving {
+    app: Router,
+    /// Scoring requests answered without the router, where the endpoint allows.
+    fast: Option<Arc<FastPath>>,
+    header_timeout: Duration,
+}
+
 /// Serves one accepted connection on a lane (on this runtime where there are none).
 fn hand_over(
     stream: TcpStream,
     peer: SocketAddr,
-    app: Router,
-    header_timeout: Duration,
+    serving: Serving,
     closing: &watch::Sender<()>,
     token: &watch::Receiver<()>,
 ) {
@@ -162,7 +183,7 @@ fn hand_over(
     let token = token.clone();
     let Some(lanes) = lanes() else {
         tokio::spawn(async move {
-            connection(stream, app, header_timeout, &mut closing).await;
+            connection(stream, serving, &mut closing).await;
             drop(token);
         });
         return;
@@ -178,24 +199,29 @@ fn hand_over(
     };
     lanes.pick().spawn(async move {
         match TcpStream::from_std(stream) {
-            Ok(stream) => {
-                connection(stream, app, header_timeout, &mut closing).await;
-            }
+            Ok(stream) => connection(stream, serving, &mut closing).await,
             Err(err) => tracing::debug!(%peer, error = %err, "a lane cannot take a connection"),
         }
         drop(token);
     });
 }
 
-/// HTTP/1.1 (and HTTP/2 with prior knowledge, where the agent is built with it) on one
-/// connection, until the client closes it, sends no request head within `header_timeout`, or
-/// the endpoint stops.
-async fn connection(
-    stream: TcpStream,
-    app: Router,
-    header_timeout: Duration,
-    closing: &mut watch::Receiver<()>,
-) {
+/// One connection until the client closes it, sends no request head within the head
+/// timeout, or the endpoint stops: on the fast path while its requests are scoring requests
+/// it answers, then (or from the start, without one) with hyper and the router.
+async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch::Receiver<()>) {
+    let Serving {
+        app,
+        fast,
+        header_timeout,
+    } = serving;
+    if let Some(fast) = fast {
+        let Some(read) = fast::serve(&mut stream, &fast, header_timeout, closing).await else {
+            return;
+        };
+        let io = Rewind::new(read.freeze(), stream);
+        return with_hyper(io, app, header_timeout, closing).await;
+    }
     // hyper's head timeout starts once it knows the protocol (HTTP/1.1 or HTTP/2), which it
     // learns from the first bytes: until some come, this wait is the limit.
     tokio::select! {
@@ -206,7 +232,20 @@ async fn connection(
         }
         _ = closing.changed() => return,
     }
-    let io = TokioIo::new(stream);
+    with_hyper(stream, app, header_timeout, closing).await;
+}
+
+/// HTTP/1.1 (and HTTP/2 with prior knowledge, where the agent is built with it) on one
+/// connection, through the router.
+async fn with_hyper<I>(
+    io: I,
+    app: Router,
+    header_timeout: Duration,
+    closing: &mut watch::Receiver<()>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let service = TowerToHyperService::new(app);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
@@ -283,7 +322,7 @@ mod tests {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        let task = tokio::spawn(serve_with(listener, app(), shutdown, header_timeout));
+        let task = tokio::spawn(serve_with(listener, app(), None, shutdown, header_timeout));
         (addr, stop, task)
     }
 

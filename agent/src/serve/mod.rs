@@ -20,12 +20,14 @@ pub mod batch;
 pub mod cors;
 #[cfg(feature = "wasm")]
 pub mod entry;
+pub mod fast;
 pub mod inference;
 pub mod json;
 pub mod lanes;
 pub mod metrics;
 #[cfg(feature = "containers")]
 pub mod proxy;
+pub mod reply;
 pub mod router;
 pub mod tls;
 pub mod v2;
@@ -40,14 +42,14 @@ use axum::extract::{Request, State};
 use axum::http::HeaderValue;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use edgeship_domain::{EndpointMetrics, HealthThresholds, Protocol, TensorSpec};
+use edgeship_domain::{HealthThresholds, Protocol, TensorSpec};
 use edgeship_runtime::{Runnable, RuntimeError, Tensor};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use inference::run_inference;
-pub use router::{Backend, MODEL_HEADER, ROUTING_KEY_HEADER, Routes};
+pub use router::{Backend, MODEL_HEADER, Observation, ROUTING_KEY_HEADER, Routes, observe_routes};
 
 /// What a 503 asks callers to wait before they retry (`Retry-After`, in seconds): a full batch
 /// queue drains in milliseconds, a stopping endpoint is replaced in about a second.
@@ -185,6 +187,18 @@ pub struct Shared {
 }
 
 impl Shared {
+    fn new(deployment: &str, routes: Routes, auth: auth::Auth) -> Arc<Self> {
+        Arc::new(Shared {
+            deployment: deployment.to_owned(),
+            routes: RwLock::new(Arc::new(routes)),
+            lifetime: Lifetime::default(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            next_request_id: AtomicU64::new(1),
+            ready: AtomicBool::new(true),
+            auth: RwLock::new(Arc::new(auth)),
+        })
+    }
+
     pub fn deployment(&self) -> &str {
         &self.deployment
     }
@@ -241,6 +255,13 @@ impl Shared {
             backend: Arc::clone(backend),
             started: Instant::now(),
         })
+    }
+
+    /// A new request id, `DEPLOYMENT-0000002a`, for a request that brought none.
+    fn write_request_id(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        let n = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let _ = write!(out, "{}-{n:08x}", self.deployment);
     }
 
     /// What the endpoint accepts now.
@@ -303,45 +324,6 @@ impl Shared {
             latency as f64 / requests as f64 / 1000.0
         };
         seen
-    }
-}
-
-/// What an endpoint did, as reported, and why it breaches its health gate (if it does).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Observation {
-    pub metrics: EndpointMetrics,
-    pub breach: Option<String>,
-    /// Why the workload stopped for good (a container its engine will not restart).
-    pub failed: Option<String>,
-}
-
-/// The windowed part of an observation: all versions' windows combined (percentiles over all
-/// their requests, not averaged), and each version's own figures when there is a split.
-/// Lifetime counters are left at zero for the endpoint to fill in.
-pub fn observe_routes(
-    routes: &Routes,
-    at: Instant,
-    health: Option<&HealthThresholds>,
-) -> Observation {
-    let window = routes.window_length();
-    let snapshot = routes.snapshot(at);
-    let versions = if routes.backends().len() > 1 {
-        routes.backends().iter().map(|b| b.metrics(at)).collect()
-    } else {
-        Vec::new()
-    };
-    Observation {
-        metrics: EndpointMetrics {
-            window_seconds: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
-            window_requests: snapshot.requests,
-            window_errors: snapshot.errors,
-            p50_ms: snapshot.p50_ms,
-            p99_ms: snapshot.p99_ms,
-            versions,
-            ..EndpointMetrics::default()
-        },
-        breach: router::verdict(&snapshot, health, window),
-        failed: None,
     }
 }
 
@@ -415,15 +397,7 @@ impl Endpoint {
             Some(grpc_addr) => Some(TcpListener::bind(grpc_addr).await?),
             None => None,
         };
-        let shared = Arc::new(Shared {
-            deployment: deployment.to_owned(),
-            routes: RwLock::new(Arc::new(routes)),
-            lifetime: Lifetime::default(),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            next_request_id: AtomicU64::new(1),
-            ready: AtomicBool::new(true),
-            auth: RwLock::new(Arc::new(auth)),
-        });
+        let shared = Shared::new(deployment, routes, auth);
         let mut app = metrics::routes();
         match surface {
             Surface::Scoring(protocols) => {
@@ -449,6 +423,13 @@ impl Endpoint {
         if !cors_origins.is_empty() {
             app = app.layer(cors::layer(cors_origins));
         }
+        let fast = match surface {
+            Surface::Scoring(protocols) => {
+                fast::FastPath::new(Arc::clone(&shared), protocols, !cors_origins.is_empty())
+            }
+            #[cfg(feature = "containers")]
+            Surface::Proxy => None,
+        };
         let app = app.with_state(Arc::clone(&shared));
         let (shutdown, signal) = oneshot::channel::<()>();
         let grpc = match grpc_listener {
@@ -474,7 +455,7 @@ impl Endpoint {
             let _ = signal.await;
         };
         let task = match rest_tls {
-            None => tokio::spawn(lanes::serve(listener, app, shutdown_signal)),
+            None => tokio::spawn(lanes::serve(listener, app, fast, shutdown_signal)),
             Some(config) => {
                 let listener = tls::TlsListener::new(listener, config)?;
                 tokio::spawn(async move {
@@ -569,9 +550,9 @@ async fn request_id(State(shared): State<Arc<Shared>>, request: Request, next: N
         .get("x-request-id")
         .cloned()
         .unwrap_or_else(|| {
-            let n = shared.next_request_id.fetch_add(1, Ordering::Relaxed);
-            HeaderValue::from_str(&format!("{}-{n:08x}", shared.deployment))
-                .unwrap_or(HeaderValue::from_static("edgeship"))
+            let mut id = Vec::with_capacity(shared.deployment.len() + 10);
+            shared.write_request_id(&mut id);
+            HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("edgeship"))
         });
     let mut response = next.run(request).await;
     response.headers_mut().insert("x-request-id", id);

@@ -24,7 +24,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
-use edgeship_domain::{HealthThresholds, VersionMetrics};
+use edgeship_domain::{EndpointMetrics, HealthThresholds, VersionMetrics};
 
 use super::Scorer;
 use super::metrics::VersionCounters;
@@ -346,6 +346,45 @@ impl Routes {
         let windows: Vec<Arc<SlidingWindow>> = self.backends.iter().map(|b| b.window()).collect();
         let refs: Vec<&SlidingWindow> = windows.iter().map(Arc::as_ref).collect();
         combined(&refs, at)
+    }
+}
+
+/// What an endpoint did, as reported, and why it breaches its health gate (if it does).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observation {
+    pub metrics: EndpointMetrics,
+    pub breach: Option<String>,
+    /// Why the workload stopped for good (a container its engine will not restart).
+    pub failed: Option<String>,
+}
+
+/// The windowed part of an observation: all versions' windows combined (percentiles over all
+/// their requests, not averaged), and each version's own figures when there is a split.
+/// Lifetime counters are left at zero for the endpoint to fill in.
+pub fn observe_routes(
+    routes: &Routes,
+    at: Instant,
+    health: Option<&HealthThresholds>,
+) -> Observation {
+    let window = routes.window_length();
+    let snapshot = routes.snapshot(at);
+    let versions = if routes.backends().len() > 1 {
+        routes.backends().iter().map(|b| b.metrics(at)).collect()
+    } else {
+        Vec::new()
+    };
+    Observation {
+        metrics: EndpointMetrics {
+            window_seconds: u32::try_from(window.as_secs()).unwrap_or(u32::MAX),
+            window_requests: snapshot.requests,
+            window_errors: snapshot.errors,
+            p50_ms: snapshot.p50_ms,
+            p99_ms: snapshot.p99_ms,
+            versions,
+            ..EndpointMetrics::default()
+        },
+        breach: verdict(&snapshot, health, window),
+        failed: None,
     }
 }
 

@@ -6,9 +6,8 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use edgeship_runtime::TensorData;
@@ -17,7 +16,8 @@ use serde_json::{Map, Value, json};
 
 use super::infer::{self, ErrorKind, NamedInput, NamedOutput, V2Error};
 use super::{EXTENSIONS, PLATFORM, SERVER_NAME};
-use crate::serve::json::values_from_json;
+use crate::serve::json::{values_from_json, write_values};
+use crate::serve::reply::{Reply, header_text, write_json_str};
 use crate::serve::{ROUTING_KEY_HEADER, Scorer, Shared};
 
 /// Length of the JSON part of a body (request or response) that carries binary tensors.
@@ -58,15 +58,17 @@ pub fn http_status(kind: ErrorKind) -> StatusCode {
 }
 
 fn error_response(err: &V2Error) -> Response {
-    let status = http_status(err.kind);
-    let mut response = (status, axum::Json(json!({ "error": err.message }))).into_response();
+    error_reply(err).into_response()
+}
+
+/// An error as OIP REST answers it: `{"error": …}`, and `Retry-After` on a 503.
+pub fn error_reply(err: &V2Error) -> Reply {
+    let reply = Reply::error(http_status(err.kind), "error", &err.message);
     if err.kind == ErrorKind::Unavailable {
-        response.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from_static(crate::serve::RETRY_AFTER_SECONDS),
-        );
+        reply.retry_later()
+    } else {
+        reply
     }
-    response
 }
 
 async fn server_metadata() -> Response {
@@ -221,7 +223,12 @@ async fn infer_inner(
     request: Request,
 ) -> Result<Response, V2Error> {
     let limit = shared.max_body_bytes();
-    let header_length = header_length(request.headers())?;
+    let header_length = header_length(
+        request
+            .headers()
+            .get(HEADER_LENGTH)
+            .map(HeaderValue::as_bytes),
+    )?;
     let too_large = || V2Error {
         kind: ErrorKind::TooLarge,
         message: format!("the body exceeds the limit of {limit} bytes"),
@@ -229,7 +236,19 @@ async fn infer_inner(
     let body = axum::body::to_bytes(request.into_body(), limit)
         .await
         .map_err(|_| too_large())?;
-    let decoded = decode_request(scorer.as_ref(), &body, header_length)?;
+    Ok(infer_body(scorer, header_length, &body)
+        .await?
+        .into_response())
+}
+
+/// Runs one whole infer body (`header_length` from the binary extension's header) on
+/// `scorer`.
+pub async fn infer_body(
+    scorer: &Arc<dyn Scorer>,
+    header_length: Option<usize>,
+    body: &[u8],
+) -> Result<Reply, V2Error> {
+    let decoded = decode_request(scorer.as_ref(), body, header_length)?;
     let tensors = infer::arrange(scorer.as_ref(), decoded.inputs)?;
     let requested: Vec<String> = decoded.outputs.iter().map(|o| o.0.clone()).collect();
     let outputs = infer::run(scorer, tensors, &requested).await?;
@@ -242,23 +261,22 @@ async fn infer_inner(
     Ok(encode_response(
         model_name,
         model_version,
-        decoded.id,
+        decoded.id.as_deref(),
         &outputs,
         &binary,
     ))
 }
 
-fn header_length(headers: &HeaderMap) -> Result<Option<usize>, V2Error> {
-    headers
-        .get(HEADER_LENGTH)
+/// The binary extension's JSON header length, from its header's value.
+pub fn header_length(value: Option<&[u8]>) -> Result<Option<usize>, V2Error> {
+    value
         .map(|v| {
-            v.to_str()
-                .ok()
+            header_text(v)
                 .and_then(|v| v.trim().parse::<usize>().ok())
                 .ok_or_else(|| {
                     V2Error::bad(format!(
                         "the {HEADER_LENGTH} header must be a byte count, got {:?}",
-                        String::from_utf8_lossy(v.as_bytes())
+                        String::from_utf8_lossy(v)
                     ))
                 })
         })
@@ -411,73 +429,74 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>, expected: usize) -> R
 }
 
 /// Encodes a response: outputs marked binary travel after the JSON header, the rest as flat
-/// JSON `data`.
+/// JSON `data`. The JSON is written directly (no `Value` tree): every infer answer goes
+/// through here.
 pub fn encode_response(
     model_name: &str,
     model_version: &str,
-    id: Option<String>,
+    id: Option<&str>,
     outputs: &[NamedOutput],
     binary: &[bool],
-) -> Response {
+) -> Reply {
     let mut raw = Vec::new();
-    let described: Vec<Value> = outputs
-        .iter()
-        .zip(binary.iter().copied().chain(std::iter::repeat(false)))
-        .map(|(output, as_binary)| {
-            let tensor = &output.tensor;
-            let element_type = tensor.data.element_type();
-            let mut entry = json!({
-                "name": output.name,
-                "datatype": element_type.oip_name().unwrap_or("BYTES"),
-                "shape": tensor.shape,
-            });
-            if as_binary {
-                let bytes = tensor.data.to_le_bytes();
-                entry["parameters"] = json!({ "binary_data_size": bytes.len() });
-                raw.extend_from_slice(&bytes);
-            } else {
-                entry["data"] = Value::Array(crate::serve::json::values_to_json(&tensor.data));
-            }
-            entry
-        })
-        .collect();
-    let mut document = json!({
-        "model_name": model_name,
-        "model_version": model_version,
-        "outputs": described,
-    });
+    let mut json = Vec::with_capacity(256);
+    json.extend_from_slice(b"{\"model_name\":");
+    write_json_str(model_name, &mut json);
+    json.extend_from_slice(b",\"model_version\":");
+    write_json_str(model_version, &mut json);
     if let Some(id) = id {
-        document["id"] = Value::String(id);
+        json.extend_from_slice(b",\"id\":");
+        write_json_str(id, &mut json);
     }
-    let Ok(header_bytes) = serde_json::to_vec(&document) else {
-        return error_response(&V2Error {
-            kind: ErrorKind::Internal,
-            message: "the response could not be encoded".into(),
-        });
-    };
+    json.extend_from_slice(b",\"outputs\":[");
+    let flags = binary.iter().copied().chain(std::iter::repeat(false));
+    for (index, (output, as_binary)) in outputs.iter().zip(flags).enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        let tensor = &output.tensor;
+        json.extend_from_slice(b"{\"name\":");
+        write_json_str(&output.name, &mut json);
+        json.extend_from_slice(b",\"datatype\":");
+        write_json_str(
+            tensor.data.element_type().oip_name().unwrap_or("BYTES"),
+            &mut json,
+        );
+        json.extend_from_slice(b",\"shape\":[");
+        let mut digits = itoa::Buffer::new();
+        for (i, dim) in tensor.shape.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            json.extend_from_slice(digits.format(*dim).as_bytes());
+        }
+        json.push(b']');
+        if as_binary {
+            let bytes = tensor.data.to_le_bytes();
+            json.extend_from_slice(b",\"parameters\":{\"binary_data_size\":");
+            json.extend_from_slice(digits.format(bytes.len()).as_bytes());
+            json.push(b'}');
+            raw.extend_from_slice(&bytes);
+        } else {
+            json.extend_from_slice(b",\"data\":");
+            write_values(&tensor.data, &mut json);
+        }
+        json.push(b'}');
+    }
+    json.extend_from_slice(b"]}");
     if raw.is_empty() && !binary.iter().any(|b| *b) {
-        return (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            header_bytes,
-        )
-            .into_response();
+        return Reply::json(StatusCode::OK, json);
     }
-    let length = header_bytes.len();
-    let mut body = header_bytes;
+    let length = json.len();
+    let mut body = json;
     body.extend_from_slice(&raw);
-    let mut response = (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/octet-stream"),
+    Reply {
+        status: StatusCode::OK,
+        content_type: "application/octet-stream",
+        headers: vec![(
+            HeaderName::from_static(HEADER_LENGTH),
+            HeaderValue::from(length),
         )],
-        Bytes::from(body),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(HEADER_LENGTH, HeaderValue::from(length));
-    response
+        body,
+    }
 }
