@@ -383,3 +383,51 @@ async fn the_head_timeout_holds_on_the_fast_path() {
     let _ = stop.send(());
     task.await.expect("stops");
 }
+
+/// A hundred kept-alive clients at once, ten requests each: every answer is its own request's,
+/// and the endpoint counts every one.
+#[tokio::test]
+async fn a_hundred_connections_at_once_each_get_their_own_answers() {
+    let endpoint = both_protocols(auth::Auth::default()).await;
+    let addr = endpoint.addr();
+    let clients: Vec<_> = (0..100u32)
+        .map(|client| {
+            tokio::spawn(async move {
+                let mut connection = testkit::KeepAlive::new(addr);
+                for request in 0..10u32 {
+                    let value = client * 10 + request;
+                    let (path, body) = if request % 2 == 0 {
+                        ("/score", format!(r#"{{"data": [{value}]}}"#))
+                    } else {
+                        (
+                            "/v2/models/m/infer",
+                            format!(
+                                r#"{{"inputs": [{{"name": "x", "shape": [1], "datatype": "FP32", "data": [{value}]}}]}}"#
+                            ),
+                        )
+                    };
+                    let answer = connection
+                        .post_json(path, body.as_bytes())
+                        .await
+                        .expect("answers");
+                    assert_eq!(answer.status, 200, "{}", answer.body);
+                    let json = answer.json();
+                    let got = if request % 2 == 0 {
+                        json[0].as_f64()
+                    } else {
+                        json["outputs"][0]["data"][0].as_f64()
+                    };
+                    assert_eq!(got, Some(f64::from(value)), "{}", answer.body);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.expect("the client's answers were its own");
+    }
+    assert_eq!(
+        endpoint.observe(Instant::now(), None).metrics.requests,
+        1000
+    );
+    endpoint.stop().await;
+}
