@@ -7,7 +7,9 @@
 //! routes the request through the endpoint's [`Routes`] (a model by name, then one version
 //! or a traffic split; see `router`) and
 //! [`Shared::finish`] counts it for that version and names it in `x-edgeship-model`, so an
-//! adapter handles one request against one `Scorer` and knows nothing of splits.
+//! adapter handles one request against one `Scorer` and knows nothing of splits. (The lanes'
+//! fast path, `fast`, routes the same way, calls the adapters' handlers, and counts and names
+//! the version itself, as it writes its answers without a `Response`.)
 //!
 //! The routing table behind an endpoint is an `Arc` swapped under a lock, so a switch to a new
 //! version, or to new weights, is one pointer store: requests already running finish on the
