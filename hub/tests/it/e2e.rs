@@ -95,9 +95,12 @@ pub async fn serving_web(device: &str, model: &str) -> ServingWeb {
         .await
         .expect("deploy");
     let addr = wait_serving(&agent, "web", "diabetes:1").await;
-    // The view turns Healthy before the pass that applied it records its generation.
+    // The view turns Healthy before the pass that applied it records its generation, and an
+    // earlier generation (the empty one issued when the device first connected) may be the
+    // one recorded until then: wait for the generation the hub issued with the deployment.
+    let issued = issued_generation(&hub.url(), device).await;
     let applied = agent
-        .wait_for(CONVERGE, |v| v.applied_generation > 0)
+        .wait_for(CONVERGE, |v| v.applied_generation >= issued)
         .await
         .expect("applied")
         .applied_generation;
@@ -109,6 +112,21 @@ pub async fn serving_web(device: &str, model: &str) -> ServingWeb {
         addr,
         applied,
     }
+}
+
+/// The newest generation the hub has issued to `device`.
+pub async fn issued_generation(url: &str, device: &str) -> u64 {
+    let mut fleet = pb::fleet_client::FleetClient::connect(url.to_owned())
+        .await
+        .expect("connect");
+    fleet
+        .get_device(pb::GetDeviceRequest {
+            name: format!("devices/{device}"),
+        })
+        .await
+        .expect("get device")
+        .into_inner()
+        .desired_generation
 }
 
 pub async fn wait_serving(
