@@ -3,6 +3,7 @@
 //! hand them to `infer`, which holds what the protocol means: model and version routing,
 //! inputs matched to the signature by name, requested outputs.
 
+mod flat;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod infer;

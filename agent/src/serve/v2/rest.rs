@@ -10,10 +10,13 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use edgeship_domain::ElementType;
 use edgeship_runtime::TensorData;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
+use super::flat;
 use super::infer::{self, ErrorKind, NamedInput, NamedOutput, V2Error};
 use super::{EXTENSIONS, PLATFORM, SERVER_NAME};
 use crate::serve::json::{values_from_json, write_values};
@@ -189,25 +192,27 @@ async fn infer_request(
 }
 
 #[derive(Debug, Deserialize)]
-struct RequestHeader {
+struct RequestHeader<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     parameters: Map<String, Value>,
-    inputs: Vec<InputHeader>,
+    #[serde(borrow)]
+    inputs: Vec<InputHeader<'a>>,
     #[serde(default)]
     outputs: Vec<OutputHeader>,
 }
 
 #[derive(Debug, Deserialize)]
-struct InputHeader {
+struct InputHeader<'a> {
     name: String,
     shape: Vec<i64>,
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    #[serde(default)]
-    data: Option<Value>,
+    /// Kept as JSON text: the datatype that says how to read it may come after it.
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -338,11 +343,15 @@ pub fn decode_request(
             None => {
                 let data = input
                     .data
-                    .as_ref()
                     .ok_or_else(|| fail("has neither data nor binary_data_size".into()))?;
-                let mut flat = Vec::new();
-                flatten(data, &mut flat, count).map_err(fail)?;
-                values_from_json(&element_type, &flat).map_err(fail)?
+                match flat::read(&element_type, data, count) {
+                    Some(values) => values,
+                    None => {
+                        let data: Value = serde_json::from_str(data.get())
+                            .map_err(|err| fail(format!("data is not valid JSON: {err}")))?;
+                        values_of(&element_type, &data, count).map_err(fail)?
+                    }
+                }
             }
         };
         if data.len() != count {
@@ -403,6 +412,19 @@ fn flag(parameters: &Map<String, Value>, name: &str) -> Result<bool, V2Error> {
             "parameter {name} must be true or false, got {other}"
         ))),
     }
+}
+
+/// Reads `data`, a leaf or flat or nested arrays, as `count` values of `element_type` in
+/// row-major order, wording what is wrong (the general way: `flat::read` takes the common
+/// cases without a `Value` tree).
+pub(super) fn values_of(
+    element_type: &ElementType,
+    data: &Value,
+    count: usize,
+) -> Result<TensorData, String> {
+    let mut leaves = Vec::new();
+    flatten(data, &mut leaves, count)?;
+    values_from_json(element_type, &leaves)
 }
 
 /// Collects the leaves of flat or nested arrays in row-major order, stopping as soon as there
