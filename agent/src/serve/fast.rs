@@ -395,20 +395,21 @@ fn target(path: &str) -> Option<Target<'_>> {
     (plain(name) && version.is_none_or(plain)).then_some(Target::Infer { name, version })
 }
 
-/// A connection handed to hyper: the bytes the fast path read first, then the socket.
+/// A connection handed to hyper: the bytes read from it first (by the fast path, or to learn
+/// that an HTTPS client sends a request at all), then the stream.
 #[derive(Debug)]
-pub(super) struct Rewind {
+pub(super) struct Rewind<S> {
     read: Bytes,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl Rewind {
-    pub(super) fn new(read: Bytes, stream: TcpStream) -> Self {
+impl<S> Rewind<S> {
+    pub(super) fn new(read: Bytes, stream: S) -> Self {
         Self { read, stream }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -424,7 +425,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

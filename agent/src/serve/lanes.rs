@@ -1,5 +1,6 @@
 //! Serving lanes: one thread per core, each with a single-threaded async runtime, where a
-//! plain-HTTP scoring endpoint's connections are served from accept to close.
+//! scoring endpoint's connections (HTTP, or HTTPS from the handshake on) are served from
+//! accept to close.
 //!
 //! Why: on the agent's work-stealing runtime a connection's socket readiness is seen by
 //! whichever worker polls the I/O driver and its task may then run on another, so each
@@ -19,15 +20,18 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
+use bytes::BytesMut;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use super::fast::{self, FastPath, Rewind};
+use super::tls;
 
 /// How long a client may take to send a request's head: from the connection's start, or
 /// from the previous response on a kept-alive one, to the head's last byte. A connection that
@@ -116,6 +120,17 @@ pub async fn serve(
     serve_with(listener, app, fast, shutdown, HEADER_READ_TIMEOUT).await;
 }
 
+/// [`serve`] over TLS (HTTPS): each connection's handshake runs on its lane, bounded in time,
+/// and its requests have the same head timeout as plain HTTP's.
+pub async fn serve_tls(
+    listener: TcpListener,
+    app: Router,
+    config: rustls::ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    serve_tls_with(listener, app, config, shutdown, HEADER_READ_TIMEOUT).await;
+}
+
 /// [`serve`] with another time limit on request heads.
 pub(super) async fn serve_with(
     listener: TcpListener,
@@ -123,6 +138,38 @@ pub(super) async fn serve_with(
     fast: Option<Arc<FastPath>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     header_timeout: Duration,
+) {
+    let serving = Serving {
+        app,
+        fast,
+        tls: None,
+        header_timeout,
+    };
+    accept(listener, serving, shutdown).await;
+}
+
+/// [`serve_tls`] with another time limit on request heads.
+pub(super) async fn serve_tls_with(
+    listener: TcpListener,
+    app: Router,
+    config: rustls::ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    header_timeout: Duration,
+) {
+    let serving = Serving {
+        app,
+        fast: None,
+        tls: Some(TlsAcceptor::from(Arc::new(config))),
+        header_timeout,
+    };
+    accept(listener, serving, shutdown).await;
+}
+
+/// The accept loop of [`serve`] and [`serve_tls`].
+async fn accept(
+    listener: TcpListener,
+    serving: Serving,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let addr = listener
         .local_addr()
@@ -138,14 +185,7 @@ pub(super) async fn serve_with(
             () = &mut shutdown => break,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let serving = Serving {
-                    app: app.clone(),
-                    fast: fast.clone(),
-                    header_timeout,
-                };
-                hand_over(stream, peer, serving, &closing, &token)
-            }
+            Ok((stream, peer)) => hand_over(stream, peer, serving.clone(), &closing, &token),
             Err(err) if is_connection_error(&err) => {}
             Err(err) => {
                 // Out of descriptors or memory: accepting at once would fail again.
@@ -161,10 +201,13 @@ pub(super) async fn serve_with(
 }
 
 /// What serves a connection.
+#[derive(Clone)]
 struct Serving {
     app: Router,
     /// Scoring requests answered without the router, where the endpoint allows.
     fast: Option<Arc<FastPath>>,
+    /// HTTPS: the endpoint's certificate and protocols.
+    tls: Option<TlsAcceptor>,
     header_timeout: Duration,
 }
 
@@ -213,8 +256,12 @@ async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch
     let Serving {
         app,
         fast,
+        tls,
         header_timeout,
     } = serving;
+    if let Some(acceptor) = tls {
+        return secure_connection(stream, &acceptor, app, header_timeout, closing).await;
+    }
     if let Some(fast) = fast {
         let Some(read) = fast::serve(&mut stream, &fast, header_timeout, closing).await else {
             return;
@@ -234,6 +281,54 @@ async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch
     }
     with_hyper(stream, app, header_timeout, closing).await;
 }
+
+/// One HTTPS connection: the handshake (bounded by [`tls::HANDSHAKE_TIMEOUT`]), then, as on
+/// plain HTTP, the first bytes of a request within the head timeout (hyper's own starts once
+/// it knows the protocol), then hyper and the router. The first bytes are read through the
+/// TLS stream, not awaited on the socket: a client's request often arrives with its last
+/// handshake message, already decrypted into rustls' buffer.
+async fn secure_connection(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
+    app: Router,
+    header_timeout: Duration,
+    closing: &mut watch::Receiver<()>,
+) {
+    let handshake = tokio::select! {
+        handshake = tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
+        _ = closing.changed() => return,
+    };
+    let mut stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(err)) => {
+            tracing::debug!(error = %err, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let mut first = BytesMut::with_capacity(FIRST_READ);
+    tokio::select! {
+        read = tokio::time::timeout(header_timeout, stream.read_buf(&mut first)) => {
+            if !matches!(read, Ok(Ok(1..))) {
+                return;
+            }
+        }
+        _ = closing.changed() => return,
+    }
+    with_hyper(
+        Rewind::new(first.freeze(), stream),
+        app,
+        header_timeout,
+        closing,
+    )
+    .await;
+}
+
+/// What an HTTPS connection's first read takes: a whole small request, typically.
+const FIRST_READ: usize = 4096;
 
 /// HTTP/1.1 (and HTTP/2 with prior knowledge, where the agent is built with it) on one
 /// connection, through the router.
@@ -282,135 +377,4 @@ fn is_connection_error(err: &std::io::Error) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::HashSet;
-
-    use axum::routing::post;
-    use tokio::sync::oneshot;
-
-    use super::*;
-
-    /// `/where` names the thread that answered; `/slow` answers after 300 ms. Both read the
-    /// body: hyper closes a connection whose request body was left unread.
-    fn app() -> Router {
-        Router::new()
-            .route(
-                "/where",
-                post(|_body: String| async {
-                    std::thread::current().name().unwrap_or("?").to_owned()
-                }),
-            )
-            .route(
-                "/slow",
-                post(|_body: String| async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    "done"
-                }),
-            )
-    }
-
-    async fn start() -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        start_with(HEADER_READ_TIMEOUT).await
-    }
-
-    async fn start_with(
-        header_timeout: Duration,
-    ) -> (SocketAddr, oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
-        let addr = listener.local_addr().expect("bound");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = async move {
-            let _ = stopped.await;
-        };
-        let task = tokio::spawn(serve_with(listener, app(), None, shutdown, header_timeout));
-        (addr, stop, task)
-    }
-
-    /// Clients that send nothing, or stop halfway through a head, are cut off after the
-    /// head timeout; a kept-alive client that keeps sending requests is not, however long
-    /// it stays.
-    #[tokio::test]
-    async fn connections_without_a_whole_request_head_are_closed_in_time() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-        let timeout = Duration::from_millis(300);
-        let (addr, stop, task) = start_with(timeout).await;
-        let silent = TcpStream::connect(addr).await.expect("connects");
-        let mut halfway = TcpStream::connect(addr).await.expect("connects");
-        halfway
-            .write_all(b"POST /where HTTP/1.1\r\nhost: edge\r\ncontent-le")
-            .await
-            .expect("writes");
-        let mut kept = testkit::KeepAlive::new(addr);
-        let started = std::time::Instant::now();
-        while started.elapsed() < 4 * timeout {
-            let answer = kept.post_json("/where", b"{}").await.expect("answers");
-            assert_eq!(answer.status, 200, "{}", answer.body);
-            tokio::time::sleep(timeout / 3).await;
-        }
-        for (name, mut stream) in [("silent", silent), ("halfway", halfway)] {
-            let mut rest = Vec::new();
-            // Closed long ago: the read ends at once, with the end of the stream or a reset.
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut rest))
-                .await
-                .unwrap_or_else(|_| panic!("the {name} connection is still open"));
-            if let Ok(n) = read {
-                let text = String::from_utf8_lossy(&rest[..n]);
-                assert!(n == 0 || text.starts_with("HTTP/1.1 "), "{name}: {text}");
-            }
-        }
-        let _ = stop.send(());
-        task.await.expect("stops");
-    }
-
-    #[tokio::test]
-    async fn each_connection_is_served_on_one_lane_and_the_lanes_share_them() {
-        let (addr, stop, task) = start().await;
-        let lanes = lanes().expect("lanes start").handles.len();
-        let mut seen = HashSet::new();
-        // Other tests of this process pick lanes too, so a few more connections than lanes
-        // may be needed before each lane has taken one.
-        for _ in 0..16 * lanes {
-            if seen.len() == lanes {
-                break;
-            }
-            let mut client = testkit::KeepAlive::new(addr);
-            let mut threads = HashSet::new();
-            for _ in 0..5 {
-                let answer = client.post_json("/where", b"{}").await.expect("answers");
-                assert_eq!(answer.status, 200, "{}", answer.body);
-                threads.insert(answer.body);
-            }
-            assert_eq!(threads.len(), 1, "one connection, one thread: {threads:?}");
-            let thread = threads.into_iter().next().expect("one");
-            assert!(thread.starts_with("edgeship-lane-"), "{thread}");
-            seen.insert(thread);
-        }
-        assert_eq!(
-            seen.len(),
-            lanes,
-            "connections go round the lanes: {seen:?}"
-        );
-        let _ = stop.send(());
-        task.await.expect("stops");
-    }
-
-    #[tokio::test]
-    async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
-        let (addr, stop, task) = start().await;
-        let mut client = testkit::KeepAlive::new(addr);
-        let in_flight = tokio::spawn(async move { client.post_json("/slow", b"{}").await });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = stop.send(());
-        let answer = in_flight.await.expect("joins").expect("answered");
-        assert_eq!((answer.status, answer.body.as_str()), (200, "done"));
-        tokio::time::timeout(Duration::from_secs(5), task)
-            .await
-            .expect("the server returns once its connections close")
-            .expect("stops");
-        assert!(
-            TcpStream::connect(addr).await.is_err(),
-            "no longer listening"
-        );
-    }
-}
+mod tests;

@@ -458,15 +458,7 @@ impl Endpoint {
         };
         let task = match rest_tls {
             None => tokio::spawn(lanes::serve(listener, app, fast, shutdown_signal)),
-            Some(config) => {
-                let listener = tls::TlsListener::new(listener, config)?;
-                tokio::spawn(async move {
-                    let serve = axum::serve(listener, app).with_graceful_shutdown(shutdown_signal);
-                    if let Err(err) = serve.await {
-                        tracing::error!(%addr, error = %err, "scoring endpoint failed");
-                    }
-                })
-            }
+            Some(config) => tokio::spawn(lanes::serve_tls(listener, app, config, shutdown_signal)),
         };
         tracing::info!(%addr, deployment, "scoring endpoint listening");
         let (grpc_addr, grpc) = match grpc {
