@@ -348,7 +348,7 @@ pub fn decode_request(
                     Some(values) => values,
                     None => {
                         let data: Value = serde_json::from_str(data.get())
-                            .map_err(|err| fail(format!("data is not valid JSON: {err}")))?;
+                            .map_err(|err| fail(format!("data cannot be read: {err}")))?;
                         values_of(&element_type, &data, count).map_err(fail)?
                     }
                 }
