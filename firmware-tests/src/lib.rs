@@ -467,6 +467,14 @@ fn log_file(path: &Path) -> Stdio {
         .unwrap_or_else(|_| Stdio::null())
 }
 
+/// A turn for a test that loads both cores for a minute or more (a thousand simulated devices;
+/// OpenCL kernels compiled and tuned): such tests take turns. Side by side on 2 cores each
+/// has run past its own time limits, which are set for the rest of the suite beside it.
+pub async fn heavy_turn() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// Polls `check` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

@@ -29,6 +29,7 @@ fn broker_of(hub: &RunningHub) -> (String, u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_devices_on_one_hub_all_fetch_the_model_and_become_healthy() {
+    let _turn = testkit::heavy_turn().await;
     let dir = tempfile::tempdir().expect("tempdir");
     let hub = RunningHub::start(HubConfig::local(dir.path().join("hub")))
         .await
