@@ -14,7 +14,17 @@ pub fn static_agent() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let target_dir = root.join("target").join("musl");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    // Cargo runs a test with its package's variables set (`CARGO_MANIFEST_DIR`,
+    // `CARGO_PKG_NAME`, ...). Build scripts that watch them (ring's does) would see them
+    // changed since CI built this agent from a shell, and the whole TLS stack and the agent
+    // would be built again, for minutes, beside the other tests.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(set_by_cargo_for_a_package) {
+            command.env_remove(name);
+        }
+    }
+    let status = command
         .current_dir(&root)
         .args([
             "build",
@@ -34,6 +44,22 @@ pub fn static_agent() -> PathBuf {
         .expect("run cargo");
     assert!(status.success(), "building the static agent failed");
     target_dir.join(MUSL).join("image").join("edgeship-agent")
+}
+
+/// Variables cargo sets for one package's test or build script, which a cargo started from
+/// there must not inherit.
+fn set_by_cargo_for_a_package(name: &str) -> bool {
+    name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
+        || name.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            name,
+            "CARGO_CRATE_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        )
 }
 
 /// Registers the committed `diabetes` fixture with its sample input, through the CLI, as the
