@@ -24,7 +24,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scoring  # noqa: E402  (the shared helpers: processes, wrk, the edgeship CLI)
 
-CONNECTIONS = (8, 32)
+CONNECTIONS = "8,32"
 
 
 def main():
@@ -35,6 +35,8 @@ def main():
                         help="a CNN is sent as one raw image on /score only")
     parser.add_argument("--onnx-python", default=os.environ.get("ONNX_PYTHON"),
                         help="a Python with onnx, numpy, onnxruntime, to write missing CNN files")
+    parser.add_argument("--connections", default=CONNECTIONS,
+                        help="wrk connection counts, comma-separated (1 measures one client's round trips)")
     parser.add_argument("builds", nargs="+", metavar="LABEL=AGENT_BINARY")
     args = parser.parse_args()
     builds = [b.split("=", 1) for b in args.builds]
@@ -105,7 +107,7 @@ def main():
         for _ in range(args.rounds):
             for label, port, auth in targets:
                 for path, body, headers in routes:
-                    for connections in CONNECTIONS:
+                    for connections in [int(c) for c in args.connections.split(",")]:
                         rps = scoring.wrk(f"http://127.0.0.1:{port}{path}", body, {**auth, **headers},
                                           connections, args.duration, work)[0]
                         results.setdefault((path.split("/")[-1], connections), {}).setdefault(label, []).append(rps)

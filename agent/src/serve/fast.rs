@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::azureml::{MODEL_NAME_HEADER, SHAPE_HEADER, ScoreHead, model_named, score_body};
+use super::lanes::poll::Pace;
 use super::reply::Reply;
 use super::v2::infer;
 use super::v2::rest::{HEADER_LENGTH, error_reply, header_length, infer_body};
@@ -87,6 +88,7 @@ pub(super) async fn serve(
     // A clone to wait on, so `closing` itself can be asked between requests.
     let mut watcher = closing.clone();
     let mut closed = pin!(watcher.changed());
+    let mut pace = Pace::default();
     loop {
         let waiting_for_head = match parse(&buf, fast.shared.max_body_bytes()) {
             Parsed::Fast(request) if buf.len() >= request.total => {
@@ -99,6 +101,7 @@ pub(super) async fn serve(
                 if stream.write_all(&out).await.is_err() || close {
                     return None;
                 }
+                pace.answered();
                 out.clear();
                 buf.advance(total);
                 if closing.has_changed().unwrap_or(true) {
@@ -122,6 +125,9 @@ pub(super) async fn serve(
             buf.reserve(READ_CHUNK);
         }
         let idle = buf.is_empty();
+        if idle && pace.poll(stream, &mut buf) {
+            continue;
+        }
         tokio::select! {
             biased;
             _ = closed.as_mut(), if idle => return None,

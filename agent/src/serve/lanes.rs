@@ -33,6 +33,8 @@ use tokio_rustls::TlsAcceptor;
 use super::fast::{self, FastPath, Rewind};
 use super::tls;
 
+pub(super) mod poll;
+
 /// How long a client may take to send a request's head: from the connection's start, or
 /// from the previous response on a kept-alive one, to the head's last byte. A connection that
 /// sends no request in that time is closed, so clients that connect and send nothing (or a
@@ -59,9 +61,12 @@ impl Lanes {
             let started = std::thread::Builder::new()
                 .name(format!("edgeship-lane-{index}"))
                 .spawn(move || {
+                    poll::lane_wakes();
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .thread_name(format!("edgeship-lane-{index}"))
+                        .on_thread_park(poll::lane_sleeps)
+                        .on_thread_unpark(poll::lane_wakes)
                         .build();
                     match runtime {
                         Ok(runtime) => {
@@ -241,6 +246,7 @@ fn hand_over(
         }
     };
     lanes.pick().spawn(async move {
+        let _seat = poll::Seat::take();
         match TcpStream::from_std(stream) {
             Ok(stream) => connection(stream, serving, &mut closing).await,
             Err(err) => tracing::debug!(%peer, error = %err, "a lane cannot take a connection"),
