@@ -61,12 +61,9 @@ impl Lanes {
             let started = std::thread::Builder::new()
                 .name(format!("edgeship-lane-{index}"))
                 .spawn(move || {
-                    poll::lane_wakes();
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .thread_name(format!("edgeship-lane-{index}"))
-                        .on_thread_park(poll::lane_sleeps)
-                        .on_thread_unpark(poll::lane_wakes)
                         .build();
                     match runtime {
                         Ok(runtime) => {

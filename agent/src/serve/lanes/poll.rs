@@ -1,15 +1,13 @@
-//! Brief polling for a kept-alive connection's next request, on a serving lane that serves no
-//! other connection, instead of going to sleep in the kernel until it comes.
+//! Brief polling for a kept-alive connection's next request, when it is the only connection
+//! the serving lanes have, instead of going to sleep in the kernel until it comes.
 //!
 //! Why: with one connection, a client that sends its next request as soon as it has read an
 //! answer found the lane asleep every time, and waking a sleeping thread (on a virtual
 //! machine, an idle core with it) was most of a round trip (docs/benchmarks.md, *Scoring
 //! throughput*). Polling is bounded so that it costs no other work its CPU:
-//! - only a lane with that one connection polls: with more, another one's request may be
-//!   waiting, and that is only learnt by going to the runtime's I/O driver;
-//! - only while every other lane sleeps, and it stops as soon as one wakes: a core polling
-//!   beside busy lanes took their CPU (and a local client's) and lowered the rate, 0.85× at
-//!   two connections on two cores;
+//! - only the one connection of all the lanes polls: with two, a lane polling for one took
+//!   the core that the other's lane (or a local client) was waiting for, 0.85× the rate at
+//!   two connections on two cores; with more, some request is nearly always waiting;
 //! - a poll lasts at most the window after the answer;
 //! - a connection whose client did not come within the window polls again only after twice as
 //!   many requests as before (up to 1,024), so a slow or sporadic client costs next to nothing.
@@ -17,7 +15,6 @@
 //! `EDGESHIP_LANE_POLL_US` sets the window in microseconds (default 100); `0` turns polling
 //! off, for a device where every milliwatt counts more than a round trip's time.
 
-use std::cell::Cell;
 use std::io::{ErrorKind, Read as _};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,13 +33,8 @@ const MAX_SKIP_SHIFT: u32 = 10;
 /// How much one poll reads at most: a small request whole; more comes the ordinary way.
 const POLL_READ: usize = 4096;
 
-thread_local! {
-    /// Connections served on this thread, counted on lanes only.
-    static CONNECTIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Lanes awake now: running tasks, or polling.
-static AWAKE_LANES: AtomicUsize = AtomicUsize::new(0);
+/// Connections the lanes serve now.
+static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// The polling window, from `EDGESHIP_LANE_POLL_US` or [`DEFAULT_WINDOW`].
 fn window() -> Duration {
@@ -55,35 +47,19 @@ fn window() -> Duration {
     })
 }
 
-/// A lane's thread starts, or its runtime wakes from the I/O driver.
-pub(super) fn lane_wakes() {
-    AWAKE_LANES.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A lane's runtime goes to sleep in the I/O driver.
-pub(super) fn lane_sleeps() {
-    AWAKE_LANES.fetch_sub(1, Ordering::Relaxed);
-}
-
-/// Whether this lane (awake, since it asks) is the only one awake.
-fn alone_awake() -> bool {
-    AWAKE_LANES.load(Ordering::Relaxed) <= 1
-}
-
-/// A connection served on this lane, counted while it lives. Taken and dropped on the lane's
-/// own thread (its runtime is single-threaded, so a connection's task never moves).
+/// A connection served on a lane, counted while it lives.
 pub(super) struct Seat(());
 
 impl Seat {
     pub(super) fn take() -> Self {
-        CONNECTIONS.with(|count| count.set(count.get() + 1));
+        CONNECTIONS.fetch_add(1, Ordering::Relaxed);
         Seat(())
     }
 }
 
 impl Drop for Seat {
     fn drop(&mut self) {
-        CONNECTIONS.with(|count| count.set(count.get().saturating_sub(1)));
+        CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -115,7 +91,7 @@ impl Pace {
             return false;
         }
         let window = window();
-        if window.is_zero() || CONNECTIONS.with(Cell::get) != 1 || !alone_awake() {
+        if window.is_zero() || CONNECTIONS.load(Ordering::Relaxed) != 1 {
             return false;
         }
         let socket = socket2::SockRef::from(stream);
@@ -129,7 +105,7 @@ impl Pace {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break None,
             }
-            if !alone_awake() {
+            if CONNECTIONS.load(Ordering::Relaxed) != 1 {
                 break None;
             }
             if answered.elapsed() >= window {
@@ -175,8 +151,8 @@ mod tests {
         client.write_all(b"POST /score").await.expect("write");
         let started = Instant::now();
         while !pace.poll(&served, &mut buf) {
-            // The bytes are on loopback at once; a poll that misses them would be a defect,
-            // but a scheduler may delay them past one window on a loaded machine.
+            // The bytes are on loopback at once, but a loaded machine may delay them past one
+            // window, and another test's connection on the lanes makes a poll give way.
             assert!(started.elapsed() < Duration::from_secs(5), "never read");
             pace.answered();
             pace.skip = 0;
@@ -184,7 +160,7 @@ mod tests {
         assert_eq!(&buf[..], b"POST /score");
 
         // A client that does not come: one window's wait, then polls only every 2nd, 4th, ...
-        // request. (A lane of another test that is awake makes a poll give way without a
+        // request. (Another test's connection on the lanes makes a poll give way without a
         // miss: ask again.)
         buf.clear();
         pace = Pace::default();
@@ -212,7 +188,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "current_thread")]
-    async fn a_lane_with_two_connections_or_a_closed_one_does_not_poll() {
+    async fn two_connections_or_a_closed_one_do_not_poll() {
         let (served, mut client) = pair().await;
         let (_other, _other_client) = pair().await;
         let seats = (Seat::take(), Seat::take());
@@ -220,10 +196,7 @@ mod tests {
         let mut pace = Pace::default();
         let mut buf = BytesMut::new();
         pace.answered();
-        assert!(
-            !pace.poll(&served, &mut buf),
-            "two connections: the driver's turn"
-        );
+        assert!(!pace.poll(&served, &mut buf), "two connections: no polling");
         assert!(buf.is_empty());
         assert_eq!(pace.misses, 0, "not polling is not a miss");
         drop(seats);
