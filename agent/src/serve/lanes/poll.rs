@@ -36,15 +36,39 @@ const POLL_READ: usize = 4096;
 /// Connections the lanes serve now.
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
+/// The longest window `EDGESHIP_LANE_POLL_US` may set: past it, polling would hold a core
+/// for longer than any wake-up it saves.
+const MAX_WINDOW: Duration = Duration::from_millis(10);
+
 /// The polling window, from `EDGESHIP_LANE_POLL_US` or [`DEFAULT_WINDOW`].
 fn window() -> Duration {
     static WINDOW: OnceLock<Duration> = OnceLock::new();
-    *WINDOW.get_or_init(|| {
-        std::env::var("EDGESHIP_LANE_POLL_US")
-            .ok()
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .map_or(DEFAULT_WINDOW, Duration::from_micros)
+    *WINDOW.get_or_init(|| match std::env::var("EDGESHIP_LANE_POLL_US") {
+        Ok(value) => window_from(&value),
+        Err(_) => DEFAULT_WINDOW,
     })
+}
+
+/// The window `EDGESHIP_LANE_POLL_US=value` sets; a value that is not a number of
+/// microseconds, or over [`MAX_WINDOW`], is named in a warning and not taken.
+fn window_from(value: &str) -> Duration {
+    match value.trim().parse::<u64>().map(Duration::from_micros) {
+        Ok(window) if window <= MAX_WINDOW => window,
+        Ok(_) => {
+            tracing::warn!(
+                value,
+                "EDGESHIP_LANE_POLL_US is over 10000 (10 ms); polling for 10 ms at most"
+            );
+            MAX_WINDOW
+        }
+        Err(_) => {
+            tracing::warn!(
+                value,
+                "EDGESHIP_LANE_POLL_US is not a number of microseconds; polling for the default 100"
+            );
+            DEFAULT_WINDOW
+        }
+    }
 }
 
 /// A connection served on a lane, counted while it lives.
@@ -185,6 +209,15 @@ mod tests {
             assert_eq!(pace.skip, 0);
         }
         drop(seat);
+    }
+
+    #[test]
+    fn the_window_setting_is_read_in_microseconds_and_a_bad_one_is_not_taken() {
+        assert_eq!(window_from("250"), Duration::from_micros(250));
+        assert_eq!(window_from(" 0 "), Duration::ZERO);
+        assert_eq!(window_from("fast"), DEFAULT_WINDOW);
+        assert_eq!(window_from("-5"), DEFAULT_WINDOW);
+        assert_eq!(window_from("99999999999"), MAX_WINDOW);
     }
 
     #[tokio::test(flavor = "current_thread")]
