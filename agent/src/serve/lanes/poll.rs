@@ -27,6 +27,10 @@ use tokio::net::TcpStream;
 /// or a fast network turns around well within it, and a miss costs one window.
 const DEFAULT_WINDOW: Duration = Duration::from_micros(100);
 
+/// The longest window `EDGESHIP_LANE_POLL_US` may set: past it, polling would hold a core
+/// for longer than any wake-up it saves.
+const MAX_WINDOW: Duration = Duration::from_millis(10);
+
 /// The longest a connection that keeps missing goes between polls, in requests.
 const MAX_SKIP_SHIFT: u32 = 10;
 
@@ -35,10 +39,6 @@ const POLL_READ: usize = 4096;
 
 /// Connections the lanes serve now.
 static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
-
-/// The longest window `EDGESHIP_LANE_POLL_US` may set: past it, polling would hold a core
-/// for longer than any wake-up it saves.
-const MAX_WINDOW: Duration = Duration::from_millis(10);
 
 /// The polling window, from `EDGESHIP_LANE_POLL_US` or [`DEFAULT_WINDOW`].
 fn window() -> Duration {
@@ -69,6 +69,11 @@ fn window_from(value: &str) -> Duration {
             DEFAULT_WINDOW
         }
     }
+}
+
+/// Whether the lanes serve one connection in all: the one asking.
+fn alone() -> bool {
+    CONNECTIONS.load(Ordering::Relaxed) == 1
 }
 
 /// A connection served on a lane, counted while it lives.
@@ -115,7 +120,7 @@ impl Pace {
             return false;
         }
         let window = window();
-        if window.is_zero() || CONNECTIONS.load(Ordering::Relaxed) != 1 {
+        if window.is_zero() || !alone() {
             return false;
         }
         let socket = socket2::SockRef::from(stream);
@@ -129,7 +134,7 @@ impl Pace {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break None,
             }
-            if CONNECTIONS.load(Ordering::Relaxed) != 1 {
+            if !alone() {
                 break None;
             }
             if answered.elapsed() >= window {
