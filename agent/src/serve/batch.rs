@@ -5,7 +5,8 @@
 //! Design: requests enter a bounded multi-consumer queue (`flume`: no lock shared by the
 //! request path). A few worker threads take from it in turns: the one gathering takes the
 //! first waiting request, then whatever arrives until the batch is full or the first request
-//! has waited `max_queue_delay`, and hands the turn on; it stacks the inputs, runs the model
+//! has waited `max_queue_delay` (or until no other request can come: see `clients`), and
+//! hands the turn on; it stacks the inputs, runs the model
 //! once and splits the outputs back by rows while the next gathers. A full queue refuses at
 //! once ([`RuntimeError::Overloaded`], a 503 with `Retry-After`), so memory never grows with
 //! load. Requests that cannot share a run (other shapes beyond the batch axis) run in the
@@ -26,6 +27,8 @@ use edgeship_runtime::tensor::f16;
 use edgeship_runtime::{Runnable, RuntimeError, Tensor, TensorData};
 use tokio::sync::oneshot;
 
+use super::clients::Clients;
+
 /// Upper bounds of the batch-size buckets (requests in one runtime call).
 pub const SIZE_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
@@ -34,7 +37,8 @@ pub const SIZE_BUCKETS: [u64; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 pub struct BatchPolicy {
     /// Rows in one runtime call, at most.
     pub max_batch_size: usize,
-    /// Longest time the first request of a batch waits for others.
+    /// Longest time the first request of a batch waits for others; none where no other
+    /// request can come (every client's request is in the batch already).
     pub max_queue_delay: Duration,
     /// Requests waiting, at most; more are refused with 503.
     pub max_queue_size: usize,
@@ -112,12 +116,14 @@ impl Batcher {
     /// Starts batching `runnable`'s requests, after [`probe`] has found where in a batch a
     /// request's results equal its results alone; `sample` is one request (the self-test's).
     /// Refused, with the reason, when the model has no batch dimension or batching would
-    /// change its results.
+    /// change its results. `clients` tells who else could still send a request
+    /// ([`CLIENTS`](super::clients::CLIENTS) but in tests).
     pub fn start(
         runnable: Arc<dyn Runnable>,
         model_ref: &str,
         policy: BatchPolicy,
         sample: &[Tensor],
+        clients: &'static Clients,
     ) -> Result<Self, String> {
         if policy.max_batch_size < 2 {
             return Err("batches of one are no batching".into());
@@ -152,6 +158,7 @@ impl Batcher {
                 slots: Arc::clone(&slots),
                 stats: Arc::clone(&stats),
                 gathering: Arc::clone(&gathering),
+                clients,
             };
             std::thread::Builder::new()
                 .name(format!("batch-{model_ref}-{n}"))
@@ -366,6 +373,7 @@ struct Worker {
     stats: Arc<BatchStats>,
     /// The turn to gather a batch, with a request the last gathering left for the next.
     gathering: Arc<Mutex<Option<Job>>>,
+    clients: &'static Clients,
 }
 
 impl Worker {
@@ -388,8 +396,9 @@ impl Worker {
     }
 
     /// Takes the next batch: the request left over from the last gathering (`held`) or the
-    /// next in the queue, then what arrives until the batch is full or its first request has
-    /// waited `max_queue_delay`. `None` once the queue is closed and empty.
+    /// next in the queue, then what arrives until the batch is full, its first request has
+    /// waited `max_queue_delay`, or every client that could send a request has one in it.
+    /// `None` once the queue is closed and empty.
     fn gather(&self, held: &mut Option<Job>) -> Option<Vec<Job>> {
         let first = match held.take() {
             Some(job) => job,
@@ -408,6 +417,8 @@ impl Worker {
             let next = match self.queue.try_recv() {
                 Ok(job) => job,
                 Err(flume::TryRecvError::Disconnected) => break,
+                // Waiting for a request that cannot come would only delay these.
+                Err(flume::TryRecvError::Empty) if self.clients.all_waiting(batch.len()) => break,
                 Err(flume::TryRecvError::Empty) => match self.queue.recv_deadline(deadline) {
                     Ok(job) => job,
                     Err(_) => break,

@@ -30,6 +30,7 @@ use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::clients::{CLIENTS, Seat, may_be_http2};
 use super::fast::{self, FastPath, Rewind};
 use super::tls;
 
@@ -228,7 +229,8 @@ fn hand_over(
     let token = token.clone();
     let Some(lanes) = lanes() else {
         tokio::spawn(async move {
-            connection(stream, serving, &mut closing).await;
+            let mut seat = CLIENTS.seat();
+            connection(stream, serving, &mut closing, &mut seat).await;
             drop(token);
         });
         return;
@@ -243,9 +245,9 @@ fn hand_over(
         }
     };
     lanes.pick().spawn(async move {
-        let _seat = poll::Seat::take();
+        let mut seat = CLIENTS.seat();
         match TcpStream::from_std(stream) {
-            Ok(stream) => connection(stream, serving, &mut closing).await,
+            Ok(stream) => connection(stream, serving, &mut closing, &mut seat).await,
             Err(err) => tracing::debug!(%peer, error = %err, "a lane cannot take a connection"),
         }
         drop(token);
@@ -254,8 +256,14 @@ fn hand_over(
 
 /// One connection until the client closes it, sends no request head within the head
 /// timeout, or the endpoint stops: on the fast path while its requests are scoring requests
-/// it answers, then (or from the start, without one) with hyper and the router.
-async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch::Receiver<()>) {
+/// it answers, then (or from the start, without one) with hyper and the router. `seat` is
+/// told when the connection turns out to be HTTP/2.
+async fn connection(
+    mut stream: TcpStream,
+    serving: Serving,
+    closing: &mut watch::Receiver<()>,
+    seat: &mut Seat,
+) {
     let Serving {
         app,
         fast,
@@ -263,12 +271,15 @@ async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch
         header_timeout,
     } = serving;
     if let Some(acceptor) = tls {
-        return secure_connection(stream, &acceptor, app, header_timeout, closing).await;
+        return secure_connection(stream, &acceptor, app, header_timeout, closing, seat).await;
     }
     if let Some(fast) = fast {
         let Some(read) = fast::serve(&mut stream, &fast, header_timeout, closing).await else {
             return;
         };
+        if may_be_http2(&read) {
+            seat.multiplexing();
+        }
         let io = Rewind::new(read.freeze(), stream);
         return with_hyper(io, app, header_timeout, closing).await;
     }
@@ -281,6 +292,11 @@ async fn connection(mut stream: TcpStream, serving: Serving, closing: &mut watch
             }
         }
         _ = closing.changed() => return,
+    }
+    let mut first = [0; 16];
+    let peeked = stream.peek(&mut first).await.unwrap_or(0);
+    if may_be_http2(&first[..peeked]) {
+        seat.multiplexing();
     }
     with_hyper(stream, app, header_timeout, closing).await;
 }
@@ -296,6 +312,7 @@ async fn secure_connection(
     app: Router,
     header_timeout: Duration,
     closing: &mut watch::Receiver<()>,
+    seat: &mut Seat,
 ) {
     let handshake = tokio::select! {
         handshake = tokio::time::timeout(tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => handshake,
@@ -320,6 +337,9 @@ async fn secure_connection(
             }
         }
         _ = closing.changed() => return,
+    }
+    if may_be_http2(&first) {
+        seat.multiplexing();
     }
     with_hyper(
         Rewind::new(first.freeze(), stream),

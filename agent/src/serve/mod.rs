@@ -19,6 +19,7 @@
 pub mod auth;
 pub mod azureml;
 pub mod batch;
+pub mod clients;
 pub mod cors;
 #[cfg(feature = "wasm")]
 pub mod entry;

@@ -22,6 +22,7 @@ use crate::cache::{self, BlobCache};
 use crate::reconcile::only_tuning_differs;
 use crate::serve::auth::Auth;
 use crate::serve::batch::{BatchPolicy, Batcher};
+use crate::serve::clients::CLIENTS;
 use crate::serve::json::inputs_from_data;
 use crate::serve::router::window_length;
 use crate::serve::{Backend, Endpoint, Observation, Routes, Scorer, ServingModel, Surface};
@@ -311,7 +312,7 @@ impl Stage {
                 .run(inputs.clone())
                 .map_err(|err| StageError::Failed(format!("self-test failed: {err}")))?;
             let batcher = batching.and_then(|policy| {
-                Batcher::start(Arc::clone(&runnable), &model_ref, policy, &inputs)
+                Batcher::start(Arc::clone(&runnable), &model_ref, policy, &inputs, &CLIENTS)
                     .inspect_err(|why| tracing::warn!(model = %model_ref, "not batching: {why}; requests run one by one"))
                     .ok()
             });

@@ -88,8 +88,14 @@ impl Runnable for RowWise {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_share_runtime_calls_and_get_their_own_rows() {
     let model = Arc::new(RowWise::new());
-    let batcher =
-        Batcher::start(model.clone(), "m:1", policy(8, 20, 256), &sample()).expect("batchable");
+    let batcher = Batcher::start(
+        model.clone(),
+        "m:1",
+        policy(8, 20, 256),
+        &sample(),
+        anyone(),
+    )
+    .expect("batchable");
     assert_eq!(
         batcher.slots(),
         [0, 1, 2, 3, 4, 5, 6, 7],
@@ -134,6 +140,67 @@ async fn concurrent_requests_share_runtime_calls_and_get_their_own_rows() {
     );
 }
 
+/// Clients of whom any could send another request at any time (an open gRPC connection):
+/// batches wait for more until full or past their delay.
+fn anyone() -> &'static Clients {
+    let clients: &'static Clients = Box::leak(Box::new(Clients::new()));
+    std::mem::forget(clients.multiplexed_seat());
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_holding_every_clients_request_does_not_wait_for_more() {
+    // Longer than any test may take: a batch that waited it out would fail the test.
+    const LONG: Duration = Duration::from_secs(600);
+    let clients: &'static Clients = Box::leak(Box::new(Clients::new()));
+    let model = Arc::new(RowWise::new());
+    let mut patient = policy(8, 0, 64);
+    patient.max_queue_delay = LONG;
+    let batcher = Arc::new(
+        Batcher::start(model.clone(), "m:1", patient, &sample(), clients).expect("batchable"),
+    );
+    model.calls.lock().expect("calls").clear();
+    let ask = |values: [f32; 2]| {
+        let batcher = Arc::clone(&batcher);
+        tokio::spawn(async move { batcher.infer(vec![rows(&values, 2)]).await })
+    };
+    let within = |task| tokio::time::timeout(Duration::from_secs(60), task);
+
+    // One HTTP/1 client: its request is all that can come.
+    let _first = clients.seat();
+    let got = within(ask([1.0, 2.0])).await.expect("not kept waiting");
+    assert_eq!(got.expect("task").expect("scored"), model_rows(&[1.0, 2.0]));
+
+    // Two more clients, three in all: the first request waits for the other two, then all
+    // three run in one call, without waiting out the delay.
+    let (second, third) = (clients.seat(), clients.seat());
+    let asked = [[3.0, 4.0], [5.0, 6.0], [7.0, 8.0]];
+    let tasks: Vec<_> = asked.iter().map(|values| ask(*values)).collect();
+    for (task, values) in tasks.into_iter().zip(asked) {
+        let got = within(task).await.expect("not kept waiting");
+        assert_eq!(got.expect("task").expect("scored"), model_rows(&values));
+    }
+    assert_eq!(*model.calls.lock().expect("calls"), [1, 3]);
+    drop((second, third));
+
+    // A client without a request in the batch could still send one: it waits its delay.
+    let _idle = clients.seat();
+    let short = {
+        let mut p = policy(8, 0, 64);
+        p.max_queue_delay = Duration::from_millis(300);
+        Batcher::start(model.clone(), "m:2", p, &sample(), clients).expect("batchable")
+    };
+    let started = Instant::now();
+    short
+        .infer(vec![rows(&[1.0, 1.0], 2)])
+        .await
+        .expect("scored");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "one of two clients' request went without waiting for the other's"
+    );
+}
+
 /// The self-test request the batcher probes with.
 fn sample() -> Vec<Tensor> {
     vec![rows(&[0.5, 0.25], 2)]
@@ -149,8 +216,9 @@ async fn a_full_queue_refuses_at_once_and_a_bad_request_fails_alone() {
     let model = Arc::new(RowWise::new());
     let mut one_worker = policy(4, 1, 2);
     one_worker.workers = 1;
-    let batcher =
-        Arc::new(Batcher::start(model.clone(), "m:1", one_worker, &sample()).expect("batchable"));
+    let batcher = Arc::new(
+        Batcher::start(model.clone(), "m:1", one_worker, &sample(), anyone()).expect("batchable"),
+    );
     let (open, gate) = mpsc::channel();
     *model.gate.lock().expect("gate") = Some(gate);
     // The worker takes the first request and waits at the gate; two more fill the queue.
@@ -234,7 +302,8 @@ fn a_model_whose_results_depend_on_their_place_is_not_batched() {
             inner: RowWise::new(),
             uneven,
         });
-        let err = Batcher::start(placed, "m:1", policy(8, 50, 64), &sample()).expect_err("refused");
+        let err = Batcher::start(placed, "m:1", policy(8, 50, 64), &sample(), anyone())
+            .expect_err("refused");
         assert!(err.contains("depend on its place"), "{err}");
     }
     let err = Batcher::start(
@@ -245,6 +314,7 @@ fn a_model_whose_results_depend_on_their_place_is_not_batched() {
         "m:1",
         policy(8, 50, 64),
         &sample(),
+        anyone(),
     )
     .expect_err("refused");
     assert!(err.contains("only places [0, 2, 3, 4, 6, 7] of 8"), "{err}");
@@ -315,6 +385,7 @@ async fn batched_results_equal_single_requests_bit_for_bit_on_the_fixture_models
             name,
             policy(16, 20, 512),
             &[rows(&samples[0], samples[0].len())],
+            anyone(),
         );
         // Whether a model's rows keep their own results in every place depends on the CPU's
         // kernels (digits does on AVX-512, not on AVX2): a refusal must say why, and the

@@ -1,11 +1,11 @@
 //! Brief polling for a kept-alive connection's next request, when it is the only connection
-//! the serving lanes have, instead of going to sleep in the kernel until it comes.
+//! the agent's endpoints have (`clients`), instead of going to sleep in the kernel until it comes.
 //!
 //! Why: with one connection, a client that sends its next request as soon as it has read an
 //! answer found the lane asleep every time, and waking a sleeping thread (on a virtual
 //! machine, an idle core with it) was most of a round trip (docs/benchmarks.md, *Scoring
 //! throughput*). Polling is bounded so that it costs no other work its CPU:
-//! - only the one connection of all the lanes polls: with two, a lane polling for one took
+//! - only the agent's one connection polls: with two, a lane polling for one took
 //!   the core that the other's lane (or a local client) was waiting for, 0.85× the rate at
 //!   two connections on two cores; with more, some request is nearly always waiting;
 //! - a poll lasts at most the window after the answer;
@@ -17,11 +17,12 @@
 
 use std::io::{ErrorKind, Read as _};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
+
+use crate::serve::clients::CLIENTS;
 
 /// How long a lane polls after an answer when nothing else says: a client on the same host
 /// or a fast network turns around well within it, and a miss costs one window.
@@ -36,9 +37,6 @@ const MAX_SKIP_SHIFT: u32 = 10;
 
 /// How much one poll reads at most: a small request whole; more comes the ordinary way.
 const POLL_READ: usize = 4096;
-
-/// Connections the lanes serve now.
-static CONNECTIONS: AtomicUsize = AtomicUsize::new(0);
 
 /// The polling window, from `EDGESHIP_LANE_POLL_US` or [`DEFAULT_WINDOW`].
 fn window() -> Duration {
@@ -71,27 +69,6 @@ fn window_from(value: &str) -> Duration {
     }
 }
 
-/// Whether the lanes serve one connection in all: the one asking.
-fn alone() -> bool {
-    CONNECTIONS.load(Ordering::Relaxed) == 1
-}
-
-/// A connection served on a lane, counted while it lives.
-pub(super) struct Seat(());
-
-impl Seat {
-    pub(super) fn take() -> Self {
-        CONNECTIONS.fetch_add(1, Ordering::Relaxed);
-        Seat(())
-    }
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        CONNECTIONS.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// One connection's pace: when it was last answered, and how its client kept up.
 #[derive(Debug, Default)]
 pub(in crate::serve) struct Pace {
@@ -120,7 +97,7 @@ impl Pace {
             return false;
         }
         let window = window();
-        if window.is_zero() || !alone() {
+        if window.is_zero() || !CLIENTS.alone() {
             return false;
         }
         let socket = socket2::SockRef::from(stream);
@@ -134,7 +111,7 @@ impl Pace {
                 Err(err) if err.kind() == ErrorKind::Interrupted => {}
                 Err(_) => break None,
             }
-            if !alone() {
+            if !CLIENTS.alone() {
                 break None;
             }
             if answered.elapsed() >= window {
@@ -171,7 +148,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_lone_connection_reads_its_next_request_by_polling_and_backs_off_after_misses() {
         let (served, mut client) = pair().await;
-        let seat = Seat::take();
+        let seat = CLIENTS.seat();
         let mut pace = Pace::default();
         let mut buf = BytesMut::new();
         assert!(!pace.poll(&served, &mut buf), "nothing answered yet");
@@ -229,7 +206,7 @@ mod tests {
     async fn two_connections_or_a_closed_one_do_not_poll() {
         let (served, mut client) = pair().await;
         let (_other, _other_client) = pair().await;
-        let seats = (Seat::take(), Seat::take());
+        let seats = (CLIENTS.seat(), CLIENTS.seat());
         client.write_all(b"POST /score").await.expect("write");
         let mut pace = Pace::default();
         let mut buf = BytesMut::new();
@@ -241,7 +218,7 @@ mod tests {
 
         let (served, client) = pair().await;
         drop(client);
-        let _seat = Seat::take();
+        let _seat = CLIENTS.seat();
         pace.answered();
         assert!(
             !pace.poll(&served, &mut buf),

@@ -215,3 +215,27 @@ async fn stopping_finishes_the_request_in_flight_then_refuses_connections() {
         "no longer listening"
     );
 }
+
+/// A connection that opens with HTTP/2's preface may carry several requests at once, and is
+/// counted so (batches then never stop waiting for more while it is open).
+#[tokio::test]
+async fn an_http2_connection_counts_as_one_that_can_send_several_requests() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let (addr, stop, task) = start().await;
+    let mut h2 = TcpStream::connect(addr).await.expect("connects");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .expect("writes");
+    let started = std::time::Instant::now();
+    while CLIENTS.all_waiting(usize::MAX) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the HTTP/2 connection was never counted as multiplexed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(h2);
+    let _ = stop.send(());
+    task.await.expect("stops");
+}

@@ -3,7 +3,9 @@
 //! (what `tritonclient.grpc` sends); outputs always go back raw, as Triton answers.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use edgeship_domain::ElementType;
 use edgeship_proto::inference as pb;
@@ -11,13 +13,16 @@ use edgeship_proto::inference::grpc_inference_service_server::{
     GrpcInferenceService, GrpcInferenceServiceServer,
 };
 use edgeship_runtime::TensorData;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::{Request, Response, Status};
 
 use super::infer::{self, ErrorKind, NamedInput, V2Error};
 use super::{EXTENSIONS, PLATFORM, SERVER_NAME};
+use crate::serve::clients::{CLIENTS, Seat};
 use crate::serve::{MODEL_HEADER, ROUTING_KEY_HEADER, Shared};
 
 /// The service over one endpoint's shared state.
@@ -71,7 +76,10 @@ pub fn serve(
     let service = GrpcInferenceServiceServer::new(Inference { shared })
         .max_decoding_message_size(limit)
         .max_encoding_message_size(usize::MAX);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |accepted| accepted.map(Counted::new),
+    );
     let task = tokio::spawn(async move {
         let served = server
             .add_service(service)
@@ -84,6 +92,76 @@ pub fn serve(
         }
     });
     Ok((addr, task))
+}
+
+/// A gRPC connection, counted among the agent's clients as one that can send any number of
+/// requests at once (so batches never stop waiting for more while it is open).
+struct Counted {
+    stream: TcpStream,
+    _seat: Seat,
+}
+
+impl Counted {
+    fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            _seat: CLIENTS.multiplexed_seat(),
+        }
+    }
+}
+
+impl Connected for Counted {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 #[tonic::async_trait]

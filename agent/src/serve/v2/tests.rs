@@ -428,6 +428,9 @@ async fn grpc_scores_raw_and_typed_contents_and_names_errors() {
         .await
         .expect("live");
     assert!(live.into_inner().live);
+    // The connection can carry any number of requests at once: while it is open, no batch
+    // takes the requests it holds for all that can come.
+    assert!(!crate::serve::clients::CLIENTS.all_waiting(usize::MAX));
     let ready = client
         .server_ready(pb::ServerReadyRequest {})
         .await
