@@ -2,6 +2,7 @@
 """Scoring throughput of several agent builds, side by side, in one run.
 
     python3 scripts/bench/agent_ab.py [--duration 4] [--rounds 5] [--model diabetes] \
+        [--connections 8,32] [--batching "{max_batch_size: 8, max_queue_delay_ms: 2}"] \
         LABEL=AGENT_BINARY LABEL=AGENT_BINARY ...
 
 For choosing between builds (a profile setting, a change on the request path): one release
@@ -37,6 +38,8 @@ def main():
                         help="a Python with onnx, numpy, onnxruntime, to write missing CNN files")
     parser.add_argument("--connections", default=CONNECTIONS,
                         help="wrk connection counts, comma-separated (1 measures one client's round trips)")
+    parser.add_argument("--batching", default="",
+                        help='the deployments\' batching, as in a manifest (e.g. "{max_batch_size: 8, max_queue_delay_ms: 2}")')
     parser.add_argument("builds", nargs="+", metavar="LABEL=AGENT_BINARY")
     args = parser.parse_args()
     builds = [b.split("=", 1) for b in args.builds]
@@ -74,7 +77,8 @@ def main():
             with open(manifest, "w") as f:
                 f.write(f"name: {device}\nmodel: {args.model}:1\n"
                         f"endpoint: {{port: {port}, auth: key, protocols: [azureml, v2]}}\n"
-                        f"target: {{devices: [{device}]}}\n")
+                        f"target: {{devices: [{device}]}}\n"
+                        + (f"batching: {args.batching}\n" if args.batching else ""))
             scoring.edgeship_cli("deploy", "apply", "--hub", hub_url, "-f", manifest, "--wait", timeout=600)
             keys = json.loads(scoring.edgeship_cli("deploy", "keys", "--hub", hub_url, device, "-o", "json"))
             targets.append((label, port, {"Authorization": f"Bearer {keys['primary_key']}"}))

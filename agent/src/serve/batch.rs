@@ -94,6 +94,7 @@ pub struct Batcher {
     policy: BatchPolicy,
     slots: Arc<[usize]>,
     stats: Arc<BatchStats>,
+    clients: &'static Clients,
 }
 
 impl std::fmt::Debug for Job {
@@ -170,6 +171,7 @@ impl Batcher {
             policy,
             slots,
             stats,
+            clients,
         })
     }
 
@@ -189,6 +191,19 @@ impl Batcher {
     /// Requests waiting now.
     pub fn queue_depth(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Whether a request now would be a batch of one for certain: nothing waits in the queue
+    /// and its client is the only one connected. The caller then runs it as an unbatched
+    /// request, and counts it with [`Self::count_alone`]: handing it to a batch thread and
+    /// back would only add two thread wake-ups to its time.
+    pub fn would_run_alone(&self) -> bool {
+        self.queue.is_empty() && self.clients.all_waiting(1)
+    }
+
+    /// Counts a request run alone (see [`Self::would_run_alone`]) as a batch of one.
+    pub fn count_alone(&self) {
+        self.stats.record(1);
     }
 
     /// Queues one request and waits for its share of a batch's outputs.

@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::azureml::{MODEL_NAME_HEADER, SHAPE_HEADER, ScoreHead, model_named, score_body};
+use super::lanes::lane_is_shared;
 use super::lanes::poll::Pace;
 use super::reply::Reply;
 use super::v2::infer;
@@ -97,6 +98,13 @@ pub(super) async fn serve(
                 let answered = fast.answer(&request, &buf[request.head..total], &mut out);
                 if answered.await.is_none() {
                     return Some(buf);
+                }
+                // Let the lane's other connections answer the requests that came with this
+                // one first, so that the answers go out together: on loopback each write
+                // wakes the client's thread if it sleeps, and answers spaced by a model's
+                // run found it asleep every time.
+                if lane_is_shared() {
+                    tokio::task::yield_now().await;
                 }
                 if stream.write_all(&out).await.is_err() || close {
                     return None;

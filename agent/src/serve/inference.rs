@@ -1,4 +1,5 @@
-//! Where an inference runs: in the model's batch queue when it batches; else on the async
+//! Where an inference runs: in the model's batch queue when it batches (unless it would be
+//! a batch of one for certain); else on the async
 //! worker that took the request when the model is cheap, or on tokio's blocking pool, one
 //! inference per core at a time. Every run's time feeds the model's cost estimate.
 
@@ -67,7 +68,12 @@ pub async fn run_inference(
         result
     }
     if let Some(batcher) = scorer.batcher() {
-        return batcher.infer(inputs).await;
+        if !batcher.would_run_alone() {
+            return batcher.infer(inputs).await;
+        }
+        // A batch of one for certain: run it where an unbatched request runs (its results
+        // are the same, as the batcher's probe made sure).
+        batcher.count_alone();
     }
     let recent = scorer
         .recent_micros()

@@ -14,6 +14,7 @@
 //! answered without hyper's dispatcher or axum's router. The first request it does not take
 //! moves the connection, with the bytes already read, to hyper and the router.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -104,6 +105,33 @@ impl Lanes {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
         &self.handles[index]
     }
+}
+
+thread_local! {
+    /// Connections served by the lane on this thread (none on other threads).
+    static ON_THIS_LANE: Cell<usize> = const { Cell::new(0) };
+}
+
+/// A connection counted on its lane while it lives; taken and dropped on the lane's thread
+/// (a lane's runtime never moves a task to another).
+struct LaneSeat(());
+
+impl LaneSeat {
+    fn take() -> Self {
+        ON_THIS_LANE.with(|n| n.set(n.get() + 1));
+        LaneSeat(())
+    }
+}
+
+impl Drop for LaneSeat {
+    fn drop(&mut self) {
+        ON_THIS_LANE.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Whether the lane running this code serves other connections too.
+pub(super) fn lane_is_shared() -> bool {
+    ON_THIS_LANE.with(|n| n.get() > 1)
 }
 
 fn lanes() -> Option<&'static Lanes> {
@@ -246,6 +274,7 @@ fn hand_over(
     };
     lanes.pick().spawn(async move {
         let mut seat = CLIENTS.seat();
+        let _on_lane = LaneSeat::take();
         match TcpStream::from_std(stream) {
             Ok(stream) => connection(stream, serving, &mut closing, &mut seat).await,
             Err(err) => tracing::debug!(%peer, error = %err, "a lane cannot take a connection"),

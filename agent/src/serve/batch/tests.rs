@@ -167,7 +167,7 @@ async fn a_batch_holding_every_clients_request_does_not_wait_for_more() {
     let within = |task| tokio::time::timeout(Duration::from_secs(60), task);
 
     // One HTTP/1 client: its request is all that can come.
-    let _first = clients.seat();
+    let first = clients.seat();
     let got = within(ask([1.0, 2.0])).await.expect("not kept waiting");
     assert_eq!(got.expect("task").expect("scored"), model_rows(&[1.0, 2.0]));
 
@@ -199,6 +199,15 @@ async fn a_batch_holding_every_clients_request_does_not_wait_for_more() {
         started.elapsed() >= Duration::from_millis(300),
         "one of two clients' request went without waiting for the other's"
     );
+    assert!(
+        !short.would_run_alone(),
+        "two clients: a request may find company"
+    );
+    drop(first);
+    assert!(short.would_run_alone(), "one client, nothing queued");
+    short.count_alone();
+    assert_eq!(short.stats().batches.load(Ordering::Relaxed), 2);
+    assert_eq!(short.stats().sizes[0].load(Ordering::Relaxed), 2);
 }
 
 /// The self-test request the batcher probes with.

@@ -239,3 +239,16 @@ async fn an_http2_connection_counts_as_one_that_can_send_several_requests() {
     let _ = stop.send(());
     task.await.expect("stops");
 }
+
+#[test]
+fn a_lane_is_shared_while_it_serves_two_connections_or_more() {
+    assert!(!lane_is_shared(), "no lane on this thread");
+    let first = LaneSeat::take();
+    assert!(!lane_is_shared(), "one connection");
+    let second = LaneSeat::take();
+    assert!(lane_is_shared());
+    drop(first);
+    assert!(!lane_is_shared());
+    drop(second);
+    assert!(!lane_is_shared());
+}
