@@ -4,14 +4,13 @@
 //!
 //! Design: requests enter a bounded multi-consumer queue (`flume`: no lock shared by the
 //! request path). A few worker threads take from it in turns: the one gathering takes the
-//! first waiting request, then whatever arrives until the batch is full or the first request
-//! has waited `max_queue_delay` (or until no other request can come: see `clients`), and
-//! hands the turn on; it stacks the inputs, runs the model
-//! once and splits the outputs back by rows while the next gathers. A full queue refuses at
-//! once ([`RuntimeError::Overloaded`], a 503 with `Retry-After`), so memory never grows with
-//! load. Requests that cannot share a run (other shapes beyond the batch axis) run in the
-//! next batch or alone; a failed batch is run again one request at a time, so one bad request
-//! never fails its neighbours.
+//! first waiting request, then whatever arrives until the batch is full, the first request
+//! has waited `max_queue_delay`, or no other request can come (see `clients`), and hands the
+//! turn on; it stacks the inputs, runs the model once and splits the outputs back by rows
+//! while the next gathers. A full queue refuses at once ([`RuntimeError::Overloaded`], a 503
+//! with `Retry-After`), so memory never grows with load. Requests that cannot share a run
+//! (other shapes beyond the batch axis) run in the next batch or alone; a failed batch is run
+//! again one request at a time, so one bad request never fails its neighbours.
 //!
 //! A request's results never depend on its neighbours: at load, [`probe`] finds the places
 //! in a batch where a row gets exactly what it gets alone, and requests go only there. Where

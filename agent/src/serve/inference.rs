@@ -1,7 +1,7 @@
 //! Where an inference runs: in the model's batch queue when it batches (unless it would be
-//! a batch of one for certain); else on the async
-//! worker that took the request when the model is cheap, or on tokio's blocking pool, one
-//! inference per core at a time. Every run's time feeds the model's cost estimate.
+//! a batch of one for certain); else on the async worker that took the request when the
+//! model is cheap, or on tokio's blocking pool, one inference per core at a time. Every
+//! run's time feeds the model's cost estimate.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
