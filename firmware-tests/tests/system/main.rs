@@ -1,6 +1,7 @@
 //! System tests: real `edgeship` and `edgeship-agent` processes, a real broker, and faults
 //! (kill -9, a stopped broker, a restarted hub, corrupted bytes on the wire).
 
+mod batching;
 mod containers;
 mod engine;
 mod entry;
