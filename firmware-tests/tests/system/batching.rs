@@ -63,10 +63,11 @@ async fn a_lone_client_waits_for_no_batch_and_a_second_client_keeps_batches_wait
     drop(lone);
 
     // A second client, connected but silent, could send a request to join the batch: the
-    // request waits the deployment's delay.
-    let silent = tokio::net::TcpStream::connect(addr(long.0))
-        .await
-        .expect("connects");
+    // request waits the deployment's delay. (The second client is answered once first, so
+    // the agent is sure to have counted its connection; on the short delay, in case the
+    // agent has not yet seen the first client leave.)
+    let mut silent = KeepAlive::new(addr(short.0));
+    score_on(&mut silent, &body).await;
     let mut client = KeepAlive::new(addr(short.0));
     let started = Instant::now();
     score_on(&mut client, &body).await;
@@ -77,8 +78,7 @@ async fn a_lone_client_waits_for_no_batch_and_a_second_client_keeps_batches_wait
     );
     // Without it, no wait again.
     drop(silent);
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let asked = Instant::now();
         score_on(&mut client, &body).await;
