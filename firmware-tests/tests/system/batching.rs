@@ -15,7 +15,7 @@ async fn a_lone_client_waits_for_no_batch_and_a_second_client_keeps_batches_wait
     let dir = TempDir::new("batching");
     let (hub, _agent) = hub_and_agent(&dir, "edge-batching");
     register_diabetes_cli(&hub.url);
-    // Far longer than the twenty requests below may take in all: one that waited it out
+    // Far longer than any of the twenty requests below may take: one that waited it out
     // would fail the test.
     let long = (free_port(), 10_000);
     // Short enough to wait out once.

@@ -1,13 +1,14 @@
 //! Brief polling for a kept-alive connection's next request, when it is the only connection
-//! the agent's endpoints have (`clients`), instead of going to sleep in the kernel until it comes.
+//! the agent's endpoints have (`clients`), instead of going to sleep in the kernel until it
+//! comes.
 //!
 //! Why: with one connection, a client that sends its next request as soon as it has read an
 //! answer found the lane asleep every time, and waking a sleeping thread (on a virtual
 //! machine, an idle core with it) was most of a round trip (docs/benchmarks.md, *Scoring
 //! throughput*). Polling is bounded so that it costs no other work its CPU:
-//! - only the agent's one connection polls: with two, a lane polling for one took
-//!   the core that the other's lane (or a local client) was waiting for, 0.85× the rate at
-//!   two connections on two cores; with more, some request is nearly always waiting;
+//! - only the agent's one connection polls: with two, a lane polling for one took the core
+//!   that the other's lane (or a local client) was waiting for, 0.85× the rate at two
+//!   connections on two cores; with more, some request is nearly always waiting;
 //! - a poll lasts at most the window after the answer;
 //! - a connection whose client did not come within the window polls again only after twice as
 //!   many requests as before (up to 1,024), so a slow or sporadic client costs next to nothing.
