@@ -154,9 +154,11 @@ impl ElementType {
 
     /// Reads an Open Inference Protocol datatype name.
     pub fn from_oip_name(name: &str) -> Option<ElementType> {
+        // By reference: iterating the constant by value builds (and drops) all of it per call.
         Self::SUPPORTED
-            .into_iter()
+            .iter()
             .find(|t| t.oip_name() == Some(name))
+            .cloned()
     }
 
     /// Bytes per element in a raw little-endian buffer; `None` for strings and unknown types.

@@ -258,11 +258,13 @@ pub(crate) fn from_tract(
     Ok(EdgeTensor { shape, data })
 }
 
+/// A tensor's values in row-major order: tract keeps them dense, so one copy of the slice
+/// (walking an n-dimensional view element by element cost more than a small model's output).
 fn values<D: Datum + Copy>(tensor: &Tensor) -> Result<Vec<D>, RuntimeError> {
-    let view = tensor
-        .to_plain_array_view::<D>()
-        .map_err(|err| RuntimeError::Run(format!("reading an output: {err:#}")))?;
-    Ok(view.iter().copied().collect())
+    tensor
+        .try_as_plain_ram()
+        .and_then(|plain| plain.as_slice::<D>().map(<[D]>::to_vec))
+        .map_err(|err| RuntimeError::Run(format!("reading an output: {err:#}")))
 }
 
 #[cfg(test)]

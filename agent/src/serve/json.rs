@@ -6,6 +6,7 @@ use edgeship_runtime::{Tensor, TensorData};
 use serde_json::{Map, Value};
 
 mod floats;
+pub mod scan;
 pub use floats::float_input;
 
 /// Nested JSON arrays in the tensor's shape (a scalar for rank 0). Non-finite floats, which

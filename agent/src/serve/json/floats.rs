@@ -1,11 +1,12 @@
-//! The `/score` body of a model with one float input, read straight into its tensor: the
-//! common request of a small model, where building a `serde_json::Value` tree first cost
-//! more than the model's run.
+//! The `/score` body of a model with one float input, read straight into its tensor in one
+//! pass (`scan`): the common request of a small model, where building a `serde_json::Value`
+//! tree first cost more than the model's run.
 
 use edgeship_domain::{ElementType, TensorSpec};
 use edgeship_runtime::{Tensor, TensorData};
 
 use super::check_shape;
+use super::scan::Scanner;
 
 /// Reads a `/score` body, `{"data": …}`, for a model with one float input straight into its
 /// tensor: no `Value` tree, one vector of values. `None` for anything it does not read
@@ -16,32 +17,37 @@ pub fn float_input(inputs: &[TensorSpec], body: &[u8]) -> Option<Tensor> {
     let [spec] = inputs else {
         return None;
     };
-    let values = match spec.element_type {
-        ElementType::F32 => Floats::F32(Vec::new()),
-        ElementType::F64 => Floats::F64(Vec::new()),
+    let wide = match spec.element_type {
+        ElementType::F32 => false,
+        ElementType::F64 => true,
         _ => return None,
     };
-    let mut reader = FloatReader {
-        values,
-        dims: Vec::new(),
-        leaf_depth: None,
-        found: false,
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    serde::de::DeserializeSeed::deserialize(DataBody(&mut reader), &mut deserializer).ok()?;
-    deserializer.end().ok()?;
-    let FloatReader {
-        values,
-        dims,
-        leaf_depth,
-        found,
-    } = reader;
-    if !found || leaf_depth != Some(dims.len()) || dims.contains(&0) {
+    let (mut narrow_values, mut wide_values) = (Vec::new(), Vec::new());
+    let mut dims = None;
+    let mut scanner = Scanner::new(body);
+    scanner.object(&mut |scanner, key| {
+        if key != "data" {
+            return scanner.skip();
+        }
+        if dims.is_some() {
+            return None; // data twice
+        }
+        dims = Some(if wide {
+            scanner.rectangle(&mut |x| wide_values.push(x))?
+        } else {
+            // As `values_from_json` converts: through f64.
+            scanner.rectangle(&mut |x| narrow_values.push(x as f32))?
+        });
+        Some(())
+    })?;
+    if !scanner.at_end() {
         return None;
     }
-    let data = match values {
-        Floats::F32(v) => TensorData::F32(v),
-        Floats::F64(v) => TensorData::F64(v),
+    let dims = dims?;
+    let data = if wide {
+        TensorData::F64(wide_values)
+    } else {
+        TensorData::F32(narrow_values)
     };
     if dims.len() != spec.shape.len()
         || check_shape(spec, &dims).is_err()
@@ -50,161 +56,6 @@ pub fn float_input(inputs: &[TensorSpec], body: &[u8]) -> Option<Tensor> {
         return None;
     }
     Some(Tensor { shape: dims, data })
-}
-
-enum Floats {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
-}
-
-/// What [`float_input`] has read so far.
-struct FloatReader {
-    values: Floats,
-    /// The length of the arrays at each depth (0 until one at that depth ends).
-    dims: Vec<usize>,
-    /// The depth of the numbers (all must be at one).
-    leaf_depth: Option<usize>,
-    /// Whether `data` was seen.
-    found: bool,
-}
-
-impl FloatReader {
-    fn number(&mut self, depth: usize, value: f64) -> bool {
-        match self.leaf_depth {
-            None if self.dims.len() <= depth => self.leaf_depth = Some(depth),
-            Some(at) if at == depth => {}
-            _ => return false,
-        }
-        match &mut self.values {
-            // As `values_from_json` converts: through f64.
-            Floats::F32(v) => v.push(value as f32),
-            Floats::F64(v) => v.push(value),
-        }
-        true
-    }
-}
-
-/// The body object: `data` is read, other keys skipped.
-struct DataBody<'r>(&'r mut FloatReader);
-
-impl<'de> serde::de::DeserializeSeed<'de> for DataBody<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for DataBody<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("an object with data")
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        use serde::de::Error as _;
-        while let Some(is_data) = map.next_key_seed(IsData)? {
-            if !is_data {
-                map.next_value::<serde::de::IgnoredAny>()?;
-                continue;
-            }
-            if self.0.found {
-                return Err(A::Error::custom("data twice"));
-            }
-            self.0.found = true;
-            map.next_value_seed(Level {
-                reader: &mut *self.0,
-                depth: 0,
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// A key of the body object: whether it is `data` (compared, not kept).
-struct IsData;
-
-impl<'de> serde::de::DeserializeSeed<'de> for IsData {
-    type Value = bool;
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<bool, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl serde::de::Visitor<'_> for IsData {
-    type Value = bool;
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
-        Ok(key == "data")
-    }
-}
-
-/// A value at `depth` of `data`: an array of the next depth, or a number.
-struct Level<'r> {
-    reader: &'r mut FloatReader,
-    depth: usize,
-}
-
-impl Level<'_> {
-    fn number<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
-        if self.reader.number(self.depth, value) {
-            Ok(())
-        } else {
-            Err(E::custom("not rectangular"))
-        }
-    }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Level<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Level<'_> {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("nested arrays of numbers")
-    }
-    fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<(), E> {
-        self.number(value as f64)
-    }
-    fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<(), E> {
-        self.number(value as f64)
-    }
-    fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<(), E> {
-        self.number(value)
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        use serde::de::Error as _;
-        let Level { reader, depth } = self;
-        if reader.leaf_depth.is_some_and(|at| at <= depth) {
-            return Err(A::Error::custom("not rectangular"));
-        }
-        let mut count = 0usize;
-        while seq
-            .next_element_seed(Level {
-                reader: &mut *reader,
-                depth: depth + 1,
-            })?
-            .is_some()
-        {
-            count += 1;
-        }
-        if reader.dims.len() <= depth {
-            reader.dims.resize(depth + 1, 0);
-        }
-        match reader.dims[depth] {
-            _ if count == 0 => Err(A::Error::custom("empty")),
-            0 => {
-                reader.dims[depth] = count;
-                Ok(())
-            }
-            known if known == count => Ok(()),
-            _ => Err(A::Error::custom("not rectangular")),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,8 @@ use edgeship_runtime::TensorData;
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
+use crate::serve::json::scan::Leaf;
+
 /// Reads `data` (a number, or flat or nested arrays of numbers; booleans for BOOL) as
 /// `element_type` values in row-major order. `None` for anything it does not read exactly as
 /// the general way (`rest::values_of`) would: strings, nulls, objects, a value out of the
@@ -28,64 +30,6 @@ pub fn read(element_type: &ElementType, data: &RawValue, expected: usize) -> Opt
     .ok()?;
     deserializer.end().ok()?;
     Some(values)
-}
-
-/// One JSON leaf, as serde_json hands it over (non-negative integers as `U`).
-#[derive(Clone, Copy)]
-enum Leaf {
-    Bool(bool),
-    U(u64),
-    I(i64),
-    F(f64),
-}
-
-impl Leaf {
-    /// As `values_from_json` converts an integer: exactly, or not at all.
-    fn int<T: TryFrom<i64> + TryFrom<u64>>(self) -> Option<T> {
-        match self {
-            Leaf::U(u) => T::try_from(u).ok(),
-            Leaf::I(i) => T::try_from(i).ok(),
-            Leaf::Bool(_) | Leaf::F(_) => None,
-        }
-    }
-
-    /// As `values_from_json` converts a number to a float: through f64.
-    fn float(self) -> Option<f64> {
-        match self {
-            Leaf::U(u) => Some(u as f64),
-            Leaf::I(i) => Some(i as f64),
-            Leaf::F(x) => Some(x),
-            Leaf::Bool(_) => None,
-        }
-    }
-
-    /// Appends this leaf to `values`; `false` where it is not a value of their type.
-    fn push_to(self, values: &mut TensorData) -> bool {
-        fn put<T>(values: &mut Vec<T>, value: Option<T>) -> bool {
-            value.map(|v| values.push(v)).is_some()
-        }
-        match values {
-            TensorData::Bool(v) => put(
-                v,
-                match self {
-                    Leaf::Bool(b) => Some(b),
-                    _ => None,
-                },
-            ),
-            TensorData::U8(v) => put(v, self.int()),
-            TensorData::U16(v) => put(v, self.int()),
-            TensorData::U32(v) => put(v, self.int()),
-            TensorData::U64(v) => put(v, self.int()),
-            TensorData::I8(v) => put(v, self.int()),
-            TensorData::I16(v) => put(v, self.int()),
-            TensorData::I32(v) => put(v, self.int()),
-            TensorData::I64(v) => put(v, self.int()),
-            TensorData::F16(v) => put(v, self.float().map(edgeship_runtime::tensor::f16::from_f64)),
-            TensorData::F32(v) => put(v, self.float().map(|x| x as f32)),
-            TensorData::F64(v) => put(v, self.float()),
-            TensorData::String(_) => false,
-        }
-    }
 }
 
 /// A value of `data` at any depth: an array (its elements are read in turn) or a leaf.

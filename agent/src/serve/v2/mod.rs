@@ -7,6 +7,7 @@ mod flat;
 #[cfg(feature = "grpc")]
 pub mod grpc;
 pub mod infer;
+mod quick;
 pub mod rest;
 
 /// What server metadata names.

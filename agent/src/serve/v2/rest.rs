@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 
-use super::flat;
 use super::infer::{self, ErrorKind, NamedInput, NamedOutput, V2Error};
 use super::{EXTENSIONS, PLATFORM, SERVER_NAME};
+use super::{flat, quick};
 use crate::serve::json::{values_from_json, write_values};
 use crate::serve::reply::{Reply, header_text, write_json_str};
 use crate::serve::{ROUTING_KEY_HEADER, Scorer, Shared};
@@ -289,7 +289,7 @@ pub fn header_length(value: Option<&[u8]>) -> Result<Option<usize>, V2Error> {
 }
 
 /// A request's inputs, and its outputs with whether each goes back as binary data.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct DecodedRequest {
     pub id: Option<String>,
     pub inputs: Vec<NamedInput>,
@@ -302,6 +302,20 @@ pub struct DecodedRequest {
 /// binary data of the inputs whose parameters declare a `binary_data_size`, in order. Every
 /// size is checked against the bytes actually present before anything is allocated for it.
 pub fn decode_request(
+    scorer: &dyn Scorer,
+    body: &[u8],
+    header_length: Option<usize>,
+) -> Result<DecodedRequest, V2Error> {
+    if header_length.is_none()
+        && let Some(decoded) = quick::decode(scorer, body)
+    {
+        return decoded;
+    }
+    decode_general(scorer, body, header_length)
+}
+
+/// [`decode_request`] without the quick reader: any body, and the words for what is wrong.
+pub(super) fn decode_general(
     scorer: &dyn Scorer,
     body: &[u8],
     header_length: Option<usize>,
@@ -354,13 +368,7 @@ pub fn decode_request(
                 }
             }
         };
-        if data.len() != count {
-            return Err(fail(format!(
-                "shape {:?} holds {count} elements, the request sent {}",
-                input.shape,
-                data.len()
-            )));
-        }
+        check_count(&input.name, &input.shape, count, &data)?;
         inputs.push(NamedInput {
             name: input.name,
             shape,
@@ -391,6 +399,22 @@ pub fn decode_request(
         outputs,
         binary_default,
     })
+}
+
+/// Refuses `data` unless it holds the `count` elements `shape` describes.
+pub(super) fn check_count(
+    name: &str,
+    shape: &[i64],
+    count: usize,
+    data: &TensorData,
+) -> Result<(), V2Error> {
+    if data.len() == count {
+        return Ok(());
+    }
+    Err(V2Error::bad(format!(
+        "input {name:?}: shape {shape:?} holds {count} elements, the request sent {}",
+        data.len()
+    )))
 }
 
 fn binary_size(parameters: &Map<String, Value>) -> Result<Option<usize>, String> {

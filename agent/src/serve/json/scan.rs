@@ -1,0 +1,613 @@
+//! A one-pass JSON reader for the bodies scoring requests usually send (plain keys and
+//! strings, numbers, nested arrays of numbers), used before `serde_json` so that a small
+//! model's request is not parsed twice (once to find its tensor data, once to read it).
+//!
+//! It reads numbers to exactly the values `serde_json` gives: for a number of at most 19
+//! digits whose exponent is at most 308 either way, `serde_json` (without its
+//! `float_roundtrip` feature, which nothing here enables; the tests would see it) converts the
+//! digits to a float and multiplies or divides by the nearest float to the power of ten, and
+//! so does this reader. For anything else (escaped strings, longer numbers, larger exponents,
+//! deep nesting, anything that is not valid JSON) it gives up and the caller goes the
+//! general way, which also words the errors.
+
+use std::sync::OnceLock;
+
+use edgeship_runtime::TensorData;
+
+/// Deepest nesting the reader follows; deeper bodies go the general way.
+const MAX_DEPTH: usize = 32;
+
+/// The powers of ten serde_json scales by, 1e0 to 1e308, each the float nearest to it (as
+/// serde_json's own table of literals holds them).
+fn powers_of_ten() -> &'static [f64; 309] {
+    static POWERS: OnceLock<[f64; 309]> = OnceLock::new();
+    POWERS.get_or_init(|| {
+        std::array::from_fn(|exponent| format!("1e{exponent}").parse().unwrap_or(f64::INFINITY))
+    })
+}
+
+/// One JSON leaf, as serde_json hands it to a visitor (non-negative integers as `U`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Leaf {
+    Bool(bool),
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl Leaf {
+    /// As `values_from_json` converts an integer: exactly, or not at all.
+    pub fn int<T: TryFrom<i64> + TryFrom<u64>>(self) -> Option<T> {
+        match self {
+            Leaf::U(u) => T::try_from(u).ok(),
+            Leaf::I(i) => T::try_from(i).ok(),
+            Leaf::Bool(_) | Leaf::F(_) => None,
+        }
+    }
+
+    /// As `values_from_json` converts a number to a float: through f64.
+    pub fn float(self) -> Option<f64> {
+        match self {
+            Leaf::U(u) => Some(u as f64),
+            Leaf::I(i) => Some(i as f64),
+            Leaf::F(x) => Some(x),
+            Leaf::Bool(_) => None,
+        }
+    }
+
+    /// Appends this leaf to `values`; `false` where it is not a value of their type.
+    pub fn push_to(self, values: &mut TensorData) -> bool {
+        fn put<T>(values: &mut Vec<T>, value: Option<T>) -> bool {
+            value.map(|v| values.push(v)).is_some()
+        }
+        match values {
+            TensorData::Bool(v) => put(
+                v,
+                match self {
+                    Leaf::Bool(b) => Some(b),
+                    _ => None,
+                },
+            ),
+            TensorData::U8(v) => put(v, self.int()),
+            TensorData::U16(v) => put(v, self.int()),
+            TensorData::U32(v) => put(v, self.int()),
+            TensorData::U64(v) => put(v, self.int()),
+            TensorData::I8(v) => put(v, self.int()),
+            TensorData::I16(v) => put(v, self.int()),
+            TensorData::I32(v) => put(v, self.int()),
+            TensorData::I64(v) => put(v, self.int()),
+            TensorData::F16(v) => put(v, self.float().map(edgeship_runtime::tensor::f16::from_f64)),
+            TensorData::F32(v) => put(v, self.float().map(|x| x as f32)),
+            TensorData::F64(v) => put(v, self.float()),
+            TensorData::String(_) => false,
+        }
+    }
+}
+
+/// A position in a body. Every method returns `None` where the reader gives up.
+#[derive(Debug)]
+pub struct Scanner<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Scanner<'b> {
+    pub fn new(bytes: &'b [u8]) -> Self {
+        Self { bytes, at: 0 }
+    }
+
+    /// The next byte after whitespace, not consumed.
+    pub fn peek(&mut self) -> Option<u8> {
+        while let Some(&b) = self.bytes.get(self.at) {
+            if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+                return Some(b);
+            }
+            self.at += 1;
+        }
+        None
+    }
+
+    /// Consumes `byte` (after whitespace) if it comes next.
+    pub fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        self.at += usize::from(next);
+        next
+    }
+
+    /// Consumes `byte` (after whitespace), or gives up.
+    pub fn expect(&mut self, byte: u8) -> Option<()> {
+        self.eat(byte).then_some(())
+    }
+
+    /// Whether only whitespace is left.
+    pub fn at_end(&mut self) -> bool {
+        self.peek().is_none()
+    }
+
+    /// How many bytes are left.
+    pub fn remaining(&self) -> usize {
+        self.bytes.len() - self.at
+    }
+
+    /// A string without escapes or control characters.
+    pub fn string(&mut self) -> Option<&'b str> {
+        self.expect(b'"')?;
+        let start = self.at;
+        let length = self.bytes[start..].iter().position(|&b| b == b'"')?;
+        let text = &self.bytes[start..start + length];
+        if text.iter().any(|&b| b == b'\\' || b < 0x20) {
+            return None;
+        }
+        self.at = start + length + 1;
+        std::str::from_utf8(text).ok()
+    }
+
+    /// The key of an object's next member and its colon; `Ok(None)` at the object's end.
+    /// `first` is whether no member was read yet.
+    fn key(&mut self, first: bool) -> Option<Option<&'b str>> {
+        if self.eat(b'}') {
+            return Some(None);
+        }
+        if !first {
+            self.expect(b',')?;
+        }
+        let key = self.string()?;
+        self.expect(b':')?;
+        Some(Some(key))
+    }
+
+    /// Reads an object: `member` is given each key in turn and reads its value.
+    pub fn object(
+        &mut self,
+        member: &mut impl FnMut(&mut Self, &'b str) -> Option<()>,
+    ) -> Option<()> {
+        self.expect(b'{')?;
+        let mut first = true;
+        while let Some(key) = self.key(first)? {
+            first = false;
+            member(self, key)?;
+        }
+        Some(())
+    }
+
+    /// Reads an array: `element` reads each element in turn.
+    pub fn array(&mut self, element: &mut impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.expect(b'[')?;
+        let mut first = true;
+        while self.next_element(first)? {
+            first = false;
+            element(self)?;
+        }
+        Some(())
+    }
+
+    /// Whether the array being read has another element: consumes `,` or the closing `]`.
+    /// `first` is whether no element was read yet.
+    fn next_element(&mut self, first: bool) -> Option<bool> {
+        if self.eat(b']') {
+            return Some(false);
+        }
+        if !first {
+            self.expect(b',')?;
+        }
+        Some(true)
+    }
+
+    /// `true`, `false` or a number.
+    pub fn leaf(&mut self) -> Option<Leaf> {
+        match self.peek()? {
+            b't' => self.literal(b"true").map(|()| Leaf::Bool(true)),
+            b'f' => self.literal(b"false").map(|()| Leaf::Bool(false)),
+            _ => self.number(),
+        }
+    }
+
+    /// `null` if it comes next.
+    pub fn null(&mut self) -> bool {
+        self.peek() == Some(b'n') && self.literal(b"null").is_some()
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        let end = self.at + word.len();
+        (self.bytes.get(self.at..end)? == word).then(|| self.at = end)
+    }
+
+    /// A number, to the value serde_json would give.
+    pub fn number(&mut self) -> Option<Leaf> {
+        self.peek()?;
+        let bytes = self.bytes;
+        let digit = |at: usize| {
+            bytes
+                .get(at)
+                .map(|b| b.wrapping_sub(b'0'))
+                .filter(|d| *d < 10)
+        };
+        let mut at = self.at;
+        let negative = bytes[at] == b'-';
+        at += usize::from(negative);
+        let lead = at;
+        let mut significand = u64::from(digit(at)?);
+        at += 1;
+        if significand == 0 && digit(at).is_some() {
+            return None; // a leading zero: not JSON
+        }
+        while let Some(d) = digit(at) {
+            significand = significand.wrapping_mul(10).wrapping_add(u64::from(d));
+            at += 1;
+        }
+        let mut digits = at - lead;
+        let mut exponent: i32 = 0;
+        let mut float = false;
+        if bytes.get(at) == Some(&b'.') {
+            at += 1;
+            float = true;
+            let start = at;
+            while let Some(d) = digit(at) {
+                significand = significand.wrapping_mul(10).wrapping_add(u64::from(d));
+                at += 1;
+            }
+            if at == start {
+                return None;
+            }
+            digits += at - start;
+            exponent = -i32::try_from(at - start).ok()?;
+        }
+        // Nineteen digits cannot overflow (10^19 < 2^64); serde_json reads longer ones
+        // another way.
+        if digits > 19 {
+            return None;
+        }
+        if matches!(bytes.get(at), Some(b'e' | b'E')) {
+            at += 1;
+            float = true;
+            let sign = match bytes.get(at) {
+                Some(b'-') => -1,
+                Some(b'+') => 1,
+                _ => 0,
+            };
+            at += usize::from(sign != 0);
+            let start = at;
+            let mut power: i32 = 0;
+            while let Some(d) = digit(at) {
+                power = power * 10 + i32::from(d);
+                if power > 1000 {
+                    return None;
+                }
+                at += 1;
+            }
+            if at == start {
+                return None;
+            }
+            exponent += if sign < 0 { -power } else { power };
+        }
+        self.at = at;
+        if !float {
+            return Some(if !negative {
+                Leaf::U(significand)
+            } else {
+                // As serde_json: `-0` and integers below i64's range become floats.
+                let value = (significand as i64).wrapping_neg();
+                if value >= 0 {
+                    Leaf::F(-(significand as f64))
+                } else {
+                    Leaf::I(value)
+                }
+            });
+        }
+        let power = *powers_of_ten().get(exponent.unsigned_abs() as usize)?;
+        let magnitude = if exponent >= 0 {
+            significand as f64 * power
+        } else {
+            significand as f64 / power
+        };
+        // serde_json refuses what overflows.
+        magnitude
+            .is_finite()
+            .then_some(Leaf::F(if negative { -magnitude } else { magnitude }))
+    }
+
+    /// Reads a leaf or nested arrays of leaves (at any depth, ragged or not), handing each
+    /// leaf to `take` in row-major order; gives up where `take` refuses one.
+    pub fn leaves(&mut self, take: &mut impl FnMut(Leaf) -> bool) -> Option<()> {
+        self.leaves_at(0, take)
+    }
+
+    fn leaves_at(&mut self, depth: usize, take: &mut impl FnMut(Leaf) -> bool) -> Option<()> {
+        if !self.eat(b'[') {
+            return take(self.leaf()?).then_some(());
+        }
+        if depth == MAX_DEPTH {
+            return None;
+        }
+        if self.eat(b']') {
+            return Some(());
+        }
+        // Leaves are read here rather than by a call per element: most arrays hold numbers.
+        loop {
+            if self.peek()? == b'[' {
+                self.leaves_at(depth + 1, take)?;
+            } else if !take(self.leaf()?) {
+                return None;
+            }
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// Reads rectangular nested arrays of numbers (no empty array; a lone number has the
+    /// empty shape) as floats, handing each to `take` in row-major order; returns the shape.
+    pub fn rectangle(&mut self, take: &mut impl FnMut(f64)) -> Option<Vec<usize>> {
+        let mut shape = Rectangle {
+            dims: Vec::new(),
+            leaf_depth: None,
+        };
+        self.rectangle_at(0, &mut shape, take)?;
+        (shape.leaf_depth == Some(shape.dims.len())).then_some(shape.dims)
+    }
+
+    fn rectangle_at(
+        &mut self,
+        depth: usize,
+        shape: &mut Rectangle,
+        take: &mut impl FnMut(f64),
+    ) -> Option<()> {
+        if !self.eat(b'[') {
+            // A number: every one must be at the same depth, below every array.
+            match shape.leaf_depth {
+                None if shape.dims.len() <= depth => shape.leaf_depth = Some(depth),
+                Some(at) if at == depth => {}
+                _ => return None,
+            }
+            take(self.number()?.float()?);
+            return Some(());
+        }
+        if depth == MAX_DEPTH || shape.leaf_depth.is_some_and(|at| at <= depth) {
+            return None;
+        }
+        let mut count = 0usize;
+        if !self.eat(b']') {
+            loop {
+                self.rectangle_at(depth + 1, shape, take)?;
+                count += 1;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        break;
+                    }
+                    _ => return None,
+                }
+            }
+        }
+        if shape.dims.len() <= depth {
+            shape.dims.resize(depth + 1, 0);
+        }
+        match shape.dims[depth] {
+            _ if count == 0 => None,
+            0 => {
+                shape.dims[depth] = count;
+                Some(())
+            }
+            known => (known == count).then_some(()),
+        }
+    }
+
+    /// Skips any value made of what the reader takes (strings without escapes, numbers,
+    /// literals, arrays and objects of them).
+    pub fn skip(&mut self) -> Option<()> {
+        self.skip_at(0)
+    }
+
+    fn skip_at(&mut self, depth: usize) -> Option<()> {
+        if depth == MAX_DEPTH {
+            return None;
+        }
+        match self.peek()? {
+            b'"' => self.string().map(drop),
+            b'n' => self.null().then_some(()),
+            b'[' => self.array(&mut |scanner| scanner.skip_at(depth + 1)),
+            b'{' => self.object(&mut |scanner, _| scanner.skip_at(depth + 1)),
+            _ => self.leaf().map(drop),
+        }
+    }
+}
+
+/// The shape [`Scanner::rectangle`] has found so far.
+struct Rectangle {
+    /// The length of the arrays at each depth (0 until one at that depth ends).
+    dims: Vec<usize>,
+    /// The depth of the numbers (all must be at one).
+    leaf_depth: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// serde_json's reading of one number, as a visitor sees it.
+    fn serde_leaf(text: &str) -> Option<Leaf> {
+        match serde_json::from_str::<Value>(text).ok()? {
+            Value::Number(n) => Some(if let Some(u) = n.as_u64() {
+                Leaf::U(u)
+            } else if let Some(i) = n.as_i64() {
+                Leaf::I(i)
+            } else {
+                Leaf::F(n.as_f64()?)
+            }),
+            Value::Bool(b) => Some(Leaf::Bool(b)),
+            _ => None,
+        }
+    }
+
+    fn scan_leaf(text: &str) -> Option<Leaf> {
+        let mut scanner = Scanner::new(text.as_bytes());
+        let leaf = scanner.leaf()?;
+        scanner.at_end().then_some(leaf)
+    }
+
+    /// Bit for bit, so that -0.0 and 0.0 differ.
+    fn same(a: Leaf, b: Leaf) -> bool {
+        match (a, b) {
+            (Leaf::F(x), Leaf::F(y)) => x.to_bits() == y.to_bits(),
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn numbers_read_as_serde_json_reads_them() {
+        for text in [
+            "0",
+            "-0",
+            "0.0",
+            "-0.0",
+            "1",
+            "-1",
+            "0.3125",
+            "12.5e3",
+            "1E+2",
+            "1e-5",
+            "2e22",
+            "18446744073709551615",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "9007199254740993.0",
+            "4.2879840123077884e-8",
+            "0.1",
+            "123456789012345678",
+            "1e0",
+            "5e-22",
+            "true",
+            "false",
+        ] {
+            let scanned = scan_leaf(text);
+            let parsed = serde_leaf(text).expect("valid JSON");
+            if let Some(scanned) = scanned {
+                assert!(
+                    same(scanned, parsed),
+                    "{text}: {scanned:?} against {parsed:?}"
+                );
+            }
+        }
+        // The common ones are read, not left to the general way.
+        for text in [
+            "0",
+            "-0",
+            "0.3125",
+            "1e-5",
+            "-12.75",
+            "4.2879840123077884e-8",
+            "0.038075906433423026",
+            "9007199254740993.0",
+            "true",
+        ] {
+            assert!(scan_leaf(text).is_some(), "{text}");
+        }
+        for text in [
+            "01",
+            "-",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "1e+",
+            "--1",
+            "0x10",
+            "1.5.2",
+            "nul",
+            "truth",
+            "1e999",
+            "18446744073709551616",
+            "1e-400",
+            "\"1\"",
+            "",
+        ] {
+            assert_eq!(scan_leaf(text), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn strings_with_escapes_or_control_characters_are_left_to_the_general_way() {
+        assert_eq!(
+            Scanner::new("\"plain é\"".as_bytes()).string(),
+            Some("plain é")
+        );
+        for text in [&br#""a\"b""#[..], b"\"a\nb\"", b"\"\xff\"", b"\"open"] {
+            assert_eq!(Scanner::new(text).string(), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rectangles_need_equal_rows_and_numbers_at_one_depth() {
+        let read = |text: &str| {
+            let mut values = Vec::new();
+            let mut scanner = Scanner::new(text.as_bytes());
+            let shape = scanner.rectangle(&mut |x| values.push(x))?;
+            scanner.at_end().then_some((shape, values))
+        };
+        assert_eq!(
+            read("[[1, 2.5], [3, 4]]"),
+            Some((vec![2, 2], vec![1.0, 2.5, 3.0, 4.0]))
+        );
+        assert_eq!(read(" [ [ [7] ] ] "), Some((vec![1, 1, 1], vec![7.0])));
+        assert_eq!(read("7"), Some((vec![], vec![7.0])));
+        for text in [
+            "[[1, 2], [3]]",
+            "[[1], 2]",
+            "[1, [2]]",
+            "[[]]",
+            "[]",
+            "[[1, true]]",
+            "[[1, null]]",
+        ] {
+            assert_eq!(read(text), None, "{text}");
+        }
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        assert_eq!(read(&deep), None);
+    }
+
+    #[test]
+    fn skipping_takes_nested_values_and_stops_at_the_depth_limit() {
+        let mut scanner = Scanner::new(br#"{"a": [1, "x", null, {"b": false}], "c": {}} ,"#);
+        assert_eq!(scanner.skip(), Some(()));
+        assert!(scanner.eat(b','));
+        let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
+        assert_eq!(Scanner::new(deep.as_bytes()).skip(), None);
+    }
+
+    fn number_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>().prop_map(|x| x.to_string()),
+            any::<f32>().prop_map(|x| x.to_string()),
+            any::<f64>().prop_map(|x| format!("{x:e}")),
+            any::<i64>().prop_map(|x| x.to_string()),
+            any::<u64>().prop_map(|x| x.to_string()),
+            "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+        /// Every number the reader takes, serde_json reads to the same leaf, bit for bit.
+        #[test]
+        fn the_reader_agrees_with_serde_json(text in number_text()) {
+            if let Some(scanned) = scan_leaf(&text) {
+                let parsed = serde_leaf(&text);
+                prop_assert!(parsed.is_some_and(|p| same(scanned, p)), "{}: {:?} against {:?}", text, scanned, parsed);
+            }
+        }
+    }
+}
