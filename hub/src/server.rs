@@ -366,7 +366,11 @@ impl RunningHub {
             let _ = shutdown.send(());
         }
         let served = (&mut self.task).await?;
+        // An aborted task is dropped at its next turn, not here: waiting for it means the
+        // stores it holds (and the registry's file lock) are released when `stop` returns,
+        // so a hub can start again on the same data dir at once.
         self.rollouts.abort();
+        let _ = (&mut self.rollouts).await;
         if let Some(link) = self.link.take() {
             link.stop().await;
         }
