@@ -313,31 +313,13 @@ impl<'b> Scanner<'b> {
     }
 
     fn leaves_at(&mut self, depth: usize, take: &mut impl FnMut(Leaf) -> bool) -> Option<()> {
-        if !self.eat(b'[') {
+        if self.peek()? != b'[' {
             return take(self.leaf()?).then_some(());
         }
         if depth == MAX_DEPTH {
             return None;
         }
-        if self.eat(b']') {
-            return Some(());
-        }
-        // Leaves are read here rather than by a call per element: most arrays hold numbers.
-        loop {
-            if self.peek()? == b'[' {
-                self.leaves_at(depth + 1, take)?;
-            } else if !take(self.leaf()?) {
-                return None;
-            }
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
-        }
+        self.array(&mut |scanner| scanner.leaves_at(depth + 1, take))
     }
 
     /// Reads rectangular nested arrays of numbers (no empty array; a lone number has the
@@ -357,7 +339,7 @@ impl<'b> Scanner<'b> {
         shape: &mut Rectangle,
         take: &mut impl FnMut(f64),
     ) -> Option<()> {
-        if !self.eat(b'[') {
+        if self.peek()? != b'[' {
             // A number: every one must be at the same depth, below every array.
             match shape.leaf_depth {
                 None if shape.dims.len() <= depth => shape.leaf_depth = Some(depth),
@@ -371,20 +353,10 @@ impl<'b> Scanner<'b> {
             return None;
         }
         let mut count = 0usize;
-        if !self.eat(b']') {
-            loop {
-                self.rectangle_at(depth + 1, shape, take)?;
-                count += 1;
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b']' => {
-                        self.at += 1;
-                        break;
-                    }
-                    _ => return None,
-                }
-            }
-        }
+        self.array(&mut |scanner| {
+            count += 1;
+            scanner.rectangle_at(depth + 1, shape, take)
+        })?;
         if shape.dims.len() <= depth {
             shape.dims.resize(depth + 1, 0);
         }

@@ -96,7 +96,7 @@ fn check(
             data: input.data,
         });
     }
-    let binary_default = binary_default.value();
+    let binary_default = binary_default.or(false);
     Ok(DecodedRequest {
         id,
         inputs: named,
@@ -232,10 +232,6 @@ impl Flag {
             }
             _ => None,
         }
-    }
-
-    fn value(self) -> bool {
-        self.0.unwrap_or(false)
     }
 
     fn or(self, default: bool) -> bool {
