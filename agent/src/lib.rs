@@ -6,6 +6,7 @@
 //! `device` what the agent announces about itself; `view` what in-process observers see.
 
 pub mod acks;
+pub mod aligned;
 pub mod cache;
 pub mod config;
 #[cfg(feature = "containers")]

@@ -14,6 +14,10 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Tensors' aligned allocations from the per-thread caches (`edgeship_agent::aligned`).
+#[global_allocator]
+static ALLOCATOR: edgeship_agent::aligned::Allocator = edgeship_agent::aligned::Allocator;
+
 #[derive(Debug, Parser)]
 #[command(name = "edgeship-agent", version, about = "edgeship device agent")]
 struct Cli {

@@ -5,6 +5,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use edgeship_hub::cli::Cli;
 
+/// Tensors' aligned allocations from the per-thread caches (`edgeship_agent::aligned`).
+#[global_allocator]
+static ALLOCATOR: edgeship_agent::aligned::Allocator = edgeship_agent::aligned::Allocator;
+
 fn main() -> ExitCode {
     // SAFETY: first thing in `main`, before the runtime's threads start (`edgeship dev` runs
     // an agent in this process).

@@ -165,25 +165,27 @@ pub(crate) fn from_tract_values(
 
 fn to_tract(tensor: EdgeTensor) -> Result<TValue, RuntimeError> {
     let shape = tensor.shape;
-    fn array<D: Datum>(shape: Vec<usize>, v: Vec<D>) -> Result<Tensor, RuntimeError> {
-        tract_ndarray::ArrayD::from_shape_vec(shape, v)
-            .map(Tensor::from)
-            .map_err(|err| RuntimeError::BadInput(format!("{err:#}")))
+    // Plain values are copied once into tract's aligned storage, without an ndarray array
+    // in between (its shape checks and strides cost more than the copy on a small request).
+    fn plain<D: Datum + Copy>(shape: &[usize], v: &[D]) -> Result<Tensor, RuntimeError> {
+        Tensor::from_shape(shape, v).map_err(|err| RuntimeError::BadInput(format!("{err:#}")))
     }
     let t = match tensor.data {
-        TensorData::Bool(v) => array(shape, v),
-        TensorData::U8(v) => array(shape, v),
-        TensorData::U16(v) => array(shape, v),
-        TensorData::U32(v) => array(shape, v),
-        TensorData::U64(v) => array(shape, v),
-        TensorData::I8(v) => array(shape, v),
-        TensorData::I16(v) => array(shape, v),
-        TensorData::I32(v) => array(shape, v),
-        TensorData::I64(v) => array(shape, v),
-        TensorData::F16(v) => array(shape, v),
-        TensorData::F32(v) => array(shape, v),
-        TensorData::F64(v) => array(shape, v),
-        TensorData::String(v) => array(shape, v),
+        TensorData::Bool(v) => plain(&shape, &v),
+        TensorData::U8(v) => plain(&shape, &v),
+        TensorData::U16(v) => plain(&shape, &v),
+        TensorData::U32(v) => plain(&shape, &v),
+        TensorData::U64(v) => plain(&shape, &v),
+        TensorData::I8(v) => plain(&shape, &v),
+        TensorData::I16(v) => plain(&shape, &v),
+        TensorData::I32(v) => plain(&shape, &v),
+        TensorData::I64(v) => plain(&shape, &v),
+        TensorData::F16(v) => plain(&shape, &v),
+        TensorData::F32(v) => plain(&shape, &v),
+        TensorData::F64(v) => plain(&shape, &v),
+        TensorData::String(v) => tract_ndarray::ArrayD::from_shape_vec(shape, v)
+            .map(Tensor::from)
+            .map_err(|err| RuntimeError::BadInput(format!("{err:#}"))),
     }?;
     Ok(t.into_tvalue())
 }

@@ -51,6 +51,31 @@ pub struct Auth {
     audience: String,
 }
 
+/// The credential a connection's last accepted request presented, for
+/// [`Auth::check_on`].
+#[derive(Debug, Default)]
+pub struct Accepted {
+    /// The auth it was accepted under.
+    auth: Option<Arc<Auth>>,
+    /// The `Authorization` value.
+    value: Vec<u8>,
+    /// A token's expiry with the leeway, in seconds since the epoch.
+    until: Option<u64>,
+}
+
+/// The one claim a remembered token needs again: its expiry (which validation required).
+#[cfg(feature = "tokens")]
+#[derive(serde::Deserialize)]
+struct Expiry {
+    exp: u64,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
+}
+
 /// Why a request was refused, for the `WWW-Authenticate` challenge and the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -125,8 +150,14 @@ impl Auth {
 
     /// Checks an `Authorization` header value.
     pub fn check(&self, authorization: Option<&[u8]>) -> Result<(), Refusal> {
+        self.verify(authorization).map(drop)
+    }
+
+    /// Checks an `Authorization` header value; with a token, also says until when (seconds
+    /// since the epoch, leeway included) it stays valid.
+    fn verify(&self, authorization: Option<&[u8]>) -> Result<Option<u64>, Refusal> {
         let Some(mode) = self.mode else {
-            return Ok(());
+            return Ok(None);
         };
         let (missing, invalid) = match mode {
             AuthMode::Token => (Refusal::MissingToken, Refusal::InvalidToken),
@@ -139,9 +170,40 @@ impl Auth {
             .ok_or(invalid)?
             .trim_ascii();
         match mode {
-            AuthMode::Token => self.check_token(credential),
-            _ => self.check_key(credential),
+            AuthMode::Token => self.check_token(credential).map(Some),
+            _ => self.check_key(credential).map(|()| None),
         }
+    }
+
+    /// [`check`](Self::check) for a request on a connection whose earlier request was
+    /// accepted: the same `Authorization` value under the same auth passes without hashing
+    /// the key or verifying the token again (a sha256 of a key was about a twentieth of a
+    /// small model's whole request; an Ed25519 verification costs more than the run). The
+    /// value is compared in constant time, as digests are; a token is remembered only until
+    /// its expiry, and keys rotated in place are a new `Auth`, which forgets everything.
+    pub fn check_on(
+        self: &Arc<Self>,
+        authorization: Option<&[u8]>,
+        accepted: &mut Accepted,
+    ) -> Result<(), Refusal> {
+        if !self.is_required() {
+            return Ok(());
+        }
+        if let (Some(presented), Some(auth)) = (authorization, &accepted.auth)
+            && Arc::ptr_eq(auth, self)
+            && accepted.until.is_none_or(|until| unix_now() <= until)
+            && bool::from(presented.ct_eq(&accepted.value))
+        {
+            return Ok(());
+        }
+        let until = self.verify(authorization)?;
+        accepted.auth = Some(Arc::clone(self));
+        accepted.value.clear();
+        accepted
+            .value
+            .extend_from_slice(authorization.unwrap_or_default());
+        accepted.until = until;
+        Ok(())
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Refusal> {
@@ -161,7 +223,7 @@ impl Auth {
     /// Verifies a JWT with each accepted public key. The signature is checked before the
     /// claims, so an expired token is reported as such only when it is genuine.
     #[cfg(feature = "tokens")]
-    fn check_token(&self, token: &[u8]) -> Result<(), Refusal> {
+    fn check_token(&self, token: &[u8]) -> Result<u64, Refusal> {
         let token = std::str::from_utf8(token).map_err(|_| Refusal::InvalidToken)?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_audience(&[&self.audience]);
@@ -170,12 +232,9 @@ impl Auth {
         validation.leeway = TOKEN_LEEWAY_SECONDS;
         let mut refusal = Refusal::InvalidToken;
         for key in &self.token_keys {
-            match jsonwebtoken::decode::<serde::de::IgnoredAny>(
-                token,
-                &DecodingKey::from_ed_der(key),
-                &validation,
-            ) {
-                Ok(_) => return Ok(()),
+            match jsonwebtoken::decode::<Expiry>(token, &DecodingKey::from_ed_der(key), &validation)
+            {
+                Ok(data) => return Ok(data.claims.exp.saturating_add(TOKEN_LEEWAY_SECONDS)),
                 Err(err) if *err.kind() == JwtError::ExpiredSignature => {
                     refusal = Refusal::ExpiredToken;
                 }
@@ -188,7 +247,7 @@ impl Auth {
     /// Built without the `tokens` feature, the agent announces no token auth and the hub
     /// sends it no such endpoint; one arriving anyway admits nobody.
     #[cfg(not(feature = "tokens"))]
-    fn check_token(&self, _token: &[u8]) -> Result<(), Refusal> {
+    fn check_token(&self, _token: &[u8]) -> Result<u64, Refusal> {
         Err(Refusal::InvalidToken)
     }
 }
@@ -282,6 +341,64 @@ mod tests {
         assert_eq!(
             keyed(&[]).check(Some(b"Bearer x")),
             Err(Refusal::InvalidKey)
+        );
+    }
+
+    #[test]
+    fn a_connection_remembers_only_the_value_it_had_accepted_under_the_same_auth() {
+        let auth = Arc::new(keyed(&["primary-key", "secondary-key"]));
+        let mut accepted = Accepted::default();
+        let mut check =
+            |auth: &Arc<Auth>, value: Option<&[u8]>| auth.check_on(value, &mut accepted);
+        assert_eq!(check(&auth, Some(b"Bearer primary-key")), Ok(()));
+        assert_eq!(
+            check(&auth, Some(b"Bearer primary-key")),
+            Ok(()),
+            "remembered"
+        );
+        assert_eq!(
+            check(&auth, Some(b"Bearer primary-kez")),
+            Err(Refusal::InvalidKey)
+        );
+        assert_eq!(
+            check(&auth, Some(b"Bearer primary-key ")),
+            Ok(()),
+            "verified again"
+        );
+        assert_eq!(check(&auth, None), Err(Refusal::MissingKey));
+        assert_eq!(check(&auth, Some(b"Bearer secondary-key")), Ok(()));
+        // Keys rotated in place: a new auth, under which the remembered key is refused.
+        let rotated = Arc::new(keyed(&["new-key"]));
+        assert_eq!(
+            check(&rotated, Some(b"Bearer secondary-key")),
+            Err(Refusal::InvalidKey)
+        );
+        assert_eq!(check(&rotated, Some(b"Bearer new-key")), Ok(()));
+        assert_eq!(check(&Arc::new(Auth::default()), None), Ok(()), "no auth");
+    }
+
+    #[test]
+    fn a_remembered_token_is_trusted_only_until_its_expiry() {
+        let auth = Arc::new(Auth {
+            mode: Some(AuthMode::Token),
+            ..Auth::default()
+        });
+        // What a connection would hold after its token was verified: this value would not
+        // verify (no key is accepted), so a pass can only come from the memory.
+        let remembered = |until: u64| Accepted {
+            auth: Some(Arc::clone(&auth)),
+            value: b"Bearer remembered".to_vec(),
+            until: Some(until),
+        };
+        let mut fresh = remembered(unix_now() + 60);
+        assert_eq!(
+            auth.check_on(Some(b"Bearer remembered"), &mut fresh),
+            Ok(())
+        );
+        let mut expired = remembered(unix_now() - 1);
+        assert_eq!(
+            auth.check_on(Some(b"Bearer remembered"), &mut expired),
+            Err(Refusal::InvalidToken)
         );
     }
 

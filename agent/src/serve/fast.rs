@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
+use super::auth::Accepted;
 use super::azureml::{MODEL_NAME_HEADER, SHAPE_HEADER, ScoreHead, model_named, score_body};
 use super::lanes::lane_is_shared;
 use super::lanes::poll::Pace;
@@ -90,12 +91,14 @@ pub(super) async fn serve(
     let mut watcher = closing.clone();
     let mut closed = pin!(watcher.changed());
     let mut pace = Pace::default();
+    let mut accepted = Accepted::default();
     loop {
         let waiting_for_head = match parse(&buf, fast.shared.max_body_bytes()) {
             Parsed::Fast(request) if buf.len() >= request.total => {
                 let total = request.total;
                 let close = request.close;
-                let answered = fast.answer(&request, &buf[request.head..total], &mut out);
+                let body = &buf[request.head..total];
+                let answered = fast.answer(&request, body, &mut accepted, &mut out);
                 if answered.await.is_none() {
                     return Some(buf);
                 }
@@ -151,11 +154,20 @@ pub(super) async fn serve(
 
 impl FastPath {
     /// Answers `request` into `out`, or `None` (before anything is run or counted) when the
-    /// router should.
-    async fn answer(&self, request: &Request<'_>, body: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    /// router should. `accepted` is what the connection's last accepted request presented.
+    async fn answer(
+        &self,
+        request: &Request<'_>,
+        body: &[u8],
+        accepted: &mut Accepted,
+        out: &mut Vec<u8>,
+    ) -> Option<()> {
         let shared = &*self.shared;
-        let auth = shared.auth();
-        if auth.is_required() && auth.check(request.authorization).is_err() {
+        if shared
+            .auth()
+            .check_on(request.authorization, accepted)
+            .is_err()
+        {
             return None;
         }
         let (call, reply) = match request.target {
