@@ -2,11 +2,12 @@
 //! strings, numbers, nested arrays of numbers), used before `serde_json` so that a small
 //! model's request is not parsed twice (once to find its tensor data, once to read it).
 //!
-//! It reads numbers to exactly the values `serde_json` gives: for a number of at most 19
-//! digits whose exponent is at most 308 either way, `serde_json` (without its
-//! `float_roundtrip` feature, which nothing here enables; the tests would see it) converts the
-//! digits to a float and multiplies or divides by the nearest float to the power of ten, and
-//! so does this reader. For anything else (escaped strings, longer numbers, larger exponents,
+//! It reads numbers to exactly the values `serde_json` gives: for a number whose digits fit in
+//! 64 bits as an integer (leading zeros of a fraction too) and whose exponent is at most 308
+//! either way, `serde_json` (without its `float_roundtrip` feature, which nothing here
+//! enables; the tests would see it) converts the digits to a float and multiplies or divides
+//! by the nearest float to the power of ten, and so does this reader. For anything else
+//! (escaped strings, numbers with more digits, larger exponents,
 //! deep nesting, anything that is not valid JSON) it gives up and the caller goes the
 //! general way, which also words the errors.
 
@@ -225,17 +226,18 @@ impl<'b> Scanner<'b> {
         let mut at = self.at;
         let negative = bytes[at] == b'-';
         at += usize::from(negative);
-        let lead = at;
+        // serde_json keeps the digits (leading zeros cost nothing) as a u64 while they fit, and
+        // reads a number whose digits do not another way: so does this reader give up there.
+        let push = |significand: u64, d: u8| significand.checked_mul(10)?.checked_add(u64::from(d));
         let mut significand = u64::from(digit(at)?);
         at += 1;
         if significand == 0 && digit(at).is_some() {
             return None; // a leading zero: not JSON
         }
         while let Some(d) = digit(at) {
-            significand = significand.wrapping_mul(10).wrapping_add(u64::from(d));
+            significand = push(significand, d)?;
             at += 1;
         }
-        let mut digits = at - lead;
         let mut exponent: i32 = 0;
         let mut float = false;
         if bytes.get(at) == Some(&b'.') {
@@ -243,19 +245,13 @@ impl<'b> Scanner<'b> {
             float = true;
             let start = at;
             while let Some(d) = digit(at) {
-                significand = significand.wrapping_mul(10).wrapping_add(u64::from(d));
+                significand = push(significand, d)?;
                 at += 1;
             }
             if at == start {
                 return None;
             }
-            digits += at - start;
             exponent = -i32::try_from(at - start).ok()?;
-        }
-        // Nineteen digits cannot overflow (10^19 < 2^64); serde_json reads longer ones
-        // another way.
-        if digits > 19 {
-            return None;
         }
         if matches!(bytes.get(at), Some(b'e' | b'E')) {
             at += 1;

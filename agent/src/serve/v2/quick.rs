@@ -295,6 +295,14 @@ mod tests {
                 decode_general(scorer.as_ref(), body.as_bytes(), None)
             );
         }
+        // Numbers as numpy writes float64 values (the diabetes fixture's), twenty digits with
+        // a fraction's leading zeros: read in one pass too, to serde_json's values.
+        let long = r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[-0.0018820165423676372,0.038075906433423026,0.00000000000000000000012345]}]}"#;
+        let read = quick(long).expect("read in one pass").expect("valid");
+        assert_eq!(
+            Ok(read),
+            decode_general(scorer.as_ref(), long.as_bytes(), None)
+        );
     }
 
     #[test]

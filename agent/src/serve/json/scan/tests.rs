@@ -79,6 +79,11 @@ fn numbers_read_as_serde_json_reads_them() {
         "4.2879840123077884e-8",
         "0.038075906433423026",
         "9007199254740993.0",
+        // Twenty digits and more, whose significand still fits in 64 bits (the diabetes
+        // fixture's inputs have such), and the largest integer.
+        "-0.0018820165423676372",
+        "0.000000000000000000000012345",
+        "18446744073709551615",
         "true",
     ] {
         assert!(scan_leaf(text).is_some(), "{text}");
@@ -98,12 +103,16 @@ fn numbers_read_as_serde_json_reads_them() {
         "truth",
         "1e999",
         "18446744073709551616",
+        "1.8446744073709551616",
         "1e-400",
         "\"1\"",
         "",
     ] {
         assert_eq!(scan_leaf(text), None, "{text}");
     }
+    // A significand that fits, scaled past the table of powers of ten.
+    let tiny = format!("0.{}1", "0".repeat(320));
+    assert_eq!(scan_leaf(&tiny), None, "0.(320 zeros)1");
 }
 
 #[test]
@@ -167,6 +176,7 @@ fn number_text() -> impl Strategy<Value = String> {
         any::<i64>().prop_map(|x| x.to_string()),
         any::<u64>().prop_map(|x| x.to_string()),
         "-?(0|[1-9][0-9]{0,20})(\\.[0-9]{1,20})?([eE][+-]?[0-9]{1,3})?",
+        "-?(0|[1-9][0-9]{0,3})\\.0{0,30}[0-9]{1,20}([eE][+-]?[0-9]{1,3})?",
     ]
 }
 
