@@ -7,9 +7,9 @@
 //! either way, `serde_json` (without its `float_roundtrip` feature, which nothing here
 //! enables; the tests would see it) converts the digits to a float and multiplies or divides
 //! by the nearest float to the power of ten, and so does this reader. For anything else
-//! (escaped strings, numbers with more digits, larger exponents,
-//! deep nesting, anything that is not valid JSON) it gives up and the caller goes the
-//! general way, which also words the errors.
+//! (escaped strings, numbers with more digits, larger exponents, deep nesting, anything that
+//! is not valid JSON) it gives up and the caller goes the general way, which also words the
+//! errors.
 
 use std::sync::OnceLock;
 
@@ -226,8 +226,8 @@ impl<'b> Scanner<'b> {
         let mut at = self.at;
         let negative = bytes[at] == b'-';
         at += usize::from(negative);
-        // serde_json keeps the digits (leading zeros cost nothing) as a u64 while they fit, and
-        // reads a number whose digits do not another way: so does this reader give up there.
+        // serde_json keeps the digits in a u64 while they fit (a fraction's leading zeros
+        // cost nothing) and reads longer ones another way; this reader gives up there.
         let push = |significand: u64, d: u8| significand.checked_mul(10)?.checked_add(u64::from(d));
         let mut significand = u64::from(digit(at)?);
         at += 1;
